@@ -1,0 +1,103 @@
+// Attention over the paged bf16 KV cache on the GPU (sm_90): the CUDA twins of
+// kernels/cpu/attention.h. bf16 inputs, fp32 accumulation, fp32 outputs.
+//
+// Conventions shared with the CPU kernels (DESIGN.md §3):
+//   q       [rows][num_heads][head_dim] bf16, post-RoPE, unscaled;
+//   out     [rows][num_heads][head_dim] fp32, normalised;
+//   lse_ln  [rows][num_heads] fp32 (optional): natural log of the softmax denominator in
+//           scaled-logit units (logits already multiplied by `scale`);
+//   a row that sees no key gets O = 0 and lse_ln = -inf (never NaN).
+// Query head j reads KV head j / group, group = num_heads / num_kv_heads (contiguous grouping).
+// All pointers are device pointers unless a field says "host". Every launcher validates its
+// arguments, enqueues on `stream` without synchronising, and checks the launch.
+//
+// Workspaces: a launcher that needs scratch takes `workspace` of at least the bytes its
+// *WorkspaceBytes function returns for the same params. The workspace holds arrival counters
+// that must be zero before the first launch (cudaMemset once after allocating); every launch
+// leaves them zero again, so one workspace serves any number of launches on one stream, CUDA
+// graph replays included. Do not share a workspace between launches that may run concurrently.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/paged_kv_cuda.h"
+
+namespace resa::cuda {
+
+// One decode query row per sequence, dense (all keys) or block-sparse (selected blocks).
+// Twin of PagedAttention with one AttentionRow per sequence.
+struct DecodeAttentionParams {
+  PagedKvCuda kv;                // read only
+  const __nv_bfloat16* q = nullptr;  // [batch][num_heads][head_dim]
+  float* out = nullptr;              // [batch][num_heads][head_dim]
+  float* lse_ln = nullptr;           // [batch][num_heads], may be null
+  int batch = 0;
+  int num_heads = 0;
+  float scale = 0.0f;  // usually 1/sqrt(head_dim)
+
+  const int32_t* num_keys = nullptr;     // [batch]: sequence b sees positions [0, num_keys[b])
+  const int32_t* page_tables = nullptr;  // [batch][page_table_stride]: logical block -> page
+  int page_table_stride = 0;
+  int32_t max_num_keys = 0;  // host: >= every num_keys[b]; sizes the grid and the workspace
+
+  // Block-sparse rows when `blocks` is set: KV head h of sequence b reads logical blocks
+  // blocks[(b * num_kv_heads + h) * blocks_stride + i] for i < num_blocks[b] (any order, no
+  // duplicates, possibly none; positions >= num_keys[b] are masked). The layout is exactly
+  // what SelectBlocksCuda writes.
+  const int32_t* blocks = nullptr;
+  const int32_t* num_blocks = nullptr;  // [batch]
+  int blocks_stride = 0;
+  int32_t max_num_blocks = 0;  // host: >= every num_blocks[b]
+
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
+absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
+
+// Dense causal attention of query chunks against the whole cache of their sequence: prefill
+// chunks (a whole prompt is one chunk with first_num_keys = 1) and ReSA rectification chunks
+// (f tokens at the end). Chunk c owns query rows [row_offsets[c], row_offsets[c + 1]); its row
+// r sees keys [0, first_num_keys[c] + r) of its sequence. Twin of PagedChunkAttention, batched.
+struct ChunkAttentionParams {
+  PagedKvCuda kv;
+  const __nv_bfloat16* q = nullptr;  // [total_rows][num_heads][head_dim]
+  float* out = nullptr;              // [total_rows][num_heads][head_dim]
+  float* lse_ln = nullptr;           // [total_rows][num_heads], may be null
+  int num_heads = 0;
+  float scale = 0.0f;
+
+  int num_chunks = 0;
+  const int32_t* row_offsets = nullptr;     // [num_chunks + 1], row_offsets[0] = 0
+  const int32_t* first_num_keys = nullptr;  // [num_chunks], >= 1
+  const int32_t* page_tables = nullptr;     // [num_chunks][page_table_stride]
+  int page_table_stride = 0;
+  int32_t total_rows = 0;    // host: row_offsets[num_chunks]
+  int32_t max_rows = 0;      // host: >= rows of every chunk
+  int32_t max_num_keys = 0;  // host: >= first_num_keys[c] + rows_c - 1 for every chunk
+
+  // Splits of the key range per (chunk, row tile, KV head); 0 picks one from the device's
+  // multiprocessor count (more splits when there are few row tiles, e.g. rectification).
+  int num_splits = 0;
+
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t ChunkAttentionWorkspaceBytes(const ChunkAttentionParams& p);
+absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stream);
+
+// In-place LSE merge of partial states over disjoint key sets (twin of MergeAttentionStates):
+// O_a = w_a O_a + w_b O_b, w_x = exp(lse_x - lse), lse_a = logaddexp(lse_a, lse_b). An empty
+// partial (lse = -inf) contributes nothing; two empty partials give O = 0, lse = -inf.
+// o_* [n][head_dim], lse_* [n], fp32.
+absl::Status MergeAttentionStatesCuda(float* o_a, float* lse_a, const float* o_b,
+                                      const float* lse_b, int n, int head_dim,
+                                      cudaStream_t stream);
+
+}  // namespace resa::cuda

@@ -1,0 +1,337 @@
+// CUDA attention kernels vs their CPU twins (kernels/cpu/attention.h) on the same bf16 values.
+#include "kernels/cuda/attention_cuda.h"
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/selection.h"
+#include "kernels/cuda/cuda_test_util.h"
+#include "kernels/testing/tolerance.h"
+
+namespace resa::cuda {
+namespace {
+
+using resa::testing::AllClose;
+using resa::testing::kBF16;
+using resa::testing::kF32;
+using testing::BuildCache;
+using testing::CudaTest;
+using testing::DeviceBuffer;
+using testing::RandomBf16Values;
+using testing::TestCache;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+auto Normal() {
+  return [nd = std::normal_distribution<float>(0.0f, 1.0f)](std::mt19937& rng) mutable {
+    return nd(rng);
+  };
+}
+
+struct DecodeCase {
+  std::string name;
+  std::vector<int32_t> lens;
+  int d;
+  int group;
+  bool sparse;
+};
+
+std::string CaseName(const ::testing::TestParamInfo<DecodeCase>& info) {
+  const DecodeCase& c = info.param;
+  return c.name + "_d" + std::to_string(c.d) + "_g" + std::to_string(c.group) +
+         (c.sparse ? "_sparse" : "_dense");
+}
+
+std::vector<DecodeCase> DecodeCases() {
+  std::vector<DecodeCase> cases;
+  std::mt19937 rng(7);
+  std::vector<int32_t> ragged8;
+  for (int i = 0; i < 8; ++i) ragged8.push_back(1 + int32_t(rng() % 9000));
+  const std::vector<std::pair<std::string, std::vector<int32_t>>> sets = {
+      {"short", {1, 15, 16, 17, 4097}}, {"long", {131073}}, {"ragged8", ragged8}};
+  for (const auto& [name, lens] : sets) {
+    for (int d : {64, 128}) {
+      for (int g : {3, 6, 7}) {
+        for (bool sparse : {false, true}) cases.push_back({name, lens, d, g, sparse});
+      }
+    }
+  }
+  cases.push_back({"wide_group", {17, 4097}, 128, 12, false});  // two head chunks per KV head
+  cases.push_back({"wide_group", {17, 4097}, 128, 12, true});
+  return cases;
+}
+
+class DecodeAttentionTest : public CudaTest, public ::testing::WithParamInterface<DecodeCase> {};
+
+TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
+  const DecodeCase& tc = GetParam();
+  const int hkv = 2, hq = hkv * tc.group, d = tc.d;
+  const int batch = int(tc.lens.size());
+  TestCache cache;
+  BuildCache(cache, hkv, d, tc.lens, 11, Normal());
+  const std::vector<float> q = RandomBf16Values(size_t(batch) * hq * d, 12);
+
+  // Sparse rows: ~10% of the blocks (at least 16) in shuffled order, always the last one; the
+  // second sequence of a batch selects nothing and must come back as O = 0, lse = -inf.
+  std::vector<int32_t> num_blocks(batch, 0), blocks;
+  int stride = 1;
+  if (tc.sparse) {
+    std::mt19937 rng(13);
+    for (int b = 0; b < batch; ++b) {
+      const int32_t m = (tc.lens[b] + kPageTokens - 1) / kPageTokens;
+      num_blocks[b] = (batch > 1 && b == 1) ? 0 : NumSelectedBlocks(m, 0.1f, 16);
+      stride = std::max(stride, num_blocks[b]);
+    }
+    blocks.assign(size_t(batch) * hkv * stride, -1);
+    for (int b = 0; b < batch; ++b) {
+      const int32_t m = (tc.lens[b] + kPageTokens - 1) / kPageTokens;
+      for (int h = 0; h < hkv; ++h) {
+        if (num_blocks[b] == 0) continue;
+        std::vector<int32_t> ids(m - 1);
+        std::iota(ids.begin(), ids.end(), 0);
+        std::shuffle(ids.begin(), ids.end(), rng);
+        ids.resize(num_blocks[b] - 1);
+        ids.push_back(m - 1);  // the current block
+        std::shuffle(ids.begin(), ids.end(), rng);
+        for (int i = 0; i < num_blocks[b]; ++i) blocks[(size_t(b) * hkv + h) * stride + i] = ids[i];
+      }
+    }
+  }
+
+  // CPU twin.
+  std::vector<AttentionRow> rows(batch);
+  for (int b = 0; b < batch; ++b) {
+    rows[b].page_table = cache.table(b);
+    rows[b].num_keys = tc.lens[b];
+    if (tc.sparse) {
+      rows[b].sparse = true;
+      rows[b].blocks = blocks.data() + size_t(b) * hkv * stride;
+      rows[b].num_blocks = num_blocks[b];
+      rows[b].blocks_stride = stride;
+    }
+  }
+  const AttentionParams ap{hq, 1.0f / std::sqrt(float(d))};
+  std::vector<float> want(size_t(batch) * hq * d), want_lse(size_t(batch) * hq);
+  PagedAttention(cache.cpu, ap, q.data(), rows, want.data(), want_lse.data());
+
+  // GPU.
+  DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
+  DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
+  dout.Fill(0xff);  // NaN: every output must be written
+  dlse.Fill(0xff);
+  DeviceBuffer<int32_t> dblocks(tc.sparse ? blocks : std::vector<int32_t>{0});
+  DeviceBuffer<int32_t> dnum(num_blocks);
+  DecodeAttentionParams p;
+  p.kv = cache.gpu();
+  p.q = testing::AsBf16(dq.get());
+  p.out = dout.get();
+  p.lse_ln = dlse.get();
+  p.batch = batch;
+  p.num_heads = hq;
+  p.scale = ap.scale;
+  p.num_keys = cache.dlens.get();
+  p.page_tables = cache.dtables.get();
+  p.page_table_stride = cache.page_table_stride;
+  p.max_num_keys = cache.max_len();
+  if (tc.sparse) {
+    p.blocks = dblocks.get();
+    p.num_blocks = dnum.get();
+    p.blocks_stride = stride;
+    p.max_num_blocks = *std::max_element(num_blocks.begin(), num_blocks.end());
+  }
+  DeviceBuffer<char> ws(DecodeAttentionWorkspaceBytes(p));
+  ws.Fill(0);
+  p.workspace = ws.get();
+  p.workspace_bytes = ws.size();
+  // Twice: the second launch checks that the split counters were left at zero.
+  for (int rep = 0; rep < 2; ++rep) {
+    ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
+    const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
+    EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16)) << "rep " << rep;
+    EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16)) << "rep " << rep;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DecodeAttentionTest, ::testing::ValuesIn(DecodeCases()), CaseName);
+
+struct ChunkCase {
+  std::string name;
+  std::vector<std::pair<int32_t, int32_t>> chunks;  // (rows, first_num_keys)
+  int d;
+  int group;
+  int num_splits;  // 0: automatic
+};
+
+std::string ChunkName(const ::testing::TestParamInfo<ChunkCase>& info) {
+  const ChunkCase& c = info.param;
+  return c.name + "_d" + std::to_string(c.d) + "_g" + std::to_string(c.group) + "_s" +
+         std::to_string(c.num_splits);
+}
+
+std::vector<ChunkCase> ChunkCases() {
+  std::vector<ChunkCase> cases;
+  const std::vector<std::pair<std::string, std::vector<std::pair<int32_t, int32_t>>>> sets = {
+      {"ragged", {{1, 1}, {15, 2}, {16, 17}, {17, 4097}, {32, 4066}, {200, 300}}},
+      {"rectify_long", {{32, 131073 - 31}, {1, 131072}}},
+      {"prefill", {{1000, 1}, {17, 1}}}};
+  for (const auto& [name, chunks] : sets) {
+    for (int d : {64, 128}) {
+      for (int g : {3, 6, 7}) cases.push_back({name, chunks, d, g, 0});
+    }
+  }
+  // Forced splits: many more than key tiles, so most splits are empty and must merge as zero.
+  cases.push_back({"empty_splits", {{5, 20}, {3, 70}}, 128, 7, 48});
+  cases.push_back({"split3", {{32, 4066}}, 64, 6, 3});
+  return cases;
+}
+
+class ChunkAttentionTest : public CudaTest, public ::testing::WithParamInterface<ChunkCase> {};
+
+TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
+  const ChunkCase& tc = GetParam();
+  const int hkv = 2, hq = hkv * tc.group, d = tc.d;
+  std::vector<int32_t> lens, row_offsets{0}, firsts;
+  int32_t max_rows = 0, max_keys = 0;
+  for (const auto& [rows, first] : tc.chunks) {
+    lens.push_back(first + rows - 1);
+    firsts.push_back(first);
+    row_offsets.push_back(row_offsets.back() + rows);
+    max_rows = std::max(max_rows, rows);
+    max_keys = std::max(max_keys, first + rows - 1);
+  }
+  const int32_t total_rows = row_offsets.back();
+  TestCache cache;
+  BuildCache(cache, hkv, d, lens, 21, Normal());
+  const std::vector<float> q = RandomBf16Values(size_t(total_rows) * hq * d, 22);
+  const AttentionParams ap{hq, 1.0f / std::sqrt(float(d))};
+  std::vector<float> want(q.size()), want_lse(size_t(total_rows) * hq);
+  for (size_t c = 0; c < tc.chunks.size(); ++c) {
+    const size_t r0 = row_offsets[c];
+    PagedChunkAttention(cache.cpu, ap, q.data() + r0 * hq * d, tc.chunks[c].first,
+                        cache.table(c), firsts[c], want.data() + r0 * hq * d,
+                        want_lse.data() + r0 * hq);
+  }
+
+  DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
+  DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
+  dout.Fill(0xff);
+  dlse.Fill(0xff);
+  DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts);
+  ChunkAttentionParams p;
+  p.kv = cache.gpu();
+  p.q = testing::AsBf16(dq.get());
+  p.out = dout.get();
+  p.lse_ln = dlse.get();
+  p.num_heads = hq;
+  p.scale = ap.scale;
+  p.num_chunks = int(tc.chunks.size());
+  p.row_offsets = doffs.get();
+  p.first_num_keys = dfirst.get();
+  p.page_tables = cache.dtables.get();
+  p.page_table_stride = cache.page_table_stride;
+  p.total_rows = total_rows;
+  p.max_rows = max_rows;
+  p.max_num_keys = max_keys;
+  p.num_splits = tc.num_splits;
+  DeviceBuffer<char> ws(std::max<size_t>(1, ChunkAttentionWorkspaceBytes(p)));
+  p.workspace = ws.get();
+  p.workspace_bytes = ws.size();
+  ASSERT_TRUE(ChunkAttentionCuda(p, nullptr).ok());
+  const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
+  EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16));
+  EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ChunkAttentionTest, ::testing::ValuesIn(ChunkCases()), ChunkName);
+
+class MergeCudaTest : public CudaTest {};
+
+TEST_F(MergeCudaTest, MatchesCpuTwinIncludingEmptyPartials) {
+  const int n = 1000, d = 128;
+  std::vector<float> oa = RandomBf16Values(size_t(n) * d, 31), ob = RandomBf16Values(size_t(n) * d, 32);
+  std::vector<float> la = RandomBf16Values(n, 33, 5.0f), lb = RandomBf16Values(n, 34, 5.0f);
+  for (int i = 0; i < n; i += 7) la[i] = -kInf;
+  for (int i = 0; i < n; i += 5) lb[i] = -kInf;
+  for (int i = 0; i < n; i += 35) {  // both empty: O must be zero
+    std::fill(oa.begin() + size_t(i) * d, oa.begin() + size_t(i + 1) * d, 0.0f);
+  }
+  DeviceBuffer<float> doa(oa), dla(la), dob(ob), dlb(lb);
+  std::vector<float> want = oa, want_lse = la;
+  MergeAttentionStates(want.data(), want_lse.data(), ob.data(), lb.data(), n, d);
+  ASSERT_TRUE(MergeAttentionStatesCuda(doa.get(), dla.get(), dob.get(), dlb.get(), n, d, nullptr).ok());
+  const std::vector<float> got = doa.Download(), got_lse = dla.Download();
+  EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kF32));
+  EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kF32));
+}
+
+// Invariant: dense decode == LSE merge of sparse decodes over two disjoint halves of the blocks.
+TEST_F(MergeCudaTest, MergedHalvesEqualDense) {
+  const int hkv = 2, g = 7, hq = hkv * g, d = 128;
+  const std::vector<int32_t> lens = {4097, 20000};
+  TestCache cache;
+  BuildCache(cache, hkv, d, lens, 41, Normal());
+  const std::vector<float> q = RandomBf16Values(size_t(2) * hq * d, 42);
+  DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
+  const int32_t mmax = (20000 + 15) / 16;
+  const int stride = (mmax + 1) / 2 + 1;
+  std::vector<int32_t> even(size_t(2) * hkv * stride), odd(even.size()), ne(2), no(2);
+  for (int b = 0; b < 2; ++b) {
+    const int32_t m = (lens[b] + 15) / 16;
+    ne[b] = (m + 1) / 2, no[b] = m / 2;
+    for (int h = 0; h < hkv; ++h) {
+      for (int32_t i = 0; i < m; ++i) {
+        (i % 2 == 0 ? even : odd)[(size_t(b) * hkv + h) * stride + i / 2] = i;
+      }
+    }
+  }
+  DeviceBuffer<int32_t> deven(even), dodd(odd), dne(ne), dno(no);
+  DeviceBuffer<float> o_dense(size_t(2) * hq * d), l_dense(2 * hq), o_a(o_dense.size()),
+      l_a(2 * hq), o_b(o_dense.size()), l_b(2 * hq);
+  DecodeAttentionParams p;
+  p.kv = cache.gpu();
+  p.q = testing::AsBf16(dq.get());
+  p.batch = 2;
+  p.num_heads = hq;
+  p.scale = 1.0f / std::sqrt(float(d));
+  p.num_keys = cache.dlens.get();
+  p.page_tables = cache.dtables.get();
+  p.page_table_stride = cache.page_table_stride;
+  p.max_num_keys = 20000;
+  p.blocks_stride = stride;
+  p.max_num_blocks = stride;
+  DeviceBuffer<char> ws(DecodeAttentionWorkspaceBytes(p) + DecodeAttentionWorkspaceBytes([&] {
+                          DecodeAttentionParams s = p;
+                          s.blocks = deven.get();
+                          return s;
+                        }()));
+  ws.Fill(0);
+  p.workspace = ws.get();
+  p.workspace_bytes = ws.size();
+  p.out = o_dense.get(), p.lse_ln = l_dense.get();
+  ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
+  p.blocks = deven.get(), p.num_blocks = dne.get(), p.out = o_a.get(), p.lse_ln = l_a.get();
+  ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
+  p.blocks = dodd.get(), p.num_blocks = dno.get(), p.out = o_b.get(), p.lse_ln = l_b.get();
+  ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
+  ASSERT_TRUE(MergeAttentionStatesCuda(o_a.get(), l_a.get(), o_b.get(), l_b.get(), 2 * hq, d, nullptr).ok());
+  const std::vector<float> dense = o_dense.Download(), merged = o_a.Download();
+  const std::vector<float> dl = l_dense.Download(), ml = l_a.Download();
+  EXPECT_TRUE(AllClose(merged.data(), dense.data(), dense.size(), kBF16));
+  EXPECT_TRUE(AllClose(ml.data(), dl.data(), dl.size(), kBF16));
+}
+
+TEST_F(MergeCudaTest, RejectsBadArguments) {
+  DecodeAttentionParams p;
+  EXPECT_EQ(DecodeAttentionCuda(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  ChunkAttentionParams c;
+  EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace resa::cuda

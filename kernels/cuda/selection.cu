@@ -1,0 +1,392 @@
+// K/V writes, block summaries and the fused ReSA selection (write + score + top-n) on the GPU.
+//
+// SelectKernel, grid (block chunk, KV head, sequence), 512 threads:
+//  * the CTA whose chunk holds the current block writes the new token's K/V and widens that
+//    page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
+//  * every CTA scores 256 blocks with 4 lanes per block (16-byte streaming loads of the bf16
+//    min/max rows, q in registers) and stores order-preserving uint32 keys of the fp32 scores;
+//  * the last CTA of a (sequence, head) to arrive (atomic counter, self-resetting) runs a
+//    3-pass radix select (11/11/10 bits, shared-memory histograms) for the n-th largest key T,
+//    then writes, in ascending block order, every block with key > T and the lowest-numbered
+//    blocks with key == T: (score desc, block asc) exactly as TopBlocks, without any sort.
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/selection_cuda.h"
+
+namespace resa::cuda {
+namespace {
+
+constexpr int kSelThreads = 512;
+constexpr int kSelWarps = kSelThreads / 32;
+constexpr int kSelChunk = 256;         // blocks scored per CTA
+constexpr int kMaxSmemKeys = 16384;    // up to 256K tokens the keys are selected in shared memory
+constexpr int kRadixBins = 2048;
+
+struct SelectPlan {
+  int32_t max_blocks = 0;
+  size_t counter_offset = 0, bytes = 0;
+};
+
+struct SelectArgs {
+  SelectBlocksParams p;
+  int group;
+  int32_t max_blocks;
+  uint32_t* keys;  // [batch][num_kv_heads][max_blocks]
+  int* counters;   // [batch][num_kv_heads]
+  bool keys_in_smem;
+};
+
+size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
+
+SelectPlan PlanSelect(const SelectBlocksParams& p) {
+  SelectPlan plan;
+  plan.max_blocks = (p.max_num_keys + kPageTokens - 1) / kPageTokens;
+  const size_t rows = size_t(p.batch) * (p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1);
+  plan.counter_offset = AlignUp(rows * plan.max_blocks * sizeof(uint32_t));
+  plan.bytes = plan.counter_offset + AlignUp(rows * sizeof(int));
+  return plan;
+}
+
+// Order-preserving map of fp32 to uint32 (larger float -> larger key); -0 is folded into +0 so
+// equal scores are equal keys, as the CPU's float comparison sees them.
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  if (f == 0.0f) f = 0.0f;
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
+__device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_warp) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  __syncthreads();  // s_warp may still be read by a previous scan
+  if (lane == 31) s_warp[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    uint32_t w = lane < kSelWarps ? s_warp[lane] : 0u;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += y;
+    }
+    if (lane < kSelWarps) s_warp[lane] = w;  // inclusive warp totals
+  }
+  __syncthreads();
+  *total = s_warp[kSelWarps - 1];
+  return (warp > 0 ? s_warp[warp - 1] : 0u) + x - v;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) {
+  extern __shared__ uint32_t s_keys[];  // [M] when keys_in_smem
+  __shared__ float s_q[D];
+  __shared__ uint32_t s_hist[kRadixBins];
+  __shared__ uint32_t s_warp[kSelWarps];
+  __shared__ uint32_t s_digit, s_above;
+  __shared__ int s_last;
+
+  const SelectBlocksParams& p = a.p;
+  const int hkv = p.kv.num_kv_heads;
+  const int b = blockIdx.z, h = blockIdx.y, chunk = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int32_t num_keys = p.num_keys[b];
+  const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
+  const int n_ctas = (M + kSelChunk - 1) / kSelChunk;
+  if (M == 0) {
+    if (chunk == 0 && h == 0 && tid == 0) p.num_blocks[b] = 0;
+    return;
+  }
+  if (chunk >= n_ctas) return;
+  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
+  const size_t summary_stride = size_t(2) * D;
+
+  // 1. The current token: K/V into its slot, key folded into the page summary.
+  if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
+    const int32_t pos = num_keys - 1;
+    const int32_t page = table[pos / kPageTokens];
+    const int slot = pos % kPageTokens;
+    const size_t src = (size_t(b) * hkv + h) * D + tid;
+    const size_t dst = ((size_t(page) * hkv + h) * kPageTokens + slot) * D + tid;
+    const __nv_bfloat16 k = p.k_new[src];
+    p.kv.k[dst] = k;
+    p.kv.v[dst] = p.v_new[src];
+    __nv_bfloat16* sm = p.kv.summary + (size_t(page) * hkv + h) * summary_stride;
+    if (slot == 0) {
+      sm[tid] = k;
+      sm[D + tid] = k;
+    } else {
+      const float kf = __bfloat162float(k);
+      if (kf < __bfloat162float(sm[tid])) sm[tid] = k;
+      if (kf > __bfloat162float(sm[D + tid])) sm[D + tid] = k;
+    }
+  }
+
+  // 2. Pooled query: exact mean of the group's heads (sum, then one division).
+  for (int d = tid; d < D; d += kSelThreads) {
+    float sum = 0.0f;
+    for (int j = 0; j < a.group; ++j) {
+      sum += __bfloat162float(p.q[(size_t(b) * p.num_heads + h * a.group + j) * D + d]);
+    }
+    s_q[d] = sum / float(a.group);
+  }
+  __syncthreads();
+
+  // 3. Scores: 4 lanes per block, lane part owns dims 8 part + 32 i + [0, 8).
+  constexpr int KI = D / 32;
+  const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
+  float qv[KI][8];
+#pragma unroll
+  for (int i = 0; i < KI; ++i) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qv[i][e] = s_q[8 * part + 32 * i + e];
+  }
+  uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.max_blocks;
+  const int32_t end = min(M, (chunk + 1) * kSelChunk);
+  for (int32_t base = chunk * kSelChunk + warp * 8; base < end; base += kSelWarps * 8) {
+    const int32_t blk = base + sub;
+    float acc = 0.0f;
+    if (blk < end) {
+      const __nv_bfloat16* sm =
+          p.kv.summary + (size_t(table[blk]) * hkv + h) * summary_stride + 8 * part;
+      uint4 mn[KI], mx[KI];
+#pragma unroll
+      for (int i = 0; i < KI; ++i) {
+        mn[i] = detail::LoadStream(sm + 32 * i);
+        mx[i] = detail::LoadStream(sm + D + 32 * i);
+      }
+#pragma unroll
+      for (int i = 0; i < KI; ++i) {
+        const uint32_t wn[4] = {mn[i].x, mn[i].y, mn[i].z, mn[i].w};
+        const uint32_t wx[4] = {mx[i].x, mx[i].y, mx[i].z, mx[i].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float q0 = qv[i][2 * e], q1 = qv[i][2 * e + 1];
+          acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
+          acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
+        }
+      }
+    }
+    acc = detail::QuadSum(acc);
+    if (part == 0 && blk < end) gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : acc);
+  }
+
+  // 4. Arrival: the last CTA of this (sequence, head) selects.
+  __threadfence();
+  __syncthreads();
+  int* counter = a.counters + size_t(b) * hkv + h;
+  if (tid == 0) s_last = atomicAdd(counter, 1) == n_ctas - 1;
+  __syncthreads();
+  if (!s_last) return;
+  if (tid == 0) *counter = 0;
+  __threadfence();
+
+  const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
+  int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
+  if (h == 0 && tid == 0) p.num_blocks[b] = n;
+  if (n >= M) {
+    for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
+    return;
+  }
+  const uint32_t* keys = gkeys;
+  if (a.keys_in_smem) {
+    for (int32_t i = tid; i < M; i += kSelThreads) s_keys[i] = __ldcg(gkeys + i);
+    __syncthreads();
+    keys = s_keys;
+  }
+  auto key_at = [&](int32_t i) { return a.keys_in_smem ? keys[i] : __ldcg(keys + i); };
+
+  // 5. Radix select of T = the n-th largest key: after the passes, `remaining` keys equal to T
+  // are still needed beyond the n - remaining keys greater than T.
+  uint32_t prefix = 0, mask = 0, remaining = uint32_t(n);
+#pragma unroll 1
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
+    const int bins = pass == 2 ? 1024 : 2048;
+    for (int i = tid; i < bins; i += kSelThreads) s_hist[i] = 0;
+    __syncthreads();
+    for (int32_t i = tid; i < M; i += kSelThreads) {
+      const uint32_t k = key_at(i);
+      if ((k & mask) == prefix) atomicAdd(&s_hist[(k >> shift) & (bins - 1)], 1u);
+    }
+    __syncthreads();
+    // Thread t owns bins [bins - (t+1) * per, bins - t * per) visited from the top down.
+    const int per = bins / kSelThreads;
+    const int top = bins - 1 - tid * per;
+    uint32_t local = 0;
+    for (int j = 0; j < per; ++j) local += s_hist[top - j];
+    uint32_t total;
+    uint32_t above = BlockExclusiveScan(local, &total, s_warp);
+    for (int j = 0; j < per; ++j) {
+      const uint32_t cnt = s_hist[top - j];
+      if (above < remaining && remaining <= above + cnt) {
+        s_digit = uint32_t(top - j);
+        s_above = above;
+      }
+      above += cnt;
+    }
+    __syncthreads();
+    remaining -= s_above;
+    prefix |= s_digit << shift;
+    mask |= uint32_t(bins - 1) << shift;
+    __syncthreads();  // s_digit / s_above / s_hist are rewritten by the next pass
+  }
+  const uint32_t T = prefix;
+
+  // 6. Output in ascending block order: thread t owns blocks [t * per, (t + 1) * per).
+  const int32_t per = (M + kSelThreads - 1) / kSelThreads;
+  const int32_t lo = min(M, tid * per), hi = min(M, lo + per);
+  uint32_t gt = 0, eq = 0;
+  for (int32_t i = lo; i < hi; ++i) {
+    const uint32_t k = key_at(i);
+    gt += k > T;
+    eq += k == T;
+  }
+  uint32_t total;
+  const uint32_t eq_before = BlockExclusiveScan(eq, &total, s_warp);
+  const uint32_t take_eq =
+      remaining > eq_before ? (remaining - eq_before < eq ? remaining - eq_before : eq) : 0u;
+  uint32_t pos = BlockExclusiveScan(gt + take_eq, &total, s_warp);
+  uint32_t taken = 0;
+  for (int32_t i = lo; i < hi; ++i) {
+    const uint32_t k = key_at(i);
+    if (k > T || (k == T && taken < take_eq)) {
+      out[pos++] = i;
+      taken += k == T;
+    }
+  }
+}
+
+// Copies tokens' K/V rows into their page slots: one thread per 16-byte piece.
+__global__ void WriteKvKernel(const WriteKvParams p) {
+  const int s = blockIdx.y;
+  const int D = p.kv.head_dim, hkv = p.kv.num_kv_heads, ch = D / 8;
+  const int32_t t0 = p.token_offsets[s];
+  const int32_t ntok = p.token_offsets[s + 1] - t0;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t tok = idx / (hkv * ch);
+  if (tok >= ntok) return;
+  const int h = int(idx / ch % hkv), c = int(idx % ch);
+  const int32_t pos = p.first_pos[s] + int32_t(tok);
+  const int32_t page = p.page_tables[size_t(s) * p.page_table_stride + pos / kPageTokens];
+  const size_t dst = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * D + c * 8;
+  const size_t src = ((size_t(t0) + tok) * hkv + h) * D + c * 8;
+  *reinterpret_cast<uint4*>(p.kv.k + dst) = *reinterpret_cast<const uint4*>(p.k + src);
+  *reinterpret_cast<uint4*>(p.kv.v + dst) = *reinterpret_cast<const uint4*>(p.v + src);
+}
+
+// Recomputes the summaries of the pages a run touched; one thread per dim.
+__global__ void RecomputeSummaryKernel(const WriteKvParams p) {
+  const int s = blockIdx.z, h = blockIdx.y;
+  const int D = p.kv.head_dim, hkv = p.kv.num_kv_heads;
+  const int32_t ntok = p.token_offsets[s + 1] - p.token_offsets[s];
+  if (ntok <= 0) return;
+  const int32_t first_blk = p.first_pos[s] / kPageTokens;
+  const int32_t last_blk = (p.first_pos[s] + ntok - 1) / kPageTokens;
+  const int32_t blk = first_blk + int32_t(blockIdx.x);
+  if (blk > last_blk) return;
+  const int valid = min(kPageTokens, p.num_keys[s] - blk * kPageTokens);
+  const int32_t page = p.page_tables[size_t(s) * p.page_table_stride + blk];
+  const __nv_bfloat16* kp = p.kv.k + (size_t(page) * hkv + h) * kPageTokens * D;
+  __nv_bfloat16* sm = p.kv.summary + (size_t(page) * hkv + h) * 2 * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float mn = INFINITY, mx = -INFINITY;
+    for (int t = 0; t < valid; ++t) {
+      const float x = __bfloat162float(kp[size_t(t) * D + d]);
+      mn = fminf(mn, x);
+      mx = fmaxf(mx, x);
+    }
+    sm[d] = __float2bfloat16(mn);  // +-inf are exact in bf16
+    sm[D + d] = __float2bfloat16(mx);
+  }
+}
+
+absl::Status ValidateKv(const PagedKvCuda& kv, const char* who) {
+  if (kv.k == nullptr || kv.v == nullptr || kv.summary == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": null k, v or summary"));
+  }
+  if ((kv.head_dim != 64 && kv.head_dim != 128) || kv.num_kv_heads <= 0 ||
+      kv.num_kv_heads > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": head_dim ", kv.head_dim,
+                                                   " (supported: 64, 128) or num_kv_heads ",
+                                                   kv.num_kv_heads));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p) { return PlanSelect(p).bytes; }
+
+absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) {
+  if (auto st = ValidateKv(p.kv, "SelectBlocksCuda"); !st.ok()) return st;
+  if (p.q == nullptr || p.num_keys == nullptr || p.page_tables == nullptr || p.blocks == nullptr ||
+      p.num_blocks == nullptr || (p.k_new == nullptr) != (p.v_new == nullptr)) {
+    return absl::InvalidArgumentError(
+        "SelectBlocksCuda: null q, num_keys, page_tables, blocks or num_blocks, or only one of "
+        "k_new / v_new");
+  }
+  if (p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0 || p.batch <= 0 ||
+      p.batch > 65535 || p.max_num_keys < 0 || p.page_table_stride <= 0) {
+    return absl::InvalidArgumentError("SelectBlocksCuda: bad num_heads, batch or max_num_keys");
+  }
+  const SelectPlan plan = PlanSelect(p);
+  const int32_t n_max = NumSelectedBlocksCuda(plan.max_blocks, p.ratio, p.min_blocks);
+  if (p.blocks_stride < n_max) {
+    return absl::InvalidArgumentError(absl::StrCat("SelectBlocksCuda: blocks_stride ",
+                                                   p.blocks_stride, " < ", n_max));
+  }
+  if (p.workspace == nullptr || p.workspace_bytes < plan.bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("SelectBlocksCuda: workspace of ",
+                                                   p.workspace_bytes, " bytes, need ", plan.bytes));
+  }
+  if (plan.max_blocks == 0) return absl::OkStatus();
+  SelectArgs a;
+  a.p = p;
+  a.group = p.num_heads / p.kv.num_kv_heads;
+  a.max_blocks = plan.max_blocks;
+  a.keys = static_cast<uint32_t*>(p.workspace);
+  a.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + plan.counter_offset);
+  a.keys_in_smem = plan.max_blocks <= kMaxSmemKeys;
+  const int smem = a.keys_in_smem ? int(plan.max_blocks * sizeof(uint32_t)) : 0;
+  const dim3 grid((plan.max_blocks + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);
+  cudaError_t err;
+  if (p.kv.head_dim == 64) {
+    err = cudaFuncSetAttribute(SelectKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err == cudaSuccess) SelectKernel<64><<<grid, kSelThreads, smem, stream>>>(a);
+  } else {
+    err = cudaFuncSetAttribute(SelectKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err == cudaSuccess) SelectKernel<128><<<grid, kSelThreads, smem, stream>>>(a);
+  }
+  if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectKernel)"); !st.ok()) return st;
+  return CheckLaunch("SelectKernel");
+}
+
+absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream) {
+  if (auto st = ValidateKv(p.kv, "WriteKvCuda"); !st.ok()) return st;
+  if (p.k == nullptr || p.v == nullptr || p.token_offsets == nullptr || p.first_pos == nullptr ||
+      p.num_keys == nullptr || p.page_tables == nullptr || p.page_table_stride <= 0) {
+    return absl::InvalidArgumentError("WriteKvCuda: null k, v or sequence arrays");
+  }
+  if (p.num_seqs <= 0 || p.num_seqs > 65535 || p.max_tokens < 0) {
+    return absl::InvalidArgumentError("WriteKvCuda: bad num_seqs or max_tokens");
+  }
+  if (p.max_tokens == 0) return absl::OkStatus();
+  const int threads = 256;
+  const int64_t pieces = int64_t(p.max_tokens) * p.kv.num_kv_heads * (p.kv.head_dim / 8);
+  WriteKvKernel<<<dim3(unsigned((pieces + threads - 1) / threads), p.num_seqs), threads, 0,
+                  stream>>>(p);
+  if (auto st = CheckLaunch("WriteKvKernel"); !st.ok()) return st;
+  const unsigned pages = unsigned((p.max_tokens + kPageTokens - 1) / kPageTokens + 1);
+  RecomputeSummaryKernel<<<dim3(pages, p.kv.num_kv_heads, p.num_seqs), 128, 0, stream>>>(p);
+  return CheckLaunch("RecomputeSummaryKernel");
+}
+
+}  // namespace resa::cuda

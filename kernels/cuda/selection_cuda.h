@@ -1,0 +1,88 @@
+// K/V writes, block summaries and ReSA block selection on the GPU: the CUDA twins of
+// kernels/cpu/selection.h (resa-spec.md §2.3-2.6). Device pointers unless marked "host";
+// workspace rules as in attention_cuda.h.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/paged_kv_cuda.h"
+
+namespace resa::cuda {
+
+// Writes runs of consecutive tokens (prefill chunks, rectification overwrites) and recomputes
+// the summary of every page they touch. Sequence s writes tokens [token_offsets[s],
+// token_offsets[s + 1]) of k/v to positions first_pos[s], first_pos[s] + 1, ...; afterwards it
+// holds num_keys[s] valid keys, and each touched page's summary is recomputed from its first
+// min(16, num_keys[s] - 16 * block) keys. Twin of WriteTokenKv over the run followed by
+// RecomputeSummary on the touched pages (equal results: min/max are exact).
+struct WriteKvParams {
+  PagedKvCuda kv;
+  const __nv_bfloat16* k = nullptr;  // [total_tokens][num_kv_heads][head_dim]
+  const __nv_bfloat16* v = nullptr;  // same
+  int num_seqs = 0;
+  const int32_t* token_offsets = nullptr;  // [num_seqs + 1]
+  const int32_t* first_pos = nullptr;      // [num_seqs]
+  const int32_t* num_keys = nullptr;       // [num_seqs], >= first_pos + tokens
+  const int32_t* page_tables = nullptr;    // [num_seqs][page_table_stride]
+  int page_table_stride = 0;
+  int32_t max_tokens = 0;  // host: >= tokens of every sequence
+};
+
+absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream);
+
+// One fused decode-step selection per (sequence, KV head):
+//  1. (when k_new is set) writes the current token's K/V at position num_keys[b] - 1 and folds
+//     its key into that page's summary (slot 0 starts a fresh summary), as WriteTokenKv;
+//  2. pooled query = (sum of the group's query heads) / group, fp32;
+//  3. scores every block i < M = ceil(num_keys / 16) with the Quest bound
+//     sum_d max(q_d * max_d, q_d * min_d) in fp32, block M - 1 = +inf (ScoreBlocks);
+//  4. keeps n = NumSelectedBlocks(M, ratio, min_blocks) blocks by (score desc, block asc) with a
+//     radix select (no sort) and writes them ascending (TopBlocks).
+// The selection equals the CPU one whenever the fp32 scores are equal, which holds exactly when
+// the score sums are exact (the tests use small integers); otherwise the two may differ only
+// between blocks whose scores differ by fp32 summation-order rounding.
+struct SelectBlocksParams {
+  PagedKvCuda kv;
+  const __nv_bfloat16* q = nullptr;      // [batch][num_heads][head_dim], post-RoPE
+  const __nv_bfloat16* k_new = nullptr;  // [batch][num_kv_heads][head_dim] or null (no write)
+  const __nv_bfloat16* v_new = nullptr;  // same; set iff k_new is set
+  int batch = 0;
+  int num_heads = 0;
+  const int32_t* num_keys = nullptr;     // [batch], including the current token
+  const int32_t* page_tables = nullptr;  // [batch][page_table_stride]
+  int page_table_stride = 0;
+  int32_t max_num_keys = 0;  // host: >= every num_keys[b]
+  float ratio = 0.1f;
+  int32_t min_blocks = 16;
+
+  // Out: blocks[(b * num_kv_heads + h) * blocks_stride + i], i < num_blocks[b], ascending.
+  // blocks_stride >= NumSelectedBlocks(ceil(max_num_keys / 16), ratio, min_blocks).
+  int32_t* blocks = nullptr;
+  int32_t* num_blocks = nullptr;  // [batch]
+  int blocks_stride = 0;
+
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);
+absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
+
+// n = max(ceil(ratio * M), min(M, min_blocks)) with the product in fp32, exactly as the CPU
+// NumSelectedBlocks (host and device share this definition).
+__host__ __device__ inline int32_t NumSelectedBlocksCuda(int32_t num_blocks, float ratio,
+                                                        int32_t min_blocks) {
+  if (ratio >= 1.0f) return num_blocks;
+  const float prod = ratio * static_cast<float>(num_blocks);
+  int32_t n = static_cast<int32_t>(ceilf(prod));
+  const int32_t floor_n = num_blocks < min_blocks ? num_blocks : min_blocks;
+  n = n > floor_n ? n : floor_n;
+  return n < num_blocks ? n : num_blocks;
+}
+
+}  // namespace resa::cuda

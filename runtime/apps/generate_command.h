@@ -1,0 +1,40 @@
+// `resa generate`: load a model, prefill a prompt, stream the generated text, print stats.
+#pragma once
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace resa {
+
+struct GenerateCommandOptions {
+  std::string model = "default";
+  std::string prompt;
+  std::string prompt_file;
+  bool chat = false;
+  std::string system;
+  int max_new_tokens = 256;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int top_k = 0;
+  uint64_t seed = 0;
+  int threads = 0;
+  int ctx = 4096;
+  int prefill_chunk = 512;
+  bool quiet = false;
+  std::string mode = "resa";
+  float sparse_ratio = 0.1f;
+  int min_blocks = 16;
+  int rectify_every = 32;
+};
+
+// Registers --mode, --sparse-ratio, --min-blocks, --rectify-every on a command.
+void AddResaFlags(CLI::App& cmd, std::string& mode, float& sparse_ratio, int& min_blocks,
+                  int& rectify_every);
+
+// Registers the subcommand; `run` is set to the function that executes it (exit code).
+void AddGenerateCommand(CLI::App& app, GenerateCommandOptions& options, int& exit_code);
+
+int RunGenerate(const GenerateCommandOptions& options);
+
+}  // namespace resa

@@ -1,0 +1,181 @@
+#include "runtime/engine/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/selection.h"
+#include "runtime/core/status.h"
+#include "runtime/core/sysinfo.h"
+
+namespace resa {
+
+absl::StatusOr<DecodeMode> ParseDecodeMode(std::string_view name) {
+  if (name == "dense") return DecodeMode::kDense;
+  if (name == "sparse") return DecodeMode::kSparse;
+  if (name == "resa") return DecodeMode::kResa;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--mode must be dense, sparse or resa, got '", std::string(name), "'"));
+}
+
+const char* DecodeModeName(DecodeMode mode) {
+  switch (mode) {
+    case DecodeMode::kDense: return "dense";
+    case DecodeMode::kSparse: return "sparse";
+    case DecodeMode::kResa: return "resa";
+  }
+  return "?";
+}
+
+absl::Status ResaOptions::Validate() const {
+  if (!(sparse_ratio > 0.0f) || !std::isfinite(sparse_ratio)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sparse-ratio must be a number > 0 (1 = dense), got ", sparse_ratio));
+  }
+  if (min_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--min-blocks must be >= 1, got ", min_blocks));
+  }
+  if (mode == DecodeMode::kResa && rectify_every < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--rectify-every must be >= 1 in resa mode (use --mode sparse for none), got ",
+        rectify_every));
+  }
+  return absl::OkStatus();
+}
+
+Decoder::~Decoder() {
+  for (auto& s : seqs_) {
+    if (!s->finished) cache_.Release(s->kv);
+  }
+}
+
+absl::StatusOr<int> Decoder::Start(std::span<const int32_t> prompt, const ResaOptions& options,
+                                   int prefill_chunk) {
+  RESA_RETURN_IF_ERROR(options.Validate());
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (prefill_chunk <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefill-chunk must be > 0, got ", prefill_chunk));
+  }
+  auto s = std::make_unique<Seq>();
+  s->options = options;
+  s->sparse = SparseAttention{options.sparse_ratio, options.min_blocks};
+  s->logits.resize(model_.config().vocab_size);
+  s->report.prompt_tokens = int32_t(prompt.size());
+  Stopwatch sw;
+  for (size_t start = 0; start < prompt.size(); start += size_t(prefill_chunk)) {
+    const size_t n = std::min(prompt.size() - start, size_t(prefill_chunk));
+    const bool last = start + n == prompt.size();
+    ForwardChunk chunk{&s->kv, prompt.subspan(start, n),
+                       last ? LogitsMode::kLast : LogitsMode::kNone};
+    absl::Status st = model_.Forward({&chunk, 1}, s->logits.data());
+    if (!st.ok()) {
+      cache_.Release(s->kv);
+      return st;
+    }
+  }
+  prefill_seconds_ += sw.Seconds();
+  seqs_.push_back(std::move(s));
+  return int(seqs_.size() - 1);
+}
+
+absl::StatusOr<int> Decoder::Fork(int id, const ResaOptions& options) {
+  RESA_RETURN_IF_ERROR(options.Validate());
+  const Seq& src = *seqs_.at(id);
+  auto s = std::make_unique<Seq>(src);
+  s->options = options;
+  s->sparse = SparseAttention{options.sparse_ratio, options.min_blocks};
+  s->kv = SequenceKv{};
+  RESA_RETURN_IF_ERROR(cache_.Reserve(s->kv, src.kv.length));
+  s->kv.length = src.kv.length;
+  const ModelConfig& c = model_.config();
+  for (int l = 0; l < c.num_layers; ++l) {
+    PagedKvLayer kv = cache_.layer(l);
+    for (size_t b = 0; b < s->kv.page_table.size(); ++b) {
+      const int32_t from = src.kv.page_table[b], to = s->kv.page_table[b];
+      std::memcpy(kv.k_at(to, 0), kv.k_at(from, 0), kv.page_elems() * sizeof(float));
+      std::memcpy(kv.v_at(to, 0), kv.v_at(from, 0), kv.page_elems() * sizeof(float));
+      std::memcpy(kv.min_at(to, 0), kv.min_at(from, 0),
+                  size_t(c.num_kv_heads) * 2 * c.head_dim * sizeof(float));
+    }
+  }
+  seqs_.push_back(std::move(s));
+  return int(seqs_.size() - 1);
+}
+
+void Decoder::Finish(int id) {
+  Seq& s = *seqs_.at(id);
+  if (!s.finished) cache_.Release(s.kv);
+  s.finished = true;
+}
+
+absl::Status Decoder::Step(std::span<const Feed> feeds) {
+  if (feeds.empty()) return absl::OkStatus();
+  std::vector<ForwardChunk> chunks;
+  chunks.reserve(feeds.size());
+  for (const Feed& f : feeds) {
+    if (f.id < 0 || size_t(f.id) >= seqs_.size() || seqs_[f.id]->finished) {
+      return absl::InvalidArgumentError(absl::StrCat("no running sequence ", f.id));
+    }
+    Seq& s = *seqs_[f.id];
+    ForwardChunk ch{&s.kv, {&f.token, 1}, LogitsMode::kLast};
+    if (s.options.mode != DecodeMode::kDense) ch.sparse = &s.sparse;
+    chunks.push_back(ch);
+  }
+  const int vocab = model_.config().vocab_size;
+  std::vector<float> logits(feeds.size() * size_t(vocab));
+  Stopwatch sw;
+  RESA_RETURN_IF_ERROR(model_.Forward(chunks, logits.data()));
+  step_seconds_ += sw.Seconds();
+
+  const ModelConfig& c = model_.config();
+  std::vector<int> due;
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    Seq& s = *seqs_[feeds[i].id];
+    std::copy_n(logits.data() + i * vocab, vocab, s.logits.data());
+    s.fed.push_back(feeds[i].token);
+    s.report.decode_steps++;
+    const int32_t m = (s.kv.length + kPageTokens - 1) / kPageTokens;
+    int32_t n = m;
+    if (s.options.mode != DecodeMode::kDense) {
+      n = std::min(m, NumSelectedBlocks(m, s.sparse.ratio, s.sparse.min_blocks));
+    }
+    s.report.blocks_read += int64_t(n) * c.num_layers * c.num_kv_heads;
+    s.report.blocks_total += int64_t(m) * c.num_layers * c.num_kv_heads;
+    if (n < m) {
+      s.report.sparse_steps++;
+      s.sparse_since_rectify = true;
+    }
+    if (s.options.mode == DecodeMode::kResa &&
+        int32_t(s.fed.size()) % s.options.rectify_every == 0) {
+      // Steps that read every block already produced dense K/V: nothing to rectify.
+      if (s.sparse_since_rectify) due.push_back(feeds[i].id);
+    }
+  }
+  return Rectify(due);
+}
+
+absl::Status Decoder::Rectify(std::span<const int> ids) {
+  if (ids.empty()) return absl::OkStatus();
+  Stopwatch sw;
+  std::vector<ForwardChunk> chunks;
+  for (int id : ids) {
+    Seq& s = *seqs_[id];
+    const int32_t f = s.options.rectify_every;
+    ForwardChunk ch{&s.kv, std::span<const int32_t>(s.fed).last(size_t(f)), LogitsMode::kNone};
+    ch.start = s.kv.length - f;
+    chunks.push_back(ch);
+  }
+  RESA_RETURN_IF_ERROR(model_.Forward(chunks, nullptr));
+  for (int id : ids) {
+    Seq& s = *seqs_[id];
+    s.sparse_since_rectify = false;
+    s.report.rectifications++;
+    s.report.rectified_tokens += s.options.rectify_every;
+  }
+  rectify_seconds_ += sw.Seconds();
+  return absl::OkStatus();
+}
+
+}  // namespace resa
