@@ -63,17 +63,23 @@ void ScoreBlocks(const PagedKvLayer& kv, const float* pooled_q, const int32_t* p
                  int32_t num_keys, float* scores) {
   const int d = kv.head_dim;
   const int32_t m = (num_keys + kPageTokens - 1) / kPageTokens;
-  for (int h = 0; h < kv.num_kv_heads; ++h) {
+  const int64_t tasks = int64_t(kv.num_kv_heads) * m;
+#pragma omp parallel for schedule(static) if (tasks > 4096)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int h = int(task / m);
+    const int32_t b = int32_t(task % m);
     const float* q = pooled_q + size_t(h) * d;
-    float* row = scores + size_t(h) * m;
-    for (int32_t b = 0; b < m; ++b) {
-      const float* mn = kv.min_at(page_table[b], h);
-      const float* mx = kv.max_at(page_table[b], h);
-      float s = 0.0f;
-      for (int i = 0; i < d; ++i) s += std::max(q[i] * mx[i], q[i] * mn[i]);
-      row[b] = s;
+    const float* mn = kv.min_at(page_table[b], h);
+    const float* mx = kv.max_at(page_table[b], h);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < d; ++i) s += std::max(q[i] * mx[i], q[i] * mn[i]);
+    scores[size_t(h) * m + b] = s;
+  }
+  if (m > 0) {
+    for (int h = 0; h < kv.num_kv_heads; ++h) {
+      scores[size_t(h) * m + m - 1] = std::numeric_limits<float>::infinity();
     }
-    if (m > 0) row[m - 1] = std::numeric_limits<float>::infinity();
   }
 }
 

@@ -12,10 +12,12 @@
 // arguments, enqueues on `stream` without synchronising, and checks the launch.
 //
 // Workspaces: a launcher that needs scratch takes `workspace` of at least the bytes its
-// *WorkspaceBytes function returns for the same params. The workspace holds arrival counters
-// that must be zero before the first launch (cudaMemset once after allocating); every launch
-// leaves them zero again, so one workspace serves any number of launches on one stream, CUDA
-// graph replays included. Do not share a workspace between launches that may run concurrently.
+// *WorkspaceBytes function returns for the same params. The first kWorkspaceCounterBytes of every
+// workspace hold arrival counters that must be zero before the first launch (cudaMemset once
+// after allocating); every launcher leaves them zero again and writes its own scratch only after
+// them. So one zeroed workspace, sized by the largest *WorkspaceBytes, serves any number and mix
+// of launches (decode, chunk, selection; any shapes) on one stream, CUDA graph replays included.
+// Do not share a workspace between launches that may run concurrently.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -62,6 +62,11 @@ std::vector<DecodeCase> DecodeCases() {
       }
     }
   }
+  // Split/cluster shapes: one split (cluster of 1), three splits (cluster of 3).
+  for (bool sparse : {false, true}) {
+    cases.push_back({"tiny", {1, 15, 16, 17, 100}, 128, 7, sparse});
+    cases.push_back({"three_splits", {700, 5}, 64, 6, sparse});
+  }
   cases.push_back({"wide_group", {17, 4097}, 128, 12, false});  // two head chunks per KV head
   cases.push_back({"wide_group", {17, 4097}, 128, 12, true});
   return cases;

@@ -2,11 +2,14 @@
 //
 // Grid: x = split of the sequence's block list, y = (KV head, chunk of <= 8 query heads of its
 // group), z = sequence. A CTA of 8 warps streams its split's pages; each warp takes every 8th page
-// and keeps its own online-softmax state; the CTA merges its warps, and when a sequence has
-// several splits the last CTA to arrive (atomic counter) merges them, so one launch does it all.
+// and keeps its own online-softmax state, and the CTA merges its warps in shared memory. Splits
+// are grouped into thread-block clusters of up to 8 CTAs along x: the cluster's first CTA merges
+// the cluster's states through distributed shared memory (no global round trip), and when a
+// sequence has several clusters the last leader to arrive (atomic counter) merges their partials.
+// One launch does it all, and the serial tail is one small merge of <= 32 partials.
 //
-// Tensor cores without shared memory: every warp loads a whole 16-token page straight into
-// registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
+// Tensor cores without shared-memory staging: every warp loads a whole 16-token page straight
+// into registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
 //  * S = Q K^T with A = Q (rows = the group's query heads, padded to 16) and B = K^T (n = 8
 //    tokens, two n-tiles per page). The reduction index d may be permuted freely as long as Q
 //    and K use the same permutation, so each lane loads 16 contiguous bytes of its K row and the
@@ -16,6 +19,8 @@
 //    (dim) index is permuted too: lane r owns dims 64j + 8r + [0, 8), loaded as 16-byte rows of
 //    tokens 2c, 2c+1, 2c+8, 2c+9 and paired with byte permutes.
 // The query heads of a GQA group share every K/V byte read; K/V are read exactly once.
+#include <cooperative_groups.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -33,12 +38,16 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kHeadsPerCta = 8;  // the MMA's n for P^T: query heads of one group per CTA
 constexpr int kCtasPerSm = 2;
+constexpr int kMaxCluster = 8;   // portable thread-block cluster size
+constexpr int kMaxSplits = 256;  // per (sequence, head chunk); so <= 32 clusters to merge
+constexpr int kMinPagesPerSplit = 2 * kWarps;
 
 struct DecodePlan {
   int head_chunks = 0;
   int pages_per_split = 0;
-  int max_splits = 0;
-  size_t o_offset = 0, lse_offset = 0, counter_offset = 0, bytes = 0;
+  int max_splits = 0;  // grid.x, a multiple of cluster
+  int cluster = 1;
+  size_t o_offset = 0, lse_offset = 0, bytes = 0;
 };
 
 struct DecodeArgs {
@@ -46,71 +55,62 @@ struct DecodeArgs {
   int group;
   int head_chunks;
   int pages_per_split;
-  int max_splits;
+  int max_clusters;
   float scale_log2;
-  float* ws_o;    // [batch][y][max_splits][8][head_dim], normalised partial O
-  float* ws_lse;  // [batch][y][max_splits][8], natural log
-  int* counters;  // [batch][y]
+  float* ws_o;    // [batch][y][max_clusters][8][head_dim], normalised partial O
+  float* ws_lse;  // [batch][y][max_clusters][8], natural log
+  int* counters;  // [batch][y], at the front of the workspace
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 
+// Splits per row: about 2 CTAs per SM over all rows, rounded down to a multiple of the cluster
+// size so a uniform batch fills whole clusters and whole waves.
 DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   DecodePlan plan;
   const int hkv = p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1;
   const int group = p.num_heads / hkv;
   plan.head_chunks = (group + kHeadsPerCta - 1) / kHeadsPerCta;
-  const int64_t max_blocks =
-      p.blocks != nullptr ? p.max_num_blocks : (int64_t(p.max_num_keys) + kPageTokens - 1) / kPageTokens;
-  const int64_t ys = int64_t(hkv) * plan.head_chunks;
-  const int64_t work = int64_t(p.batch) * ys * max_blocks;
-  const int64_t target_ctas = int64_t(MultiprocessorCount()) * kCtasPerSm;
-  int64_t pps = (work + target_ctas - 1) / target_ctas;
-  pps = pps < kWarps ? kWarps : pps;  // every warp gets at least one page
+  const int64_t max_blocks = p.blocks != nullptr
+                                 ? p.max_num_blocks
+                                 : (int64_t(p.max_num_keys) + kPageTokens - 1) / kPageTokens;
+  const int64_t rows = int64_t(p.batch) * hkv * plan.head_chunks;
+  const int64_t target = int64_t(MultiprocessorCount()) * kCtasPerSm;
+  int64_t s0 = rows > 0 ? target / rows : 1;
+  s0 = s0 < 1 ? 1 : (s0 > kMaxSplits ? kMaxSplits : s0);
+  const int64_t c0 = s0 < kMaxCluster ? s0 : kMaxCluster;
+  s0 = s0 / c0 * c0;
+  int64_t pps = max_blocks > 0 ? (max_blocks + s0 - 1) / s0 : 1;
+  pps = pps < kMinPagesPerSplit ? kMinPagesPerSplit : pps;
   plan.pages_per_split = int(pps);
-  plan.max_splits = int(max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1);
-  const size_t slots = size_t(p.batch) * ys * plan.max_splits * kHeadsPerCta;
-  plan.o_offset = 0;
-  plan.lse_offset = AlignUp(slots * p.kv.head_dim * sizeof(float));
-  plan.counter_offset = plan.lse_offset + AlignUp(slots * sizeof(float));
-  plan.bytes = plan.counter_offset + AlignUp(size_t(p.batch) * ys * sizeof(int));
+  const int64_t splits = max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1;
+  plan.cluster = int(splits < kMaxCluster ? splits : kMaxCluster);
+  plan.max_splits = int((splits + plan.cluster - 1) / plan.cluster * plan.cluster);
+  const int64_t max_clusters = plan.max_splits / plan.cluster;
+  const size_t slots = size_t(rows) * max_clusters * kHeadsPerCta;
+  plan.o_offset = kWorkspaceCounterBytes;
+  plan.lse_offset = plan.o_offset + AlignUp(slots * p.kv.head_dim * sizeof(float));
+  plan.bytes = plan.lse_offset + AlignUp(slots * sizeof(float));
   return plan;
-}
-
-// Merges per-warp states (m in log2 units, l, unnormalised O) held in shared memory and hands
-// each (head, dim) result to emit(head, dim, o, lse_ln).
-template <int D, typename Emit>
-__device__ void CombineWarps(const float (&sm_m)[kWarps][kHeadsPerCta],
-                             const float (&sm_l)[kWarps][kHeadsPerCta],
-                             const float (&sm_o)[kWarps][kHeadsPerCta][D], int nh, Emit emit) {
-  for (int idx = threadIdx.x; idx < nh * D; idx += kThreads) {
-    const int hh = idx / D, d = idx % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w][hh]);
-    float o = 0.0f, lse = -INFINITY;
-    if (mx != -INFINITY) {
-      float den = 0.0f, num = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float wt = exp2f(sm_m[w][hh] - mx);  // 0 for an empty warp (m = -inf)
-        den += wt * sm_l[w][hh];
-        num += wt * sm_o[w][hh][d];
-      }
-      if (den > 0.0f) {
-        o = num / den;
-        lse = (mx + log2f(den)) * kLn2;
-      }
-    }
-    emit(hh, d, o, lse);
-  }
 }
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
+  namespace cg = cooperative_groups;
   constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
   constexpr int VJ = D / 64;  // 16-byte V loads per token row per lane
   constexpr int E = D / 16;   // m-tiles of O^T
+  constexpr int kMaxClusters = kMaxSplits / kMaxCluster;
+  __shared__ __align__(16) __nv_bfloat16 sq[kHeadsPerCta * D];
+  __shared__ float sm_m[kWarps][kHeadsPerCta], sm_l[kWarps][kHeadsPerCta];
+  __shared__ __align__(16) float sm_o[kWarps][kHeadsPerCta][D];
+  __shared__ float c_m[kHeadsPerCta], c_l[kHeadsPerCta];  // this CTA's state (log2 units)
+  __shared__ __align__(16) float c_o[kHeadsPerCta][D];     // unnormalised
+  __shared__ float s_w[kMaxClusters][kHeadsPerCta];        // merge weights
+  __shared__ float s_mx[kHeadsPerCta], s_den[kHeadsPerCta];
+  __shared__ int sm_last;
+
+  const cg::cluster_group cluster = cg::this_cluster();
   const DecodeAttentionParams& p = a.p;
   const int b = blockIdx.z;
   const int y = blockIdx.y;
@@ -121,25 +121,24 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   const bool sparse = p.blocks != nullptr;
   const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
   const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
-  if (int(blockIdx.x) >= splits) return;
   const int32_t i0 = blockIdx.x * a.pages_per_split;
-  const int32_t i1 = min(nblk, i0 + a.pages_per_split);
+  const int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   const int32_t* list =
       sparse ? p.blocks + (size_t(b) * p.kv.num_kv_heads + h) * p.blocks_stride : nullptr;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, r = lane / 4, c = lane % 4;
 
-  // Q as A fragments: qa[s] = dims 8c + 32s + [0, 8) of head r (zero rows past the group).
-  uint32_t qa[KS][4];
-#pragma unroll
-  for (int s = 0; s < KS; ++s) {
+  // This CTA's query heads into shared memory (rows past the group are zero).
+  for (int idx = tid; idx < kHeadsPerCta * D / 8; idx += kThreads) {
+    const int hh = idx / (D / 8), ch = idx % (D / 8);
     uint4 w = make_uint4(0, 0, 0, 0);
-    if (r < nh) {
-      w = *reinterpret_cast<const uint4*>(p.q + (size_t(b) * p.num_heads + head_lo + r) * D +
-                                          8 * c + 32 * s);
+    if (hh < nh) {
+      w = *reinterpret_cast<const uint4*>(p.q + (size_t(b) * p.num_heads + head_lo + hh) * D +
+                                          ch * 8);
     }
-    qa[s][0] = w.x, qa[s][1] = w.y, qa[s][2] = w.z, qa[s][3] = w.w;
+    *reinterpret_cast<uint4*>(sq + hh * D + ch * 8) = w;
   }
+  __syncthreads();
 
   const size_t head_stride = size_t(kPageTokens) * D;
   const size_t page_stride = size_t(p.kv.num_kv_heads) * head_stride;
@@ -158,7 +157,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
 #pragma unroll
-      for (int s = 0; s < KS; ++s) kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+      for (int s = 0; s < KS; ++s) {
+        kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+      }
     }
     uint32_t vw[4][4 * VJ];  // token rows 2c, 2c+1, 2c+8, 2c+9; dims 64j + 8r + [0, 8)
 #pragma unroll
@@ -174,10 +175,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int s = 0; s < KS; ++s) {
-      detail::Mma16816(s0, qa[s][0], 0u, qa[s][1], 0u, kr[0][s].x, kr[0][s].y);
-      detail::Mma16816(s0, qa[s][2], 0u, qa[s][3], 0u, kr[0][s].z, kr[0][s].w);
-      detail::Mma16816(s1, qa[s][0], 0u, qa[s][1], 0u, kr[1][s].x, kr[1][s].y);
-      detail::Mma16816(s1, qa[s][2], 0u, qa[s][3], 0u, kr[1][s].z, kr[1][s].w);
+      const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
+      detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
+      detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
+      detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
+      detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
     }
     // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
     const int valid = num_keys - blk * kPageTokens;
@@ -221,10 +223,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   }
   l = detail::QuadSum(l);
 
-  __shared__ float sm_m[kWarps][kHeadsPerCta];
-  __shared__ float sm_l[kWarps][kHeadsPerCta];
-  __shared__ float sm_o[kWarps][kHeadsPerCta][D];
-  __shared__ int sm_last;
+  // Warps -> CTA state (c_m, c_l, c_o), in shared memory for the cluster leader.
   if (c == 0) sm_m[warp][r] = m, sm_l[warp][r] = l;
   auto dim_of = [&](int u) { return 64 * (u / 8) + 8 * r + (u % 8); };
 #pragma unroll
@@ -235,68 +234,101 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     sm_o[warp][2 * c + 1][dim_of(E + i)] = o[i][3];
   }
   __syncthreads();
-
-  const size_t out_head = size_t(b) * p.num_heads + head_lo;
-  if (splits == 1) {
-    CombineWarps<D>(sm_m, sm_l, sm_o, nh, [&](int hh, int d, float ov, float lse) {
-      p.out[(out_head + hh) * D + d] = ov;
-      if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
-    });
-    return;
+  for (int idx = tid; idx < kHeadsPerCta * D; idx += kThreads) {
+    const int hh = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w][hh]);
+    float den = 0.0f, num = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = exp2f(sm_m[w][hh] - mx);  // 0 for an empty warp (m = -inf)
+        den += wt * sm_l[w][hh];
+        num += wt * sm_o[w][hh][d];
+      }
+    }
+    c_o[hh][d] = num;
+    if (d == 0) c_m[hh] = mx, c_l[hh] = den;
   }
-  const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_splits;
-  CombineWarps<D>(sm_m, sm_l, sm_o, nh, [&](int hh, int d, float ov, float lse) {
-    const size_t slot = (slot0 + blockIdx.x) * kHeadsPerCta + hh;
-    a.ws_o[slot * D + d] = ov;
-    if (d == 0) a.ws_lse[slot] = lse;
-  });
-  __threadfence();
-  __syncthreads();
-  int* counter = a.counters + size_t(b) * gridDim.y + y;
-  if (threadIdx.x == 0) sm_last = atomicAdd(counter, 1) == splits - 1;
-  __syncthreads();
-  if (!sm_last) return;
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
-  __threadfence();
+  cluster.sync();
 
-  // Last CTA: merge the splits. Warp w folds splits w, w + 8, ... (online, log2 units); lane
-  // owns dims [lane * D / 32, +D / 32) of every head; then the warps are merged as above.
-  constexpr int PD = D / 32;
-  float acc[kHeadsPerCta][PD], mx[kHeadsPerCta], den[kHeadsPerCta];
-#pragma unroll
-  for (int hh = 0; hh < kHeadsPerCta; ++hh) {
-    mx[hh] = -INFINITY, den[hh] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < PD; ++e) acc[hh][e] = 0.0f;
-  }
-  for (int s = warp; s < splits; s += kWarps) {
-    const size_t slot = (slot0 + s) * kHeadsPerCta;
-#pragma unroll
-    for (int hh = 0; hh < kHeadsPerCta; ++hh) {
-      if (hh >= nh) break;
-      const float lse2 = __ldcg(a.ws_lse + slot + hh) * kLog2e;
-      if (lse2 == -INFINITY) continue;
-      const float m_new = fmaxf(mx[hh], lse2);
-      const float c_old = exp2f(mx[hh] - m_new), c_new = exp2f(lse2 - m_new);
-      const float* src = a.ws_o + (slot + hh) * D + lane * PD;
-#pragma unroll
-      for (int e = 0; e < PD; ++e) acc[hh][e] = acc[hh][e] * c_old + c_new * __ldcg(src + e);
-      den[hh] = den[hh] * c_old + c_new;
-      mx[hh] = m_new;
+  // Cluster leader: merge the cluster's CTAs through distributed shared memory.
+  const int csize = int(cluster.num_blocks());
+  const int ci = blockIdx.x / csize;
+  const int nclusters = (splits + csize - 1) / csize;
+  if (cluster.block_rank() == 0 && ci < nclusters) {
+    if (tid < kHeadsPerCta) {
+      float mx = -INFINITY;
+      for (int q = 0; q < csize; ++q) mx = fmaxf(mx, *cluster.map_shared_rank(&c_m[tid], q));
+      float den = 0.0f;
+      for (int q = 0; q < csize; ++q) {
+        const float wt = mx == -INFINITY ? 0.0f : exp2f(*cluster.map_shared_rank(&c_m[tid], q) - mx);
+        s_w[q][tid] = wt;
+        den += wt * *cluster.map_shared_rank(&c_l[tid], q);
+      }
+      s_mx[tid] = mx, s_den[tid] = den;
+    }
+    __syncthreads();
+    const size_t out_head = size_t(b) * p.num_heads + head_lo;
+    const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
+    for (int idx = tid; idx < nh * D; idx += kThreads) {
+      const int hh = idx / D, d = idx % D;
+      float num = 0.0f;
+      for (int q = 0; q < csize; ++q) num += s_w[q][hh] * *cluster.map_shared_rank(&c_o[hh][d], q);
+      const float den = s_den[hh];
+      const float ov = den > 0.0f ? num / den : 0.0f;
+      const float lse = den > 0.0f ? (s_mx[hh] + log2f(den)) * kLn2 : -INFINITY;
+      if (nclusters == 1) {
+        p.out[(out_head + hh) * D + d] = ov;
+        if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
+      } else {
+        const size_t slot = (slot0 + ci) * kHeadsPerCta + hh;
+        a.ws_o[slot * D + d] = ov;
+        if (d == 0) a.ws_lse[slot] = lse;
+      }
+    }
+    if (nclusters > 1) {
+      __threadfence();
+      __syncthreads();
+      int* counter = a.counters + size_t(b) * gridDim.y + y;
+      if (tid == 0) sm_last = atomicAdd(counter, 1) == nclusters - 1;
+      __syncthreads();
+      if (sm_last) {  // last leader: fold the <= 32 cluster partials of this row
+        if (tid == 0) *counter = 0;  // ready for the next launch
+        __threadfence();
+        if (tid < kHeadsPerCta) {
+          float mx = -INFINITY;
+          for (int q = 0; q < nclusters; ++q) {
+            s_w[q][tid] = __ldcg(a.ws_lse + (slot0 + q) * kHeadsPerCta + tid) * kLog2e;
+            mx = fmaxf(mx, s_w[q][tid]);
+          }
+          float den = 0.0f;
+          for (int q = 0; q < nclusters; ++q) {
+            const float wt = mx == -INFINITY ? 0.0f : exp2f(s_w[q][tid] - mx);
+            s_w[q][tid] = wt;
+            den += wt;
+          }
+          s_mx[tid] = mx, s_den[tid] = den;
+        }
+        __syncthreads();
+        for (int idx = tid; idx < nh * D; idx += kThreads) {
+          const int hh = idx / D, d = idx % D;
+          float num = 0.0f;
+#pragma unroll 8
+          for (int q = 0; q < nclusters; ++q) {
+            num += s_w[q][hh] * __ldcg(a.ws_o + ((slot0 + q) * kHeadsPerCta + hh) * D + d);
+          }
+          const float den = s_den[hh];
+          p.out[(out_head + hh) * D + d] = den > 0.0f ? num / den : 0.0f;
+          if (d == 0 && p.lse_ln != nullptr) {
+            p.lse_ln[out_head + hh] = den > 0.0f ? (s_mx[hh] + log2f(den)) * kLn2 : -INFINITY;
+          }
+        }
+      }
     }
   }
-  __syncthreads();  // sm_* are reused
-#pragma unroll
-  for (int hh = 0; hh < kHeadsPerCta; ++hh) {
-    if (lane == 0) sm_m[warp][hh] = mx[hh], sm_l[warp][hh] = den[hh];
-#pragma unroll
-    for (int e = 0; e < PD; ++e) sm_o[warp][hh][lane * PD + e] = acc[hh][e];
-  }
-  __syncthreads();
-  CombineWarps<D>(sm_m, sm_l, sm_o, nh, [&](int hh, int d, float ov, float lse) {
-    p.out[(out_head + hh) * D + d] = ov;
-    if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
-  });
+  cluster.sync();  // keep every CTA's shared memory alive until its leader has read it
 }
 
 absl::Status Validate(const DecodeAttentionParams& p) {
@@ -342,18 +374,29 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   a.group = p.num_heads / p.kv.num_kv_heads;
   a.head_chunks = plan.head_chunks;
   a.pages_per_split = plan.pages_per_split;
-  a.max_splits = plan.max_splits;
+  a.max_clusters = plan.max_splits / plan.cluster;
   a.scale_log2 = p.scale * kLog2e;
   char* ws = static_cast<char*>(p.workspace);
   a.ws_o = reinterpret_cast<float*>(ws + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(ws + plan.lse_offset);
-  a.counters = reinterpret_cast<int*>(ws + plan.counter_offset);
-  const dim3 grid(plan.max_splits, p.kv.num_kv_heads * plan.head_chunks, p.batch);
-  if (p.kv.head_dim == 64) {
-    DecodeKernel<64><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    DecodeKernel<128><<<grid, kThreads, 0, stream>>>(a);
+  a.counters = reinterpret_cast<int*>(ws);
+  if (int64_t(p.batch) * p.kv.num_kv_heads * plan.head_chunks > kWorkspaceCounters) {
+    return absl::InvalidArgumentError("DecodeAttentionCuda: batch x heads exceeds the counters");
   }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(plan.max_splits, p.kv.num_kv_heads * plan.head_chunks, p.batch);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = plan.cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t err = p.kv.head_dim == 64 ? cudaLaunchKernelEx(&cfg, DecodeKernel<64>, a)
+                                              : cudaLaunchKernelEx(&cfg, DecodeKernel<128>, a);
+  if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
   return CheckLaunch(p.blocks != nullptr ? "DecodeKernel (sparse)" : "DecodeKernel (dense)");
 }
 

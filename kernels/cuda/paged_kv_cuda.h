@@ -19,6 +19,10 @@ namespace resa::cuda {
 
 inline constexpr int kPageTokens = 16;
 
+// Front of every kernel workspace: arrival counters, zero between launches (attention_cuda.h).
+inline constexpr size_t kWorkspaceCounterBytes = size_t(256) << 10;
+inline constexpr int kWorkspaceCounters = int(kWorkspaceCounterBytes / sizeof(int));
+
 struct PagedKvCuda {
   __nv_bfloat16* k = nullptr;
   __nv_bfloat16* v = nullptr;

@@ -6,8 +6,8 @@
 //  * every CTA scores 256 blocks with 4 lanes per block (16-byte streaming loads of the bf16
 //    min/max rows, q in registers) and stores order-preserving uint32 keys of the fp32 scores;
 //  * the last CTA of a (sequence, head) to arrive (atomic counter, self-resetting) runs a
-//    3-pass radix select (11/11/10 bits, shared-memory histograms) for the n-th largest key T,
-//    then writes, in ascending block order, every block with key > T and the lowest-numbered
+//    3-pass radix select (11/11/10 bits, shared-memory histograms) for the n-th largest key T
+//    (after the first pass only the keys of the pivot bin are kept, when they fit), then writes, in ascending block order, every block with key > T and the lowest-numbered
 //    blocks with key == T: (score desc, block asc) exactly as TopBlocks, without any sort.
 #include <cmath>
 #include <cstdint>
@@ -24,10 +24,11 @@ constexpr int kSelWarps = kSelThreads / 32;
 constexpr int kSelChunk = 256;         // blocks scored per CTA
 constexpr int kMaxSmemKeys = 16384;    // up to 256K tokens the keys are selected in shared memory
 constexpr int kRadixBins = 2048;
+constexpr int kMaxCandidates = 4096;   // keys of the pivot bin kept after the first pass
 
 struct SelectPlan {
   int32_t max_blocks = 0;
-  size_t counter_offset = 0, bytes = 0;
+  size_t keys_offset = 0, bytes = 0;
 };
 
 struct SelectArgs {
@@ -45,8 +46,8 @@ SelectPlan PlanSelect(const SelectBlocksParams& p) {
   SelectPlan plan;
   plan.max_blocks = (p.max_num_keys + kPageTokens - 1) / kPageTokens;
   const size_t rows = size_t(p.batch) * (p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1);
-  plan.counter_offset = AlignUp(rows * plan.max_blocks * sizeof(uint32_t));
-  plan.bytes = plan.counter_offset + AlignUp(rows * sizeof(int));
+  plan.keys_offset = kWorkspaceCounterBytes;  // counters [batch][num_kv_heads] at the front
+  plan.bytes = plan.keys_offset + AlignUp(rows * plan.max_blocks * sizeof(uint32_t));
   return plan;
 }
 
@@ -56,6 +57,25 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   if (f == 0.0f) f = 0.0f;
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// hist[bin] += 1 for the active lanes, one atomic per distinct bin of the warp (scores cluster
+// in few bins, and same-address shared atomics would serialise). Called by all 32 lanes.
+__device__ __forceinline__ void WarpHistAdd(uint32_t* hist, uint32_t bin, bool active) {
+  const uint32_t act = __ballot_sync(0xffffffffu, active);
+  if (!active) return;
+  const uint32_t peers = __match_any_sync(act, bin);
+  if (int(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], uint32_t(__popc(peers)));
+}
+
+// Appends the active lanes' values to list[*count ...]; one atomic per warp. All 32 lanes call.
+__device__ __forceinline__ void WarpAppend(uint32_t* list, uint32_t* count, uint32_t v, bool active) {
+  const uint32_t act = __ballot_sync(0xffffffffu, active);
+  const int lane = threadIdx.x % 32;
+  uint32_t base = 0;
+  if (lane == 0 && act != 0) base = atomicAdd(count, uint32_t(__popc(act)));
+  base = __shfl_sync(0xffffffffu, base, 0);
+  if (active) list[base + __popc(act & ((1u << lane) - 1u))] = v;
 }
 
 // Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
@@ -90,7 +110,8 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   __shared__ float s_q[D];
   __shared__ uint32_t s_hist[kRadixBins];
   __shared__ uint32_t s_warp[kSelWarps];
-  __shared__ uint32_t s_digit, s_above;
+  __shared__ uint32_t s_cand[kMaxCandidates];
+  __shared__ uint32_t s_digit, s_above, s_ncand;
   __shared__ int s_last;
 
   const SelectBlocksParams& p = a.p;
@@ -203,51 +224,106 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   }
   auto key_at = [&](int32_t i) { return a.keys_in_smem ? keys[i] : __ldcg(keys + i); };
 
-  // 5. Radix select of T = the n-th largest key: after the passes, `remaining` keys equal to T
-  // are still needed beyond the n - remaining keys greater than T.
-  uint32_t prefix = 0, mask = 0, remaining = uint32_t(n);
+  // 5. Block M - 1 (+inf) is always kept; pick `need` = n - 1 of the blocks [0, M - 1). Radix
+  // select on v = key - min over the significant bits of (max - min), 11 bits per pass from the
+  // top, so the first pass spreads over all bins however the scores cluster. Afterwards T is the
+  // need-th largest key: `remaining` keys equal to T are kept after every key greater than T.
+  const int32_t mo = M - 1;
+  const uint32_t need = uint32_t(n - 1);
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+  for (int32_t i = tid; i < mo; i += kSelThreads) {
+    const uint32_t k = key_at(i);
+    kmin = min(kmin, k);
+    kmax = max(kmax, k);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+  }
+  if (tid == 0) s_digit = 0xffffffffu, s_above = 0;
+  __syncthreads();
+  if (lane == 0) atomicMin(&s_digit, kmin), atomicMax(&s_above, kmax);
+  __syncthreads();
+  kmin = s_digit;
+  kmax = s_above;
+  __syncthreads();
+  const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
+
+  uint32_t prefix = 0, mask = 0, remaining = need;
+  bool use_cand = false;
+  uint32_t ncand = 0;
 #pragma unroll 1
-  for (int pass = 0; pass < 3; ++pass) {
-    const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
-    const int bins = pass == 2 ? 1024 : 2048;
+  for (int hi = top_bits; hi > 0 && need > 0; hi -= 11) {
+    const int lo = hi > 11 ? hi - 11 : 0;
+    const int bins = 1 << (hi - lo);
     for (int i = tid; i < bins; i += kSelThreads) s_hist[i] = 0;
     __syncthreads();
-    for (int32_t i = tid; i < M; i += kSelThreads) {
-      const uint32_t k = key_at(i);
-      if ((k & mask) == prefix) atomicAdd(&s_hist[(k >> shift) & (bins - 1)], 1u);
+    if (use_cand) {
+      for (uint32_t base = warp * 32; base < ncand; base += kSelThreads) {
+        const uint32_t i = base + lane;
+        const uint32_t v = i < ncand ? s_cand[i] : 0u;
+        WarpHistAdd(s_hist, (v >> lo) & (bins - 1), i < ncand && (v & mask) == prefix);
+      }
+    } else {
+      for (int32_t base = warp * 32; base < mo; base += kSelThreads) {
+        const int32_t i = base + lane;
+        const uint32_t v = i < mo ? key_at(i) - kmin : 0u;
+        WarpHistAdd(s_hist, (v >> lo) & (bins - 1), i < mo && (v & mask) == prefix);
+      }
     }
     __syncthreads();
-    // Thread t owns bins [bins - (t+1) * per, bins - t * per) visited from the top down.
-    const int per = bins / kSelThreads;
-    const int top = bins - 1 - tid * per;
+    // Thread t owns descending bin positions [t * per, (t + 1) * per).
+    const int per = (bins + kSelThreads - 1) / kSelThreads;
     uint32_t local = 0;
-    for (int j = 0; j < per; ++j) local += s_hist[top - j];
+    for (int j = 0; j < per; ++j) {
+      const int pos = tid * per + j;
+      if (pos < bins) local += s_hist[bins - 1 - pos];
+    }
     uint32_t total;
     uint32_t above = BlockExclusiveScan(local, &total, s_warp);
     for (int j = 0; j < per; ++j) {
-      const uint32_t cnt = s_hist[top - j];
+      const int pos = tid * per + j;
+      if (pos >= bins) break;
+      const uint32_t cnt = s_hist[bins - 1 - pos];
       if (above < remaining && remaining <= above + cnt) {
-        s_digit = uint32_t(top - j);
+        s_digit = uint32_t(bins - 1 - pos);
         s_above = above;
       }
       above += cnt;
     }
     __syncthreads();
     remaining -= s_above;
-    prefix |= s_digit << shift;
-    mask |= uint32_t(bins - 1) << shift;
-    __syncthreads();  // s_digit / s_above / s_hist are rewritten by the next pass
+    prefix |= s_digit << lo;
+    mask |= uint32_t(bins - 1) << lo;
+    if (!use_cand && lo > 0) {  // keep only the pivot bin's values when they fit
+      ncand = s_hist[s_digit];
+      if (ncand <= uint32_t(kMaxCandidates)) {
+        if (tid == 0) s_ncand = 0;
+        __syncthreads();
+        for (int32_t base = warp * 32; base < mo; base += kSelThreads) {
+          const int32_t i = base + lane;
+          const uint32_t v = i < mo ? key_at(i) - kmin : 0u;
+          WarpAppend(s_cand, &s_ncand, v, i < mo && (v & mask) == prefix);
+        }
+        use_cand = true;
+      }
+    }
+    __syncthreads();  // s_digit / s_above / s_hist / s_cand are rewritten next
   }
-  const uint32_t T = prefix;
+  const uint32_t T = kmin + prefix;
 
-  // 6. Output in ascending block order: thread t owns blocks [t * per, (t + 1) * per).
-  const int32_t per = (M + kSelThreads - 1) / kSelThreads;
-  const int32_t lo = min(M, tid * per), hi = min(M, lo + per);
+  // 6. Output in ascending block order: thread t owns blocks [t * per, (t + 1) * per) of
+  // [0, M - 1); block M - 1 goes last.
+  const int32_t per = (mo + kSelThreads - 1) / kSelThreads;
+  const int32_t lo = min(mo, tid * per), hi = min(mo, lo + per);
   uint32_t gt = 0, eq = 0;
-  for (int32_t i = lo; i < hi; ++i) {
-    const uint32_t k = key_at(i);
-    gt += k > T;
-    eq += k == T;
+  if (need > 0) {
+    for (int32_t i = lo; i < hi; ++i) {
+      const uint32_t k = key_at(i);
+      gt += k > T;
+      eq += k == T;
+    }
   }
   uint32_t total;
   const uint32_t eq_before = BlockExclusiveScan(eq, &total, s_warp);
@@ -255,13 +331,16 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
       remaining > eq_before ? (remaining - eq_before < eq ? remaining - eq_before : eq) : 0u;
   uint32_t pos = BlockExclusiveScan(gt + take_eq, &total, s_warp);
   uint32_t taken = 0;
-  for (int32_t i = lo; i < hi; ++i) {
-    const uint32_t k = key_at(i);
-    if (k > T || (k == T && taken < take_eq)) {
-      out[pos++] = i;
-      taken += k == T;
+  if (need > 0) {
+    for (int32_t i = lo; i < hi; ++i) {
+      const uint32_t k = key_at(i);
+      if (k > T || (k == T && taken < take_eq)) {
+        out[pos++] = i;
+        taken += k == T;
+      }
     }
   }
+  if (tid == 0) out[n - 1] = M - 1;
 }
 
 // Copies tokens' K/V rows into their page slots: one thread per 16-byte piece.
@@ -352,8 +431,11 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   a.p = p;
   a.group = p.num_heads / p.kv.num_kv_heads;
   a.max_blocks = plan.max_blocks;
-  a.keys = static_cast<uint32_t*>(p.workspace);
-  a.counters = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + plan.counter_offset);
+  if (int64_t(p.batch) * p.kv.num_kv_heads > kWorkspaceCounters) {
+    return absl::InvalidArgumentError("SelectBlocksCuda: batch x num_kv_heads exceeds the counters");
+  }
+  a.keys = reinterpret_cast<uint32_t*>(static_cast<char*>(p.workspace) + plan.keys_offset);
+  a.counters = static_cast<int*>(p.workspace);
   a.keys_in_smem = plan.max_blocks <= kMaxSmemKeys;
   const int smem = a.keys_in_smem ? int(plan.max_blocks * sizeof(uint32_t)) : 0;
   const dim3 grid((plan.max_blocks + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);

@@ -1,6 +1,6 @@
 // K/V writes, block summaries and ReSA block selection on the GPU: the CUDA twins of
 // kernels/cpu/selection.h (resa-spec.md §2.3-2.6). Device pointers unless marked "host";
-// workspace rules as in attention_cuda.h.
+// workspace rules as in attention_cuda.h (one zeroed workspace may serve every launcher).
 #pragma once
 
 #include <cuda_runtime.h>

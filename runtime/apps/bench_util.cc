@@ -32,8 +32,16 @@ MemoryCeiling MeasureMemoryCeiling(uint64_t bytes, int repeats) {
     best_copy = std::min(best_copy, sw.Seconds());
     sw.Reset();
     float total = 0.0f;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-    for (size_t i = 0; i < n; ++i) total += b[i];
+#pragma omp parallel reduction(+ : total)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+      const float* p = b.get();
+      float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+      for (size_t i = lo; i < hi; ++i) part += p[i];
+      total += part;
+    }
     best_read = std::min(best_read, sw.Seconds());
     sink = sink + total;
   }

@@ -2,12 +2,14 @@
 //
 //   resa-bench generate   CPU prefill and decode tokens/s at several contexts, bytes read per
 //                         decoded token, and that traffic rate against the memory-copy ceiling.
+//   resa-bench attention  CPU decode attention per layer: dense vs sparse vs ReSA.
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
+#include "runtime/apps/attention_bench.h"
 #include "runtime/apps/bench_util.h"
 #include "runtime/apps/model_loading.h"
 #include "runtime/core/sysinfo.h"
@@ -114,7 +116,7 @@ int main(int argc, char** argv) {
   CLI::App* g = app.add_subcommand("generate", "CPU prefill/decode speed vs the memory ceiling");
   g->add_option("-m,--model", gen.model, "Model (file, directory, alias, synthetic:<shape>)")
       ->capture_default_str();
-  g->add_option("--contexts", gen.contexts, "Context lengths")->capture_default_str();
+  g->add_option("--contexts", gen.contexts, "Context lengths")->capture_default_str()->delimiter(',');
   g->add_option("--decode-tokens", gen.decode_tokens, "Decode steps timed per context")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
@@ -123,6 +125,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   g->add_option("-t,--threads", gen.threads, "CPU threads; 0 = all cores")->capture_default_str();
   g->callback([&] { exit_code = resa::RunGenerateBench(gen); });
+  resa::AddAttentionBenchCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

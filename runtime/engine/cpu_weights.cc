@@ -1,5 +1,6 @@
 #include "runtime/engine/cpu_weights.h"
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 
@@ -9,16 +10,27 @@
 namespace resa {
 namespace {
 
-// One destination region and the weight rows that fill it.
+// A range of rows of one weight and where they go. Big weights are split so the load balances
+// across threads and the progress bar moves smoothly.
 struct Job {
   std::string name;
   float* dst;
-  int64_t rows;
-  uint64_t stored_bytes;
+  int64_t row_begin, row_end;
+  uint64_t stored_bytes;  // of these rows
 };
 
+absl::Status Alloc(FloatBuffer& b, size_t n) {
+  if (!b.resize(n)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory allocating ", n * sizeof(float) / 1e6, " MB of weights"));
+  }
+  return absl::OkStatus();
+}
+
+constexpr int64_t kJobElems = int64_t(4) << 20;
+
 absl::Status AddJob(const WeightSource& src, const std::string& name, int64_t expect_rows,
-                    int64_t expect_cols, std::vector<float>& storage, size_t offset,
+                    int64_t expect_cols, FloatBuffer& storage, size_t offset,
                     std::vector<Job>& jobs) {
   const WeightInfo* info = src.Find(name);
   if (info == nullptr) {
@@ -30,7 +42,12 @@ absl::Status AddJob(const WeightSource& src, const std::string& name, int64_t ex
                                                    "], expected [", expect_rows, ", ",
                                                    expect_cols, "]"));
   }
-  jobs.push_back(Job{name, storage.data() + offset, expect_rows, info->stored_bytes});
+  const int64_t step = std::max<int64_t>(1, kJobElems / std::max<int64_t>(1, expect_cols));
+  for (int64_t r = 0; r < expect_rows; r += step) {
+    const int64_t end = std::min(expect_rows, r + step);
+    jobs.push_back(Job{name, storage.data() + offset + size_t(r) * expect_cols, r, end,
+                       info->stored_bytes * uint64_t(end - r) / uint64_t(expect_rows)});
+  }
   return absl::OkStatus();
 }
 
@@ -59,25 +76,25 @@ absl::StatusOr<std::unique_ptr<CpuWeights>> LoadCpuWeights(const WeightSource& s
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
   std::vector<Job> jobs;
 
-  w->embed.resize(size_t(c.vocab_size) * hid);
+  RESA_RETURN_IF_ERROR(Alloc(w->embed, size_t(c.vocab_size) * hid));
   RESA_RETURN_IF_ERROR(
       AddJob(source, "model.embed_tokens.weight", c.vocab_size, hid, w->embed, 0, jobs));
-  w->final_norm.resize(hid);
+  RESA_RETURN_IF_ERROR(Alloc(w->final_norm, hid));
   RESA_RETURN_IF_ERROR(AddJob(source, "model.norm.weight", 1, hid, w->final_norm, 0, jobs));
   if (!c.tie_word_embeddings) {
-    w->lm_head.resize(size_t(c.vocab_size) * hid);
+    RESA_RETURN_IF_ERROR(Alloc(w->lm_head, size_t(c.vocab_size) * hid));
     RESA_RETURN_IF_ERROR(AddJob(source, "lm_head.weight", c.vocab_size, hid, w->lm_head, 0, jobs));
   }
   w->layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     CpuLayerWeights& l = w->layers[i];
     const std::string p = absl::StrCat("model.layers.", i, ".");
-    l.input_norm.resize(hid);
-    l.post_norm.resize(hid);
-    l.qkv.resize(size_t(qd + 2 * kvd) * hid);
-    l.o.resize(size_t(hid) * qd);
-    l.gate_up.resize(size_t(2 * inter) * hid);
-    l.down.resize(size_t(hid) * inter);
+    RESA_RETURN_IF_ERROR(Alloc(l.input_norm, hid));
+    RESA_RETURN_IF_ERROR(Alloc(l.post_norm, hid));
+    RESA_RETURN_IF_ERROR(Alloc(l.qkv, size_t(qd + 2 * kvd) * hid));
+    RESA_RETURN_IF_ERROR(Alloc(l.o, size_t(hid) * qd));
+    RESA_RETURN_IF_ERROR(Alloc(l.gate_up, size_t(2 * inter) * hid));
+    RESA_RETURN_IF_ERROR(Alloc(l.down, size_t(hid) * inter));
     RESA_RETURN_IF_ERROR(AddJob(source, p + "input_layernorm.weight", 1, hid, l.input_norm, 0, jobs));
     RESA_RETURN_IF_ERROR(
         AddJob(source, p + "post_attention_layernorm.weight", 1, hid, l.post_norm, 0, jobs));
@@ -87,7 +104,7 @@ absl::StatusOr<std::unique_ptr<CpuWeights>> LoadCpuWeights(const WeightSource& s
     RESA_RETURN_IF_ERROR(AddJob(source, p + "self_attn.v_proj.weight", kvd, hid, l.qkv,
                                 size_t(qd + kvd) * hid, jobs));
     if (c.attention_bias) {
-      l.qkv_bias.resize(qd + 2 * kvd);
+      RESA_RETURN_IF_ERROR(Alloc(l.qkv_bias, qd + 2 * kvd));
       RESA_RETURN_IF_ERROR(AddJob(source, p + "self_attn.q_proj.bias", 1, qd, l.qkv_bias, 0, jobs));
       RESA_RETURN_IF_ERROR(
           AddJob(source, p + "self_attn.k_proj.bias", 1, kvd, l.qkv_bias, qd, jobs));
@@ -111,7 +128,7 @@ absl::StatusOr<std::unique_ptr<CpuWeights>> LoadCpuWeights(const WeightSource& s
   for (int64_t i = 0; i < njobs; ++i) {
     if (failed.load()) continue;
     const Job& j = jobs[i];
-    errors[i] = source.ReadRowsF32(j.name, 0, j.rows, j.dst);
+    errors[i] = source.ReadRowsF32(j.name, j.row_begin, j.row_end, j.dst);
     if (!errors[i].ok()) failed = true;
     const uint64_t now = done.fetch_add(j.stored_bytes) + j.stored_bytes;
     if (progress) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/core/buffer.h"
 #include "runtime/core/progress.h"
 #include "runtime/model/model_config.h"
 #include "runtime/model/weight_source.h"
@@ -14,20 +15,20 @@
 namespace resa {
 
 struct CpuLayerWeights {
-  std::vector<float> input_norm;  // [hidden]
-  std::vector<float> qkv;         // [q_dim + 2 kv_dim][hidden]: q rows, then k, then v
-  std::vector<float> qkv_bias;    // [q_dim + 2 kv_dim] or empty
-  std::vector<float> o;           // [hidden][q_dim]
-  std::vector<float> post_norm;   // [hidden]
-  std::vector<float> gate_up;     // [2 intermediate][hidden]: gate rows, then up
-  std::vector<float> down;        // [hidden][intermediate]
+  FloatBuffer input_norm;  // [hidden]
+  FloatBuffer qkv;         // [q_dim + 2 kv_dim][hidden]: q rows, then k, then v
+  FloatBuffer qkv_bias;    // [q_dim + 2 kv_dim] or empty
+  FloatBuffer o;           // [hidden][q_dim]
+  FloatBuffer post_norm;   // [hidden]
+  FloatBuffer gate_up;     // [2 intermediate][hidden]: gate rows, then up
+  FloatBuffer down;        // [hidden][intermediate]
 };
 
 struct CpuWeights {
   ModelConfig config;
-  std::vector<float> embed;       // [vocab][hidden]
-  std::vector<float> final_norm;  // [hidden]
-  std::vector<float> lm_head;     // [vocab][hidden]; empty when tied to embed
+  FloatBuffer embed;       // [vocab][hidden]
+  FloatBuffer final_norm;  // [hidden]
+  FloatBuffer lm_head;     // [vocab][hidden]; empty when tied to embed
   std::vector<CpuLayerWeights> layers;
 
   const float* lm_head_data() const { return lm_head.empty() ? embed.data() : lm_head.data(); }

@@ -9,7 +9,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
-#include "runtime/model/absl_compat.h"
+#include "runtime/core/status.h"
 
 namespace resa {
 namespace {
@@ -282,14 +282,14 @@ absl::StatusOr<uint64_t> RowBytes(GgmlType type, int64_t n) {
         absl::StrCat("unknown ggml type id ", static_cast<uint32_t>(type)));
   }
   if (n < 0 || n % t->block_elems != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(n, " elements of type ", Sv(t->name),
+    return absl::InvalidArgumentError(absl::StrCat(n, " elements of type ", AsAbsl(t->name),
                                                    " is not a whole number of ", t->block_elems,
                                                    "-element blocks"));
   }
   const uint64_t blocks = static_cast<uint64_t>(n / t->block_elems);
   if (blocks > std::numeric_limits<uint64_t>::max() / t->block_bytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("size of ", n, " elements of type ", Sv(t->name), " overflows"));
+        absl::StrCat("size of ", n, " elements of type ", AsAbsl(t->name), " overflows"));
   }
   return blocks * t->block_bytes;
 }
@@ -302,7 +302,7 @@ absl::Status DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_
   }
   if (n < 0 || n % t->block_elems != 0) {
     return absl::InvalidArgumentError(absl::StrCat("cannot dequantize ", n, " elements of type ",
-                                                   Sv(t->name), ": not a whole number of ",
+                                                   AsAbsl(t->name), ": not a whole number of ",
                                                    t->block_elems, "-element blocks"));
   }
   if (n == 0) return absl::OkStatus();
@@ -369,7 +369,7 @@ absl::Status DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_
     }
     return absl::OkStatus();
   }
-  return absl::UnimplementedError(absl::StrCat("dequantization of ggml type ", Sv(t->name), " (id ",
+  return absl::UnimplementedError(absl::StrCat("dequantization of ggml type ", AsAbsl(t->name), " (id ",
                                                static_cast<uint32_t>(type),
                                                ") is not supported by this build"));
 }

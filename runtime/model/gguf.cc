@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status.h"
-#include "runtime/model/absl_compat.h"
 
 namespace resa::gguf {
 namespace {
@@ -173,7 +172,7 @@ class MetadataParser {
     const uint64_t min_size = MinEncodedSize(out.elem_type);
     if (n > r_.remaining() / min_size) {
       return r_.Error(
-          field, absl::StrCat("array count ", n, " of ", Sv(ValueTypeName(out.elem_type)),
+          field, absl::StrCat("array count ", n, " of ", AsAbsl(ValueTypeName(out.elem_type)),
                               " cannot fit in the ", r_.remaining(), " bytes left in the file"));
     }
     if (n > kMaxValues - values_) {
@@ -204,7 +203,7 @@ bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) {
 absl::Status WrongType(const GgufFile& f, absl::string_view key, const Value& v,
                        absl::string_view want) {
   std::string have(ValueTypeName(v.type));
-  if (v.type == ValueType::kArray) absl::StrAppend(&have, " of ", Sv(ValueTypeName(v.elem_type)));
+  if (v.type == ValueType::kArray) absl::StrAppend(&have, " of ", AsAbsl(ValueTypeName(v.elem_type)));
   return absl::InvalidArgumentError(
       absl::StrCat(f.path(), ": GGUF metadata '", key, "' is ", have, ", expected ", want));
 }
@@ -226,7 +225,7 @@ absl::StatusOr<int64_t> AsInt(const Value& v, absl::string_view what) {
       return v.i64;
     default:
       return absl::InvalidArgumentError(
-          absl::StrCat(what, " is ", Sv(ValueTypeName(v.type)), ", expected an integer"));
+          absl::StrCat(what, " is ", AsAbsl(ValueTypeName(v.type)), ", expected an integer"));
   }
 }
 
@@ -390,7 +389,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(std::unique_ptr<Mapped
     if (t.ne[0] % traits->block_elems != 0) {
       return r.Error(field,
                      absl::StrCat("row length ne[0] = ", t.ne[0], " is not a multiple of ",
-                                  traits->block_elems, " (block size of ", Sv(traits->name), ")"));
+                                  traits->block_elems, " (block size of ", AsAbsl(traits->name), ")"));
     }
     if (!CheckedMul(elements / static_cast<uint64_t>(traits->block_elems), traits->block_bytes,
                     &t.nbytes)) {
@@ -433,12 +432,12 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(std::unique_ptr<Mapped
 }
 
 const Value* GgufFile::Find(std::string_view key) const {
-  auto it = metadata_index_.find(Sv(key));
+  auto it = metadata_index_.find(AsAbsl(key));
   return it == metadata_index_.end() ? nullptr : &metadata_[it->second].second;
 }
 
 const TensorInfo* GgufFile::FindTensor(std::string_view name) const {
-  auto it = tensor_index_.find(Sv(name));
+  auto it = tensor_index_.find(AsAbsl(name));
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
@@ -450,41 +449,41 @@ absl::Status NotFound(const GgufFile& f, absl::string_view key) {
 
 absl::StatusOr<int64_t> GgufFile::GetInt(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
-  if (!v->is_integer()) return WrongType(*this, Sv(key), *v, "an integer");
-  return AsInt(*v, absl::StrCat(path(), ": GGUF metadata '", Sv(key), "'"));
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
+  if (!v->is_integer()) return WrongType(*this, AsAbsl(key), *v, "an integer");
+  return AsInt(*v, absl::StrCat(path(), ": GGUF metadata '", AsAbsl(key), "'"));
 }
 
 absl::StatusOr<double> GgufFile::GetFloat(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
   if (v->is_float()) return v->f64;
   if (v->is_integer()) {
     RESA_ASSIGN_OR_RETURN(int64_t i, GetInt(key));
     return static_cast<double>(i);
   }
-  return WrongType(*this, Sv(key), *v, "a number");
+  return WrongType(*this, AsAbsl(key), *v, "a number");
 }
 
 absl::StatusOr<bool> GgufFile::GetBool(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
-  if (v->type != ValueType::kBool) return WrongType(*this, Sv(key), *v, "bool");
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
+  if (v->type != ValueType::kBool) return WrongType(*this, AsAbsl(key), *v, "bool");
   return v->u64 != 0;
 }
 
 absl::StatusOr<std::string> GgufFile::GetString(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
-  if (v->type != ValueType::kString) return WrongType(*this, Sv(key), *v, "string");
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
+  if (v->type != ValueType::kString) return WrongType(*this, AsAbsl(key), *v, "string");
   return v->str;
 }
 
 absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
   if (v->type != ValueType::kArray || v->elem_type != ValueType::kString) {
-    return WrongType(*this, Sv(key), *v, "array of string");
+    return WrongType(*this, AsAbsl(key), *v, "array of string");
   }
   std::vector<std::string> out;
   out.reserve(v->array.size());
@@ -494,17 +493,17 @@ absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_vi
 
 absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
   const Value* v = Find(key);
-  if (v == nullptr) return NotFound(*this, Sv(key));
+  if (v == nullptr) return NotFound(*this, AsAbsl(key));
   Value elem;
   elem.type = v->elem_type;
   if (v->type != ValueType::kArray || !elem.is_integer()) {
-    return WrongType(*this, Sv(key), *v, "array of integers");
+    return WrongType(*this, AsAbsl(key), *v, "array of integers");
   }
   std::vector<int64_t> out;
   out.reserve(v->array.size());
   for (size_t i = 0; i < v->array.size(); ++i) {
     RESA_ASSIGN_OR_RETURN(int64_t x, AsInt(v->array[i], absl::StrCat(path(), ": GGUF metadata '",
-                                                                     Sv(key), "'[", i, "]")));
+                                                                     AsAbsl(key), "'[", i, "]")));
     out.push_back(x);
   }
   return out;

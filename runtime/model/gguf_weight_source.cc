@@ -10,7 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status.h"
-#include "runtime/model/absl_compat.h"
 #include "runtime/model/gguf.h"
 #include "runtime/model/weight_source_internal.h"
 
@@ -53,7 +52,7 @@ bool SplitLayer(std::string_view name, std::string_view prefix, int64_t* layer,
   for (char c : name.substr(0, dot)) {
     if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return false;
   }
-  if (!absl::SimpleAtoi(Sv(name.substr(0, dot)), layer)) return false;
+  if (!absl::SimpleAtoi(AsAbsl(name.substr(0, dot)), layer)) return false;
   *rest = name.substr(dot + 1);
   return true;
 }
@@ -67,7 +66,7 @@ std::string ToCanonical(std::string_view gguf_name) {
   std::string_view rest;
   if (SplitLayer(gguf_name, "blk.", &layer, &rest)) {
     for (const NamePair& p : kLayerNames) {
-      if (p.gguf == rest) return absl::StrCat("model.layers.", layer, ".", Sv(p.hf));
+      if (p.gguf == rest) return absl::StrCat("model.layers.", layer, ".", AsAbsl(p.hf));
     }
   }
   return std::string(gguf_name);
@@ -81,7 +80,7 @@ std::string ToGguf(std::string_view canonical) {
   std::string_view rest;
   if (SplitLayer(canonical, "model.layers.", &layer, &rest)) {
     for (const NamePair& p : kLayerNames) {
-      if (p.hf == rest) return absl::StrCat("blk.", layer, ".", Sv(p.gguf));
+      if (p.hf == rest) return absl::StrCat("blk.", layer, ".", AsAbsl(p.gguf));
     }
   }
   return std::string(canonical);
@@ -109,7 +108,7 @@ class GgufWeightSource : public WeightSource {
     return out;
   }
   const WeightInfo* Find(std::string_view name) const override {
-    auto it = index_.find(Sv(name));
+    auto it = index_.find(AsAbsl(name));
     return it == index_.end() ? nullptr : &entries_[it->second].info;
   }
   absl::Status ReadRowsF32(std::string_view name, int64_t row_begin, int64_t row_end,
@@ -269,7 +268,7 @@ absl::StatusOr<std::unique_ptr<WeightSource>> GgufWeightSource::Open(
 
 absl::Status GgufWeightSource::ReadRowsF32(std::string_view name_in, int64_t row_begin,
                                            int64_t row_end, float* out) const {
-  const absl::string_view name = Sv(name_in);
+  const absl::string_view name = AsAbsl(name_in);
   auto it = index_.find(name);
   if (it == index_.end()) {
     return absl::NotFoundError(absl::StrCat(path(), ": no weight named '", name, "'"));

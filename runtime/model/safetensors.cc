@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status.h"
-#include "runtime/model/absl_compat.h"
 #include "runtime/model/ggml_types.h"
 
 namespace resa::safetensors {
@@ -229,7 +228,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(
 }
 
 const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
-  auto it = index_.find(Sv(name));
+  auto it = index_.find(AsAbsl(name));
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
@@ -261,7 +260,7 @@ absl::Status ConvertToF32(Dtype dtype, const uint8_t* src, float* dst, int64_t n
       return absl::OkStatus();
     default:
       return absl::InvalidArgumentError(
-          absl::StrCat("safetensors dtype ", Sv(DtypeName(dtype)), " cannot be read as fp32"));
+          absl::StrCat("safetensors dtype ", AsAbsl(DtypeName(dtype)), " cannot be read as fp32"));
   }
 }
 

@@ -10,7 +10,6 @@
 #include "nlohmann/json.hpp"
 #include "runtime/core/mapped_file.h"
 #include "runtime/core/status.h"
-#include "runtime/model/absl_compat.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_source_internal.h"
 
@@ -161,7 +160,7 @@ class SafetensorsWeightSource : public WeightSource {
     return out;
   }
   const WeightInfo* Find(std::string_view name) const override {
-    auto it = index_.find(Sv(name));
+    auto it = index_.find(AsAbsl(name));
     return it == index_.end() ? nullptr : &entries_[it->second].info;
   }
   absl::Status ReadRowsF32(std::string_view name, int64_t row_begin, int64_t row_end,
@@ -282,7 +281,7 @@ absl::StatusOr<std::unique_ptr<WeightSource>> SafetensorsWeightSource::Open(
 
 absl::Status SafetensorsWeightSource::ReadRowsF32(std::string_view name_in, int64_t row_begin,
                                                   int64_t row_end, float* out) const {
-  const absl::string_view name = Sv(name_in);
+  const absl::string_view name = AsAbsl(name_in);
   auto it = index_.find(name);
   if (it == index_.end()) {
     return absl::NotFoundError(absl::StrCat(dir_, ": no weight named '", name, "'"));

@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "runtime/core/status.h"
-#include "runtime/model/absl_compat.h"
 #include "runtime/model/weight_source_internal.h"
 
 namespace resa {

@@ -1,0 +1,523 @@
+// `resa-bench kernels`: the CUDA attention kernels on ReSA-sized problems, each timed against the
+// device-copy ceiling and PyTorch SDPA (enable_gqa) measured in the same run. JSON lines on
+// stdout, a summary table and the issue-4 targets (met / missed, with figures) on stderr.
+//
+// Every problem rotates over enough layers of KV that the working set exceeds the L2 cache, and
+// times back-to-back launches with CUDA events (median of 5 repeats of --iters launches).
+#include "runtime/apps/kernels_bench.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if RESA_KERNELS_BENCH_CUDA
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <tuple>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/selection_cuda.h"
+#include "nlohmann/json.hpp"
+#endif
+
+namespace resa {
+namespace {
+
+struct KernelsBenchOptions {
+  std::vector<std::string> models = {"1.5B", "7B"};
+  std::vector<int> contexts = {32768, 131072, 262144};
+  std::vector<int> batches = {1, 8};
+  int iters = 20;
+  double rotate_bytes = 1.5e9;  // minimum working set per problem (L2 is 60 MB)
+  bool sdpa = true;
+  std::string python = "python3";
+#ifdef RESA_KERNELS_BENCH_SCRIPT
+  std::string sdpa_script = RESA_KERNELS_BENCH_SCRIPT;
+#else
+  std::string sdpa_script = "kernels/cuda/bench/sdpa_baseline.py";
+#endif
+  int prefill_tokens = 16384;
+};
+
+#if RESA_KERNELS_BENCH_CUDA
+
+using cuda::kPageTokens;
+
+struct ModelShape {
+  std::string name;
+  int hq, hkv, d;
+};
+
+bool ShapeFor(const std::string& name, ModelShape* s) {
+  if (name == "1.5B") *s = {name, 12, 2, 128};  // DeepSeek-R1-Distill-Qwen-1.5B
+  else if (name == "7B") *s = {name, 28, 4, 128};  // DeepSeek-R1-Distill-Qwen-7B
+  else return false;
+  return true;
+}
+
+absl::Status Cuda(cudaError_t err, const char* what) { return cuda::CudaStatus(err, what); }
+
+// Owning device allocation.
+struct DevMem {
+  void* p = nullptr;
+  size_t bytes = 0;
+  DevMem() = default;
+  DevMem(const DevMem&) = delete;
+  DevMem& operator=(const DevMem&) = delete;
+  ~DevMem() {
+    if (p != nullptr) cudaFree(p);
+  }
+  absl::Status Alloc(size_t n) {
+    bytes = n;
+    return Cuda(cudaMalloc(&p, n > 0 ? n : 1), "cudaMalloc");
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+// Fills device memory with random finite bf16 (normal, sigma 1): replicates one random block.
+absl::Status FillRandomBf16(void* dst, size_t bytes, uint32_t seed) {
+  static std::vector<uint16_t> block;
+  if (block.empty()) {
+    block.resize(size_t(16) << 20);  // 32 MB
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto& x : block) {
+      const float f = nd(rng);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      x = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+  }
+  const size_t chunk = block.size() * 2;
+  char* d = static_cast<char*>(dst);
+  for (size_t off = 0; off < bytes; off += chunk) {
+    const size_t n = std::min(chunk, bytes - off);
+    if (off == 0) {
+      if (auto st = Cuda(cudaMemcpy(d, block.data(), n, cudaMemcpyHostToDevice), "fill"); !st.ok())
+        return st;
+    } else {
+      if (auto st = Cuda(cudaMemcpy(d + off, d, n, cudaMemcpyDeviceToDevice), "fill"); !st.ok())
+        return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Median microseconds per call of fn(i) over `iters` back-to-back calls, 5 repeats.
+absl::StatusOr<double> TimeUs(const std::function<absl::Status(int)>& fn, int iters) {
+  cudaEvent_t start, stop;
+  if (auto st = Cuda(cudaEventCreate(&start), "cudaEventCreate"); !st.ok()) return st;
+  if (auto st = Cuda(cudaEventCreate(&stop), "cudaEventCreate"); !st.ok()) return st;
+  absl::Status status;
+  std::vector<double> samples;
+  for (int w = 0; w < 3 && status.ok(); ++w) status = fn(w);
+  for (int rep = 0; rep < 5 && status.ok(); ++rep) {
+    cudaEventRecord(start);
+    for (int i = 0; i < iters && status.ok(); ++i) status = fn(i);
+    cudaEventRecord(stop);
+    if (status.ok()) status = Cuda(cudaEventSynchronize(stop), "kernel run");
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    samples.push_back(ms * 1e3 / iters);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!status.ok()) return status;
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+// Device-to-device copy, bytes read + written per second (the ceiling the kernels compare to).
+absl::StatusOr<double> CopyCeilingTBps() {
+  const size_t bytes = size_t(2) << 30;
+  DevMem a, b;
+  if (auto st = a.Alloc(bytes); !st.ok()) return st;
+  if (auto st = b.Alloc(bytes); !st.ok()) return st;
+  if (auto st = FillRandomBf16(a.p, bytes, 1); !st.ok()) return st;
+  auto us = TimeUs([&](int) { return Cuda(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice), "copy"); }, 10);
+  if (!us.ok()) return us.status();
+  return 2.0 * bytes / (*us * 1e-6) / 1e12;
+}
+
+struct SdpaResult {
+  double sdpa_us = 0, topk_us = 0;
+};
+using SdpaKey = std::tuple<std::string, int, int>;  // model, context, batch
+
+std::map<SdpaKey, SdpaResult> RunSdpa(const KernelsBenchOptions& o) {
+  std::map<SdpaKey, SdpaResult> out;
+  std::string cmd = absl::StrCat(o.python, " ", o.sdpa_script, " --iters ", o.iters);
+  for (const auto& m : o.models) {
+    ModelShape s;
+    if (!ShapeFor(m, &s)) continue;
+    for (int ctx : o.contexts) {
+      for (int b : o.batches) absl::StrAppend(&cmd, " --shape ", m, ":", s.hq, ":", s.hkv, ":", s.d, ":", ctx, ":", b);
+    }
+  }
+  std::fprintf(stderr, "running the SDPA baseline: %s\n", cmd.c_str());
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) {
+    std::printf("{\"bench\":\"sdpa\",\"error\":\"popen failed\"}\n");
+    return out;
+  }
+  char line[4096];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    std::fputs(line, stdout);  // the baseline's own JSON lines go to the same stream
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.contains("us")) continue;
+    SdpaKey key{j.value("model", ""), j.value("context", 0), j.value("batch", 0)};
+    if (j.value("bench", "") == "sdpa") out[key].sdpa_us = j["us"].get<double>();
+    if (j.value("bench", "") == "torch_topk") out[key].topk_us = j["us"].get<double>();
+  }
+  const int rc = pclose(f);
+  if (rc != 0) std::printf("{\"bench\":\"sdpa\",\"error\":\"baseline script exited with %d\"}\n", rc);
+  std::fflush(stdout);
+  return out;
+}
+
+struct Row {
+  std::string kernel, model;
+  int context, batch;
+  double us, bytes, tbps, ratio, sdpa_us;
+};
+
+void Emit(std::vector<Row>& rows, const std::string& kernel, const ModelShape& s, int ctx, int batch,
+          double us, double bytes, double ceiling, double sdpa_us, double flops = 0) {
+  const double tbps = bytes / (us * 1e-6) / 1e12;
+  std::printf(
+      "{\"bench\":\"kernels\",\"kernel\":\"%s\",\"model\":\"%s\",\"q_heads\":%d,\"kv_heads\":%d,"
+      "\"head_dim\":%d,\"context\":%d,\"batch\":%d,\"us\":%.3f,\"bytes\":%.0f,\"TBps\":%.3f,"
+      "\"copy_ceiling_TBps\":%.3f,\"ratio_to_copy_ceiling\":%.3f,\"sdpa_us\":%.3f,"
+      "\"speedup_vs_sdpa\":%.3f,\"TFLOPs\":%.1f}\n",
+      kernel.c_str(), s.name.c_str(), s.hq, s.hkv, s.d, ctx, batch, us, bytes, tbps, ceiling,
+      tbps / ceiling, sdpa_us, sdpa_us > 0 ? sdpa_us / us : 0.0, flops > 0 ? flops / us * 1e-6 : 0.0);
+  std::fflush(stdout);
+  rows.push_back({kernel, s.name, ctx, batch, us, bytes, tbps, tbps / ceiling, sdpa_us});
+}
+
+// All kernels of one (model, context, batch) problem.
+absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int ctx, int batch,
+                        double ceiling, const SdpaResult& sdpa, std::vector<Row>& rows) {
+  const int d = s.d, hkv = s.hkv, hq = s.hq;
+  const int32_t pages_per_seq = ctx / kPageTokens + 1;  // room for the decode token
+  const double kv_layer = 2.0 * batch * double(ctx) * hkv * d * 2;
+  const int layers = std::max(2, int(std::ceil(o.rotate_bytes / kv_layer)));
+  const size_t pages = size_t(layers) * batch * pages_per_seq;
+  const size_t page_bytes = size_t(hkv) * kPageTokens * d * 2;
+  DevMem k, v, summary, tables, lens, q, out, lse, ws, qchunk, ochunk, blocks, nblocks, knew, vnew;
+  for (auto [mem, n] : {std::pair{&k, pages * page_bytes}, {&v, pages * page_bytes},
+                        {&summary, pages * hkv * 2 * d * 2}}) {
+    if (auto st = mem->Alloc(n); !st.ok()) return st;
+    if (auto st = FillRandomBf16(mem->p, n, 2); !st.ok()) return st;
+  }
+  // Page tables [layer][batch][pages_per_seq], pages contiguous per sequence.
+  std::vector<int32_t> h_tables(pages);
+  for (size_t i = 0; i < pages; ++i) h_tables[i] = int32_t(i);
+  if (auto st = tables.Alloc(pages * 4); !st.ok()) return st;
+  cudaMemcpy(tables.p, h_tables.data(), pages * 4, cudaMemcpyHostToDevice);
+  std::vector<int32_t> h_lens(batch, ctx);
+  if (auto st = lens.Alloc(batch * 4); !st.ok()) return st;
+  cudaMemcpy(lens.p, h_lens.data(), batch * 4, cudaMemcpyHostToDevice);
+  for (auto [mem, n] : {std::pair{&q, size_t(batch) * hq * d * 2}, {&knew, size_t(batch) * hkv * d * 2},
+                        {&vnew, size_t(batch) * hkv * d * 2}, {&qchunk, size_t(batch) * 32 * hq * d * 2}}) {
+    if (auto st = mem->Alloc(n); !st.ok()) return st;
+    if (auto st = FillRandomBf16(mem->p, n, 3); !st.ok()) return st;
+  }
+  if (auto st = out.Alloc(size_t(batch) * 32 * hq * d * 4); !st.ok()) return st;
+  if (auto st = lse.Alloc(size_t(batch) * 32 * hq * 4); !st.ok()) return st;
+  cuda::PagedKvCuda kv{k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), summary.as<__nv_bfloat16>(), hkv, d};
+  auto table_of = [&](int layer) { return tables.as<int32_t>() + size_t(layer) * batch * pages_per_seq; };
+
+  // Dense decode.
+  cuda::DecodeAttentionParams dp;
+  dp.kv = kv;
+  dp.q = q.as<__nv_bfloat16>();
+  dp.out = out.as<float>();
+  dp.lse_ln = lse.as<float>();
+  dp.batch = batch;
+  dp.num_heads = hq;
+  dp.scale = 1.0f / std::sqrt(float(d));
+  dp.num_keys = lens.as<int32_t>();
+  dp.page_table_stride = pages_per_seq;
+  dp.max_num_keys = ctx;
+  const int32_t m_blocks = (ctx + kPageTokens - 1) / kPageTokens;
+  const int32_t n_sel = cuda::NumSelectedBlocksCuda(m_blocks, 0.1f, 16);
+  cuda::DecodeAttentionParams sp = dp;
+  sp.blocks_stride = n_sel;
+  sp.max_num_blocks = n_sel;
+  sp.blocks = reinterpret_cast<const int32_t*>(1);  // sizing only: set per layer below
+  cuda::ChunkAttentionParams cp;
+  cp.kv = kv;
+  cp.q = qchunk.as<__nv_bfloat16>();
+  cp.out = out.as<float>();
+  cp.lse_ln = lse.as<float>();
+  cp.num_heads = hq;
+  cp.scale = dp.scale;
+  cp.num_chunks = batch;
+  cp.page_table_stride = pages_per_seq;
+  cp.total_rows = 32 * batch;
+  cp.max_rows = 32;
+  cp.max_num_keys = ctx;
+  cuda::SelectBlocksParams sel;
+  sel.kv = kv;
+  sel.q = q.as<__nv_bfloat16>();
+  sel.k_new = knew.as<__nv_bfloat16>();
+  sel.v_new = vnew.as<__nv_bfloat16>();
+  sel.batch = batch;
+  sel.num_heads = hq;
+  sel.num_keys = lens.as<int32_t>();
+  sel.page_table_stride = pages_per_seq;
+  sel.max_num_keys = ctx;
+  sel.blocks_stride = n_sel;
+  // One zeroed workspace serves every launcher (the counters sit at its front).
+  const size_t ws_bytes = std::max({cuda::DecodeAttentionWorkspaceBytes(dp), cuda::DecodeAttentionWorkspaceBytes(sp),
+                                    cuda::ChunkAttentionWorkspaceBytes(cp), cuda::SelectBlocksWorkspaceBytes(sel)});
+  if (auto st = ws.Alloc(ws_bytes); !st.ok()) return st;
+  cudaMemset(ws.p, 0, ws_bytes);
+  dp.workspace = sp.workspace = cp.workspace = sel.workspace = ws.p;
+  dp.workspace_bytes = sp.workspace_bytes = cp.workspace_bytes = sel.workspace_bytes = ws_bytes;
+
+  auto dense = TimeUs([&](int i) { dp.page_tables = table_of(i % layers); return cuda::DecodeAttentionCuda(dp, nullptr); }, o.iters);
+  if (!dense.ok()) return dense.status();
+  Emit(rows, "dense_decode", s, ctx, batch, *dense, kv_layer, ceiling, sdpa.sdpa_us);
+
+  // Fused selection (writes the decode token, scores every block, top-n); per layer its blocks
+  // feed the sparse decode below.
+  if (auto st = blocks.Alloc(size_t(layers) * batch * hkv * n_sel * 4); !st.ok()) return st;
+  if (auto st = nblocks.Alloc(size_t(layers) * batch * 4); !st.ok()) return st;
+  auto select = [&](int i) {
+    const int layer = i % layers;
+    sel.page_tables = table_of(layer);
+    sel.blocks = blocks.as<int32_t>() + size_t(layer) * batch * hkv * n_sel;
+    sel.num_blocks = nblocks.as<int32_t>() + size_t(layer) * batch;
+    return cuda::SelectBlocksCuda(sel, nullptr);
+  };
+  for (int l = 0; l < layers; ++l) {
+    if (auto st = select(l); !st.ok()) return st;
+  }
+  auto sel_us = TimeUs(select, o.iters);
+  if (!sel_us.ok()) return sel_us.status();
+  const double sel_bytes = double(batch) * m_blocks * hkv * 2 * d * 2;  // bf16 min/max rows
+  Emit(rows, "fused_select", s, ctx, batch, *sel_us, sel_bytes, ceiling, sdpa.topk_us);
+
+  auto sparse = TimeUs([&](int i) {
+    const int layer = i % layers;
+    sp.page_tables = table_of(layer);
+    sp.blocks = blocks.as<int32_t>() + size_t(layer) * batch * hkv * n_sel;
+    sp.num_blocks = nblocks.as<int32_t>() + size_t(layer) * batch;
+    return cuda::DecodeAttentionCuda(sp, nullptr);
+  }, o.iters);
+  if (!sparse.ok()) return sparse.status();
+  const double sparse_bytes = 2.0 * batch * hkv * double(n_sel) * kPageTokens * d * 2;
+  Emit(rows, "sparse_decode", s, ctx, batch, *sparse, sparse_bytes, ceiling, sdpa.sdpa_us);
+
+  // Rectification: 32 query tokens per sequence at the end of its context.
+  std::vector<int32_t> offs(batch + 1), firsts(batch, ctx - 31);
+  for (int b = 0; b <= batch; ++b) offs[b] = 32 * b;
+  DevMem doffs, dfirst;
+  if (auto st = doffs.Alloc((batch + 1) * 4); !st.ok()) return st;
+  if (auto st = dfirst.Alloc(batch * 4); !st.ok()) return st;
+  cudaMemcpy(doffs.p, offs.data(), (batch + 1) * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dfirst.p, firsts.data(), batch * 4, cudaMemcpyHostToDevice);
+  cp.row_offsets = doffs.as<int32_t>();
+  cp.first_num_keys = dfirst.as<int32_t>();
+  auto rect = TimeUs([&](int i) { cp.page_tables = table_of(i % layers); return cuda::ChunkAttentionCuda(cp, nullptr); }, o.iters);
+  if (!rect.ok()) return rect.status();
+  const double rect_flops = 4.0 * batch * 32 * hq * double(ctx) * d;
+  Emit(rows, "rectify_chunk32", s, ctx, batch, *rect, kv_layer, ceiling, sdpa.sdpa_us, rect_flops);
+
+  const double step = *sel_us + *sparse + *rect / 32.0;
+  Emit(rows, "resa_step", s, ctx, batch, step, sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
+  return absl::OkStatus();
+}
+
+// Dense causal prefill of one prompt (one chunk, first_num_keys = 1): tensor-core throughput.
+absl::Status BenchPrefill(const KernelsBenchOptions& o, const ModelShape& s, double ceiling,
+                          std::vector<Row>& rows) {
+  const int n = o.prefill_tokens, d = s.d;
+  const int32_t pages_per_seq = n / kPageTokens + 1;
+  DevMem k, v, tables, q, out, offs, first, ws;
+  const size_t page_bytes = size_t(s.hkv) * kPageTokens * d * 2;
+  for (auto* m : {&k, &v}) {
+    if (auto st = m->Alloc(pages_per_seq * page_bytes); !st.ok()) return st;
+    if (auto st = FillRandomBf16(m->p, m->bytes, 4); !st.ok()) return st;
+  }
+  if (auto st = q.Alloc(size_t(n) * s.hq * d * 2); !st.ok()) return st;
+  if (auto st = FillRandomBf16(q.p, q.bytes, 5); !st.ok()) return st;
+  if (auto st = out.Alloc(size_t(n) * s.hq * d * 4); !st.ok()) return st;
+  std::vector<int32_t> t(pages_per_seq), off = {0, n}, f = {1};
+  for (int i = 0; i < pages_per_seq; ++i) t[i] = i;
+  for (auto [m, src] : {std::pair{&tables, &t}, {&offs, &off}, {&first, &f}}) {
+    if (auto st = m->Alloc(src->size() * 4); !st.ok()) return st;
+    cudaMemcpy(m->p, src->data(), src->size() * 4, cudaMemcpyHostToDevice);
+  }
+  cuda::ChunkAttentionParams cp;
+  cp.kv = {k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), nullptr, s.hkv, d};
+  cp.q = q.as<__nv_bfloat16>();
+  cp.out = out.as<float>();
+  cp.num_heads = s.hq;
+  cp.scale = 1.0f / std::sqrt(float(d));
+  cp.num_chunks = 1;
+  cp.row_offsets = offs.as<int32_t>();
+  cp.first_num_keys = first.as<int32_t>();
+  cp.page_tables = tables.as<int32_t>();
+  cp.page_table_stride = pages_per_seq;
+  cp.total_rows = n;
+  cp.max_rows = n;
+  cp.max_num_keys = n;
+  if (auto st = ws.Alloc(cuda::ChunkAttentionWorkspaceBytes(cp)); !st.ok()) return st;
+  cp.workspace = ws.p;
+  cp.workspace_bytes = ws.bytes;
+  auto us = TimeUs([&](int) { return cuda::ChunkAttentionCuda(cp, nullptr); }, std::max(3, o.iters / 4));
+  if (!us.ok()) return us.status();
+  const double flops = 2.0 * double(n) * n * s.hq * d;  // causal: half of 4 n^2 h d
+  Emit(rows, "prefill_causal", s, n, 1, *us, 2.0 * n * s.hkv * d * 2, ceiling, 0.0, flops);
+  return absl::OkStatus();
+}
+
+const Row* Find(const std::vector<Row>& rows, const std::string& kernel, const std::string& model,
+                int ctx, int batch) {
+  for (const Row& r : rows) {
+    if (r.kernel == kernel && r.model == model && r.context == ctx && r.batch == batch) return &r;
+  }
+  return nullptr;
+}
+
+void Target(const std::string& what, bool met, const std::string& figure) {
+  std::printf("{\"bench\":\"target\",\"target\":\"%s\",\"met\":%s,\"figure\":\"%s\"}\n", what.c_str(),
+              met ? "true" : "false", figure.c_str());
+  std::fprintf(stderr, "  [%s] %s: %s\n", met ? "MET " : "MISS", what.c_str(), figure.c_str());
+}
+
+int RunKernelsBench(const KernelsBenchOptions& o) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "resa-bench kernels: no CUDA device\n");
+    std::printf("{\"bench\":\"kernels\",\"error\":\"no CUDA device\"}\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  std::map<SdpaKey, SdpaResult> sdpa;
+  if (o.sdpa) sdpa = RunSdpa(o);
+  auto ceiling = CopyCeilingTBps();
+  if (!ceiling.ok()) {
+    std::fprintf(stderr, "resa-bench kernels: %s\n", std::string(ceiling.status().message()).c_str());
+    return 1;
+  }
+  std::printf("{\"bench\":\"copy_ceiling\",\"device\":\"%s\",\"sms\":%d,\"TBps\":%.3f}\n", prop.name,
+              prop.multiProcessorCount, *ceiling);
+  std::vector<Row> rows;
+  for (const auto& name : o.models) {
+    ModelShape s;
+    if (!ShapeFor(name, &s)) {
+      std::fprintf(stderr, "resa-bench kernels: unknown model shape %s (1.5B, 7B)\n", name.c_str());
+      return 1;
+    }
+    for (int ctx : o.contexts) {
+      for (int b : o.batches) {
+        if (auto st = BenchShape(o, s, ctx, b, *ceiling, sdpa[{name, ctx, b}], rows); !st.ok()) {
+          std::fprintf(stderr, "resa-bench kernels: %s ctx %d batch %d: %s\n", name.c_str(), ctx, b,
+                       std::string(st.message()).c_str());
+          return 1;
+        }
+      }
+    }
+    if (o.prefill_tokens > 0) {
+      if (auto st = BenchPrefill(o, s, *ceiling, rows); !st.ok()) {
+        std::fprintf(stderr, "resa-bench kernels: prefill: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
+    }
+  }
+
+  std::fprintf(stderr, "\ncopy ceiling %.2f TB/s on %s\n", *ceiling, prop.name);
+  std::fprintf(stderr, "| kernel | model | ctx | batch | us | TB/s | of ceiling | SDPA us | x SDPA |\n"
+                       "|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    std::fprintf(stderr, "| %s | %s | %d | %d | %.1f | %.2f | %.0f%% | %.1f | %.2f |\n", r.kernel.c_str(),
+                 r.model.c_str(), r.context, r.batch, r.us, r.tbps, 100 * r.ratio, r.sdpa_us,
+                 r.sdpa_us > 0 ? r.sdpa_us / r.us : 0.0);
+  }
+  std::fprintf(stderr, "\ntargets (issue 4):\n");
+  for (const auto& m : o.models) {
+    for (int b : o.batches) {
+      for (int ctx : o.contexts) {
+        const Row* dn = Find(rows, "dense_decode", m, ctx, b);
+        if (dn != nullptr && dn->sdpa_us > 0) {
+          Target(absl::StrFormat("dense decode %s ctx %d batch %d not slower than SDPA", m, ctx, b),
+                 dn->us <= dn->sdpa_us, absl::StrFormat("%.1f us vs SDPA %.1f us", dn->us, dn->sdpa_us));
+        }
+      }
+      const int ctx = 262144;
+      if (const Row* r = Find(rows, "dense_decode", m, ctx, b)) {
+        Target(absl::StrFormat("dense decode %s 256K batch %d >= 90%% of copy ceiling", m, b), r->ratio >= 0.9,
+               absl::StrFormat("%.1f%% (%.2f TB/s)", 100 * r->ratio, r->tbps));
+      }
+      if (const Row* r = Find(rows, "sparse_decode", m, ctx, b)) {
+        Target(absl::StrFormat("sparse decode %s 256K batch %d >= 80%% of copy ceiling", m, b), r->ratio >= 0.8,
+               absl::StrFormat("%.1f%% (%.2f TB/s, %.1f us)", 100 * r->ratio, r->tbps, r->us));
+      }
+      if (const Row* r = Find(rows, "fused_select", m, ctx, b); r != nullptr && b == 1) {
+        Target(absl::StrFormat("fused selection %s 256K batch 1 <= 10 us", m), r->us <= 10.0,
+               absl::StrFormat("%.2f us (torch.topk alone %.1f us)", r->us, r->sdpa_us));
+      }
+      if (const Row* r = Find(rows, "resa_step", m, ctx, b); r != nullptr && r->sdpa_us > 0) {
+        const double need = b >= 8 ? 3.5 : 2.5;
+        Target(absl::StrFormat("ReSA step %s 256K batch %d >= %.1fx SDPA", m, b, need), r->sdpa_us / r->us >= need,
+               absl::StrFormat("%.2fx (%.1f us vs %.1f us)", r->sdpa_us / r->us, r->us, r->sdpa_us));
+      }
+      if (const Row* r = Find(rows, "rectify_chunk32", m, ctx, b)) {
+        const double read_us = r->bytes / (*ceiling * 1e12) * 1e6;
+        Target(absl::StrFormat("rectification chunk %s 256K batch %d within 1.3x of one KV read", m, b),
+               r->us <= 1.3 * read_us, absl::StrFormat("%.2fx (%.1f us vs %.1f us)", r->us / read_us, r->us, read_us));
+      }
+    }
+  }
+  return 0;
+}
+
+#else  // no CUDA in this build
+
+int RunKernelsBench(const KernelsBenchOptions&) {
+  std::fprintf(stderr, "resa-bench kernels: this build has no CUDA (nvcc was not found at configure time)\n");
+  std::printf("{\"bench\":\"kernels\",\"skipped\":\"built without CUDA\"}\n");
+  return 0;
+}
+
+#endif
+
+}  // namespace
+
+void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<KernelsBenchOptions>();
+  CLI::App* k = app.add_subcommand("kernels", "CUDA attention kernels vs copy ceiling and PyTorch SDPA");
+  k->add_option("--models", o->models, "Model shapes (1.5B, 7B)")->capture_default_str();
+  k->add_option("--contexts", o->contexts, "Context lengths")->capture_default_str();
+  k->add_option("--batches", o->batches, "Batch sizes")->capture_default_str();
+  k->add_option("--iters", o->iters, "Launches per timing repeat")->capture_default_str()->check(CLI::Range(1, 10000));
+  k->add_option("--rotate-bytes", o->rotate_bytes, "Minimum KV working set per problem")->capture_default_str();
+  k->add_option("--prefill-tokens", o->prefill_tokens, "Prompt length of the prefill benchmark (0: skip)")
+      ->capture_default_str();
+  k->add_flag("!--no-sdpa", o->sdpa, "Skip the PyTorch baseline");
+  k->add_option("--python", o->python, "Python with torch for the baseline")->capture_default_str();
+  k->add_option("--sdpa-script", o->sdpa_script, "Baseline script")->capture_default_str();
+  k->callback([o, &exit_code] { exit_code = RunKernelsBench(*o); });
+}
+
+}  // namespace resa

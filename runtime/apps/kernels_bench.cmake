@@ -1,0 +1,23 @@
+# `resa-bench kernels` (kernels_bench.cc): included by runtime/apps/CMakeLists.txt and by
+# kernels/cuda/CMakeLists.txt (for the standalone resa-kernels-bench); defines the library once
+# and links it into resa-bench at the end of the including directory, wherever the include sits.
+if(NOT TARGET resa_kernels_bench)
+  add_library(resa_kernels_bench STATIC ${CMAKE_CURRENT_LIST_DIR}/kernels_bench.cc)
+  resa_target_options(resa_kernels_bench)
+  target_link_libraries(resa_kernels_bench PUBLIC CLI11::CLI11 absl::status absl::statusor
+                        absl::strings absl::str_format nlohmann_json::nlohmann_json)
+  if(RESA_HAVE_CUDA)
+    target_link_libraries(resa_kernels_bench PUBLIC resa_kernels_cuda CUDA::cudart)
+    target_compile_definitions(resa_kernels_bench PRIVATE RESA_KERNELS_BENCH_CUDA=1
+      RESA_KERNELS_BENCH_SCRIPT="${PROJECT_SOURCE_DIR}/kernels/cuda/bench/sdpa_baseline.py")
+  endif()
+endif()
+
+function(resa_link_kernels_bench)
+  if(TARGET resa-bench)
+    target_link_libraries(resa-bench PRIVATE resa_kernels_bench)
+  endif()
+endfunction()
+if(CMAKE_CURRENT_SOURCE_DIR STREQUAL "${PROJECT_SOURCE_DIR}/runtime/apps")
+  cmake_language(DEFER CALL resa_link_kernels_bench)
+endif()
