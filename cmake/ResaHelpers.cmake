@@ -1,3 +1,10 @@
+# Fuzz builds instrument all project code (coverage feedback for the parsers the fuzzers reach,
+# sanitizers everywhere); the fuzz targets themselves link libFuzzer's main.
+if(RESA_FUZZ)
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
 # Shared target settings for project code: warnings are errors here, not in third-party code.
 function(resa_target_options target)
   target_compile_options(${target} PRIVATE

@@ -1,5 +1,7 @@
 #include "kernels/cpu/attention.h"
 
+#include "kernels/cpu/vec_math.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -111,11 +113,12 @@ void PagedAttention(const PagedKvLayer& kv, const AttentionParams& p, const floa
             bmax = std::max(bmax, s[t]);
           }
           const float m_new = std::max(m[jj], bmax);
-          const float corr = std::exp(m[jj] - m_new);  // 0 on the first block (m = -inf)
+          const float corr = m[jj] == kNegInf ? 0.0f : FastExp(m[jj] - m_new);
           float* a = acc.data() + size_t(jj) * d;
           float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
           for (int t = 0; t < valid; ++t) {
-            s[t] = std::exp(s[t] - m_new);
+            s[t] = FastExp(s[t] - m_new);
             sum += s[t];
           }
 #pragma omp simd
@@ -191,10 +194,11 @@ void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const
         float tmax = kNegInf;
         for (int t = 0; t < visible; ++t) tmax = std::max(tmax, srow[t]);
         const float m_new = std::max(m[i], tmax);
-        const float corr = std::exp(m[i] - m_new);
+        const float corr = m[i] == kNegInf ? 0.0f : FastExp(m[i] - m_new);
         float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (int t = 0; t < visible; ++t) {
-          srow[t] = std::exp(srow[t] - m_new);
+          srow[t] = FastExp(srow[t] - m_new);
           sum += srow[t];
         }
         std::fill(srow + visible, srow + n, 0.0f);

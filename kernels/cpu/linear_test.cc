@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 #include "kernels/testing/tolerance.h"
 
 namespace resa {
@@ -61,6 +62,24 @@ TEST(Ops, RmsNormKnownAnswer) {
   const float rms = std::sqrt(12.5f);
   EXPECT_NEAR(y[0], 3.0f / rms, 1e-6);
   EXPECT_NEAR(y[1], 8.0f / rms, 1e-6);
+}
+
+}  // namespace
+}  // namespace resa
+
+namespace resa {
+namespace {
+
+TEST(VecMath, FastExpMatchesStdExp) {
+  double worst = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.001953125f) {
+    const double want = std::exp(double(x));
+    const double rel = std::fabs(double(FastExp(x)) - want) / want;
+    worst = std::max(worst, rel);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(FastExp(0.0f), 1.0f);
+  EXPECT_LT(FastExp(-1000.0f), 1e-37f);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 // with a 16-byte XOR swizzle so ldmatrix is conflict-free. S = Q K^T and O += P V use
 // ldmatrix(.trans) fragments; P is reused from the S accumulators. Splits write (O, lse) partials
 // that MergeSplitsKernel folds; with one split the CTA writes the output directly.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -363,14 +364,21 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.ws_o = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
   const dim3 grid(plan.num_splits, plan.row_tiles, p.num_chunks * p.kv.num_kv_heads);
+  static std::atomic<uint64_t> attr_done[2];
   cudaError_t err;
   if (p.kv.head_dim == 64) {
     constexpr int smem = ChunkSmemBytes<64>();
-    err = cudaFuncSetAttribute(ChunkKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    err = OncePerDevice(attr_done[0], [] {
+      return cudaFuncSetAttribute(ChunkKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem);
+    });
     if (err == cudaSuccess) ChunkKernel<64><<<grid, kThreads, smem, stream>>>(a);
   } else {
     constexpr int smem = ChunkSmemBytes<128>();
-    err = cudaFuncSetAttribute(ChunkKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    err = OncePerDevice(attr_done[1], [] {
+      return cudaFuncSetAttribute(ChunkKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem);
+    });
     if (err == cudaSuccess) ChunkKernel<128><<<grid, kThreads, smem, stream>>>(a);
   }
   if (auto st = CudaStatus(err, "cudaFuncSetAttribute(ChunkKernel)"); !st.ok()) return st;

@@ -21,6 +21,7 @@
 // The query heads of a GQA group share every K/V byte read; K/V are read exactly once.
 #include <cooperative_groups.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -40,7 +41,9 @@ constexpr int kHeadsPerCta = 8;  // the MMA's n for P^T: query heads of one grou
 constexpr int kCtasPerSm = 2;
 constexpr int kMaxCluster = 8;   // portable thread-block cluster size
 constexpr int kMaxSplits = 256;  // per (sequence, head chunk); so <= 32 clusters to merge
-constexpr int kMinPagesPerSplit = 2 * kWarps;
+constexpr int kMaxClusters = kMaxSplits / kMaxCluster;  // partials the last CTA folds
+constexpr int kMinPagesPerSplit = kWarps;
+constexpr int kIdsPerRound = 512;  // page ids staged in shared memory at a time
 
 struct DecodePlan {
   int head_chunks = 0;
@@ -64,8 +67,41 @@ struct DecodeArgs {
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 
-// Splits per row: about 2 CTAs per SM over all rows, rounded down to a multiple of the cluster
-// size so a uniform batch fills whole clusters and whole waves.
+template <int D>
+__global__ void DecodeKernel(const DecodeArgs a);
+
+// CTAs of 8-CTA clusters that can be resident at once (GPC granularity makes this less than
+// 2 per SM); cached per head dim.
+int ClusterCapacityCtas(int head_dim) {
+  static std::atomic<int> cache[2] = {0, 0};
+  std::atomic<int>& slot = cache[head_dim == 64 ? 0 : 1];
+  if (int v = slot.load(std::memory_order_relaxed); v > 0) return v;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kMaxCluster * 64, 1, 1);
+  cfg.blockDim = dim3(kThreads);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kMaxCluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  const cudaError_t err = head_dim == 64
+                              ? cudaOccupancyMaxActiveClusters(&clusters, DecodeKernel<64>, &cfg)
+                              : cudaOccupancyMaxActiveClusters(&clusters, DecodeKernel<128>, &cfg);
+  int v = clusters * kMaxCluster;
+  if (err != cudaSuccess || v <= 0) {
+    cudaGetLastError();
+    v = MultiprocessorCount() * kCtasPerSm * 7 / 8;  // no device: a typical GPC loss
+  }
+  slot.store(v, std::memory_order_relaxed);
+  return v;
+}
+
+// Splits per row fill one wave of kCtasPerSm CTAs per SM over all rows. Rows that need more
+// than kMaxClusters splits (batch 1-2 at long context) group them into 8-CTA clusters, sized
+// by the cluster capacity so that they too run in one wave.
 DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   DecodePlan plan;
   const int hkv = p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1;
@@ -75,16 +111,19 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
                                  ? p.max_num_blocks
                                  : (int64_t(p.max_num_keys) + kPageTokens - 1) / kPageTokens;
   const int64_t rows = int64_t(p.batch) * hkv * plan.head_chunks;
-  const int64_t target = int64_t(MultiprocessorCount()) * kCtasPerSm;
-  int64_t s0 = rows > 0 ? target / rows : 1;
-  s0 = s0 < 1 ? 1 : (s0 > kMaxSplits ? kMaxSplits : s0);
-  const int64_t c0 = s0 < kMaxCluster ? s0 : kMaxCluster;
-  s0 = s0 / c0 * c0;
+  int64_t s0 = rows > 0 ? int64_t(MultiprocessorCount()) * kCtasPerSm / rows : 1;
+  int64_t cluster = 1;
+  if (s0 > kMaxClusters) {
+    cluster = kMaxCluster;
+    s0 = ClusterCapacityCtas(p.kv.head_dim) / rows / cluster * cluster;
+    s0 = s0 > kMaxSplits ? kMaxSplits : (s0 < cluster ? cluster : s0);
+  }
+  s0 = s0 < 1 ? 1 : s0;
   int64_t pps = max_blocks > 0 ? (max_blocks + s0 - 1) / s0 : 1;
   pps = pps < kMinPagesPerSplit ? kMinPagesPerSplit : pps;
   plan.pages_per_split = int(pps);
   const int64_t splits = max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1;
-  plan.cluster = int(splits < kMaxCluster ? splits : kMaxCluster);
+  plan.cluster = int(splits < cluster ? splits : cluster);
   plan.max_splits = int((splits + plan.cluster - 1) / plan.cluster * plan.cluster);
   const int64_t max_clusters = plan.max_splits / plan.cluster;
   const size_t slots = size_t(rows) * max_clusters * kHeadsPerCta;
@@ -100,7 +139,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
   constexpr int VJ = D / 64;  // 16-byte V loads per token row per lane
   constexpr int E = D / 16;   // m-tiles of O^T
-  constexpr int kMaxClusters = kMaxSplits / kMaxCluster;
   __shared__ __align__(16) __nv_bfloat16 sq[kHeadsPerCta * D];
   __shared__ float sm_m[kWarps][kHeadsPerCta], sm_l[kWarps][kHeadsPerCta];
   __shared__ __align__(16) float sm_o[kWarps][kHeadsPerCta][D];
@@ -109,6 +147,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   __shared__ float s_w[kMaxClusters][kHeadsPerCta];        // merge weights
   __shared__ float s_mx[kHeadsPerCta], s_den[kHeadsPerCta];
   __shared__ int sm_last;
+  __shared__ int32_t s_page[kIdsPerRound];
+  __shared__ uint8_t s_valid[kIdsPerRound];
 
   const cg::cluster_group cluster = cg::this_cluster();
   const DecodeAttentionParams& p = a.p;
@@ -148,9 +188,19 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 #pragma unroll
   for (int i = 0; i < E; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
 
-  for (int32_t i = i0 + warp; i < i1; i += kWarps) {
-    const int32_t blk = sparse ? list[i] : i;
-    const int32_t page = table[blk];
+  // Page ids (and valid-token counts) of the split are gathered into shared memory a round at a
+  // time, so the page loop issues its K/V loads without the block-list -> page-table chain.
+  for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
+    const int32_t r1 = min(i1, r0 + kIdsPerRound);
+    __syncthreads();  // the previous round's ids are consumed
+    for (int32_t i = r0 + tid; i < r1; i += kThreads) {
+      const int32_t blk = sparse ? list[i] : i;
+      s_page[i - r0] = table[blk];
+      s_valid[i - r0] = uint8_t(max(0, min(kPageTokens, num_keys - blk * kPageTokens)));
+    }
+    __syncthreads();
+  for (int32_t i = r0 + warp; i < r1; i += kWarps) {
+    const int32_t page = s_page[i - r0];
     const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
     const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
     uint4 kr[2][KS];
@@ -182,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
     }
     // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
-    const int valid = num_keys - blk * kPageTokens;
+    const int valid = s_valid[i - r0];
     float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
                   s1[1] * a.scale_log2};
     if (valid < kPageTokens) {
@@ -220,6 +270,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
       detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
     }
+  }
   }
   l = detail::QuadSum(l);
 

@@ -9,6 +9,7 @@
 //    3-pass radix select (11/11/10 bits, shared-memory histograms) for the n-th largest key T
 //    (after the first pass only the keys of the pivot bin are kept, when they fit), then writes, in ascending block order, every block with key > T and the lowest-numbered
 //    blocks with key == T: (score desc, block asc) exactly as TopBlocks, without any sort.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -22,20 +23,21 @@ namespace {
 constexpr int kSelThreads = 512;
 constexpr int kSelWarps = kSelThreads / 32;
 constexpr int kSelChunk = 256;         // blocks scored per CTA
-constexpr int kMaxSmemKeys = 16384;    // up to 256K tokens the keys are selected in shared memory
+constexpr int kMaxSmemKeys = 16384;  // multiple of 4    // up to 256K tokens the keys are selected in shared memory
 constexpr int kRadixBins = 2048;
 constexpr int kMaxCandidates = 4096;   // keys of the pivot bin kept after the first pass
 
 struct SelectPlan {
   int32_t max_blocks = 0;
+  int32_t key_stride = 0;
   size_t keys_offset = 0, bytes = 0;
 };
 
 struct SelectArgs {
   SelectBlocksParams p;
   int group;
-  int32_t max_blocks;
-  uint32_t* keys;  // [batch][num_kv_heads][max_blocks]
+  int32_t key_stride;
+  uint32_t* keys;  // [batch][num_kv_heads][key_stride]
   int* counters;   // [batch][num_kv_heads]
   bool keys_in_smem;
 };
@@ -45,9 +47,10 @@ size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 SelectPlan PlanSelect(const SelectBlocksParams& p) {
   SelectPlan plan;
   plan.max_blocks = (p.max_num_keys + kPageTokens - 1) / kPageTokens;
+  plan.key_stride = (plan.max_blocks + 3) / 4 * 4;  // 16-byte aligned rows of keys
   const size_t rows = size_t(p.batch) * (p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1);
   plan.keys_offset = kWorkspaceCounterBytes;  // counters [batch][num_kv_heads] at the front
-  plan.bytes = plan.keys_offset + AlignUp(rows * plan.max_blocks * sizeof(uint32_t));
+  plan.bytes = plan.keys_offset + AlignUp(rows * plan.key_stride * sizeof(uint32_t));
   return plan;
 }
 
@@ -59,13 +62,19 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// hist[bin] += 1 for the active lanes, one atomic per distinct bin of the warp (scores cluster
-// in few bins, and same-address shared atomics would serialise). Called by all 32 lanes.
+// hist[bin] += 1 for the active lanes. When the warp's active lanes share one bin (clustered
+// scores) one lane adds the count: same-address shared atomics would serialise 32-way. Called
+// by all 32 lanes.
 __device__ __forceinline__ void WarpHistAdd(uint32_t* hist, uint32_t bin, bool active) {
   const uint32_t act = __ballot_sync(0xffffffffu, active);
-  if (!active) return;
-  const uint32_t peers = __match_any_sync(act, bin);
-  if (int(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], uint32_t(__popc(peers)));
+  if (act == 0) return;
+  const int leader = __ffs(act) - 1;
+  const uint32_t lead_bin = __shfl_sync(0xffffffffu, bin, leader);
+  if (__all_sync(0xffffffffu, !active || bin == lead_bin)) {
+    if (int(threadIdx.x % 32) == leader) atomicAdd(&hist[lead_bin], uint32_t(__popc(act)));
+  } else if (active) {
+    atomicAdd(&hist[bin], 1u);
+  }
 }
 
 // Appends the active lanes' values to list[*count ...]; one atomic per warp. All 32 lanes call.
@@ -169,7 +178,7 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
 #pragma unroll
     for (int e = 0; e < 8; ++e) qv[i][e] = s_q[8 * part + 32 * i + e];
   }
-  uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.max_blocks;
+  uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
   const int32_t end = min(M, (chunk + 1) * kSelChunk);
   for (int32_t base = chunk * kSelChunk + warp * 8; base < end; base += kSelWarps * 8) {
     const int32_t blk = base + sub;
@@ -216,26 +225,25 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
     for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
     return;
   }
-  const uint32_t* keys = gkeys;
-  if (a.keys_in_smem) {
-    for (int32_t i = tid; i < M; i += kSelThreads) s_keys[i] = __ldcg(gkeys + i);
-    __syncthreads();
-    keys = s_keys;
-  }
-  auto key_at = [&](int32_t i) { return a.keys_in_smem ? keys[i] : __ldcg(keys + i); };
-
   // 5. Block M - 1 (+inf) is always kept; pick `need` = n - 1 of the blocks [0, M - 1). Radix
   // select on v = key - min over the significant bits of (max - min), 11 bits per pass from the
   // top, so the first pass spreads over all bins however the scores cluster. Afterwards T is the
   // need-th largest key: `remaining` keys equal to T are kept after every key greater than T.
+  // Keys are staged in shared memory (16-byte loads) while their min and max are taken.
   const int32_t mo = M - 1;
   const uint32_t need = uint32_t(n - 1);
   uint32_t kmin = 0xffffffffu, kmax = 0;
-  for (int32_t i = tid; i < mo; i += kSelThreads) {
-    const uint32_t k = key_at(i);
-    kmin = min(kmin, k);
-    kmax = max(kmax, k);
+  for (int32_t i4 = tid; 4 * i4 < mo; i4 += kSelThreads) {
+    uint4 k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys) + i4);
+    const uint32_t kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (4 * i4 + j < mo) kmin = min(kmin, kk[j]), kmax = max(kmax, kk[j]);
+    }
+    if (a.keys_in_smem) reinterpret_cast<uint4*>(s_keys)[i4] = k4;
   }
+  const uint32_t* keys = a.keys_in_smem ? s_keys : gkeys;
+  auto key_at = [&](int32_t i) { return a.keys_in_smem ? keys[i] : __ldcg(keys + i); };
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) {
     kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
@@ -265,11 +273,18 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
         const uint32_t v = i < ncand ? s_cand[i] : 0u;
         WarpHistAdd(s_hist, (v >> lo) & (bins - 1), i < ncand && (v & mask) == prefix);
       }
-    } else {
-      for (int32_t base = warp * 32; base < mo; base += kSelThreads) {
-        const int32_t i = base + lane;
-        const uint32_t v = i < mo ? key_at(i) - kmin : 0u;
-        WarpHistAdd(s_hist, (v >> lo) & (bins - 1), i < mo && (v & mask) == prefix);
+    } else {  // 4 keys per lane per step: independent loads and votes in flight
+      for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
+        uint32_t v[4];
+        bool ok[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int32_t i = base + 32 * j + lane;
+          v[j] = i < mo ? key_at(i) - kmin : 0u;
+          ok[j] = i < mo && (v[j] & mask) == prefix;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) WarpHistAdd(s_hist, (v[j] >> lo) & (bins - 1), ok[j]);
       }
     }
     __syncthreads();
@@ -301,10 +316,17 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
       if (ncand <= uint32_t(kMaxCandidates)) {
         if (tid == 0) s_ncand = 0;
         __syncthreads();
-        for (int32_t base = warp * 32; base < mo; base += kSelThreads) {
-          const int32_t i = base + lane;
-          const uint32_t v = i < mo ? key_at(i) - kmin : 0u;
-          WarpAppend(s_cand, &s_ncand, v, i < mo && (v & mask) == prefix);
+        for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
+          uint32_t v[4];
+          bool ok[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int32_t i = base + 32 * j + lane;
+            v[j] = i < mo ? key_at(i) - kmin : 0u;
+            ok[j] = i < mo && (v[j] & mask) == prefix;
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) WarpAppend(s_cand, &s_ncand, v[j], ok[j]);
         }
         use_cand = true;
       }
@@ -313,31 +335,44 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   }
   const uint32_t T = kmin + prefix;
 
-  // 6. Output in ascending block order: thread t owns blocks [t * per, (t + 1) * per) of
-  // [0, M - 1); block M - 1 goes last.
-  const int32_t per = (mo + kSelThreads - 1) / kSelThreads;
-  const int32_t lo = min(mo, tid * per), hi = min(mo, lo + per);
+  // 6. Output in ascending block order: warp w owns a contiguous segment of [0, M - 1) and walks
+  // it 32 keys at a time (conflict-free), ranks from ballots; block M - 1 goes last.
+  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
+  const int32_t wlo = min(mo, warp * seg), whi = min(mo, wlo + seg);
   uint32_t gt = 0, eq = 0;
-  if (need > 0) {
-    for (int32_t i = lo; i < hi; ++i) {
-      const uint32_t k = key_at(i);
-      gt += k > T;
-      eq += k == T;
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const bool ok = base + 32 * j + lane < whi;
+      gt += __popc(__ballot_sync(0xffffffffu, ok && k[j] > T));
+      eq += __popc(__ballot_sync(0xffffffffu, ok && k[j] == T));
     }
   }
-  uint32_t total;
-  const uint32_t eq_before = BlockExclusiveScan(eq, &total, s_warp);
-  const uint32_t take_eq =
-      remaining > eq_before ? (remaining - eq_before < eq ? remaining - eq_before : eq) : 0u;
-  uint32_t pos = BlockExclusiveScan(gt + take_eq, &total, s_warp);
-  uint32_t taken = 0;
-  if (need > 0) {
-    for (int32_t i = lo; i < hi; ++i) {
-      const uint32_t k = key_at(i);
-      if (k > T || (k == T && taken < take_eq)) {
-        out[pos++] = i;
-        taken += k == T;
-      }
+  __syncthreads();
+  if (lane == 0) s_hist[warp] = gt, s_hist[kSelWarps + warp] = eq;
+  __syncthreads();
+  uint32_t pos = 0, tie_rank = 0;
+  for (int w = 0; w < warp; ++w) pos += s_hist[w], tie_rank += s_hist[kSelWarps + w];
+  pos += min(tie_rank, remaining);  // ties taken before this segment
+  const uint32_t lt = (1u << lane) - 1u;
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int32_t i = base + 32 * j + lane;
+      const bool is_eq = i < whi && k[j] == T;
+      const uint32_t eq_mask = __ballot_sync(0xffffffffu, is_eq);
+      const bool sel = need > 0 && ((i < whi && k[j] > T) ||
+                                    (is_eq && tie_rank + __popc(eq_mask & lt) < remaining));
+      const uint32_t sel_mask = __ballot_sync(0xffffffffu, sel);
+      if (sel) out[pos + __popc(sel_mask & lt)] = i;
+      pos += __popc(sel_mask);
+      tie_rank += __popc(eq_mask);
     }
   }
   if (tid == 0) out[n - 1] = M - 1;
@@ -430,21 +465,30 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   SelectArgs a;
   a.p = p;
   a.group = p.num_heads / p.kv.num_kv_heads;
-  a.max_blocks = plan.max_blocks;
+  a.key_stride = plan.key_stride;
   if (int64_t(p.batch) * p.kv.num_kv_heads > kWorkspaceCounters) {
     return absl::InvalidArgumentError("SelectBlocksCuda: batch x num_kv_heads exceeds the counters");
   }
   a.keys = reinterpret_cast<uint32_t*>(static_cast<char*>(p.workspace) + plan.keys_offset);
   a.counters = static_cast<int*>(p.workspace);
   a.keys_in_smem = plan.max_blocks <= kMaxSmemKeys;
-  const int smem = a.keys_in_smem ? int(plan.max_blocks * sizeof(uint32_t)) : 0;
+  const int smem = a.keys_in_smem ? int(plan.key_stride * sizeof(uint32_t)) : 0;
   const dim3 grid((plan.max_blocks + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);
+  // The dynamic shared-memory limit is raised once per device to its largest use.
+  constexpr int kMaxSmem = kMaxSmemKeys * int(sizeof(uint32_t));
+  static std::atomic<uint64_t> attr_done[2];
   cudaError_t err;
   if (p.kv.head_dim == 64) {
-    err = cudaFuncSetAttribute(SelectKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    err = OncePerDevice(attr_done[0], [] {
+      return cudaFuncSetAttribute(SelectKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kMaxSmem);
+    });
     if (err == cudaSuccess) SelectKernel<64><<<grid, kSelThreads, smem, stream>>>(a);
   } else {
-    err = cudaFuncSetAttribute(SelectKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    err = OncePerDevice(attr_done[1], [] {
+      return cudaFuncSetAttribute(SelectKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kMaxSmem);
+    });
     if (err == cudaSuccess) SelectKernel<128><<<grid, kSelThreads, smem, stream>>>(a);
   }
   if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectKernel)"); !st.ok()) return st;

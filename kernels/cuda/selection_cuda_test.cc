@@ -32,6 +32,7 @@ struct SelectCase {
   int d;
   int group;
   float ratio;
+  int key_range = 2;  // keys drawn from [-key_range, key_range]; 0: every score ties
 };
 
 std::string SelectName(const ::testing::TestParamInfo<SelectCase>& info) {
@@ -54,6 +55,7 @@ std::vector<SelectCase> SelectCases() {
     cases.push_back({"len300001", {300001, 33}, d, 6, 0.1f});  // keys selected from L2
   }
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
+  cases.push_back({"all_tied", {4097, 20000, 17}, 64, 3, 0.1f, 0});  // order decides everything
   return cases;
 }
 
@@ -66,13 +68,13 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   std::vector<int32_t> before(batch);
   for (int b = 0; b < batch; ++b) before[b] = tc.lens[b] - 1;
   TestCache cache;
-  BuildCache(cache, hkv, d, tc.lens, 5, SmallInts(-2, 2), &before);
+  BuildCache(cache, hkv, d, tc.lens, 5, SmallInts(-tc.key_range, tc.key_range), &before);
 
   std::mt19937 rng(6);
   std::uniform_int_distribution<int> small(-3, 3);
   std::vector<float> knew(size_t(batch) * hkv * d), vnew(knew.size()), q(size_t(batch) * hq * d);
   std::vector<float> pooled(size_t(batch) * hkv * d);
-  for (auto& x : knew) x = float(small(rng));
+  for (auto& x : knew) x = tc.key_range == 0 ? 0.0f : float(small(rng));
   for (auto& x : vnew) x = float(small(rng));
   // Each group's heads are pooled + deltas that sum to zero, so the mean is an exact integer.
   for (int b = 0; b < batch; ++b) {

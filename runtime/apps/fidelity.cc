@@ -101,7 +101,8 @@ double MeanInt(const std::vector<int>& v, size_t lo, size_t hi) {
 
 bool WritePlot(const std::filesystem::path& dir, const std::vector<Track>& tracks) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return false;
-  // One data file per track: position, KL, running top-1 agreement over a 32-position window.
+  // One data file per track: position, and KL and top-1 agreement averaged over the trailing
+  // 32 positions (single positions are too noisy to read a trend from).
   std::ostringstream script;
   script << "set terminal pngcairo noenhanced size 1400,900 font ',11'\n"
          << "set output '" << (dir / "fidelity.png").string() << "'\n"
@@ -109,7 +110,7 @@ bool WritePlot(const std::filesystem::path& dir, const std::vector<Track>& track
   for (const char* setting : {"teacher_forced", "free_running"}) {
     for (int metric = 0; metric < 2; ++metric) {
       script << "set title '" << (metric == 0 ? "KL(dense || mode)" : "top-1 agreement with dense")
-             << " - " << setting << (metric == 1 ? " (32-position window)" : "") << "'\n"
+             << " - " << setting << " (mean of the last 32 positions)'\n"
              << "set xlabel 'decode position'\n"
              << (metric == 0 ? "set logscale y\nset yrange [1e-6:*]\n" : "unset logscale y\nset yrange [0:1.05]\n")
              << "plot ";
@@ -120,7 +121,8 @@ bool WritePlot(const std::filesystem::path& dir, const std::vector<Track>& track
         std::ofstream f(data);
         for (size_t i = 0; i < t.kl.size(); ++i) {
           const size_t lo = i >= 31 ? i - 31 : 0;
-          f << i << " " << std::max(t.kl[i], 1e-7) << " " << MeanInt(t.agree, lo, i + 1) << "\n";
+          f << i << " " << std::max(Mean(t.kl, lo, i + 1), 1e-7) << " "
+            << MeanInt(t.agree, lo, i + 1) << "\n";
         }
         script << (first ? "" : ", ") << "'" << data << "' using 1:" << (metric == 0 ? 2 : 3)
                << " with lines lw 2 title '" << t.mode << "'";

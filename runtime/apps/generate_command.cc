@@ -105,7 +105,8 @@ int RunGenerate(const GenerateCommandOptions& o) {
     if (!rendered.ok()) return Fail(rendered.status());
     text = *rendered;
   }
-  auto ids = tok.Encode(text, EncodeOptions{.add_bos = !o.chat, .parse_special = o.chat});
+  auto ids = tok.Encode(text, EncodeOptions{.add_bos = !o.chat && tok.add_bos_token(),
+                                             .parse_special = o.chat});
   if (!ids.ok()) return Fail(ids.status());
   if (ids->empty()) return Fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
   if (int64_t(ids->size()) >= o.ctx) {

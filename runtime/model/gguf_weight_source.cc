@@ -176,6 +176,15 @@ absl::Status GgufWeightSource::ReadConfig() {
   RESA_RETURN_IF_ERROR(get_float("attention.layer_norm_rms_epsilon", &config_.rms_norm_eps));
   config_.rope_theta = 10000.0f;
   if (has("rope.freq_base")) RESA_RETURN_IF_ERROR(get_float("rope.freq_base", &config_.rope_theta));
+  // Scaled RoPE changes the rotation angles; refuse it rather than decode wrongly.
+  if (has("rope.scaling.type")) {
+    auto type = f.GetString(absl::StrCat(a, ".rope.scaling.type"));
+    if (!type.ok()) return type.status();
+    if (*type != "none") {
+      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a, ".rope.scaling.type = '",
+                                                   *type, "' is not supported (plain RoPE only)"));
+    }
+  }
 
   if (has("attention.key_length")) {
     RESA_RETURN_IF_ERROR(get_int("attention.key_length", &config_.head_dim));

@@ -131,6 +131,18 @@ absl::StatusOr<ModelConfig> ParseConfig(const Json& j, const std::string& path) 
   RESA_RETURN_IF_ERROR(GetFloat(j, path, "rms_norm_eps", &c.rms_norm_eps));
   c.rope_theta = 10000.0f;
   RESA_RETURN_IF_ERROR(GetFloat(j, path, "rope_theta", &c.rope_theta));
+  // Scaled RoPE variants (linear, dynamic, yarn, llama3) change the rotation angles; running
+  // such a model with plain RoPE would produce wrong output silently, so refuse it.
+  if (const auto* rs = Field(j, "rope_scaling"); rs != nullptr && !rs->is_null()) {
+    const auto* type = rs->is_object() ? (rs->contains("rope_type") ? &(*rs)["rope_type"]
+                                          : rs->contains("type") ? &(*rs)["type"] : nullptr)
+                                       : nullptr;
+    const std::string t = type != nullptr && type->is_string() ? type->get<std::string>() : "?";
+    if (t != "default") {
+      return absl::UnimplementedError(absl::StrCat(
+          path, ": rope_scaling of type '", t, "' is not supported (plain RoPE only)"));
+    }
+  }
   c.tie_word_embeddings = false;
   RESA_RETURN_IF_ERROR(GetBool(j, path, "tie_word_embeddings", &c.tie_word_embeddings));
   if (c.arch == Arch::kLlama) {

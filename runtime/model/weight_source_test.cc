@@ -643,3 +643,22 @@ TEST(RealModel, ExtraGgufFromEnvironment) {
 
 }  // namespace
 }  // namespace resa
+
+namespace resa {
+namespace {
+
+TEST(SafetensorsSource, ScaledRopeIsRefused) {
+  TempDir dir;
+  nlohmann::json cfg = HfConfig("llama", true);
+  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  dir.Write("config.json", cfg.dump());
+  dir.Write("model.safetensors",
+            safetensors::SerializeSafetensors(HfTensors(false, false, safetensors::Dtype::kBF16)));
+  absl::StatusOr<std::unique_ptr<WeightSource>> src = OpenWeightSource(dir.path());
+  ASSERT_FALSE(src.ok());
+  EXPECT_EQ(src.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(src.status().message().find("rope_scaling"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace resa

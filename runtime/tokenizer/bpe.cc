@@ -4,8 +4,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/core/status.h"
 #include "runtime/tokenizer/unicode.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 namespace resa::tok {
 
@@ -29,9 +29,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
     const int32_t r = m->TokenId(joined);
     if (a < 0 || b < 0 || r < 0) {
       const std::string& missing = a < 0 ? left : b < 0 ? right : joined;
-      return absl::InvalidArgumentError(absl::StrCat("merge ", i, " ('", left, "' '", right,
-                                                     "'): '", missing,
-                                                     "' is not in the vocabulary"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "merge ", i, " ('", left, "' '", right, "'): '", missing, "' is not in the vocabulary"));
     }
     m->merges_.try_emplace(PairKey(a, b), MergeInfo{static_cast<int32_t>(i), r});
   }
@@ -39,7 +38,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
 }
 
 int32_t BpeModel::TokenId(std::string_view text) const {
-  auto it = token_to_id_.find(AbslView(text));
+  auto it = token_to_id_.find(AsAbsl(text));
   return it == token_to_id_.end() ? -1 : it->second;
 }
 
@@ -48,7 +47,7 @@ void BpeModel::EncodeWord(std::string_view word, std::vector<int32_t>* out) cons
   const bool cacheable = word.size() <= kMaxCachedWordBytes;
   if (cacheable) {
     absl::ReaderMutexLock lock(&cache_mu_);
-    auto it = cache_.find(AbslView(word));
+    auto it = cache_.find(AsAbsl(word));
     if (it != cache_.end()) {
       out->insert(out->end(), it->second.begin(), it->second.end());
       return;
@@ -70,7 +69,8 @@ void BpeModel::EncodeWord(std::string_view word, std::vector<int32_t>* out) cons
   if (cacheable) {
     absl::MutexLock lock(&cache_mu_);
     if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-    cache_.try_emplace(std::string(word), out->begin() + static_cast<std::ptrdiff_t>(first), out->end());
+    cache_.try_emplace(std::string(word), out->begin() + static_cast<std::ptrdiff_t>(first),
+                       out->end());
   }
 }
 

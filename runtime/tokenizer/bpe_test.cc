@@ -13,9 +13,9 @@
 namespace resa::tok {
 namespace {
 
+using testing::Bl;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::Bl;
 using testing::MakeTokenizer;
 using testing::TinyAdded;
 using testing::TinyTokenizerJson;
@@ -121,10 +121,10 @@ TEST(AddedTokens, TextAroundAddedTokensIsPreTokenizedSeparately) {
 }
 
 TEST(AddedTokens, StripAndSingleWord) {
-  auto t = MakeTokenizer(TinyTokenizerJson(
-      {}, {{"<mask>", true, /*lstrip=*/true, /*rstrip=*/false},
-           {"<sep>", true, false, /*rstrip=*/true},
-           {"cat", false, false, false, /*single_word=*/true}}));
+  auto t =
+      MakeTokenizer(TinyTokenizerJson({}, {{"<mask>", true, /*lstrip=*/true, /*rstrip=*/false},
+                                           {"<sep>", true, false, /*rstrip=*/true},
+                                           {"cat", false, false, false, /*single_word=*/true}}));
   ASSERT_NE(t, nullptr);
   const int32_t mask = t->TokenId("<mask>");
   const int32_t sep = t->TokenId("<sep>");
@@ -139,14 +139,14 @@ TEST(AddedTokens, StripAndSingleWord) {
 }
 
 TEST(AddedTokens, NormalizedTokensMatchAfterNfc) {
-  nlohmann::json j = TinyTokenizerJson({}, {{"caf\xc3\xa9", /*special=*/false, false, false,
-                                             false, /*normalized=*/true}});
+  nlohmann::json j = TinyTokenizerJson(
+      {}, {{"caf\xc3\xa9", /*special=*/false, false, false, false, /*normalized=*/true}});
   j["normalizer"] = {{"type", "NFC"}};
   auto t = MakeTokenizer(j);
   ASSERT_NE(t, nullptr);
   const int32_t cafe = t->TokenId("caf\xc3\xa9");
   EXPECT_THAT(Enc(*t, "cafe\xcc\x81!"), ElementsAre(cafe, '!'));  // decomposed input
-  EXPECT_THAT(Enc(*t, "e\xcc\x81"), ElementsAre(0xC3, 0xA9));      // NFC before BPE
+  EXPECT_THAT(Enc(*t, "e\xcc\x81"), ElementsAre(0xC3, 0xA9));     // NFC before BPE
 }
 
 TEST(Decode, SkipsSpecialTokensOnRequest) {
@@ -168,6 +168,9 @@ TEST(Encode, AddBosAndStopIds) {
   EXPECT_THAT(Enc(*t, "a", {.add_bos = true}), ElementsAre('a'));  // no BOS defined
   EXPECT_THAT(t->StopIds(), ElementsAre(t->TokenId("<|im_end|>"), t->TokenId("<|endoftext|>")));
   EXPECT_EQ(t->vocab_size(), 259);
+  auto chat = t->ApplyChatTemplate({}, true);
+  EXPECT_EQ(chat.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(chat.status().message(), HasSubstr("no chat template"));
 }
 
 TEST(Encode, IsThreadSafe) {

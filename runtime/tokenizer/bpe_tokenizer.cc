@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/core/status.h"
+#include "runtime/core/status.h"
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/unicode.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 namespace resa::tok {
 namespace {
@@ -61,9 +61,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t eos_id_ = -1;
   bool add_bos_ = false;
   std::vector<int32_t> stop_ids_;
-  std::string chat_template_text_;
-  absl::StatusOr<ChatMlTemplate> chat_template_ =
-      absl::FailedPreconditionError("no chat template");
+  absl::StatusOr<ChatMlTemplate> chat_template_;  // FailedPrecondition when unusable
 };
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(TokenizerSpec spec) {
@@ -75,8 +73,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(TokenizerSpec sp
   }
   if (static_cast<int64_t>(spec.id_to_token.size()) > kMaxVocabSize) {
     return absl::InvalidArgumentError(absl::StrCat("vocabulary of ", spec.id_to_token.size(),
-                                                   " tokens exceeds the limit of ",
-                                                   kMaxVocabSize));
+                                                   " tokens exceeds the limit of ", kMaxVocabSize));
   }
   size_t vocab_size = spec.id_to_token.size();
   for (const auto& [text, id] : spec.token_to_id) {
@@ -97,8 +94,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(TokenizerSpec sp
   }
   auto check_id = [&](int32_t id, std::string_view what) -> absl::Status {
     if (id < -1 || (id >= 0 && static_cast<size_t>(id) >= vocab_size)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(AbslView(what), " id ", id, " is outside the vocabulary (size ", vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          AsAbsl(what), " id ", id, " is outside the vocabulary (size ", vocab_size, ")"));
     }
     return absl::OkStatus();
   };
@@ -142,8 +139,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(TokenizerSpec sp
   t->raw_matcher_ = AddedTokenMatcher(std::move(raw));
   t->normalized_matcher_ = AddedTokenMatcher(std::move(normalized));
 
-  RESA_ASSIGN_OR_RETURN(t->bpe_, BpeModel::Create(std::move(spec.token_to_id), spec.merges,
-                                                  spec.bpe));
+  RESA_ASSIGN_OR_RETURN(t->bpe_,
+                        BpeModel::Create(std::move(spec.token_to_id), spec.merges, spec.bpe));
   t->pre_ = std::move(spec.pre_tokenizer);
   t->nfc_ = spec.nfc;
   t->bos_id_ = spec.bos_id;
@@ -162,15 +159,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(TokenizerSpec sp
     if (t->IsSpecial(id)) add_stop(id);
   }
 
-  t->chat_template_text_ = std::move(spec.chat_template);
-  if (!t->chat_template_text_.empty()) {
-    t->chat_template_ = ParseChatMlTemplate(t->chat_template_text_);
-  }
+  t->chat_template_ = ParseChatMlTemplate(spec.chat_template);
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
 int32_t BpeTokenizer::TokenId(std::string_view token_text) const {
-  auto it = added_by_content_.find(AbslView(token_text));
+  auto it = added_by_content_.find(AsAbsl(token_text));
   if (it != added_by_content_.end()) return it->second;
   return bpe_->TokenId(token_text);
 }
@@ -178,9 +172,9 @@ int32_t BpeTokenizer::TokenId(std::string_view token_text) const {
 absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text,
                                                           const EncodeOptions& options) const {
   if (const size_t bad = FindInvalidUtf8(text); bad != std::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "text is not valid UTF-8: bad byte 0x%02x at byte offset %d", static_cast<uint8_t>(text[bad]),
-        bad));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("text is not valid UTF-8: bad byte 0x%02x at byte offset %d",
+                        static_cast<uint8_t>(text[bad]), bad));
   }
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 2);

@@ -1,8 +1,8 @@
 #include "runtime/tokenizer/chat_template.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/core/status.h"
 
 namespace resa::tok {
 namespace {
@@ -23,12 +23,20 @@ std::optional<std::string> UnescapeLiteral(std::string_view body, char quote) {
     }
     const char e = body[++i];
     switch (e) {
-      case 'n': out.push_back('\n'); break;
-      case 't': out.push_back('\t'); break;
-      case 'r': out.push_back('\r'); break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
       case '\\':
       case '\'':
-      case '"': out.push_back(e); break;
+      case '"':
+        out.push_back(e);
+        break;
       default:
         out.push_back('\\');
         out.push_back(e);
@@ -80,7 +88,7 @@ std::string RenderChatMl(const ChatMlTemplate& tmpl, std::span<const ChatMessage
                          bool add_generation_prompt) {
   std::string out;
   auto append = [&](std::string_view role, std::string_view content) {
-    absl::StrAppend(&out, kImStart, AbslView(role), "\n", AbslView(content), kImEnd, "\n");
+    absl::StrAppend(&out, kImStart, AsAbsl(role), "\n", AsAbsl(content), kImEnd, "\n");
   };
   if (tmpl.default_system.has_value() && !messages.empty() && messages[0].role != "system") {
     append("system", *tmpl.default_system);

@@ -47,7 +47,8 @@ TEST(ChatTemplate, SmolLm2DefaultSystemPrompt) {
   auto t = ParseChatMlTemplate(kSmolLm2);
   ASSERT_TRUE(t.ok()) << t.status();
   ASSERT_TRUE(t->default_system.has_value());
-  EXPECT_EQ(*t->default_system, "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(*t->default_system,
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   const std::vector<ChatMessage> msgs = {{"user", "What is 2+2?"}};
   EXPECT_EQ(RenderChatMl(*t, msgs, true),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
@@ -88,9 +89,11 @@ TEST(ChatTemplate, WithoutDefaultPrompt) {
 }
 
 TEST(ChatTemplate, JinjaEscapesInTheDefaultPrompt) {
-  EXPECT_EQ(FindDefaultSystemPrompt(R"({{ "<|im_start|>system\nSay \"hi\"\tplease<|im_end|>\n" }})"),
-            "Say \"hi\"\tplease");
-  EXPECT_EQ(FindDefaultSystemPrompt(R"({{ '<|im_start|>system\nIt\'s me<|im_end|>' }})"), "It's me");
+  EXPECT_EQ(
+      FindDefaultSystemPrompt(R"({{ "<|im_start|>system\nSay \"hi\"\tplease<|im_end|>\n" }})"),
+      "Say \"hi\"\tplease");
+  EXPECT_EQ(FindDefaultSystemPrompt(R"({{ '<|im_start|>system\nIt\'s me<|im_end|>' }})"),
+            "It's me");
   EXPECT_FALSE(FindDefaultSystemPrompt("'<|im_start|>system\n' + x + '<|im_end|>'").has_value());
   EXPECT_FALSE(FindDefaultSystemPrompt("<|im_start|>system\nno quote<|im_end|>").has_value());
 }

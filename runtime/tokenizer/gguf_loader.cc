@@ -6,9 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status.h"
 #include "runtime/model/gguf.h"
+#include "runtime/core/status.h"
 #include "runtime/tokenizer/bpe_tokenizer.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 namespace resa {
 namespace {
@@ -29,8 +29,8 @@ absl::StatusOr<int32_t> OptionalId(const gguf::GgufFile& file, std::string_view 
   if (file.Find(key) == nullptr) return -1;
   RESA_ASSIGN_OR_RETURN(const int64_t id, file.GetInt(key));
   if (id < 0 || static_cast<uint64_t>(id) >= vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(tok::AbslView(key), " = ", id, " is outside the vocabulary (", vocab_size, " tokens)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        AsAbsl(key), " = ", id, " is outside the vocabulary (", vocab_size, " tokens)"));
   }
   return static_cast<int32_t>(id);
 }
@@ -65,17 +65,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const gguf::GgufFile& file,
   RESA_ASSIGN_OR_RETURN(spec.id_to_token, file.GetStringArray("tokenizer.ggml.tokens"));
   const size_t n = spec.id_to_token.size();
   if (n == 0 || static_cast<int64_t>(n) > tok::kMaxVocabSize) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokenizer.ggml.tokens has ", n, " entries (expected 1..",
-                     tok::kMaxVocabSize, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer.ggml.tokens has ", n, " entries (expected 1..", tok::kMaxVocabSize, ")"));
   }
   std::vector<int64_t> types(n, kNormal);
   if (file.Find("tokenizer.ggml.token_type") != nullptr) {
     RESA_ASSIGN_OR_RETURN(types, file.GetIntArray("tokenizer.ggml.token_type"));
     if (types.size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.token_type has ",
-                                                     types.size(), " entries for ", n,
-                                                     " tokens"));
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.token_type has ", types.size(),
+                                                     " entries for ", n, " tokens"));
     }
   }
   spec.token_to_id.reserve(n);

@@ -12,9 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status.h"
+#include "runtime/core/status.h"
 #include "runtime/tokenizer/bpe_tokenizer.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 namespace resa {
 namespace {
@@ -24,15 +24,16 @@ using Json = nlohmann::json;
 constexpr int kMaxNesting = 8;  // Sequence inside Sequence ...
 
 absl::Status Bad(std::string_view path, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(tok::AbslView(path), ": ", tok::AbslView(what)));
+  return absl::InvalidArgumentError(absl::StrCat(AsAbsl(path), ": ", AsAbsl(what)));
 }
 
 std::string Child(std::string_view path, std::string_view key) {
-  return path.empty() ? std::string(key) : absl::StrCat(tok::AbslView(path), ".", tok::AbslView(key));
+  return path.empty() ? std::string(key)
+                      : absl::StrCat(AsAbsl(path), ".", AsAbsl(key));
 }
 
 std::string Index(std::string_view path, size_t i) {
-  return absl::StrCat(tok::AbslView(path), "[", i, "]");
+  return absl::StrCat(AsAbsl(path), "[", i, "]");
 }
 
 const char* TypeName(const Json& j) { return j.type_name(); }
@@ -196,11 +197,13 @@ absl::Status ParsePostProcessor(const Json& j, const std::string& path, int dept
   }
   if (type == "TemplateProcessing") {
     const Json* single = Member(j, "single");
-    if (single == nullptr || !single->is_array()) return Bad(Child(path, "single"), "expected an array");
+    if (single == nullptr || !single->is_array())
+      return Bad(Child(path, "single"), "expected an array");
     if (single->empty() || !(*single)[0].is_object()) return absl::OkStatus();
     const Json* special = Member((*single)[0], "SpecialToken");
     if (special == nullptr) return absl::OkStatus();
-    if (!special->is_object()) return Bad(Child(path, "single[0].SpecialToken"), "expected an object");
+    if (!special->is_object())
+      return Bad(Child(path, "single[0].SpecialToken"), "expected an object");
     RESA_ASSIGN_OR_RETURN(*bos, StringField(*special, "id", Child(path, "single[0].SpecialToken")));
     return absl::OkStatus();
   }
@@ -212,10 +215,10 @@ absl::Status ParsePostProcessor(const Json& j, const std::string& path, int dept
 absl::Status ParseModel(const Json& model, tok::TokenizerSpec* spec) {
   const std::string path = "model";
   if (!model.is_object()) return Bad(path, "expected an object");
-  RESA_ASSIGN_OR_RETURN(const std::optional<std::string> type,
-                        OptStringField(model, "type", path));
+  RESA_ASSIGN_OR_RETURN(const std::optional<std::string> type, OptStringField(model, "type", path));
   if (type.has_value() && *type != "BPE") {
-    return Bad(Child(path, "type"), absl::StrCat("unsupported model '", *type, "' (supported: BPE)"));
+    return Bad(Child(path, "type"),
+               absl::StrCat("unsupported model '", *type, "' (supported: BPE)"));
   }
   RESA_ASSIGN_OR_RETURN(const bool byte_fallback, BoolField(model, "byte_fallback", path, false));
   if (byte_fallback) return Bad(Child(path, "byte_fallback"), "byte fallback is not supported");
@@ -224,7 +227,8 @@ absl::Status ParseModel(const Json& model, tok::TokenizerSpec* spec) {
   (void)fuse_unk;  // only matters for unknown characters, which byte-level vocabularies lack
   if (const Json* dropout = Member(model, "dropout"); dropout != nullptr) {
     if (!dropout->is_number()) return Bad(Child(path, "dropout"), "expected a number or null");
-    if (dropout->get<double>() != 0.0) return Bad(Child(path, "dropout"), "BPE dropout is not supported");
+    if (dropout->get<double>() != 0.0)
+      return Bad(Child(path, "dropout"), "BPE dropout is not supported");
   }
   for (std::string_view key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     RESA_ASSIGN_OR_RETURN(const std::optional<std::string> affix, OptStringField(model, key, path));
@@ -278,7 +282,8 @@ absl::Status ParseModel(const Json& model, tok::TokenizerSpec* spec) {
     }
   }
 
-  RESA_ASSIGN_OR_RETURN(const std::optional<std::string> unk, OptStringField(model, "unk_token", path));
+  RESA_ASSIGN_OR_RETURN(const std::optional<std::string> unk,
+                        OptStringField(model, "unk_token", path));
   if (unk.has_value()) {
     auto it = spec->token_to_id.find(*unk);
     if (it != spec->token_to_id.end()) spec->bpe.unk_id = it->second;
@@ -314,7 +319,7 @@ int32_t SpecTokenId(const tok::TokenizerSpec& spec, std::string_view text) {
   for (auto it = spec.added_tokens.rbegin(); it != spec.added_tokens.rend(); ++it) {
     if (it->content == text) return it->id;
   }
-  auto it = spec.token_to_id.find(tok::AbslView(text));
+  auto it = spec.token_to_id.find(AsAbsl(text));
   return it == spec.token_to_id.end() ? -1 : it->second;
 }
 
@@ -418,7 +423,7 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJsonText(std::string_view json,
-                                                                    std::string_view source) {
+                                                                   std::string_view source) {
   auto spec = SpecFromJson(json, source);
   if (!spec.ok()) return Annotate(spec.status(), source);
   auto t = tok::BuildTokenizer(*std::move(spec));

@@ -1,9 +1,11 @@
 // tokenizer.json / tokenizer_config.json parsing: accepted forms and errors naming the JSON path.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
-
-#include <unistd.h>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -13,9 +15,9 @@
 namespace resa::tok {
 namespace {
 
+using testing::Bl;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::Bl;
 using testing::MakeTokenizer;
 using testing::TinyTokenizerJson;
 using Json = nlohmann::json;
@@ -132,7 +134,7 @@ TEST(JsonLoader, AcceptsStringMergesAndHfDefaults) {
   Json j = TinyTokenizerJson({});
   j["model"]["vocab"][Bl(" t")] = 256;
   j["model"]["merges"] = Json::array({Bl(" ") + " t"});
-  j["model"].erase("type");           // old files have no model type
+  j["model"].erase("type");                      // old files have no model type
   j["pre_tokenizer"] = {{"type", "ByteLevel"}};  // add_prefix_space defaults to true
   auto t = MakeTokenizer(j);
   ASSERT_NE(t, nullptr);
@@ -150,6 +152,25 @@ TEST(JsonLoader, TemplateProcessingBosMeansAddBos) {
   EXPECT_EQ(t->bos_id(), 256);
   EXPECT_TRUE(t->add_bos_token());
   EXPECT_THAT(*t->Encode("a", {.add_bos = t->add_bos_token()}), ElementsAre(256, 'a'));
+}
+
+// The fuzzer's seed inputs must be valid tokenizers, or the fuzzer starts from parse errors only.
+TEST(JsonLoader, FuzzSeedsLoad) {
+  const char* src = std::getenv("RESA_SOURCE_DIR");
+  if (src == nullptr) GTEST_SKIP() << "RESA_SOURCE_DIR is not set (run through ctest)";
+  const std::filesystem::path dir = std::filesystem::path(src) / "tests/fuzz/corpus/tokenizer";
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto t = Tokenizer::FromJsonText(text, entry.path().string());
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (t.ok()) {
+      EXPECT_TRUE((*t)->Encode("ab abc 123 <|im_start|>x").ok());
+    }
+    ++n;
+  }
+  EXPECT_GE(n, 3) << dir;
 }
 
 class JsonFileTest : public ::testing::Test {
@@ -188,10 +209,11 @@ TEST_F(JsonFileTest, ReadsTokenizerConfigBeside) {
 
 TEST_F(JsonFileTest, NamedTemplatesAndJinjaFile) {
   Write("tokenizer.json", TinyTokenizerJson({}, {{"<|im_start|>"}}).dump());
-  Write("tokenizer_config.json",
-        Json({{"chat_template", Json::array({{{"name", "tool_use"}, {"template", "x"}},
-                                             {{"name", "default"}, {"template", "<|im_start|>"}}})}})
-            .dump());
+  Write(
+      "tokenizer_config.json",
+      Json({{"chat_template", Json::array({{{"name", "tool_use"}, {"template", "x"}},
+                                           {{"name", "default"}, {"template", "<|im_start|>"}}})}})
+          .dump());
   auto t = Tokenizer::FromJsonFile(Path());
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_TRUE((*t)->ApplyChatTemplate({}, false).ok());

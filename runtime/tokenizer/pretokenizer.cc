@@ -7,10 +7,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "runtime/core/status.h"
 #include "runtime/core/status.h"
 #include "runtime/tokenizer/unicode.h"
-#include "runtime/tokenizer/absl_compat.h"
 
 namespace resa::tok {
 namespace {
@@ -88,7 +87,7 @@ std::string RewriteWhitespaceClasses(std::string_view p) {
 }
 
 absl::StatusOr<std::shared_ptr<const SplitRegex>> SplitRegex::Compile(std::string_view pattern,
-                                                                     bool literal) {
+                                                                      bool literal) {
   std::shared_ptr<SplitRegex> re(new SplitRegex());
   re->pattern_ = std::string(pattern);
   const std::string source = literal ? std::string(pattern) : RewriteWhitespaceClasses(pattern);
@@ -125,8 +124,8 @@ absl::Status SplitRegex::Split(std::string_view text, std::vector<std::string_vi
   size_t pos = 0;   // where the next search starts
   size_t prev = 0;  // end of the last piece emitted
   while (pos <= text.size()) {
-    int rc = pcre2_match(Code(code_), subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.get(),
-                         nullptr);
+    int rc =
+        pcre2_match(Code(code_), subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
       // The interpreter keeps its backtracking state on the heap: slower, no stack limit.
       rc = pcre2_match(Code(code_), subject, text.size(), pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
@@ -134,8 +133,8 @@ absl::Status SplitRegex::Split(std::string_view text, std::vector<std::string_vi
     }
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("split regex failed at byte ", pos, ": ",
-                                                       Pcre2Message(rc)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("split regex failed at byte ", pos, ": ", Pcre2Message(rc)));
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
     const size_t start = ov[0];
@@ -185,7 +184,7 @@ absl::Status PreTokenizer::Split(std::string_view text, std::vector<std::string_
     next.clear();
     for (std::string_view piece : cur) {
       if (step.add_prefix_space && piece.front() != ' ') {
-        arena->push_back(absl::StrCat(" ", AbslView(piece)));
+        arena->push_back(absl::StrCat(" ", AsAbsl(piece)));
         piece = arena->back();
       }
       if (step.regex == nullptr) {
@@ -226,7 +225,7 @@ absl::StatusOr<PreTokenizerPreset> PresetForGgufName(std::string_view name) {
     RESA_RETURN_IF_ERROR(pre.AddByteLevel(false, false));
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("unsupported pre-tokenizer '", AbslView(name),
+        absl::StrCat("unsupported pre-tokenizer '", AsAbsl(name),
                      "'; supported: default, gpt2, smollm, qwen2, llama-bpe (llama3)"));
   }
   return preset;

@@ -24,7 +24,7 @@ class SplitRegex {
   // `literal`: match `pattern` as a plain string. InvalidArgument (with the PCRE2 message and
   // offset) when the pattern does not compile.
   static absl::StatusOr<std::shared_ptr<const SplitRegex>> Compile(std::string_view pattern,
-                                                                  bool literal);
+                                                                   bool literal);
   ~SplitRegex();
   SplitRegex(const SplitRegex&) = delete;
   SplitRegex& operator=(const SplitRegex&) = delete;

@@ -55,8 +55,10 @@ TEST(Presets, WhitespaceIsUnicodeWhiteSpaceNotPcreSpace) {
 TEST(Presets, Qwen2IsCaseInsensitiveAndSplitsSingleDigits) {
   EXPECT_THAT(Words("qwen2", "Hello world  12345!!"),
               ElementsAre("Hello", " world", " ", " ", "1", "2", "3", "4", "5", "!!"));
-  EXPECT_THAT(Words("qwen2", "I'M it's  \n\n x"), ElementsAre("I", "'M", " it", "'s", "  \n\n", " x"));
-  EXPECT_THAT(Words("qwen2", "  x\t\ty \r\n\r\n"), ElementsAre(" ", " x", "\t", "\ty", " \r\n\r\n"));
+  EXPECT_THAT(Words("qwen2", "I'M it's  \n\n x"),
+              ElementsAre("I", "'M", " it", "'s", "  \n\n", " x"));
+  EXPECT_THAT(Words("qwen2", "  x\t\ty \r\n\r\n"),
+              ElementsAre(" ", " x", "\t", "\ty", " \r\n\r\n"));
   // Unicode case folding: U+017F (long s) matches 's'.
   EXPECT_THAT(Words("qwen2", "it'\u017f"), ElementsAre("it", "'\u017f"));
   EXPECT_THAT(Words("smollm", "it'\u017f"), ElementsAre("it", "'", "\u017f"));

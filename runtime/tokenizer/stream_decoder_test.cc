@@ -53,7 +53,8 @@ TEST(StreamDecoder, SkipsSpecialTokensByDefault) {
 TEST(StreamDecoder, PiecesAreWholeCharactersAndAddUpToDecode) {
   auto t = MakeTokenizer(TinyTokenizerJson({{"\xe4", "\xb8"}, {"\xf0", "\x9f"}, {"\xb8", "\xad"}}));
   ASSERT_NE(t, nullptr);
-  const std::string text = "mix \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\xa6\x80\xf0\x9f\x91\x8d \xc3\xa9!";
+  const std::string text =
+      "mix \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\xa6\x80\xf0\x9f\x91\x8d \xc3\xa9!";
   auto ids = t->Encode(text);
   ASSERT_TRUE(ids.ok());
   StreamDecoder dec(*t);

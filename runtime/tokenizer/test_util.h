@@ -58,12 +58,11 @@ inline nlohmann::json TinyTokenizerJson(
                           {"normalized", a.normalized}});
   }
   if (pre_tokenizer.is_null()) {
-    pre_tokenizer = {{"type", "Sequence"},
-                     {"pretokenizers",
-                      json::array({{{"type", "Digits"}, {"individual_digits", true}},
-                                   {{"type", "ByteLevel"},
-                                    {"add_prefix_space", false},
-                                    {"use_regex", true}}})}};
+    pre_tokenizer = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         json::array({{{"type", "Digits"}, {"individual_digits", true}},
+                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}})}};
   }
   return {{"version", "1.0"},
           {"added_tokens", added_list},

@@ -18,7 +18,7 @@ class GgufFile;
 }
 
 struct ChatMessage {
-  std::string role;     // "system", "user" or "assistant"
+  std::string role;  // "system", "user" or "assistant"
   std::string content;
 };
 
@@ -29,8 +29,8 @@ struct GgufTokenizerOptions {
 };
 
 struct EncodeOptions {
-  bool add_bos = false;        // prepend BOS when the model defines one
-  bool parse_special = true;   // "<|im_start|>" etc. in the text become their special ids
+  bool add_bos = false;       // prepend BOS when the model defines one
+  bool parse_special = true;  // "<|im_start|>" etc. in the text become their special ids
 };
 
 class Tokenizer {

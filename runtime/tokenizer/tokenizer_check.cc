@@ -47,6 +47,12 @@ int CheckCases(const Tokenizer& tok, const Json& cases, const std::string& label
   int bad = 0;
   for (size_t n = 0; n < cases.size(); ++n) {
     const Json& c = cases[n];
+    if (!c.is_object() || !c.contains("text") || !c.contains("ids") || !c.contains("decoded") ||
+        !c["text"].is_string() || !c["ids"].is_array() || !c["decoded"].is_string()) {
+      std::printf("  %s: case %zu is malformed\n", label.c_str(), n);
+      ++bad;
+      continue;
+    }
     const std::string text = c["text"].get<std::string>();
     const std::vector<int32_t> want = c["ids"].get<std::vector<int32_t>>();
     auto got = tok.Encode(text);
@@ -62,14 +68,15 @@ int CheckCases(const Tokenizer& tok, const Json& cases, const std::string& label
         size_t i = 0;
         while (i < want.size() && i < got->size() && want[i] == (*got)[i]) ++i;
         const size_t from = i >= 3 ? i - 3 : 0;
-        std::printf("  %s: case %zu %s: first difference at token %zu\n    expected %s\n"
-                    "    got      %s\n",
-                    label.c_str(), n, Json(text).dump().c_str(), i,
-                    Ids(want, from, 8).c_str(), Ids(*got, from, 8).c_str());
+        std::printf(
+            "  %s: case %zu %s: first difference at token %zu\n    expected %s\n"
+            "    got      %s\n",
+            label.c_str(), n, Json(text).dump().c_str(), i, Ids(want, from, 8).c_str(),
+            Ids(*got, from, 8).c_str());
         if (i < got->size()) {
           std::printf("    got token %d = %s\n", (*got)[i],
-                      Json(tok.TokenBytes((*got)[i])).dump(-1, ' ', false,
-                                                           Json::error_handler_t::replace)
+                      Json(tok.TokenBytes((*got)[i]))
+                          .dump(-1, ' ', false, Json::error_handler_t::replace)
                           .c_str());
         }
       }
@@ -104,6 +111,7 @@ int Run(const std::filesystem::path& manifest_path) {
   const std::filesystem::path dir = manifest_path.parent_path();
   int bad = 0;
   for (const Json& v : manifest["variants"]) {
+    if (!v.is_string()) return 2;
     const std::string variant = v.get<std::string>();
     std::printf("%s\n", variant.c_str());
     Json expected;
@@ -124,7 +132,8 @@ int Run(const std::filesystem::path& manifest_path) {
     const ChatMessage msgs[] = {{"user", "Hi there"}};
     auto a = (*from_json)->ApplyChatTemplate(msgs, true);
     auto b = (*from_gguf)->ApplyChatTemplate(msgs, true);
-    if (a.ok() != b.ok() || (a.ok() && *a != *b) || (*from_json)->StopIds() != (*from_gguf)->StopIds() ||
+    if (a.ok() != b.ok() || (a.ok() && *a != *b) ||
+        (*from_json)->StopIds() != (*from_gguf)->StopIds() ||
         (*from_json)->eos_id() != (*from_gguf)->eos_id()) {
       std::printf("  chat template / stop ids differ between tokenizer.json and GGUF\n");
       ++bad;

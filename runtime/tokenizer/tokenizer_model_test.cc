@@ -51,11 +51,11 @@ std::string TinyGpt2(const Metadata& replace = {}) {
   for (int b = 0; b < 256; ++b) {
     tokens.emplace_back(tok::ByteLevelMap::Get().CharOf(static_cast<uint8_t>(b)));
   }
-  tokens.push_back("ab");                                          // 256
-  tokens.push_back(Bl(" ab"));                                     // 257
-  tokens.push_back("<|endoftext|>");                               // 258
-  tokens.push_back("<|im_start|>");                                // 259
-  tokens.push_back("<|im_end|>");                                  // 260
+  tokens.push_back("ab");             // 256
+  tokens.push_back(Bl(" ab"));        // 257
+  tokens.push_back("<|endoftext|>");  // 258
+  tokens.push_back("<|im_start|>");   // 259
+  tokens.push_back("<|im_end|>");     // 260
   std::vector<int64_t> types(tokens.size(), 1);
   types[258] = types[259] = types[260] = 3;
   Metadata kv = {
@@ -275,9 +275,10 @@ TEST_F(DefaultModel, TinyShakespeareRoundTrip) {
   const double cold = std::chrono::duration<double>(t1 - t0).count();
   const double warm = std::chrono::duration<double>(t2 - t1).count();
   const double dec = std::chrono::duration<double>(t3 - t2).count();
-  std::printf("tinyshakespeare: %zu bytes -> %zu tokens; encode %.3f s (%.1f MB/s), warm %.3f s, "
-              "decode %.3f s\n",
-              text.size(), ids->size(), cold, text.size() / cold / 1e6, warm, dec);
+  std::printf(
+      "tinyshakespeare: %zu bytes -> %zu tokens; encode %.3f s (%.1f MB/s), warm %.3f s, "
+      "decode %.3f s\n",
+      text.size(), ids->size(), cold, text.size() / cold / 1e6, warm, dec);
   EXPECT_EQ(*again, *ids);
   EXPECT_TRUE(back == text) << "decode(encode(x)) != x";
   StreamDecoder stream(*tok_);

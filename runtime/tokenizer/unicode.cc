@@ -42,8 +42,7 @@ size_t FindInvalidUtf8(std::string_view s) {
       continue;
     }
     utf8proc_int32_t cp = 0;
-    const utf8proc_ssize_t len =
-        utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(n - i), &cp);
+    const utf8proc_ssize_t len = utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(n - i), &cp);
     if (len <= 0 || cp < 0) return i;
     i += static_cast<size_t>(len);
   }
@@ -78,7 +77,8 @@ size_t CompleteUtf8Prefix(std::string_view s) {
 char32_t DecodeUtf8At(std::string_view s, size_t i, size_t* len) {
   const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
   utf8proc_int32_t cp = 0;
-  const utf8proc_ssize_t l = utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
+  const utf8proc_ssize_t l =
+      utf8proc_iterate(p + i, static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
   if (l <= 0 || cp < 0) {
     *len = 1;
     return static_cast<char32_t>(p[i]);
@@ -110,14 +110,12 @@ absl::StatusOr<std::string> NfcNormalize(std::string_view s) {
   }
   if (ascii) return std::string(s);
   utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                   static_cast<utf8proc_ssize_t>(s.size()), &out,
-                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  const utf8proc_ssize_t n = utf8proc_map(
+      reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
+      &out, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
   std::unique_ptr<utf8proc_uint8_t, decltype(&std::free)> owned(out, &std::free);
   if (n < 0) {
-    return absl::InternalError(
-        std::string("NFC normalisation failed: ") + utf8proc_errmsg(n));
+    return absl::InternalError(std::string("NFC normalisation failed: ") + utf8proc_errmsg(n));
   }
   return std::string(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
 }

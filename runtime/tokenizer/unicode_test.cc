@@ -14,18 +14,18 @@ TEST(FindInvalidUtf8, AcceptsWellFormedText) {
   EXPECT_EQ(FindInvalidUtf8("plain ascii\n\t"), kNpos);
   EXPECT_EQ(FindInvalidUtf8(std::string("nul\0inside", 10)), kNpos);
   EXPECT_EQ(FindInvalidUtf8("caf\xc3\xa9 \xe4\xb8\xad \xf0\x9f\xa6\x80"), kNpos);  // é 中 🦀
-  EXPECT_EQ(FindInvalidUtf8("\xf4\x8f\xbf\xbf"), kNpos);                          // U+10FFFF
+  EXPECT_EQ(FindInvalidUtf8("\xf4\x8f\xbf\xbf"), kNpos);                           // U+10FFFF
 }
 
 TEST(FindInvalidUtf8, ReportsTheFirstBadByte) {
   EXPECT_EQ(FindInvalidUtf8("\xff"), 0u);
-  EXPECT_EQ(FindInvalidUtf8("ab\x80"), 2u);               // stray continuation byte
-  EXPECT_EQ(FindInvalidUtf8("abc\xc3"), 3u);              // truncated at the end
-  EXPECT_EQ(FindInvalidUtf8("a\xc3z"), 1u);               // lead byte without continuation
-  EXPECT_EQ(FindInvalidUtf8("x\xc0\xaf"), 1u);            // overlong '/'
-  EXPECT_EQ(FindInvalidUtf8("\xe0\x80\xaf"), 0u);         // overlong, 3 bytes
-  EXPECT_EQ(FindInvalidUtf8("ok \xed\xa0\x80"), 3u);      // UTF-16 surrogate U+D800
-  EXPECT_EQ(FindInvalidUtf8("\xf4\x90\x80\x80"), 0u);     // above U+10FFFF
+  EXPECT_EQ(FindInvalidUtf8("ab\x80"), 2u);                // stray continuation byte
+  EXPECT_EQ(FindInvalidUtf8("abc\xc3"), 3u);               // truncated at the end
+  EXPECT_EQ(FindInvalidUtf8("a\xc3z"), 1u);                // lead byte without continuation
+  EXPECT_EQ(FindInvalidUtf8("x\xc0\xaf"), 1u);             // overlong '/'
+  EXPECT_EQ(FindInvalidUtf8("\xe0\x80\xaf"), 0u);          // overlong, 3 bytes
+  EXPECT_EQ(FindInvalidUtf8("ok \xed\xa0\x80"), 3u);       // UTF-16 surrogate U+D800
+  EXPECT_EQ(FindInvalidUtf8("\xf4\x90\x80\x80"), 0u);      // above U+10FFFF
   EXPECT_EQ(FindInvalidUtf8("\xc3\xa9\xf0\x9f\xa6"), 2u);  // truncated emoji after é
 }
 
@@ -41,9 +41,9 @@ TEST(CompleteUtf8Prefix, HoldsBackOnlyATruncatedCharacter) {
   // Ill-formed bytes can never complete, so they are not held back.
   EXPECT_EQ(CompleteUtf8Prefix("a\xff"), 2u);
   EXPECT_EQ(CompleteUtf8Prefix("a\x80"), 2u);
-  EXPECT_EQ(CompleteUtf8Prefix("a\xe0\x80"), 3u);   // E0 needs A0..BF next
-  EXPECT_EQ(CompleteUtf8Prefix("a\xed\xa0"), 3u);   // surrogate
-  EXPECT_EQ(CompleteUtf8Prefix("a\xf4\x90"), 3u);   // above U+10FFFF
+  EXPECT_EQ(CompleteUtf8Prefix("a\xe0\x80"), 3u);  // E0 needs A0..BF next
+  EXPECT_EQ(CompleteUtf8Prefix("a\xed\xa0"), 3u);  // surrogate
+  EXPECT_EQ(CompleteUtf8Prefix("a\xf4\x90"), 3u);  // above U+10FFFF
   EXPECT_EQ(CompleteUtf8Prefix("a\xc3z"), 3u);
 }
 
@@ -65,9 +65,9 @@ TEST(ByteLevelMap, RoundTripsEveryByte) {
 TEST(ByteLevelMap, RejectsTextOutsideTheMap) {
   const ByteLevelMap& m = ByteLevelMap::Get();
   std::string out = "keep";
-  EXPECT_FALSE(m.Decode("a b", &out));             // a raw space is not a mapped character
-  EXPECT_FALSE(m.Decode("\xe4\xb8\xad", &out));    // 中
-  EXPECT_FALSE(m.Decode("\xc1\xa1", &out));        // overlong 'a'
+  EXPECT_FALSE(m.Decode("a b", &out));           // a raw space is not a mapped character
+  EXPECT_FALSE(m.Decode("\xe4\xb8\xad", &out));  // 中
+  EXPECT_FALSE(m.Decode("\xc1\xa1", &out));      // overlong 'a'
   EXPECT_EQ(out, "keep");
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch baselines for `resa-bench kernels`, measured on the same GPU in the same run.
 
-For each shape (model heads, context, batch) it times one decode step of dense attention with
+Times are medians of CUDA-graph replays (host launch overhead excluded, as for resa-bench's own
+kernels); the eager figure is printed beside it. For each shape (model heads, context, batch) it
+times one decode step of dense attention with
 torch.nn.functional.scaled_dot_product_attention(enable_gqa=True) on contiguous bf16 K/V
 [batch, kv_heads, context, head_dim] (what a PyTorch user would run), and torch.topk over one
 layer's block scores (the unfused selection). K/V are rotated over several layers so the working
@@ -16,18 +18,35 @@ import statistics
 import sys
 
 
-def time_us(fn, iters, repeats=5):
+def time_us(fn, iters, repeats=5, graph=True):
+    """Median microseconds per fn(i): `iters` calls captured in one CUDA graph whose replays are
+    timed (as resa-bench times its kernels), or eager back-to-back calls with graph=False."""
     import torch
-    for _ in range(3):
-        fn(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(3):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(iters):
+                fn(i)
+        run = g.replay
+    else:
+        def run():
+            for i in range(iters):
+                fn(i)
+    run()
     torch.cuda.synchronize()
     samples = []
     for _ in range(repeats):
         start = torch.cuda.Event(enable_timing=True)
         stop = torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(iters):
-            fn(i)
+        run()
         stop.record()
         stop.synchronize()
         samples.append(start.elapsed_time(stop) * 1e3 / iters)
@@ -63,8 +82,10 @@ def main():
             F.scaled_dot_product_attention(q, ks[i % layers], vs[i % layers], enable_gqa=True)
 
         us = time_us(sdpa, args.iters)
+        eager_us = time_us(sdpa, args.iters, graph=False)
         print(json.dumps({"bench": "sdpa", "model": name, "context": ctx, "batch": batch,
                           "q_heads": hq, "kv_heads": hkv, "head_dim": d, "us": round(us, 3),
+                          "eager_us": round(eager_us, 3),
                           "bytes": kv_bytes, "TBps": round(kv_bytes / us / 1e6, 3),
                           "torch": torch.__version__}), flush=True)
         del ks, vs

@@ -1,0 +1,216 @@
+#include "parallel/sp_attention.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/selection.h"
+#include "runtime/core/status.h"
+
+namespace resa {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kHeaderWords = 3;  // n, num_kv_heads, number of local blocks
+
+using Candidate = std::pair<float, int32_t>;  // (score, logical block)
+
+// (score desc, block asc): the order of TopBlocks, a strict total order for distinct blocks.
+inline bool Better(const Candidate& a, const Candidate& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+absl::Status CheckHost(const Communicator& comm, std::string_view what) {
+  if (comm.buffer_location() != BufferLocation::kHost) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        comm.Describe(), ": ", AsAbsl(what), " runs on host buffers; this communicator takes ",
+        "device buffers"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<int32_t> OwnedBlocks(const SequenceShard& shard, int32_t num_blocks) {
+  std::vector<int32_t> out(size_t(shard.NumLocalBlocks(num_blocks)));
+  for (size_t j = 0; j < out.size(); ++j) out[j] = shard.GlobalBlock(int32_t(j));
+  return out;
+}
+
+std::vector<int32_t> ExpandLocalPageTable(const SequenceShard& shard,
+                                          const int32_t* local_page_table, int32_t num_blocks) {
+  std::vector<int32_t> out(size_t(std::max(num_blocks, 0)), -1);
+  for (int32_t b = shard.rank; b < num_blocks; b += shard.size) {
+    out[size_t(b)] = local_page_table[shard.LocalIndex(b)];
+  }
+  return out;
+}
+
+void ScoreLocalBlocks(const PagedKvLayer& kv, const float* pooled_q,
+                      const int32_t* local_page_table, int32_t num_keys,
+                      const SequenceShard& shard, float* scores) {
+  const int32_t num_blocks = (num_keys + kPageTokens - 1) / kPageTokens;
+  const int32_t m = shard.NumLocalBlocks(num_blocks);
+  if (m == 0) return;
+  // ScoreBlocks itself over the local pages plus one dummy block: it forces its last block to
+  // +inf, which then lands on the dummy, and every real block gets ScoreBlocks' exact arithmetic.
+  std::vector<int32_t> table(local_page_table, local_page_table + m);
+  table.push_back(local_page_table[0]);
+  std::vector<float> tmp(size_t(kv.num_kv_heads) * size_t(m + 1));
+  ScoreBlocks(kv, pooled_q, table.data(), (m + 1) * kPageTokens, tmp.data());
+  const bool owns_last = shard.Owns(num_blocks - 1);
+  for (int h = 0; h < kv.num_kv_heads; ++h) {
+    std::copy_n(tmp.data() + size_t(h) * size_t(m + 1), m, scores + size_t(h) * m);
+    if (owns_last) scores[size_t(h) * m + m - 1] = std::numeric_limits<float>::infinity();
+  }
+}
+
+absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores,
+                                     std::span<const int32_t> local_blocks, int num_kv_heads,
+                                     int32_t n, int32_t* out, SelectionScratch* scratch) {
+  RESA_RETURN_IF_ERROR(CheckHost(sp, "SelectBlocksAcrossRanks"));
+  if (n < 0 || num_kv_heads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sp.Describe(), ": SelectBlocksAcrossRanks: n ", n, ", num_kv_heads ", num_kv_heads));
+  }
+  SelectionScratch local_scratch;
+  SelectionScratch& s = scratch != nullptr ? *scratch : local_scratch;
+  const int32_t num_local = int32_t(local_blocks.size());
+  const size_t per_head = size_t(n);
+  const size_t words = kHeaderWords + 2 * size_t(num_kv_heads) * per_head;
+
+  // Local top-n per head, padded with block -1.
+  s.send.assign(words, 0);
+  s.send[0] = n;
+  s.send[1] = num_kv_heads;
+  s.send[2] = num_local;
+  const int32_t k = std::min(n, num_local);
+  for (int h = 0; h < num_kv_heads; ++h) {
+    s.candidates.clear();
+    const float* row = local_scores + size_t(h) * size_t(num_local);
+    for (int32_t j = 0; j < num_local; ++j) s.candidates.emplace_back(row[j], local_blocks[j]);
+    std::nth_element(s.candidates.begin(), s.candidates.begin() + k, s.candidates.end(), Better);
+    int32_t* dst = s.send.data() + kHeaderWords + 2 * size_t(h) * per_head;
+    for (size_t i = 0; i < per_head; ++i) {
+      const bool real = int32_t(i) < k;
+      dst[2 * i] = std::bit_cast<int32_t>(real ? s.candidates[i].first : kNegInf);
+      dst[2 * i + 1] = real ? s.candidates[i].second : -1;
+    }
+  }
+
+  const int ranks = sp.size();
+  s.recv.resize(words * size_t(ranks));
+  RESA_RETURN_IF_ERROR(sp.AllGather(DataType::kInt32, s.send.data(), s.recv.data(), words));
+
+  int64_t total = 0;
+  for (int r = 0; r < ranks; ++r) {
+    const int32_t* hdr = s.recv.data() + size_t(r) * words;
+    if (hdr[0] != n || hdr[1] != num_kv_heads) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          sp.Describe(), ": SelectBlocksAcrossRanks: rank ", r, " selects n = ", hdr[0],
+          " over ", hdr[1], " KV heads, this rank n = ", n, " over ", num_kv_heads));
+    }
+    total += hdr[2];
+  }
+  if (total < n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: n = ", n, " but the group holds ",
+                     total, " blocks"));
+  }
+  // Global top-n over the union of local top-n: an element of the global top-n is in the top-n
+  // of its own rank, so nothing is lost.
+  for (int h = 0; h < num_kv_heads; ++h) {
+    s.candidates.clear();
+    for (int r = 0; r < ranks; ++r) {
+      const int32_t* src = s.recv.data() + size_t(r) * words + kHeaderWords + 2 * size_t(h) * per_head;
+      for (size_t i = 0; i < per_head; ++i) {
+        if (src[2 * i + 1] >= 0) s.candidates.emplace_back(std::bit_cast<float>(src[2 * i]), src[2 * i + 1]);
+      }
+    }
+    std::nth_element(s.candidates.begin(), s.candidates.begin() + n, s.candidates.end(), Better);
+    int32_t* dst = out + size_t(h) * per_head;
+    for (size_t i = 0; i < per_head; ++i) dst[i] = s.candidates[i].second;
+    std::sort(dst, dst + per_head);
+    if (std::adjacent_find(dst, dst + per_head) != dst + per_head) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          sp.Describe(), ": SelectBlocksAcrossRanks: two ranks reported the same block for KV "
+          "head ", h, "; block ownership is not disjoint"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int32_t OwnedSelection(const SequenceShard& shard, const int32_t* selected, int num_kv_heads,
+                       int32_t n, int32_t num_blocks, std::vector<int32_t>* out) {
+  int32_t stride = 0;
+  for (int h = 0; h < num_kv_heads; ++h) {
+    int32_t c = 0;
+    for (int32_t i = 0; i < n; ++i) c += shard.Owns(selected[size_t(h) * n + i]);
+    stride = std::max(stride, c);
+  }
+  out->assign(size_t(num_kv_heads) * size_t(stride), 0);
+  for (int h = 0; h < num_kv_heads; ++h) {
+    int32_t* dst = out->data() + size_t(h) * stride;
+    int32_t c = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t b = selected[size_t(h) * n + i];
+      if (shard.Owns(b)) dst[c++] = b;
+    }
+    std::sort(dst, dst + c);
+    for (int32_t pad = 0; c < stride; ++c, ++pad) dst[c] = num_blocks + pad;
+  }
+  return stride;
+}
+
+absl::Status MergeAttentionStatesAcrossRanks(Communicator& sp, float* o, float* lse_ln, int n,
+                                             int head_dim, MergeScratch* scratch) {
+  RESA_RETURN_IF_ERROR(CheckHost(sp, "MergeAttentionStatesAcrossRanks"));
+  if (n < 0 || head_dim < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        sp.Describe(), ": MergeAttentionStatesAcrossRanks: n ", n, ", head_dim ", head_dim));
+  }
+  const int ranks = sp.size();
+  if (ranks == 1) return absl::OkStatus();
+  MergeScratch local_scratch;
+  MergeScratch& s = scratch != nullptr ? *scratch : local_scratch;
+  const size_t d = size_t(head_dim);
+  const size_t words = size_t(n) * (d + 1);
+  s.send.resize(words);
+  std::copy_n(o, size_t(n) * d, s.send.data());
+  std::copy_n(lse_ln, size_t(n), s.send.data() + size_t(n) * d);
+  s.recv.resize(words * size_t(ranks));
+  RESA_RETURN_IF_ERROR(sp.AllGather(DataType::kFloat32, s.send.data(), s.recv.data(), words));
+
+  auto o_of = [&](int r, int i) { return s.recv.data() + size_t(r) * words + size_t(i) * d; };
+  auto lse_of = [&](int r, int i) { return s.recv[size_t(r) * words + size_t(n) * d + size_t(i)]; };
+  std::vector<double> acc(d);
+  for (int i = 0; i < n; ++i) {
+    float m = kNegInf;
+    for (int r = 0; r < ranks; ++r) m = std::max(m, lse_of(r, i));
+    float* oi = o + size_t(i) * d;
+    if (m == kNegInf) {
+      std::fill_n(oi, d, 0.0f);
+      lse_ln[i] = kNegInf;
+      continue;
+    }
+    std::fill(acc.begin(), acc.end(), 0.0);
+    double denom = 0.0;
+    for (int r = 0; r < ranks; ++r) {
+      const float l = lse_of(r, i);
+      if (l == kNegInf) continue;
+      const double w = std::exp(double(l) - double(m));
+      denom += w;
+      const float* src = o_of(r, i);
+      for (size_t c = 0; c < d; ++c) acc[c] += w * double(src[c]);
+    }
+    for (size_t c = 0; c < d; ++c) oi[c] = float(acc[c] / denom);
+    lse_ln[i] = float(double(m) + std::log(denom));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace resa
