@@ -69,10 +69,9 @@ std::string Communicator::Describe() const {
 }
 
 absl::Status Communicator::TimeoutError(std::string_view waiting_for) const {
-  return absl::DeadlineExceededError(
-      absl::StrCat(AsAbsl(waiting_for), " did not complete within ",
-                   absl::FormatDuration(options_.timeout),
-                   "; a peer skipped the call, hangs or died"));
+  return absl::DeadlineExceededError(absl::StrCat(AsAbsl(waiting_for), " did not complete within ",
+                                                  absl::FormatDuration(options_.timeout),
+                                                  "; a peer skipped the call, hangs or died"));
 }
 
 absl::Status Communicator::Fail(const absl::Status& st, std::string_view op, bool breaks) {
@@ -85,10 +84,12 @@ absl::Status Communicator::Fail(const absl::Status& st, std::string_view op, boo
   return out;
 }
 
-template <typename Fn>
-absl::Status Communicator::Run(std::string_view op, Fn&& fn) {
-  if (!broken_.ok()) return Fail(broken_, op, false);
-  return Fail(fn(), op, true);
+template <typename NameFn, typename Fn>
+absl::Status Communicator::Run(const NameFn& name, Fn&& fn) {
+  if (!broken_.ok()) return Fail(broken_, name(), false);
+  absl::Status st = fn();
+  if (st.ok()) return st;
+  return Fail(st, name(), true);
 }
 
 absl::Status Communicator::CheckBuffer(const void* p, size_t count, std::string_view what) const {
@@ -114,15 +115,18 @@ std::string OpName(std::string_view op, DataType type, size_t count) {
 
 absl::Status Communicator::AllReduce(DataType type, ReduceOp op, void* data, size_t count,
                                      void* stream) {
-  const std::string name =
-      absl::StrCat(OpName("AllReduce", type, count), ", ", AsAbsl(ReduceOpName(op)), ")");
-  if (absl::Status st = CheckBuffer(data, count, "data"); !st.ok()) return Fail(st, name, false);
+  auto name = [&] {
+    return absl::StrCat(OpName("AllReduce", type, count), ", ", AsAbsl(ReduceOpName(op)), ")");
+  };
+  if (absl::Status st = CheckBuffer(data, count, "data"); !st.ok()) {
+    return Fail(st, name(), false);
+  }
   return Run(name, [&] { return DoAllReduce(type, op, data, count, stream); });
 }
 
 absl::Status Communicator::AllGather(DataType type, const void* send, void* recv, size_t count,
                                      void* stream) {
-  const std::string name = absl::StrCat(OpName("AllGather", type, count), ")");
+  auto name = [&] { return absl::StrCat(OpName("AllGather", type, count), ")"); };
   absl::Status st = CheckBuffer(send, count, "send");
   if (st.ok()) st = CheckBuffer(recv, count, "recv");
   if (st.ok() && count > 0 && buffer_location() == BufferLocation::kHost) {
@@ -133,48 +137,48 @@ absl::Status Communicator::AllGather(DataType type, const void* send, void* recv
       st = absl::InvalidArgumentError("send overlaps recv");
     }
   }
-  if (!st.ok()) return Fail(st, name, false);
+  if (!st.ok()) return Fail(st, name(), false);
   return Run(name, [&] { return DoAllGather(type, send, recv, count, stream); });
 }
 
 absl::Status Communicator::Broadcast(DataType type, void* data, size_t count, int root,
                                      void* stream) {
-  const std::string name = absl::StrCat(OpName("Broadcast", type, count), ", root ", root, ")");
+  auto name = [&] { return absl::StrCat(OpName("Broadcast", type, count), ", root ", root, ")"); };
   absl::Status st = CheckBuffer(data, count, "data");
   if (st.ok()) st = CheckRank(root, "root");
-  if (!st.ok()) return Fail(st, name, false);
+  if (!st.ok()) return Fail(st, name(), false);
   return Run(name, [&] { return DoBroadcast(type, data, count, root, stream); });
 }
 
 absl::Status Communicator::Barrier() {
-  return Run("Barrier()", [&] { return DoBarrier(); });
+  return Run([] { return std::string("Barrier()"); }, [&] { return DoBarrier(); });
 }
 
 absl::Status Communicator::Send(DataType type, const void* data, size_t count, int peer,
                                 void* stream) {
-  const std::string name = absl::StrCat(OpName("Send", type, count), ", to rank ", peer, ")");
+  auto name = [&] { return absl::StrCat(OpName("Send", type, count), ", to rank ", peer, ")"); };
   absl::Status st = CheckBuffer(data, count, "data");
   if (st.ok()) st = CheckRank(peer, "peer");
   if (st.ok() && peer == rank_) st = absl::InvalidArgumentError("cannot send to itself");
-  if (!st.ok()) return Fail(st, name, false);
+  if (!st.ok()) return Fail(st, name(), false);
   return Run(name, [&] { return DoSend(type, data, count, peer, stream); });
 }
 
-absl::Status Communicator::Recv(DataType type, void* data, size_t count, int peer,
-                                void* stream) {
-  const std::string name = absl::StrCat(OpName("Recv", type, count), ", from rank ", peer, ")");
+absl::Status Communicator::Recv(DataType type, void* data, size_t count, int peer, void* stream) {
+  auto name = [&] { return absl::StrCat(OpName("Recv", type, count), ", from rank ", peer, ")"); };
   absl::Status st = CheckBuffer(data, count, "data");
   if (st.ok()) st = CheckRank(peer, "peer");
   if (st.ok() && peer == rank_) st = absl::InvalidArgumentError("cannot receive from itself");
-  if (!st.ok()) return Fail(st, name, false);
+  if (!st.ok()) return Fail(st, name(), false);
   return Run(name, [&] { return DoRecv(type, data, count, peer, stream); });
 }
 
 absl::Status Communicator::SendRecv(DataType type, const void* send, size_t send_count, int dst,
                                     void* recv, size_t recv_count, int src, void* stream) {
-  const std::string name =
-      absl::StrCat("SendRecv(", AsAbsl(DataTypeName(type)), " x ", send_count, " to rank ", dst,
-                   ", x ", recv_count, " from rank ", src, ")");
+  auto name = [&] {
+    return absl::StrCat("SendRecv(", AsAbsl(DataTypeName(type)), " x ", send_count, " to rank ",
+                        dst, ", x ", recv_count, " from rank ", src, ")");
+  };
   absl::Status st = CheckBuffer(send, send_count, "send");
   if (st.ok()) st = CheckBuffer(recv, recv_count, "recv");
   if (st.ok()) st = CheckRank(dst, "dst");
@@ -182,14 +186,14 @@ absl::Status Communicator::SendRecv(DataType type, const void* send, size_t send
   if (st.ok() && (dst == rank_ || src == rank_)) {
     st = absl::InvalidArgumentError("cannot exchange with itself");
   }
-  if (!st.ok()) return Fail(st, name, false);
-  return Run(name, [&] {
-    return DoSendRecv(type, send, send_count, dst, recv, recv_count, src, stream);
-  });
+  if (!st.ok()) return Fail(st, name(), false);
+  return Run(
+      name, [&] { return DoSendRecv(type, send, send_count, dst, recv, recv_count, src, stream); });
 }
 
 absl::Status Communicator::Synchronize(void* stream) {
-  return Run("Synchronize(stream)", [&] { return DoSynchronize(stream); });
+  return Run([] { return std::string("Synchronize(stream)"); },
+             [&] { return DoSynchronize(stream); });
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Split(int color, int key,

@@ -49,13 +49,21 @@ std::string_view ReduceOpName(ReduceOp op);
 template <typename T>
 constexpr DataType DataTypeOf();
 template <>
-constexpr DataType DataTypeOf<float>() { return DataType::kFloat32; }
+constexpr DataType DataTypeOf<float>() {
+  return DataType::kFloat32;
+}
 template <>
-constexpr DataType DataTypeOf<int32_t>() { return DataType::kInt32; }
+constexpr DataType DataTypeOf<int32_t>() {
+  return DataType::kInt32;
+}
 template <>
-constexpr DataType DataTypeOf<int64_t>() { return DataType::kInt64; }
+constexpr DataType DataTypeOf<int64_t>() {
+  return DataType::kInt64;
+}
 template <>
-constexpr DataType DataTypeOf<uint8_t>() { return DataType::kUint8; }
+constexpr DataType DataTypeOf<uint8_t>() {
+  return DataType::kUint8;
+}
 
 struct CommunicatorOptions {
   // Longest wait of one operation (collective, send, recv, split, Synchronize, creation).
@@ -93,8 +101,7 @@ class Communicator {
   absl::Status AllGather(DataType type, const void* send, void* recv, size_t count,
                          void* stream = nullptr);
   // data of rank `root` is copied to every rank's data.
-  absl::Status Broadcast(DataType type, void* data, size_t count, int root,
-                         void* stream = nullptr);
+  absl::Status Broadcast(DataType type, void* data, size_t count, int root, void* stream = nullptr);
   // Returns once every rank has called Barrier (host-blocking on every backend).
   absl::Status Barrier();
   // Point to point; count and type must match the peer's Recv. Send may return before the
@@ -149,8 +156,7 @@ class Communicator {
   virtual absl::Status DoBarrier() = 0;
   virtual absl::Status DoSend(DataType type, const void* data, size_t count, int peer,
                               void* stream) = 0;
-  virtual absl::Status DoRecv(DataType type, void* data, size_t count, int peer,
-                              void* stream) = 0;
+  virtual absl::Status DoRecv(DataType type, void* data, size_t count, int peer, void* stream) = 0;
   virtual absl::Status DoSendRecv(DataType type, const void* send, size_t send_count, int dst,
                                   void* recv, size_t recv_count, int src, void* stream) = 0;
   virtual absl::Status DoSynchronize(void* stream) = 0;
@@ -168,9 +174,10 @@ class Communicator {
  private:
   // Adds context to a failure of `op`; when `breaks` it also marks the communicator broken.
   absl::Status Fail(const absl::Status& st, std::string_view op, bool breaks);
-  // Runs a validated operation: fails fast when broken, annotates and records failures.
-  template <typename Fn>
-  absl::Status Run(std::string_view op, Fn&& fn);
+  // Runs a validated operation: fails fast when broken, annotates and records failures. name()
+  // describes the operation; it is called only on failure (no string work on the hot path).
+  template <typename NameFn, typename Fn>
+  absl::Status Run(const NameFn& name, Fn&& fn);
   absl::Status CheckBuffer(const void* p, size_t count, std::string_view what) const;
   absl::Status CheckRank(int r, std::string_view what) const;
 

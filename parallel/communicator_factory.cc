@@ -48,7 +48,8 @@ constexpr size_t kHostField = 256;
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateHostWorld(const WorldOptions& options) {
   HostBackend backend = options.host;
-  if (backend == HostBackend::kAuto) backend = HaveMpiBackend() ? HostBackend::kMpi : HostBackend::kSelf;
+  if (backend == HostBackend::kAuto)
+    backend = HaveMpiBackend() ? HostBackend::kMpi : HostBackend::kSelf;
   if (backend == HostBackend::kSelf) {
     RESA_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Communicator>> group,
                           FakeCommunicator::CreateGroup(1, options.comm));
@@ -63,8 +64,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateHostWorld(const WorldOptions
 #endif
 }
 
-// Fails on every rank when two ranks of one host chose the same CUDA device.
-absl::Status CheckDistinctDevices(Communicator& host, int device) {
+// Fails on every rank when two ranks of one host chose the same CUDA device (used by NCCL
+// builds only).
+[[maybe_unused]] absl::Status CheckDistinctDevices(Communicator& host, int device) {
   struct Entry {
     char host[kHostField];
     int32_t device;
@@ -78,10 +80,11 @@ absl::Status CheckDistinctDevices(Communicator& host, int device) {
   for (size_t a = 0; a < all.size(); ++a) {
     for (size_t b = a + 1; b < all.size(); ++b) {
       if (all[a].device == all[b].device && std::strcmp(all[a].host, all[b].host) == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ranks ", a, " and ", b, " on host ", all[a].host, " both use CUDA device ",
-            all[a].device, "; NCCL needs one device per rank (fewer ranks per host, or set the "
-            "device per rank)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("ranks ", a, " and ", b, " on host ", all[a].host,
+                         " both use CUDA device ", all[a].device,
+                         "; NCCL needs one device per rank (fewer ranks per host, or set the "
+                         "device per rank)"));
       }
     }
   }
@@ -130,12 +133,11 @@ absl::StatusOr<World> CreateWorld(const WorldOptions& options) {
   RESA_RETURN_IF_ERROR(world.host->AllReduce(DataType::kInt32, ReduceOp::kSum, &failed, 1));
   if (!device_st.ok()) return Annotate(device_st, world.host->Describe());
   if (failed > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        world.host->Describe(), ": ", failed, " peer rank(s) have no usable CUDA device"));
+    return absl::FailedPreconditionError(absl::StrCat(world.host->Describe(), ": ", failed,
+                                                      " peer rank(s) have no usable CUDA device"));
   }
   RESA_RETURN_IF_ERROR(Annotate(CheckDistinctDevices(*world.host, device), world.host->Describe()));
-  RESA_ASSIGN_OR_RETURN(world.device,
-                        NcclCommunicator::Create(*world.host, device, options.comm));
+  RESA_ASSIGN_OR_RETURN(world.device, NcclCommunicator::Create(*world.host, device, options.comm));
   return world;
 #else
   return absl::UnimplementedError(

@@ -36,8 +36,8 @@ struct Group {
   const int size;
   std::mutex mu;
   std::condition_variable cv;
-  std::vector<bool> gone;           // rank's communicator destroyed
-  std::map<uint64_t, Slot> slots;   // by collective sequence number
+  std::vector<bool> gone;                                 // rank's communicator destroyed
+  std::map<uint64_t, Slot> slots;                         // by collective sequence number
   std::map<std::pair<int, int>, std::deque<Bytes>> mail;  // (src, dst) -> messages in order
 };
 
@@ -174,13 +174,13 @@ absl::Status FakeCommunicator::Rendezvous(const Call& call, const void* mine, si
       for (int r : missing) {
         if (g.gone[r]) lost.push_back(r);
       }
-      return absl::UnavailableError(absl::StrCat(
-          "peer rank(s) ", absl::StrJoin(lost, ", "),
-          " left the group (communicator destroyed) without joining this collective"));
+      return absl::UnavailableError(
+          absl::StrCat("peer rank(s) ", absl::StrJoin(lost, ", "),
+                       " left the group (communicator destroyed) without joining this collective"));
     }
     if (Clock::now() >= deadline) {
-      return TimeoutError(
-          absl::StrCat(call.what, " (ranks that never arrived: ", absl::StrJoin(missing, ", "), ")"));
+      return TimeoutError(absl::StrCat(
+          call.what, " (ranks that never arrived: ", absl::StrJoin(missing, ", "), ")"));
     }
     g.cv.wait_until(lock, deadline);
   }
@@ -295,8 +295,8 @@ absl::Status FakeCommunicator::DoRecv(DataType type, void* data, size_t count, i
   box.pop_front();
   const size_t bytes = count * DataTypeSize(type);
   if (msg.size() != bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("rank ", peer, " sent ", msg.size(),
-                                                   " bytes, this rank expected ", bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", peer, " sent ", msg.size(), " bytes, this rank expected ", bytes));
   }
   if (bytes > 0) std::memcpy(data, msg.data(), bytes);
   return absl::OkStatus();

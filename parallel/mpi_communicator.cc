@@ -51,15 +51,16 @@ absl::Status MpiError(int rc, std::string_view call) {
   const bool bad_args = cls == MPI_ERR_BUFFER || cls == MPI_ERR_COUNT || cls == MPI_ERR_TYPE ||
                         cls == MPI_ERR_TAG || cls == MPI_ERR_RANK || cls == MPI_ERR_ROOT ||
                         cls == MPI_ERR_OP || cls == MPI_ERR_ARG || cls == MPI_ERR_TRUNCATE;
-  return absl::Status(bad_args ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kUnavailable,
-                      absl::StrCat(AsAbsl(call), " failed: ", std::string(text, size_t(len))));
+  return absl::Status(
+      bad_args ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kUnavailable,
+      absl::StrCat(AsAbsl(call), " failed: ", std::string(text, size_t(len))));
 }
 
-#define RESA_MPI_CALL(call)                                 \
-  do {                                                      \
-    if (int _rc = (call); _rc != MPI_SUCCESS) {             \
-      return MpiError(_rc, #call);                          \
-    }                                                       \
+#define RESA_MPI_CALL(call)                     \
+  do {                                          \
+    if (int _rc = (call); _rc != MPI_SUCCESS) { \
+      return MpiError(_rc, #call);              \
+    }                                           \
   } while (false)
 
 MPI_Datatype ToMpi(DataType type) {
@@ -135,8 +136,9 @@ absl::StatusOr<std::shared_ptr<MpiRuntime>> MpiRuntime::Acquire() {
     RESA_MPI_CALL(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided));
     if (provided < MPI_THREAD_SERIALIZED) {
       MPI_Finalize();
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the MPI library provides thread level ", provided, ", resa needs MPI_THREAD_SERIALIZED"));
+      return absl::FailedPreconditionError(absl::StrCat("the MPI library provides thread level ",
+                                                        provided,
+                                                        ", resa needs MPI_THREAD_SERIALIZED"));
     }
   }
   RESA_MPI_CALL(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
@@ -173,13 +175,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::CreateWorld(
   std::vector<MPI_Request> req(1);
   RESA_MPI_CALL(MPI_Comm_idup(MPI_COMM_WORLD, &comm, &req[0]));
   MPI_Status status;
-  RESA_ASSIGN_OR_RETURN(bool done,
-                        PollUntil(req, absl::Now() + options.timeout, &status));
+  RESA_ASSIGN_OR_RETURN(bool done, PollUntil(req, absl::Now() + options.timeout, &status));
   if (!done) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "mpi world rank ", rank, "/", size, " on host ", HostName(),
-        ": MPI_Comm_idup(MPI_COMM_WORLD) did not complete within ",
-        absl::FormatDuration(options.timeout), "; a rank did not start or hangs"));
+    return absl::DeadlineExceededError(
+        absl::StrCat("mpi world rank ", rank, "/", size, " on host ", HostName(),
+                     ": MPI_Comm_idup(MPI_COMM_WORLD) did not complete within ",
+                     absl::FormatDuration(options.timeout), "; a rank did not start or hangs"));
   }
   RESA_MPI_CALL(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
   return std::unique_ptr<Communicator>(
@@ -236,8 +237,8 @@ absl::Status MpiCommunicator::DoAllReduce(DataType type, ReduceOp op, void* data
   return absl::OkStatus();
 }
 
-absl::Status MpiCommunicator::DoAllGather(DataType type, const void* send, void* recv,
-                                          size_t count, void*) {
+absl::Status MpiCommunicator::DoAllGather(DataType type, const void* send, void* recv, size_t count,
+                                          void*) {
   RESA_RETURN_IF_ERROR(CheckCount(count));
   const size_t bytes = count * DataTypeSize(type);
   unsigned char* buf = Stage(1, bytes * size_t(size()));
@@ -341,8 +342,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::DoSplit(
   int child_rank = 0, child_size = 0;
   RESA_MPI_CALL(MPI_Comm_rank(child, &child_rank));
   RESA_MPI_CALL(MPI_Comm_size(child, &child_size));
-  return std::unique_ptr<Communicator>(new MpiCommunicator(runtime_, child, child_rank,
-                                                           child_size, world_rank(), options));
+  return std::unique_ptr<Communicator>(
+      new MpiCommunicator(runtime_, child, child_rank, child_size, world_rank(), options));
 }
 
 }  // namespace resa

@@ -51,8 +51,8 @@ class MpiCommunicator final : public Communicator {
   absl::Status DoSend(DataType type, const void* data, size_t count, int peer,
                       void* stream) override;
   absl::Status DoRecv(DataType type, void* data, size_t count, int peer, void* stream) override;
-  absl::Status DoSendRecv(DataType type, const void* send, size_t send_count, int dst,
-                          void* recv, size_t recv_count, int src, void* stream) override;
+  absl::Status DoSendRecv(DataType type, const void* send, size_t send_count, int dst, void* recv,
+                          size_t recv_count, int src, void* stream) override;
   absl::Status DoSynchronize(void*) override { return absl::OkStatus(); }
   absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(
       int color, int key, const CommunicatorOptions& options) override;

@@ -18,15 +18,15 @@ absl::Status NcclError(ncclResult_t r, ncclComm_t comm, std::string_view call) {
   if (r == ncclInvalidArgument || r == ncclInvalidUsage) code = absl::StatusCode::kInvalidArgument;
   if (r == ncclRemoteError || r == ncclSystemError) code = absl::StatusCode::kUnavailable;
   const char* last = ncclGetLastError(comm);
-  return absl::Status(code, absl::StrCat(AsAbsl(call), " failed: ", ncclGetErrorString(r),
-                                         last != nullptr && *last != '\0' ? " (" : "",
-                                         last != nullptr ? last : "",
-                                         last != nullptr && *last != '\0' ? ")" : ""));
+  return absl::Status(
+      code, absl::StrCat(AsAbsl(call), " failed: ", ncclGetErrorString(r),
+                         last != nullptr && *last != '\0' ? " (" : "", last != nullptr ? last : "",
+                         last != nullptr && *last != '\0' ? ")" : ""));
 }
 
 absl::Status CudaError(cudaError_t e, std::string_view call) {
-  return absl::InternalError(absl::StrCat(AsAbsl(call), " failed: ", cudaGetErrorName(e), ": ",
-                                          cudaGetErrorString(e)));
+  return absl::InternalError(
+      absl::StrCat(AsAbsl(call), " failed: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
 }
 
 ncclDataType_t ToNccl(DataType type) {
@@ -139,16 +139,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(
     if (comm != nullptr) ncclCommAbort(comm);
     return Annotate(NcclError(r, nullptr, "ncclCommInitRankConfig"), prefix);
   }
-  RESA_RETURN_IF_ERROR(Annotate(
-      AwaitNewComm(comm, deadline, options.timeout, "ncclCommInitRankConfig"), prefix));
+  RESA_RETURN_IF_ERROR(
+      Annotate(AwaitNewComm(comm, deadline, options.timeout, "ncclCommInitRankConfig"), prefix));
   std::unique_ptr<NcclCommunicator> out(new NcclCommunicator(
       comm, device, bootstrap.rank(), bootstrap.size(), bootstrap.world_rank(), options));
   RESA_RETURN_IF_ERROR(Annotate(out->Init(), prefix));
   return std::unique_ptr<Communicator>(std::move(out));
 }
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, int rank, int size,
-                                   int world_rank, CommunicatorOptions options)
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, int rank, int size, int world_rank,
+                                   CommunicatorOptions options)
     : Communicator(rank, size, world_rank, std::move(options)), comm_(comm), device_(device) {}
 
 absl::Status NcclCommunicator::Init() {
@@ -178,9 +178,9 @@ NcclCommunicator::~NcclCommunicator() {
       // Finalize flushes pending work; bounded by the timeout like every other wait.
       const ncclResult_t r = ncclCommFinalize(comm_);
       bool timed_out = false;
-      absl::StatusOr<ncclResult_t> state =
-          r == ncclSuccess || r == ncclInProgress ? PollComm(comm_, Deadline(), &timed_out)
-                                                  : absl::StatusOr<ncclResult_t>(r);
+      absl::StatusOr<ncclResult_t> state = r == ncclSuccess || r == ncclInProgress
+                                               ? PollComm(comm_, Deadline(), &timed_out)
+                                               : absl::StatusOr<ncclResult_t>(r);
       clean = state.ok() && !timed_out && *state == ncclSuccess;
     }
     if (clean) {
@@ -255,9 +255,9 @@ absl::Status NcclCommunicator::DoSynchronize(void* stream) {
 absl::Status NcclCommunicator::DoAllReduce(DataType type, ReduceOp op, void* data, size_t count,
                                            void* stream) {
   RESA_ASSIGN_OR_RETURN(void* s, Begin(stream));
-  const ncclResult_t r = ncclAllReduce(data, data, count, ToNccl(type),
-                                       op == ReduceOp::kSum ? ncclSum : ncclMax, comm_,
-                                       static_cast<cudaStream_t>(s));
+  const ncclResult_t r =
+      ncclAllReduce(data, data, count, ToNccl(type), op == ReduceOp::kSum ? ncclSum : ncclMax,
+                    comm_, static_cast<cudaStream_t>(s));
   return Finish(r, stream, "ncclAllReduce");
 }
 
@@ -279,8 +279,8 @@ absl::Status NcclCommunicator::DoBroadcast(DataType type, void* data, size_t cou
 
 absl::Status NcclCommunicator::DoBarrier() {
   RESA_ASSIGN_OR_RETURN(void* s, Begin(nullptr));
-  const ncclResult_t r = ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_,
-                                       static_cast<cudaStream_t>(s));
+  const ncclResult_t r =
+      ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, static_cast<cudaStream_t>(s));
   return Finish(r, nullptr, "ncclAllReduce (barrier)");
 }
 
@@ -324,7 +324,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::DoSplit(
   ncclComm_t child = nullptr;
   const absl::Time deadline = Deadline();
   const ncclResult_t r = ncclCommSplit(comm_, color, key, &child, &config);
-  if (r != ncclSuccess && r != ncclInProgress) return AbortWith(NcclError(r, comm_, "ncclCommSplit"));
+  if (r != ncclSuccess && r != ncclInProgress)
+    return AbortWith(NcclError(r, comm_, "ncclCommSplit"));
   if (child == nullptr) {
     return AbortWith(absl::InternalError("ncclCommSplit gave no communicator for a color >= 0"));
   }

@@ -27,8 +27,7 @@ class NcclCommunicator final : public Communicator {
   // Collective over `bootstrap`, a host-buffer communicator (MPI, or the fake for threads): its
   // rank 0 makes the NCCL unique id and broadcasts it, then every rank joins the NCCL
   // communicator of the same rank and size on CUDA device `device`.
-  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Communicator& bootstrap,
-                                                              int device,
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(Communicator& bootstrap, int device,
                                                               const CommunicatorOptions& options);
 
   ~NcclCommunicator() override;
@@ -53,8 +52,8 @@ class NcclCommunicator final : public Communicator {
   absl::Status DoSend(DataType type, const void* data, size_t count, int peer,
                       void* stream) override;
   absl::Status DoRecv(DataType type, void* data, size_t count, int peer, void* stream) override;
-  absl::Status DoSendRecv(DataType type, const void* send, size_t send_count, int dst,
-                          void* recv, size_t recv_count, int src, void* stream) override;
+  absl::Status DoSendRecv(DataType type, const void* send, size_t send_count, int dst, void* recv,
+                          size_t recv_count, int src, void* stream) override;
   absl::Status DoSynchronize(void* stream) override;
   absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(
       int color, int key, const CommunicatorOptions& options) override;

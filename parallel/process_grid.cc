@@ -26,8 +26,8 @@ absl::StatusOr<ProcessGrid> ProcessGrid::Create(int world_rank, int world_size, 
         absl::StrCat("world rank ", world_rank, " is outside [0, ", world_size, ")"));
   }
   if (num_heads % tp != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tp ", tp, " does not divide the model's ", num_heads, " query heads"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp ", tp, " does not divide the model's ", num_heads, " query heads"));
   }
   if (num_kv_heads % tp != 0 && tp % num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -48,8 +48,8 @@ std::string ProcessGrid::ToString() const {
 absl::StatusOr<GridCommunicators> BuildGridCommunicators(const ProcessGrid& grid,
                                                          Communicator& world) {
   if (world.rank() != grid.world_rank() || world.size() != grid.world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        world.Describe(), ": grid (", grid.ToString(), ") does not match this communicator"));
+    return absl::InvalidArgumentError(absl::StrCat(world.Describe(), ": grid (", grid.ToString(),
+                                                   ") does not match this communicator"));
   }
   GridCommunicators out;
   RESA_ASSIGN_OR_RETURN(out.tp, world.Split(grid.sp_rank(), grid.tp_rank(), "tp"));

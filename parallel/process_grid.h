@@ -56,7 +56,10 @@ class ProcessGrid {
 
  private:
   ProcessGrid(int world_rank, int tp, int sp, int num_heads, int num_kv_heads)
-      : world_rank_(world_rank), tp_(tp), sp_(sp), num_heads_(num_heads),
+      : world_rank_(world_rank),
+        tp_(tp),
+        sp_(sp),
+        num_heads_(num_heads),
         num_kv_heads_(num_kv_heads) {}
 
   int world_rank_;

@@ -22,8 +22,7 @@ TEST(ProcessGrid, ValidationNamesFlagsAndNumbers) {
             "--tp 2 x --sp 3 = 6 ranks, but the world has 4 (mpirun -np / srun -n must equal "
             "tp * sp)");
   EXPECT_EQ(Error(0, 3, 3, 1, 32, 8), "--tp 3 does not divide the model's 32 query heads");
-  EXPECT_NE(Error(0, 6, 6, 1, 36, 4).find("--tp 6 and the model's 4 KV heads"),
-            std::string::npos);
+  EXPECT_NE(Error(0, 6, 6, 1, 36, 4).find("--tp 6 and the model's 4 KV heads"), std::string::npos);
   EXPECT_NE(Error(0, 1, 0, 1, 8, 8).find("--tp 0"), std::string::npos);
   EXPECT_NE(Error(0, 1, 1, 0, 8, 8).find("--sp 0"), std::string::npos);
   EXPECT_NE(Error(4, 4, 2, 2, 8, 8).find("world rank 4"), std::string::npos);
@@ -50,7 +49,8 @@ TEST(ProcessGrid, QueryHeadsReadOnlyLocalKvHeads) {
   struct Model {
     int heads, kv;
   };
-  for (Model m : {Model{9, 3}, Model{32, 8}, Model{28, 4}, Model{12, 2}, Model{8, 1}, Model{16, 16}}) {
+  for (Model m :
+       {Model{9, 3}, Model{32, 8}, Model{28, 4}, Model{12, 2}, Model{8, 1}, Model{16, 16}}) {
     for (int tp = 1; tp <= 16; ++tp) {
       auto probe = ProcessGrid::Create(0, tp, tp, 1, m.heads, m.kv);
       if (!probe.ok()) continue;
@@ -84,8 +84,8 @@ TEST(ProcessGrid, ToStringShowsPosition) {
 }
 
 TEST(ProcessGrid, BuildsTpAndSpGroups) {
-  for (auto [tp, sp] : {std::pair{1, 1}, std::pair{1, 4}, std::pair{4, 1}, std::pair{2, 2},
-                        std::pair{2, 3}}) {
+  for (auto [tp, sp] :
+       {std::pair{1, 1}, std::pair{1, 4}, std::pair{4, 1}, std::pair{2, 2}, std::pair{2, 3}}) {
     auto group = CreateFakeGroup(tp * sp, {});
     ASSERT_TRUE(group.ok());
     testing::RunThreads(*group, [tp = tp, sp = sp](Communicator& world) {
@@ -103,10 +103,12 @@ TEST(ProcessGrid, BuildsTpAndSpGroups) {
       std::vector<int32_t> members(static_cast<size_t>(tp));
       const int32_t me = world.rank();
       ASSERT_TRUE(comms->tp->AllGather(DataType::kInt32, &me, members.data(), 1).ok());
-      for (int t = 0; t < tp; ++t) EXPECT_EQ(members[size_t(t)], grid->WorldRankOf(t, grid->sp_rank()));
+      for (int t = 0; t < tp; ++t)
+        EXPECT_EQ(members[size_t(t)], grid->WorldRankOf(t, grid->sp_rank()));
       std::vector<int32_t> column(static_cast<size_t>(sp));
       ASSERT_TRUE(comms->sp->AllGather(DataType::kInt32, &me, column.data(), 1).ok());
-      for (int s = 0; s < sp; ++s) EXPECT_EQ(column[size_t(s)], grid->WorldRankOf(grid->tp_rank(), s));
+      for (int s = 0; s < sp; ++s)
+        EXPECT_EQ(column[size_t(s)], grid->WorldRankOf(grid->tp_rank(), s));
     });
   }
 }

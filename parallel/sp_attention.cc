@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -15,7 +16,6 @@ namespace resa {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int kHeaderWords = 3;  // n, num_kv_heads, number of local blocks
 
 using Candidate = std::pair<float, int32_t>;  // (score, logical block)
 
@@ -26,9 +26,9 @@ inline bool Better(const Candidate& a, const Candidate& b) {
 
 absl::Status CheckHost(const Communicator& comm, std::string_view what) {
   if (comm.buffer_location() != BufferLocation::kHost) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        comm.Describe(), ": ", AsAbsl(what), " runs on host buffers; this communicator takes ",
-        "device buffers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(comm.Describe(), ": ", AsAbsl(what),
+                     " runs on host buffers; this communicator takes ", "device buffers"));
   }
   return absl::OkStatus();
 }
@@ -51,8 +51,8 @@ std::vector<int32_t> ExpandLocalPageTable(const SequenceShard& shard,
 }
 
 void ScoreLocalBlocks(const PagedKvLayer& kv, const float* pooled_q,
-                      const int32_t* local_page_table, int32_t num_keys,
-                      const SequenceShard& shard, float* scores) {
+                      const int32_t* local_page_table, int32_t num_keys, const SequenceShard& shard,
+                      float* scores) {
   const int32_t num_blocks = (num_keys + kPageTokens - 1) / kPageTokens;
   const int32_t m = shard.NumLocalBlocks(num_blocks);
   if (m == 0) return;
@@ -69,36 +69,44 @@ void ScoreLocalBlocks(const PagedKvLayer& kv, const float* pooled_q,
   }
 }
 
-absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores,
-                                     std::span<const int32_t> local_blocks, int num_kv_heads,
-                                     int32_t n, int32_t* out, SelectionScratch* scratch) {
+absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const SelectionRow> rows,
+                                     SelectionScratch* scratch) {
   RESA_RETURN_IF_ERROR(CheckHost(sp, "SelectBlocksAcrossRanks"));
-  if (n < 0 || num_kv_heads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        sp.Describe(), ": SelectBlocksAcrossRanks: n ", n, ", num_kv_heads ", num_kv_heads));
+  // Built only on failure: this runs once per layer and step.
+  auto fail = [&sp](const auto&... parts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: ", parts...));
+  };
+  size_t total_n = 0;
+  for (const SelectionRow& row : rows) {
+    if (row.n < 0 || row.num_local < 0 || (row.num_local > 0 && row.scores == nullptr) ||
+        (row.num_local > 0 && row.blocks == nullptr) || (row.n > 0 && row.out == nullptr)) {
+      return fail("bad row (n ", row.n, ", local blocks ", row.num_local, ")");
+    }
+    total_n += size_t(row.n);
   }
   SelectionScratch local_scratch;
   SelectionScratch& s = scratch != nullptr ? *scratch : local_scratch;
-  const int32_t num_local = int32_t(local_blocks.size());
-  const size_t per_head = size_t(n);
-  const size_t words = kHeaderWords + 2 * size_t(num_kv_heads) * per_head;
-
-  // Local top-n per head, padded with block -1.
+  // Payload: [rows] then (n, num_local) per row, then n (score bits, block) pairs per row with
+  // block -1 padding where a rank holds fewer than n blocks.
+  const size_t num_rows = rows.size();
+  const size_t words = 1 + 2 * num_rows + 2 * total_n;
   s.send.assign(words, 0);
-  s.send[0] = n;
-  s.send[1] = num_kv_heads;
-  s.send[2] = num_local;
-  const int32_t k = std::min(n, num_local);
-  for (int h = 0; h < num_kv_heads; ++h) {
+  s.send[0] = int32_t(num_rows);
+  int32_t* cand_out = s.send.data() + 1 + 2 * num_rows;
+  for (size_t r = 0; r < num_rows; ++r) {
+    const SelectionRow& row = rows[r];
+    s.send[1 + 2 * r] = row.n;
+    s.send[2 + 2 * r] = row.num_local;
     s.candidates.clear();
-    const float* row = local_scores + size_t(h) * size_t(num_local);
-    for (int32_t j = 0; j < num_local; ++j) s.candidates.emplace_back(row[j], local_blocks[j]);
+    for (int32_t j = 0; j < row.num_local; ++j)
+      s.candidates.emplace_back(row.scores[j], row.blocks[j]);
+    const int32_t k = std::min(row.n, row.num_local);
     std::nth_element(s.candidates.begin(), s.candidates.begin() + k, s.candidates.end(), Better);
-    int32_t* dst = s.send.data() + kHeaderWords + 2 * size_t(h) * per_head;
-    for (size_t i = 0; i < per_head; ++i) {
-      const bool real = int32_t(i) < k;
-      dst[2 * i] = std::bit_cast<int32_t>(real ? s.candidates[i].first : kNegInf);
-      dst[2 * i + 1] = real ? s.candidates[i].second : -1;
+    for (int32_t i = 0; i < row.n; ++i) {
+      const bool real = i < k;
+      *cand_out++ = std::bit_cast<int32_t>(real ? s.candidates[size_t(i)].first : kNegInf);
+      *cand_out++ = real ? s.candidates[size_t(i)].second : -1;
     }
   }
 
@@ -106,42 +114,64 @@ absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores
   s.recv.resize(words * size_t(ranks));
   RESA_RETURN_IF_ERROR(sp.AllGather(DataType::kInt32, s.send.data(), s.recv.data(), words));
 
-  int64_t total = 0;
-  for (int r = 0; r < ranks; ++r) {
-    const int32_t* hdr = s.recv.data() + size_t(r) * words;
-    if (hdr[0] != n || hdr[1] != num_kv_heads) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          sp.Describe(), ": SelectBlocksAcrossRanks: rank ", r, " selects n = ", hdr[0],
-          " over ", hdr[1], " KV heads, this rank n = ", n, " over ", num_kv_heads));
+  auto payload = [&](int rank) { return s.recv.data() + size_t(rank) * words; };
+  for (int q = 0; q < ranks; ++q) {
+    const int32_t* p = payload(q);
+    bool same = p[0] == int32_t(num_rows);
+    for (size_t r = 0; same && r < num_rows; ++r) same = p[1 + 2 * r] == rows[r].n;
+    if (!same) {
+      return fail("rank ", q, " selects over ", p[0], " rows with n = ", p[1],
+                  " for the first, this rank over ", num_rows,
+                  " rows with n = ", num_rows > 0 ? rows[0].n : 0,
+                  " (every rank must pass the same rows and n)");
     }
-    total += hdr[2];
   }
-  if (total < n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: n = ", n, " but the group holds ",
-                     total, " blocks"));
-  }
-  // Global top-n over the union of local top-n: an element of the global top-n is in the top-n
-  // of its own rank, so nothing is lost.
-  for (int h = 0; h < num_kv_heads; ++h) {
+  // Global top-n of each row over the union of the local top-n: an element of the global top-n
+  // is in the top-n of its own rank, so nothing is lost.
+  size_t offset = 1 + 2 * num_rows;
+  for (size_t r = 0; r < num_rows; ++r) {
+    const SelectionRow& row = rows[r];
+    int64_t held = 0;
     s.candidates.clear();
-    for (int r = 0; r < ranks; ++r) {
-      const int32_t* src = s.recv.data() + size_t(r) * words + kHeaderWords + 2 * size_t(h) * per_head;
-      for (size_t i = 0; i < per_head; ++i) {
-        if (src[2 * i + 1] >= 0) s.candidates.emplace_back(std::bit_cast<float>(src[2 * i]), src[2 * i + 1]);
+    for (int q = 0; q < ranks; ++q) {
+      const int32_t* p = payload(q);
+      held += p[2 + 2 * r];
+      const int32_t* src = p + offset;
+      for (int32_t i = 0; i < row.n; ++i) {
+        if (src[2 * i + 1] >= 0) {
+          s.candidates.emplace_back(std::bit_cast<float>(src[2 * i]), src[2 * i + 1]);
+        }
       }
     }
-    std::nth_element(s.candidates.begin(), s.candidates.begin() + n, s.candidates.end(), Better);
-    int32_t* dst = out + size_t(h) * per_head;
-    for (size_t i = 0; i < per_head; ++i) dst[i] = s.candidates[i].second;
-    std::sort(dst, dst + per_head);
-    if (std::adjacent_find(dst, dst + per_head) != dst + per_head) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          sp.Describe(), ": SelectBlocksAcrossRanks: two ranks reported the same block for KV "
-          "head ", h, "; block ownership is not disjoint"));
+    offset += 2 * size_t(row.n);
+    if (held < row.n) {
+      return fail("row ", r, ": n = ", row.n, " but the group holds ", held, " blocks");
+    }
+    std::nth_element(s.candidates.begin(), s.candidates.begin() + row.n, s.candidates.end(),
+                     Better);
+    for (int32_t i = 0; i < row.n; ++i) row.out[i] = s.candidates[size_t(i)].second;
+    std::sort(row.out, row.out + row.n);
+    if (std::adjacent_find(row.out, row.out + row.n) != row.out + row.n) {
+      return fail("row ", r, ": two ranks reported the same block; ownership is not disjoint");
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores,
+                                     std::span<const int32_t> local_blocks, int num_kv_heads,
+                                     int32_t n, int32_t* out, SelectionScratch* scratch) {
+  if (num_kv_heads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: num_kv_heads ", num_kv_heads));
+  }
+  const int32_t num_local = int32_t(local_blocks.size());
+  std::vector<SelectionRow> rows(static_cast<size_t>(num_kv_heads));
+  for (int h = 0; h < num_kv_heads; ++h) {
+    rows[size_t(h)] = {local_scores + size_t(h) * size_t(num_local), local_blocks.data(), num_local,
+                       n, out + size_t(h) * size_t(std::max(n, 0))};
+  }
+  return SelectBlocksAcrossRanks(sp, rows, scratch);
 }
 
 int32_t OwnedSelection(const SequenceShard& shard, const int32_t* selected, int num_kv_heads,

@@ -57,8 +57,8 @@ std::vector<int32_t> ExpandLocalPageTable(const SequenceShard& shard,
 // token included). scores is [num_kv_heads][NumLocalBlocks(M)] in local order; the block holding
 // key num_keys - 1 scores +inf when this rank owns it.
 void ScoreLocalBlocks(const PagedKvLayer& kv, const float* pooled_q,
-                      const int32_t* local_page_table, int32_t num_keys,
-                      const SequenceShard& shard, float* scores);
+                      const int32_t* local_page_table, int32_t num_keys, const SequenceShard& shard,
+                      float* scores);
 
 // Reusable buffers of SelectBlocksAcrossRanks (optional; avoids allocation per call).
 struct SelectionScratch {
@@ -67,15 +67,28 @@ struct SelectionScratch {
   std::vector<std::pair<float, int32_t>> candidates;
 };
 
-// Global top-n blocks per KV head by (score desc, block asc), identical on every rank of `sp`
-// and equal to TopBlocks over the scores of all ranks' blocks together. Collective: one
-// all-gather of S x (3 + 2 * num_kv_heads * n) int32 words.
-//   local_scores: [num_kv_heads][local_blocks.size()], this rank's scores (no NaN);
-//   local_blocks: the logical ids of those blocks (disjoint across ranks; any order);
-//   n: blocks to keep per head, the same on every rank, at most the total block count;
-//   out: [num_kv_heads][n], ascending block ids per head.
-// Ranks that disagree on n or num_kv_heads, or too few blocks for n, give InvalidArgument on
-// every rank.
+// One row of a distributed selection: one KV head of one sequence, as this rank sees it.
+struct SelectionRow {
+  const float* scores = nullptr;    // [num_local] this rank's scores of its blocks (no NaN)
+  const int32_t* blocks = nullptr;  // [num_local] their logical ids (disjoint across ranks)
+  int32_t num_local = 0;
+  int32_t n = 0;           // blocks to keep, at most the row's total block count over ranks
+  int32_t* out = nullptr;  // [n] the selection, ascending block ids
+};
+
+// Global top-n blocks of every row by (score desc, block asc), identical on every rank of `sp`
+// and equal to TopBlocks over the scores of all ranks' blocks of the row together. Each rank
+// sends its local top-n of each row; one all-gather for all rows (a batch of sequences x KV
+// heads of one layer) of S x (1 + 2 rows + 2 sum(n)) int32 words. Every rank must pass the same
+// number of rows with the same n (they size the exchange); ranks that disagree on them with an
+// equal total, or a row with fewer blocks than n, give InvalidArgument on every rank. A malformed
+// row (negative n, null pointers) fails on its rank before the exchange; its peers then time out.
+absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const SelectionRow> rows,
+                                     SelectionScratch* scratch = nullptr);
+
+// One sequence: rows are its KV heads, with local_scores [num_kv_heads][local_blocks.size()]
+// (e.g. from ScoreLocalBlocks with local_blocks = OwnedBlocks, or any order of this rank's blocks)
+// and out [num_kv_heads][n].
 absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores,
                                      std::span<const int32_t> local_blocks, int num_kv_heads,
                                      int32_t n, int32_t* out, SelectionScratch* scratch = nullptr);

@@ -86,7 +86,7 @@ TEST(SpAttention, RejectsDeviceCommunicatorsAndBadShapes) {
   const float scores[] = {1.0f};
   const absl::Status st = SelectBlocksAcrossRanks(c, scores, blocks, 1, 2, out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  EXPECT_NE(st.message().find("holds 1 blocks"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("n = 2 but the group holds 1 blocks"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ namespace resa::cuda {
 // One decode query row per sequence, dense (all keys) or block-sparse (selected blocks).
 // Twin of PagedAttention with one AttentionRow per sequence.
 struct DecodeAttentionParams {
-  PagedKvCuda kv;                // read only
+  PagedKvCuda kv;                    // read only
   const __nv_bfloat16* q = nullptr;  // [batch][num_heads][head_dim]
   float* out = nullptr;              // [batch][num_heads][head_dim]
   float* lse_ln = nullptr;           // [batch][num_heads], may be null
@@ -99,7 +99,6 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
 // partial (lse = -inf) contributes nothing; two empty partials give O = 0, lse = -inf.
 // o_* [n][head_dim], lse_* [n], fp32.
 absl::Status MergeAttentionStatesCuda(float* o_a, float* lse_a, const float* o_b,
-                                      const float* lse_b, int n, int head_dim,
-                                      cudaStream_t stream);
+                                      const float* lse_b, int n, int head_dim, cudaStream_t stream);
 
 }  // namespace resa::cuda

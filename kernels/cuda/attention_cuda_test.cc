@@ -218,9 +218,8 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   std::vector<float> want(q.size()), want_lse(size_t(total_rows) * hq);
   for (size_t c = 0; c < tc.chunks.size(); ++c) {
     const size_t r0 = row_offsets[c];
-    PagedChunkAttention(cache.cpu, ap, q.data() + r0 * hq * d, tc.chunks[c].first,
-                        cache.table(c), firsts[c], want.data() + r0 * hq * d,
-                        want_lse.data() + r0 * hq);
+    PagedChunkAttention(cache.cpu, ap, q.data() + r0 * hq * d, tc.chunks[c].first, cache.table(c),
+                        firsts[c], want.data() + r0 * hq * d, want_lse.data() + r0 * hq);
   }
 
   DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
@@ -259,7 +258,8 @@ class MergeCudaTest : public CudaTest {};
 
 TEST_F(MergeCudaTest, MatchesCpuTwinIncludingEmptyPartials) {
   const int n = 1000, d = 128;
-  std::vector<float> oa = RandomBf16Values(size_t(n) * d, 31), ob = RandomBf16Values(size_t(n) * d, 32);
+  std::vector<float> oa = RandomBf16Values(size_t(n) * d, 31),
+                     ob = RandomBf16Values(size_t(n) * d, 32);
   std::vector<float> la = RandomBf16Values(n, 33, 5.0f), lb = RandomBf16Values(n, 34, 5.0f);
   for (int i = 0; i < n; i += 7) la[i] = -kInf;
   for (int i = 0; i < n; i += 5) lb[i] = -kInf;
@@ -269,7 +269,8 @@ TEST_F(MergeCudaTest, MatchesCpuTwinIncludingEmptyPartials) {
   DeviceBuffer<float> doa(oa), dla(la), dob(ob), dlb(lb);
   std::vector<float> want = oa, want_lse = la;
   MergeAttentionStates(want.data(), want_lse.data(), ob.data(), lb.data(), n, d);
-  ASSERT_TRUE(MergeAttentionStatesCuda(doa.get(), dla.get(), dob.get(), dlb.get(), n, d, nullptr).ok());
+  ASSERT_TRUE(
+      MergeAttentionStatesCuda(doa.get(), dla.get(), dob.get(), dlb.get(), n, d, nullptr).ok());
   const std::vector<float> got = doa.Download(), got_lse = dla.Download();
   EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kF32));
   EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kF32));
@@ -324,7 +325,9 @@ TEST_F(MergeCudaTest, MergedHalvesEqualDense) {
   ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
   p.blocks = dodd.get(), p.num_blocks = dno.get(), p.out = o_b.get(), p.lse_ln = l_b.get();
   ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
-  ASSERT_TRUE(MergeAttentionStatesCuda(o_a.get(), l_a.get(), o_b.get(), l_b.get(), 2 * hq, d, nullptr).ok());
+  ASSERT_TRUE(
+      MergeAttentionStatesCuda(o_a.get(), l_a.get(), o_b.get(), l_b.get(), 2 * hq, d, nullptr)
+          .ok());
   const std::vector<float> dense = o_dense.Download(), merged = o_a.Download();
   const std::vector<float> dl = l_dense.Download(), ml = l_a.Download();
   EXPECT_TRUE(AllClose(merged.data(), dense.data(), dense.size(), kBF16));

@@ -24,9 +24,9 @@ namespace {
 using detail::kLn2;
 using detail::kLog2e;
 
-constexpr int kMT = 2;                 // m16 tiles per warp
-constexpr int kBM = 4 * 16 * kMT;      // rows per CTA
-constexpr int kBN = 64;  // keys per K/V tile for head_dim 64 (32 for 128: registers)
+constexpr int kMT = 2;             // m16 tiles per warp
+constexpr int kBM = 4 * 16 * kMT;  // rows per CTA
+constexpr int kBN = 64;            // keys per K/V tile for head_dim 64 (32 for 128: registers)
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kCtasPerSm = 2;
@@ -122,7 +122,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
 
   // The 2 * kMT rows of this lane's accumulators (m-tile mt, half e) and the keys they see.
   constexpr int NR = 2 * kMT;
-  auto row_of = [&](int k) { return i_lo + warp * 16 * kMT + (k / 2) * 16 + lane / 4 + 8 * (k % 2); };
+  auto row_of = [&](int k) {
+    return i_lo + warp * 16 * kMT + (k / 2) * 16 + lane / 4 + 8 * (k % 2);
+  };
   int32_t limit[NR];
 #pragma unroll
   for (int k = 0; k < NR; ++k) limit[k] = first + row_of(k) / g;
@@ -159,8 +161,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
       const int i = i_lo + row;
       const int r = i / g;
       const bool ok = r < rows;
-      const size_t src =
-          ok ? (size_t(row_off + r) * p.num_heads + h * g + i % g) * D + ch * 8 : 0;
+      const size_t src = ok ? (size_t(row_off + r) * p.num_heads + h * g + i % g) * D + ch * 8 : 0;
       detail::CpAsync16(detail::SmemAddr(sq + Swz<D>(row, ch)), p.q + src, ok ? 16 : 0);
     }
     load_kv(t0, 0);
@@ -179,7 +180,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int n = 0; n < BN / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+        for (int n = 0; n < BN / 8; ++n)
+          s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
       }
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
@@ -196,7 +198,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
           detail::LdMatrixX4(kb, detail::SmemAddr(kt + Swz<D>(row, 2 * ks + (lane / 8) % 2)));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            detail::Mma16816(s[mt][2 * j], qf[mt][0], qf[mt][1], qf[mt][2], qf[mt][3], kb[0], kb[1]);
+            detail::Mma16816(s[mt][2 * j], qf[mt][0], qf[mt][1], qf[mt][2], qf[mt][3], kb[0],
+                             kb[1]);
             detail::Mma16816(s[mt][2 * j + 1], qf[mt][0], qf[mt][1], qf[mt][2], qf[mt][3], kb[2],
                              kb[3]);
           }
@@ -261,7 +264,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
           detail::LdMatrixX4Trans(vb, detail::SmemAddr(vt + Swz<D>(row, 2 * j + lane / 16)));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            detail::Mma16816(o[mt][2 * j], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], vb[0], vb[1]);
+            detail::Mma16816(o[mt][2 * j], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], vb[0],
+                             vb[1]);
             detail::Mma16816(o[mt][2 * j + 1], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], vb[2],
                              vb[3]);
           }
@@ -297,8 +301,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
 }
 
 // Folds num_splits partials of every (row, head) into out / lse_ln; one warp per (row, head).
-__global__ void MergeSplitsKernel(const float* ws_o, const float* ws_lse, int num_splits,
-                                  size_t n, int head_dim, float* out, float* lse_ln) {
+__global__ void MergeSplitsKernel(const float* ws_o, const float* ws_lse, int num_splits, size_t n,
+                                  int head_dim, float* out, float* lse_ln) {
   const size_t w = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (w >= n) return;
@@ -328,11 +332,12 @@ absl::Status Validate(const ChunkAttentionParams& p) {
     return absl::InvalidArgumentError("ChunkAttentionCuda: null k, v, q, out or chunk arrays");
   }
   if (p.kv.head_dim != 64 && p.kv.head_dim != 128) {
-    return absl::InvalidArgumentError(absl::StrCat("ChunkAttentionCuda: head_dim ", p.kv.head_dim,
-                                                   " (supported: 64, 128)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkAttentionCuda: head_dim ", p.kv.head_dim, " (supported: 64, 128)"));
   }
   if (p.kv.num_kv_heads <= 0 || p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0) {
-    return absl::InvalidArgumentError("ChunkAttentionCuda: num_heads not a multiple of num_kv_heads");
+    return absl::InvalidArgumentError(
+        "ChunkAttentionCuda: num_heads not a multiple of num_kv_heads");
   }
   if (p.num_chunks <= 0 || int64_t(p.num_chunks) * p.kv.num_kv_heads > 65535 || p.max_rows <= 0 ||
       p.total_rows <= 0 || p.max_num_keys <= 0 || p.page_table_stride <= 0) {
@@ -388,7 +393,7 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   const int threads = 256;
   const size_t blocks = (n * 32 + threads - 1) / threads;
   MergeSplitsKernel<<<unsigned(blocks), threads, 0, stream>>>(a.ws_o, a.ws_lse, plan.num_splits, n,
-                                                               p.kv.head_dim, p.out, p.lse_ln);
+                                                              p.kv.head_dim, p.out, p.lse_ln);
   return CheckLaunch("MergeSplitsKernel");
 }
 

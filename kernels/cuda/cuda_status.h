@@ -6,7 +6,6 @@
 #include <atomic>
 #include <cstdint>
 
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 

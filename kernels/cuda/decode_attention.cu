@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   __shared__ float sm_m[kWarps][kHeadsPerCta], sm_l[kWarps][kHeadsPerCta];
   __shared__ __align__(16) float sm_o[kWarps][kHeadsPerCta][D];
   __shared__ float c_m[kHeadsPerCta], c_l[kHeadsPerCta];  // this CTA's state (log2 units)
-  __shared__ __align__(16) float c_o[kHeadsPerCta][D];     // unnormalised
-  __shared__ float s_w[kMaxClusters][kHeadsPerCta];        // merge weights
+  __shared__ __align__(16) float c_o[kHeadsPerCta][D];    // unnormalised
+  __shared__ float s_w[kMaxClusters][kHeadsPerCta];       // merge weights
   __shared__ float s_mx[kHeadsPerCta], s_den[kHeadsPerCta];
   __shared__ int sm_last;
   __shared__ int32_t s_page[kIdsPerRound];
@@ -199,78 +199,79 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       s_valid[i - r0] = uint8_t(max(0, min(kPageTokens, num_keys - blk * kPageTokens)));
     }
     __syncthreads();
-  for (int32_t i = r0 + warp; i < r1; i += kWarps) {
-    const int32_t page = s_page[i - r0];
-    const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
-    const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
-    uint4 kr[2][KS];
+    for (int32_t i = r0 + warp; i < r1; i += kWarps) {
+      const int32_t page = s_page[i - r0];
+      const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
+      const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
+      uint4 kr[2][KS];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+      for (int half = 0; half < 2; ++half) {
 #pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+        for (int s = 0; s < KS; ++s) {
+          kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+        }
       }
-    }
-    uint32_t vw[4][4 * VJ];  // token rows 2c, 2c+1, 2c+8, 2c+9; dims 64j + 8r + [0, 8)
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
-#pragma unroll
-      for (int j = 0; j < VJ; ++j) {
-        const uint4 w = detail::LoadStream(vp + tok * D + 64 * j + 8 * r);
-        vw[t][4 * j] = w.x, vw[t][4 * j + 1] = w.y, vw[t][4 * j + 2] = w.z, vw[t][4 * j + 3] = w.w;
-      }
-    }
-
-    float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int s = 0; s < KS; ++s) {
-      const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
-      detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
-      detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
-      detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
-      detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
-    }
-    // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
-    const int valid = s_valid[i - r0];
-    float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
-                  s1[1] * a.scale_log2};
-    if (valid < kPageTokens) {
+      uint32_t vw[4][4 * VJ];  // token rows 2c, 2c+1, 2c+8, 2c+9; dims 64j + 8r + [0, 8)
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
-        if (tok >= valid) {
-          x[t] = -INFINITY;
 #pragma unroll
-          for (int w = 0; w < 4 * VJ; ++w) vw[t][w] = 0u;  // stale slots may hold NaN bits
+        for (int j = 0; j < VJ; ++j) {
+          const uint4 w = detail::LoadStream(vp + tok * D + 64 * j + 8 * r);
+          vw[t][4 * j] = w.x, vw[t][4 * j + 1] = w.y, vw[t][4 * j + 2] = w.z,
+                    vw[t][4 * j + 3] = w.w;
         }
       }
-    }
-    const float page_max = detail::QuadMax(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])));
-    const float m_new = fmaxf(m, page_max);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float corr = exp2f(m - m_use);
-    float pr[4];
+
+      float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int t = 0; t < 4; ++t) pr[t] = exp2f(x[t] - m_use);
-    l = l * corr + (pr[0] + pr[1]) + (pr[2] + pr[3]);
-    m = m_new;
-    // O^T columns are heads 2c and 2c+1, whose states live in lanes 8c and 8c+4.
-    const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * c);
-    const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
-    const uint32_t pb0 = detail::PackBf16(pr[0], pr[1]);
-    const uint32_t pb1 = detail::PackBf16(pr[2], pr[3]);
+      for (int s = 0; s < KS; ++s) {
+        const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
+        detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
+        detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
+        detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
+        detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
+      }
+      // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
+      const int valid = s_valid[i - r0];
+      float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
+                    s1[1] * a.scale_log2};
+      if (valid < kPageTokens) {
 #pragma unroll
-    for (int i = 0; i < E; ++i) {
-      o[i][0] *= corr_a, o[i][1] *= corr_b, o[i][2] *= corr_a, o[i][3] *= corr_b;
-      const int u0 = i, u1 = E + i;  // this lane's dim slots for rows r and r + 8 of m-tile i
-      const uint32_t a0 = detail::PairHalves(vw[0][u0 / 2], vw[1][u0 / 2], u0 & 1);
-      const uint32_t a1 = detail::PairHalves(vw[0][u1 / 2], vw[1][u1 / 2], u1 & 1);
-      const uint32_t a2 = detail::PairHalves(vw[2][u0 / 2], vw[3][u0 / 2], u0 & 1);
-      const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
-      detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
+        for (int t = 0; t < 4; ++t) {
+          const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
+          if (tok >= valid) {
+            x[t] = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < 4 * VJ; ++w) vw[t][w] = 0u;  // stale slots may hold NaN bits
+          }
+        }
+      }
+      const float page_max = detail::QuadMax(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])));
+      const float m_new = fmaxf(m, page_max);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float corr = exp2f(m - m_use);
+      float pr[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) pr[t] = exp2f(x[t] - m_use);
+      l = l * corr + (pr[0] + pr[1]) + (pr[2] + pr[3]);
+      m = m_new;
+      // O^T columns are heads 2c and 2c+1, whose states live in lanes 8c and 8c+4.
+      const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * c);
+      const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
+      const uint32_t pb0 = detail::PackBf16(pr[0], pr[1]);
+      const uint32_t pb1 = detail::PackBf16(pr[2], pr[3]);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        o[i][0] *= corr_a, o[i][1] *= corr_b, o[i][2] *= corr_a, o[i][3] *= corr_b;
+        const int u0 = i, u1 = E + i;  // this lane's dim slots for rows r and r + 8 of m-tile i
+        const uint32_t a0 = detail::PairHalves(vw[0][u0 / 2], vw[1][u0 / 2], u0 & 1);
+        const uint32_t a1 = detail::PairHalves(vw[0][u1 / 2], vw[1][u1 / 2], u1 & 1);
+        const uint32_t a2 = detail::PairHalves(vw[2][u0 / 2], vw[3][u0 / 2], u0 & 1);
+        const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
+        detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
+      }
     }
-  }
   }
   l = detail::QuadSum(l);
 
@@ -314,7 +315,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       for (int q = 0; q < csize; ++q) mx = fmaxf(mx, *cluster.map_shared_rank(&c_m[tid], q));
       float den = 0.0f;
       for (int q = 0; q < csize; ++q) {
-        const float wt = mx == -INFINITY ? 0.0f : exp2f(*cluster.map_shared_rank(&c_m[tid], q) - mx);
+        const float wt =
+            mx == -INFINITY ? 0.0f : exp2f(*cluster.map_shared_rank(&c_m[tid], q) - mx);
         s_w[q][tid] = wt;
         den += wt * *cluster.map_shared_rank(&c_l[tid], q);
       }
@@ -345,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       int* counter = a.counters + size_t(b) * gridDim.y + y;
       if (tid == 0) sm_last = atomicAdd(counter, 1) == nclusters - 1;
       __syncthreads();
-      if (sm_last) {  // last leader: fold the <= 32 cluster partials of this row
+      if (sm_last) {                 // last leader: fold the <= 32 cluster partials of this row
         if (tid == 0) *counter = 0;  // ready for the next launch
         __threadfence();
         if (tid < kHeadsPerCta) {
@@ -385,11 +387,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 absl::Status Validate(const DecodeAttentionParams& p) {
   if (p.kv.k == nullptr || p.kv.v == nullptr || p.q == nullptr || p.out == nullptr ||
       p.num_keys == nullptr || p.page_tables == nullptr) {
-    return absl::InvalidArgumentError("DecodeAttentionCuda: null k, v, q, out, num_keys or page_tables");
+    return absl::InvalidArgumentError(
+        "DecodeAttentionCuda: null k, v, q, out, num_keys or page_tables");
   }
   if (p.kv.head_dim != 64 && p.kv.head_dim != 128) {
-    return absl::InvalidArgumentError(absl::StrCat("DecodeAttentionCuda: head_dim ", p.kv.head_dim,
-                                                   " (supported: 64, 128)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeAttentionCuda: head_dim ", p.kv.head_dim, " (supported: 64, 128)"));
   }
   if (p.kv.num_kv_heads <= 0 || p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("DecodeAttentionCuda: num_heads ", p.num_heads,
@@ -397,7 +400,8 @@ absl::Status Validate(const DecodeAttentionParams& p) {
                                                    p.kv.num_kv_heads));
   }
   if (p.batch <= 0 || p.batch > 65535 || p.max_num_keys < 0 || p.page_table_stride <= 0) {
-    return absl::InvalidArgumentError("DecodeAttentionCuda: bad batch, max_num_keys or page_table_stride");
+    return absl::InvalidArgumentError(
+        "DecodeAttentionCuda: bad batch, max_num_keys or page_table_stride");
   }
   if (p.blocks != nullptr && (p.num_blocks == nullptr || p.blocks_stride <= 0 ||
                               p.max_num_blocks < 0 || p.max_num_blocks > p.blocks_stride)) {
@@ -409,9 +413,7 @@ absl::Status Validate(const DecodeAttentionParams& p) {
 
 }  // namespace
 
-size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p) {
-  return PlanDecode(p).bytes;
-}
+size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p) { return PlanDecode(p).bytes; }
 
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream) {
   if (auto st = Validate(p); !st.ok()) return st;

@@ -5,10 +5,11 @@
 //    page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
 //  * every CTA scores 256 blocks with 4 lanes per block (16-byte streaming loads of the bf16
 //    min/max rows, q in registers) and stores order-preserving uint32 keys of the fp32 scores;
-//  * the last CTA of a (sequence, head) to arrive (atomic counter, self-resetting) runs a
-//    3-pass radix select (11/11/10 bits, shared-memory histograms) for the n-th largest key T
-//    (after the first pass only the keys of the pivot bin are kept, when they fit), then writes, in ascending block order, every block with key > T and the lowest-numbered
-//    blocks with key == T: (score desc, block asc) exactly as TopBlocks, without any sort.
+//  * the last CTA of a (sequence, head) to arrive (atomic counter, self-resetting) keeps block
+//    M - 1 and radix-selects the threshold T of the other n - 1 (11-bit shared-memory histograms
+//    over key - min, candidates compacted after the first pass), then writes, in ascending block
+//    order, every block with key > T and the lowest-numbered blocks with key == T: (score desc,
+//    block asc) exactly as TopBlocks, without any sort.
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -22,10 +23,11 @@ namespace {
 
 constexpr int kSelThreads = 512;
 constexpr int kSelWarps = kSelThreads / 32;
-constexpr int kSelChunk = 256;         // blocks scored per CTA
-constexpr int kMaxSmemKeys = 16384;  // multiple of 4    // up to 256K tokens the keys are selected in shared memory
+constexpr int kSelChunk = 256;  // blocks scored per CTA
+constexpr int kMaxSmemKeys =
+    16384;  // multiple of 4    // up to 256K tokens the keys are selected in shared memory
 constexpr int kRadixBins = 2048;
-constexpr int kMaxCandidates = 4096;   // keys of the pivot bin kept after the first pass
+constexpr int kMaxCandidates = 4096;  // keys of the pivot bin kept after the first pass
 
 struct SelectPlan {
   int32_t max_blocks = 0;
@@ -78,7 +80,8 @@ __device__ __forceinline__ void WarpHistAdd(uint32_t* hist, uint32_t bin, bool a
 }
 
 // Appends the active lanes' values to list[*count ...]; one atomic per warp. All 32 lanes call.
-__device__ __forceinline__ void WarpAppend(uint32_t* list, uint32_t* count, uint32_t v, bool active) {
+__device__ __forceinline__ void WarpAppend(uint32_t* list, uint32_t* count, uint32_t v,
+                                           bool active) {
   const uint32_t act = __ballot_sync(0xffffffffu, active);
   const int lane = threadIdx.x % 32;
   uint32_t base = 0;
@@ -343,7 +346,8 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   for (int32_t base = wlo; base < whi; base += 128) {
     uint32_t k[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+    for (int j = 0; j < 4; ++j)
+      k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const bool ok = base + 32 * j + lane < whi;
@@ -361,7 +365,8 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   for (int32_t base = wlo; base < whi; base += 128) {
     uint32_t k[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+    for (int j = 0; j < 4; ++j)
+      k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int32_t i = base + 32 * j + lane;
@@ -447,15 +452,15 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
         "SelectBlocksCuda: null q, num_keys, page_tables, blocks or num_blocks, or only one of "
         "k_new / v_new");
   }
-  if (p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0 || p.batch <= 0 ||
-      p.batch > 65535 || p.max_num_keys < 0 || p.page_table_stride <= 0) {
+  if (p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0 || p.batch <= 0 || p.batch > 65535 ||
+      p.max_num_keys < 0 || p.page_table_stride <= 0) {
     return absl::InvalidArgumentError("SelectBlocksCuda: bad num_heads, batch or max_num_keys");
   }
   const SelectPlan plan = PlanSelect(p);
   const int32_t n_max = NumSelectedBlocksCuda(plan.max_blocks, p.ratio, p.min_blocks);
   if (p.blocks_stride < n_max) {
-    return absl::InvalidArgumentError(absl::StrCat("SelectBlocksCuda: blocks_stride ",
-                                                   p.blocks_stride, " < ", n_max));
+    return absl::InvalidArgumentError(
+        absl::StrCat("SelectBlocksCuda: blocks_stride ", p.blocks_stride, " < ", n_max));
   }
   if (p.workspace == nullptr || p.workspace_bytes < plan.bytes) {
     return absl::InvalidArgumentError(absl::StrCat("SelectBlocksCuda: workspace of ",
@@ -467,7 +472,8 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   a.group = p.num_heads / p.kv.num_kv_heads;
   a.key_stride = plan.key_stride;
   if (int64_t(p.batch) * p.kv.num_kv_heads > kWorkspaceCounters) {
-    return absl::InvalidArgumentError("SelectBlocksCuda: batch x num_kv_heads exceeds the counters");
+    return absl::InvalidArgumentError(
+        "SelectBlocksCuda: batch x num_kv_heads exceeds the counters");
   }
   a.keys = reinterpret_cast<uint32_t*>(static_cast<char*>(p.workspace) + plan.keys_offset);
   a.counters = static_cast<int*>(p.workspace);

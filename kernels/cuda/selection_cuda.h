@@ -76,7 +76,7 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
 // n = max(ceil(ratio * M), min(M, min_blocks)) with the product in fp32, exactly as the CPU
 // NumSelectedBlocks (host and device share this definition).
 __host__ __device__ inline int32_t NumSelectedBlocksCuda(int32_t num_blocks, float ratio,
-                                                        int32_t min_blocks) {
+                                                         int32_t min_blocks) {
   if (ratio >= 1.0f) return num_blocks;
   const float prod = ratio * static_cast<float>(num_blocks);
   int32_t n = static_cast<int32_t>(ceilf(prod));

@@ -51,7 +51,7 @@ std::vector<SelectCase> SelectCases() {
       cases.push_back({"short", {1, 15, 16, 17, 4097}, d, g, 0.1f});
       cases.push_back({"ragged8", ragged8, d, g, 0.1f});
     }
-    cases.push_back({"len262144", {262144}, d, 7, 0.1f});     // 16384 blocks: keys in smem
+    cases.push_back({"len262144", {262144}, d, 7, 0.1f});      // 16384 blocks: keys in smem
     cases.push_back({"len300001", {300001, 33}, d, 6, 0.1f});  // keys selected from L2
   }
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
@@ -194,7 +194,8 @@ TEST_P(WriteKvTest, EqualsWriteTokenKvThenRecomputeSummary) {
       WriteTokenKv(cache.cpu, cache.table(s)[pos / kPageTokens], pos % kPageTokens, k.data() + src,
                    v.data() + src);
     }
-    for (int32_t blk = first[s] / kPageTokens; blk <= (first[s] + count[s] - 1) / kPageTokens; ++blk) {
+    for (int32_t blk = first[s] / kPageTokens; blk <= (first[s] + count[s] - 1) / kPageTokens;
+         ++blk) {
       RecomputeSummary(cache.cpu, cache.table(s)[blk], std::min(16, lens[s] - blk * kPageTokens));
     }
   }

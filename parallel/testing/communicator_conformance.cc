@@ -22,7 +22,7 @@ class HostBuffers final : public TestBuffers {
   void CopyOut(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
 };
 
-constexpr absl::Duration kTimeout = absl::Seconds(20);  // ordinary tests: generous
+constexpr absl::Duration kTimeout = absl::Seconds(20);      // ordinary tests: generous
 constexpr absl::Duration kShort = absl::Milliseconds(300);  // timeout tests
 // A timeout must surface within its deadline plus this much (polling, scheduling on 2 cores).
 constexpr absl::Duration kSlack = absl::Seconds(5);
@@ -244,7 +244,7 @@ TEST_P(CommunicatorConformance, SendThenRecvPairs) {
     const int r = comm.rank();
     const int peer = r % 2 == 0 ? r + 1 : r - 1;
     if (peer >= comm.size()) return;  // odd size: the last rank sits out
-    const size_t n = 100003;  // large enough for a rendezvous protocol
+    const size_t n = 100003;          // large enough for a rendezvous protocol
     TestArray<int32_t> out(buf, n), in(buf, n);
     out.Upload(Contribution<DataType::kInt32>(r, n, 3));
     for (int turn = 0; turn < 2; ++turn) {

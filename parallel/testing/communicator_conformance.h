@@ -71,7 +71,7 @@ struct ConformanceTarget {
   // Runs body once for each rank this process hosts, in a fresh group whose operations time out
   // after `timeout`; returns when they all finished.
   std::function<void(absl::Duration timeout, const RankBody& body)> run;
-  bool bf16_reduce = true;         // MPI refuses bf16 reductions
+  bool bf16_reduce = true;          // MPI refuses bf16 reductions
   bool late_peer_completes = true;  // a late collective still matches one that timed out
                                     // (not on NCCL: peers abort their communicators)
 };

@@ -97,9 +97,9 @@ void ExpectIdenticalOnAllRanks(Communicator& sp, const std::vector<float>& mine)
   std::vector<float> all(mine.size() * size_t(sp.size()));
   ASSERT_TRUE(sp.AllGather(DataType::kFloat32, mine.data(), all.data(), mine.size()).ok());
   for (int r = 0; r < sp.size(); ++r) {
-    EXPECT_EQ(std::memcmp(all.data() + size_t(r) * mine.size(), mine.data(),
-                          mine.size() * sizeof(float)),
-              0)
+    EXPECT_EQ(
+        std::memcmp(all.data() + size_t(r) * mine.size(), mine.data(), mine.size() * sizeof(float)),
+        0)
         << "rank " << r << " holds a different merged state than rank " << sp.rank();
   }
 }
@@ -147,15 +147,55 @@ void CheckDistributedSelection(Communicator& sp, uint32_t seed) {
       }
     }
   }
-  // Ranks that disagree on n all fail, naming the disagreement; the communicator stays usable.
+  // A batch: several sequences of different lengths x heads, one exchange for all rows.
+  {
+    struct Seq {
+      int32_t m, n;
+      std::vector<float> scores;  // [hkv][m]
+      std::vector<int32_t> owned, want, got;
+      std::vector<float> local;  // [hkv][owned]
+    };
+    const int hkv = 2;
+    std::vector<Seq> seqs;
+    for (int32_t m : {7, 1, 33}) {
+      Seq q{m, NumSelectedBlocks(m, 0.3f, 2), std::vector<float>(size_t(hkv) * m), {}, {}, {}, {}};
+      for (float& x : q.scores) x = values[rng.Next() % 7];
+      q.owned = OwnedBlocks(shard, m);
+      q.want.resize(size_t(hkv) * q.n);
+      q.got.assign(q.want.size(), -7);
+      TopBlocks(q.scores.data(), hkv, m, q.n, q.want.data());
+      for (int h = 0; h < hkv; ++h) {
+        for (int32_t b : q.owned) q.local.push_back(q.scores[size_t(h) * m + b]);
+      }
+      seqs.push_back(std::move(q));
+    }
+    std::vector<SelectionRow> rows;
+    for (Seq& q : seqs) {
+      const int32_t own = int32_t(q.owned.size());
+      for (int h = 0; h < hkv; ++h) {
+        rows.push_back({q.local.data() + size_t(h) * own, q.owned.data(), own, q.n,
+                        q.got.data() + size_t(h) * q.n});
+      }
+    }
+    const absl::Status st = SelectBlocksAcrossRanks(sp, rows);
+    ASSERT_TRUE(st.ok()) << st;
+    for (const Seq& q : seqs) EXPECT_EQ(q.got, q.want) << "batch, M " << q.m << " S " << sp.size();
+  }
+  // Ranks that disagree on the rows' n (with the same payload size) all fail, naming the
+  // disagreement; the communicator stays usable. (A disagreement that changes the payload size
+  // is a collective mismatch: the fake reports it, MPI's behaviour is undefined.)
   if (sp.size() > 1) {
+    const bool odd = sp.rank() == 0;
     std::vector<int32_t> owned = OwnedBlocks(shard, 8);
     std::vector<float> local(owned.size(), 1.0f);
-    std::vector<int32_t> got(2);
-    const absl::Status st = SelectBlocksAcrossRanks(sp, local.data(), owned, 1,
-                                                    sp.rank() == 0 ? 2 : 1, got.data());
+    int32_t out_a[2], out_b[2];
+    const int32_t own = int32_t(owned.size());
+    const SelectionRow rows[2] = {{local.data(), owned.data(), own, odd ? 2 : 1, out_a},
+                                  {local.data(), owned.data(), own, odd ? 1 : 2, out_b}};
+    const absl::Status st = SelectBlocksAcrossRanks(sp, rows);
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-    EXPECT_NE(st.message().find("selects n ="), std::string::npos) << st;
+    EXPECT_NE(st.message().find("every rank must pass the same rows and n"), std::string::npos)
+        << st;
     EXPECT_TRUE(sp.health().ok());
   }
 }
@@ -184,8 +224,8 @@ void CheckShardedDenseAttention(Communicator& sp, uint32_t seed) {
     const std::vector<int32_t> owned = OwnedBlocks(s, seq.num_blocks);
     std::vector<AttentionRow> mine(static_cast<size_t>(rows));
     for (int i = 0; i < rows; ++i) {
-      mine[size_t(i)] = {shard.expanded.data(), whole[size_t(i)].num_keys, true, owned.data(),
-                         int32_t(owned.size()), 0};
+      mine[size_t(i)] = {shard.expanded.data(), whole[size_t(i)].num_keys, true,
+                         owned.data(),          int32_t(owned.size()),     0};
     }
     std::vector<float> o(q.size()), lse(want_lse.size());
     PagedAttention(shard.cache.layer, params, q.data(), mine, o.data(), lse.data());
@@ -244,8 +284,7 @@ void CheckShardedSparseStep(Communicator& sp, uint32_t seed) {
     }
     const std::vector<int32_t> owned = OwnedBlocks(s, m);
     std::vector<int32_t> sel(want_sel.size());
-    absl::Status st =
-        SelectBlocksAcrossRanks(sp, local_scores.data(), owned, hkv, n, sel.data());
+    absl::Status st = SelectBlocksAcrossRanks(sp, local_scores.data(), owned, hkv, n, sel.data());
     ASSERT_TRUE(st.ok()) << st;
     EXPECT_EQ(sel, want_sel) << "keys " << num_keys << " n " << n;
     std::vector<int32_t> mine;

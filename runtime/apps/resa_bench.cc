@@ -3,6 +3,7 @@
 //   resa-bench generate   CPU prefill and decode tokens/s at several contexts, bytes read per
 //                         decoded token, and that traffic rate against the memory-copy ceiling.
 //   resa-bench attention  CPU decode attention per layer: dense vs sparse vs ReSA.
+//   resa-bench kernels    GPU attention kernels vs the device copy ceiling and PyTorch SDPA.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/apps/attention_bench.h"
 #include "runtime/apps/bench_util.h"
+#include "runtime/apps/kernels_bench.h"
 #include "runtime/apps/model_loading.h"
 #include "runtime/core/sysinfo.h"
 #include "runtime/engine/cpu_model.h"
@@ -126,6 +128,7 @@ int main(int argc, char** argv) {
   g->add_option("-t,--threads", gen.threads, "CPU threads; 0 = all cores")->capture_default_str();
   g->callback([&] { exit_code = resa::RunGenerateBench(gen); });
   resa::AddAttentionBenchCommand(app, exit_code);
+  resa::AddKernelsBenchCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

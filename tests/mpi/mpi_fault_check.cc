@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
   if (!comm.Barrier().ok()) return 1;
   if (comm.rank() == comm.size() - 1) {
     if (std::strcmp(argv[1], "die") == 0) _exit(3);  // no finalise: a crashed rank
-    sleep(60);                                        // a hung rank: mpirun ends it
+    sleep(60);                                       // a hung rank: mpirun ends it
     return 0;
   }
   int32_t x = 1;

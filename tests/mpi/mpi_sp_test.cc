@@ -41,7 +41,7 @@ TEST(MpiGrid, EveryFactorisationBuildsWorkingGroups) {
   for (int tp = 1; tp <= world.size(); ++tp) {
     if (world.size() % tp != 0) continue;
     const int sp = world.size() / tp;
-    auto grid = ProcessGrid::Create(world.rank(), world.size(), tp, sp, 8, 4);
+    auto grid = ProcessGrid::Create(world.rank(), world.size(), tp, sp, 24, 12);
     ASSERT_TRUE(grid.ok()) << grid.status();
     auto comms = BuildGridCommunicators(*grid, world);
     ASSERT_TRUE(comms.ok()) << comms.status();

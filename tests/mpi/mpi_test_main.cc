@@ -2,12 +2,11 @@
 // process runs the same tests in the same order (each test splits its own communicator off the
 // world, so a test that breaks its communicator leaves the others intact). Ranks other than 0
 // print only failures.
-#include "tests/mpi/mpi_world.h"
-
 #include <cstdio>
 
 #include "gtest/gtest.h"
 #include "parallel/communicator_factory.h"
+#include "tests/mpi/mpi_world.h"
 
 namespace resa::testing {
 namespace {

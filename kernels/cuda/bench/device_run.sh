@@ -33,9 +33,12 @@ echo "bench rc=$? in $(( $(date +%s) - start )) s" | tee -a "$out/bench.txt"
 cat "$out/bench.txt"
 
 if command -v ncu >/dev/null; then
-  timeout 90 ncu --clock-control none -k regex:'DecodeKernel|ChunkKernel|SelectKernel' -c 40 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-    "$build/bin/resa-kernels-bench" kernels --no-sdpa --models 7B --contexts 262144 --batches 1 \
-    --iters 1 --prefill-tokens 0 >"$out/ncu.txt" 2>&1
+  # Where the fused selection spends its time (warp stalls), batch 1, 32K and 256K contexts.
+  for ctx in 32768 262144; do
+    timeout 60 ncu --clock-control none -k regex:SelectKernel -c 1 --section SpeedOfLight \
+      --section WarpStateStats --section Occupancy --section SourceCounters \
+      "$build/bin/resa-kernels-bench" kernels --no-sdpa --models 1.5B --contexts $ctx --batches 1 \
+      --iters 1 --prefill-tokens 0 >>"$out/ncu.txt" 2>&1
+  done
   echo "ncu rc=$?" >>"$out/ncu.txt"
 fi
