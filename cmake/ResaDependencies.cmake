@@ -8,7 +8,25 @@ find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
-pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+# OpenBLAS: prefer Debian's OpenMP build, which shares the OpenMP thread pool of the CPU kernels
+# (the pthreads build brings a second pool, and the two fight over the cores between a GEMM and
+# the OpenMP loops around it). Its directory is not the default library path, so the build RPATH
+# records it.
+set(_openblas_omp_dir /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp)
+find_library(RESA_OPENBLAS_OPENMP_LIB openblas PATHS ${_openblas_omp_dir} NO_DEFAULT_PATH)
+find_path(RESA_OPENBLAS_OPENMP_INCLUDE cblas.h
+          PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+if(RESA_OPENBLAS_OPENMP_LIB AND RESA_OPENBLAS_OPENMP_INCLUDE)
+  add_library(resa_openblas INTERFACE)
+  target_link_libraries(resa_openblas INTERFACE ${RESA_OPENBLAS_OPENMP_LIB})
+  target_include_directories(resa_openblas SYSTEM INTERFACE ${RESA_OPENBLAS_OPENMP_INCLUDE})
+  add_library(PkgConfig::OPENBLAS ALIAS resa_openblas)
+  message(STATUS "OpenBLAS: OpenMP build ${RESA_OPENBLAS_OPENMP_LIB}")
+else()
+  pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+  message(STATUS "OpenBLAS: ${OPENBLAS_LINK_LIBRARIES} (install libopenblas-openmp-dev for the "
+                 "OpenMP build, which avoids two thread pools competing)")
+endif()
 if(RESA_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
@@ -48,7 +66,7 @@ if(RESA_HAVE_CUDA)
     set(CMAKE_CUDA_ARCHITECTURES 90a)
   endif()
   enable_language(CUDA)
-  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 does not know nvcc 13's C++20 flag
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit REQUIRED)
 endif()

@@ -40,8 +40,15 @@ function(resa_add_test name)
     set(ARG_LABELS unit)
   endif()
   add_test(NAME ${name} COMMAND ${name} --gtest_brief=0)
+  # OMP_WAIT_POLICY=passive: ctest runs tests side by side, and spinning OpenMP threads
+  # oversubscribing the cores would make every parallel region wait for a descheduled thread.
   set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}"
-                       ENVIRONMENT "RESA_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+                       ENVIRONMENT "RESA_SOURCE_DIR=${PROJECT_SOURCE_DIR};OMP_WAIT_POLICY=passive")
+  if("gpu" IN_LIST ARG_LABELS)
+    # Without a GPU every case skips with "no CUDA device: ..."; ctest reports the test as
+    # skipped (not passed) so CPU-only runs never count GPU tests as passes.
+    set_tests_properties(${name} PROPERTIES SKIP_REGULAR_EXPRESSION "no CUDA device")
+  endif()
 endfunction()
 
 # resa_add_fuzzer(name SOURCE src DEPS ... CORPUS dir): libFuzzer target plus a short ctest run

@@ -7,7 +7,7 @@ source "$(dirname "$0")/common.sh"
 packages=(build-essential cmake ninja-build pkg-config git ca-certificates python3 python3-venv
   unzip libabsl-dev libpcre2-dev libutf8proc-dev libopenblas-dev libcli11-dev libspdlog-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev clang libopenmpi-dev openmpi-bin
-  gnuplot-nox)
+  libopenblas-openmp-dev gnuplot-nox)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

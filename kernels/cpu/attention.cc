@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -24,6 +26,18 @@ void ForEachBlock(const AttentionRow& row, int h, Fn&& fn) {
     const int32_t* list = row.blocks + size_t(h) * row.blocks_stride;
     for (int32_t i = 0; i < row.num_blocks; ++i) fn(list[i]);
   }
+}
+
+// Number of entries a row lists for any KV head: its blocks (dense) or its block list (sparse).
+inline int32_t NumListed(const AttentionRow& row) {
+  return row.sparse ? row.num_blocks : (row.num_keys + kPageTokens - 1) / kPageTokens;
+}
+
+// Calls fn(block) for list entries [begin, end) of a row for KV head h.
+template <typename Fn>
+void ForEachBlockIn(const AttentionRow& row, int h, int32_t begin, int32_t end, Fn&& fn) {
+  const int32_t* list = row.sparse ? row.blocks + size_t(h) * row.blocks_stride : nullptr;
+  for (int32_t i = begin; i < end; ++i) fn(list != nullptr ? list[i] : i);
 }
 
 inline float Dot(const float* a, const float* b, int n) {
@@ -85,21 +99,38 @@ void PagedAttention(const PagedKvLayer& kv, const AttentionParams& p, const floa
   const int hkv = kv.num_kv_heads;
   const int group = p.num_heads / hkv;
   const int64_t tasks = int64_t(rows.size()) * hkv;
+  // Split each (row, KV head) over its blocks when there are fewer tasks than threads can share
+  // evenly (one decode row with 2-3 KV heads on 2 threads), then merge the splits by LSE.
+  int32_t max_blocks = 0;
+  for (const AttentionRow& row : rows) max_blocks = std::max(max_blocks, NumListed(row));
+  const int threads = omp_get_max_threads();
+  int splits = 1;
+  if (tasks < 4 * int64_t(threads)) {
+    splits = int((4 * int64_t(threads) + tasks - 1) / std::max<int64_t>(tasks, 1));
+    splits = std::max(1, std::min(splits, max_blocks / 8));  // >= 8 blocks per split
+  }
+  const int64_t work = tasks * splits;
+  std::vector<float> part_acc(size_t(work) * group * d), part_m(size_t(work) * group),
+      part_l(size_t(work) * group);
 #pragma omp parallel
   {
-    std::vector<float> acc(size_t(group) * d);
-    std::vector<float> m(group), l(group);
     float s[kPageTokens];
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
+    for (int64_t w = 0; w < work; ++w) {
+      const int64_t task = w / splits;
+      const int split = int(w % splits);
       const size_t r = size_t(task / hkv);
       const int h = int(task % hkv);
       const AttentionRow& row = rows[r];
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      std::fill(m.begin(), m.end(), kNegInf);
-      std::fill(l.begin(), l.end(), 0.0f);
+      float* acc = part_acc.data() + size_t(w) * group * d;
+      float* m = part_m.data() + size_t(w) * group;
+      float* l = part_l.data() + size_t(w) * group;
+      std::fill(acc, acc + size_t(group) * d, 0.0f);
+      std::fill(m, m + group, kNegInf);
+      std::fill(l, l + group, 0.0f);
+      const int32_t n = NumListed(row);
       const float* qg = q + (r * p.num_heads + size_t(h) * group) * d;
-      ForEachBlock(row, h, [&](int32_t b) {
+      ForEachBlockIn(row, h, n * split / splits, n * (split + 1) / splits, [&](int32_t b) {
         const int valid = std::min<int32_t>(kPageTokens, row.num_keys - b * kPageTokens);
         if (valid <= 0) return;
         const int32_t page = row.page_table[b];
@@ -114,7 +145,7 @@ void PagedAttention(const PagedKvLayer& kv, const AttentionParams& p, const floa
           }
           const float m_new = std::max(m[jj], bmax);
           const float corr = m[jj] == kNegInf ? 0.0f : FastExp(m[jj] - m_new);
-          float* a = acc.data() + size_t(jj) * d;
+          float* a = acc + size_t(jj) * d;
           float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
           for (int t = 0; t < valid; ++t) {
@@ -124,23 +155,39 @@ void PagedAttention(const PagedKvLayer& kv, const AttentionParams& p, const floa
 #pragma omp simd
           for (int c = 0; c < d; ++c) a[c] *= corr;
           for (int t = 0; t < valid; ++t) {
-            const float w = s[t];
+            const float wt = s[t];
             const float* vt = vp + size_t(t) * d;
 #pragma omp simd
-            for (int c = 0; c < d; ++c) a[c] += w * vt[c];
+            for (int c = 0; c < d; ++c) a[c] += wt * vt[c];
           }
           l[jj] = l[jj] * corr + sum;
           m[jj] = m_new;
         }
       });
-      for (int jj = 0; jj < group; ++jj) {
-        const size_t head = r * p.num_heads + size_t(h) * group + jj;
-        float* o = out + head * d;
-        const float inv = l[jj] > 0 ? 1.0f / l[jj] : 0.0f;
-        const float* a = acc.data() + size_t(jj) * d;
-        for (int c = 0; c < d; ++c) o[c] = a[c] * inv;
-        if (lse_ln != nullptr) lse_ln[head] = l[jj] > 0 ? m[jj] + std::log(l[jj]) : kNegInf;
+    }
+  }
+  // Merge the splits of each (row, KV head) and normalise.
+  for (int64_t task = 0; task < tasks; ++task) {
+    const size_t r = size_t(task / hkv);
+    const int h = int(task % hkv);
+    for (int jj = 0; jj < group; ++jj) {
+      float mx = kNegInf;
+      for (int sp = 0; sp < splits; ++sp) mx = std::max(mx, part_m[size_t(task * splits + sp) * group + jj]);
+      const size_t head = r * p.num_heads + size_t(h) * group + jj;
+      float* o = out + head * d;
+      std::fill(o, o + d, 0.0f);
+      float total = 0.0f;
+      for (int sp = 0; sp < splits; ++sp) {
+        const size_t idx = size_t(task * splits + sp) * group + jj;
+        if (part_l[idx] <= 0.0f) continue;
+        const float wgt = splits == 1 ? 1.0f : std::exp(part_m[idx] - mx);
+        total += part_l[idx] * wgt;
+        const float* a = part_acc.data() + idx * d;
+        for (int c = 0; c < d; ++c) o[c] += a[c] * wgt;
       }
+      const float inv = total > 0 ? 1.0f / total : 0.0f;
+      for (int c = 0; c < d; ++c) o[c] *= inv;
+      if (lse_ln != nullptr) lse_ln[head] = total > 0 ? mx + std::log(total) : kNegInf;
     }
   }
 }

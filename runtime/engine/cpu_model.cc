@@ -13,6 +13,35 @@
 
 namespace resa {
 
+absl::StatusOr<std::unique_ptr<CpuModel>> CpuModel::Create(const CpuWeights& weights,
+                                                           KvCache& cache, ModelGroups groups) {
+  const TpShard& ts = weights.shard;
+  const int tp_size = groups.tp != nullptr ? groups.tp->size() : 1;
+  const int tp_rank = groups.tp != nullptr ? groups.tp->rank() : 0;
+  if (tp_size != ts.size || tp_rank != ts.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("weights of TP rank ", ts.rank, " of ", ts.size,
+                                                   " used by TP rank ", tp_rank, " of ", tp_size));
+  }
+  const SequenceShard& ss = cache.shard();
+  const int sp_size = groups.sp != nullptr ? groups.sp->size() : 1;
+  const int sp_rank = groups.sp != nullptr ? groups.sp->rank() : 0;
+  if (sp_size != ss.size || sp_rank != ss.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache of SP rank ", ss.rank, " of ", ss.size,
+                                                   " used by SP rank ", sp_rank, " of ", sp_size));
+  }
+  if (cache.layer(0).num_kv_heads != ts.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache holds ", cache.layer(0).num_kv_heads,
+                                                   " KV heads, the TP shard ", ts.num_kv_heads));
+  }
+  for (Communicator* comm : {groups.tp, groups.sp}) {
+    if (comm != nullptr && comm->buffer_location() != BufferLocation::kHost) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(comm->Describe(), ": the CPU model needs a host-buffer communicator"));
+    }
+  }
+  return std::make_unique<CpuModel>(weights, cache, groups);
+}
+
 int64_t CpuModel::NumLogitRows(std::span<const ForwardChunk> chunks) {
   int64_t n = 0;
   for (const ForwardChunk& c : chunks) {
@@ -58,16 +87,19 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
     }
   }
 
-  const int hid = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), inter = c.intermediate_size;
-  const int qkv_dim = qd + 2 * kvd;
+  // Local extents of this rank's TP shard (the model's own on one rank).
+  const TpShard& ts = w_.shard;
+  const int hid = c.hidden_size, d = c.head_dim;
+  const int lq = ts.num_heads * d, lkv = ts.num_kv_heads * d, li = ts.inter_size;
+  const int qkv_dim = lq + 2 * lkv;
   h_.resize(size_t(rows) * hid);
   x_.resize(size_t(rows) * hid);
   qkv_.resize(size_t(rows) * qkv_dim);
-  q_.resize(size_t(rows) * qd);
-  attn_.resize(size_t(rows) * qd);
+  q_.resize(size_t(rows) * lq);
+  attn_.resize(size_t(rows) * lq);
   proj_.resize(size_t(rows) * hid);
-  gu_.resize(size_t(rows) * 2 * inter);
-  act_.resize(size_t(rows) * inter);
+  gu_.resize(size_t(rows) * 2 * li);
+  act_.resize(size_t(rows) * li);
   pos_.resize(rows);
   row_seq_.resize(rows);
 
@@ -81,11 +113,23 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
       row_seq_[r] = int32_t(ci);
     }
   }
+  const SequenceShard& shard = cache_.shard();
+  if (sp_parallel()) {
+    // Page tables by logical block and owned blocks, up to each chunk's end (fixed this forward).
+    expanded_.resize(chunks.size());
+    owned_.resize(chunks.size());
+    for (size_t ci = 0; ci < chunks.size(); ++ci) {
+      const int32_t end = chunk_start_[ci] + int32_t(chunks[ci].tokens.size());
+      const int32_t m = (end + kPageTokens - 1) / kPageTokens;
+      expanded_[ci] = ExpandLocalPageTable(shard, chunks[ci].seq->page_table.data(), m);
+      owned_[ci] = OwnedBlocks(shard, m);
+    }
+  }
 
   const LinearShape qkv_shape{int(rows), hid, qkv_dim};
-  const LinearShape o_shape{int(rows), qd, hid};
-  const LinearShape gu_shape{int(rows), hid, 2 * inter};
-  const LinearShape down_shape{int(rows), inter, hid};
+  const LinearShape o_shape{int(rows), lq, hid};
+  const LinearShape gu_shape{int(rows), hid, 2 * li};
+  const LinearShape down_shape{int(rows), li, hid};
   for (int l = 0; l < c.num_layers; ++l) {
     const CpuLayerWeights& lw = w_.layers[l];
     RmsNorm(h_.data(), lw.input_norm.data(), int(rows), hid, c.rms_norm_eps, x_.data());
@@ -94,15 +138,18 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
     // q to its own buffer; k, v stay in qkv_ and are roped / written from there.
     for (int64_t i = 0; i < rows; ++i) {
       float* src = qkv_.data() + size_t(i) * qkv_dim;
-      std::copy(src, src + qd, q_.data() + size_t(i) * qd);
+      std::copy(src, src + lq, q_.data() + size_t(i) * lq);
     }
-    RopeNeox(q_.data(), int(rows), c.num_heads, c.head_dim, pos_.data(), c.rope_theta);
+    RopeNeox(q_.data(), int(rows), ts.num_heads, d, pos_.data(), c.rope_theta);
     PagedKvLayer kv = cache_.layer(l);
+    // Only the owner of a position's block (SP rank block % S) stores its K/V.
     for (int64_t i = 0; i < rows; ++i) {
-      float* k = qkv_.data() + size_t(i) * qkv_dim + qd;
-      RopeNeox(k, 1, c.num_kv_heads, c.head_dim, &pos_[i], c.rope_theta);
+      const int32_t block = pos_[i] / kPageTokens;
+      if (!shard.Owns(block)) continue;
+      float* k = qkv_.data() + size_t(i) * qkv_dim + lq;
+      RopeNeox(k, 1, ts.num_kv_heads, d, &pos_[i], c.rope_theta);
       const SequenceKv& s = *chunks[row_seq_[i]].seq;
-      WriteTokenKv(kv, s.page_table[pos_[i] / kPageTokens], pos_[i] % kPageTokens, k, k + kvd);
+      WriteTokenKv(kv, cache_.Page(s, block), pos_[i] % kPageTokens, k, k + lkv);
     }
     // Rewritten ranges: WriteTokenKv only widens a summary mid-page, so recompute the pages.
     for (size_t ci = 0; ci < chunks.size(); ++ci) {
@@ -112,19 +159,23 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
       const int32_t end = std::max(ch.seq->length, start + int32_t(ch.tokens.size()));
       const int32_t last = start + int32_t(ch.tokens.size()) - 1;
       for (int32_t b = start / kPageTokens; b <= last / kPageTokens; ++b) {
-        RecomputeSummary(kv, ch.seq->page_table[b], std::min(kPageTokens, end - b * kPageTokens));
+        if (!shard.Owns(b)) continue;
+        RecomputeSummary(kv, cache_.Page(*ch.seq, b), std::min(kPageTokens, end - b * kPageTokens));
       }
     }
-    Attention(l, chunks, pos_.data());
+    RESA_RETURN_IF_ERROR(Attention(l, chunks));
+    // Row-parallel projections: each TP rank holds a partial sum of the output.
     Linear(o_shape, attn_.data(), lw.o.data(), nullptr, proj_.data());
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(std::span<float>(proj_)));
     AddInPlace(h_.data(), proj_.data(), int64_t(rows) * hid);
     RmsNorm(h_.data(), lw.post_norm.data(), int(rows), hid, c.rms_norm_eps, x_.data());
     Linear(gu_shape, x_.data(), lw.gate_up.data(), nullptr, gu_.data());
     for (int64_t i = 0; i < rows; ++i) {
-      const float* g = gu_.data() + size_t(i) * 2 * inter;
-      SiluMul(g, g + inter, inter, act_.data() + size_t(i) * inter);
+      const float* g = gu_.data() + size_t(i) * 2 * li;
+      SiluMul(g, g + li, li, act_.data() + size_t(i) * li);
     }
     Linear(down_shape, act_.data(), lw.down.data(), nullptr, proj_.data());
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(std::span<float>(proj_)));
     AddInPlace(h_.data(), proj_.data(), int64_t(rows) * hid);
   }
 
@@ -142,95 +193,47 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
     r += n;
     ch.seq->length = std::max(ch.seq->length, chunk_start_[ci] + int32_t(n));
   }
+  return Logits(logit_rows, logits);
+}
+
+absl::Status CpuModel::Logits(std::span<const int64_t> logit_rows, float* logits) {
   if (logit_rows.empty()) return absl::OkStatus();
+  const ModelConfig& c = w_.config;
+  const TpShard& ts = w_.shard;
+  const int hid = c.hidden_size;
   const int64_t nl = int64_t(logit_rows.size());
   for (int64_t i = 0; i < nl; ++i) {
     RmsNorm(h_.data() + size_t(logit_rows[i]) * hid, w_.final_norm.data(), 1, hid, c.rms_norm_eps,
             x_.data() + size_t(i) * hid);
   }
-  Linear(LinearShape{int(nl), hid, c.vocab_size}, x_.data(), w_.lm_head_data(), nullptr, logits);
+  if (!tp_parallel()) {
+    Linear(LinearShape{int(nl), hid, c.vocab_size}, x_.data(), w_.lm_head_data(), nullptr, logits);
+    return absl::OkStatus();
+  }
+  // Vocab-parallel lm_head: local rows padded to vocab_chunk, all-gathered, then laid out
+  // [rows][vocab] (rank t holds vocabulary [t * chunk, (t + 1) * chunk)).
+  const int chunk = ts.vocab_chunk, T = tp_->size();
+  logits_local_.assign(size_t(nl) * chunk, 0.0f);
+  logits_all_.resize(size_t(T) * nl * chunk);
+  if (ts.vocab_size > 0) {
+    Linear(LinearShape{int(nl), hid, ts.vocab_size}, x_.data(), w_.lm_head_data(), nullptr,
+           logits_all_.data());
+    for (int64_t i = nl - 1; i >= 0; --i) {
+      std::copy_n(logits_all_.data() + size_t(i) * ts.vocab_size, ts.vocab_size,
+                  logits_local_.data() + size_t(i) * chunk);
+    }
+  }
+  RESA_RETURN_IF_ERROR(
+      tp_->AllGather(std::span<const float>(logits_local_), std::span<float>(logits_all_)));
+  for (int t = 0; t < T; ++t) {
+    const int begin = std::min(c.vocab_size, t * chunk);
+    const int n = std::min(c.vocab_size, (t + 1) * chunk) - begin;
+    for (int64_t i = 0; i < nl; ++i) {
+      std::copy_n(logits_all_.data() + (size_t(t) * nl + i) * chunk, n,
+                  logits + size_t(i) * c.vocab_size + begin);
+    }
+  }
   return absl::OkStatus();
-}
-
-int32_t CpuModel::SelectBlocks(const PagedKvLayer& kv, const float* q, const SequenceKv& seq,
-                               int32_t num_keys, const SparseAttention& sparse,
-                               std::vector<int32_t>& out) {
-  const ModelConfig& c = w_.config;
-  const int32_t m = (num_keys + kPageTokens - 1) / kPageTokens;
-  const int32_t n = NumSelectedBlocks(m, sparse.ratio, sparse.min_blocks);
-  if (n >= m) return m;  // every block: the dense path computes exactly this
-  const int g = c.group_size(), d = c.head_dim;
-  pooled_.assign(size_t(c.num_kv_heads) * d, 0.0f);
-  for (int h = 0; h < c.num_kv_heads; ++h) {
-    float* pq = pooled_.data() + size_t(h) * d;
-    for (int j = 0; j < g; ++j) {
-      const float* qj = q + (size_t(h) * g + j) * d;
-      for (int i = 0; i < d; ++i) pq[i] += qj[i];
-    }
-    for (int i = 0; i < d; ++i) pq[i] /= float(g);
-  }
-  scores_.resize(size_t(c.num_kv_heads) * m);
-  ScoreBlocks(kv, pooled_.data(), seq.page_table.data(), num_keys, scores_.data());
-  out.resize(size_t(c.num_kv_heads) * n);
-  TopBlocks(scores_.data(), c.num_kv_heads, m, n, out.data());
-  return n;
-}
-
-void CpuModel::Attention(int layer, std::span<const ForwardChunk> chunks,
-                         const int32_t* positions) {
-  const ModelConfig& c = w_.config;
-  const PagedKvLayer kv = cache_.layer(layer);
-  const AttentionParams p{c.num_heads, 1.0f / std::sqrt(float(c.head_dim))};
-  const int qd = c.q_dim();
-  std::vector<AttentionRow> dense, sparse;
-  std::vector<int64_t> dense_row, sparse_row;
-  std::vector<std::vector<int32_t>> selected;
-  int64_t r = 0;
-  for (const ForwardChunk& ch : chunks) {
-    const int n = int(ch.tokens.size());
-    if (n == 1) {
-      const int32_t num_keys = positions[r] + 1;
-      if (ch.sparse != nullptr) {
-        Stopwatch sw;
-        selected.emplace_back();
-        const int32_t nsel = SelectBlocks(kv, q_.data() + size_t(r) * qd, *ch.seq, num_keys,
-                                          *ch.sparse, selected.back());
-        stats_.selection_seconds += sw.Seconds();
-        const int32_t m = (num_keys + kPageTokens - 1) / kPageTokens;
-        stats_.blocks_total += int64_t(m) * c.num_kv_heads;
-        stats_.blocks_read += int64_t(nsel) * c.num_kv_heads;
-        if (nsel < m) {
-          sparse.push_back(AttentionRow{ch.seq->page_table.data(), num_keys, true,
-                                        selected.back().data(), nsel, nsel});
-          sparse_row.push_back(r);
-          r += n;
-          continue;
-        }
-      }
-      dense.push_back(AttentionRow{ch.seq->page_table.data(), num_keys});
-      dense_row.push_back(r);
-    } else if (n > 1) {
-      PagedChunkAttention(kv, p, q_.data() + size_t(r) * qd, n, ch.seq->page_table.data(),
-                          positions[r] + 1, attn_.data() + size_t(r) * qd, nullptr);
-    }
-    r += n;
-  }
-  // Decode rows: gather their queries contiguously, attend, scatter back.
-  auto run = [&](std::vector<AttentionRow>& rows, const std::vector<int64_t>& at, double& secs) {
-    if (rows.empty()) return;
-    Stopwatch sw;
-    std::vector<float> q(rows.size() * qd), o(rows.size() * qd);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      std::copy_n(q_.data() + size_t(at[i]) * qd, qd, q.data() + i * qd);
-    }
-    PagedAttention(kv, p, q.data(), rows, o.data(), nullptr);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      std::copy_n(o.data() + i * qd, qd, attn_.data() + size_t(at[i]) * qd);
-    }
-    secs += sw.Seconds();
-  };
-  run(dense, dense_row, stats_.dense_attention_seconds);
-  run(sparse, sparse_row, stats_.sparse_attention_seconds);
 }
 
 }  // namespace resa

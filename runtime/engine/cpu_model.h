@@ -4,13 +4,30 @@
 // sequences at different positions. All rows go through each linear layer together (OpenBLAS
 // GEMM for many rows, the streaming GEMV for a few); attention runs per chunk (GEMM-tiled causal
 // attention) or for all single-token rows at once (paged decode attention).
+//
+// Distributed (DESIGN.md §5): the same Forward runs on every rank of a TP x SP grid. The weights
+// hold the rank's TpShard (heads, MLP columns, lm_head rows) and the cache its KV heads and SP
+// blocks. Per layer: QKV and gate/up are column-parallel, o_proj and down row-parallel with one
+// all-reduce each over the TP group; every SP rank computes q/k/v for all rows and the owner of a
+// position's block writes its K/V and summary; each rank attends over its own blocks (dense rows
+// and prefill/rectification chunks: all owned blocks with causal masking; sparse rows: the owned
+// part of the global top-n chosen by SelectBlocksAcrossRanks) and the partial (O, lse_ln) states
+// are merged across the SP group; logits are all-gathered over the TP group. Groups of one (null
+// communicators) take none of these steps: one process runs exactly the single-rank code path.
+// Every rank of the grid must call Forward with the same chunks (same tokens and positions).
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/attention.h"
+#include "parallel/communicator.h"
+#include "parallel/sp_attention.h"
 #include "runtime/engine/cpu_weights.h"
 #include "runtime/engine/kv_cache.h"
 
@@ -44,22 +61,43 @@ struct ForwardChunk {
 
 // Where a forward's time and traffic went (accumulated across calls until reset).
 struct ForwardStats {
-  double selection_seconds = 0.0;        // pooled query, block scores, top-n
+  double selection_seconds = 0.0;  // pooled query, block scores, top-n
   double sparse_attention_seconds = 0.0;
   double dense_attention_seconds = 0.0;  // decode rows attending to everything
   int64_t blocks_read = 0;               // (row, layer, KV head) blocks attended by sparse rows
   int64_t blocks_total = 0;              // blocks a dense step would have read for those rows
 };
 
+// The groups this rank's shard works with. Null stands for a group of one (this rank alone).
+struct ModelGroups {
+  Communicator* tp = nullptr;  // size weights.shard.size, ranked by TP rank
+  Communicator* sp = nullptr;  // size cache.shard().size, ranked by SP rank
+};
+
+// Debug hook, called for every decode row that selects fewer blocks than it has, per layer and
+// local KV head (`kv_head` is the model's index), with the selected blocks ascending. `row` is the
+// row's index in the forward's batch.
+using SelectionTrace =
+    std::function<void(int layer, int kv_head, int64_t row, std::span<const int32_t> blocks)>;
+
 class CpuModel {
  public:
-  CpuModel(const CpuWeights& weights, KvCache& cache) : w_(weights), cache_(cache) {}
+  // Without groups: one rank (a 1 x 1 grid), weights and cache unsharded. With groups, the
+  // weights' and cache's shards must match them: use Create, which checks it.
+  CpuModel(const CpuWeights& weights, KvCache& cache, ModelGroups groups = {})
+      : w_(weights), cache_(cache), tp_(groups.tp), sp_(groups.sp) {}
+  // Checks that the weights' TpShard, the cache's shard and the groups agree (sizes and ranks).
+  static absl::StatusOr<std::unique_ptr<CpuModel>> Create(const CpuWeights& weights, KvCache& cache,
+                                                          ModelGroups groups);
 
   // Runs the chunks, appends their K/V (advancing each seq->length) and writes the requested
   // logits row after row in chunk order into `logits` ([rows][vocab]), which must be large
   // enough (NumLogitRows). Token ids are checked against the vocabulary, and pages are reserved
-  // before anything is written, so an error leaves the cache and sequences unchanged.
+  // before anything is written, so an error leaves the cache and sequences unchanged; in a grid,
+  // a failed collective is the exception (it breaks the communicator: end the job).
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits);
+
+  void set_selection_trace(SelectionTrace trace) { trace_ = std::move(trace); }
 
   static int64_t NumLogitRows(std::span<const ForwardChunk> chunks);
   const ModelConfig& config() const { return w_.config; }
@@ -67,19 +105,47 @@ class CpuModel {
   void ResetStats() { stats_ = ForwardStats{}; }
 
  private:
-  void Attention(int layer, std::span<const ForwardChunk> chunks, const int32_t* positions);
-  // Selects blocks for one sparse decode row; returns n (blocks per KV head) written to `out`.
-  int32_t SelectBlocks(const PagedKvLayer& kv, const float* q, const SequenceKv& seq,
-                       int32_t num_keys, const SparseAttention& sparse, std::vector<int32_t>& out);
+  // A decode row that attends to a top-n subset of its blocks.
+  struct SparseRow {
+    int64_t row;
+    int chunk;
+    int32_t num_keys, num_blocks, n;
+    size_t offset;  // of its selection in selected_: [local KV heads][n]
+  };
+  // model_attention.cc: selection and attention of one layer for every row of the batch, q_ in,
+  // attn_ out (merged across the SP group).
+  absl::Status Attention(int layer, std::span<const ForwardChunk> chunks);
+  absl::Status SelectBlocks(int layer, const PagedKvLayer& kv,
+                            std::span<const ForwardChunk> chunks);
+  // pooled_ [sparse rows][local KV heads][head_dim]: the mean of each KV head's whole group of
+  // queries, summed in head order as one rank does (gathered over TP when KV heads replicate).
+  absl::Status PoolQueries();
+  void LocalAttention(const PagedKvLayer& kv, std::span<const ForwardChunk> chunks);
+  absl::Status ShardedAttention(const PagedKvLayer& kv, std::span<const ForwardChunk> chunks);
+  absl::Status Logits(std::span<const int64_t> logit_rows, float* logits);
+  bool tp_parallel() const { return tp_ != nullptr && tp_->size() > 1; }
+  bool sp_parallel() const { return sp_ != nullptr && sp_->size() > 1; }
 
   const CpuWeights& w_;
   KvCache& cache_;
+  Communicator* tp_;
+  Communicator* sp_;
+  SelectionTrace trace_;
   // Workspaces, grown on demand and reused across steps.
-  std::vector<float> h_, x_, qkv_, q_, attn_, proj_, gu_, act_;
+  std::vector<float> h_, x_, qkv_, q_, attn_, proj_, gu_, act_, lse_;
   std::vector<int32_t> pos_;
   std::vector<int32_t> row_seq_;
   std::vector<int32_t> chunk_start_;
-  std::vector<float> pooled_, scores_;
+  std::vector<float> pooled_, scores_, gathered_q_, logits_local_, logits_all_;
+  std::vector<SparseRow> sparse_rows_;
+  std::vector<int32_t> selected_;
+  // SP: per chunk, its page table by logical block and the blocks this rank owns (up to the end
+  // of the chunk); per sparse row, the owned part of its selection.
+  std::vector<std::vector<int32_t>> expanded_, owned_, mine_;
+  std::vector<int32_t> mine_stride_;
+  std::vector<AttentionRow> rows_;
+  SelectionScratch selection_scratch_;
+  MergeScratch merge_scratch_;
   ForwardStats stats_;
 };
 

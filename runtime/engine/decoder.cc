@@ -21,9 +21,12 @@ absl::StatusOr<DecodeMode> ParseDecodeMode(std::string_view name) {
 
 const char* DecodeModeName(DecodeMode mode) {
   switch (mode) {
-    case DecodeMode::kDense: return "dense";
-    case DecodeMode::kSparse: return "sparse";
-    case DecodeMode::kResa: return "resa";
+    case DecodeMode::kDense:
+      return "dense";
+    case DecodeMode::kSparse:
+      return "sparse";
+    case DecodeMode::kResa:
+      return "resa";
   }
   return "?";
 }
@@ -37,9 +40,9 @@ absl::Status ResaOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("--min-blocks must be >= 1, got ", min_blocks));
   }
   if (mode == DecodeMode::kResa && rectify_every < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--rectify-every must be >= 1 in resa mode (use --mode sparse for none), got ",
-        rectify_every));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rectify-every must be >= 1 in resa mode (use --mode sparse for none), got ",
+                     rectify_every));
   }
   return absl::OkStatus();
 }
@@ -90,6 +93,7 @@ absl::StatusOr<int> Decoder::Fork(int id, const ResaOptions& options) {
   RESA_RETURN_IF_ERROR(cache_.Reserve(s->kv, src.kv.length));
   s->kv.length = src.kv.length;
   const ModelConfig& c = model_.config();
+  // This rank's pages (its blocks and KV heads under TP x SP): every rank forks its own part.
   for (int l = 0; l < c.num_layers; ++l) {
     PagedKvLayer kv = cache_.layer(l);
     for (size_t b = 0; b < s->kv.page_table.size(); ++b) {
@@ -97,7 +101,7 @@ absl::StatusOr<int> Decoder::Fork(int id, const ResaOptions& options) {
       std::memcpy(kv.k_at(to, 0), kv.k_at(from, 0), kv.page_elems() * sizeof(float));
       std::memcpy(kv.v_at(to, 0), kv.v_at(from, 0), kv.page_elems() * sizeof(float));
       std::memcpy(kv.min_at(to, 0), kv.min_at(from, 0),
-                  size_t(c.num_kv_heads) * 2 * c.head_dim * sizeof(float));
+                  size_t(kv.num_kv_heads) * 2 * kv.head_dim * sizeof(float));
     }
   }
   seqs_.push_back(std::move(s));

@@ -12,8 +12,7 @@ double GenerateStats::prefill_tokens_per_second() const {
   return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0;
 }
 double GenerateStats::decode_tokens_per_second() const {
-  return decode_seconds > 0 && generated_tokens > 1 ? (generated_tokens - 1) / decode_seconds
-                                                    : 0.0;
+  return decode_seconds > 0 && generated_tokens > 1 ? (generated_tokens - 1) / decode_seconds : 0.0;
 }
 
 absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
@@ -24,7 +23,7 @@ absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
   RESA_RETURN_IF_ERROR(options.sampling.Validate());
   RESA_RETURN_IF_ERROR(options.resa.Validate());
   const int vocab = model.config().vocab_size;
-  const int32_t capacity = cache.num_pages() * kPageTokens;
+  const int32_t capacity = cache.max_tokens();
   if (int64_t(prompt.size()) >= capacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("the prompt has ", prompt.size(), " tokens but the context holds ", capacity,
@@ -42,11 +41,19 @@ absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
   model.ResetStats();
 
   sw.Reset();
-  int32_t token = sampler.Sample(dec.logits(id), vocab);
+  // Rank 0's sample is everyone's (one int broadcast per token in a grid).
+  auto sample = [&]() -> absl::StatusOr<int32_t> {
+    int32_t t = sampler.Sample(dec.logits(id), vocab);
+    if (options.agree != nullptr && options.agree->size() > 1) {
+      RESA_RETURN_IF_ERROR(options.agree->Broadcast(std::span<int32_t>(&t, 1), 0));
+    }
+    return t;
+  };
+  RESA_ASSIGN_OR_RETURN(int32_t token, sample());
   while (true) {
     ++stats.generated_tokens;
-    const bool is_stop =
-        std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end();
+    const bool is_stop = std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
+                         options.stop_ids.end();
     if (on_token && !on_token(token)) break;
     if (is_stop) {
       stats.stopped_by_token = true;
@@ -65,7 +72,7 @@ absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
       break;
     }
     RESA_RETURN_IF_ERROR(st);
-    token = sampler.Sample(dec.logits(id), vocab);
+    RESA_ASSIGN_OR_RETURN(token, sample());
   }
   stats.decode_seconds = stats.generated_tokens > 1 ? sw.Seconds() : 0.0;
   stats.report = dec.report(id);

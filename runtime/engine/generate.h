@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "parallel/communicator.h"
 #include "runtime/engine/cpu_model.h"
 #include "runtime/engine/decoder.h"
 #include "runtime/engine/sampler.h"
@@ -16,10 +17,13 @@ namespace resa {
 
 struct GenerateOptions {
   int max_new_tokens = 256;
-  int prefill_chunk = 512;          // prompt tokens per prefill forward
+  int prefill_chunk = 512;  // prompt tokens per prefill forward
   SamplingParams sampling;
   ResaOptions resa{.mode = DecodeMode::kDense};
-  std::vector<int32_t> stop_ids;    // generation ends after emitting one of these
+  std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+  // Distributed runs: every rank of `agree` calls Generate; the token rank 0 samples is
+  // broadcast, so all ranks feed the same tokens whatever their logits' last bits. Null: alone.
+  Communicator* agree = nullptr;
 };
 
 struct GenerateStats {
@@ -29,8 +33,8 @@ struct GenerateStats {
   double decode_seconds = 0.0;  // from the first decode step to the last (first token excluded)
   bool stopped_by_token = false;
   bool stopped_by_context = false;
-  SequenceReport report;        // blocks read, rectifications
-  ForwardStats forward;         // decode-step time in selection and attention
+  SequenceReport report;  // blocks read, rectifications
+  ForwardStats forward;   // decode-step time in selection and attention
   double rectify_seconds = 0.0;
 
   double prefill_tokens_per_second() const;

@@ -1,0 +1,342 @@
+// `resa-worker`: one rank of a TP x SP generation job (DESIGN.md §5), started by mpirun:
+//
+//   mpirun -np 4 build/bin/resa-worker --model default --tp 2 --sp 2 --prompt "..."
+//
+// Every rank loads its TP shard of the weights and holds its SP share of the KV cache; all ranks
+// run the same forward steps; rank 0 samples each token and broadcasts it, streams the text and
+// prints the stats. Errors of one rank end the job on every rank (an agreement after each local
+// phase; a lost peer surfaces as a communicator error within --timeout). GPU ranks will pick their
+// device from the local rank once a CUDA backend exists; today every rank runs on the CPU.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "parallel/communicator_factory.h"
+#include "runtime/apps/generate_command.h"
+#include "runtime/apps/model_loading.h"
+#include "runtime/core/status.h"
+#include "runtime/core/sysinfo.h"
+#include "runtime/engine/generate.h"
+#include "runtime/engine/model_grid.h"
+#include "runtime/engine/synthetic_model.h"
+#include "runtime/model/gguf.h"
+
+namespace resa {
+namespace {
+
+struct WorkerOptions {
+  std::string model = "default";
+  int tp = 1, sp = 1;
+  std::string prompt, prompt_file, system;
+  bool chat = false;
+  int max_new_tokens = 256;
+  float temperature = 0.0f, top_p = 1.0f;
+  int top_k = 0;
+  uint64_t seed = 0;
+  int threads = 0;
+  int ctx = 4096;
+  int prefill_chunk = 512;
+  double timeout_s = 60;
+  bool quiet = false;
+  std::string mode = "resa";
+  float sparse_ratio = 0.1f;
+  int min_blocks = 16;
+  int rectify_every = 32;
+  std::string tokens_out, selections_out;
+};
+
+// Errors go to stderr prefixed with the rank; `everywhere` errors (the same on every rank, such
+// as a bad grid) are printed by rank 0 only.
+int Fail(int rank, const absl::Status& st, bool everywhere = false) {
+  if (!everywhere || rank == 0) {
+    std::fprintf(stderr, "resa-worker: rank %d: error: %s\n", rank,
+                 std::string(st.message()).c_str());
+  }
+  return 1;
+}
+
+// Every rank reports whether its local phase succeeded and all reach the same verdict (naming the
+// lowest failing rank), so no rank walks into a collective its peers will never join.
+absl::Status Agree(Communicator& world, const absl::Status& mine, std::string_view phase) {
+  int32_t worst = mine.ok() ? 0 : world.size() - world.rank();
+  RESA_RETURN_IF_ERROR(world.AllReduce(std::span<int32_t>(&worst, 1), ReduceOp::kMax));
+  if (worst == 0) return absl::OkStatus();
+  if (!mine.ok()) return mine;
+  return absl::AbortedError(
+      absl::StrCat(AsAbsl(phase), " failed on rank ", world.size() - worst, " (see its message)"));
+}
+
+absl::StatusOr<std::string> ReadPrompt(const WorkerOptions& o) {
+  if (o.prompt_file.empty()) {
+    if (o.prompt.empty()) {
+      return absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH");
+    }
+    return o.prompt;
+  }
+  std::ifstream in(o.prompt_file, std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("--prompt-file ", o.prompt_file, ": cannot open"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().empty())
+    return absl::InvalidArgumentError("--prompt-file " + o.prompt_file + " is empty");
+  return ss.str();
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const WeightSource& src) {
+  if (src.gguf() != nullptr) return Tokenizer::FromGguf(*src.gguf());
+  if (!src.hf_dir().empty()) return Tokenizer::FromJsonFile(src.hf_dir() + "/tokenizer.json");
+  return absl::InvalidArgumentError(absl::StrCat(src.path(), " has no tokenizer"));
+}
+
+// The rank's share of the job: what each local phase produces.
+struct Rank {
+  std::unique_ptr<WeightSource> source;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int32_t> prompt;
+};
+
+absl::Status OpenModel(const WorkerOptions& o, Rank& r) {
+  if (absl::StartsWith(o.model, "synthetic:")) {
+    return absl::InvalidArgumentError("resa-worker needs a model with a tokenizer");
+  }
+  RESA_ASSIGN_OR_RETURN(std::string path, ResolveModelPath(o.model));
+  RESA_ASSIGN_OR_RETURN(r.source, OpenWeightSource(path));
+  RESA_ASSIGN_OR_RETURN(r.tokenizer, LoadTokenizer(*r.source));
+  RESA_ASSIGN_OR_RETURN(std::string prompt, ReadPrompt(o));
+  std::string text = prompt;
+  if (o.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", prompt});
+    RESA_ASSIGN_OR_RETURN(text, r.tokenizer->ApplyChatTemplate(msgs, true));
+  }
+  RESA_ASSIGN_OR_RETURN(
+      r.prompt,
+      r.tokenizer->Encode(text, EncodeOptions{.add_bos = !o.chat && r.tokenizer->add_bos_token(),
+                                              .parse_special = o.chat}));
+  if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  if (int64_t(r.prompt.size()) >= o.ctx) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prompt is ", r.prompt.size(), " tokens but --ctx is ", o.ctx,
+                     " (it must also hold the generated tokens); raise --ctx"));
+  }
+  return absl::OkStatus();
+}
+
+// Every rank tokenizes the same prompt; rank 0's ids are broadcast all the same, so the ranks
+// feed identical tokens even if a tokenizer ever behaved differently on one host.
+absl::Status SharePrompt(Communicator& world, std::vector<int32_t>& ids) {
+  int32_t n = int32_t(ids.size());
+  RESA_RETURN_IF_ERROR(world.Broadcast(std::span<int32_t>(&n, 1), 0));
+  ids.resize(n);
+  return world.Broadcast(std::span<int32_t>(ids), 0);
+}
+
+int RunWorker(const WorkerOptions& o) {
+  WorldOptions wo;
+  wo.comm.timeout = absl::Seconds(o.timeout_s);
+  auto created = CreateWorld(wo);
+  if (!created.ok()) return Fail(-1, created.status());
+  World world = std::move(*created);
+  Communicator& w = *world.host;
+  const int rank = w.rank();
+  const int tp = std::max(1, o.tp);
+  std::printf("[resa-worker] rank %d/%d local rank %d/%d host %s tp rank %d/%d sp rank %d/%d\n",
+              rank, w.size(), world.local_rank, world.local_size, HostName().c_str(), rank % tp,
+              o.tp, rank / tp, o.sp);
+  std::fflush(stdout);
+
+  // Threads: by default the host's cores shared among the ranks on it.
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads =
+      ConfigureThreads(o.threads > 0 ? o.threads : std::max(1, int(cores) / world.local_size));
+
+  Rank r;
+  SamplingParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
+  absl::Status st = sampling.Validate();
+  auto mode = ParseDecodeMode(o.mode);
+  const ResaOptions resa{mode.ok() ? *mode : DecodeMode::kDense, o.sparse_ratio, o.min_blocks,
+                         o.rectify_every};
+  if (st.ok()) st = mode.status();
+  if (st.ok()) st = resa.Validate();
+  if (st.ok()) st = OpenModel(o, r);
+  if (absl::Status a = Agree(w, st, "opening the model"); !a.ok()) return Fail(rank, a, st.ok());
+  if (absl::Status a = SharePrompt(w, r.prompt); !a.ok()) return Fail(rank, a);
+  const ModelConfig& cfg = r.source->config();
+
+  // Grid errors are the same on every rank: they fail here, before any collective.
+  auto grid = CreateModelGrid(w, o.tp, o.sp, cfg);
+  if (!grid.ok()) return Fail(rank, grid.status(), true);
+
+  // Weights: peers wait for the slowest loader, so the timeout is relaxed for this phase.
+  Stopwatch load_sw;
+  std::unique_ptr<CpuWeights> weights;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<CpuModel> model;
+  {
+    ProgressBar bar("loading " + std::filesystem::path(r.source->path()).filename().string());
+    ProgressFn fn;
+    if (!o.quiet && rank == 0) fn = bar.AsCallback();
+    auto loaded = LoadCpuWeights(*r.source, grid->shard, fn);
+    if (!o.quiet && rank == 0) bar.Finish();
+    st = loaded.status();
+    if (st.ok()) weights = std::move(*loaded);
+    // Pages per rank: the context's blocks divided among the SP ranks.
+    const int32_t blocks = (o.ctx + kPageTokens - 1) / kPageTokens;
+    if (st.ok()) {
+      auto c = KvCache::Create(cfg, (blocks + o.sp - 1) / o.sp, grid->kv_shard());
+      st = c.status();
+      if (st.ok()) cache = std::move(*c);
+    }
+    if (st.ok()) {
+      auto m = CpuModel::Create(*weights, *cache, grid->groups());
+      st = m.status();
+      if (st.ok()) model = std::move(*m);
+    }
+  }
+  w.set_timeout(absl::Seconds(std::max(o.timeout_s, 600.0)));
+  absl::Status agreed = Agree(w, st, "loading the weights");
+  w.set_timeout(absl::Seconds(o.timeout_s));
+  if (!agreed.ok()) return Fail(rank, agreed, st.ok());
+  if (!o.quiet) {
+    std::fprintf(stderr, "[resa-worker] rank %d: %s, %.0f MB of weights, loaded in %.1fs\n", rank,
+                 grid->ToString().c_str(), weights->TotalBytes() / 1e6, load_sw.Seconds());
+  }
+
+  // Selections (debug): per layer and KV head, the n-th selection's blocks, written by the SP
+  // rank 0 of each TP rank (its SP peers hold identical selections). Sorted files of all TP
+  // ranks concatenated compare equal across grids.
+  std::map<std::tuple<int, int, int>, std::vector<int32_t>> selections;
+  std::map<std::pair<int, int>, int> seen;
+  const bool dump_selections = !o.selections_out.empty() && grid->sp_rank == 0;
+  if (dump_selections) {
+    model->set_selection_trace([&](int layer, int kvh, int64_t, std::span<const int32_t> b) {
+      selections[{layer, kvh, seen[{layer, kvh}]++}] = std::vector<int32_t>(b.begin(), b.end());
+    });
+  }
+
+  GenerateOptions go;
+  go.max_new_tokens = o.max_new_tokens;
+  go.prefill_chunk = o.prefill_chunk;
+  go.sampling = sampling;
+  go.stop_ids = r.tokenizer->StopIds();
+  go.resa = resa;
+  go.agree = &w;
+  StreamDecoder stream(*r.tokenizer);
+  std::vector<int32_t> generated;
+  auto stats = Generate(*model, *cache, r.prompt, go, [&](int32_t t) {
+    generated.push_back(t);
+    if (rank == 0) {
+      const std::string piece = stream.Push(t);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  if (rank == 0) {
+    const std::string rest = stream.Flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+  }
+  if (!stats.ok()) return Fail(rank, stats.status());
+
+  if (rank == 0 && !o.tokens_out.empty()) {
+    std::ofstream out(o.tokens_out);
+    out << absl::StrJoin(generated, " ") << "\n";
+    if (!out) return Fail(rank, absl::InternalError("cannot write --tokens-out " + o.tokens_out));
+  }
+  if (dump_selections) {
+    const std::string path = absl::StrCat(o.selections_out, ".tp", grid->tp_rank);
+    std::ofstream out(path);
+    for (const auto& [key, blocks] : selections) {
+      out << "layer " << std::get<0>(key) << " kv " << std::get<1>(key) << " #" << std::get<2>(key)
+          << ": " << absl::StrJoin(blocks, " ") << "\n";
+    }
+    if (!out) return Fail(rank, absl::InternalError("cannot write " + path));
+  }
+  if (rank == 0 && !o.quiet) {
+    std::fprintf(stderr,
+                 "[stats] %d ranks (tp %d x sp %d) | prompt %d tokens | prefill %.1f tok/s | "
+                 "decode %.1f tok/s (%d tokens) | peak memory %.0f MiB on rank 0 | %d threads per "
+                 "rank%s\n",
+                 w.size(), o.tp, o.sp, stats->prompt_tokens, stats->prefill_tokens_per_second(),
+                 stats->decode_tokens_per_second(), stats->generated_tokens,
+                 PeakRssBytes() / 1048576.0, threads,
+                 stats->stopped_by_context ? " | stopped: context full (raise --ctx)" : "");
+    if (resa.mode != DecodeMode::kDense) {
+      const SequenceReport& rep = stats->report;
+      std::fprintf(stderr,
+                   "[%s] blocks read %lld of %lld (%.1f%%) | sparse steps %d of %d | "
+                   "rectifications %d (%d tokens) | selection %.3fs, rectification %.3fs\n",
+                   DecodeModeName(resa.mode), static_cast<long long>(rep.blocks_read),
+                   static_cast<long long>(rep.blocks_total),
+                   rep.blocks_total > 0 ? 100.0 * rep.blocks_read / rep.blocks_total : 0.0,
+                   rep.sparse_steps, rep.decode_steps, rep.rectifications, rep.rectified_tokens,
+                   stats->forward.selection_seconds, stats->rectify_seconds);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace resa
+
+int main(int argc, char** argv) {
+  resa::WorkerOptions o;
+  CLI::App app{
+      "resa-worker: one rank of a tensor x sequence parallel generation job "
+      "(mpirun -np TP*SP resa-worker --tp TP --sp SP ...)"};
+  app.add_option("-m,--model", o.model, "GGUF file, Hugging Face directory, or a cached model name")
+      ->capture_default_str();
+  app.add_option("--tp", o.tp, "Tensor-parallel ranks (split heads and the MLP)")
+      ->capture_default_str();
+  app.add_option("--sp", o.sp, "Sequence-parallel ranks (split the KV cache by pages)")
+      ->capture_default_str();
+  auto* p = app.add_option("-p,--prompt", o.prompt, "Prompt text");
+  auto* pf = app.add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
+  p->excludes(pf);
+  app.add_flag("--chat", o.chat, "Wrap the prompt as a user turn in the model's chat template");
+  app.add_option("--system", o.system, "System message for --chat");
+  app.add_option("-n,--max-new-tokens", o.max_new_tokens, "Tokens to generate at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_option("--temperature", o.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str();
+  app.add_option("--top-p", o.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
+  app.add_option("--top-k", o.top_k, "Keep the k most likely tokens; 0 = all")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "Sampling seed (rank 0 samples)")->capture_default_str();
+  app.add_option("-t,--threads", o.threads,
+                 "CPU threads per rank; 0 = the host's cores divided among its ranks")
+      ->capture_default_str();
+  app.add_option("-c,--ctx", o.ctx, "Context length (prompt + generated tokens) to allocate")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 1 << 24));
+  app.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--timeout", o.timeout_s,
+                 "Seconds a collective may wait for its peers before the job fails")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 86400.0));
+  app.add_flag("-q,--quiet", o.quiet, "No progress bar or stats lines");
+  app.add_option("--tokens-out", o.tokens_out, "Rank 0 writes the generated token ids here");
+  app.add_option("--selections-out", o.selections_out,
+                 "Debug: write every sparse selection to PREFIX.tp<rank> (SP rank 0 of each TP "
+                 "rank)");
+  resa::AddResaFlags(app, o.mode, o.sparse_ratio, o.min_blocks, o.rectify_every);
+  CLI11_PARSE(app, argc, argv);
+  return resa::RunWorker(o);
+}
