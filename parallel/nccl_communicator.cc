@@ -326,6 +326,19 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::DoSplit(
   const ncclResult_t r = ncclCommSplit(comm_, color, key, &child, &config);
   if (r != ncclSuccess && r != ncclInProgress)
     return AbortWith(NcclError(r, comm_, "ncclCommSplit"));
+  if (child == nullptr && r == ncclInProgress) {
+    // A non-blocking parent may hand out the child only once the split has progressed on the
+    // parent: wait for the parent's pending operation first.
+    bool timed_out = false;
+    absl::StatusOr<ncclResult_t> state = PollComm(comm_, deadline, &timed_out);
+    if (!state.ok()) return AbortWith(state.status());
+    if (timed_out) {
+      return AbortWith(absl::DeadlineExceededError(
+          absl::StrCat("ncclCommSplit did not complete within ", absl::FormatDuration(timeout()),
+                       "; a peer did not join, hangs or died")));
+    }
+    if (*state != ncclSuccess) return AbortWith(NcclError(*state, comm_, "ncclCommSplit"));
+  }
   if (child == nullptr) {
     return AbortWith(absl::InternalError("ncclCommSplit gave no communicator for a color >= 0"));
   }

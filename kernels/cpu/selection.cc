@@ -64,7 +64,7 @@ void ScoreBlocks(const PagedKvLayer& kv, const float* pooled_q, const int32_t* p
   const int d = kv.head_dim;
   const int32_t m = (num_keys + kPageTokens - 1) / kPageTokens;
   const int64_t tasks = int64_t(kv.num_kv_heads) * m;
-#pragma omp parallel for schedule(static) if (tasks > 4096)
+#pragma omp parallel for schedule(static) if (tasks > 256)
   for (int64_t task = 0; task < tasks; ++task) {
     const int h = int(task / m);
     const int32_t b = int32_t(task % m);

@@ -13,35 +13,39 @@
 
 namespace resa {
 
-void AddGenerateCommand(CLI::App& app, GenerateCommandOptions& o, int& exit_code) {
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (one sequence)");
-  cmd->add_option("-m,--model", o.model,
-                  "GGUF file, Hugging Face model directory, or a cached model name "
-                  "(default, qwen2.5-coder-1.5b)")
+void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& o) {
+  cmd.add_option("-m,--model", o.model,
+                 "GGUF file, Hugging Face model directory, or a cached model name "
+                 "(default, qwen2.5-coder-1.5b)")
       ->capture_default_str();
-  auto* p = cmd->add_option("-p,--prompt", o.prompt, "Prompt text");
-  auto* pf = cmd->add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
+  auto* p = cmd.add_option("-p,--prompt", o.prompt, "Prompt text");
+  auto* pf = cmd.add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
   p->excludes(pf);
-  cmd->add_flag("--chat", o.chat, "Wrap the prompt as a user turn in the model's chat template");
-  cmd->add_option("--system", o.system, "System message for --chat (default: the template's)");
-  cmd->add_option("-n,--max-new-tokens", o.max_new_tokens, "Tokens to generate at most")
+  cmd.add_flag("--chat", o.chat, "Wrap the prompt as a user turn in the model's chat template");
+  cmd.add_option("--system", o.system, "System message for --chat (default: the template's)");
+  cmd.add_option("-n,--max-new-tokens", o.max_new_tokens, "Tokens to generate at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 24));
-  cmd->add_option("--temperature", o.temperature, "Sampling temperature; 0 = greedy")
+  cmd.add_option("--temperature", o.temperature, "Sampling temperature; 0 = greedy")
       ->capture_default_str();
-  cmd->add_option("--top-p", o.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
-  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens; 0 = all")
+  cmd.add_option("--top-p", o.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
+  cmd.add_option("--top-k", o.top_k, "Keep the k most likely tokens; 0 = all")
       ->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("-t,--threads", o.threads, "CPU threads; 0 = all cores")->capture_default_str();
-  cmd->add_option("-c,--ctx", o.ctx, "Context length (prompt + generated tokens) to allocate")
+  cmd.add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
+  cmd.add_option("-t,--threads", o.threads, "CPU threads; 0 = all cores")->capture_default_str();
+  cmd.add_option("-c,--ctx", o.ctx, "Context length (prompt + generated tokens) to allocate")
       ->capture_default_str()
       ->check(CLI::Range(16, 1 << 24));
-  cmd->add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
+  cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_flag("-q,--quiet", o.quiet, "No progress bar or stats line");
-  AddResaFlags(*cmd, o.mode, o.sparse_ratio, o.min_blocks, o.rectify_every);
+  cmd.add_flag("-q,--quiet", o.quiet, "No progress bar or stats line");
+  AddResaFlags(cmd, o.mode, o.sparse_ratio, o.min_blocks, o.rectify_every);
+}
+
+void AddGenerateCommand(CLI::App& app, GenerateCommandOptions& o, int& exit_code) {
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (one sequence)");
+  AddGenerationFlags(*cmd, o);
   cmd->callback([&o, &exit_code] { exit_code = RunGenerate(o); });
 }
 
@@ -62,6 +66,44 @@ void AddResaFlags(CLI::App& cmd, std::string& mode, float& sparse_ratio, int& mi
       ->capture_default_str();
 }
 
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
+                                               const Tokenizer& tok) {
+  std::string prompt = o.prompt;
+  if (!o.prompt_file.empty()) {
+    std::ifstream in(o.prompt_file, std::ios::binary);
+    if (!in) return absl::NotFoundError("--prompt-file " + o.prompt_file + ": cannot open");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    prompt = ss.str();
+    if (prompt.empty()) {
+      return absl::InvalidArgumentError("--prompt-file " + o.prompt_file + " is empty");
+    }
+  }
+  if (prompt.empty()) {
+    return absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH");
+  }
+  std::string text = prompt;
+  if (o.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", prompt});
+    auto rendered = tok.ApplyChatTemplate(msgs, /*add_generation_prompt=*/true);
+    if (!rendered.ok()) return rendered.status();
+    text = *rendered;
+  }
+  auto ids = tok.Encode(
+      text, EncodeOptions{.add_bos = !o.chat && tok.add_bos_token(), .parse_special = o.chat});
+  if (!ids.ok()) return ids.status();
+  if (ids->empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  if (int64_t(ids->size()) >= o.ctx) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the prompt is %d tokens but --ctx is %d (it must also hold the generated tokens); "
+        "raise --ctx",
+        ids->size(), o.ctx));
+  }
+  return ids;
+}
+
 namespace {
 
 int Fail(const absl::Status& st) {
@@ -74,17 +116,7 @@ int Fail(const absl::Status& st) {
 int RunGenerate(const GenerateCommandOptions& o) {
   SamplingParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
   if (absl::Status st = sampling.Validate(); !st.ok()) return Fail(st);
-  std::string prompt = o.prompt;
-  if (!o.prompt_file.empty()) {
-    std::ifstream in(o.prompt_file, std::ios::binary);
-    if (!in) {
-      return Fail(absl::NotFoundError("--prompt-file " + o.prompt_file + ": cannot open"));
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    prompt = ss.str();
-  }
-  if (prompt.empty()) {
+  if (o.prompt.empty() && o.prompt_file.empty()) {
     return Fail(absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH"));
   }
   const int threads = ConfigureThreads(o.threads);
@@ -95,26 +127,8 @@ int RunGenerate(const GenerateCommandOptions& o) {
   if (!model.ok()) return Fail(model.status());
   const ModelConfig& cfg = model->weights->config;
   const Tokenizer& tok = *model->tokenizer;
-
-  std::string text = prompt;
-  if (o.chat) {
-    std::vector<ChatMessage> msgs;
-    if (!o.system.empty()) msgs.push_back({"system", o.system});
-    msgs.push_back({"user", prompt});
-    auto rendered = tok.ApplyChatTemplate(msgs, /*add_generation_prompt=*/true);
-    if (!rendered.ok()) return Fail(rendered.status());
-    text = *rendered;
-  }
-  auto ids = tok.Encode(text, EncodeOptions{.add_bos = !o.chat && tok.add_bos_token(),
-                                             .parse_special = o.chat});
+  auto ids = PromptIds(o, tok);
   if (!ids.ok()) return Fail(ids.status());
-  if (ids->empty()) return Fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
-  if (int64_t(ids->size()) >= o.ctx) {
-    return Fail(absl::InvalidArgumentError(absl::StrFormat(
-        "the prompt is %d tokens but --ctx is %d (it must also hold the generated tokens); "
-        "raise --ctx",
-        ids->size(), o.ctx)));
-  }
   const int32_t pages = (o.ctx + kPageTokens - 1) / kPageTokens;
   auto cache = KvCache::Create(cfg, pages);
   if (!cache.ok()) return Fail(cache.status());

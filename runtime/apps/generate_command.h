@@ -1,9 +1,13 @@
 // `resa generate`: load a model, prefill a prompt, stream the generated text, print stats.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace resa {
 
@@ -31,6 +35,15 @@ struct GenerateCommandOptions {
 // Registers --mode, --sparse-ratio, --min-blocks, --rectify-every on a command.
 void AddResaFlags(CLI::App& cmd, std::string& mode, float& sparse_ratio, int& min_blocks,
                   int& rectify_every);
+
+// Registers the flags every generating program shares (model, prompt, chat, sampling, context,
+// threads, ReSA) on `cmd`.
+void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& options);
+
+// The prompt as token ids: --prompt or --prompt-file, rendered with the chat template under
+// --chat, encoded, and checked to leave room in --ctx. Errors name the flag.
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& options,
+                                               const Tokenizer& tokenizer);
 
 // Registers the subcommand; `run` is set to the function that executes it (exit code).
 void AddGenerateCommand(CLI::App& app, GenerateCommandOptions& options, int& exit_code);

@@ -35,23 +35,9 @@ namespace resa {
 namespace {
 
 struct WorkerOptions {
-  std::string model = "default";
+  GenerateCommandOptions gen;  // model, prompt, sampling, context, threads, ReSA: as resa generate
   int tp = 1, sp = 1;
-  std::string prompt, prompt_file, system;
-  bool chat = false;
-  int max_new_tokens = 256;
-  float temperature = 0.0f, top_p = 1.0f;
-  int top_k = 0;
-  uint64_t seed = 0;
-  int threads = 0;
-  int ctx = 4096;
-  int prefill_chunk = 512;
   double timeout_s = 60;
-  bool quiet = false;
-  std::string mode = "resa";
-  float sparse_ratio = 0.1f;
-  int min_blocks = 16;
-  int rectify_every = 32;
   std::string tokens_out, selections_out;
 };
 
@@ -76,23 +62,6 @@ absl::Status Agree(Communicator& world, const absl::Status& mine, std::string_vi
       absl::StrCat(AsAbsl(phase), " failed on rank ", world.size() - worst, " (see its message)"));
 }
 
-absl::StatusOr<std::string> ReadPrompt(const WorkerOptions& o) {
-  if (o.prompt_file.empty()) {
-    if (o.prompt.empty()) {
-      return absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH");
-    }
-    return o.prompt;
-  }
-  std::ifstream in(o.prompt_file, std::ios::binary);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("--prompt-file ", o.prompt_file, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().empty())
-    return absl::InvalidArgumentError("--prompt-file " + o.prompt_file + " is empty");
-  return ss.str();
-}
-
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const WeightSource& src) {
   if (src.gguf() != nullptr) return Tokenizer::FromGguf(*src.gguf());
   if (!src.hf_dir().empty()) return Tokenizer::FromJsonFile(src.hf_dir() + "/tokenizer.json");
@@ -107,30 +76,13 @@ struct Rank {
 };
 
 absl::Status OpenModel(const WorkerOptions& o, Rank& r) {
-  if (absl::StartsWith(o.model, "synthetic:")) {
+  if (absl::StartsWith(o.gen.model, "synthetic:")) {
     return absl::InvalidArgumentError("resa-worker needs a model with a tokenizer");
   }
-  RESA_ASSIGN_OR_RETURN(std::string path, ResolveModelPath(o.model));
+  RESA_ASSIGN_OR_RETURN(std::string path, ResolveModelPath(o.gen.model));
   RESA_ASSIGN_OR_RETURN(r.source, OpenWeightSource(path));
   RESA_ASSIGN_OR_RETURN(r.tokenizer, LoadTokenizer(*r.source));
-  RESA_ASSIGN_OR_RETURN(std::string prompt, ReadPrompt(o));
-  std::string text = prompt;
-  if (o.chat) {
-    std::vector<ChatMessage> msgs;
-    if (!o.system.empty()) msgs.push_back({"system", o.system});
-    msgs.push_back({"user", prompt});
-    RESA_ASSIGN_OR_RETURN(text, r.tokenizer->ApplyChatTemplate(msgs, true));
-  }
-  RESA_ASSIGN_OR_RETURN(
-      r.prompt,
-      r.tokenizer->Encode(text, EncodeOptions{.add_bos = !o.chat && r.tokenizer->add_bos_token(),
-                                              .parse_special = o.chat}));
-  if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
-  if (int64_t(r.prompt.size()) >= o.ctx) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the prompt is ", r.prompt.size(), " tokens but --ctx is ", o.ctx,
-                     " (it must also hold the generated tokens); raise --ctx"));
-  }
+  RESA_ASSIGN_OR_RETURN(r.prompt, PromptIds(o.gen, *r.tokenizer));
   return absl::OkStatus();
 }
 
@@ -159,15 +111,15 @@ int RunWorker(const WorkerOptions& o) {
 
   // Threads: by default the host's cores shared among the ranks on it.
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const int threads =
-      ConfigureThreads(o.threads > 0 ? o.threads : std::max(1, int(cores) / world.local_size));
+  const int threads = ConfigureThreads(
+      o.gen.threads > 0 ? o.gen.threads : std::max(1, int(cores) / world.local_size));
 
   Rank r;
-  SamplingParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
+  SamplingParams sampling{o.gen.temperature, o.gen.top_k, o.gen.top_p, o.gen.seed};
   absl::Status st = sampling.Validate();
-  auto mode = ParseDecodeMode(o.mode);
-  const ResaOptions resa{mode.ok() ? *mode : DecodeMode::kDense, o.sparse_ratio, o.min_blocks,
-                         o.rectify_every};
+  auto mode = ParseDecodeMode(o.gen.mode);
+  const ResaOptions resa{mode.ok() ? *mode : DecodeMode::kDense, o.gen.sparse_ratio,
+                         o.gen.min_blocks, o.gen.rectify_every};
   if (st.ok()) st = mode.status();
   if (st.ok()) st = resa.Validate();
   if (st.ok()) st = OpenModel(o, r);
@@ -187,13 +139,13 @@ int RunWorker(const WorkerOptions& o) {
   {
     ProgressBar bar("loading " + std::filesystem::path(r.source->path()).filename().string());
     ProgressFn fn;
-    if (!o.quiet && rank == 0) fn = bar.AsCallback();
+    if (!o.gen.quiet && rank == 0) fn = bar.AsCallback();
     auto loaded = LoadCpuWeights(*r.source, grid->shard, fn);
-    if (!o.quiet && rank == 0) bar.Finish();
+    if (!o.gen.quiet && rank == 0) bar.Finish();
     st = loaded.status();
     if (st.ok()) weights = std::move(*loaded);
     // Pages per rank: the context's blocks divided among the SP ranks.
-    const int32_t blocks = (o.ctx + kPageTokens - 1) / kPageTokens;
+    const int32_t blocks = (o.gen.ctx + kPageTokens - 1) / kPageTokens;
     if (st.ok()) {
       auto c = KvCache::Create(cfg, (blocks + o.sp - 1) / o.sp, grid->kv_shard());
       st = c.status();
@@ -209,7 +161,7 @@ int RunWorker(const WorkerOptions& o) {
   absl::Status agreed = Agree(w, st, "loading the weights");
   w.set_timeout(absl::Seconds(o.timeout_s));
   if (!agreed.ok()) return Fail(rank, agreed, st.ok());
-  if (!o.quiet) {
+  if (!o.gen.quiet) {
     std::fprintf(stderr, "[resa-worker] rank %d: %s, %.0f MB of weights, loaded in %.1fs\n", rank,
                  grid->ToString().c_str(), weights->TotalBytes() / 1e6, load_sw.Seconds());
   }
@@ -227,8 +179,8 @@ int RunWorker(const WorkerOptions& o) {
   }
 
   GenerateOptions go;
-  go.max_new_tokens = o.max_new_tokens;
-  go.prefill_chunk = o.prefill_chunk;
+  go.max_new_tokens = o.gen.max_new_tokens;
+  go.prefill_chunk = o.gen.prefill_chunk;
   go.sampling = sampling;
   go.stop_ids = r.tokenizer->StopIds();
   go.resa = resa;
@@ -266,7 +218,7 @@ int RunWorker(const WorkerOptions& o) {
     }
     if (!out) return Fail(rank, absl::InternalError("cannot write " + path));
   }
-  if (rank == 0 && !o.quiet) {
+  if (rank == 0 && !o.gen.quiet) {
     std::fprintf(stderr,
                  "[stats] %d ranks (tp %d x sp %d) | prompt %d tokens | prefill %.1f tok/s | "
                  "decode %.1f tok/s (%d tokens) | peak memory %.0f MiB on rank 0 | %d threads per "
@@ -298,45 +250,22 @@ int main(int argc, char** argv) {
   CLI::App app{
       "resa-worker: one rank of a tensor x sequence parallel generation job "
       "(mpirun -np TP*SP resa-worker --tp TP --sp SP ...)"};
-  app.add_option("-m,--model", o.model, "GGUF file, Hugging Face directory, or a cached model name")
-      ->capture_default_str();
+  resa::AddGenerationFlags(app, o.gen);
+  app.get_option("--threads")
+      ->description("CPU threads per rank; 0 = the host's cores divided among its ranks");
+  app.get_option("--seed")->description("Sampling seed (rank 0 samples)");
   app.add_option("--tp", o.tp, "Tensor-parallel ranks (split heads and the MLP)")
       ->capture_default_str();
   app.add_option("--sp", o.sp, "Sequence-parallel ranks (split the KV cache by pages)")
       ->capture_default_str();
-  auto* p = app.add_option("-p,--prompt", o.prompt, "Prompt text");
-  auto* pf = app.add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
-  p->excludes(pf);
-  app.add_flag("--chat", o.chat, "Wrap the prompt as a user turn in the model's chat template");
-  app.add_option("--system", o.system, "System message for --chat");
-  app.add_option("-n,--max-new-tokens", o.max_new_tokens, "Tokens to generate at most")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 24));
-  app.add_option("--temperature", o.temperature, "Sampling temperature; 0 = greedy")
-      ->capture_default_str();
-  app.add_option("--top-p", o.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
-  app.add_option("--top-k", o.top_k, "Keep the k most likely tokens; 0 = all")
-      ->capture_default_str();
-  app.add_option("--seed", o.seed, "Sampling seed (rank 0 samples)")->capture_default_str();
-  app.add_option("-t,--threads", o.threads,
-                 "CPU threads per rank; 0 = the host's cores divided among its ranks")
-      ->capture_default_str();
-  app.add_option("-c,--ctx", o.ctx, "Context length (prompt + generated tokens) to allocate")
-      ->capture_default_str()
-      ->check(CLI::Range(16, 1 << 24));
-  app.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
   app.add_option("--timeout", o.timeout_s,
                  "Seconds a collective may wait for its peers before the job fails")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 86400.0));
-  app.add_flag("-q,--quiet", o.quiet, "No progress bar or stats lines");
   app.add_option("--tokens-out", o.tokens_out, "Rank 0 writes the generated token ids here");
   app.add_option("--selections-out", o.selections_out,
                  "Debug: write every sparse selection to PREFIX.tp<rank> (SP rank 0 of each TP "
                  "rank)");
-  resa::AddResaFlags(app, o.mode, o.sparse_ratio, o.min_blocks, o.rectify_every);
   CLI11_PARSE(app, argc, argv);
   return resa::RunWorker(o);
 }
