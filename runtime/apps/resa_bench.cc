@@ -14,6 +14,7 @@
 #include "runtime/apps/bench_util.h"
 #include "runtime/apps/kernels_bench.h"
 #include "runtime/apps/model_loading.h"
+#include "runtime/apps/process_setup.h"
 #include "runtime/core/sysinfo.h"
 #include "runtime/engine/cpu_model.h"
 #include "runtime/engine/kv_cache.h"
@@ -111,6 +112,7 @@ int RunGenerateBench(const GenerateBenchOptions& o) {
 }  // namespace resa
 
 int main(int argc, char** argv) {
+  resa::DefaultOpenMpWaitPolicy(argv);
   CLI::App app{"resa-bench: benchmarks with their baselines from the same run (JSON lines)"};
   app.require_subcommand(1);
   int exit_code = 0;

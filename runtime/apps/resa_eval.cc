@@ -1,8 +1,10 @@
 // resa-eval: quality of sparse and ReSA decoding against dense.
 #include "CLI/CLI.hpp"
 #include "runtime/apps/fidelity.h"
+#include "runtime/apps/process_setup.h"
 
 int main(int argc, char** argv) {
+  resa::DefaultOpenMpWaitPolicy(argv);
   CLI::App app{"resa-eval: fidelity of sparse / ReSA decoding to dense"};
   app.require_subcommand(1);
   int exit_code = 0;

@@ -3,8 +3,10 @@
 
 #include "CLI/CLI.hpp"
 #include "runtime/apps/generate_command.h"
+#include "runtime/apps/process_setup.h"
 
 int main(int argc, char** argv) {
+  resa::DefaultOpenMpWaitPolicy(argv);
   CLI::App app{"resa: long-context LLM decoding with Rectified Sparse Attention"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "resa 0.1.0");

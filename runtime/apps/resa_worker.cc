@@ -24,6 +24,7 @@
 #include "parallel/communicator_factory.h"
 #include "runtime/apps/generate_command.h"
 #include "runtime/apps/model_loading.h"
+#include "runtime/apps/process_setup.h"
 #include "runtime/core/status.h"
 #include "runtime/core/sysinfo.h"
 #include "runtime/engine/generate.h"
@@ -246,6 +247,7 @@ int RunWorker(const WorkerOptions& o) {
 }  // namespace resa
 
 int main(int argc, char** argv) {
+  resa::DefaultOpenMpWaitPolicy(argv);
   resa::WorkerOptions o;
   CLI::App app{
       "resa-worker: one rank of a tensor x sequence parallel generation job "
