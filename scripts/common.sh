@@ -12,11 +12,12 @@ pinned_sha256() {
   awk -v f="$1" '$2 == f { print $1 }' "$RESA_ROOT/models/SHA256SUMS"
 }
 
-# verify_sha256 FILE: compares with the pin for its base name.
+# verify_sha256 FILE [NAME]: compares FILE with the pin for NAME (default: FILE's base name).
 verify_sha256() {
-  local want got
-  want=$(pinned_sha256 "$(basename "$1")")
-  [ -n "$want" ] || die "no pinned sha256 for $(basename "$1") in models/SHA256SUMS"
+  local want got name
+  name=${2:-$(basename "$1")}
+  want=$(pinned_sha256 "$name")
+  [ -n "$want" ] || die "no pinned sha256 for $name in models/SHA256SUMS"
   got=$(sha256sum "$1" | cut -d' ' -f1)
   [ "$got" = "$want" ] || { log "sha256 mismatch for $1: got $got, pinned $want"; return 1; }
 }

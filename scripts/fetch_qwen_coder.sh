@@ -64,7 +64,7 @@ if blocks != 28:
     sys.exit(f"qwen2.block_count is {blocks}, expected 28")
 print(f"verified: qwen2, 28 blocks, {len(r.tensors)} tensors")
 PY
-verify_sha256 "$dest.partial" || die "assembled file does not match the pinned sha256"
+verify_sha256 "$dest.partial" "$name" || die "assembled file does not match the pinned sha256"
 mv "$dest.partial" "$dest"
 rm -rf "$parts"
 log "model ready: $dest (use --model qwen2.5-coder-1.5b)"
