@@ -143,6 +143,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(
       Annotate(AwaitNewComm(comm, deadline, options.timeout, "ncclCommInitRankConfig"), prefix));
   std::unique_ptr<NcclCommunicator> out(new NcclCommunicator(
       comm, device, bootstrap.rank(), bootstrap.size(), bootstrap.world_rank(), options));
+  out->bootstrap_ = &bootstrap;
   RESA_RETURN_IF_ERROR(Annotate(out->Init(), prefix));
   return std::unique_ptr<Communicator>(std::move(out));
 }
@@ -316,48 +317,21 @@ absl::Status NcclCommunicator::DoSendRecv(DataType type, const void* send, size_
 
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::DoSplit(
     int color, int key, const CommunicatorOptions& options) {
+  // Sub-groups are built the way the world is: split the host bootstrap, then a fresh NCCL
+  // communicator from a unique id broadcast over it. (ncclCommSplit on a non-blocking parent
+  // returned no child on the H200 with CUDA 13's NCCL.)
   RESA_ASSIGN_OR_RETURN(void* s, Begin(nullptr));
   (void)s;
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  config.commName = options.name.c_str();
-  ncclComm_t child = nullptr;
-  const absl::Time deadline = Deadline();
-  const ncclResult_t r = ncclCommSplit(comm_, color, key, &child, &config);
-  if (r != ncclSuccess && r != ncclInProgress)
-    return AbortWith(NcclError(r, comm_, "ncclCommSplit"));
-  if (child == nullptr && r == ncclInProgress) {
-    // A non-blocking parent may hand out the child only once the split has progressed on the
-    // parent: wait for the parent's pending operation first.
-    bool timed_out = false;
-    absl::StatusOr<ncclResult_t> state = PollComm(comm_, deadline, &timed_out);
-    if (!state.ok()) return AbortWith(state.status());
-    if (timed_out) {
-      return AbortWith(absl::DeadlineExceededError(
-          absl::StrCat("ncclCommSplit did not complete within ", absl::FormatDuration(timeout()),
-                       "; a peer did not join, hangs or died")));
-    }
-    if (*state != ncclSuccess) return AbortWith(NcclError(*state, comm_, "ncclCommSplit"));
+  if (bootstrap_ == nullptr) {
+    return absl::FailedPreconditionError("this NCCL communicator has no host bootstrap to split");
   }
-  if (child == nullptr) {
-    return AbortWith(absl::InternalError("ncclCommSplit gave no communicator for a color >= 0"));
-  }
-  if (absl::Status st = AwaitNewComm(child, deadline, timeout(), "ncclCommSplit"); !st.ok()) {
-    return AbortWith(st);
-  }
-  int child_rank = 0, child_size = 0;
-  if (ncclResult_t e = ncclCommUserRank(child, &child_rank); e != ncclSuccess) {
-    ncclCommAbort(child);
-    return NcclError(e, child, "ncclCommUserRank");
-  }
-  if (ncclResult_t e = ncclCommCount(child, &child_size); e != ncclSuccess) {
-    ncclCommAbort(child);
-    return NcclError(e, child, "ncclCommCount");
-  }
-  std::unique_ptr<NcclCommunicator> out(
-      new NcclCommunicator(child, device_, child_rank, child_size, world_rank(), options));
-  RESA_RETURN_IF_ERROR(out->Init());
-  return std::unique_ptr<Communicator>(std::move(out));
+  RESA_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host,
+                        bootstrap_->Split(color, key, absl::StrCat(AsAbsl(options.name), ".host")));
+  RESA_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> child, Create(*host, device_, options));
+  auto* nccl = static_cast<NcclCommunicator*>(child.get());
+  nccl->owned_bootstrap_ = std::move(host);
+  nccl->bootstrap_ = nccl->owned_bootstrap_.get();
+  return child;
 }
 
 }  // namespace resa

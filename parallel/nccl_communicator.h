@@ -26,7 +26,8 @@ class NcclCommunicator final : public Communicator {
  public:
   // Collective over `bootstrap`, a host-buffer communicator (MPI, or the fake for threads): its
   // rank 0 makes the NCCL unique id and broadcasts it, then every rank joins the NCCL
-  // communicator of the same rank and size on CUDA device `device`.
+  // communicator of the same rank and size on CUDA device `device`. `bootstrap` must outlive
+  // the result: Split builds sub-groups over it.
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(Communicator& bootstrap, int device,
                                                               const CommunicatorOptions& options);
 
@@ -37,6 +38,10 @@ class NcclCommunicator final : public Communicator {
   int device() const { return device_; }
 
  private:
+  // Split's sub-groups own the host communicator they were built over.
+  Communicator* bootstrap_ = nullptr;
+  std::unique_ptr<Communicator> owned_bootstrap_;
+
   NcclCommunicator(ncclComm_t comm, int device, int rank, int size, int world_rank,
                    CommunicatorOptions options);
   // Creates the internal stream and the barrier scratch word.
