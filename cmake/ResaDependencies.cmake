@@ -95,8 +95,20 @@ if(NOT RESA_GRPC STREQUAL "OFF")
   find_package(Protobuf QUIET)
   pkg_check_modules(GRPCPP QUIET IMPORTED_TARGET grpc++)
   find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin)
-  if(Protobuf_FOUND AND GRPCPP_FOUND AND GRPC_CPP_PLUGIN)
+  # The coordinator's metrics (Prometheus text format over HTTP) and gRPC server reflection.
+  find_package(prometheus-cpp CONFIG QUIET COMPONENTS core pull)
+  find_library(GRPCPP_REFLECTION_LIBRARY grpc++_reflection)
+  if(Protobuf_FOUND AND GRPCPP_FOUND AND GRPC_CPP_PLUGIN AND prometheus-cpp_FOUND
+     AND GRPCPP_REFLECTION_LIBRARY)
     set(_grpc_found ON)
   endif()
 endif()
 resa_resolve(RESA_GRPC ${_grpc_found} GRPC)
+
+# Rebuilds of the same sources in several build folders share one compiler cache when present.
+find_program(CCACHE_PROGRAM ccache)
+if(CCACHE_PROGRAM AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+  set(CMAKE_C_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+  set(CMAKE_CUDA_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+endif()

@@ -65,6 +65,20 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& spec) {
   return spec;
 }
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const WeightSource& source) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok;
+  if (source.gguf() != nullptr) {
+    tok = Tokenizer::FromGguf(*source.gguf());
+  } else if (!source.hf_dir().empty()) {
+    tok = Tokenizer::FromJsonFile(source.hf_dir() + "/tokenizer.json");
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source.path(), " has no tokenizer (synthetic models take token ids only)"));
+  }
+  if (!tok.ok()) return Annotate(tok.status(), source.path());
+  return tok;
+}
+
 absl::StatusOr<LoadedModel> LoadModel(const std::string& spec, const LoadOptions& options) {
   LoadedModel m;
   if (absl::StartsWith(spec, "synthetic:")) {
@@ -83,18 +97,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& spec, const LoadOptions
     if (options.progress) bar.Finish();
   }
   if (options.need_tokenizer) {
-    if (m.source->gguf() != nullptr) {
-      auto tok = Tokenizer::FromGguf(*m.source->gguf());
-      if (!tok.ok()) return Annotate(tok.status(), m.path);
-      m.tokenizer = std::move(*tok);
-    } else if (!m.source->hf_dir().empty()) {
-      auto tok = Tokenizer::FromJsonFile(m.source->hf_dir() + "/tokenizer.json");
-      if (!tok.ok()) return Annotate(tok.status(), m.path);
-      m.tokenizer = std::move(*tok);
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(m.path, " has no tokenizer (synthetic models take token ids only)"));
-    }
+    RESA_ASSIGN_OR_RETURN(m.tokenizer, LoadTokenizer(*m.source));
   }
   return m;
 }

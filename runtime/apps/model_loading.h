@@ -39,6 +39,9 @@ struct LoadOptions {
   bool need_tokenizer = true;
 };
 
+// The tokenizer of a GGUF file (its metadata) or of a Hugging Face directory (tokenizer.json).
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const WeightSource& source);
+
 // Loads `spec` (alias, GGUF file, HF directory, or "synthetic:<shape>").
 absl::StatusOr<LoadedModel> LoadModel(const std::string& spec, const LoadOptions& options);
 

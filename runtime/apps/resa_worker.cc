@@ -31,6 +31,11 @@
 #include "runtime/engine/model_grid.h"
 #include "runtime/engine/synthetic_model.h"
 #include "runtime/model/gguf.h"
+#if RESA_HAVE_GRPC
+#include "runtime/serving/server.h"
+#include "runtime/serving/support/logging.h"
+#include "runtime/serving/worker_link.h"
+#endif
 
 namespace resa {
 namespace {
@@ -40,6 +45,12 @@ struct WorkerOptions {
   int tp = 1, sp = 1;
   double timeout_s = 60;
   std::string tokens_out, selections_out;
+  std::string coordinator;  // serve plans from a coordinator instead of one prompt
+#if RESA_HAVE_GRPC
+  serving::WorkerGroupOptions group;
+  serving::ClientSecurityOptions security;
+  std::string log_format = "text", log_level = "info";
+#endif
 };
 
 // Errors go to stderr prefixed with the rank; `everywhere` errors (the same on every rank, such
@@ -63,12 +74,6 @@ absl::Status Agree(Communicator& world, const absl::Status& mine, std::string_vi
       absl::StrCat(AsAbsl(phase), " failed on rank ", world.size() - worst, " (see its message)"));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const WeightSource& src) {
-  if (src.gguf() != nullptr) return Tokenizer::FromGguf(*src.gguf());
-  if (!src.hf_dir().empty()) return Tokenizer::FromJsonFile(src.hf_dir() + "/tokenizer.json");
-  return absl::InvalidArgumentError(absl::StrCat(src.path(), " has no tokenizer"));
-}
-
 // The rank's share of the job: what each local phase produces.
 struct Rank {
   std::unique_ptr<WeightSource> source;
@@ -83,7 +88,9 @@ absl::Status OpenModel(const WorkerOptions& o, Rank& r) {
   RESA_ASSIGN_OR_RETURN(std::string path, ResolveModelPath(o.gen.model));
   RESA_ASSIGN_OR_RETURN(r.source, OpenWeightSource(path));
   RESA_ASSIGN_OR_RETURN(r.tokenizer, LoadTokenizer(*r.source));
-  RESA_ASSIGN_OR_RETURN(r.prompt, PromptIds(o.gen, *r.tokenizer));
+  if (o.coordinator.empty()) {
+    RESA_ASSIGN_OR_RETURN(r.prompt, PromptIds(o.gen, *r.tokenizer));
+  }
   return absl::OkStatus();
 }
 
@@ -125,7 +132,9 @@ int RunWorker(const WorkerOptions& o) {
   if (st.ok()) st = resa.Validate();
   if (st.ok()) st = OpenModel(o, r);
   if (absl::Status a = Agree(w, st, "opening the model"); !a.ok()) return Fail(rank, a, st.ok());
-  if (absl::Status a = SharePrompt(w, r.prompt); !a.ok()) return Fail(rank, a);
+  if (o.coordinator.empty()) {
+    if (absl::Status a = SharePrompt(w, r.prompt); !a.ok()) return Fail(rank, a);
+  }
   const ModelConfig& cfg = r.source->config();
 
   // Grid errors are the same on every rank: they fail here, before any collective.
@@ -145,10 +154,15 @@ int RunWorker(const WorkerOptions& o) {
     if (!o.gen.quiet && rank == 0) bar.Finish();
     st = loaded.status();
     if (st.ok()) weights = std::move(*loaded);
-    // Pages per rank: the context's blocks divided among the SP ranks.
+    // Pages per rank: the context's blocks divided among the SP ranks (a coordinator's worker:
+    // the pool for --max-batch sequences or --kv-tokens).
     const int32_t blocks = (o.gen.ctx + kPageTokens - 1) / kPageTokens;
+    int32_t pages = (blocks + o.sp - 1) / o.sp;
+#if RESA_HAVE_GRPC
+    if (!o.coordinator.empty()) pages = serving::KvPagesPerRank(o.group, o.sp);
+#endif
     if (st.ok()) {
-      auto c = KvCache::Create(cfg, (blocks + o.sp - 1) / o.sp, grid->kv_shard());
+      auto c = KvCache::Create(cfg, pages, grid->kv_shard());
       st = c.status();
       if (st.ok()) cache = std::move(*c);
     }
@@ -165,6 +179,22 @@ int RunWorker(const WorkerOptions& o) {
   if (!o.gen.quiet) {
     std::fprintf(stderr, "[resa-worker] rank %d: %s, %.0f MB of weights, loaded in %.1fs\n", rank,
                  grid->ToString().c_str(), weights->TotalBytes() / 1e6, load_sw.Seconds());
+  }
+
+  if (!o.coordinator.empty()) {
+#if RESA_HAVE_GRPC
+    // Plans from the coordinator; every rank runs them, rank 0 holds the stream.
+    serving::WorkerSession session(*model, *cache, r.tokenizer->StopIds(), o.gen.ctx, &w);
+    serving::WorkerLinkOptions link;
+    link.coordinator = o.coordinator;
+    link.security = o.security;
+    link.connect_timeout = absl::Seconds(o.group.connect_timeout_s);
+    const v1::WorkerRegister reg = serving::MakeRegistration(
+        o.gen.model, cfg, *r.tokenizer, o.group, w.size(), o.tp, o.sp, cache->num_pages());
+    absl::Status served = serving::RunWorkerLink(link, reg, session, &w);
+    if (!served.ok()) return Fail(rank, served);
+    return 0;
+#endif
   }
 
   // Selections (debug): per layer and KV head, the n-th selection's blocks, written by the SP
@@ -265,9 +295,29 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1.0, 86400.0));
   app.add_option("--tokens-out", o.tokens_out, "Rank 0 writes the generated token ids here");
+  app.add_option("--coordinator", o.coordinator,
+                 "HOST:PORT of a resa-coordinator: serve its jobs instead of one --prompt "
+                 "(rank 0 connects; the other ranks receive each plan from it)");
+#if RESA_HAVE_GRPC
+  o.group.ctx = -1;  // --ctx is the generation flag's
+  resa::serving::AddWorkerGroupFlags(app, o.group, /*with_ctx=*/false);
+  resa::serving::AddClientSecurityFlags(app, o.security);
+  resa::serving::AddLoggingFlags(app, o.log_format, o.log_level);
+#endif
   app.add_option("--selections-out", o.selections_out,
                  "Debug: write every sparse selection to PREFIX.tp<rank> (SP rank 0 of each TP "
                  "rank)");
   CLI11_PARSE(app, argc, argv);
+  if (!o.coordinator.empty()) {
+#if RESA_HAVE_GRPC
+    o.group.ctx = o.gen.ctx;
+    absl::Status st = resa::serving::ValidateWorkerGroup(o.group);
+    if (st.ok()) st = resa::serving::SetupLogging(o.log_format, o.log_level);
+    if (!st.ok()) return resa::Fail(-1, st);
+#else
+    return resa::Fail(-1, absl::UnimplementedError(
+                              "--coordinator needs a build with gRPC (RESA_GRPC=ON; see README)"));
+#endif
+  }
   return resa::RunWorker(o);
 }
