@@ -57,7 +57,7 @@ struct WorkerOptions {
 // as a bad grid) are printed by rank 0 only.
 int Fail(int rank, const absl::Status& st, bool everywhere = false) {
   if (!everywhere || rank == 0) {
-    std::fprintf(stderr, "resa-worker: rank %d: error: %s\n", rank,
+    std::fprintf(stderr, "resa-worker: rank %d on %s: error: %s\n", rank, HostName().c_str(),
                  std::string(st.message()).c_str());
   }
   return 1;
@@ -131,6 +131,16 @@ int RunWorker(const WorkerOptions& o) {
   if (st.ok()) st = mode.status();
   if (st.ok()) st = resa.Validate();
   if (st.ok()) st = OpenModel(o, r);
+#if RESA_HAVE_GRPC
+  // Before the weights load: a wrong coordinator address fails in seconds, on every rank.
+  if (st.ok() && rank == 0 && !o.coordinator.empty()) {
+    serving::WorkerLinkOptions probe;
+    probe.coordinator = o.coordinator;
+    probe.security = o.security;
+    probe.connect_timeout = absl::Seconds(o.group.connect_timeout_s);
+    st = serving::ProbeCoordinator(probe);
+  }
+#endif
   if (absl::Status a = Agree(w, st, "opening the model"); !a.ok()) return Fail(rank, a, st.ok());
   if (o.coordinator.empty()) {
     if (absl::Status a = SharePrompt(w, r.prompt); !a.ok()) return Fail(rank, a);

@@ -13,17 +13,9 @@ absl::Status Invalid(std::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(AsAbsl(field), ": ", what));
 }
 
-// Renders the chat template around placeholders, then encodes the template's text with special
-// tokens parsed and each message's content as plain text.
-absl::StatusOr<std::vector<int32_t>> EncodeChat(const v1::GenerateRequest& req,
-                                                const Tokenizer& tok) {
-  std::string marker;
-  for (int nonce = 0;; ++nonce) {
-    marker = absl::StrCat("\x1eresa-", nonce, "-");
-    bool clash = false;
-    for (const v1::ChatMessage& m : req.messages()) clash |= m.content().find(marker) != std::string::npos;
-    if (!clash) break;
-  }
+// Chat messages: roles checked, contents encoded as plain text (EncodeChat).
+absl::StatusOr<std::vector<int32_t>> EncodeMessages(const v1::GenerateRequest& req,
+                                                    const Tokenizer& tok) {
   std::vector<ChatMessage> msgs;
   for (int i = 0; i < req.messages_size(); ++i) {
     const v1::ChatMessage& m = req.messages(i);
@@ -31,31 +23,10 @@ absl::StatusOr<std::vector<int32_t>> EncodeChat(const v1::GenerateRequest& req,
       return Invalid(absl::StrCat("messages[", i, "].role"),
                      absl::StrCat("must be system, user or assistant, got '", m.role(), "'"));
     }
-    msgs.push_back(ChatMessage{m.role(), absl::StrCat(marker, i, marker)});
+    msgs.push_back(ChatMessage{m.role(), m.content()});
   }
-  auto rendered = tok.ApplyChatTemplate(msgs, /*add_generation_prompt=*/true);
-  if (!rendered.ok()) return Invalid("messages", rendered.status().message());
-  std::vector<int32_t> ids;
-  std::string_view rest = *rendered;
-  auto append = [&](std::string_view text, bool special) -> absl::Status {
-    if (text.empty()) return absl::OkStatus();
-    RESA_ASSIGN_OR_RETURN(auto part, tok.Encode(text, EncodeOptions{.add_bos = false,
-                                                                    .parse_special = special}));
-    ids.insert(ids.end(), part.begin(), part.end());
-    return absl::OkStatus();
-  };
-  for (int i = 0; i < req.messages_size(); ++i) {
-    const std::string open = absl::StrCat(marker, i, marker);
-    const size_t at = rest.find(open);
-    if (at == std::string_view::npos) {
-      return absl::InternalError("the chat template dropped a message");
-    }
-    RESA_RETURN_IF_ERROR(append(rest.substr(0, at), true));
-    absl::Status st = append(req.messages(i).content(), false);
-    if (!st.ok()) return Invalid(absl::StrCat("messages[", i, "].content"), st.message());
-    rest.remove_prefix(at + open.size());
-  }
-  RESA_RETURN_IF_ERROR(append(rest, true));
+  auto ids = EncodeChat(tok, msgs, /*add_generation_prompt=*/true);
+  if (!ids.ok()) return Invalid("messages", ids.status().message());
   return ids;
 }
 
@@ -136,7 +107,7 @@ absl::StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& req,
     if (!ids.ok()) return Invalid("prompt", ids.status().message());
     out.prompt = std::move(*ids);
   } else if (req.messages_size() > 0) {
-    RESA_ASSIGN_OR_RETURN(out.prompt, EncodeChat(req, tok));
+    RESA_ASSIGN_OR_RETURN(out.prompt, EncodeMessages(req, tok));
   } else {
     for (int i = 0; i < req.prompt_tokens_size(); ++i) {
       const int32_t t = req.prompt_tokens(i);

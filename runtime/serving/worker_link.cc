@@ -1,5 +1,6 @@
 #include "runtime/serving/worker_link.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -84,6 +85,11 @@ class CoordinatorStream {
         v1::WorkerEvent hb;
         hb.mutable_heartbeat()->set_running(running.load());
         hb.mutable_heartbeat()->set_kv_pages_used(pages_used.load());
+        const absl::Time now = absl::Now();
+        const int64_t busy = busy_ns.exchange(0);
+        const double span = absl::ToDoubleNanoseconds(now - last_beat);
+        last_beat = now;
+        if (span > 0) hb.mutable_heartbeat()->set_busy_fraction(std::min(1.0, double(busy) / span));
         Write(hb);
         lock.lock();
       }
@@ -145,6 +151,8 @@ class CoordinatorStream {
 
   std::atomic<int32_t> running{0};
   std::atomic<int64_t> pages_used{0};
+  std::atomic<int64_t> busy_ns{0};  // time in plans since the last heartbeat
+  absl::Time last_beat = absl::Now();
 
  private:
   std::unique_ptr<v1::WorkerControl::Stub> stub_;
@@ -159,6 +167,19 @@ class CoordinatorStream {
 };
 
 }  // namespace
+
+absl::Status ProbeCoordinator(const WorkerLinkOptions& o) {
+  if (o.channel != nullptr) return absl::OkStatus();
+  RESA_ASSIGN_OR_RETURN(auto channel, MakeChannel(o.coordinator, o.security, o.max_message_bytes));
+  const auto deadline = std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(o.connect_timeout);
+  if (!channel->WaitForConnected(deadline)) {
+    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", o.coordinator,
+                                               " within ", absl::FormatDuration(o.connect_timeout),
+                                               " (--coordinator, --connect-timeout)"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status RunWorkerLink(const WorkerLinkOptions& o, const v1::WorkerRegister& registration,
                            WorkerSession& session, Communicator* world) {
@@ -199,8 +220,10 @@ absl::Status RunWorkerLink(const WorkerLinkOptions& o, const v1::WorkerRegister&
     }
     switch (cmd.command_case()) {
       case v1::WorkerCommand::kPlan: {
+        const absl::Time start = absl::Now();
         absl::Status st = session.Execute(cmd.plan(), emit);
         if (link != nullptr) {
+          link->busy_ns += absl::ToInt64Nanoseconds(absl::Now() - start);
           link->running = session.running();
           link->pages_used = session.pages_used();
         }

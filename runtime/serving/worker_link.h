@@ -28,6 +28,10 @@ struct WorkerLinkOptions {
   int max_message_bytes = 64 << 20;
 };
 
+// Checks that the coordinator accepts connections within options.connect_timeout, so a worker
+// fails before loading its weights when the address is wrong. Unavailable naming the address.
+absl::Status ProbeCoordinator(const WorkerLinkOptions& options);
+
 // Runs the group until the coordinator sends shutdown (OK). Errors: the coordinator cannot be
 // reached or refused the registration, the stream broke, or a plan failed on some rank (the
 // coordinator is told, as a fatal event, before this returns). Collective over `world`;

@@ -97,4 +97,12 @@ class StreamDecoder {
   std::string pending_;
 };
 
+// The chat template applied to `messages` and encoded so that the template's markers become
+// their special tokens while every message's content is encoded as plain text: a user who types
+// "<|im_start|>" gets those characters, never a control token. Errors as ApplyChatTemplate and
+// Encode (InvalidArgument for content that is not UTF-8).
+absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer,
+                                                std::span<const ChatMessage> messages,
+                                                bool add_generation_prompt);
+
 }  // namespace resa
