@@ -181,6 +181,10 @@ class Communicator {
   absl::Status CheckBuffer(const void* p, size_t count, std::string_view what) const;
   absl::Status CheckRank(int r, std::string_view what) const;
 
+  // The decorator (counting_communicator.h) forwards to its wrapped communicator's Do* calls
+  // directly (arguments already validated, errors annotated once) and breaks it on failure.
+  friend class CountingCommunicator;
+
   int rank_;
   int size_;
   int world_rank_;

@@ -7,15 +7,49 @@
 
 namespace resa {
 
+namespace {
+int SplitBegin(int n, int rank, int size) { return int(int64_t(n) * rank / size); }
+}  // namespace
+
+absl::StatusOr<HeadSplit> SplitHeads(int num_heads, int num_kv_heads, int tp_rank, int tp) {
+  const int nh = num_heads, nkv = num_kv_heads;
+  if (tp < 1) return absl::InvalidArgumentError(absl::StrCat("--tp ", tp, " must be >= 1"));
+  if (tp_rank < 0 || tp_rank >= tp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp ", tp, ": rank ", tp_rank, " is outside the group"));
+  }
+  if (nh < 1 || nkv < 1 || nh % nkv != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model has ", nh, " query heads and ", nkv,
+                                                   " KV heads; KV heads must divide query heads"));
+  }
+  const int g = nh / nkv;
+  HeadSplit s;
+  if (tp <= nkv) {
+    s.kv_head_begin = SplitBegin(nkv, tp_rank, tp);
+    s.num_kv_heads = SplitBegin(nkv, tp_rank + 1, tp) - s.kv_head_begin;
+    s.head_begin = s.kv_head_begin * g;
+    s.num_heads = s.num_kv_heads * g;
+    return s;
+  }
+  if (tp % nkv != 0 || g % (tp / nkv) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp ", tp, " does not fit the model's ", nh, " query heads and ", nkv,
+                     " KV heads: up to ", nkv, " ranks split the KV heads; above, --tp must be a "
+                     "multiple of ", nkv, " that splits each group of ", g,
+                     " query heads evenly"));
+  }
+  s.kv_replicas = tp / nkv;
+  s.kv_head_begin = tp_rank / s.kv_replicas;
+  s.num_kv_heads = 1;
+  s.num_heads = g / s.kv_replicas;
+  s.head_begin = s.kv_head_begin * g + (tp_rank % s.kv_replicas) * s.num_heads;
+  return s;
+}
+
 absl::StatusOr<ProcessGrid> ProcessGrid::Create(int world_rank, int world_size, int tp, int sp,
                                                 int num_heads, int num_kv_heads) {
   if (tp < 1) return absl::InvalidArgumentError(absl::StrCat("--tp ", tp, " must be >= 1"));
   if (sp < 1) return absl::InvalidArgumentError(absl::StrCat("--sp ", sp, " must be >= 1"));
-  if (num_heads < 1 || num_kv_heads < 1 || num_heads % num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model has ", num_heads, " query heads and ",
-                                                   num_kv_heads,
-                                                   " KV heads; KV heads must divide query heads"));
-  }
   if (int64_t(tp) * sp != world_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--tp ", tp, " x --sp ", sp, " = ", int64_t(tp) * sp, " ranks, but the world has ",
@@ -25,17 +59,8 @@ absl::StatusOr<ProcessGrid> ProcessGrid::Create(int world_rank, int world_size, 
     return absl::InvalidArgumentError(
         absl::StrCat("world rank ", world_rank, " is outside [0, ", world_size, ")"));
   }
-  if (num_heads % tp != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tp ", tp, " does not divide the model's ", num_heads, " query heads"));
-  }
-  if (num_kv_heads % tp != 0 && tp % num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tp ", tp, " and the model's ", num_kv_heads,
-        " KV heads: one must divide the other (KV heads are split when tp <= ", num_kv_heads,
-        ", replicated when tp is a multiple of ", num_kv_heads, ")"));
-  }
-  return ProcessGrid(world_rank, tp, sp, num_heads, num_kv_heads);
+  RESA_ASSIGN_OR_RETURN(HeadSplit heads, SplitHeads(num_heads, num_kv_heads, world_rank % tp, tp));
+  return ProcessGrid(world_rank, tp, sp, num_heads, num_kv_heads, heads);
 }
 
 std::string ProcessGrid::ToString() const {

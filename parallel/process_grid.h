@@ -6,10 +6,13 @@
 // splits heads and the MLP; an SP group holds the same heads and splits the sequence (page i on
 // SP rank i mod sp).
 //
-// Heads: query heads are split contiguously, num_heads / tp per rank. KV heads are split the
-// same way when tp <= num_kv_heads (num_kv_heads / tp per rank); when tp > num_kv_heads each KV
-// head is replicated on tp / num_kv_heads consecutive ranks, and each rank holds one. Either way
-// the query heads of a rank read only the KV heads it holds (head j uses KV head j / group).
+// Heads: SplitHeads below is the one rule of the code base (the engine's TpShard uses it too).
+// Query heads are split by KV group: with tp <= num_kv_heads, rank r holds KV heads
+// [r * Hkv / tp, (r + 1) * Hkv / tp) and all their query heads (uneven when tp does not divide
+// Hkv, e.g. SmolLM2's 9 query / 3 KV heads at tp 2: 3 + 6 query heads). With tp > Hkv, each KV
+// head is replicated on R = tp / Hkv consecutive ranks (tp must be a multiple of Hkv) that split
+// its group of query heads evenly (R must divide the group). Either way the query heads of a rank
+// read only the KV heads it holds (head j uses KV head j / group).
 #pragma once
 
 #include <memory>
@@ -20,10 +23,23 @@
 
 namespace resa {
 
+// The heads one TP rank holds.
+struct HeadSplit {
+  int head_begin = 0, num_heads = 0;        // query heads [head_begin, head_begin + num_heads)
+  int kv_head_begin = 0, num_kv_heads = 0;  // KV heads
+  int kv_replicas = 1;                      // ranks holding each KV head (tp / Hkv when tp > Hkv)
+
+  friend bool operator==(const HeadSplit&, const HeadSplit&) = default;
+};
+
+// Heads of TP rank `tp_rank` of `tp` (rule above). InvalidArgument naming --tp and the model's
+// head counts when the heads do not split; the same error on every rank.
+absl::StatusOr<HeadSplit> SplitHeads(int num_heads, int num_kv_heads, int tp_rank, int tp);
+
 class ProcessGrid {
  public:
-  // Validates world_size == tp * sp, world_rank in range, tp | num_heads, and
-  // (tp | num_kv_heads or num_kv_heads | tp). Errors name the flags (--tp, --sp) and the numbers.
+  // Validates world_size == tp * sp, world_rank in range, and that the heads split (SplitHeads).
+  // Errors name the flags (--tp, --sp) and the numbers, and are the same on every rank.
   static absl::StatusOr<ProcessGrid> Create(int world_rank, int world_size, int tp, int sp,
                                             int num_heads, int num_kv_heads);
 
@@ -39,15 +55,14 @@ class ProcessGrid {
   int num_heads() const { return num_heads_; }
   int num_kv_heads() const { return num_kv_heads_; }
   // Query heads [first_head(), first_head() + local_heads()) live on this rank.
-  int local_heads() const { return num_heads_ / tp_; }
-  int first_head() const { return tp_rank() * local_heads(); }
+  int local_heads() const { return heads_.num_heads; }
+  int first_head() const { return heads_.head_begin; }
   // KV heads [first_kv_head(), first_kv_head() + local_kv_heads()) live on this rank.
-  int local_kv_heads() const { return tp_ <= num_kv_heads_ ? num_kv_heads_ / tp_ : 1; }
-  int first_kv_head() const {
-    return tp_ <= num_kv_heads_ ? tp_rank() * local_kv_heads() : tp_rank() / (tp_ / num_kv_heads_);
-  }
+  int local_kv_heads() const { return heads_.num_kv_heads; }
+  int first_kv_head() const { return heads_.kv_head_begin; }
   // How many ranks of a TP group hold each KV head (1 unless tp > num_kv_heads).
-  int kv_replicas() const { return tp_ <= num_kv_heads_ ? 1 : tp_ / num_kv_heads_; }
+  int kv_replicas() const { return heads_.kv_replicas; }
+  const HeadSplit& heads() const { return heads_; }
 
   // "tp 2 x sp 2, rank 3 = (tp 1, sp 1), heads [4, 8), kv heads [1, 2)".
   std::string ToString() const;
@@ -55,18 +70,20 @@ class ProcessGrid {
   friend bool operator==(const ProcessGrid&, const ProcessGrid&) = default;
 
  private:
-  ProcessGrid(int world_rank, int tp, int sp, int num_heads, int num_kv_heads)
+  ProcessGrid(int world_rank, int tp, int sp, int num_heads, int num_kv_heads, HeadSplit heads)
       : world_rank_(world_rank),
         tp_(tp),
         sp_(sp),
         num_heads_(num_heads),
-        num_kv_heads_(num_kv_heads) {}
+        num_kv_heads_(num_kv_heads),
+        heads_(heads) {}
 
   int world_rank_;
   int tp_;
   int sp_;
   int num_heads_;
   int num_kv_heads_;
+  HeadSplit heads_;
 };
 
 struct GridCommunicators {

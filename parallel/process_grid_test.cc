@@ -21,12 +21,53 @@ TEST(ProcessGrid, ValidationNamesFlagsAndNumbers) {
   EXPECT_EQ(Error(0, 4, 2, 3, 32, 8),
             "--tp 2 x --sp 3 = 6 ranks, but the world has 4 (mpirun -np / srun -n must equal "
             "tp * sp)");
-  EXPECT_EQ(Error(0, 3, 3, 1, 32, 8), "--tp 3 does not divide the model's 32 query heads");
-  EXPECT_NE(Error(0, 6, 6, 1, 36, 4).find("--tp 6 and the model's 4 KV heads"), std::string::npos);
+  // Above the KV-head count, --tp must be a multiple of it that splits each query group evenly.
+  EXPECT_EQ(Error(0, 6, 6, 1, 36, 4),
+            "--tp 6 does not fit the model's 36 query heads and 4 KV heads: up to 4 ranks split "
+            "the KV heads; above, --tp must be a multiple of 4 that splits each group of 9 query "
+            "heads evenly");
+  EXPECT_NE(Error(0, 4, 4, 1, 6, 2).find("--tp 4 does not fit the model's 6 query heads"),
+            std::string::npos);
+  EXPECT_NE(Error(0, 12, 12, 1, 32, 8).find("--tp 12 does not fit"), std::string::npos);
   EXPECT_NE(Error(0, 1, 0, 1, 8, 8).find("--tp 0"), std::string::npos);
   EXPECT_NE(Error(0, 1, 1, 0, 8, 8).find("--sp 0"), std::string::npos);
   EXPECT_NE(Error(4, 4, 2, 2, 8, 8).find("world rank 4"), std::string::npos);
   EXPECT_NE(Error(0, 1, 1, 1, 9, 2).find("KV heads must divide"), std::string::npos);
+}
+
+// The one head rule (SplitHeads, also the engine's TpShard): whole KV groups per rank, uneven
+// when tp does not divide the KV heads; replicated KV heads above the KV-head count.
+TEST(ProcessGrid, SplitsHeadsByKvGroup) {
+  struct Case {
+    int heads, kv, tp, rank;
+    HeadSplit want;
+  };
+  const Case cases[] = {
+      // SmolLM2 (9 query / 3 KV heads) at --tp 2: KV heads [0, 1) and [1, 3).
+      {9, 3, 2, 0, HeadSplit{0, 3, 0, 1, 1}},
+      {9, 3, 2, 1, HeadSplit{3, 6, 1, 2, 1}},
+      // 32 / 8 at --tp 3 (used to be refused: 3 divides neither 32 nor 8).
+      {32, 8, 3, 1, HeadSplit{8, 12, 2, 3, 1}},
+      {32, 8, 3, 2, HeadSplit{20, 12, 5, 3, 1}},
+      // R1-Qwen-1.5B (12 / 2) at --tp 4: each KV head on 2 ranks, 3 query heads each.
+      {12, 2, 4, 3, HeadSplit{9, 3, 1, 1, 2}},
+      {12, 2, 4, 2, HeadSplit{6, 3, 1, 1, 2}},
+      // Multi-head attention at --tp 1.
+      {16, 16, 1, 0, HeadSplit{0, 16, 0, 16, 1}},
+  };
+  for (const Case& c : cases) {
+    auto split = SplitHeads(c.heads, c.kv, c.rank, c.tp);
+    ASSERT_TRUE(split.ok()) << split.status();
+    EXPECT_EQ(*split, c.want) << c.heads << "/" << c.kv << " heads, tp " << c.tp << " rank "
+                              << c.rank;
+    auto grid = ProcessGrid::Create(c.rank, c.tp, c.tp, 1, c.heads, c.kv);
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    EXPECT_EQ(grid->heads(), c.want);
+  }
+  // Every rank gets the same verdict (the error does not depend on the rank).
+  for (int rank = 0; rank < 6; ++rank) {
+    EXPECT_EQ(SplitHeads(36, 4, rank, 6).status(), SplitHeads(36, 4, 0, 6).status());
+  }
 }
 
 TEST(ProcessGrid, RankArithmeticTpInnermost) {

@@ -69,28 +69,36 @@ void ScoreLocalBlocks(const PagedKvLayer& kv, const float* pooled_q,
   }
 }
 
-absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const SelectionRow> rows,
-                                     SelectionScratch* scratch) {
-  RESA_RETURN_IF_ERROR(CheckHost(sp, "SelectBlocksAcrossRanks"));
-  // Built only on failure: this runs once per layer and step.
+int32_t FirstRoundCandidates(int32_t n, int ranks) {
+  if (ranks <= 1 || n <= 0) return n;
+  // The global top-n spreads over the ranks like n draws over S bins (block b lives on b mod S):
+  // a share of n / S, give or take about sqrt(n / S); 2 sqrt(n) + 4 covers it with room to spare.
+  const double k = std::ceil(double(n) / ranks + 2.0 * std::sqrt(double(n)) + 4.0);
+  return int32_t(std::min<double>(n, k));
+}
+
+namespace {
+
+// One exchange of SelectBlocksAcrossRanks: every rank sends its local top-k of each row
+// (k = budget[row]), and every rank derives the global top-n of each row from the union. When a
+// rank held more than k blocks of a row and its worst sent candidate lands inside the union's
+// top-n, blocks it did not send might belong there too: the row is undecided, *complete is set
+// false and the caller repeats with k = n (where the union always covers the global top-n: an
+// element of it is in the local top-n of its own rank). Every rank sees the same gathered data,
+// so all reach the same verdict. `full` (k = n) skips the check: it always decides.
+absl::Status SelectRound(Communicator& sp, std::span<const SelectionRow> rows,
+                         std::span<const int32_t> budget, bool full, SelectionScratch& s,
+                         bool* complete) {
   auto fail = [&sp](const auto&... parts) {
     return absl::InvalidArgumentError(
         absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: ", parts...));
   };
-  size_t total_n = 0;
-  for (const SelectionRow& row : rows) {
-    if (row.n < 0 || row.num_local < 0 || (row.num_local > 0 && row.scores == nullptr) ||
-        (row.num_local > 0 && row.blocks == nullptr) || (row.n > 0 && row.out == nullptr)) {
-      return fail("bad row (n ", row.n, ", local blocks ", row.num_local, ")");
-    }
-    total_n += size_t(row.n);
-  }
-  SelectionScratch local_scratch;
-  SelectionScratch& s = scratch != nullptr ? *scratch : local_scratch;
-  // Payload: [rows] then (n, num_local) per row, then n (score bits, block) pairs per row with
-  // block -1 padding where a rank holds fewer than n blocks.
+  // Payload: [rows] then (n, num_local) per row, then k (score bits, block) pairs per row with
+  // block -1 padding where a rank holds fewer than k blocks.
   const size_t num_rows = rows.size();
-  const size_t words = 1 + 2 * num_rows + 2 * total_n;
+  size_t total_k = 0;
+  for (int32_t k : budget) total_k += size_t(k);
+  const size_t words = 1 + 2 * num_rows + 2 * total_k;
   s.send.assign(words, 0);
   s.send[0] = int32_t(num_rows);
   int32_t* cand_out = s.send.data() + 1 + 2 * num_rows;
@@ -101,9 +109,9 @@ absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const Selection
     s.candidates.clear();
     for (int32_t j = 0; j < row.num_local; ++j)
       s.candidates.emplace_back(row.scores[j], row.blocks[j]);
-    const int32_t k = std::min(row.n, row.num_local);
+    const int32_t k = std::min(budget[r], row.num_local);
     std::nth_element(s.candidates.begin(), s.candidates.begin() + k, s.candidates.end(), Better);
-    for (int32_t i = 0; i < row.n; ++i) {
+    for (int32_t i = 0; i < budget[r]; ++i) {
       const bool real = i < k;
       *cand_out++ = std::bit_cast<int32_t>(real ? s.candidates[size_t(i)].first : kNegInf);
       *cand_out++ = real ? s.candidates[size_t(i)].second : -1;
@@ -126,29 +134,46 @@ absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const Selection
                   " (every rank must pass the same rows and n)");
     }
   }
-  // Global top-n of each row over the union of the local top-n: an element of the global top-n
-  // is in the top-n of its own rank, so nothing is lost.
+  *complete = true;
   size_t offset = 1 + 2 * num_rows;
   for (size_t r = 0; r < num_rows; ++r) {
     const SelectionRow& row = rows[r];
+    const int32_t k = budget[r];
     int64_t held = 0;
     s.candidates.clear();
+    s.truncated.clear();  // worst sent candidate of each rank that held more than k blocks
     for (int q = 0; q < ranks; ++q) {
       const int32_t* p = payload(q);
       held += p[2 + 2 * r];
       const int32_t* src = p + offset;
-      for (int32_t i = 0; i < row.n; ++i) {
+      const size_t first = s.candidates.size();
+      for (int32_t i = 0; i < k; ++i) {
         if (src[2 * i + 1] >= 0) {
           s.candidates.emplace_back(std::bit_cast<float>(src[2 * i]), src[2 * i + 1]);
         }
       }
+      // A rank cut off below n sent k real candidates; the max under Better is its worst.
+      if (!full && k < row.n && p[2 + 2 * r] > k && k > 0) {
+        s.truncated.push_back(
+            *std::max_element(s.candidates.begin() + first, s.candidates.end(), Better));
+      }
     }
-    offset += 2 * size_t(row.n);
+    offset += 2 * size_t(k);
     if (held < row.n) {
       return fail("row ", r, ": n = ", row.n, " but the group holds ", held, " blocks");
     }
-    std::nth_element(s.candidates.begin(), s.candidates.begin() + row.n, s.candidates.end(),
-                     Better);
+    if (row.n == 0) continue;
+    if (s.candidates.size() < size_t(row.n)) {  // a truncated rank must fill the gap
+      *complete = false;
+      continue;
+    }
+    std::nth_element(s.candidates.begin(), s.candidates.begin() + (row.n - 1),
+                     s.candidates.end(), Better);
+    const Candidate nth = s.candidates[size_t(row.n - 1)];
+    for (const Candidate& worst : s.truncated) {
+      if (!Better(nth, worst)) *complete = false;  // worst is inside the union's top-n
+    }
+    if (!*complete) continue;
     for (int32_t i = 0; i < row.n; ++i) row.out[i] = s.candidates[size_t(i)].second;
     std::sort(row.out, row.out + row.n);
     if (std::adjacent_find(row.out, row.out + row.n) != row.out + row.n) {
@@ -156,6 +181,36 @@ absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const Selection
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SelectBlocksAcrossRanks(Communicator& sp, std::span<const SelectionRow> rows,
+                                     SelectionScratch* scratch) {
+  RESA_RETURN_IF_ERROR(CheckHost(sp, "SelectBlocksAcrossRanks"));
+  for (const SelectionRow& row : rows) {
+    if (row.n < 0 || row.num_local < 0 || (row.num_local > 0 && row.scores == nullptr) ||
+        (row.num_local > 0 && row.blocks == nullptr) || (row.n > 0 && row.out == nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(sp.Describe(), ": SelectBlocksAcrossRanks: bad row (n ", row.n,
+                       ", local blocks ", row.num_local, ")"));
+    }
+  }
+  SelectionScratch local_scratch;
+  SelectionScratch& s = scratch != nullptr ? *scratch : local_scratch;
+  // First exchange with the reduced budget when it saves anything; the full one otherwise, or
+  // when the reduced one left a row undecided (every rank takes the same branch).
+  s.budget.resize(rows.size());
+  bool reduced = false;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    s.budget[r] = FirstRoundCandidates(rows[r].n, sp.size());
+    reduced = reduced || s.budget[r] < rows[r].n;
+  }
+  bool complete = false;
+  if (reduced) RESA_RETURN_IF_ERROR(SelectRound(sp, rows, s.budget, false, s, &complete));
+  if (complete) return absl::OkStatus();
+  for (size_t r = 0; r < rows.size(); ++r) s.budget[r] = rows[r].n;
+  return SelectRound(sp, rows, s.budget, true, s, &complete);
 }
 
 absl::Status SelectBlocksAcrossRanks(Communicator& sp, const float* local_scores,

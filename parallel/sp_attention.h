@@ -12,7 +12,8 @@
 //   row = {ExpandLocalPageTable(...).data(), num_keys, sparse, mine.data(), stride, stride};
 //   PagedAttention(kv, params, q, rows, o, lse_ln);
 //   MergeAttentionStatesAcrossRanks(sp, o, lse_ln, rows * heads, head_dim);
-// Dense (prefill, rectification, ratio 1) uses OwnedBlocks as the list of every row (stride 0).
+// Dense chunks (prefill, rectification) run PagedChunkAttention over OwnedBlocks (its block-subset
+// overload); dense decode rows pass OwnedBlocks as the row's list (stride 0).
 // The selection equals TopBlocks over the whole sequence exactly, for any S; the merged output
 // equals single-rank attention up to fp32 reordering, and is bit-identical on every SP rank.
 #pragma once
@@ -65,6 +66,8 @@ struct SelectionScratch {
   std::vector<int32_t> send;
   std::vector<int32_t> recv;
   std::vector<std::pair<float, int32_t>> candidates;
+  std::vector<std::pair<float, int32_t>> truncated;
+  std::vector<int32_t> budget;
 };
 
 // One row of a distributed selection: one KV head of one sequence, as this rank sees it.
@@ -76,10 +79,19 @@ struct SelectionRow {
   int32_t* out = nullptr;  // [n] the selection, ascending block ids
 };
 
+// Candidates per row a rank sends in the first exchange of SelectBlocksAcrossRanks:
+// min(n, ceil(n / S + 2 sqrt(n) + 4)), the same on every rank.
+int32_t FirstRoundCandidates(int32_t n, int ranks);
+
 // Global top-n blocks of every row by (score desc, block asc), identical on every rank of `sp`
-// and equal to TopBlocks over the scores of all ranks' blocks of the row together. Each rank
-// sends its local top-n of each row; one all-gather for all rows (a batch of sequences x KV
-// heads of one layer) of S x (1 + 2 rows + 2 sum(n)) int32 words. Every rank must pass the same
+// and equal to TopBlocks over the scores of all ranks' blocks of the row together (exactly, ties
+// included). One all-gather for all rows (a batch of sequences x KV heads of one layer): each
+// rank sends its local top-k of each row, k = FirstRoundCandidates(n, S), i.e. 1 + 2 rows +
+// 2 sum(k) int32 words per rank. The union decides a row unless a rank that held more than k
+// blocks sent its worst candidate into the union's top-n (its unsent blocks might belong there);
+// then every rank repeats the exchange with k = n, which always decides (the global top-n lies
+// in the union of the local top-n). Scores spread over the ranks take one exchange; a selection
+// concentrated on one rank takes two. Every rank must pass the same
 // number of rows with the same n (they size the exchange); ranks that disagree on them with an
 // equal total, or a row with fewer blocks than n, give InvalidArgument on every rank. A malformed
 // row (negative n, null pointers) fails on its rank before the exchange; its peers then time out.

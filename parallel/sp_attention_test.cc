@@ -6,7 +6,9 @@
 #include <limits>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/selection.h"
 #include "parallel/communicator_factory.h"
+#include "parallel/counting_communicator.h"
 #include "parallel/testing/communicator_conformance.h"
 #include "parallel/testing/sp_checks.h"
 
@@ -72,6 +74,83 @@ TEST(SequenceShard, ExpandedPageTableAndOwnedSelection) {
   const int32_t sel2[] = {0, 1};
   EXPECT_EQ(OwnedSelection(none, sel2, 1, 2, 8, &mine), 0);
   EXPECT_TRUE(mine.empty());
+}
+
+// The first exchange sends k = FirstRoundCandidates(n, S) candidates per row and decides when
+// the top-n is spread over the ranks; a top-n concentrated on one rank needs the second, full
+// exchange. Both equal TopBlocks; the counting wrapper shows how many exchanges and bytes.
+TEST(SpAttention, SelectionExchangeShrinksAndFallsBackExactly) {
+  constexpr int kRanks = 4;
+  constexpr int32_t kBlocks = 1000, kN = 200;
+  const int32_t k = FirstRoundCandidates(kN, kRanks);
+  EXPECT_EQ(k, 50 + 29 + 4);  // ceil(200 / 4 + 2 sqrt(200) + 4)
+  EXPECT_EQ(FirstRoundCandidates(kN, 1), kN);
+  EXPECT_EQ(FirstRoundCandidates(16, 2), 16);  // nothing to save at n_min
+  for (bool skewed : {false, true}) {
+    // Distinct scores; skewed: the best 250 blocks all live on rank 2 (block % 4 == 2).
+    std::vector<float> scores(kBlocks);
+    for (int32_t b = 0; b < kBlocks; ++b) {
+      scores[size_t(b)] = float((b * 7919) % kBlocks);
+      if (skewed && b % kRanks == 2) scores[size_t(b)] += 2.0f * kBlocks;
+    }
+    std::vector<int32_t> want(kN);
+    TopBlocks(scores.data(), 1, kBlocks, kN, want.data());
+    auto group = CreateFakeGroup(kRanks, {});
+    ASSERT_TRUE(group.ok());
+    std::vector<std::unique_ptr<Communicator>> comms;
+    for (auto& c : *group) comms.push_back(CountingCommunicator::Wrap(std::move(c)));
+    testing::RunThreads(comms, [&](Communicator& comm) {
+      const SequenceShard shard{comm.rank(), kRanks};
+      const std::vector<int32_t> owned = OwnedBlocks(shard, kBlocks);
+      std::vector<float> local;
+      for (int32_t b : owned) local.push_back(scores[size_t(b)]);
+      std::vector<int32_t> got(kN, -1);
+      ASSERT_TRUE(SelectBlocksAcrossRanks(comm, local.data(), owned, 1, kN, got.data()).ok());
+      EXPECT_EQ(got, want) << (skewed ? "skewed" : "spread");
+      const CommOpStats ag = static_cast<CountingCommunicator&>(comm).Total(CommOp::kAllGather);
+      const uint64_t first_round = (1 + 2 + 2 * uint64_t(k)) * 4;
+      const uint64_t full_round = (1 + 2 + 2 * uint64_t(kN)) * 4;
+      EXPECT_EQ(ag.calls, skewed ? 2 : 1);
+      EXPECT_EQ(ag.payload_bytes, skewed ? first_round + full_round : first_round);
+    });
+  }
+}
+
+// A batch mixing a reduced row (n = 200, spread) with a row whose k is already n (n = 16, all of
+// its top-16 on one rank): the second row is decided by any exchange (the union of local top-n
+// always covers the top-n), so the batch takes one exchange.
+TEST(SpAttention, RowsWithKEqualToNNeverForceTheSecondExchange) {
+  constexpr int kRanks = 4;
+  constexpr int32_t kBlocks = 1000;
+  ASSERT_EQ(FirstRoundCandidates(16, kRanks), 16);
+  std::vector<float> spread(kBlocks), skewed(kBlocks);
+  for (int32_t b = 0; b < kBlocks; ++b) {
+    spread[size_t(b)] = float((b * 7919) % kBlocks);
+    skewed[size_t(b)] = spread[size_t(b)] + (b % kRanks == 1 ? 2.0f * kBlocks : 0.0f);
+  }
+  std::vector<int32_t> want_a(200), want_b(16);
+  TopBlocks(spread.data(), 1, kBlocks, 200, want_a.data());
+  TopBlocks(skewed.data(), 1, kBlocks, 16, want_b.data());
+  auto group = CreateFakeGroup(kRanks, {});
+  ASSERT_TRUE(group.ok());
+  std::vector<std::unique_ptr<Communicator>> comms;
+  for (auto& c : *group) comms.push_back(CountingCommunicator::Wrap(std::move(c)));
+  testing::RunThreads(comms, [&](Communicator& comm) {
+    const std::vector<int32_t> owned = OwnedBlocks(SequenceShard{comm.rank(), kRanks}, kBlocks);
+    std::vector<float> a, b;
+    for (int32_t blk : owned) {
+      a.push_back(spread[size_t(blk)]);
+      b.push_back(skewed[size_t(blk)]);
+    }
+    std::vector<int32_t> got_a(200), got_b(16);
+    const int32_t local = int32_t(owned.size());
+    const SelectionRow rows[] = {{a.data(), owned.data(), local, 200, got_a.data()},
+                                 {b.data(), owned.data(), local, 16, got_b.data()}};
+    ASSERT_TRUE(SelectBlocksAcrossRanks(comm, rows).ok());
+    EXPECT_EQ(got_a, want_a);
+    EXPECT_EQ(got_b, want_b);
+    EXPECT_EQ(static_cast<CountingCommunicator&>(comm).Total(CommOp::kAllGather).calls, 1);
+  });
 }
 
 TEST(SpAttention, RejectsDeviceCommunicatorsAndBadShapes) {

@@ -11,14 +11,7 @@
 # Outputs (logs) go to $OUT (default /tmp/out).
 # Whole-project build on the accelerator machine (gRPC off), GPU tests, unit tests.
 set -uo pipefail
-out="${OUT:-/tmp/out}"; mkdir -p "$out"
-deps=/tmp/deps; mkdir -p $deps
-for f in .carry/*.deb; do dpkg -x "$f" $deps; done
-lib=$deps/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread:${LD_LIBRARY_PATH:-}"
-export PKG_CONFIG_PATH="$lib/pkgconfig:$lib/openblas-pthread/pkgconfig:$deps/usr/share/pkgconfig"
-sed -i "s|=/usr/|=$deps/usr/|" $lib/openblas-pthread/pkgconfig/openblas.pc
-export NCCL_NVLS_ENABLE=0
+source "$(dirname "$0")/gpu_carry_env.sh"
 nvidia-smi -L > $out/gpu.txt 2>&1
 which mpirun mpicc >> $out/gpu.txt 2>&1; ls /usr/include/nccl.h /usr/lib/x86_64-linux-gnu/libnccl* >> $out/gpu.txt 2>&1
 rm -rf build-h200all
@@ -27,11 +20,11 @@ cmake -S . -B build-h200all -G Ninja -DCMAKE_BUILD_TYPE=Release -DRESA_GRPC=OFF 
   -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_PREFIX_PATH=$deps/usr \
   -DCMAKE_LIBRARY_ARCHITECTURE=x86_64-linux-gnu > $out/configure.log 2>&1 || { tail -30 $out/configure.log; exit 1; }
 grep -E "resa 0.1.0|OpenBLAS" $out/configure.log
-timeout 330 cmake --build build-h200all -j16 --target kernels_cuda_test engine_test kernels_cpu_test resa \
+timeout 330 cmake --build build-h200all -j16 --target kernels_cuda_test engine_cuda_test engine_test kernels_cpu_test resa \
   $(grep -q "MPI=ON" $out/configure.log && echo parallel_test) \
   $(grep -q "NCCL=ON" $out/configure.log && echo nccl_communicator_test) > $out/build.log 2>&1
 echo "build rc=$? $(( $(date +%s) - t0 ))s"; grep -E "error" $out/build.log | head -20
-cd build-h200all && timeout 120 ctest -L gpu --output-on-failure > $out/ctest_gpu.log 2>&1
+cd build-h200all && timeout 420 ctest -L gpu --output-on-failure > $out/ctest_gpu.log 2>&1
 echo "ctest gpu rc=$?"; grep -E "Test +#|tests passed|SKIPPED\]|FAILED" $out/ctest_gpu.log | head -20
 timeout 60 ctest -R "engine_test|kernels_cpu_test|parallel_test" > $out/ctest_cpu.log 2>&1
 echo "ctest cpu rc=$?"; grep -E "Test +#|tests passed" $out/ctest_cpu.log | head

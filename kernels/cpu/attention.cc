@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 namespace resa {
@@ -192,15 +193,20 @@ void PagedAttention(const PagedKvLayer& kv, const AttentionParams& p, const floa
   }
 }
 
-void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const float* q,
-                         int num_rows, const int32_t* page_table, int32_t first_num_keys,
-                         float* out, float* lse_ln) {
+namespace {
+
+// PagedChunkAttention over the key positions `keys` (ascending, all < first_num_keys + num_rows
+// - 1 + 1): tiles of keys gathered from their pages, GEMM for scores and for P V, online softmax.
+// Row r of the chunk sees the keys below first_num_keys + r.
+void ChunkAttentionOverKeys(const PagedKvLayer& kv, const AttentionParams& p, const float* q,
+                            int num_rows, const int32_t* page_table, int32_t first_num_keys,
+                            std::span<const int32_t> keys, float* out, float* lse_ln) {
   const int d = kv.head_dim;
   const int hkv = kv.num_kv_heads;
   const int group = p.num_heads / hkv;
-  const int32_t total_keys = first_num_keys + num_rows - 1;  // keys the last row sees
-  const int mrows = group * num_rows;                          // (head-in-group, row) pairs
-  constexpr int kTile = 512;                                   // keys per GEMM tile
+  const int32_t total_keys = int32_t(keys.size());
+  const int mrows = group * num_rows;  // (head-in-group, row) pairs
+  constexpr int kTile = 512;           // keys per GEMM tile
 
   std::vector<float> kbuf(size_t(kTile) * d), vbuf(size_t(kTile) * d);
   std::vector<float> qg(size_t(mrows) * d), acc(size_t(mrows) * d);
@@ -220,8 +226,9 @@ void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const
     std::fill(l.begin(), l.end(), 0.0f);
     for (int32_t t0 = 0; t0 < total_keys; t0 += kTile) {
       const int n = std::min<int32_t>(kTile, total_keys - t0);
+      const int32_t* tile_keys = keys.data() + t0;
       for (int t = 0; t < n; ++t) {
-        const int32_t pos = t0 + t;
+        const int32_t pos = tile_keys[t];
         const int32_t page = page_table[pos / kPageTokens];
         const size_t off = size_t(pos % kPageTokens) * d;
         std::copy(kv.k_at(page, h) + off, kv.k_at(page, h) + off + d, kbuf.data() + size_t(t) * d);
@@ -232,7 +239,9 @@ void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const
 #pragma omp parallel for schedule(static)
       for (int i = 0; i < mrows; ++i) {
         const int r = i % num_rows;
-        const int visible = std::min(n, first_num_keys + r - t0);  // keys of this tile row i sees
+        // Keys of this tile row i sees: a prefix, as the keys ascend.
+        const int visible =
+            int(std::lower_bound(tile_keys, tile_keys + n, first_num_keys + r) - tile_keys);
         float* srow = scores.data() + size_t(i) * kTile;
         if (visible <= 0) {
           std::fill(srow, srow + n, 0.0f);
@@ -267,6 +276,31 @@ void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const
       }
     }
   }
+}
+
+}  // namespace
+
+void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const float* q,
+                         int num_rows, const int32_t* page_table, int32_t first_num_keys,
+                         float* out, float* lse_ln) {
+  const int32_t total_keys = std::max(0, first_num_keys + num_rows - 1);  // the last row's keys
+  std::vector<int32_t> keys(static_cast<size_t>(total_keys));
+  std::iota(keys.begin(), keys.end(), 0);
+  ChunkAttentionOverKeys(kv, p, q, num_rows, page_table, first_num_keys, keys, out, lse_ln);
+}
+
+void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const float* q,
+                         int num_rows, const int32_t* page_table, int32_t first_num_keys,
+                         std::span<const int32_t> blocks, float* out, float* lse_ln) {
+  const int32_t total_keys = first_num_keys + num_rows - 1;
+  std::vector<int32_t> keys;
+  keys.reserve(blocks.size() * kPageTokens);
+  for (int32_t b : blocks) {
+    for (int32_t pos = b * kPageTokens; pos < std::min((b + 1) * kPageTokens, total_keys); ++pos) {
+      keys.push_back(pos);
+    }
+  }
+  ChunkAttentionOverKeys(kv, p, q, num_rows, page_table, first_num_keys, keys, out, lse_ln);
 }
 
 void MergeAttentionStates(float* o_a, float* lse_a, const float* o_b, const float* lse_b, int n,

@@ -48,6 +48,16 @@ void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const
                          int num_rows, const int32_t* page_table, int32_t first_num_keys,
                          float* out, float* lse_ln);
 
+// The same over a subset of the sequence's blocks (e.g. the blocks one sequence-parallel rank
+// owns): row r sees the positions < first_num_keys + r of the logical blocks in `blocks`, which
+// must be ascending and distinct (the same list for every KV head); page_table is read only for
+// them. Rows that see no key (an empty list, or only blocks past their causal end) get O = 0 and
+// lse_ln = -inf, so they merge as zero. With every block of [0, ceil(keys / 16)) listed the
+// result is bit-identical to the overload above.
+void PagedChunkAttention(const PagedKvLayer& kv, const AttentionParams& p, const float* q,
+                         int num_rows, const int32_t* page_table, int32_t first_num_keys,
+                         std::span<const int32_t> blocks, float* out, float* lse_ln);
+
 // Merges partial states (O_a, lse_a) and (O_b, lse_b) of the same queries over disjoint key
 // sets into (O, lse), in place into a: O = w_a O_a + w_b O_b with w_x = exp(lse_x - lse),
 // lse = logaddexp(lse_a, lse_b). An empty partial (lse = -inf) contributes nothing; two empty

@@ -1,6 +1,7 @@
 #include "kernels/cpu/attention.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -156,6 +157,71 @@ TEST_P(PagedAttentionTest, MergeOfPartsEqualsWhole) {
   EXPECT_TRUE(testing::AllClose(la.data(), lw.data(), lw.size(), testing::kF32));
 }
 
+// A chunk over a subset of its blocks (one SP rank's share): every other block plus the causal
+// tail, checked against the reference with the same list as sparse rows; the complementary
+// subset merges with it into the whole chunk.
+TEST_P(PagedAttentionTest, ChunkSubsetMatchesReferenceAndMergesToWhole) {
+  const Shape s = GetParam();
+  const int hq = s.group * s.hkv;
+  Cache c = MakeCache(s.hkv, s.head_dim, s.num_keys, 23);
+  const int n = std::min<int32_t>(s.num_keys, 37);
+  const int32_t first = s.num_keys - n + 1;
+  const int32_t m = (s.num_keys + kPageTokens - 1) / kPageTokens;
+  for (int32_t phase : {0, 1}) {
+    // Blocks b with b % 2 == phase (an SP rank of 2); the other phase is the peer's share.
+    std::vector<int32_t> mine, theirs;
+    for (int32_t b = 0; b < m; ++b) (b % 2 == phase ? mine : theirs).push_back(b);
+    std::vector<AttentionRow> rows;
+    for (int r = 0; r < n; ++r) {
+      rows.push_back(AttentionRow{c.page_table.data(), first + r, true, mine.data(),
+                                  int32_t(mine.size()), 0});
+    }
+    auto q = RandomVec(size_t(n) * hq * s.head_dim, 29);
+    AttentionParams p{hq, 1.0f / std::sqrt(float(s.head_dim))};
+    std::vector<float> o_ref(q.size()), o(q.size()), lse_ref(size_t(n) * hq), lse(lse_ref.size());
+    PagedAttentionReference(c.layer, p, q.data(), rows, o_ref.data(), lse_ref.data());
+    PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, mine, o.data(),
+                        lse.data());
+    EXPECT_TRUE(testing::AllClose(o.data(), o_ref.data(), o.size(), testing::kF32));
+    for (size_t i = 0; i < lse.size(); ++i) {
+      if (std::isinf(lse_ref[i])) {
+        EXPECT_EQ(lse[i], lse_ref[i]) << "row-head " << i;  // no visible key: -inf, O = 0
+      } else {
+        EXPECT_NEAR(lse[i], lse_ref[i], 1e-4f + 1e-5f * std::abs(lse_ref[i])) << i;
+      }
+    }
+    std::vector<float> o_peer(q.size()), lse_peer(lse.size()), o_whole(q.size()),
+        lse_whole(lse.size());
+    PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, theirs,
+                        o_peer.data(), lse_peer.data());
+    PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, o_whole.data(),
+                        lse_whole.data());
+    MergeAttentionStates(o.data(), lse.data(), o_peer.data(), lse_peer.data(), n * hq,
+                         s.head_dim);
+    EXPECT_TRUE(testing::AllClose(o.data(), o_whole.data(), o.size(), testing::kF32));
+    EXPECT_TRUE(testing::AllClose(lse.data(), lse_whole.data(), lse.size(), testing::kF32));
+  }
+}
+
+// Listing every block is the plain chunk kernel, bit for bit.
+TEST_P(PagedAttentionTest, ChunkSubsetOfAllBlocksIsBitIdentical) {
+  const Shape s = GetParam();
+  const int hq = s.group * s.hkv;
+  Cache c = MakeCache(s.hkv, s.head_dim, s.num_keys, 31);
+  const int n = std::min<int32_t>(s.num_keys, 19);
+  const int32_t first = s.num_keys - n + 1;
+  std::vector<int32_t> all((s.num_keys + kPageTokens - 1) / kPageTokens);
+  std::iota(all.begin(), all.end(), 0);
+  auto q = RandomVec(size_t(n) * hq * s.head_dim, 37);
+  AttentionParams p{hq, 1.0f / std::sqrt(float(s.head_dim))};
+  std::vector<float> o1(q.size()), o2(q.size()), l1(size_t(n) * hq), l2(l1.size());
+  PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, o1.data(), l1.data());
+  PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, all, o2.data(),
+                      l2.data());
+  EXPECT_EQ(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)));
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
                          ::testing::Values(Shape{1, 64, 3, 3}, Shape{15, 64, 3, 1},
                                            Shape{16, 128, 6, 2}, Shape{17, 128, 7, 4},
@@ -181,6 +247,43 @@ TEST(MergeAttentionStates, EmptyPartialsMergeAsZero) {
   EXPECT_EQ(oa[0], 3.0f);
   EXPECT_EQ(oa[1], 4.0f);
   EXPECT_EQ(la[0], 0.5f);
+}
+
+// An SP rank that owns none of a chunk's blocks (or only blocks past a row's causal end)
+// contributes O = 0, lse = -inf, and merging it changes nothing.
+TEST(PagedChunkAttention, EmptySubsetsAndRowsBeforeTheirBlocksMergeAsZero) {
+  const int hkv = 2, d = 32, hq = 4, n = 5;
+  Cache c = MakeCache(hkv, d, 35, 41);  // blocks 0, 1, 2 (the last holds positions 32..34)
+  const int32_t first = 31;             // rows see 31..35 keys: only rows 2.. reach block 2
+  auto q = RandomVec(size_t(n) * hq * d, 43);
+  AttentionParams p{hq, 1.0f / std::sqrt(float(d))};
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> o(q.size(), 7.0f), lse(size_t(n) * hq, 7.0f);
+  PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first,
+                      std::span<const int32_t>(), o.data(), lse.data());
+  for (float x : o) EXPECT_EQ(x, 0.0f);
+  for (float x : lse) EXPECT_EQ(x, ninf);
+
+  const std::vector<int32_t> tail = {2};
+  PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, tail, o.data(),
+                      lse.data());
+  for (int r = 0; r < n; ++r) {
+    for (int j = 0; j < hq; ++j) {
+      const float l = lse[size_t(r) * hq + j];
+      if (first + r <= 32) {  // row r sees positions < first + r: none of block 2
+        EXPECT_EQ(l, ninf) << "row " << r;
+        for (int k = 0; k < d; ++k) EXPECT_EQ(o[(size_t(r) * hq + j) * d + k], 0.0f);
+      } else {
+        EXPECT_TRUE(std::isfinite(l)) << "row " << r;
+      }
+    }
+  }
+  std::vector<float> ow(q.size()), lw(lse.size());
+  PagedChunkAttention(c.layer, p, q.data(), n, c.page_table.data(), first, ow.data(), lw.data());
+  std::vector<float> oe(q.size(), 0.0f), le(lse.size(), ninf), ow2 = ow, lw2 = lw;
+  MergeAttentionStates(ow2.data(), lw2.data(), oe.data(), le.data(), n * hq, d);
+  EXPECT_EQ(ow2, ow);
+  EXPECT_EQ(lw2, lw);
 }
 
 TEST(PagedAttention, RowWithNoKeysIsZeroWithNegInfLse) {

@@ -115,7 +115,7 @@ void CheckDistributedSelection(Communicator& sp, uint32_t seed) {
   Rng rng(seed);
   Rng local_rng(seed * 31 + uint32_t(sp.rank()) + 1);  // differs per rank: local block order
   const float values[] = {0.0f, -0.0f, 1.0f, 2.0f, 3.0f, -1.0f, 1e30f};
-  for (int32_t m : {1, 2, 3, 5, 16, 17, 40, 101}) {
+  for (int32_t m : {1, 2, 3, 5, 16, 17, 40, 101, 403}) {
     for (int hkv : {1, 3}) {
       std::vector<float> scores(size_t(hkv) * m);
       for (float& s : scores) s = values[rng.Next() % 7];

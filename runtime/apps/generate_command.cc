@@ -7,7 +7,9 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/apps/model_loading.h"
+#include "runtime/core/status.h"
 #include "runtime/core/sysinfo.h"
+#include "runtime/engine/backend_factory.h"
 #include "runtime/engine/generate.h"
 #include "runtime/engine/kv_cache.h"
 
@@ -40,6 +42,10 @@ void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& o) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   cmd.add_flag("-q,--quiet", o.quiet, "No progress bar or stats line");
+  cmd.add_option("--device", o.device,
+                 "Where the model runs: cpu, or cuda (bf16 weights and KV cache on GPU 0)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   AddResaFlags(cmd, o.mode, o.sparse_ratio, o.min_blocks, o.rectify_every);
 }
 
@@ -82,17 +88,16 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
   if (prompt.empty()) {
     return absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH");
   }
-  std::string text = prompt;
+  absl::StatusOr<std::vector<int32_t>> ids;
   if (o.chat) {
+    // The prompt and system text are content: special-token strings in them stay text.
     std::vector<ChatMessage> msgs;
     if (!o.system.empty()) msgs.push_back({"system", o.system});
     msgs.push_back({"user", prompt});
-    auto rendered = tok.ApplyChatTemplate(msgs, /*add_generation_prompt=*/true);
-    if (!rendered.ok()) return rendered.status();
-    text = *rendered;
+    ids = EncodeChat(tok, msgs, /*add_generation_prompt=*/true);
+  } else {
+    ids = tok.Encode(prompt, EncodeOptions{.add_bos = tok.add_bos_token(), .parse_special = false});
   }
-  auto ids = tok.Encode(
-      text, EncodeOptions{.add_bos = !o.chat && tok.add_bos_token(), .parse_special = o.chat});
   if (!ids.ok()) return ids.status();
   if (ids->empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (int64_t(ids->size()) >= o.ctx) {
@@ -129,10 +134,23 @@ int RunGenerate(const GenerateCommandOptions& o) {
   const Tokenizer& tok = *model->tokenizer;
   auto ids = PromptIds(o, tok);
   if (!ids.ok()) return Fail(ids.status());
+  auto device = ParseDevice(o.device);
+  if (!device.ok()) return Fail(device.status());
   const int32_t pages = (o.ctx + kPageTokens - 1) / kPageTokens;
-  auto cache = KvCache::Create(cfg, pages);
-  if (!cache.ok()) return Fail(cache.status());
-  CpuModel cpu(*model->weights, **cache);
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<CpuModel> cpu;
+  std::unique_ptr<ModelBackend> backend;
+  if (*device == Device::kCpu) {
+    auto c = KvCache::Create(cfg, pages);
+    if (!c.ok()) return Fail(c.status());
+    cache = std::move(*c);
+    cpu = std::make_unique<CpuModel>(*model->weights, *cache);
+  } else {
+    auto b = MakeBackend(*model->weights, BackendOptions{*device, int64_t(pages) * kPageTokens});
+    if (!b.ok()) return Fail(b.status());
+    backend = std::move(b->model);
+    if (!o.quiet) std::fprintf(stderr, "[device] %s\n", b->description.c_str());
+  }
 
   GenerateOptions go;
   go.max_new_tokens = o.max_new_tokens;
@@ -144,14 +162,16 @@ int RunGenerate(const GenerateCommandOptions& o) {
   go.resa = ResaOptions{*mode, o.sparse_ratio, o.min_blocks, o.rectify_every};
   if (absl::Status st = go.resa.Validate(); !st.ok()) return Fail(st);
   StreamDecoder stream(tok);
-  auto stats = Generate(cpu, **cache, *ids, go, [&](int32_t t) {
+  auto on_token = [&](int32_t t) {
     std::string piece = stream.Push(t);
     if (!piece.empty()) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     }
     return true;
-  });
+  };
+  auto stats = cpu != nullptr ? Generate(*cpu, *cache, *ids, go, on_token)
+                              : Generate(*backend, *ids, go, on_token);
   std::string rest = stream.Flush();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::fputc('\n', stdout);
@@ -160,10 +180,10 @@ int RunGenerate(const GenerateCommandOptions& o) {
   if (!o.quiet) {
     std::fprintf(stderr,
                  "[stats] prompt %d tokens | prefill %.1f tok/s | decode %.1f tok/s (%d tokens) | "
-                 "peak memory %.0f MiB | %d threads%s\n",
+                 "peak memory %.0f MiB | %d threads | %s%s\n",
                  stats->prompt_tokens, stats->prefill_tokens_per_second(),
                  stats->decode_tokens_per_second(), stats->generated_tokens,
-                 PeakRssBytes() / 1048576.0, threads,
+                 PeakRssBytes() / 1048576.0, threads, o.device.c_str(),
                  stats->stopped_by_context ? " | stopped: context full (raise --ctx)" : "");
     if (go.resa.mode != DecodeMode::kDense) {
       const SequenceReport& r = stats->report;

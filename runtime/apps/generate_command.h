@@ -26,6 +26,7 @@ struct GenerateCommandOptions {
   int ctx = 4096;
   int prefill_chunk = 512;
   bool quiet = false;
+  std::string device = "cpu";  // cpu or cuda (--device)
   std::string mode = "resa";
   float sparse_ratio = 0.1f;
   int min_blocks = 16;

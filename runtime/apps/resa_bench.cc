@@ -4,6 +4,7 @@
 //                         decoded token, and that traffic rate against the memory-copy ceiling.
 //   resa-bench attention  CPU decode attention per layer: dense vs sparse vs ReSA.
 //   resa-bench kernels    GPU attention kernels vs the device copy ceiling and PyTorch SDPA.
+//   resa-bench comm       Per-phase communication of a TP x SP decode step (under mpirun).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -12,6 +13,8 @@
 #include "absl/strings/str_format.h"
 #include "runtime/apps/attention_bench.h"
 #include "runtime/apps/bench_util.h"
+#include "runtime/apps/comm_bench.h"
+#include "runtime/apps/e2e_bench.h"
 #include "runtime/apps/kernels_bench.h"
 #include "runtime/apps/model_loading.h"
 #include "runtime/apps/process_setup.h"
@@ -131,6 +134,8 @@ int main(int argc, char** argv) {
   g->callback([&] { exit_code = resa::RunGenerateBench(gen); });
   resa::AddAttentionBenchCommand(app, exit_code);
   resa::AddKernelsBenchCommand(app, exit_code);
+  resa::AddCommBenchCommand(app, exit_code);
+  resa::AddE2eBenchCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

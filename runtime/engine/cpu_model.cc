@@ -42,6 +42,32 @@ absl::StatusOr<std::unique_ptr<CpuModel>> CpuModel::Create(const CpuWeights& wei
   return std::make_unique<CpuModel>(weights, cache, groups);
 }
 
+absl::StatusOr<int64_t> CheckChunks(std::span<const ForwardChunk> chunks, int vocab_size,
+                                    std::vector<int32_t>& starts) {
+  int64_t rows = 0;
+  starts.clear();
+  for (const ForwardChunk& ch : chunks) {
+    if (ch.seq == nullptr) return absl::InvalidArgumentError("forward chunk without a sequence");
+    for (int32_t t : ch.tokens) {
+      if (t < 0 || t >= vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", vocab_size, ")"));
+      }
+    }
+    const int32_t start = ch.start < 0 ? ch.seq->length : ch.start;
+    if (start > ch.seq->length) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk starts at position ", start,
+                                                     " past the sequence end ", ch.seq->length));
+    }
+    if (ch.sparse != nullptr && ch.tokens.size() != 1) {
+      return absl::InvalidArgumentError("sparse attention applies to single-token decode rows");
+    }
+    starts.push_back(start);
+    rows += int64_t(ch.tokens.size());
+  }
+  return rows;
+}
+
 int64_t CpuModel::NumLogitRows(std::span<const ForwardChunk> chunks) {
   int64_t n = 0;
   for (const ForwardChunk& c : chunks) {
@@ -53,39 +79,11 @@ int64_t CpuModel::NumLogitRows(std::span<const ForwardChunk> chunks) {
 
 absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logits) {
   const ModelConfig& c = w_.config;
-  int64_t rows = 0;
-  chunk_start_.clear();
-  for (const ForwardChunk& ch : chunks) {
-    if (ch.seq == nullptr) return absl::InvalidArgumentError("forward chunk without a sequence");
-    for (int32_t t : ch.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-      }
-    }
-    const int32_t start = ch.start < 0 ? ch.seq->length : ch.start;
-    if (start > ch.seq->length) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk starts at position ", start,
-                                                     " past the sequence end ", ch.seq->length));
-    }
-    if (ch.sparse != nullptr && ch.tokens.size() != 1) {
-      return absl::InvalidArgumentError("sparse attention applies to single-token decode rows");
-    }
-    chunk_start_.push_back(start);
-    rows += int64_t(ch.tokens.size());
-  }
+  RESA_ASSIGN_OR_RETURN(const int64_t rows, CheckChunks(chunks, c.vocab_size, chunk_start_));
   if (rows == 0) return absl::OkStatus();
   // Reserve every page first so a full cache fails before any state changes.
   std::vector<size_t> reserved_before;
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    const ForwardChunk& ch = chunks[i];
-    reserved_before.push_back(ch.seq->page_table.size());
-    absl::Status st = cache_.Reserve(*ch.seq, chunk_start_[i] + int32_t(ch.tokens.size()));
-    if (!st.ok()) {
-      for (size_t j = 0; j < i; ++j) cache_.ShrinkPages(*chunks[j].seq, reserved_before[j]);
-      return st;
-    }
-  }
+  RESA_RETURN_IF_ERROR(ReserveChunks(chunks, chunk_start_, cache_, reserved_before));
 
   // Local extents of this rank's TP shard (the model's own on one rank).
   const TpShard& ts = w_.shard;

@@ -59,6 +59,33 @@ struct ForwardChunk {
   const SparseAttention* sparse = nullptr;
 };
 
+// What every backend checks before a forward: each chunk has a sequence, its token ids are in
+// the vocabulary, it starts within the sequence, and sparse attention is asked for single-token
+// rows only. starts[i] receives the first position chunk i writes; returns the total rows.
+absl::StatusOr<int64_t> CheckChunks(std::span<const ForwardChunk> chunks, int vocab_size,
+                                    std::vector<int32_t>& starts);
+
+// Reserves the pages every chunk needs, all or nothing: when one reservation fails, the earlier
+// ones are undone and the cache is as before. reserved_before[i] receives chunk i's page count
+// before, so a later failure can undo them with `cache.ShrinkPages`. Works with any cache that
+// has Reserve(SequenceKv&, int32_t) and ShrinkPages(SequenceKv&, size_t) (host or device).
+template <typename Cache>
+absl::Status ReserveChunks(std::span<const ForwardChunk> chunks, std::span<const int32_t> starts,
+                           Cache& cache, std::vector<size_t>& reserved_before) {
+  reserved_before.clear();
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ForwardChunk& ch = chunks[i];
+    reserved_before.push_back(ch.seq->page_table.size());
+    absl::Status st = cache.Reserve(*ch.seq, starts[i] + int32_t(ch.tokens.size()));
+    if (!st.ok()) {
+      for (size_t j = 0; j < i; ++j) cache.ShrinkPages(*chunks[j].seq, reserved_before[j]);
+      reserved_before.clear();
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Where a forward's time and traffic went (accumulated across calls until reset).
 struct ForwardStats {
   double selection_seconds = 0.0;  // pooled query, block scores, top-n

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/selection.h"
@@ -47,10 +46,39 @@ absl::Status ResaOptions::Validate() const {
   return absl::OkStatus();
 }
 
+Decoder::Decoder(CpuModel& model, KvCache& cache)
+    : owned_backend_(std::make_unique<CpuBackend>(model, cache)),
+      backend_(*owned_backend_),
+      cpu_model_(&model) {}
+
 Decoder::~Decoder() {
   for (auto& s : seqs_) {
-    if (!s->finished) cache_.Release(s->kv);
+    if (!s->finished) backend_.Release(s->kv);
   }
+}
+
+std::unique_ptr<Decoder::Seq> Decoder::NewSeq(const ResaOptions& options) const {
+  auto s = std::make_unique<Seq>();
+  s->options = options;
+  s->sparse = SparseAttention{options.sparse_ratio, options.min_blocks};
+  s->logits.assign(size_t(backend_.config().vocab_size), 0.0f);
+  return s;
+}
+
+absl::StatusOr<int> Decoder::Adopt(SequenceKv kv, const ResaOptions& options) {
+  absl::Status st = options.Validate();
+  if (st.ok() && kv.length <= 0) {
+    st = absl::InvalidArgumentError("Adopt: the sequence holds no tokens");
+  }
+  if (!st.ok()) {
+    backend_.Release(kv);  // the pages were handed over: do not leak them
+    return st;
+  }
+  auto s = NewSeq(options);
+  s->report.prompt_tokens = kv.length;
+  s->kv = std::move(kv);
+  seqs_.push_back(std::move(s));
+  return int(seqs_.size() - 1);
 }
 
 absl::StatusOr<int> Decoder::Start(std::span<const int32_t> prompt, const ResaOptions& options,
@@ -61,10 +89,7 @@ absl::StatusOr<int> Decoder::Start(std::span<const int32_t> prompt, const ResaOp
     return absl::InvalidArgumentError(
         absl::StrCat("--prefill-chunk must be > 0, got ", prefill_chunk));
   }
-  auto s = std::make_unique<Seq>();
-  s->options = options;
-  s->sparse = SparseAttention{options.sparse_ratio, options.min_blocks};
-  s->logits.resize(model_.config().vocab_size);
+  auto s = NewSeq(options);
   s->report.prompt_tokens = int32_t(prompt.size());
   Stopwatch sw;
   for (size_t start = 0; start < prompt.size(); start += size_t(prefill_chunk)) {
@@ -72,9 +97,9 @@ absl::StatusOr<int> Decoder::Start(std::span<const int32_t> prompt, const ResaOp
     const bool last = start + n == prompt.size();
     ForwardChunk chunk{&s->kv, prompt.subspan(start, n),
                        last ? LogitsMode::kLast : LogitsMode::kNone};
-    absl::Status st = model_.Forward({&chunk, 1}, s->logits.data());
+    absl::Status st = backend_.Forward({&chunk, 1}, s->logits.data());
     if (!st.ok()) {
-      cache_.Release(s->kv);
+      backend_.Release(s->kv);
       return st;
     }
   }
@@ -90,28 +115,18 @@ absl::StatusOr<int> Decoder::Fork(int id, const ResaOptions& options) {
   s->options = options;
   s->sparse = SparseAttention{options.sparse_ratio, options.min_blocks};
   s->kv = SequenceKv{};
-  RESA_RETURN_IF_ERROR(cache_.Reserve(s->kv, src.kv.length));
-  s->kv.length = src.kv.length;
-  const ModelConfig& c = model_.config();
-  // This rank's pages (its blocks and KV heads under TP x SP): every rank forks its own part.
-  for (int l = 0; l < c.num_layers; ++l) {
-    PagedKvLayer kv = cache_.layer(l);
-    for (size_t b = 0; b < s->kv.page_table.size(); ++b) {
-      const int32_t from = src.kv.page_table[b], to = s->kv.page_table[b];
-      std::memcpy(kv.k_at(to, 0), kv.k_at(from, 0), kv.page_elems() * sizeof(float));
-      std::memcpy(kv.v_at(to, 0), kv.v_at(from, 0), kv.page_elems() * sizeof(float));
-      std::memcpy(kv.min_at(to, 0), kv.min_at(from, 0),
-                  size_t(kv.num_kv_heads) * 2 * kv.head_dim * sizeof(float));
-    }
-  }
+  RESA_RETURN_IF_ERROR(backend_.CopySequence(src.kv, s->kv));
   seqs_.push_back(std::move(s));
   return int(seqs_.size() - 1);
 }
 
 void Decoder::Finish(int id) {
   Seq& s = *seqs_.at(id);
-  if (!s.finished) cache_.Release(s.kv);
+  if (!s.finished) backend_.Release(s.kv);
   s.finished = true;
+  // A server finishes sequences forever: keep only the report.
+  s.logits = {};
+  s.fed = {};
 }
 
 absl::Status Decoder::Step(std::span<const Feed> feeds) {
@@ -127,18 +142,19 @@ absl::Status Decoder::Step(std::span<const Feed> feeds) {
     if (s.options.mode != DecodeMode::kDense) ch.sparse = &s.sparse;
     chunks.push_back(ch);
   }
-  const int vocab = model_.config().vocab_size;
-  std::vector<float> logits(feeds.size() * size_t(vocab));
+  const int vocab = backend_.config().vocab_size;
+  if (host_logits_) step_logits_.resize(feeds.size() * size_t(vocab));
   Stopwatch sw;
-  RESA_RETURN_IF_ERROR(model_.Forward(chunks, logits.data()));
+  RESA_RETURN_IF_ERROR(backend_.Forward(chunks, host_logits_ ? step_logits_.data() : nullptr));
   step_seconds_ += sw.Seconds();
 
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = backend_.config();
   std::vector<int> due;
   for (size_t i = 0; i < feeds.size(); ++i) {
     Seq& s = *seqs_[feeds[i].id];
-    std::copy_n(logits.data() + i * vocab, vocab, s.logits.data());
+    if (host_logits_) std::copy_n(step_logits_.data() + i * vocab, vocab, s.logits.data());
     s.fed.push_back(feeds[i].token);
+    s.unrectified++;
     s.report.decode_steps++;
     const int32_t m = (s.kv.length + kPageTokens - 1) / kPageTokens;
     int32_t n = m;
@@ -151,32 +167,40 @@ absl::Status Decoder::Step(std::span<const Feed> feeds) {
       s.report.sparse_steps++;
       s.sparse_since_rectify = true;
     }
-    if (s.options.mode == DecodeMode::kResa &&
-        int32_t(s.fed.size()) % s.options.rectify_every == 0) {
-      // Steps that read every block already produced dense K/V: nothing to rectify.
-      if (s.sparse_since_rectify) due.push_back(feeds[i].id);
+    if (schedule_ == Schedule::kAutomatic && s.options.mode == DecodeMode::kResa &&
+        s.unrectified >= s.options.rectify_every) {
+      due.push_back(feeds[i].id);
     }
   }
   return Rectify(due);
 }
 
 absl::Status Decoder::Rectify(std::span<const int> ids) {
-  if (ids.empty()) return absl::OkStatus();
-  Stopwatch sw;
   std::vector<ForwardChunk> chunks;
+  std::vector<int> run;
   for (int id : ids) {
+    if (!running(id)) return absl::InvalidArgumentError(absl::StrCat("no running sequence ", id));
     Seq& s = *seqs_[id];
-    const int32_t f = s.options.rectify_every;
-    ForwardChunk ch{&s.kv, std::span<const int32_t>(s.fed).last(size_t(f)), LogitsMode::kNone};
-    ch.start = s.kv.length - f;
+    // Steps that read every block already produced dense K/V: nothing to rewrite.
+    if (s.unrectified == 0 || !s.sparse_since_rectify) {
+      s.unrectified = 0;
+      continue;
+    }
+    ForwardChunk ch{&s.kv, std::span<const int32_t>(s.fed).last(size_t(s.unrectified)),
+                    LogitsMode::kNone};
+    ch.start = s.kv.length - s.unrectified;
     chunks.push_back(ch);
+    run.push_back(id);
   }
-  RESA_RETURN_IF_ERROR(model_.Forward(chunks, nullptr));
-  for (int id : ids) {
+  if (chunks.empty()) return absl::OkStatus();
+  Stopwatch sw;
+  RESA_RETURN_IF_ERROR(backend_.Forward(chunks, nullptr));
+  for (int id : run) {
     Seq& s = *seqs_[id];
-    s.sparse_since_rectify = false;
     s.report.rectifications++;
-    s.report.rectified_tokens += s.options.rectify_every;
+    s.report.rectified_tokens += s.unrectified;
+    s.sparse_since_rectify = false;
+    s.unrectified = 0;
   }
   rectify_seconds_ += sw.Seconds();
   return absl::OkStatus();

@@ -19,11 +19,18 @@ absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
                                        std::span<const int32_t> prompt,
                                        const GenerateOptions& options,
                                        const TokenCallback& on_token) {
+  CpuBackend backend(model, cache);
+  return Generate(backend, prompt, options, on_token);
+}
+
+absl::StatusOr<GenerateStats> Generate(ModelBackend& model, std::span<const int32_t> prompt,
+                                       const GenerateOptions& options,
+                                       const TokenCallback& on_token) {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   RESA_RETURN_IF_ERROR(options.sampling.Validate());
   RESA_RETURN_IF_ERROR(options.resa.Validate());
   const int vocab = model.config().vocab_size;
-  const int32_t capacity = cache.max_tokens();
+  const int32_t capacity = model.max_tokens();
   if (int64_t(prompt.size()) >= capacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("the prompt has ", prompt.size(), " tokens but the context holds ", capacity,
@@ -32,7 +39,7 @@ absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
   GenerateStats stats;
   stats.prompt_tokens = int(prompt.size());
   Sampler sampler(options.sampling);
-  Decoder dec(model, cache);
+  Decoder dec(model);
   model.ResetStats();
 
   Stopwatch sw;

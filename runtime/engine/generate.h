@@ -11,6 +11,7 @@
 #include "parallel/communicator.h"
 #include "runtime/engine/cpu_model.h"
 #include "runtime/engine/decoder.h"
+#include "runtime/engine/model_backend.h"
 #include "runtime/engine/sampler.h"
 
 namespace resa {
@@ -46,6 +47,10 @@ using TokenCallback = std::function<bool(int32_t token)>;
 
 // Runs prompt + generation in a fresh sequence of `cache`, released at the end. Generation also
 // ends, with stopped_by_context set, when the cache cannot hold another token.
+absl::StatusOr<GenerateStats> Generate(ModelBackend& backend, std::span<const int32_t> prompt,
+                                       const GenerateOptions& options,
+                                       const TokenCallback& on_token);
+// The CPU backend over `model` and `cache`.
 absl::StatusOr<GenerateStats> Generate(CpuModel& model, KvCache& cache,
                                        std::span<const int32_t> prompt,
                                        const GenerateOptions& options,

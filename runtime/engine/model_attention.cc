@@ -2,6 +2,7 @@
 // attention, on one rank or across the SP group (DESIGN.md §5).
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/selection.h"
@@ -189,12 +190,14 @@ void CpuModel::LocalAttention(const PagedKvLayer& kv, std::span<const ForwardChu
 
 // SP: every row attends over the blocks this rank owns (all of them up to its causal end for
 // chunk rows and dense decode rows; the owned part of the global selection for sparse rows),
-// in one paged-attention call over the batch, then the partial states are merged across the SP
-// group so every rank ends with the whole rows' attention.
+// then the partial states of all rows are merged across the SP group in one exchange, so every
+// rank ends with the whole rows' attention. Prefill/rectification chunks run the GEMM-tiled
+// chunk kernel over the owned blocks; single-token rows go through one paged-attention call.
 absl::Status CpuModel::ShardedAttention(const PagedKvLayer& kv,
                                         std::span<const ForwardChunk> chunks) {
   const ModelConfig& c = w_.config;
   const int hkv = w_.shard.num_kv_heads, lh = w_.shard.num_heads, d = c.head_dim;
+  const int lq = lh * d;
   const AttentionParams p{lh, 1.0f / std::sqrt(float(d))};
   const SequenceShard& shard = cache_.shard();
   Stopwatch sw;
@@ -205,13 +208,24 @@ absl::Status CpuModel::ShardedAttention(const PagedKvLayer& kv,
     mine_stride_[i] =
         OwnedSelection(shard, selected_.data() + sr.offset, hkv, sr.n, sr.num_blocks, &mine_[i]);
   }
+  int64_t total_rows = 0;
+  for (const ForwardChunk& ch : chunks) total_rows += int64_t(ch.tokens.size());
+  lse_.resize(size_t(total_rows) * lh);
   rows_.clear();
+  std::vector<int64_t> row_at;  // batch row of each entry of rows_
   size_t next_sparse = 0;
   int64_t r = 0;
   for (size_t ci = 0; ci < chunks.size(); ++ci) {
     const int32_t* table = expanded_[ci].data();
     const std::vector<int32_t>& owned = owned_[ci];
-    for (size_t i = 0; i < chunks[ci].tokens.size(); ++i, ++r) {
+    const int n = int(chunks[ci].tokens.size());
+    if (n > 1) {
+      PagedChunkAttention(kv, p, q_.data() + size_t(r) * lq, n, table, pos_[r] + 1, owned,
+                          attn_.data() + size_t(r) * lq, lse_.data() + size_t(r) * lh);
+      r += n;
+      continue;
+    }
+    for (int i = 0; i < n; ++i, ++r) {
       const int32_t num_keys = pos_[r] + 1;
       if (next_sparse < sparse_rows_.size() && sparse_rows_[next_sparse].row == r) {
         const int32_t stride = mine_stride_[next_sparse];
@@ -219,16 +233,28 @@ absl::Status CpuModel::ShardedAttention(const PagedKvLayer& kv,
             AttentionRow{table, num_keys, true, mine_[next_sparse].data(), stride, stride});
         ++next_sparse;
       } else {
-        // Keys past num_keys in the chunk's later blocks are masked by the kernel.
+        // Keys past num_keys in later owned blocks are masked by the kernel.
         rows_.push_back(
             AttentionRow{table, num_keys, true, owned.data(), int32_t(owned.size()), 0});
       }
+      row_at.push_back(r);
     }
   }
-  lse_.resize(rows_.size() * lh);
-  PagedAttention(kv, p, q_.data(), rows_, attn_.data(), lse_.data());
+  if (!rows_.empty()) {
+    // Single-token rows: queries gathered contiguously, attended at once, scattered back.
+    std::vector<float> decode_q(rows_.size() * lq), decode_o(rows_.size() * lq),
+        decode_lse(rows_.size() * lh);
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      std::copy_n(q_.data() + size_t(row_at[i]) * lq, lq, decode_q.data() + i * lq);
+    }
+    PagedAttention(kv, p, decode_q.data(), rows_, decode_o.data(), decode_lse.data());
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      std::copy_n(decode_o.data() + i * lq, lq, attn_.data() + size_t(row_at[i]) * lq);
+      std::copy_n(decode_lse.data() + i * lh, lh, lse_.data() + size_t(row_at[i]) * lh);
+    }
+  }
   RESA_RETURN_IF_ERROR(MergeAttentionStatesAcrossRanks(*sp_, attn_.data(), lse_.data(),
-                                                       int(rows_.size()) * lh, d, &merge_scratch_));
+                                                       int(total_rows) * lh, d, &merge_scratch_));
   (sparse_rows_.empty() ? stats_.dense_attention_seconds : stats_.sparse_attention_seconds) +=
       sw.Seconds();
   return absl::OkStatus();

@@ -1,6 +1,7 @@
 #include "runtime/engine/model_grid.h"
 
 #include "absl/strings/str_cat.h"
+#include "parallel/process_grid.h"
 #include "runtime/core/status.h"
 
 namespace resa {
@@ -16,18 +17,15 @@ std::string ModelGrid::ToString() const {
 
 absl::StatusOr<ModelGrid> CreateModelGrid(Communicator& world, int tp, int sp,
                                           const ModelConfig& config) {
-  if (tp < 1) return absl::InvalidArgumentError(absl::StrCat("--tp ", tp, " must be >= 1"));
-  if (sp < 1) return absl::InvalidArgumentError(absl::StrCat("--sp ", sp, " must be >= 1"));
-  if (int64_t(tp) * sp != world.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tp ", tp, " x --sp ", sp, " = ", int64_t(tp) * sp, " ranks, but the world has ",
-        world.size(), " (mpirun -np must equal tp * sp)"));
-  }
+  // ProcessGrid validates the grid (flags, world size, heads) with the errors --tp / --sp report.
+  RESA_ASSIGN_OR_RETURN(
+      ProcessGrid pg, ProcessGrid::Create(world.rank(), world.size(), tp, sp, config.num_heads,
+                                          config.num_kv_heads));
   ModelGrid g;
   g.tp = tp;
   g.sp = sp;
-  g.tp_rank = world.rank() % tp;
-  g.sp_rank = world.rank() / tp;
+  g.tp_rank = pg.tp_rank();
+  g.sp_rank = pg.sp_rank();
   RESA_ASSIGN_OR_RETURN(g.shard, MakeTpShard(config, g.tp_rank, tp));
   if (tp > 1) {
     RESA_ASSIGN_OR_RETURN(g.tp_comm, world.Split(g.sp_rank, g.tp_rank, "tp"));

@@ -1,10 +1,9 @@
 // A rank's place in the TP x SP grid of a model (DESIGN.md §5) and its group communicators: what
 // a CpuModel, its weights and its KV cache need to run distributed.
 //
-// Layout as ProcessGrid (parallel/process_grid.h): world rank = sp_rank * tp + tp_rank, so a TP
-// group is consecutive ranks. Heads split by MakeTpShard (tp_shard.h), which accepts every grid
-// ProcessGrid does plus uneven KV-group splits (SmolLM2's 9 query / 3 KV heads at --tp 2), so the
-// engine does its own rank arithmetic instead of ProcessGrid::Create.
+// Layout and validation are ProcessGrid's (parallel/process_grid.h): world rank = sp_rank * tp +
+// tp_rank, heads split by SplitHeads, which MakeTpShard (tp_shard.h) also uses, so the grid the
+// engine runs is exactly the grid ProcessGrid::Create accepts, with the same --tp errors.
 #pragma once
 
 #include <memory>
@@ -28,7 +27,7 @@ struct ModelGrid {
 
   ModelGroups groups() const { return ModelGroups{tp_comm.get(), sp_comm.get()}; }
   KvShard kv_shard() const { return KvShard{shard.num_kv_heads, SequenceShard{sp_rank, sp}}; }
-  // "tp 1/2 sp 0/2: heads [6, 9), kv heads [2, 3), mlp [768, 1536), vocab [24576, 49152)".
+  // "tp 1/2 sp 0/2: heads [3, 9), kv heads [1, 3), mlp [768, 1536), vocab [24576, 49152)".
   std::string ToString() const;
 };
 

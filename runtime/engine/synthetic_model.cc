@@ -3,9 +3,9 @@
 #include <cmath>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/core/hash.h"
 #include "runtime/core/status.h"
 
 namespace resa {
@@ -67,7 +67,8 @@ class SyntheticSource : public WeightSource {
       return absl::OutOfRangeError(absl::StrCat(AsAbsl(name), ": rows [", row_begin, ", ", row_end,
                                                 ") outside [0, ", info->rows(), ")"));
     }
-    const uint64_t key = SplitMix(seed_ ^ absl::HashOf(name));
+    // A stable hash: every process (MPI rank, run) gets the same weights.
+    const uint64_t key = SplitMix(seed_ ^ Fnv1a64(name));
     const int64_t cols = info->cols();
     const bool is_norm = info->shape.size() == 1 && name.find("bias") == std::string_view::npos;
     // Scale like a trained model: unit-variance activations through each projection.

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/process_grid.h"
+#include "runtime/core/status.h"
 
 namespace resa {
 namespace {
@@ -12,37 +14,16 @@ int SplitBegin(int n, int rank, int size) { return int(int64_t(n) * rank / size)
 }  // namespace
 
 absl::StatusOr<TpShard> MakeTpShard(const ModelConfig& c, int rank, int size) {
-  if (size < 1 || rank < 0 || rank >= size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tp ", size, ": rank ", rank, " is outside the group"));
-  }
-  const int nh = c.num_heads, nkv = c.num_kv_heads;
-  if (nh < 1 || nkv < 1 || nh % nkv != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model has ", nh, " query heads and ", nkv,
-                                                   " KV heads; KV heads must divide query heads"));
-  }
-  const int g = nh / nkv;
+  // The head rule is ProcessGrid's (parallel/process_grid.h): one rule, one error wording.
+  RESA_ASSIGN_OR_RETURN(HeadSplit heads, SplitHeads(c.num_heads, c.num_kv_heads, rank, size));
   TpShard s;
   s.rank = rank;
   s.size = size;
-  if (size <= nkv) {
-    s.kv_head_begin = SplitBegin(nkv, rank, size);
-    s.num_kv_heads = SplitBegin(nkv, rank + 1, size) - s.kv_head_begin;
-    s.head_begin = s.kv_head_begin * g;
-    s.num_heads = s.num_kv_heads * g;
-  } else {
-    if (size % nkv != 0 || g % (size / nkv) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tp ", size, " does not fit the model's ", nh, " query heads and ", nkv,
-                       " KV heads: above ", nkv, " ranks, --tp must be a multiple of ", nkv,
-                       " that splits each group of ", g, " query heads evenly"));
-    }
-    s.kv_replicas = size / nkv;
-    s.kv_head_begin = rank / s.kv_replicas;
-    s.num_kv_heads = 1;
-    s.num_heads = g / s.kv_replicas;
-    s.head_begin = s.kv_head_begin * g + (rank % s.kv_replicas) * s.num_heads;
-  }
+  s.head_begin = heads.head_begin;
+  s.num_heads = heads.num_heads;
+  s.kv_head_begin = heads.kv_head_begin;
+  s.num_kv_heads = heads.num_kv_heads;
+  s.kv_replicas = heads.kv_replicas;
   if (c.intermediate_size < size || c.vocab_size < size) {
     return absl::InvalidArgumentError(absl::StrCat("--tp ", size, " exceeds the model's MLP width ",
                                                    c.intermediate_size, " or vocabulary ",

@@ -3,12 +3,10 @@
 // of lm_head (vocabulary) rows. Computed once from the config and validated; the weights loader,
 // the KV cache and the forward all read their local shapes from it.
 //
-// Heads are split by KV groups: with T <= num_kv_heads ranks, rank r holds KV heads
-// [r * Hkv / T, (r + 1) * Hkv / T) and their query heads (uneven when T does not divide Hkv, e.g.
-// SmolLM2's 9 heads / 3 KV heads at T = 2: 6 + 3 query heads). With T > Hkv, each KV head is
-// replicated on R = T / Hkv consecutive ranks (T must be a multiple of Hkv) that split its group
-// of query heads evenly (R must divide the group). This accepts every grid ProcessGrid::Create
-// accepts, with the same ownership, and also T that only divide the KV-head count unevenly.
+// Heads follow SplitHeads (parallel/process_grid.h), the one rule ProcessGrid also applies: split
+// by KV group (uneven when T does not divide the KV heads, e.g. SmolLM2's 9 heads / 3 KV heads at
+// T = 2: 3 + 6 query heads); with T > Hkv each KV head is replicated on T / Hkv consecutive ranks
+// that split its group of query heads evenly.
 // The intermediate and vocabulary ranges are balanced contiguous splits (floor(r * N / T)).
 #pragma once
 

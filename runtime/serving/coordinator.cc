@@ -372,8 +372,11 @@ void Coordinator::HandleEventLocked(const v1::WorkerEvent& ev) {
     case v1::WorkerEvent::kPlanDone: {
       const v1::PlanDone& p = ev.plan_done();
       worker_->plan_in_flight = false;
-      if (metrics_ != nullptr && p.steps() > 0) {
-        metrics_->ObserveStep(p.step_seconds() / p.steps(), scheduler_.running());
+      worker_->last_plan_done = now;
+      if (metrics_ != nullptr) {
+        if (p.steps() > 0) metrics_->ObserveStep(p.step_seconds() / p.steps(), scheduler_.running());
+        const double busy = p.prefill_seconds() + p.step_seconds() + p.rectify_seconds();
+        metrics_->ObservePlan(busy, absl::ToDoubleSeconds(now - worker_->plan_sent) - busy);
       }
       plan_cv_.notify_all();
       break;
@@ -510,6 +513,11 @@ void Coordinator::PlanLoop() {
         }
         if (metrics_ != nullptr && passes > 0) {
           metrics_->AddRectifications(passes, seqs, draft.rectify_tokens);
+        }
+        // Idle time of a worker that had sequences to run also counts as overhead.
+        if (metrics_ != nullptr && worker_->last_plan_done != absl::InfinitePast() &&
+            draft.admit.size() < size_t(scheduler_.running())) {
+          metrics_->ObservePlan(0.0, absl::ToDoubleSeconds(now - worker_->last_plan_done));
         }
         worker_->plan_in_flight = true;
         worker_->plan_sent = now;

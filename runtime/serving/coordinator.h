@@ -77,6 +77,7 @@ class Coordinator {
     absl::Time last_event;
     bool plan_in_flight = false;
     absl::Time plan_sent;
+    absl::Time last_plan_done = absl::InfinitePast();
   };
 
   Coordinator(const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer,

@@ -2,8 +2,11 @@
 
 #include <cmath>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/core/hash.h"
 #include "runtime/core/status.h"
+#include "runtime/tokenizer/unicode.h"
 
 namespace resa::serving {
 
@@ -21,7 +24,8 @@ absl::StatusOr<std::vector<int32_t>> EncodeMessages(const v1::GenerateRequest& r
     const v1::ChatMessage& m = req.messages(i);
     if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
       return Invalid(absl::StrCat("messages[", i, "].role"),
-                     absl::StrCat("must be system, user or assistant, got '", m.role(), "'"));
+                     absl::StrCat("must be system, user or assistant, got '",
+                                  absl::CHexEscape(m.role().substr(0, 32)), "'"));
     }
     msgs.push_back(ChatMessage{m.role(), m.content()});
   }
@@ -148,7 +152,14 @@ absl::StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& req,
       return Invalid(absl::StrCat("stop[", i, "]"),
                      absl::StrCat("must be 1 to ", lim.max_stop_bytes, " bytes, got ", s.size()));
     }
+    if (const size_t bad = tok::FindInvalidUtf8(s); bad != std::string::npos) {
+      return Invalid(absl::StrCat("stop[", i, "]"),
+                     absl::StrCat("not valid UTF-8 (byte ", bad, ")"));
+    }
     out.stops.push_back(s);
+  }
+  if (req.client_tag().size() > 256) {
+    return Invalid("client_tag", absl::StrCat(req.client_tag().size(), " bytes, at most 256"));
   }
   if (!std::isfinite(req.timeout_seconds()) || req.timeout_seconds() < 0) {
     return Invalid("timeout_seconds", absl::StrCat("must be >= 0, got ", req.timeout_seconds()));
@@ -164,17 +175,10 @@ absl::StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& req,
 }
 
 uint64_t TokenizerFingerprint(const Tokenizer& tok) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
-  auto mix = [&](std::string_view bytes) {
-    for (unsigned char c : bytes) {
-      h ^= c;
-      h *= 1099511628211ull;
-    }
-  };
-  mix(absl::StrCat(tok.vocab_size(), ":"));
+  uint64_t h = Fnv1a64(absl::StrCat(tok.vocab_size(), ":"));
   for (int32_t id = 0; id < tok.vocab_size(); ++id) {
-    mix(tok.TokenBytes(id));
-    mix(std::string_view("\0", 1));
+    h = Fnv1a64(tok.TokenBytes(id), h);
+    h = Fnv1a64(std::string_view("\0", 1), h);
   }
   return h;
 }

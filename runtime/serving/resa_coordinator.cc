@@ -7,7 +7,16 @@
 #include "runtime/apps/process_setup.h"
 #include "runtime/serving/server.h"
 
+#include <signal.h>
+
 int main(int argc, char** argv) {
+  // SIGTERM / SIGINT are taken by RunServer's signal thread (drain); block them before any
+  // thread exists so that none of them can take the default action.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   resa::DefaultOpenMpWaitPolicy(argv);
   resa::serving::ServerOptions options;
   CLI::App app{

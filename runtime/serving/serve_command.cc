@@ -35,6 +35,8 @@ absl::Status RunInProcessWorker(const ServeOptions& o, std::shared_ptr<grpc::Cha
   WorkerSession session(*model, *cache, m.tokenizer->StopIds(), o.group.ctx, nullptr);
   WorkerLinkOptions link;
   link.channel = std::move(channel);
+  // The in-process worker authenticates like any other.
+  RESA_ASSIGN_OR_RETURN(link.security.token, LoadServerToken(o.server.security));
   link.connect_timeout = absl::Seconds(o.group.connect_timeout_s);
   const v1::WorkerRegister reg =
       MakeRegistration(o.server.model, cfg, *m.tokenizer, o.group, 1, 1, 1, pages);

@@ -35,6 +35,16 @@ absl::Status ShareCommand(Communicator* world, v1::WorkerCommand& cmd) {
   return absl::OkStatus();
 }
 
+std::string Describe(const grpc::Status& st) {
+  static const char* const kNames[] = {
+      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  const int code = int(st.error_code());
+  return absl::StrCat(code >= 0 && code <= 16 ? kNames[code] : "?", ": ", st.error_message());
+}
+
 // Rank 0's stream to the coordinator: a reader thread queues commands, a heartbeat thread and
 // the plan loop write events (one writer at a time).
 class CoordinatorStream {
@@ -62,8 +72,11 @@ class CoordinatorStream {
     v1::WorkerEvent ev;
     *ev.mutable_register_() = reg;
     if (!stream_->Write(ev)) {
+      stream_->WritesDone();
+      const grpc::Status st = stream_->Finish();
+      stream_.reset();
       return absl::UnavailableError(absl::StrCat("the coordinator at ", target,
-                                                 " closed the stream during registration"));
+                                                 " refused the registration: ", Describe(st)));
     }
     reader_ = std::thread([this] {
       v1::WorkerCommand cmd;
@@ -120,8 +133,7 @@ class CoordinatorStream {
   std::string CloseReason() {
     Close();
     return final_status_.ok() ? "the coordinator ended the stream"
-                              : absl::StrCat("the stream failed: ", final_status_.error_message(),
-                                             " (", int(final_status_.error_code()), ")");
+                              : absl::StrCat("the stream failed: ", Describe(final_status_));
   }
 
   void Close() {
@@ -177,6 +189,17 @@ absl::Status ProbeCoordinator(const WorkerLinkOptions& o) {
     return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", o.coordinator,
                                                " within ", absl::FormatDuration(o.connect_timeout),
                                                " (--coordinator, --connect-timeout)"));
+  }
+  // One authenticated call: a wrong token or TLS setting fails here too.
+  auto stub = v1::Resa::NewStub(channel);
+  grpc::ClientContext context;
+  AddAuth(context, o.security);
+  context.set_deadline(deadline);
+  v1::ModelInfoResponse info;
+  const grpc::Status st = stub->ModelInfo(&context, v1::ModelInfoRequest(), &info);
+  if (!st.ok()) {
+    return absl::UnavailableError(absl::StrCat("the coordinator at ", o.coordinator,
+                                               " refused a call: ", Describe(st)));
   }
   return absl::OkStatus();
 }

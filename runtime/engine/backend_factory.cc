@@ -1,0 +1,87 @@
+#include "runtime/engine/backend_factory.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/core/status.h"
+#include "runtime/engine/kv_cache.h"
+
+#if RESA_HAVE_CUDA
+#include "runtime/engine/cuda/cuda_model.h"
+#endif
+
+namespace resa {
+
+absl::StatusOr<Device> ParseDevice(std::string_view name) {
+  if (name == "cpu") return Device::kCpu;
+  if (name == "cuda") return Device::kCuda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device must be cpu or cuda, got '", std::string(name), "'"));
+}
+
+bool CudaBackendBuilt() { return RESA_HAVE_CUDA != 0; }
+
+absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOptions& options) {
+  Backend b;
+  const int64_t pages = (options.kv_tokens + kPageTokens - 1) / kPageTokens;
+  if (pages > (int64_t(1) << 27)) {
+    return absl::InvalidArgumentError(absl::StrCat("KV capacity of ", options.kv_tokens,
+                                                   " tokens is more than one cache can index"));
+  }
+  if (options.device == Device::kCpu) {
+    if (pages <= 0) return absl::InvalidArgumentError("the CPU backend needs a KV capacity > 0");
+    RESA_ASSIGN_OR_RETURN(auto cache, KvCache::Create(weights.config, int32_t(pages)));
+    b.description = absl::StrFormat("CPU: KV cache %d tokens (%.2f GiB fp32)", cache->max_tokens(),
+                                    cache->bytes() / 1073741824.0);
+    b.model = std::make_unique<OwningCpuBackend>(std::move(cache), weights);
+    return b;
+  }
+#if RESA_HAVE_CUDA
+  cuda::CudaModelOptions o;
+  o.kv_pages = int32_t(pages);
+  o.gemv_max_rows = options.gemv_max_rows;
+  RESA_ASSIGN_OR_RETURN(auto model, cuda::CudaModel::FromCpuWeights(weights, o));
+  b.description = model->Describe();
+  b.model = std::move(model);
+  return b;
+#else
+  return absl::UnimplementedError(
+      "--device cuda: this build has no CUDA backend (configure with -DRESA_CUDA=ON where nvcc "
+      "is installed)");
+#endif
+}
+
+absl::StatusOr<Backend> MakeRandomBackend(const ModelConfig& config, uint64_t seed,
+                                          const BackendOptions& options) {
+  if (options.device == Device::kCpu) {
+    return absl::UnimplementedError(
+        "random device weights are a CUDA-backend feature; on the CPU use synthetic:<shape>");
+  }
+#if RESA_HAVE_CUDA
+  cuda::CudaModelOptions o;
+  o.kv_pages = int32_t((options.kv_tokens + kPageTokens - 1) / kPageTokens);
+  o.gemv_max_rows = options.gemv_max_rows;
+  RESA_ASSIGN_OR_RETURN(auto w, cuda::DeviceWeights::Random(config, seed, nullptr));
+  RESA_ASSIGN_OR_RETURN(auto model, cuda::CudaModel::Create(std::move(w), o));
+  Backend b;
+  b.description = model->Describe();
+  b.model = std::move(model);
+  return b;
+#else
+  (void)config;
+  (void)seed;
+  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+#endif
+}
+
+absl::StatusOr<double> MeasureDeviceCopyGbps(Device device) {
+  if (device == Device::kCpu) {
+    return absl::UnimplementedError("MeasureDeviceCopyGbps: the CPU has MeasureMemoryCeiling");
+  }
+#if RESA_HAVE_CUDA
+  return cuda::MeasureCopyGbps(size_t(2) << 30);
+#else
+  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+#endif
+}
+
+}  // namespace resa

@@ -1,0 +1,51 @@
+// Picks the machine a model runs on: the one place that knows whether the CUDA backend was
+// built (STYLE.md habit 10). Everything else talks to ModelBackend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine/cpu_weights.h"
+#include "runtime/engine/model_backend.h"
+
+namespace resa {
+
+enum class Device { kCpu, kCuda };
+
+// "cpu" or "cuda"; the message names --device.
+absl::StatusOr<Device> ParseDevice(std::string_view name);
+// Whether this build has the CUDA backend (a device may still be missing at run time).
+bool CudaBackendBuilt();
+
+struct BackendOptions {
+  Device device = Device::kCpu;
+  // KV capacity in tokens (rounded up to whole pages); 0 on CUDA: all free device memory after
+  // the weights (minus a reserve for activations). Must be > 0 on the CPU.
+  int64_t kv_tokens = 0;
+  // CUDA: decode batches of up to this many rows use the backend's GEMV, larger ones cuBLAS.
+  int gemv_max_rows = 1;
+};
+
+struct Backend {
+  std::unique_ptr<ModelBackend> model;
+  std::string description;  // device, weight and KV bytes, KV capacity and how it was sized
+};
+
+// The CPU backend reads `weights` in place (they must outlive it); the CUDA one copies them to
+// the device as bf16. Errors: no CUDA in this build or no device, too little memory.
+absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOptions& options);
+
+// A random-weight model of `config`'s exact shapes, for speed at full size without weight
+// files: on CUDA drawn on the device (no host copy); the CPU backend is not offered here (load
+// "synthetic:<shape>" through LoadModel instead): Unimplemented.
+absl::StatusOr<Backend> MakeRandomBackend(const ModelConfig& config, uint64_t seed,
+                                          const BackendOptions& options);
+
+// The device's copy bandwidth measured now (GB/s, bytes read + written), the ceiling the
+// benchmarks compare against. Unimplemented for the CPU (bench_util.h measures that one).
+absl::StatusOr<double> MeasureDeviceCopyGbps(Device device);
+
+}  // namespace resa

@@ -1,0 +1,761 @@
+#include "runtime/engine/cuda/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/selection_cuda.h"
+#include "runtime/core/status.h"
+#include "runtime/engine/cuda/model_ops_cuda.h"
+
+namespace resa::cuda {
+namespace {
+
+constexpr int32_t kContextBucket = 4096;  // graph keys round context lengths up to this
+constexpr int32_t kMaxPages = int32_t(1) << 22;
+enum ProfileGroup { kStart, kMatmul, kElementwise, kKvWrite, kSelect, kAttention, kGroups };
+constexpr const char* kProfileGroups[kGroups] = {"start", "matmul", "norm_rope_silu",
+                                                 "kv_write", "selection", "attention"};
+
+int32_t RoundUp(int32_t x, int32_t m) { return (x + m - 1) / m * m; }
+
+// The context a graph is captured for: rounded up to kContextBucket, but never across 256K
+// tokens (16384 blocks), below which SelectBlocksCuda keeps the keys in shared memory.
+int32_t ContextBucket(int32_t keys) {
+  constexpr int32_t kSmemSelectKeys = 262144;
+  const int32_t b = RoundUp(std::max(keys, 1), kContextBucket);
+  return keys <= kSmemSelectKeys ? std::min(b, kSmemSelectKeys) : b;
+}
+
+absl::Status CublasStatus(cublasStatus_t st, const char* what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", int(st)));
+}
+
+}  // namespace
+
+// Everything one forward needs, decided on the host before any launch.
+struct CudaModel::Plan {
+  // Chunks in launch order: dense decode rows, sparse decode rows (by group), multi-token chunks.
+  std::vector<int> order;       // launch position -> index in the caller's span
+  std::vector<int32_t> starts;  // by caller index
+  int64_t rows = 0;
+  int nd = 0, ns = 0, nc = 0, nl = 0;
+  struct Group {
+    float ratio;
+    int32_t min_blocks;
+    int first, count;  // launch positions [first, first + count)
+    int32_t max_keys;
+    int bstride;
+    size_t blocks_at, num_blocks_at;  // int32 offsets in blocks_mem_
+  };
+  std::vector<Group> groups;
+  int32_t stride = 1, max_keys_dense = 0, max_keys_chunk = 0, max_chunk_rows = 0,
+          chunk_rows = 0, max_write_tokens = 0;
+  size_t blocks_size = 0;
+  // int32 metadata, uploaded as one block; offsets into it.
+  std::vector<int32_t> meta;
+  size_t o_tokens = 0, o_pos = 0, o_wk_off = 0, o_wk_first = 0, o_wk_keys = 0, o_att_keys = 0,
+         o_ch_off = 0, o_ch_first = 0, o_tables = 0, o_logit = 0;
+  size_t workspace_bytes = 0;
+  bool graph = false;
+  std::vector<int64_t> key;
+  std::vector<size_t> reserved_before;  // page-table sizes before this forward's reservations
+  std::vector<int64_t> caller_row;       // by launch position: the row's index in caller order
+};
+
+CudaModel::~CudaModel() {
+  DropGraphs();
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
+  if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status CudaModel::Mark(int group) {
+  if (!profiling_) return absl::OkStatus();
+  if (events_used_ == events_.size()) {
+    cudaEvent_t e;
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&e), "cudaEventCreate"));
+    events_.push_back(e);
+    event_groups_.push_back(0);
+  }
+  event_groups_[events_used_] = group;
+  return CudaStatus(cudaEventRecord(events_[events_used_++], stream_), "cudaEventRecord");
+}
+
+// After the stream synchronised: the time between consecutive events goes to the later one's
+// group (the kernels enqueued between them).
+absl::Status CudaModel::CollectProfile() {
+  profile_ms_.resize(kGroups, 0.0);
+  for (size_t i = 1; i < events_used_; ++i) {
+    float ms = 0.0f;
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaEventElapsedTime(&ms, events_[i - 1], events_[i]), "cudaEventElapsedTime"));
+    profile_ms_[size_t(event_groups_[i])] += ms;
+  }
+  events_used_ = 0;
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, double>> CudaModel::TakeProfile() {
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t g = 1; g < profile_ms_.size(); ++g) out.push_back({kProfileGroups[g], profile_ms_[g]});
+  profile_ms_.assign(kGroups, 0.0);
+  return out;
+}
+
+int CudaModel::graphs_captured() const {
+  int n = 0;
+  for (const auto& [key, exec] : graphs_) n += exec != nullptr;
+  return n;
+}
+
+void CudaModel::DropGraphs() {
+  for (auto& [key, exec] : graphs_) {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+  graphs_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::FromCpuWeights(
+    const CpuWeights& weights, const CudaModelOptions& options) {
+  RESA_ASSIGN_OR_RETURN(auto w, DeviceWeights::FromCpu(weights, nullptr));
+  return Create(std::move(w), options);
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<DeviceWeights> weights,
+                                                             const CudaModelOptions& options) {
+  std::unique_ptr<CudaModel> m(new CudaModel());
+  m->weights_ = std::move(weights);
+  m->options_ = options;
+  const ModelConfig& c = m->weights_->config();
+  RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking),
+                                  "cudaStreamCreate"));
+  RESA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&m->cublas_), "cublasCreate"));
+  RESA_RETURN_IF_ERROR(CublasStatus(cublasSetStream(m->cublas_, m->stream_), "cublasSetStream"));
+  RESA_ASSIGN_OR_RETURN(m->cublas_workspace_,
+                        DeviceAllocation::Create(size_t(32) << 20, "cuBLAS workspace"));
+  RESA_RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(m->cublas_, m->cublas_workspace_.as<void>(),
+                                                       m->cublas_workspace_.bytes()),
+                                    "cublasSetWorkspace"));
+  if (options.gemv_max_rows < 0 || options.gemv_max_rows > kGemvMaxRows) {
+    return absl::InvalidArgumentError(absl::StrCat("gemv_max_rows must be in [0, ", kGemvMaxRows,
+                                                   "], got ", options.gemv_max_rows));
+  }
+  int32_t pages = options.kv_pages;
+  const uint64_t page_bytes = DeviceKvCache::PageBytes(c);
+  if (pages <= 0) {
+    size_t free_b = 0, total_b = 0;
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
+    const uint64_t budget = free_b > options.reserve_bytes ? free_b - options.reserve_bytes : 0;
+    pages = int32_t(std::min<uint64_t>(budget / page_bytes, kMaxPages));
+    m->sizing_ = absl::StrFormat("from free memory: %.2f of %.2f GiB free after weights, %.2f GiB "
+                                 "kept for activations",
+                                 free_b / 1073741824.0, total_b / 1073741824.0,
+                                 options.reserve_bytes / 1073741824.0);
+    if (pages < 1) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "no device memory left for a KV cache (", m->sizing_, ", ", page_bytes, " B per page)"));
+    }
+  } else {
+    m->sizing_ = "as requested";
+  }
+  RESA_ASSIGN_OR_RETURN(m->cache_, DeviceKvCache::Create(c, pages));
+  return m;
+}
+
+std::string CudaModel::Describe() const {
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, device);
+  return absl::StrFormat(
+      "CUDA device %d (%s): weights %.2f GiB bf16 | KV cache %d pages = %d tokens (%.2f GiB bf16 "
+      "+ summaries, %s)",
+      device, prop.name, weights_->bytes() / 1073741824.0, cache_->num_pages(),
+      cache_->max_tokens(), cache_->bytes() / 1073741824.0, sizing_);
+}
+
+absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan) {
+  const ModelConfig& c = config();
+  RESA_ASSIGN_OR_RETURN(plan.rows, CheckChunks(chunks, c.vocab_size, plan.starts));
+  // Reserve every page first so a full cache fails before any state changes.
+  RESA_RETURN_IF_ERROR(ReserveChunks(chunks, plan.starts, *cache_, plan.reserved_before));
+  // Classify (empty chunks take no part).
+  std::vector<int> dense, chunk;
+  std::vector<std::pair<std::pair<float, int32_t>, int>> sparse;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ForwardChunk& ch = chunks[i];
+    if (ch.tokens.empty()) continue;
+    if (ch.tokens.size() > 1) {
+      chunk.push_back(int(i));
+      continue;
+    }
+    const int32_t num_keys = plan.starts[i] + 1;
+    const int32_t m = (num_keys + kPageTokens - 1) / kPageTokens;
+    if (ch.sparse != nullptr) {
+      const int32_t n =
+          std::min(m, NumSelectedBlocksCuda(m, ch.sparse->ratio, ch.sparse->min_blocks));
+      stats_.blocks_total += int64_t(m) * c.num_kv_heads * c.num_layers;
+      stats_.blocks_read += int64_t(n) * c.num_kv_heads * c.num_layers;
+      if (n < m) {
+        sparse.push_back({{ch.sparse->ratio, ch.sparse->min_blocks}, int(i)});
+        continue;
+      }
+    }
+    dense.push_back(int(i));
+  }
+  std::stable_sort(sparse.begin(), sparse.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  plan.nd = int(dense.size());
+  plan.ns = int(sparse.size());
+  plan.nc = int(chunk.size());
+  // Sparse rows first: they write their K/V inside SelectBlocksCuda, WriteKvCuda takes the rest.
+  for (const auto& s : sparse) plan.order.push_back(s.second);
+  plan.order.insert(plan.order.end(), dense.begin(), dense.end());
+  plan.order.insert(plan.order.end(), chunk.begin(), chunk.end());
+  const int nchunks = int(plan.order.size());
+  plan.graph = options_.graphs && !profiling_ && !trace_ && plan.nc == 0 && plan.rows > 0 && plan.rows <= kGemvMaxRows;
+
+  // Shapes.
+  size_t max_table = 1;
+  for (int i : plan.order) {
+    const ForwardChunk& ch = chunks[i];
+    const int32_t n = int32_t(ch.tokens.size());
+    const int32_t end = plan.starts[i] + n;
+    max_table = std::max(max_table, size_t((end + kPageTokens - 1) / kPageTokens));
+    max_table = std::max(max_table, ch.seq->page_table.size());
+    plan.max_write_tokens = std::max(plan.max_write_tokens, n);
+  }
+  for (int p = plan.ns; p < plan.ns + plan.nd; ++p) {
+    plan.max_keys_dense = std::max(plan.max_keys_dense, plan.starts[plan.order[p]] + 1);
+  }
+  for (int p = plan.nd + plan.ns; p < nchunks; ++p) {
+    const int i = plan.order[p];
+    const int32_t n = int32_t(chunks[i].tokens.size());
+    plan.max_keys_chunk = std::max(plan.max_keys_chunk, plan.starts[i] + n);
+    plan.max_chunk_rows = std::max(plan.max_chunk_rows, n);
+    plan.chunk_rows += n;
+  }
+  if (plan.graph) plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
+  int32_t max_keys_all = plan.max_keys_dense;
+  for (int p = 0; p < plan.ns;) {
+    Plan::Group g{sparse[p].first.first, sparse[p].first.second, p, 0, 0, 0, 0, 0};
+    while (p < plan.ns && sparse[p].first == std::make_pair(g.ratio, g.min_blocks)) {
+      g.max_keys = std::max(g.max_keys, plan.starts[plan.order[p]] + 1);
+      ++g.count;
+      ++p;
+    }
+    if (plan.graph) g.max_keys = ContextBucket(g.max_keys);
+    g.bstride = NumSelectedBlocksCuda((g.max_keys + kPageTokens - 1) / kPageTokens, g.ratio,
+                                      g.min_blocks);
+    g.blocks_at = plan.blocks_size;
+    plan.blocks_size += size_t(g.count) * c.num_kv_heads * g.bstride;
+    g.num_blocks_at = plan.blocks_size;
+    plan.blocks_size += size_t(g.count);
+    max_keys_all = std::max(max_keys_all, g.max_keys);
+    plan.groups.push_back(g);
+  }
+  plan.stride = int32_t(max_table);
+  if (plan.graph) plan.stride = std::max(plan.stride, max_keys_all / kPageTokens);
+
+  // Metadata.
+  auto block = [&](size_t n) {
+    const size_t at = plan.meta.size();
+    plan.meta.resize(at + (n + 3) / 4 * 4, 0);
+    return at;
+  };
+  plan.o_tokens = block(size_t(plan.rows));
+  plan.o_pos = block(size_t(plan.rows));
+  plan.o_wk_off = block(size_t(nchunks) + 1);
+  plan.o_wk_first = block(size_t(nchunks));
+  plan.o_wk_keys = block(size_t(nchunks));
+  plan.o_att_keys = block(size_t(nchunks));
+  plan.o_ch_off = block(size_t(plan.nc) + 1);
+  plan.o_ch_first = block(size_t(plan.nc));
+  plan.o_tables = block(size_t(nchunks) * plan.stride);
+  std::vector<int32_t> logit_rows;
+  int64_t r = 0;
+  std::vector<int64_t> first_row(chunks.size(), 0);
+  for (int p = 0; p < nchunks; ++p) {
+    const int i = plan.order[p];
+    const ForwardChunk& ch = chunks[i];
+    const int32_t n = int32_t(ch.tokens.size()), start = plan.starts[i];
+    first_row[i] = r;
+    plan.meta[plan.o_wk_off + p] = int32_t(r);
+    plan.meta[plan.o_wk_first + p] = start;
+    plan.meta[plan.o_wk_keys + p] = std::max(ch.seq->length, start + n);
+    plan.meta[plan.o_att_keys + p] = start + 1;
+    for (int32_t t = 0; t < n; ++t, ++r) {
+      plan.meta[plan.o_tokens + r] = ch.tokens[t];
+      plan.meta[plan.o_pos + r] = start + t;
+    }
+    std::copy(ch.seq->page_table.begin(), ch.seq->page_table.end(),
+              plan.meta.begin() + int64_t(plan.o_tables + size_t(p) * plan.stride));
+    if (p >= plan.nd + plan.ns) {
+      const int q = p - plan.nd - plan.ns;
+      plan.meta[plan.o_ch_off + q] = int32_t(r - n) - int32_t(plan.rows - plan.chunk_rows);
+      plan.meta[plan.o_ch_off + q + 1] = int32_t(r) - int32_t(plan.rows - plan.chunk_rows);
+      plan.meta[plan.o_ch_first + q] = start + 1;
+    }
+  }
+  plan.meta[plan.o_wk_off + nchunks] = int32_t(r);
+  {
+    std::vector<int64_t> caller_first(chunks.size(), 0);
+    int64_t at = 0;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      caller_first[i] = at;
+      at += int64_t(chunks[i].tokens.size());
+    }
+    for (int i : plan.order) plan.caller_row.push_back(caller_first[i]);
+  }
+  // Logits rows in the caller's chunk order.
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ForwardChunk& ch = chunks[i];
+    const int64_t n = int64_t(ch.tokens.size());
+    if (ch.logits == LogitsMode::kAll) {
+      for (int64_t t = 0; t < n; ++t) logit_rows.push_back(int32_t(first_row[i] + t));
+    } else if (ch.logits == LogitsMode::kLast && n > 0) {
+      logit_rows.push_back(int32_t(first_row[i] + n - 1));
+    }
+  }
+  plan.nl = int(logit_rows.size());
+  plan.o_logit = block(logit_rows.size());
+  std::copy(logit_rows.begin(), logit_rows.end(), plan.meta.begin() + int64_t(plan.o_logit));
+
+  if (plan.graph) {
+    plan.key = {plan.nd, plan.ns, plan.nl, plan.stride, plan.max_keys_dense};
+    for (const Plan::Group& g : plan.groups) {
+      uint32_t bits;
+      std::memcpy(&bits, &g.ratio, 4);
+      plan.key.insert(plan.key.end(), {int64_t(bits), g.min_blocks, g.count, g.max_keys});
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The launch parameters of one layer's attention, shared by workspace sizing and enqueueing.
+struct CudaModel::Launches {
+  DecodeAttentionParams dense;
+  std::vector<SelectBlocksParams> select;
+  std::vector<DecodeAttentionParams> sparse;
+  ChunkAttentionParams chunk;
+  size_t WorkspaceBytes(const Plan& plan) const {
+    size_t b = 0;
+    if (plan.nd > 0) b = std::max(b, DecodeAttentionWorkspaceBytes(dense));
+    for (const auto& p : select) b = std::max(b, SelectBlocksWorkspaceBytes(p));
+    for (const auto& p : sparse) b = std::max(b, DecodeAttentionWorkspaceBytes(p));
+    if (plan.nc > 0) b = std::max(b, ChunkAttentionWorkspaceBytes(chunk));
+    return b;
+  }
+};
+
+CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const {
+  const ModelConfig& c = config();
+  const int lq = c.q_dim();
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  const int32_t* meta = meta_dev_.as<int32_t>();
+  static int32_t sizing_dummy[4];  // non-null stand-in while sizing, before blocks_mem_ exists
+  int32_t* blocks = blocks_mem_.as<int32_t>() != nullptr ? blocks_mem_.as<int32_t>()
+                                                         : sizing_dummy;
+  const PagedKvCuda kv = cache_->layer(layer);
+  Launches L;
+  L.dense.kv = kv;
+  L.dense.q = q_ == nullptr ? nullptr : q_ + size_t(plan.ns) * lq;
+  L.dense.out = attn_ == nullptr ? nullptr : attn_ + size_t(plan.ns) * lq;
+  L.dense.batch = plan.nd;
+  L.dense.num_heads = c.num_heads;
+  L.dense.scale = scale;
+  L.dense.num_keys = meta + plan.o_att_keys + plan.ns;
+  L.dense.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+  L.dense.page_table_stride = plan.stride;
+  L.dense.max_num_keys = plan.max_keys_dense;
+  for (const Plan::Group& g : plan.groups) {
+    SelectBlocksParams s;
+    s.kv = kv;
+    s.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
+    // The rows' own K/V (appends): written and folded into the summaries by the selection.
+    s.k_new = k_ == nullptr ? nullptr : k_ + size_t(g.first) * c.kv_dim();
+    s.v_new = v_ == nullptr ? nullptr : v_ + size_t(g.first) * c.kv_dim();
+    s.batch = g.count;
+    s.num_heads = c.num_heads;
+    s.num_keys = meta + plan.o_att_keys + g.first;
+    s.page_tables = meta + plan.o_tables + size_t(g.first) * plan.stride;
+    s.page_table_stride = plan.stride;
+    s.max_num_keys = g.max_keys;
+    s.ratio = g.ratio;
+    s.min_blocks = g.min_blocks;
+    s.blocks = blocks + g.blocks_at;
+    s.num_blocks = blocks + g.num_blocks_at;
+    s.blocks_stride = g.bstride;
+    L.select.push_back(s);
+    DecodeAttentionParams d = L.dense;
+    d.q = s.q;
+    d.out = attn_ == nullptr ? nullptr : attn_ + size_t(g.first) * lq;
+    d.batch = g.count;
+    d.num_keys = s.num_keys;
+    d.page_tables = s.page_tables;
+    d.max_num_keys = g.max_keys;
+    d.blocks = s.blocks;
+    d.num_blocks = s.num_blocks;
+    d.blocks_stride = g.bstride;
+    d.max_num_blocks = g.bstride;
+    L.sparse.push_back(d);
+  }
+  const size_t first_chunk = size_t(plan.nd + plan.ns);
+  const int64_t chunk_row0 = plan.rows - plan.chunk_rows;
+  L.chunk.kv = kv;
+  L.chunk.q = q_ == nullptr ? nullptr : q_ + size_t(chunk_row0) * lq;
+  L.chunk.out = attn_ == nullptr ? nullptr : attn_ + size_t(chunk_row0) * lq;
+  L.chunk.num_heads = c.num_heads;
+  L.chunk.scale = scale;
+  L.chunk.num_chunks = plan.nc;
+  L.chunk.row_offsets = meta + plan.o_ch_off;
+  L.chunk.first_num_keys = meta + plan.o_ch_first;
+  L.chunk.page_tables = meta + plan.o_tables + first_chunk * plan.stride;
+  L.chunk.page_table_stride = plan.stride;
+  L.chunk.total_rows = plan.chunk_rows;
+  L.chunk.max_rows = plan.max_chunk_rows;
+  L.chunk.max_num_keys = plan.max_keys_chunk;
+  void* ws = workspace_.as<void>();
+  const size_t ws_bytes = workspace_.bytes();
+  L.dense.workspace = L.chunk.workspace = ws;
+  L.dense.workspace_bytes = L.chunk.workspace_bytes = ws_bytes;
+  for (auto& p : L.select) {
+    p.workspace = ws;
+    p.workspace_bytes = ws_bytes;
+  }
+  for (auto& p : L.sparse) {
+    p.workspace = ws;
+    p.workspace_bytes = ws_bytes;
+  }
+  return L;
+}
+
+absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
+  const ModelConfig& c = config();
+  bool changed = false;
+  if (plan.rows > rows_cap_) {
+    const int64_t rows = std::max<int64_t>(plan.rows, 64);
+    const int64_t hid = c.hidden_size, lq = c.q_dim(), lkv = c.kv_dim(),
+                  li = c.intermediate_size;
+    auto f32 = [](int64_t n) { return size_t((n * 4 + 255) / 256 * 256); };
+    auto bf = [](int64_t n) { return size_t((n * 2 + 255) / 256 * 256); };
+    const size_t sizes[] = {f32(rows * hid),    f32(rows * (lq + 2 * lkv)), f32(rows * lq),
+                            f32(rows * hid),    f32(rows * 2 * li),        bf(rows * hid),
+                            bf(rows * lq),      bf(rows * lkv),            bf(rows * lkv),
+                            bf(rows * lq),      bf(rows * li),             bf(rows * hid)};
+    size_t total = 0;
+    for (size_t s : sizes) total += s;
+    act_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(act_mem_, DeviceAllocation::Create(total, "activations"));
+    char* p = act_mem_.as<char>();
+    void* ptrs[12];
+    for (int i = 0; i < 12; ++i) {
+      ptrs[i] = p;
+      p += sizes[i];
+    }
+    h_ = static_cast<float*>(ptrs[0]);
+    qkv_ = static_cast<float*>(ptrs[1]);
+    attn_ = static_cast<float*>(ptrs[2]);
+    proj_ = static_cast<float*>(ptrs[3]);
+    gu_ = static_cast<float*>(ptrs[4]);
+    x_ = static_cast<__nv_bfloat16*>(ptrs[5]);
+    q_ = static_cast<__nv_bfloat16*>(ptrs[6]);
+    k_ = static_cast<__nv_bfloat16*>(ptrs[7]);
+    v_ = static_cast<__nv_bfloat16*>(ptrs[8]);
+    attn_bf_ = static_cast<__nv_bfloat16*>(ptrs[9]);
+    act_ = static_cast<__nv_bfloat16*>(ptrs[10]);
+    xl_ = static_cast<__nv_bfloat16*>(ptrs[11]);
+    rows_cap_ = rows;
+    changed = true;
+  }
+  if (plan.nl > logits_cap_) {
+    const int64_t n = std::max<int64_t>(plan.nl, 8);
+    logits_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(logits_mem_,
+                          DeviceAllocation::Create(size_t(n) * c.vocab_size * 4, "logits"));
+    dlogits_ = logits_mem_.as<float>();
+    if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
+    logits_host_ = nullptr;
+    RESA_RETURN_IF_ERROR(CudaStatus(
+        cudaMallocHost(&logits_host_, size_t(n) * c.vocab_size * 4), "cudaMallocHost(logits)"));
+    logits_cap_ = n;
+    changed = true;
+  }
+  if (plan.meta.size() > meta_cap_) {
+    const size_t n = std::max<size_t>(plan.meta.size() * 2, 4096);
+    if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
+    meta_host_ = nullptr;
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMallocHost(&meta_host_, n * 4), "cudaMallocHost(step metadata)"));
+    meta_dev_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(meta_dev_, DeviceAllocation::Create(n * 4, "step metadata"));
+    meta_cap_ = n;
+    changed = true;
+  }
+  if (plan.blocks_size > blocks_cap_) {
+    const size_t n = std::max<size_t>(plan.blocks_size * 2, 4096);
+    blocks_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(blocks_mem_, DeviceAllocation::Create(n * 4, "selected blocks"));
+    blocks_cap_ = n;
+    changed = true;
+  }
+  if (plan.workspace_bytes > workspace_.bytes()) {
+    const size_t n = std::max<size_t>(plan.workspace_bytes + (size_t(1) << 20),
+                                      workspace_.bytes() * 3 / 2);
+    workspace_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(workspace_, DeviceAllocation::Create(n, "attention workspace"));
+    // The arrival counters at the front must start at zero (attention_cuda.h).
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaMemset(workspace_.as<void>(), 0, n), "zeroing workspace"));
+    changed = true;
+  }
+  if (changed) DropGraphs();
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::TraceSelection(const Plan& plan, int group, int layer) {
+  const Plan::Group& g = plan.groups[size_t(group)];
+  const int hkv = config().num_kv_heads;
+  std::vector<int32_t> blocks(size_t(g.count) * hkv * g.bstride), counts(size_t(g.count));
+  const int32_t* base = blocks_mem_.as<int32_t>();
+  RESA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(blocks.data(), base + g.blocks_at,
+                                                  blocks.size() * 4, cudaMemcpyDeviceToHost,
+                                                  stream_),
+                                  "downloading a selection"));
+  RESA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(counts.data(), base + g.num_blocks_at,
+                                                  counts.size() * 4, cudaMemcpyDeviceToHost,
+                                                  stream_),
+                                  "downloading a selection"));
+  RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "tracing a selection"));
+  for (int b = 0; b < g.count; ++b) {
+    for (int h = 0; h < hkv; ++h) {
+      const int32_t* sel = blocks.data() + (size_t(b) * hkv + h) * g.bstride;
+      trace_(layer, h, plan.caller_row[size_t(g.first + b)],
+             std::span<const int32_t>(sel, size_t(counts[size_t(b)])));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n,
+                               int k, float* y) {
+  if (rows <= options_.gemv_max_rows && k % 8 == 0) {
+    return GemvBf16Cuda(w, x, rows, n, k, y, stream_);
+  }
+  // Row-major y [rows][n] = x [rows][k] * w [n][k]^T is, column-major, y^T = w^T-as-stored * x^T.
+  const float one = 1.0f, zero = 0.0f;
+  return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, w,
+                                   CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero, y, CUDA_R_32F, n,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx (bf16 linear layer)");
+}
+
+absl::Status CudaModel::Enqueue(const Plan& plan) {
+  const ModelConfig& c = config();
+  const int hid = c.hidden_size, lq = c.q_dim(), lkv = c.kv_dim(), li = c.intermediate_size;
+  const int rows = int(plan.rows);
+  const int32_t* meta = meta_dev_.as<int32_t>();
+  RESA_RETURN_IF_ERROR(Mark(kStart));
+  RESA_RETURN_IF_ERROR(EmbedCuda(weights_->embed(), meta + plan.o_tokens, rows, hid, h_, stream_));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const DeviceLayerWeights& w = weights_->layer(l);
+    RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
+                                        c.rms_norm_eps, x_, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    RESA_RETURN_IF_ERROR(Linear(x_, w.qkv, rows, lq + 2 * lkv, hid, qkv_));
+    RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    QkvRopeParams qp;
+    qp.qkv = qkv_;
+    qp.bias = w.qkv_bias;
+    qp.positions = meta + plan.o_pos;
+    qp.rows = rows;
+    qp.num_heads = c.num_heads;
+    qp.num_kv_heads = c.num_kv_heads;
+    qp.head_dim = c.head_dim;
+    qp.theta = c.rope_theta;
+    qp.q = q_;
+    qp.k = k_;
+    qp.v = v_;
+    RESA_RETURN_IF_ERROR(QkvRopeCuda(qp, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    // K/V of every row but the sparse ones (SelectBlocksCuda writes theirs).
+    if (plan.nd + plan.nc > 0) {
+      WriteKvParams wk;
+      wk.kv = cache_->layer(l);
+      wk.k = k_;
+      wk.v = v_;
+      wk.num_seqs = plan.nd + plan.nc;
+      wk.token_offsets = meta + plan.o_wk_off + plan.ns;  // absolute rows of k_ / v_
+      wk.first_pos = meta + plan.o_wk_first + plan.ns;
+      wk.num_keys = meta + plan.o_wk_keys + plan.ns;
+      wk.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+      wk.page_table_stride = plan.stride;
+      wk.max_tokens = plan.max_write_tokens;
+      RESA_RETURN_IF_ERROR(WriteKvCuda(wk, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kKvWrite));
+    }
+    const Launches L = BuildLaunches(plan, l);
+    if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kAttention));
+    for (size_t g = 0; g < L.select.size(); ++g) {
+      RESA_RETURN_IF_ERROR(SelectBlocksCuda(L.select[g], stream_));
+      RESA_RETURN_IF_ERROR(Mark(kSelect));
+      if (trace_) RESA_RETURN_IF_ERROR(TraceSelection(plan, int(g), l));
+      RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.sparse[g], stream_));
+      RESA_RETURN_IF_ERROR(Mark(kAttention));
+    }
+    if (plan.nc > 0) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kAttention));
+    if (rows <= options_.gemv_max_rows && lq % 8 == 0) {
+      // The GEMV converts the fp32 attention output itself (one launch less per layer).
+      RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, rows, hid, lq, proj_, stream_));
+    } else {
+      RESA_RETURN_IF_ERROR(ToBf16Cuda(attn_, int64_t(rows) * lq, attn_bf_, stream_));
+      RESA_RETURN_IF_ERROR(Linear(attn_bf_, w.o, rows, hid, lq, proj_));
+    }
+    RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    RESA_RETURN_IF_ERROR(
+        AddRmsNormCuda(h_, proj_, w.post_norm, rows, hid, c.rms_norm_eps, x_, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    RESA_RETURN_IF_ERROR(Linear(x_, w.gate_up, rows, 2 * li, hid, gu_));
+    RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    RESA_RETURN_IF_ERROR(SiluMulCuda(gu_, rows, li, act_, stream_));
+    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    RESA_RETURN_IF_ERROR(Linear(act_, w.down, rows, hid, li, proj_));
+    RESA_RETURN_IF_ERROR(Mark(kMatmul));
+  }
+  if (plan.nl == 0) return absl::OkStatus();
+  RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, proj_, weights_->final_norm(), rows, hid,
+                                      c.rms_norm_eps, x_, stream_));
+  RESA_RETURN_IF_ERROR(GatherRowsCuda(x_, meta + plan.o_logit, plan.nl, hid, xl_, stream_));
+  RESA_RETURN_IF_ERROR(Mark(kElementwise));
+  RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
+  return Mark(kMatmul);
+}
+
+absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* logits) {
+  Plan plan;
+  RESA_RETURN_IF_ERROR(Prepare(chunks, plan));
+  auto undo = [&](absl::Status st) {
+    for (size_t i = 0; i < plan.reserved_before.size(); ++i) {
+      cache_->ShrinkPages(*chunks[i].seq, plan.reserved_before[i]);
+    }
+    return st;
+  };
+  if (plan.rows == 0) return absl::OkStatus();
+  plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
+  if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);
+  std::memcpy(meta_host_, plan.meta.data(), plan.meta.size() * 4);
+  absl::Status st = CudaStatus(cudaMemcpyAsync(meta_dev_.as<void>(), meta_host_,
+                                               plan.meta.size() * 4, cudaMemcpyHostToDevice,
+                                               stream_),
+                               "uploading step metadata");
+  if (!st.ok()) return undo(st);
+  if (plan.graph) {
+    auto it = graphs_.find(plan.key);
+    if (it == graphs_.end()) {
+      // First sight of this shape: run eagerly (one-time kernel setup happens outside any
+      // capture) and remember the key; capture on the second sight.
+      graphs_[plan.key] = nullptr;
+      st = Enqueue(plan);
+    } else if (it->second == nullptr) {
+      cudaGraph_t graph = nullptr;
+      st = CudaStatus(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
+                      "cudaStreamBeginCapture");
+      if (st.ok()) {
+        absl::Status enq = Enqueue(plan);
+        st = CudaStatus(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+        if (!enq.ok()) st = enq;
+      }
+      cudaGraphExec_t exec = nullptr;
+      if (st.ok()) {
+        st = CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+      }
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      if (st.ok()) {
+        it->second = exec;
+        st = CudaStatus(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+      }
+    } else {
+      st = CudaStatus(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+    }
+  } else {
+    st = Enqueue(plan);
+  }
+  const int vocab = config().vocab_size;
+  if (st.ok() && logits != nullptr && plan.nl > 0) {
+    st = CudaStatus(cudaMemcpyAsync(logits_host_, dlogits_, size_t(plan.nl) * vocab * 4,
+                                    cudaMemcpyDeviceToHost, stream_),
+                    "downloading logits");
+  }
+  const absl::Status sync = CudaStatus(cudaStreamSynchronize(stream_), "forward step");
+  if (st.ok()) st = sync;
+  if (st.ok() && profiling_) st = CollectProfile();
+  events_used_ = 0;
+  if (!st.ok()) return undo(st);
+  if (logits != nullptr && plan.nl > 0) {
+    std::memcpy(logits, logits_host_, size_t(plan.nl) * vocab * 4);
+  }
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    chunks[i].seq->length =
+        std::max(chunks[i].seq->length, plan.starts[i] + int32_t(chunks[i].tokens.size()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::CopySequence(const SequenceKv& from, SequenceKv& to) {
+  RESA_RETURN_IF_ERROR(cache_->Reserve(to, from.length));
+  const int n = int(to.page_table.size());
+  if (n == 0) return absl::OkStatus();
+  auto undo = [&](absl::Status st) {
+    cache_->Release(to);
+    return st;
+  };
+  RESA_ASSIGN_OR_RETURN(DeviceAllocation ids, DeviceAllocation::Create(size_t(2) * n * 4, "page ids"));
+  std::vector<int32_t> host(from.page_table.begin(), from.page_table.begin() + n);
+  host.insert(host.end(), to.page_table.begin(), to.page_table.end());
+  absl::Status st = CudaStatus(
+      cudaMemcpyAsync(ids.as<void>(), host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream_),
+      "uploading page ids");
+  for (int l = 0; st.ok() && l < config().num_layers; ++l) {
+    st = CopyPagesCuda(cache_->layer(l), ids.as<int32_t>(), ids.as<int32_t>() + n, n, stream_);
+  }
+  const absl::Status sync = CudaStatus(cudaStreamSynchronize(stream_), "copying a sequence");
+  if (st.ok()) st = sync;
+  if (!st.ok()) return undo(st);
+  to.length = from.length;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::AdoptSyntheticContext(SequenceKv& seq, int32_t length) {
+  if (seq.length != 0 || !seq.page_table.empty()) {
+    return absl::InvalidArgumentError("AdoptSyntheticContext takes an empty sequence");
+  }
+  if (length <= 0) return absl::InvalidArgumentError("AdoptSyntheticContext: length <= 0");
+  if (!pool_filled_) {
+    const ModelConfig& c = config();
+    const uint64_t seed = 0x5eed;
+    for (int l = 0; l < c.num_layers; ++l) {
+      const PagedKvCuda kv = cache_->layer(l);
+      const int64_t n = int64_t(cache_->num_pages()) * int64_t(kv.page_elems());
+      RESA_RETURN_IF_ERROR(FillUniformBf16Cuda(kv.k, n, seed + 2 * l, 1.0f, 0.0f, stream_));
+      RESA_RETURN_IF_ERROR(FillUniformBf16Cuda(kv.v, n, seed + 2 * l + 1, 1.0f, 0.0f, stream_));
+      RESA_RETURN_IF_ERROR(SummarizePagesCuda(kv.k, cache_->num_pages(), kv.num_kv_heads,
+                                              kv.head_dim, kv.summary, stream_));
+    }
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "filling the KV pool"));
+    pool_filled_ = true;
+  }
+  RESA_RETURN_IF_ERROR(cache_->Reserve(seq, length));
+  seq.length = length;
+  return absl::OkStatus();
+}
+
+}  // namespace resa::cuda

@@ -1,0 +1,135 @@
+// The CUDA backend: the Llama/Qwen2 forward of cpu_model.h on one GPU, bf16 weights and paged
+// bf16 KV cache in device memory, fp32 residual stream and accumulation.
+//
+// Per forward the rows are regrouped (sparse decode rows by sparse options, then dense decode
+// rows, then multi-token chunks) so that each attention kind is one launch over contiguous
+// rows; every other op is row-wise. Per layer: AddRmsNorm (with the previous residual add) ->
+// QKV (GEMV for <= 8 rows, cuBLAS otherwise) -> bias + RoPE -> SelectBlocksCuda (writes the
+// sparse rows' K/V, selects) + sparse DecodeAttentionCuda / WriteKvCuda (other rows' K/V +
+// summaries of every touched page) + dense DecodeAttentionCuda / ChunkAttentionCuda (prefill
+// and rectification) -> o_proj (the GEMV reads the fp32 attention output) -> AddRmsNorm ->
+// gate_up -> SiluMul -> down. Decode-only batches of <= 8 rows run as CUDA graphs, one per
+// shape key (rows of each kind, sparse options, context bucket of 4096 tokens); the step's
+// host metadata (tokens, positions, page tables) goes to a fixed device buffer before launch.
+//
+// Sparse decode rows are exactly those of the CPU backend (a row is sparse iff n < M). The
+// selection on the GPU scores bf16 summaries of bf16 keys; the CPU scores fp32 ones, so the two
+// may pick different blocks where scores nearly tie (selection_cuda.h).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine/cpu_weights.h"
+#include "runtime/engine/cuda/device_memory.h"
+#include "runtime/engine/model_backend.h"
+
+namespace resa::cuda {
+
+struct CudaModelOptions {
+  // KV pages (16 tokens each); 0 sizes the cache from the device's free memory after the
+  // weights, keeping `reserve_bytes` for activations and workspaces.
+  int32_t kv_pages = 0;
+  uint64_t reserve_bytes = uint64_t(3) << 30;
+  bool graphs = true;  // capture decode steps of <= 8 rows in CUDA graphs
+  // Linear layers of up to this many rows (<= kGemvMaxRows) use GemvBf16Cuda, larger ones
+  // cuBLAS. 1: measured on the H200 (`resa-bench e2e --gemv-max-rows`), cuBLAS beats the GEMV
+  // at batch 8 (7B dense step 32.5 vs 36.2 ms at 256K) while the GEMV serves single rows.
+  int gemv_max_rows = 1;
+};
+
+class CudaModel final : public ModelBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(std::unique_ptr<DeviceWeights> weights,
+                                                           const CudaModelOptions& options);
+  // bf16 copies of CPU weights (the whole model).
+  static absl::StatusOr<std::unique_ptr<CudaModel>> FromCpuWeights(
+      const CpuWeights& weights, const CudaModelOptions& options);
+  ~CudaModel() override;
+
+  const ModelConfig& config() const override { return weights_->config(); }
+  absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) override;
+  absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override;
+  void Release(SequenceKv& seq) override { cache_->Release(seq); }
+  int32_t max_tokens() const override { return cache_->max_tokens(); }
+  // Blocks read / total are counted; kernel times are not attributed (zeros): the forward does
+  // not synchronise between kernels.
+  ForwardStats stats() const override { return stats_; }
+  void ResetStats() override { stats_ = ForwardStats{}; }
+
+  // Benchmarks: the first call fills every page of the pool with random K/V (bf16 noise of
+  // unit scale) and summarises them; each call then reserves `length` positions of it for seq.
+  absl::Status AdoptSyntheticContext(SequenceKv& seq, int32_t length) override;
+
+  // Debug hook (CpuModel's SelectionTrace semantics: every sparse row's selection per layer and
+  // KV head, ascending, `row` = the row's index in the caller's chunk order). While set,
+  // forwards run eagerly and synchronise after every selection.
+  void set_selection_trace(SelectionTrace trace) { trace_ = std::move(trace); }
+  void set_profiling(bool on) override { profiling_ = on; }
+  std::vector<std::pair<std::string, double>> TakeProfile() override;
+
+  const DeviceWeights& weights() const { return *weights_; }
+  const DeviceKvCache& cache() const { return *cache_; }
+  cudaStream_t stream() const { return stream_; }
+  int graphs_captured() const;
+  // One line: device, weights and KV bytes, KV capacity in tokens and how it was sized.
+  std::string Describe() const;
+
+ private:
+  CudaModel() = default;
+  struct Plan;
+  struct Launches;
+  Launches BuildLaunches(const Plan& plan, int layer) const;
+  absl::Status Prepare(std::span<const ForwardChunk> chunks, Plan& plan);
+  absl::Status EnsureCapacity(const Plan& plan);
+  absl::Status Enqueue(const Plan& plan);
+  absl::Status Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
+                      float* y);
+  void DropGraphs();
+  // Profiling: an event after each group of kernels (group ids index kProfileGroups).
+  absl::Status Mark(int group);
+  absl::Status CollectProfile();
+  absl::Status TraceSelection(const Plan& plan, int group, int layer);
+
+  std::unique_ptr<DeviceWeights> weights_;
+  std::unique_ptr<DeviceKvCache> cache_;
+  CudaModelOptions options_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceAllocation cublas_workspace_;  // fixed, so cuBLAS calls can be captured in graphs
+  std::string sizing_;  // how the KV capacity was chosen
+  bool pool_filled_ = false;
+
+  // Activations for up to rows_cap_ rows and logits for up to logits_cap_ rows.
+  int64_t rows_cap_ = 0, logits_cap_ = 0;
+  DeviceAllocation act_mem_, logits_mem_;
+  float *h_ = nullptr, *qkv_ = nullptr, *attn_ = nullptr, *proj_ = nullptr, *gu_ = nullptr;
+  __nv_bfloat16 *x_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *attn_bf_ = nullptr,
+                *act_ = nullptr, *xl_ = nullptr;
+  float* dlogits_ = nullptr;
+  // Step metadata: pinned host staging and its device copy (int32), selection output.
+  size_t meta_cap_ = 0;
+  int32_t* meta_host_ = nullptr;
+  DeviceAllocation meta_dev_, blocks_mem_;
+  size_t blocks_cap_ = 0;
+  float* logits_host_ = nullptr;  // pinned [logits_cap_][vocab]
+  DeviceAllocation workspace_;
+  std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
+  ForwardStats stats_;
+  bool profiling_ = false;
+  SelectionTrace trace_;
+  std::vector<cudaEvent_t> events_;
+  std::vector<int> event_groups_;
+  size_t events_used_ = 0;
+  std::vector<double> profile_ms_;
+};
+
+}  // namespace resa::cuda

@@ -1,0 +1,130 @@
+// Device memory for the CUDA backend: an owning device allocation, bf16 model weights on the
+// device, and the paged bf16 KV cache (pages + block summaries) with a host-side page allocator.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/paged_kv_cuda.h"
+#include "runtime/engine/cpu_weights.h"
+#include "runtime/engine/kv_cache.h"
+#include "runtime/model/model_config.h"
+
+namespace resa::cuda {
+
+// One cudaMalloc, freed on destruction. Errors name the byte count and what it was for.
+class DeviceAllocation {
+ public:
+  static absl::StatusOr<DeviceAllocation> Create(size_t bytes, const std::string& what);
+  DeviceAllocation() = default;
+  DeviceAllocation(DeviceAllocation&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceAllocation& operator=(DeviceAllocation&& o) noexcept;
+  DeviceAllocation(const DeviceAllocation&) = delete;
+  DeviceAllocation& operator=(const DeviceAllocation&) = delete;
+  ~DeviceAllocation();
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Device-to-device copy bandwidth (GB/s, bytes read + written), best of 10 copies of `bytes`.
+absl::StatusOr<double> MeasureCopyGbps(size_t bytes);
+
+struct DeviceLayerWeights {
+  const float* input_norm = nullptr;     // [hidden] fp32
+  const __nv_bfloat16* qkv = nullptr;    // [q_dim + 2 kv_dim][hidden]
+  const float* qkv_bias = nullptr;       // [q_dim + 2 kv_dim] fp32 or null
+  const __nv_bfloat16* o = nullptr;      // [hidden][q_dim]
+  const float* post_norm = nullptr;      // [hidden] fp32
+  const __nv_bfloat16* gate_up = nullptr;  // [2 inter][hidden]: gate rows, then up
+  const __nv_bfloat16* down = nullptr;   // [hidden][inter]
+};
+
+// The whole (unsharded) model on one device: matrices bf16 (the CPU layout of CpuWeights),
+// norms and biases fp32.
+class DeviceWeights {
+ public:
+  // Rounds every fp32 weight of `w` (which must be the full model, TP size 1) to bf16 (nearest
+  // even) on the device.
+  static absl::StatusOr<std::unique_ptr<DeviceWeights>> FromCpu(const CpuWeights& w,
+                                                                cudaStream_t stream);
+  // Random weights of `config`'s exact shapes drawn on the device (matrices uniform with
+  // variance 1/cols, norms 1 +- 0.1, biases +- 0.1): full-size benchmarks without any file.
+  static absl::StatusOr<std::unique_ptr<DeviceWeights>> Random(const ModelConfig& config,
+                                                               uint64_t seed, cudaStream_t stream);
+
+  const ModelConfig& config() const { return config_; }
+  const __nv_bfloat16* embed() const { return embed_; }
+  const __nv_bfloat16* lm_head() const { return lm_head_; }  // == embed() when tied
+  const float* final_norm() const { return final_norm_; }
+  const DeviceLayerWeights& layer(int l) const { return layers_[l]; }
+  // Bytes a decode step reads (every layer's matrices, lm_head; the embedding row excluded).
+  uint64_t DecodeBytes() const;
+  uint64_t bytes() const { return mem_.bytes(); }
+
+ private:
+  DeviceWeights() = default;
+  // Lays every tensor out in one allocation.
+  absl::Status Allocate(const ModelConfig& config);
+
+  ModelConfig config_;
+  DeviceAllocation mem_;
+  __nv_bfloat16* embed_ = nullptr;
+  __nv_bfloat16* lm_head_ = nullptr;
+  float* final_norm_ = nullptr;
+  std::vector<DeviceLayerWeights> layers_;
+  // Mutable views of the same tensors, for filling.
+  struct Fill {
+    void* ptr;
+    int64_t rows, cols;
+    bool bf16, is_norm;
+  };
+  std::vector<Fill> fills_;
+};
+
+// The paged KV cache in device memory: per layer, K and V [pages][hkv][16][d] bf16 and
+// summaries [pages][hkv][2][d] bf16 (kernels/cuda/paged_kv_cuda.h); the page allocator and the
+// sequences' page tables stay on the host (SequenceKv, as the CPU cache).
+class DeviceKvCache {
+ public:
+  // Bytes one page takes over all layers (K, V and summary).
+  static uint64_t PageBytes(const ModelConfig& config);
+  static absl::StatusOr<std::unique_ptr<DeviceKvCache>> Create(const ModelConfig& config,
+                                                               int32_t num_pages);
+
+  PagedKvCuda layer(int l) const { return layers_[l]; }
+  int32_t num_pages() const { return num_pages_; }
+  int32_t free_pages() const { return int32_t(free_.size()); }
+  int32_t max_tokens() const { return num_pages_ * kPageTokens; }
+  uint64_t bytes() const;
+
+  // Grows `seq` to hold `length` positions; ResourceExhausted (seq unchanged) when short.
+  absl::Status Reserve(SequenceKv& seq, int32_t length);
+  void ShrinkPages(SequenceKv& seq, size_t num_pages);
+  void Release(SequenceKv& seq);
+
+ private:
+  DeviceKvCache() = default;
+  int32_t num_pages_ = 0;
+  std::vector<DeviceAllocation> mem_;  // per layer: k, v, summary in one allocation
+  std::vector<PagedKvCuda> layers_;
+  std::vector<int32_t> free_;
+};
+
+}  // namespace resa::cuda

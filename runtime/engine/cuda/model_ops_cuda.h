@@ -1,0 +1,88 @@
+// Element-wise and per-row model ops of the CUDA backend's forward, and the decode GEMV.
+// CPU twins (same maths, fp32/fp64, bf16 rounding where the GPU stores bf16): model_ops_ref.h.
+//
+// Activations: the residual stream h is fp32 [rows][hidden]; inputs of matrix products (x, q,
+// k, v, act) are bf16; matrix products accumulate and write fp32. All pointers are device
+// pointers; launchers validate shapes, enqueue on `stream` without synchronising, and check the
+// launch (no error is left pending).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/paged_kv_cuda.h"
+
+namespace resa::cuda {
+
+// h[r][:] = float(table[tokens[r]][:]); table [vocab][hidden] bf16. Token ids must be in range
+// (the caller checks them on the host).
+absl::Status EmbedCuda(const __nv_bfloat16* table, const int32_t* tokens, int rows, int hidden,
+                       float* h, cudaStream_t stream);
+
+// When `add` is set: h[r] += add[r] (stored back to h). Then x[r] = bf16(h[r] * inv_rms * w),
+// inv_rms = 1 / sqrt(mean(h[r]^2) + eps) accumulated in fp32. w fp32 [dim]. x may be null
+// (residual add only).
+absl::Status AddRmsNormCuda(float* h, const float* add, const float* weight, int rows, int dim,
+                            float eps, __nv_bfloat16* x, cudaStream_t stream);
+
+// The QKV epilogue: qkv fp32 [rows][(H + 2 Hkv) d] (q heads, then k heads, then v heads), plus
+// bias fp32 [(H + 2 Hkv) d] when set; q and k rotated by NeoX RoPE at positions[r] (angle
+// pos * theta^(-2i/d) computed in fp64, as the CPU RopeNeox); written as bf16 q [rows][H][d],
+// k and v [rows][Hkv][d].
+struct QkvRopeParams {
+  const float* qkv = nullptr;
+  const float* bias = nullptr;
+  const int32_t* positions = nullptr;
+  int rows = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  float theta = 10000.0f;
+  __nv_bfloat16* q = nullptr;
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* v = nullptr;
+};
+absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream);
+
+// act[r][i] = bf16(silu(gu[r][i]) * gu[r][inter + i]); gu fp32 [rows][2 inter].
+absl::Status SiluMulCuda(const float* gu, int rows, int inter, __nv_bfloat16* act,
+                         cudaStream_t stream);
+
+// out[i] = bf16(in[i]).
+absl::Status ToBf16Cuda(const float* in, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
+
+// out[i][:] = in[index[i]][:] for i < n; rows of `cols` bf16.
+absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n, int cols,
+                            __nv_bfloat16* out, cudaStream_t stream);
+
+// Decode GEMV: y[m][j] = sum_k x[m][k] * w[j][k] for m < rows <= kGemvMaxRows, fp32
+// accumulation; w [n][k] bf16 row-major (a linear layer's weight), x [rows][k] bf16, y fp32
+// [rows][n]. k must be a multiple of 8 and w, x 16-byte aligned. Reads w once whatever `rows`.
+inline constexpr int kGemvMaxRows = 8;
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
+                          float* y, cudaStream_t stream);
+// The same with fp32 x (used as is, no bf16 rounding); x 16-byte aligned.
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
+                          float* y, cudaStream_t stream);
+
+// out[r] = argmax_j logits[r][j] (ties to the lowest j; NaN never wins); logits fp32 [rows][n].
+absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);
+
+// Deterministic uniform noise: out[i] = offset + scale * u(seed, i), u in [-1, 1).
+absl::Status FillUniformBf16Cuda(__nv_bfloat16* out, int64_t n, uint64_t seed, float scale,
+                                 float offset, cudaStream_t stream);
+absl::Status FillUniformF32Cuda(float* out, int64_t n, uint64_t seed, float scale, float offset,
+                                cudaStream_t stream);
+
+// Summaries of whole pages: summary[page][h][0][:] = min over the page's 16 keys, [1] = max
+// (k [pages][hkv][16][d], summary [pages][hkv][2][d], bf16), for pages [0, num_pages). Used to
+// summarise synthetic contexts; live pages are kept by the selection kernels themselves.
+absl::Status SummarizePagesCuda(const __nv_bfloat16* k, int64_t num_pages, int num_kv_heads,
+                                int head_dim, __nv_bfloat16* summary, cudaStream_t stream);
+
+// Copies pages src[i] -> dst[i] (K, V and summary of every KV head) for i < n within one
+// layer's pool; src and dst device arrays of n page ids, disjoint page sets.
+absl::Status CopyPagesCuda(const PagedKvCuda& kv, const int32_t* src, const int32_t* dst, int n,
+                           cudaStream_t stream);
+
+}  // namespace resa::cuda

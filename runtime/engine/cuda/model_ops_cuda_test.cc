@@ -1,0 +1,235 @@
+// The CUDA backend's model ops against their CPU twins (model_ops_ref.h), over many shapes.
+#include "runtime/engine/cuda/model_ops_cuda.h"
+
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/cuda_test_util.h"
+#include "kernels/testing/tolerance.h"
+#include "runtime/engine/cuda/model_ops_ref.h"
+
+namespace resa::cuda {
+namespace {
+
+using testing::AsBf16;
+using testing::DeviceBuffer;
+using testing::FromBf16;
+using ::resa::testing::AllClose;
+using ::resa::testing::Tolerance;
+
+// One bf16 rounding step apart (outputs stored as bf16 after fp32 maths that may differ in the
+// last fp32 bits, e.g. FMA contraction or expf vs std::exp).
+constexpr Tolerance kBf16Ulp{1e-6, 8e-3};
+// fp32 accumulation of bf16 products vs an fp64 reference.
+constexpr Tolerance kF32Sum{1e-4, 1e-3};
+
+std::vector<float> Noise(size_t n, uint32_t seed, float scale = 1.0f) {
+  return testing::RandomBf16Values(n, seed, scale);
+}
+std::vector<float> Bf16ToFloat(const std::vector<uint16_t>& x) {
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = FromBf16(x[i]);
+  return y;
+}
+
+class CudaOpsTest : public testing::CudaTest {};
+
+class ModelOpsTest : public testing::CudaTest,
+                     public ::testing::WithParamInterface<std::tuple<int, int>> {};
+
+TEST_P(ModelOpsTest, EmbedAndAddRmsNorm) {
+  const auto [rows, dim] = GetParam();
+  const int vocab = 97;
+  const std::vector<float> table = Noise(size_t(vocab) * dim, 1);
+  std::vector<int32_t> tokens(rows);
+  for (int r = 0; r < rows; ++r) tokens[r] = (r * 37 + 11) % vocab;
+  const std::vector<float> add = Noise(size_t(rows) * dim, 2);
+  std::vector<float> w = Noise(dim, 3, 0.1f);
+  for (float& x : w) x += 1.0f;
+  DeviceBuffer<uint16_t> dtable(testing::ToBf16(table));
+  DeviceBuffer<int32_t> dtokens(tokens);
+  DeviceBuffer<float> dh(size_t(rows) * dim), dadd(add), dw(w);
+  DeviceBuffer<uint16_t> dx(size_t(rows) * dim);
+  dh.Fill(0xff);
+  dx.Fill(0xff);
+  ASSERT_TRUE(EmbedCuda(AsBf16(dtable.get()), dtokens.get(), rows, dim, dh.get(), nullptr).ok());
+  std::vector<float> h(size_t(rows) * dim), x(h.size());
+  ref::Embed(table.data(), tokens.data(), rows, dim, h.data());
+  ASSERT_TRUE(AllClose(dh.Download().data(), h.data(), h.size(), {0, 0}));
+  ASSERT_TRUE(AddRmsNormCuda(dh.get(), dadd.get(), dw.get(), rows, dim, 1e-6f,
+                             AsBf16(dx.get()), nullptr)
+                  .ok());
+  ref::AddRmsNorm(h.data(), add.data(), w.data(), rows, dim, 1e-6f, x.data());
+  EXPECT_TRUE(AllClose(dh.Download().data(), h.data(), h.size(), ::resa::testing::kF32));
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dx.Download()).data(), x.data(), x.size(), kBf16Ulp));
+}
+
+TEST_P(ModelOpsTest, SiluMul) {
+  const auto [rows, inter] = GetParam();
+  const std::vector<float> gu = Noise(size_t(rows) * 2 * inter, 4, 3.0f);
+  DeviceBuffer<float> dgu(gu);
+  DeviceBuffer<uint16_t> dact(size_t(rows) * inter);
+  dact.Fill(0xff);
+  ASSERT_TRUE(SiluMulCuda(dgu.get(), rows, inter, AsBf16(dact.get()), nullptr).ok());
+  std::vector<float> act(size_t(rows) * inter);
+  ref::SiluMul(gu.data(), rows, inter, act.data());
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dact.Download()).data(), act.data(), act.size(), kBf16Ulp));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ModelOpsTest,
+                         ::testing::Combine(::testing::Values(1, 3, 8, 17),
+                                            ::testing::Values(64, 192, 576, 1536, 3584)));
+
+// (rows, heads, kv heads, head_dim, bias)
+class QkvRopeTest : public testing::CudaTest,
+                    public ::testing::WithParamInterface<std::tuple<int, int, int, int, bool>> {};
+
+TEST_P(QkvRopeTest, MatchesRopeNeox) {
+  const auto [rows, heads, kv_heads, d, with_bias] = GetParam();
+  const int total = (heads + 2 * kv_heads) * d;
+  const std::vector<float> qkv = Noise(size_t(rows) * total, 5);
+  const std::vector<float> bias = Noise(total, 6, 0.5f);
+  std::vector<int32_t> pos(rows);
+  for (int r = 0; r < rows; ++r) pos[r] = r == 0 ? 262143 : r * 7919 % 262144;
+  DeviceBuffer<float> dqkv(qkv), dbias(bias);
+  DeviceBuffer<int32_t> dpos(pos);
+  DeviceBuffer<uint16_t> dq(size_t(rows) * heads * d), dk(size_t(rows) * kv_heads * d),
+      dv(size_t(rows) * kv_heads * d);
+  dq.Fill(0xff);
+  dk.Fill(0xff);
+  dv.Fill(0xff);
+  QkvRopeParams p;
+  p.qkv = dqkv.get();
+  p.bias = with_bias ? dbias.get() : nullptr;
+  p.positions = dpos.get();
+  p.rows = rows;
+  p.num_heads = heads;
+  p.num_kv_heads = kv_heads;
+  p.head_dim = d;
+  p.theta = 1e6f;
+  p.q = AsBf16(dq.get());
+  p.k = AsBf16(dk.get());
+  p.v = AsBf16(dv.get());
+  ASSERT_TRUE(QkvRopeCuda(p, nullptr).ok());
+  std::vector<float> q(dq.size()), k(dk.size()), v(dv.size());
+  ref::QkvRope(qkv.data(), with_bias ? bias.data() : nullptr, pos.data(), rows, heads, kv_heads,
+               d, 1e6f, q.data(), k.data(), v.data());
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dq.Download()).data(), q.data(), q.size(), kBf16Ulp));
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dk.Download()).data(), k.data(), k.size(), kBf16Ulp));
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dv.Download()).data(), v.data(), v.size(), {0, 0}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, QkvRopeTest,
+                         ::testing::Values(std::make_tuple(1, 12, 2, 128, true),
+                                           std::make_tuple(5, 9, 3, 64, false),
+                                           std::make_tuple(33, 28, 4, 128, true),
+                                           std::make_tuple(2, 6, 2, 32, true)));
+
+// (rows, n, k)
+class GemvTest : public testing::CudaTest,
+                 public ::testing::WithParamInterface<std::tuple<int, int, int>> {};
+
+TEST_P(GemvTest, MatchesFp64) {
+  const auto [rows, n, k] = GetParam();
+  const std::vector<float> w = Noise(size_t(n) * k, 7, 0.05f), x = Noise(size_t(rows) * k, 8);
+  DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
+  DeviceBuffer<float> dy(size_t(rows) * n);
+  dy.Fill(0xff);
+  ASSERT_TRUE(GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, n, k, dy.get(), nullptr).ok());
+  std::vector<float> y(dy.size());
+  ref::Gemv(w.data(), x.data(), rows, n, k, y.data());
+  EXPECT_TRUE(AllClose(dy.Download().data(), y.data(), y.size(), kF32Sum));
+}
+
+TEST_P(GemvTest, Fp32InputMatchesFp64) {
+  const auto [rows, n, k] = GetParam();
+  std::vector<float> w = Noise(size_t(n) * k, 12, 0.05f), x(size_t(rows) * k);
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (float& v : x) v = u(rng);  // not bf16-representable: used as fp32
+  DeviceBuffer<uint16_t> dw(testing::ToBf16(w));
+  DeviceBuffer<float> dx(x), dy(size_t(rows) * n);
+  dy.Fill(0xff);
+  ASSERT_TRUE(GemvBf16Cuda(AsBf16(dw.get()), dx.get(), rows, n, k, dy.get(), nullptr).ok());
+  std::vector<float> y(dy.size());
+  ref::Gemv(w.data(), x.data(), rows, n, k, y.data());
+  EXPECT_TRUE(AllClose(dy.Download().data(), y.data(), y.size(), kF32Sum));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GemvTest,
+                         ::testing::Combine(::testing::Values(1, 2, 5, 8),
+                                            ::testing::Values(1, 37, 1536),
+                                            ::testing::Values(8, 200, 1536, 8960)));
+
+TEST_F(CudaOpsTest, GemvRejectsBadShapes) {
+  const __nv_bfloat16* none = nullptr;
+  EXPECT_FALSE(GemvBf16Cuda(none, none, 9, 4, 8, nullptr, nullptr).ok());    // > 8 rows
+  EXPECT_FALSE(GemvBf16Cuda(none, none, 1, 4, 12, nullptr, nullptr).ok());   // k % 8 != 0
+}
+
+class ArgmaxTest : public testing::CudaTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(ArgmaxTest, TiesGoToTheLowestIndex) {
+  const int n = GetParam(), rows = 4;
+  std::vector<float> logits(size_t(rows) * n);
+  std::mt19937 rng(9);
+  for (float& x : logits) x = float(int(rng() % 50)) - 25.0f;  // many ties
+  logits[size_t(1) * n + (n - 1)] = NAN;
+  DeviceBuffer<float> dl(logits);
+  DeviceBuffer<int32_t> dout(rows);
+  ASSERT_TRUE(ArgmaxCuda(dl.get(), rows, n, dout.get(), nullptr).ok());
+  const std::vector<int32_t> got = dout.Download();
+  for (int r = 0; r < rows; ++r) {
+    EXPECT_EQ(got[r], ref::Argmax(logits.data() + size_t(r) * n, n)) << "row " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ArgmaxTest, ::testing::Values(1, 31, 1000, 151936));
+
+TEST_F(CudaOpsTest, SummarizeAndCopyPagesAreExact) {
+  const int pages = 9, hkv = 2, d = 64;
+  const PagedKvCuda shape{nullptr, nullptr, nullptr, hkv, d};
+  const std::vector<float> k = Noise(pages * shape.page_elems(), 10);
+  const std::vector<float> v = Noise(k.size(), 11);
+  DeviceBuffer<uint16_t> dk(testing::ToBf16(k)), dv(testing::ToBf16(v));
+  DeviceBuffer<uint16_t> ds(pages * shape.summary_page_elems());
+  ds.Fill(0xff);
+  ASSERT_TRUE(SummarizePagesCuda(AsBf16(dk.get()), pages, hkv, d, AsBf16(ds.get()), nullptr).ok());
+  std::vector<float> s(ds.size());
+  ref::SummarizePages(k.data(), pages, hkv, d, s.data());
+  EXPECT_TRUE(AllClose(Bf16ToFloat(ds.Download()).data(), s.data(), s.size(), {0, 0}));
+  // Pages 0, 4 -> 7, 2.
+  DeviceBuffer<int32_t> src(std::vector<int32_t>{0, 4}), dst(std::vector<int32_t>{7, 2});
+  const PagedKvCuda kv{AsBf16(dk.get()), AsBf16(dv.get()), AsBf16(ds.get()), hkv, d};
+  ASSERT_TRUE(CopyPagesCuda(kv, src.get(), dst.get(), 2, nullptr).ok());
+  const std::vector<uint16_t> k2 = dk.Download(), s2 = ds.Download();
+  const std::vector<uint16_t> k1 = testing::ToBf16(k);
+  const size_t pe = shape.page_elems(), se = shape.summary_page_elems();
+  for (size_t i = 0; i < pe; ++i) {
+    ASSERT_EQ(k2[7 * pe + i], k1[0 * pe + i]);
+    ASSERT_EQ(k2[2 * pe + i], k1[4 * pe + i]);
+    ASSERT_EQ(k2[3 * pe + i], k1[3 * pe + i]);  // untouched
+  }
+  for (size_t i = 0; i < se; ++i) ASSERT_EQ(s2[7 * se + i], s2[0 * se + i]);
+}
+
+TEST_F(CudaOpsTest, UniformFillIsDeterministicAndInRange) {
+  const int64_t n = 100003;
+  DeviceBuffer<float> a(n), b(n);
+  ASSERT_TRUE(FillUniformF32Cuda(a.get(), n, 42, 0.5f, 1.0f, nullptr).ok());
+  ASSERT_TRUE(FillUniformF32Cuda(b.get(), n, 42, 0.5f, 1.0f, nullptr).ok());
+  const std::vector<float> x = a.Download(), y = b.Download();
+  double mean = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(x[i], y[i]);
+    ASSERT_GE(x[i], 0.5f);
+    ASSERT_LT(x[i], 1.5f);
+    mean += x[i];
+  }
+  EXPECT_NEAR(mean / n, 1.0, 0.01);
+}
+
+}  // namespace
+}  // namespace resa::cuda

@@ -1,0 +1,100 @@
+// The backend seam on the CPU: a Decoder over a ModelBackend decodes exactly as the one built
+// from CpuModel + KvCache, and the seam's additions (Adopt, host logits off, null logits)
+// keep their contracts.
+#include "runtime/engine/model_backend.h"
+
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "runtime/engine/backend_factory.h"
+#include "runtime/engine/decoder.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/engine/synthetic_model.h"
+
+namespace resa {
+namespace {
+
+class BackendSeamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    source_ = MakeSyntheticWeights(SyntheticConfig("tiny").value(), 5);
+    weights_ = std::move(LoadCpuWeights(*source_).value());
+  }
+  std::vector<int32_t> Prompt(int n) const {
+    std::vector<int32_t> t(n);
+    for (int i = 0; i < n; ++i) t[i] = (i * 37 + 1) % weights_->config.vocab_size;
+    return t;
+  }
+  std::unique_ptr<WeightSource> source_;
+  std::unique_ptr<CpuWeights> weights_;
+};
+
+TEST_F(BackendSeamTest, FactoryBackendDecodesBitwiseLikeTheCpuModel) {
+  auto cache = KvCache::Create(weights_->config, 64).value();
+  CpuModel model(*weights_, *cache);
+  Decoder direct(model, *cache);
+  auto backend = MakeBackend(*weights_, BackendOptions{Device::kCpu, 64 * kPageTokens});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  Decoder seam(*backend->model);
+  const ResaOptions o{DecodeMode::kResa, 0.25f, 4, 8};
+  const int a = direct.Start(Prompt(150), o).value();
+  const int b = seam.Start(Prompt(150), o).value();
+  const int vocab = weights_->config.vocab_size;
+  for (int step = 0; step < 20; ++step) {
+    ASSERT_EQ(0, std::memcmp(direct.logits(a), seam.logits(b), size_t(vocab) * 4)) << step;
+    const int32_t t = ArgMax(direct.logits(a), vocab);
+    Decoder::Feed fa{a, t}, fb{b, t};
+    ASSERT_TRUE(direct.Step({&fa, 1}).ok());
+    ASSERT_TRUE(seam.Step({&fb, 1}).ok());
+  }
+  EXPECT_EQ(direct.report(a).rectifications, seam.report(b).rectifications);
+  EXPECT_GT(seam.report(b).rectifications, 0);
+}
+
+TEST_F(BackendSeamTest, HostLogitsOffKeepsThePrefillLogits) {
+  auto backend = MakeBackend(*weights_, BackendOptions{Device::kCpu, 64 * kPageTokens}).value();
+  Decoder dec(*backend.model);
+  dec.set_host_logits(false);
+  const int vocab = weights_->config.vocab_size;
+  const int id = dec.Start(Prompt(40), ResaOptions{DecodeMode::kDense}).value();
+  const std::vector<float> prefill(dec.logits(id), dec.logits(id) + vocab);
+  Decoder::Feed f{id, 3};
+  ASSERT_TRUE(dec.Step({&f, 1}).ok());  // the CPU backend gets a null destination
+  EXPECT_EQ(0, std::memcmp(prefill.data(), dec.logits(id), size_t(vocab) * 4));
+  EXPECT_EQ(dec.kv(id).length, 41);
+}
+
+TEST_F(BackendSeamTest, AdoptTakesThePagesAndReturnsThemOnError) {
+  auto cache = KvCache::Create(weights_->config, 8).value();
+  CpuModel model(*weights_, *cache);
+  Decoder dec(model, *cache);
+  SequenceKv kv;
+  ASSERT_TRUE(cache->Reserve(kv, 40).ok());
+  kv.length = 40;
+  ResaOptions bad{DecodeMode::kResa, 0.1f, 16, 0};  // rectify_every 0 in resa mode
+  EXPECT_FALSE(dec.Adopt(kv, bad).ok());
+  EXPECT_EQ(cache->free_pages(), 8);
+  SequenceKv good;
+  ASSERT_TRUE(cache->Reserve(good, 40).ok());
+  good.length = 40;
+  auto id = dec.Adopt(good, ResaOptions{DecodeMode::kDense});
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(dec.report(*id).prompt_tokens, 40);
+  Decoder::Feed f{*id, 7};
+  EXPECT_TRUE(dec.Step({&f, 1}).ok());
+  dec.Finish(*id);
+  EXPECT_EQ(cache->free_pages(), 8);
+}
+
+TEST(BackendFactoryTest, ParsesDevicesAndRejectsACpuWithoutCapacity) {
+  EXPECT_EQ(ParseDevice("cpu").value(), Device::kCpu);
+  EXPECT_EQ(ParseDevice("cuda").value(), Device::kCuda);
+  EXPECT_FALSE(ParseDevice("tpu").ok());
+  auto source = MakeSyntheticWeights(SyntheticConfig("tiny").value(), 1);
+  auto w = LoadCpuWeights(*source).value();
+  EXPECT_FALSE(MakeBackend(*w, BackendOptions{Device::kCpu, 0}).ok());
+}
+
+}  // namespace
+}  // namespace resa
