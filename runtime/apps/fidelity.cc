@@ -38,12 +38,7 @@ void AddFidelityCommand(CLI::App& app, FidelityOptions& o, int& exit_code) {
       ->capture_default_str()
       ->delimiter(',')
       ->check(CLI::IsMember({"dense", "sparse", "resa"}));
-  cmd->add_option("--sparse-ratio", o.sparse_ratio, "Kept fraction of blocks in sparse steps")
-      ->capture_default_str();
-  cmd->add_option("--min-blocks", o.min_blocks, "Sparse steps read at least this many blocks")
-      ->capture_default_str();
-  cmd->add_option("--rectify-every", o.rectify_every, "ReSA rectification interval f")
-      ->capture_default_str();
+  AddSparseFlags(*cmd, o.sparse_ratio, o.min_blocks, o.rectify_every);
   cmd->add_option("-t,--threads", o.threads, "CPU threads; 0 = all cores")->capture_default_str();
   cmd->add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
       ->capture_default_str()

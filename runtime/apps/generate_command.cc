@@ -62,6 +62,10 @@ void AddResaFlags(CLI::App& cmd, std::string& mode, float& sparse_ratio, int& mi
                  "rectified densely every --rectify-every tokens)")
       ->capture_default_str()
       ->check(CLI::IsMember({"dense", "sparse", "resa"}));
+  AddSparseFlags(cmd, sparse_ratio, min_blocks, rectify_every);
+}
+
+void AddSparseFlags(CLI::App& cmd, float& sparse_ratio, int& min_blocks, int& rectify_every) {
   cmd.add_option("--sparse-ratio", sparse_ratio,
                  "Fraction of 16-token KV blocks each sparse step reads (1 = dense)")
       ->capture_default_str();

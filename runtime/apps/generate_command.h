@@ -37,6 +37,10 @@ struct GenerateCommandOptions {
 void AddResaFlags(CLI::App& cmd, std::string& mode, float& sparse_ratio, int& min_blocks,
                   int& rectify_every);
 
+// Registers --sparse-ratio, --min-blocks, --rectify-every (for commands that pick the modes
+// themselves, such as the evaluations' --modes).
+void AddSparseFlags(CLI::App& cmd, float& sparse_ratio, int& min_blocks, int& rectify_every);
+
 // Registers the flags every generating program shares (model, prompt, chat, sampling, context,
 // threads, ReSA) on `cmd`.
 void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& options);

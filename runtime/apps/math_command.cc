@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/apps/generate_command.h"
 #include "runtime/apps/model_loading.h"
 #include "runtime/engine/decoder.h"
 #include "runtime/eval/math_data.h"
@@ -71,12 +72,7 @@ void AddMathCommands(CLI::App& app, MathCommandOptions& o, MathSummaryCommandOpt
   cmd->add_option("--top-k", o.top_k, "Top-k sampling; 0 = no limit")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Base seed: problem i, sample s uses seed + i*samples + s")
       ->capture_default_str();
-  cmd->add_option("--sparse-ratio", o.sparse_ratio, "Kept fraction of blocks in sparse steps")
-      ->capture_default_str();
-  cmd->add_option("--min-blocks", o.min_blocks, "Sparse steps read at least this many blocks")
-      ->capture_default_str();
-  cmd->add_option("--rectify-every", o.rectify_every, "ReSA rectification interval f")
-      ->capture_default_str();
+  AddSparseFlags(*cmd, o.sparse_ratio, o.min_blocks, o.rectify_every);
   cmd->add_option("--batch", o.batch, "Sequences decoded together (streams with --server)")
       ->capture_default_str();
   cmd->add_option("-t,--threads", o.threads, "CPU threads; 0 = all cores")->capture_default_str();

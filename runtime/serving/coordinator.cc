@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "runtime/core/status.h"
 #include "runtime/serving/support/logging.h"
 #include "runtime/serving/support/security.h"
@@ -20,7 +21,13 @@ std::string NewJobId() {
   return absl::StrFormat("job-%016x", rng());
 }
 
-const char* ReasonName(v1::FinishReason r) { return v1::FinishReason_Name(r).c_str() + 14; }
+// "LENGTH" for FINISH_REASON_LENGTH, "CANCELLED" for JOB_STATE_CANCELLED (logs, metric labels).
+std::string ReasonName(v1::FinishReason r) {
+  return std::string(absl::StripPrefix(v1::FinishReason_Name(r), "FINISH_REASON_"));
+}
+std::string StateName(v1::JobState s) {
+  return std::string(absl::StripPrefix(v1::JobState_Name(s), "JOB_STATE_"));
+}
 
 }  // namespace
 
@@ -189,8 +196,7 @@ void Coordinator::EndJobLocked(Job& job, v1::JobState state, v1::FinishReason wh
   job.error_code = code;
   job.End(state, why, absl::Now());
   if (metrics_ != nullptr) {
-    metrics_->JobEnded(state == v1::JOB_STATE_FINISHED ? ReasonName(why)
-                                                        : v1::JobState_Name(state).c_str() + 10);
+    metrics_->JobEnded(state == v1::JOB_STATE_FINISHED ? ReasonName(why) : StateName(state));
   }
   LogEvent(state == v1::JOB_STATE_FAILED ? spdlog::level::warn : spdlog::level::info, "job ended",
            {{"job", job.id},

@@ -35,14 +35,10 @@ absl::Status ShareCommand(Communicator* world, v1::WorkerCommand& cmd) {
   return absl::OkStatus();
 }
 
+// "UNAUTHENTICATED: invalid bearer token" (gRPC and absl share the code numbers).
 std::string Describe(const grpc::Status& st) {
-  static const char* const kNames[] = {
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int code = int(st.error_code());
-  return absl::StrCat(code >= 0 && code <= 16 ? kNames[code] : "?", ": ", st.error_message());
+  return absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())),
+                      ": ", st.error_message());
 }
 
 // Rank 0's stream to the coordinator: a reader thread queues commands, a heartbeat thread and
