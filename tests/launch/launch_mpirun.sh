@@ -36,6 +36,7 @@ trap 'exit 143' TERM INT
 
 port=$(free_port)
 mport=$(free_port)
+while [ "$mport" = "$port" ]; do mport=$(free_port); done
 launch_id="launch-mpirun-$$-$RANDOM"
 start=$SECONDS
 RESA_LAUNCH_ID=$launch_id "$root/launch/resa-launch" --model "$model" --tp 2 --sp 2 \

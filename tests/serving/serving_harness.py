@@ -72,11 +72,20 @@ def load_stubs():
     return generate_stubs(out)
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_handed_out = set()
 
+
+def free_port():
+    """A loopback port nothing listens on now, never one this process handed out before (the
+    kernel may give a just-released port again: the metrics and gRPC ports of one server would
+    then collide)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def test_args(add=None):
