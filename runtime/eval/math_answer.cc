@@ -10,6 +10,9 @@
 #include <set>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "runtime/core/status.h"
+
 namespace resa {
 
 namespace {
@@ -27,17 +30,9 @@ void ReplaceAll(std::string& s, std::string_view from, std::string_view to) {
 }
 
 std::string Trim(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return std::string(s.substr(b, e - b));
+  return std::string(absl::StripAsciiWhitespace(AsAbsl(s)));
 }
-
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
+std::string Lower(std::string_view s) { return absl::AsciiStrToLower(AsAbsl(s)); }
 
 // Index one past the '}' matching the '{' at `open`, or npos.
 size_t MatchBrace(std::string_view s, size_t open) {

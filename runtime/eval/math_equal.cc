@@ -11,6 +11,9 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "runtime/core/hash.h"
+#include "runtime/core/status.h"
 #include "runtime/eval/math_answer.h"
 
 namespace resa {
@@ -21,17 +24,9 @@ bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsAlpha(char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; }
 
 std::string Trim(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return std::string(s.substr(b, e - b));
+  return std::string(absl::StripAsciiWhitespace(AsAbsl(s)));
 }
-
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
+std::string Lower(std::string_view s) { return absl::AsciiStrToLower(AsAbsl(s)); }
 
 bool Close(double a, double b, double rel) {
   if (a == b) return true;
@@ -291,8 +286,7 @@ class LatexEvaluator {
 
   // Deterministic pseudo-random value in [1.2, 2.9) for variable `name` in this trial.
   double VariableValue(const std::string& name) const {
-    uint64_t h = 1469598103934665603ull;
-    for (char c : name) h = (h ^ uint8_t(c)) * 1099511628211ull;
+    uint64_t h = Fnv1a64(name);
     h ^= uint64_t(trial_ + 1) * 0x9E3779B97F4A7C15ull;
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
