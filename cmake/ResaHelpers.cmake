@@ -76,3 +76,11 @@ function(resa_add_fuzzer name)
     set_tests_properties(${name} PROPERTIES LABELS "fuzz" TIMEOUT 300)
   endif()
 endfunction()
+
+# resa_program(target): what every installed program links besides its libraries: the
+# thread-stack fix of runtime/core/thread_stacks.cc (exported, so libraries bind to it).
+function(resa_program target)
+  target_sources(${target} PRIVATE $<TARGET_OBJECTS:resa_thread_stacks>)
+  target_link_libraries(${target} PRIVATE ${CMAKE_DL_LIBS})
+  target_link_options(${target} PRIVATE "LINKER:--export-dynamic-symbol=pthread_attr_setstacksize")
+endfunction()
