@@ -74,6 +74,7 @@ absl::StatusOr<MathSummary> SummarizeMathDir(const std::string& dir,
     double generated_tokens;
     bool truncated;
     int64_t blocks_read, blocks_total;
+    std::string pred, output;
   };
   std::vector<Record> records;
   std::vector<std::string> datasets, modes;
@@ -106,13 +107,15 @@ absl::StatusOr<MathSummary> SummarizeMathDir(const std::string& dir,
       }
       Record r{dataset, mode, j.value("index", -1), j.value("sample", 0),
                j["correct"].get<bool>(), j["generated_tokens"].get<double>(),
-               j.value("finish_reason", "") == "length", 0, 0};
+               j.value("finish_reason", "") == "length", 0, 0,
+               j.value("pred", std::string()), j.value("output", std::string())};
+      if (!j.contains("pred")) r.pred = ExtractAnswer(r.output, dataset);
       if (options.regrade) {
         if (!j.contains("output") || !j.contains("gold")) {
           return absl::DataLossError(absl::StrCat(where(), ": no output/gold to regrade"));
         }
-        const std::string pred = ExtractAnswer(j["output"].get<std::string>(), dataset);
-        r.correct = MathEqual(pred, j["gold"].get<std::string>());
+        r.pred = ExtractAnswer(r.output, dataset);
+        r.correct = MathEqual(r.pred, j["gold"].get<std::string>());
       }
       if (j.contains("report") && j["report"].is_object()) {
         r.blocks_read = j["report"].value("blocks_read", int64_t(0));
@@ -121,9 +124,14 @@ absl::StatusOr<MathSummary> SummarizeMathDir(const std::string& dir,
       records.push_back(std::move(r));
     }
   }
-  // Items per mode, for --paired.
+  // Items per mode, for --paired; dense's record of each item, for the agreement.
   std::map<std::tuple<std::string, int, int>, std::set<std::string>> modes_of;
-  for (const Record& r : records) modes_of[{r.dataset, r.index, r.sample}].insert(r.mode);
+  std::map<std::tuple<std::string, int, int>, const Record*> dense_of;
+  for (const Record& r : records) {
+    modes_of[{r.dataset, r.index, r.sample}].insert(r.mode);
+    if (r.mode == "dense") dense_of[{r.dataset, r.index, r.sample}] = &r;
+  }
+  std::map<std::pair<std::string, std::string>, MathAgreement> agreements;
   std::map<std::pair<std::string, std::string>, MathCell> cells;
   for (const Record& r : records) {
     if (options.paired && modes_of[{r.dataset, r.index, r.sample}].size() != modes.size()) continue;
@@ -134,6 +142,16 @@ absl::StatusOr<MathSummary> SummarizeMathDir(const std::string& dir,
     cell.truncated += r.truncated ? 1 : 0;
     cell.blocks_read += r.blocks_read;
     cell.blocks_total += r.blocks_total;
+    auto dense = dense_of.find({r.dataset, r.index, r.sample});
+    if (r.mode != "dense" && dense != dense_of.end()) {
+      const Record& d = *dense->second;
+      MathAgreement& a = agreements[{r.mode, r.dataset}];
+      ++a.n;
+      a.same_answer += r.pred == d.pred || MathEqual(r.pred, d.pred) ? 1 : 0;
+      a.same_output += r.output == d.output ? 1 : 0;
+      a.correct_only_here += r.correct && !d.correct ? 1 : 0;
+      a.correct_only_dense += d.correct && !r.correct ? 1 : 0;
+    }
   }
   if (cells.empty()) {
     return absl::NotFoundError(absl::StrCat(dir, ": no <dataset>.<mode>.jsonl files"));
@@ -144,10 +162,16 @@ absl::StatusOr<MathSummary> SummarizeMathDir(const std::string& dir,
   s.datasets = datasets;
   s.modes = modes;
   s.cells.assign(modes.size(), std::vector<MathCell>(datasets.size()));
+  if (!dense_of.empty()) {
+    s.agreement.assign(modes.size(), std::vector<MathAgreement>(datasets.size()));
+  }
   for (size_t m = 0; m < modes.size(); ++m) {
     for (size_t d = 0; d < datasets.size(); ++d) {
       if (auto it = cells.find({modes[m], datasets[d]}); it != cells.end()) {
         s.cells[m][d] = it->second;
+      }
+      if (auto it = agreements.find({modes[m], datasets[d]}); it != agreements.end()) {
+        s.agreement[m][d] = it->second;
       }
     }
   }
@@ -185,6 +209,23 @@ std::string SummaryMarkdown(const MathSummary& s) {
       out += c.n == 0 ? std::string(" - |") : absl::StrFormat(" %.1f |", c.mean_length());
     }
     absl::StrAppend(&out, absl::StrFormat(" %.1f | | | |\n", ModeMeans(s, m).length));
+  }
+  // Each approximate mode against dense, on the problems both finished (all datasets).
+  bool header = false;
+  for (size_t m = 0; m < s.agreement.size(); ++m) {
+    MathAgreement a;
+    for (const MathAgreement& cell : s.agreement[m]) a.Add(cell);
+    if (a.n == 0) continue;
+    if (!header) {
+      absl::StrAppend(&out,
+                      "\n| vs dense | problems | same answer | identical output | right only "
+                      "here | right only in dense |\n|---|---:|---:|---:|---:|---:|\n");
+      header = true;
+    }
+    const auto pct = [&](int k) { return absl::StrFormat("%.1f%% (%d)", 100.0 * k / a.n, k); };
+    absl::StrAppend(&out, absl::StrFormat("| %s | %d | %s | %s | %d | %d |\n", s.modes[m], a.n,
+                                          pct(a.same_answer), pct(a.same_output),
+                                          a.correct_only_here, a.correct_only_dense));
   }
   return out;
 }

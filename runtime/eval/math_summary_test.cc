@@ -33,6 +33,14 @@ TEST(MathSummary, PaperTableFromFixture) {
                            "1/5 |\n"))
       << md;
   EXPECT_TRUE(Contains(md, "| avg length, resa | 600.0 | 200.0 | 400.0 | | | |\n")) << md;
+  // resa against dense on the same 5 problems: amc23 #1 and gsm8k #1 answer differently, and
+  // gsm8k #1 is right only in dense.
+  EXPECT_TRUE(Contains(md, "| vs dense | problems | same answer | identical output | right only "
+                           "here | right only in dense |\n"))
+      << md;
+  EXPECT_TRUE(Contains(md, "| resa | 5 | 60.0% (3) | 60.0% (3) | 0 | 1 |\n")) << md;
+  ASSERT_EQ(s->agreement.size(), 2u);
+  EXPECT_EQ(s->agreement[0][0].n, 0);  // dense against itself is not counted
   const std::string csv = SummaryCsv(*s);
   EXPECT_EQ(csv,
             "mode,dataset,n,correct,accuracy,avg_generated_tokens,blocks_read_percent,truncated\n"
