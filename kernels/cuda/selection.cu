@@ -1,15 +1,20 @@
 // K/V writes, block summaries and the fused ReSA selection (write + score + top-n) on the GPU.
 //
-// SelectKernel, grid (block chunk, KV head, sequence), 512 threads:
-//  * the CTA whose chunk holds the current block writes the new token's K/V and widens that
-//    page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
-//  * every CTA scores 256 blocks with 4 lanes per block (16-byte streaming loads of the bf16
-//    min/max rows, q in registers) and stores order-preserving uint32 keys of the fp32 scores;
-//  * the last CTA of a (sequence, head) to arrive (atomic counter, self-resetting) keeps block
-//    M - 1 and radix-selects the threshold T of the other n - 1 (11-bit shared-memory histograms
-//    over key - min, candidates compacted after the first pass), then writes, in ascending block
-//    order, every block with key > T and the lowest-numbered blocks with key == T: (score desc,
-//    block asc) exactly as TopBlocks, without any sort.
+// Two fused kernels, chosen by the number of (sequence, KV head) rows:
+//  * SelectKernel (<= kFewRows rows: latency): one CTA per SM, each looping over chunks of 256
+//    blocks with all of a chunk's summary loads in flight and the next chunk prefetched into
+//    L2; the last CTA of a row selects with the keys in registers (<= 16384 blocks, spread over
+//    all warps whatever the length) or in L2;
+//  * SelectWideKernel (more rows: throughput): one CTA per chunk, 2 CTAs per SM; the last CTA
+//    of a row stages the keys in shared memory (or reads L2) and selects there.
+// In both, the CTA whose chunk holds the current block writes the new token's K/V and widens
+// that page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
+// scores become order-preserving uint32 keys; block M - 1 is kept and the threshold T of the
+// other n - 1 is found by 11-bit radix passes over key - min, the pivot bin's keys compacted
+// and ranked directly when few. The output is every block with key > T and the lowest-numbered
+// blocks with key == T, in ascending order: (score desc, block asc) exactly as TopBlocks,
+// without any sort. Figures and the cost split: docs/kernels.md, "Fused selection".
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -23,11 +28,17 @@ namespace {
 
 constexpr int kSelThreads = 512;
 constexpr int kSelWarps = kSelThreads / 32;
-constexpr int kSelChunk = 256;  // blocks scored per CTA
-constexpr int kMaxSmemKeys =
-    16384;  // multiple of 4    // up to 256K tokens the keys are selected in shared memory
+constexpr int kSelGroups = kSelThreads / 4;       // 4-lane groups, one block each per round
+constexpr int kSelRounds = 2;                      // blocks per group, all loads in flight
+constexpr int kSelChunk = kSelGroups * kSelRounds;  // 256 blocks scored per CTA
+constexpr int kRegKeys = 32;                        // keys per thread in the register tail
+constexpr int kMaxRegKeys = kSelThreads * kRegKeys;  // 16384: 256K tokens
 constexpr int kRadixBins = 2048;
 constexpr int kMaxCandidates = 4096;  // keys of the pivot bin kept after the first pass
+constexpr int kDirectRank = 256;      // candidates ranked by comparison instead of radix passes
+// Up to this many (sequence, KV head) rows the latency kernel runs (one CTA per SM, keys in
+// registers); more rows keep the SMs busy with scoring, and the throughput kernel runs.
+constexpr int kFewRows = 8;
 
 struct SelectPlan {
   int32_t max_blocks = 0;
@@ -41,7 +52,7 @@ struct SelectArgs {
   int32_t key_stride;
   uint32_t* keys;  // [batch][num_kv_heads][key_stride]
   int* counters;   // [batch][num_kv_heads]
-  bool keys_in_smem;
+  bool keys_in_smem;  // SelectWideKernel: the tail stages the keys in dynamic shared memory
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -66,49 +77,36 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
 
 // hist[bin] += 1 for the active lanes. When the warp's active lanes share one bin (clustered
 // scores) one lane adds the count: same-address shared atomics would serialise 32-way. Called
-// by all 32 lanes.
+// by all 32 lanes; branch-free up to one predicated atomic, so unrolled calls overlap.
 __device__ __forceinline__ void WarpHistAdd(uint32_t* hist, uint32_t bin, bool active) {
   const uint32_t act = __ballot_sync(0xffffffffu, active);
-  if (act == 0) return;
-  const int leader = __ffs(act) - 1;
+  const int leader = (__ffs(act) - 1) & 31;
   const uint32_t lead_bin = __shfl_sync(0xffffffffu, bin, leader);
-  if (__all_sync(0xffffffffu, !active || bin == lead_bin)) {
-    if (int(threadIdx.x % 32) == leader) atomicAdd(&hist[lead_bin], uint32_t(__popc(act)));
-  } else if (active) {
-    atomicAdd(&hist[bin], 1u);
-  }
+  const bool uniform = __all_sync(0xffffffffu, !active || bin == lead_bin);
+  const bool add = uniform ? (act != 0 && int(threadIdx.x % 32) == leader) : active;
+  if (add) atomicAdd(&hist[uniform ? lead_bin : bin], uniform ? uint32_t(__popc(act)) : 1u);
 }
 
-// Appends the active lanes' values to list[*count ...]; one atomic per warp. All 32 lanes call.
-__device__ __forceinline__ void WarpAppend(uint32_t* list, uint32_t* count, uint32_t v,
-                                           bool active) {
-  const uint32_t act = __ballot_sync(0xffffffffu, active);
+// Inclusive prefix sum over the warp's lanes. All 32 lanes call.
+__device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t x) {
   const int lane = threadIdx.x % 32;
-  uint32_t base = 0;
-  if (lane == 0 && act != 0) base = atomicAdd(count, uint32_t(__popc(act)));
-  base = __shfl_sync(0xffffffffu, base, 0);
-  if (active) list[base + __popc(act & ((1u << lane) - 1u))] = v;
-}
-
-// Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
-__device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_warp) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  uint32_t x = v;
 #pragma unroll
   for (int o = 1; o < 32; o *= 2) {
     const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
     if (lane >= o) x += y;
   }
+  return x;
+}
+
+// Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
+__device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_warp) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint32_t x = WarpInclusiveScan(v);
   __syncthreads();  // s_warp may still be read by a previous scan
   if (lane == 31) s_warp[warp] = x;
   __syncthreads();
   if (warp == 0) {
-    uint32_t w = lane < kSelWarps ? s_warp[lane] : 0u;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const uint32_t y = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += y;
-    }
+    const uint32_t w = WarpInclusiveScan(lane < kSelWarps ? s_warp[lane] : 0u);
     if (lane < kSelWarps) s_warp[lane] = w;  // inclusive warp totals
   }
   __syncthreads();
@@ -116,14 +114,483 @@ __device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_
   return (warp > 0 ? s_warp[warp - 1] : 0u) + x - v;
 }
 
+// Shared state of the selection tail.
+struct TailSmem {
+  uint32_t hist[kRadixBins];
+  uint32_t cand[kMaxCandidates];
+  uint32_t warp[kSelWarps];
+  uint32_t digit, above, ncand, kmin, kmax;
+};
+
+// After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
+// remaining-th largest value goes to s.digit, the count above it to s.above. Ends synchronised.
+__device__ void FindPivotBin(TailSmem& s, int bins, uint32_t remaining) {
+  const int tid = threadIdx.x;
+  // Thread t owns descending bin positions [t * per, (t + 1) * per).
+  const int per = (bins + kSelThreads - 1) / kSelThreads;
+  uint32_t local = 0;
+  for (int j = 0; j < per; ++j) {
+    const int pos = tid * per + j;
+    if (pos < bins) local += s.hist[bins - 1 - pos];
+  }
+  uint32_t total;
+  uint32_t above = BlockExclusiveScan(local, &total, s.warp);
+  for (int j = 0; j < per; ++j) {
+    const int pos = tid * per + j;
+    if (pos >= bins) break;
+    const uint32_t cnt = s.hist[bins - 1 - pos];
+    if (above < remaining && remaining <= above + cnt) {
+      s.digit = uint32_t(bins - 1 - pos);
+      s.above = above;
+    }
+    above += cnt;
+  }
+  __syncthreads();
+}
+
+// Exact rank among the s.ncand compacted candidates (all in the current pivot bin): the
+// remaining-th largest value goes to s.digit, the count of larger candidates to s.above.
+__device__ void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t remaining) {
+  const uint32_t t = threadIdx.x;
+  if (t < ncand) {
+    const uint32_t c = s.cand[t];
+    uint32_t gt = 0, eq = 0;
+    for (uint32_t j = 0; j < ncand; ++j) {
+      const uint32_t x = s.cand[j];
+      gt += x > c;
+      eq += x == c;
+    }
+    if (gt < remaining && remaining <= gt + eq) {  // every holder of that value writes the same
+      s.digit = c;
+      s.above = gt;
+    }
+  }
+  __syncthreads();
+}
+
+// Selection over keys v = key - kmin of blocks [0, mo). Returns T - kmin, the value of the
+// need-th largest; *remaining becomes the number of keys equal to T to keep (lowest blocks
+// first), after every key above T. FOR_KEYS(fn) calls fn(v, valid) for every key of this thread
+// and must be called by all 32 lanes of every warp in lockstep (warp collectives inside fn).
+template <typename ForKeys>
+__device__ uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_out,
+                                ForKeys for_keys) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t kmin = s.kmin, kmax = s.kmax;
+  const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
+  uint32_t prefix = 0, mask = 0, remaining = need;
+  bool use_cand = false;
+  uint32_t ncand = 0;
+#pragma unroll 1
+  for (int hi = top_bits; hi > 0; hi -= 11) {
+    const int lo = hi > 11 ? hi - 11 : 0;
+    const int bins = 1 << (hi - lo);
+    // s.hist is zero here: cleared by the caller before the first pass, after the others below.
+    if (use_cand) {
+      for (uint32_t base = warp * 32; base < ncand; base += kSelThreads) {
+        const uint32_t i = base + lane;
+        const uint32_t v = i < ncand ? s.cand[i] : 0u;
+        WarpHistAdd(s.hist, (v >> lo) & (bins - 1), i < ncand && (v & mask) == prefix);
+      }
+    } else {
+      for_keys([&](uint32_t v, bool ok) {
+        WarpHistAdd(s.hist, (v >> lo) & (bins - 1), ok && (v & mask) == prefix);
+      });
+    }
+    __syncthreads();
+    FindPivotBin(s, bins, remaining);
+    const uint32_t digit = s.digit;
+    remaining -= s.above;
+    prefix |= digit << lo;
+    mask |= uint32_t(bins - 1) << lo;
+    if (!use_cand && lo > 0) ncand = s.hist[digit];
+    __syncthreads();  // s.hist / s.digit / s.above are rewritten next
+    if (lo == 0) break;
+    for (int i = tid; i < bins; i += kSelThreads) s.hist[i] = 0;
+    if (!use_cand && ncand <= uint32_t(kMaxCandidates)) {  // keep only the pivot bin's values
+      // Two sweeps: count this lane's matches, then one atomic per warp and plain stores.
+      uint32_t mine = 0;
+      for_keys([&](uint32_t v, bool ok) { mine += ok && (v & mask) == prefix; });
+      const uint32_t incl = WarpInclusiveScan(mine);
+      uint32_t base = 0;
+      if (lane == 31 && incl != 0) base = atomicAdd(&s.ncand, incl);
+      uint32_t at = __shfl_sync(0xffffffffu, base, 31) + incl - mine;
+      for_keys([&](uint32_t v, bool ok) {
+        if (ok && (v & mask) == prefix) s.cand[at++] = v;
+      });
+      use_cand = true;
+      __syncthreads();
+      if (ncand <= uint32_t(kDirectRank)) {
+        RankCandidates(s, ncand, remaining);
+        prefix = s.digit;
+        remaining -= s.above;
+        break;
+      }
+    }
+    __syncthreads();
+  }
+  *remaining_out = remaining;
+  return prefix;
+}
+
+// Selection of need = n - 1 of the keys of blocks [0, mo) (block M - 1 is already placed at
+// out[n - 1]), keys read from L2 or, when s_keys is non-null, staged there first (16-byte loads,
+// during the min/max sweep). Output in ascending block order: warp w owns a contiguous segment of
+// [0, mo) and walks it 32 keys at a time (conflict-free), ranks from ballots. s.hist is zero and
+// s.kmin / s.kmax / s.ncand are initialised on entry.
+__device__ void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t* s_keys, int32_t mo,
+                            uint32_t need, int32_t* out) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t lt = (1u << lane) - 1u;
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+  for (int32_t i4 = tid; 4 * i4 < mo; i4 += kSelThreads) {
+    const uint4 k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys) + i4);
+    if (s_keys != nullptr) reinterpret_cast<uint4*>(s_keys)[i4] = k4;
+    const uint32_t kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (4 * i4 + j < mo) kmin = min(kmin, kk[j]), kmax = max(kmax, kk[j]);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+  }
+  __syncthreads();
+  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
+  __syncthreads();
+  kmin = s.kmin;
+  auto key_at = [&](int32_t i) { return s_keys != nullptr ? s_keys[i] : __ldcg(gkeys + i); };
+  auto for_keys = [&](auto fn) {
+    for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
+      uint32_t v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int32_t i = base + 32 * j + lane;
+        v[j] = i < mo ? key_at(i) - kmin : 0u;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) fn(v[j], base + 32 * j + lane < mo);
+    }
+  };
+  uint32_t remaining;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys);
+
+  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
+  const int32_t wlo = min(mo, warp * seg), whi = min(mo, wlo + seg);
+  uint32_t gt = 0, eq = 0;
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const bool ok = base + 32 * j + lane < whi;
+      gt += __popc(__ballot_sync(0xffffffffu, ok && k[j] > T));
+      eq += __popc(__ballot_sync(0xffffffffu, ok && k[j] == T));
+    }
+  }
+  __syncthreads();
+  if (lane == 0) s.hist[warp] = gt, s.hist[kSelWarps + warp] = eq;
+  __syncthreads();
+  uint32_t pos = 0, tie_rank = 0;
+  for (int w = 0; w < warp; ++w) pos += s.hist[w], tie_rank += s.hist[kSelWarps + w];
+  pos += min(tie_rank, remaining);  // ties taken before this segment
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int32_t i = base + 32 * j + lane;
+      const bool is_eq = i < whi && k[j] == T;
+      const uint32_t eq_mask = __ballot_sync(0xffffffffu, is_eq);
+      const bool sel =
+          (i < whi && k[j] > T) || (is_eq && tie_rank + __popc(eq_mask & lt) < remaining);
+      const uint32_t sel_mask = __ballot_sync(0xffffffffu, sel);
+      if (sel) out[pos + __popc(sel_mask & lt)] = i;
+      pos += __popc(sel_mask);
+      tie_rank += __popc(eq_mask);
+    }
+  }
+}
+
+// The same selection for mo <= kMaxRegKeys with the keys in registers. Warp w owns the segment
+// [w seg, (w + 1) seg), seg = mo / 16 rounded up to 128, so every warp holds a share of the keys
+// whatever the length (a short row costs a few slots per thread, not 32 on two warps); slot q
+// holds keys w seg + 128 q + 4 lane + [0, 4) (coalesced 16-byte loads). Slots past seg are
+// skipped CTA-uniformly.
+__device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys, int32_t mo,
+                                             uint32_t need, int32_t* out) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
+  const int32_t wbase = warp * seg;
+  uint32_t kr[kRegKeys / 4][4];
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    const int32_t i0 = wbase + 128 * q + 4 * lane;
+    uint4 k4 = make_uint4(0, 0, 0, 0);
+    if (128 * q < seg && i0 < mo) k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys + i0));
+    kr[q][0] = k4.x, kr[q][1] = k4.y, kr[q][2] = k4.z, kr[q][3] = k4.w;
+  }
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (wbase + 128 * q + 4 * lane + e < mo) kmin = min(kmin, kr[q][e]), kmax = max(kmax, kr[q][e]);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+  }
+  __syncthreads();
+  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
+  __syncthreads();
+  kmin = s.kmin;
+  auto for_keys = [&](auto fn) {
+#pragma unroll
+    for (int q = 0; q < kRegKeys / 4; ++q) {
+      if (128 * q >= seg) break;  // CTA-uniform
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fn(kr[q][e] - kmin, wbase + 128 * q + 4 * lane + e < mo);
+    }
+  };
+  uint32_t remaining;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys);
+
+  // Ascending output: packed (greater << 16 | equal) counts, prefix-summed in block order
+  // (warp, slot, lane, element); counts <= 16384 fit 16 bits.
+  uint32_t inc[kRegKeys / 4], wtot = 0;
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+    uint32_t c = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = wbase + 128 * q + 4 * lane + e < mo;
+      c += ok && kr[q][e] > T ? 0x10000u : (ok && kr[q][e] == T ? 1u : 0u);
+    }
+    inc[q] = WarpInclusiveScan(c) - c + wtot;  // exclusive, within this warp's segment
+    wtot += __shfl_sync(0xffffffffu, inc[q] + c - wtot, 31);
+  }
+  if (lane == 0) s.warp[warp] = wtot;
+  __syncthreads();
+  uint32_t before = 0;
+  for (int w = 0; w < warp; ++w) before += s.warp[w];
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+    const uint32_t x = before + inc[q];
+    uint32_t tie = x & 0xffffu;
+    uint32_t pos = (x >> 16) + min(tie, remaining);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t i = wbase + 128 * q + 4 * lane + e;
+      if (i < mo) {
+        if (kr[q][e] > T) {
+          out[pos++] = i;
+        } else if (kr[q][e] == T) {
+          if (tie < remaining) out[pos++] = i;
+          ++tie;
+        }
+      }
+    }
+  }
+}
+
+// The current token: K/V into its slot, key folded into its page's summary. Threads [0, D).
 template <int D>
-__global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) {
-  extern __shared__ uint32_t s_keys[];  // [M] when keys_in_smem
+__device__ __forceinline__ void WriteCurrentToken(const SelectBlocksParams& p, int b, int h,
+                                                  int32_t num_keys) {
+  const int tid = threadIdx.x, hkv = p.kv.num_kv_heads;
+  const int32_t pos = num_keys - 1;
+  const int32_t pg = p.page_tables[size_t(b) * p.page_table_stride + pos / kPageTokens];
+  const int slot = pos % kPageTokens;
+  const size_t src = (size_t(b) * hkv + h) * D + tid;
+  const size_t dst = ((size_t(pg) * hkv + h) * kPageTokens + slot) * D + tid;
+  const __nv_bfloat16 k = p.k_new[src];
+  p.kv.k[dst] = k;
+  p.kv.v[dst] = p.v_new[src];
+  __nv_bfloat16* sm = p.kv.summary + (size_t(pg) * hkv + h) * 2 * D;
+  if (slot == 0) {
+    sm[tid] = k;
+    sm[D + tid] = k;
+  } else {
+    const float kf = __bfloat162float(k);
+    if (kf < __bfloat162float(sm[tid])) sm[tid] = k;
+    if (kf > __bfloat162float(sm[D + tid])) sm[D + tid] = k;
+  }
+}
+
+// Pooled query into s_q: exact mean of the group's heads (sum, then one division). Ends
+// synchronised.
+template <int D>
+__device__ __forceinline__ void PooledQuery(const SelectArgs& a, int b, int h, float* s_q) {
+  for (int d = threadIdx.x; d < D; d += kSelThreads) {
+    float sum = 0.0f;
+    for (int j = 0; j < a.group; ++j) {
+      sum += __bfloat162float(a.p.q[(size_t(b) * a.p.num_heads + h * a.group + j) * D + d]);
+    }
+    s_q[d] = sum / float(a.group);
+  }
+  __syncthreads();
+}
+
+// Arrival after this CTA's keys are stored: true in the last of the row's n_ctas CTAs, which
+// then sees every key. The counter resets itself.
+__device__ __forceinline__ bool ArriveLast(const SelectArgs& a, int b, int h, int n_ctas,
+                                           int* s_last) {
+  __threadfence();
+  __syncthreads();
+  int* counter = a.counters + size_t(b) * a.p.kv.num_kv_heads + h;
+  if (threadIdx.x == 0) *s_last = atomicAdd(counter, 1) == n_ctas - 1;
+  __syncthreads();
+  if (!*s_last) return false;
+  if (threadIdx.x == 0) *counter = 0;
+  __threadfence();
+  return true;
+}
+
+// Latency kernel (few rows: batch x KV heads <= kFewRows). Grid (CTAs per row, KV head,
+// sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ... (all of its summary loads
+// for a chunk in flight at once, later chunks prefetched into L2 at the start), so a row longer
+// than one wave of chunks needs no second wave. The last CTA selects with the keys in registers
+// (<= 16384 blocks) or in L2.
+template <int D>
+__global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs a) {
   __shared__ float s_q[D];
-  __shared__ uint32_t s_hist[kRadixBins];
-  __shared__ uint32_t s_warp[kSelWarps];
-  __shared__ uint32_t s_cand[kMaxCandidates];
-  __shared__ uint32_t s_digit, s_above, s_ncand;
+  __shared__ TailSmem s;
+  __shared__ int s_last;
+
+  const SelectBlocksParams& p = a.p;
+  const int hkv = p.kv.num_kv_heads;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int tid = threadIdx.x;
+  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
+  const size_t summary_stride = size_t(2) * D;
+  constexpr int KI = D / 32;
+  const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
+  // Group `sub` of warp w scores blocks first + r * 128 + 8 w + sub of each chunk. The first
+  // chunk's page ids are loaded together with num_keys (inside the table row, checked against
+  // the length afterwards).
+  int32_t blk[kSelRounds], page[kSelRounds];
+#pragma unroll
+  for (int r = 0; r < kSelRounds; ++r) {
+    blk[r] = int32_t(blockIdx.x) * kSelChunk + r * kSelGroups + warp * 8 + sub;
+    page[r] = blk[r] < p.page_table_stride ? __ldg(table + blk[r]) : -1;
+  }
+  const int32_t num_keys = p.num_keys[b];
+  const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
+  const int n_chunks = (M + kSelChunk - 1) / kSelChunk;
+  const int n_ctas = min(n_chunks, int(gridDim.x));
+  if (M == 0) {
+    if (blockIdx.x == 0 && h == 0 && tid == 0) p.num_blocks[b] = 0;
+    return;
+  }
+  if (int(blockIdx.x) >= n_ctas) return;
+  uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
+
+#pragma unroll 1
+  for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
+    const int32_t first = chunk * kSelChunk;
+    const int32_t end = min(M, first + kSelChunk);
+    // 1. Scores, loads first; lane `part` owns dims 8 part + 32 i + [0, 8) of the min and max
+    // rows.
+#pragma unroll
+    for (int r = 0; r < kSelRounds; ++r) {
+      blk[r] = first + r * kSelGroups + warp * 8 + sub;
+      if (blk[r] >= end) page[r] = -1;
+    }
+    uint4 mn[kSelRounds][KI], mx[kSelRounds][KI];
+#pragma unroll
+    for (int r = 0; r < kSelRounds; ++r) {
+      if (page[r] >= 0) {
+        const __nv_bfloat16* sm =
+            p.kv.summary + (size_t(page[r]) * hkv + h) * summary_stride + 8 * part;
+#pragma unroll
+        for (int i = 0; i < KI; ++i) {
+          mn[r][i] = detail::LoadStream(sm + 32 * i);
+          mx[r][i] = detail::LoadStream(sm + D + 32 * i);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < KI; ++i) mn[r][i] = mx[r][i] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    // This CTA's next chunk: page ids now, its summary rows into L2 (one 128-byte line a lane)
+    // while this chunk is scored.
+    const int next = chunk + int(gridDim.x);
+#pragma unroll
+    for (int r = 0; r < kSelRounds; ++r) {
+      const int32_t bl = next * kSelChunk + r * kSelGroups + warp * 8 + sub;
+      page[r] = next < n_chunks && bl < M ? __ldg(table + bl) : -1;
+      if (page[r] >= 0 && part * 128 < int(summary_stride * sizeof(__nv_bfloat16))) {
+        const char* line = reinterpret_cast<const char*>(
+            p.kv.summary + (size_t(page[r]) * hkv + h) * summary_stride);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(line + part * 128));
+      }
+    }
+    // 2. The current token. The summary loads above may see its page before or after: its block
+    // scores +inf either way.
+    if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
+      WriteCurrentToken<D>(p, b, h, num_keys);
+    }
+    // 3. Pooled query (once; the first chunk's loads are in flight meanwhile).
+    if (chunk == int(blockIdx.x)) PooledQuery<D>(a, b, h, s_q);
+#pragma unroll
+    for (int r = 0; r < kSelRounds; ++r) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int i = 0; i < KI; ++i) {
+        const uint32_t wn[4] = {mn[r][i].x, mn[r][i].y, mn[r][i].z, mn[r][i].w};
+        const uint32_t wx[4] = {mx[r][i].x, mx[r][i].y, mx[r][i].z, mx[r][i].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float q0 = s_q[8 * part + 32 * i + 2 * e], q1 = s_q[8 * part + 32 * i + 2 * e + 1];
+          acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
+          acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
+        }
+      }
+      acc = detail::QuadSum(acc);
+      if (part == 0 && blk[r] < end) gkeys[blk[r]] = OrderedKey(blk[r] == M - 1 ? INFINITY : acc);
+    }
+  }
+
+  // 4. Arrival: the last CTA of this (sequence, head) selects.
+  if (!ArriveLast(a, b, h, n_ctas, &s_last)) return;
+  const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
+  int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
+  if (h == 0 && tid == 0) p.num_blocks[b] = n;
+  if (n >= M) {
+    for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
+    return;
+  }
+  if (tid == 0) out[n - 1] = M - 1;  // block M - 1 (+inf) is always kept, last
+  if (n <= 1) return;
+  // 5. Pick need = n - 1 of the blocks [0, M - 1).
+  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
+  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
+  if (M - 1 <= kMaxRegKeys) {
+    RegisterTail(s, gkeys, M - 1, uint32_t(n - 1), out);
+  } else {
+    StridedTail(s, gkeys, nullptr, M - 1, uint32_t(n - 1), out);
+  }
+}
+
+// Throughput kernel (many rows): grid (chunk of 256 blocks, KV head, sequence), 512 threads,
+// <= 64 registers so 2 CTAs per SM; each warp loops over its blocks with the pooled query in
+// registers. The last CTA of a row stages its keys in shared memory (dynamic, when
+// a.keys_in_smem) and selects there.
+template <int D>
+__global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectArgs a) {
+  extern __shared__ uint4 s_keys4[];  // [key_stride] keys when a.keys_in_smem
+  __shared__ float s_q[D];
+  __shared__ TailSmem s;
   __shared__ int s_last;
 
   const SelectBlocksParams& p = a.p;
@@ -140,39 +607,12 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
   if (chunk >= n_ctas) return;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   const size_t summary_stride = size_t(2) * D;
-
-  // 1. The current token: K/V into its slot, key folded into the page summary.
   if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
-    const int32_t pos = num_keys - 1;
-    const int32_t page = table[pos / kPageTokens];
-    const int slot = pos % kPageTokens;
-    const size_t src = (size_t(b) * hkv + h) * D + tid;
-    const size_t dst = ((size_t(page) * hkv + h) * kPageTokens + slot) * D + tid;
-    const __nv_bfloat16 k = p.k_new[src];
-    p.kv.k[dst] = k;
-    p.kv.v[dst] = p.v_new[src];
-    __nv_bfloat16* sm = p.kv.summary + (size_t(page) * hkv + h) * summary_stride;
-    if (slot == 0) {
-      sm[tid] = k;
-      sm[D + tid] = k;
-    } else {
-      const float kf = __bfloat162float(k);
-      if (kf < __bfloat162float(sm[tid])) sm[tid] = k;
-      if (kf > __bfloat162float(sm[D + tid])) sm[D + tid] = k;
-    }
+    WriteCurrentToken<D>(p, b, h, num_keys);
   }
+  PooledQuery<D>(a, b, h, s_q);
 
-  // 2. Pooled query: exact mean of the group's heads (sum, then one division).
-  for (int d = tid; d < D; d += kSelThreads) {
-    float sum = 0.0f;
-    for (int j = 0; j < a.group; ++j) {
-      sum += __bfloat162float(p.q[(size_t(b) * p.num_heads + h * a.group + j) * D + d]);
-    }
-    s_q[d] = sum / float(a.group);
-  }
-  __syncthreads();
-
-  // 3. Scores: 4 lanes per block, lane part owns dims 8 part + 32 i + [0, 8).
+  // Scores: 4 lanes per block, lane part owns dims 8 part + 32 i + [0, 8).
   constexpr int KI = D / 32;
   const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
   float qv[KI][8];
@@ -211,16 +651,7 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
     if (part == 0 && blk < end) gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : acc);
   }
 
-  // 4. Arrival: the last CTA of this (sequence, head) selects.
-  __threadfence();
-  __syncthreads();
-  int* counter = a.counters + size_t(b) * hkv + h;
-  if (tid == 0) s_last = atomicAdd(counter, 1) == n_ctas - 1;
-  __syncthreads();
-  if (!s_last) return;
-  if (tid == 0) *counter = 0;
-  __threadfence();
-
+  if (!ArriveLast(a, b, h, n_ctas, &s_last)) return;
   const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
   int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
   if (h == 0 && tid == 0) p.num_blocks[b] = n;
@@ -228,159 +659,12 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const SelectArgs a) 
     for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
     return;
   }
-  // 5. Block M - 1 (+inf) is always kept; pick `need` = n - 1 of the blocks [0, M - 1). Radix
-  // select on v = key - min over the significant bits of (max - min), 11 bits per pass from the
-  // top, so the first pass spreads over all bins however the scores cluster. Afterwards T is the
-  // need-th largest key: `remaining` keys equal to T are kept after every key greater than T.
-  // Keys are staged in shared memory (16-byte loads) while their min and max are taken.
-  const int32_t mo = M - 1;
-  const uint32_t need = uint32_t(n - 1);
-  uint32_t kmin = 0xffffffffu, kmax = 0;
-  for (int32_t i4 = tid; 4 * i4 < mo; i4 += kSelThreads) {
-    uint4 k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys) + i4);
-    const uint32_t kk[4] = {k4.x, k4.y, k4.z, k4.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (4 * i4 + j < mo) kmin = min(kmin, kk[j]), kmax = max(kmax, kk[j]);
-    }
-    if (a.keys_in_smem) reinterpret_cast<uint4*>(s_keys)[i4] = k4;
-  }
-  const uint32_t* keys = a.keys_in_smem ? s_keys : gkeys;
-  auto key_at = [&](int32_t i) { return a.keys_in_smem ? keys[i] : __ldcg(keys + i); };
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
-    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
-  }
-  if (tid == 0) s_digit = 0xffffffffu, s_above = 0;
-  __syncthreads();
-  if (lane == 0) atomicMin(&s_digit, kmin), atomicMax(&s_above, kmax);
-  __syncthreads();
-  kmin = s_digit;
-  kmax = s_above;
-  __syncthreads();
-  const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
-
-  uint32_t prefix = 0, mask = 0, remaining = need;
-  bool use_cand = false;
-  uint32_t ncand = 0;
-#pragma unroll 1
-  for (int hi = top_bits; hi > 0 && need > 0; hi -= 11) {
-    const int lo = hi > 11 ? hi - 11 : 0;
-    const int bins = 1 << (hi - lo);
-    for (int i = tid; i < bins; i += kSelThreads) s_hist[i] = 0;
-    __syncthreads();
-    if (use_cand) {
-      for (uint32_t base = warp * 32; base < ncand; base += kSelThreads) {
-        const uint32_t i = base + lane;
-        const uint32_t v = i < ncand ? s_cand[i] : 0u;
-        WarpHistAdd(s_hist, (v >> lo) & (bins - 1), i < ncand && (v & mask) == prefix);
-      }
-    } else {  // 4 keys per lane per step: independent loads and votes in flight
-      for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
-        uint32_t v[4];
-        bool ok[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int32_t i = base + 32 * j + lane;
-          v[j] = i < mo ? key_at(i) - kmin : 0u;
-          ok[j] = i < mo && (v[j] & mask) == prefix;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) WarpHistAdd(s_hist, (v[j] >> lo) & (bins - 1), ok[j]);
-      }
-    }
-    __syncthreads();
-    // Thread t owns descending bin positions [t * per, (t + 1) * per).
-    const int per = (bins + kSelThreads - 1) / kSelThreads;
-    uint32_t local = 0;
-    for (int j = 0; j < per; ++j) {
-      const int pos = tid * per + j;
-      if (pos < bins) local += s_hist[bins - 1 - pos];
-    }
-    uint32_t total;
-    uint32_t above = BlockExclusiveScan(local, &total, s_warp);
-    for (int j = 0; j < per; ++j) {
-      const int pos = tid * per + j;
-      if (pos >= bins) break;
-      const uint32_t cnt = s_hist[bins - 1 - pos];
-      if (above < remaining && remaining <= above + cnt) {
-        s_digit = uint32_t(bins - 1 - pos);
-        s_above = above;
-      }
-      above += cnt;
-    }
-    __syncthreads();
-    remaining -= s_above;
-    prefix |= s_digit << lo;
-    mask |= uint32_t(bins - 1) << lo;
-    if (!use_cand && lo > 0) {  // keep only the pivot bin's values when they fit
-      ncand = s_hist[s_digit];
-      if (ncand <= uint32_t(kMaxCandidates)) {
-        if (tid == 0) s_ncand = 0;
-        __syncthreads();
-        for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
-          uint32_t v[4];
-          bool ok[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int32_t i = base + 32 * j + lane;
-            v[j] = i < mo ? key_at(i) - kmin : 0u;
-            ok[j] = i < mo && (v[j] & mask) == prefix;
-          }
-#pragma unroll
-          for (int j = 0; j < 4; ++j) WarpAppend(s_cand, &s_ncand, v[j], ok[j]);
-        }
-        use_cand = true;
-      }
-    }
-    __syncthreads();  // s_digit / s_above / s_hist / s_cand are rewritten next
-  }
-  const uint32_t T = kmin + prefix;
-
-  // 6. Output in ascending block order: warp w owns a contiguous segment of [0, M - 1) and walks
-  // it 32 keys at a time (conflict-free), ranks from ballots; block M - 1 goes last.
-  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
-  const int32_t wlo = min(mo, warp * seg), whi = min(mo, wlo + seg);
-  uint32_t gt = 0, eq = 0;
-  for (int32_t base = wlo; base < whi; base += 128) {
-    uint32_t k[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const bool ok = base + 32 * j + lane < whi;
-      gt += __popc(__ballot_sync(0xffffffffu, ok && k[j] > T));
-      eq += __popc(__ballot_sync(0xffffffffu, ok && k[j] == T));
-    }
-  }
-  __syncthreads();
-  if (lane == 0) s_hist[warp] = gt, s_hist[kSelWarps + warp] = eq;
-  __syncthreads();
-  uint32_t pos = 0, tie_rank = 0;
-  for (int w = 0; w < warp; ++w) pos += s_hist[w], tie_rank += s_hist[kSelWarps + w];
-  pos += min(tie_rank, remaining);  // ties taken before this segment
-  const uint32_t lt = (1u << lane) - 1u;
-  for (int32_t base = wlo; base < whi; base += 128) {
-    uint32_t k[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int32_t i = base + 32 * j + lane;
-      const bool is_eq = i < whi && k[j] == T;
-      const uint32_t eq_mask = __ballot_sync(0xffffffffu, is_eq);
-      const bool sel = need > 0 && ((i < whi && k[j] > T) ||
-                                    (is_eq && tie_rank + __popc(eq_mask & lt) < remaining));
-      const uint32_t sel_mask = __ballot_sync(0xffffffffu, sel);
-      if (sel) out[pos + __popc(sel_mask & lt)] = i;
-      pos += __popc(sel_mask);
-      tie_rank += __popc(eq_mask);
-    }
-  }
   if (tid == 0) out[n - 1] = M - 1;
+  if (n <= 1) return;
+  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
+  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
+  StridedTail(s, gkeys, a.keys_in_smem ? reinterpret_cast<uint32_t*>(s_keys4) : nullptr, M - 1,
+              uint32_t(n - 1), out);
 }
 
 // Copies tokens' K/V rows into their page slots: one thread per 16-byte piece.
@@ -477,28 +761,47 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   }
   a.keys = reinterpret_cast<uint32_t*>(static_cast<char*>(p.workspace) + plan.keys_offset);
   a.counters = static_cast<int*>(p.workspace);
-  a.keys_in_smem = plan.max_blocks <= kMaxSmemKeys;
+  const int chunks = (plan.max_blocks + kSelChunk - 1) / kSelChunk;
+  const int rows = p.batch * p.kv.num_kv_heads;
+  cudaError_t err = cudaSuccess;
+  if (rows <= kFewRows) {
+    // One wave: at most (SMs / rows) CTAs per row, each looping over its chunks.
+    int device = 0, sms = 0;
+    err = cudaGetDevice(&device);
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    if (auto st = CudaStatus(err, "SelectBlocksCuda: SM count"); !st.ok()) return st;
+    const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
+    a.keys_in_smem = false;
+    if (p.kv.head_dim == 64) {
+      SelectKernel<64><<<grid, kSelThreads, 0, stream>>>(a);
+    } else {
+      SelectKernel<128><<<grid, kSelThreads, 0, stream>>>(a);
+    }
+    return CheckLaunch("SelectKernel");
+  }
+  const dim3 grid(chunks, p.kv.num_kv_heads, p.batch);
+  a.keys_in_smem = plan.max_blocks <= kMaxRegKeys;
   const int smem = a.keys_in_smem ? int(plan.key_stride * sizeof(uint32_t)) : 0;
-  const dim3 grid((plan.max_blocks + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);
   // The dynamic shared-memory limit is raised once per device to its largest use.
-  constexpr int kMaxSmem = kMaxSmemKeys * int(sizeof(uint32_t));
+  constexpr int kMaxSmem = (kMaxRegKeys + 4) * int(sizeof(uint32_t));
   static std::atomic<uint64_t> attr_done[2];
-  cudaError_t err;
   if (p.kv.head_dim == 64) {
     err = OncePerDevice(attr_done[0], [] {
-      return cudaFuncSetAttribute(SelectKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  kMaxSmem);
+      return cudaFuncSetAttribute(SelectWideKernel<64>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
     });
-    if (err == cudaSuccess) SelectKernel<64><<<grid, kSelThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) SelectWideKernel<64><<<grid, kSelThreads, smem, stream>>>(a);
   } else {
     err = OncePerDevice(attr_done[1], [] {
-      return cudaFuncSetAttribute(SelectKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  kMaxSmem);
+      return cudaFuncSetAttribute(SelectWideKernel<128>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
     });
-    if (err == cudaSuccess) SelectKernel<128><<<grid, kSelThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) SelectWideKernel<128><<<grid, kSelThreads, smem, stream>>>(a);
   }
-  if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectKernel)"); !st.ok()) return st;
-  return CheckLaunch("SelectKernel");
+  if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectWideKernel)"); !st.ok()) return st;
+  return CheckLaunch("SelectWideKernel");
 }
 
 absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream) {

@@ -54,6 +54,15 @@ std::vector<SelectCase> SelectCases() {
     cases.push_back({"len262144", {262144}, d, 7, 0.1f});      // 16384 blocks: keys in smem
     cases.push_back({"len300001", {300001, 33}, d, 6, 0.1f});  // keys selected from L2
   }
+  // Wide key range: many distinct scores, so the pivot bin is small and ranked directly.
+  cases.push_back({"spread", {262144, 70001, 4097}, 128, 7, 0.1f, 100});
+  cases.push_back({"spread_l2", {300001}, 64, 3, 0.1f, 100});
+  // Keys in {-1, 0, 1}: few distinct scores, large pivot bins, several radix passes.
+  cases.push_back({"clustered", {262144, 9000}, 64, 6, 0.1f, 1});
+  // Up to 4 sequences (8 rows) run the latency kernel, more the throughput kernel: short rows
+  // on the first, rows past 16384 blocks (keys in L2) on the second.
+  cases.push_back({"short_few", {1, 17, 4097}, 128, 7, 0.1f});
+  cases.push_back({"wide_l2", {300001, 1, 4097, 33, 70001}, 64, 3, 0.1f, 100});
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
   cases.push_back({"all_tied", {4097, 20000, 17}, 64, 3, 0.1f, 0});  // order decides everything
   return cases;

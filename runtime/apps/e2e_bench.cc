@@ -15,6 +15,7 @@
 #include "runtime/core/status.h"
 #include "runtime/engine/backend_factory.h"
 #include "runtime/engine/decoder.h"
+#include "runtime/engine/sampler.h"
 #include "runtime/engine/synthetic_model.h"
 
 namespace resa {
@@ -103,7 +104,8 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   const ModelConfig& c = backend.config();
   ResaOptions ro{mode, o.sparse_ratio, o.min_blocks, o.rectify_every};
   Decoder dec(backend);
-  // Logits stay on the device (as with sampling on the device; the PyTorch step keeps them too).
+  // Logits stay on the device; each step's tokens are sampled there (greedy, ModelBackend::
+  // Sample) and only the ids come back, as a serving loop would run.
   dec.set_host_logits(false);
   std::vector<int> ids;
   // The context starts short of `ctx` by the steps this row decodes: every step attends to at
@@ -120,6 +122,12 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   }
   // The warm-up runs a first rectification (buffers reach their size) and captures the graphs.
   std::vector<Decoder::Feed> feeds(batch);
+  std::vector<RowSampling> greedy(batch);
+  std::vector<int32_t> sampled(batch);
+  for (int b = 0; b < batch; ++b) {
+    greedy[b].row = b;  // feed order = logits row order
+    sampled[b] = int32_t((b * 131) % c.vocab_size);  // adopted contexts have no logits yet
+  }
   std::chrono::steady_clock::time_point t0;
   double r0 = 0;
   for (int step = 0; step < warm + o.steps; ++step) {
@@ -127,8 +135,9 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
       t0 = std::chrono::steady_clock::now();
       r0 = dec.rectify_seconds();
     }
-    for (int b = 0; b < batch; ++b) feeds[b] = {ids[b], int32_t((step * 7919 + b * 131) % c.vocab_size)};
+    for (int b = 0; b < batch; ++b) feeds[b] = {ids[b], sampled[b]};
     RESA_RETURN_IF_ERROR(dec.Step(feeds));
+    RESA_RETURN_IF_ERROR(backend.Sample(greedy, sampled.data()));
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   row.ms = 1e3 * secs / o.steps;

@@ -5,8 +5,9 @@
 // Every rank loads its TP shard of the weights and holds its SP share of the KV cache; all ranks
 // run the same forward steps; rank 0 samples each token and broadcasts it, streams the text and
 // prints the stats. Errors of one rank end the job on every rank (an agreement after each local
-// phase; a lost peer surfaces as a communicator error within --timeout). GPU ranks will pick their
-// device from the local rank once a CUDA backend exists; today every rank runs on the CPU.
+// phase; a lost peer surfaces as a communicator error within --timeout). With --device cuda the
+// model runs on the GPU of the rank's local rank (one rank: TP and SP ranks on GPUs are not
+// implemented yet, so a GPU job is a 1 x 1 grid).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -27,6 +28,7 @@
 #include "runtime/apps/process_setup.h"
 #include "runtime/core/status.h"
 #include "runtime/core/sysinfo.h"
+#include "runtime/engine/backend_factory.h"
 #include "runtime/engine/generate.h"
 #include "runtime/engine/model_grid.h"
 #include "runtime/engine/synthetic_model.h"
@@ -130,6 +132,16 @@ int RunWorker(const WorkerOptions& o) {
                          o.gen.min_blocks, o.gen.rectify_every};
   if (st.ok()) st = mode.status();
   if (st.ok()) st = resa.Validate();
+  auto device = ParseDevice(o.gen.device);
+  if (st.ok()) st = device.status();
+  if (st.ok() && *device == Device::kCuda && w.size() * std::max(1, o.tp) * std::max(1, o.sp) != 1) {
+    st = absl::UnimplementedError(
+        "--device cuda runs one rank (-np 1, --tp 1 --sp 1): tensor and sequence parallel ranks "
+        "on GPUs are not implemented yet; use --device cpu for TP x SP jobs");
+  }
+  if (st.ok() && *device == Device::kCuda && !o.selections_out.empty()) {
+    st = absl::InvalidArgumentError("--selections-out needs --device cpu");
+  }
   if (st.ok()) st = OpenModel(o, r);
 #if RESA_HAVE_GRPC
   // Before the weights load: a wrong coordinator address fails in seconds, on every rank.
@@ -156,6 +168,8 @@ int RunWorker(const WorkerOptions& o) {
   std::unique_ptr<CpuWeights> weights;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<CpuModel> model;
+  std::unique_ptr<ModelBackend> backend;  // the CpuModel's, or the GPU's
+  std::string placement = "cpu";
   {
     ProgressBar bar("loading " + std::filesystem::path(r.source->path()).filename().string());
     ProgressFn fn;
@@ -171,15 +185,25 @@ int RunWorker(const WorkerOptions& o) {
 #if RESA_HAVE_GRPC
     if (!o.coordinator.empty()) pages = serving::KvPagesPerRank(o.group, o.sp);
 #endif
-    if (st.ok()) {
+    if (st.ok() && *device == Device::kCuda) {
+      BackendOptions bo{.device = Device::kCuda, .kv_tokens = int64_t(pages) * kPageTokens};
+      bo.cuda_device = world.local_rank;
+      auto b = MakeBackend(*weights, bo);
+      st = b.status();
+      if (st.ok()) {
+        backend = std::move(b->model);
+        placement = b->description;
+      }
+    } else if (st.ok()) {
       auto c = KvCache::Create(cfg, pages, grid->kv_shard());
       st = c.status();
       if (st.ok()) cache = std::move(*c);
-    }
-    if (st.ok()) {
-      auto m = CpuModel::Create(*weights, *cache, grid->groups());
-      st = m.status();
-      if (st.ok()) model = std::move(*m);
+      if (st.ok()) {
+        auto m = CpuModel::Create(*weights, *cache, grid->groups());
+        st = m.status();
+        if (st.ok()) model = std::move(*m);
+      }
+      if (st.ok()) backend = std::make_unique<CpuBackend>(*model, *cache);
     }
   }
   w.set_timeout(absl::Seconds(std::max(o.timeout_s, 600.0)));
@@ -187,20 +211,21 @@ int RunWorker(const WorkerOptions& o) {
   w.set_timeout(absl::Seconds(o.timeout_s));
   if (!agreed.ok()) return Fail(rank, agreed, st.ok());
   if (!o.gen.quiet) {
-    std::fprintf(stderr, "[resa-worker] rank %d: %s, %.0f MB of weights, loaded in %.1fs\n", rank,
-                 grid->ToString().c_str(), weights->TotalBytes() / 1e6, load_sw.Seconds());
+    std::fprintf(stderr, "[resa-worker] rank %d: %s, %.0f MB of weights, loaded in %.1fs, %s\n",
+                 rank, grid->ToString().c_str(), weights->TotalBytes() / 1e6, load_sw.Seconds(),
+                 placement.c_str());
   }
 
   if (!o.coordinator.empty()) {
 #if RESA_HAVE_GRPC
     // Plans from the coordinator; every rank runs them, rank 0 holds the stream.
-    serving::WorkerSession session(*model, *cache, r.tokenizer->StopIds(), o.gen.ctx, &w);
+    serving::WorkerSession session(*backend, r.tokenizer->StopIds(), o.gen.ctx, &w);
     serving::WorkerLinkOptions link;
     link.coordinator = o.coordinator;
     link.security = o.security;
     link.connect_timeout = absl::Seconds(o.group.connect_timeout_s);
     const v1::WorkerRegister reg = serving::MakeRegistration(
-        o.gen.model, cfg, *r.tokenizer, o.group, w.size(), o.tp, o.sp, cache->num_pages());
+        o.gen.model, cfg, *r.tokenizer, o.group, w.size(), o.tp, o.sp, backend->num_pages());
     absl::Status served = serving::RunWorkerLink(link, reg, session, &w);
     if (!served.ok()) return Fail(rank, served);
     return 0;
@@ -228,7 +253,7 @@ int RunWorker(const WorkerOptions& o) {
   go.agree = &w;
   StreamDecoder stream(*r.tokenizer);
   std::vector<int32_t> generated;
-  auto stats = Generate(*model, *cache, r.prompt, go, [&](int32_t t) {
+  auto stats = Generate(*backend, r.prompt, go, [&](int32_t t) {
     generated.push_back(t);
     if (rank == 0) {
       const std::string piece = stream.Push(t);

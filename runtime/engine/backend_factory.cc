@@ -11,6 +11,30 @@
 
 namespace resa {
 
+#if RESA_HAVE_CUDA
+namespace {
+
+// Makes `index` the calling thread's current device (the backend allocates and launches there).
+absl::Status UseCudaDevice(int index) {
+  int count = 0;
+  if (cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device cuda: no usable CUDA device (", cudaGetErrorString(e), ")"));
+  }
+  if (index < 0 || index >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA device ", index, " does not exist (",
+                                                   count, " visible)"));
+  }
+  if (cudaError_t e = cudaSetDevice(index); e != cudaSuccess) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot use CUDA device ", index, ": ", cudaGetErrorString(e)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+#endif
+
 absl::StatusOr<Device> ParseDevice(std::string_view name) {
   if (name == "cpu") return Device::kCpu;
   if (name == "cuda") return Device::kCuda;
@@ -36,6 +60,7 @@ absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOpti
     return b;
   }
 #if RESA_HAVE_CUDA
+  RESA_RETURN_IF_ERROR(UseCudaDevice(options.cuda_device));
   cuda::CudaModelOptions o;
   o.kv_pages = int32_t(pages);
   o.gemv_max_rows = options.gemv_max_rows;
@@ -57,6 +82,7 @@ absl::StatusOr<Backend> MakeRandomBackend(const ModelConfig& config, uint64_t se
         "random device weights are a CUDA-backend feature; on the CPU use synthetic:<shape>");
   }
 #if RESA_HAVE_CUDA
+  RESA_RETURN_IF_ERROR(UseCudaDevice(options.cuda_device));
   cuda::CudaModelOptions o;
   o.kv_pages = int32_t((options.kv_tokens + kPageTokens - 1) / kPageTokens);
   o.gemv_max_rows = options.gemv_max_rows;

@@ -27,6 +27,8 @@ struct BackendOptions {
   int64_t kv_tokens = 0;
   // CUDA: decode batches of up to this many rows use the backend's GEMV, larger ones cuBLAS.
   int gemv_max_rows = 1;
+  // CUDA: the GPU (CUDA device index) the backend runs on; ranks pass their local rank.
+  int cuda_device = 0;
 };
 
 struct Backend {

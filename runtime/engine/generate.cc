@@ -40,6 +40,7 @@ absl::StatusOr<GenerateStats> Generate(ModelBackend& model, std::span<const int3
   stats.prompt_tokens = int(prompt.size());
   Sampler sampler(options.sampling);
   Decoder dec(model);
+  dec.set_host_logits(options.host_sampling);
   model.ResetStats();
 
   Stopwatch sw;
@@ -49,8 +50,16 @@ absl::StatusOr<GenerateStats> Generate(ModelBackend& model, std::span<const int3
 
   sw.Reset();
   // Rank 0's sample is everyone's (one int broadcast per token in a grid).
+  // Backend sampling reads the logits row of the last forward with logits: the prefill's last
+  // chunk, then each step's one row (rectification passes compute none).
   auto sample = [&]() -> absl::StatusOr<int32_t> {
-    int32_t t = sampler.Sample(dec.logits(id), vocab);
+    int32_t t = 0;
+    if (options.host_sampling) {
+      t = sampler.Sample(dec.logits(id), vocab);
+    } else {
+      const RowSampling row = sampler.Next(0);
+      RESA_RETURN_IF_ERROR(model.Sample({&row, 1}, &t));
+    }
     if (options.agree != nullptr && options.agree->size() > 1) {
       RESA_RETURN_IF_ERROR(options.agree->Broadcast(std::span<int32_t>(&t, 1), 0));
     }

@@ -22,6 +22,10 @@ struct GenerateOptions {
   SamplingParams sampling;
   ResaOptions resa{.mode = DecodeMode::kDense};
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+  // Where tokens are sampled. false (default): by the backend where its logits live
+  // (ModelBackend::Sample; on CUDA only the token ids come back, not the logits). true: each
+  // step's logits are copied to the host and the host Sampler picks (same rule, same tokens).
+  bool host_sampling = false;
   // Distributed runs: every rank of `agree` calls Generate; the token rank 0 samples is
   // broadcast, so all ranks feed the same tokens whatever their logits' last bits. Null: alone.
   Communicator* agree = nullptr;

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "runtime/engine/cpu_model.h"
 #include "runtime/engine/kv_cache.h"
+#include "runtime/engine/sampler.h"
 #include "runtime/model/model_config.h"
 
 namespace resa {
@@ -30,6 +31,13 @@ class ModelBackend {
   // [rows][vocab], chunk order); a null `logits` computes them but returns none. An error
   // leaves the cache and the sequences unchanged.
   virtual absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) = 0;
+  // Samples one token per entry from the logits rows of the last Forward that computed any
+  // (a forward without logits rows, e.g. a rectification, leaves them in place), where they
+  // live, with SampleWithUniform's rule: tokens[i] from row rows[i].row (chunk order, as
+  // Forward writes logits) with rows[i].params and rows[i].u. Several entries may name the same
+  // row. InvalidArgument for a row out of range or invalid params. Callers that need no
+  // logits pass a null destination to Forward (Decoder::set_host_logits(false)) and sample here.
+  virtual absl::Status Sample(std::span<const RowSampling> rows, int32_t* tokens) = 0;
   // Gives `to` (empty) its own pages holding a copy of `from`'s K/V and summaries, and from's
   // length. ResourceExhausted when the pool is short (to stays empty).
   virtual absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) = 0;
@@ -37,6 +45,9 @@ class ModelBackend {
   virtual void Release(SequenceKv& seq) = 0;
   // Positions one sequence can hold at most (the whole pool).
   virtual int32_t max_tokens() const = 0;
+  // The KV pool in 16-token pages: its size and the pages no sequence holds.
+  virtual int32_t num_pages() const = 0;
+  virtual int32_t free_pages() const = 0;
   // Time spent in selection and sparse/dense attention (CpuModel::stats semantics; a backend
   // that cannot attribute time per kernel without synchronising reports zeros).
   virtual ForwardStats stats() const = 0;
@@ -61,9 +72,12 @@ class CpuBackend final : public ModelBackend {
 
   const ModelConfig& config() const override { return model_.config(); }
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) override;
+  absl::Status Sample(std::span<const RowSampling> rows, int32_t* tokens) override;
   absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override;
   void Release(SequenceKv& seq) override { cache_.Release(seq); }
   int32_t max_tokens() const override { return cache_.max_tokens(); }
+  int32_t num_pages() const override { return cache_.num_pages(); }
+  int32_t free_pages() const override { return cache_.free_pages(); }
   ForwardStats stats() const override { return model_.stats(); }
   void ResetStats() override { model_.ResetStats(); }
 
@@ -73,7 +87,9 @@ class CpuBackend final : public ModelBackend {
  private:
   CpuModel& model_;
   KvCache& cache_;
-  std::vector<float> scratch_;  // logits asked for without a destination
+  std::vector<float> scratch_;  // the last forward's logits rows (also copied to a destination)
+  int64_t scratch_rows_ = 0;
+  std::vector<std::pair<float, int32_t>> cand_;  // SampleWithUniform's scratch
 };
 
 // A CPU backend that owns its cache and model (what the backend factory hands out).
@@ -86,11 +102,16 @@ class OwningCpuBackend final : public ModelBackend {
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) override {
     return inner_.Forward(chunks, logits);
   }
+  absl::Status Sample(std::span<const RowSampling> rows, int32_t* tokens) override {
+    return inner_.Sample(rows, tokens);
+  }
   absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override {
     return inner_.CopySequence(from, to);
   }
   void Release(SequenceKv& seq) override { inner_.Release(seq); }
   int32_t max_tokens() const override { return inner_.max_tokens(); }
+  int32_t num_pages() const override { return inner_.num_pages(); }
+  int32_t free_pages() const override { return inner_.free_pages(); }
   ForwardStats stats() const override { return inner_.stats(); }
   void ResetStats() override { inner_.ResetStats(); }
 

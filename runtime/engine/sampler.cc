@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -22,54 +23,73 @@ absl::Status SamplingParams::Validate() const {
 }
 
 int32_t ArgMax(const float* logits, int n) {
-  int32_t best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (logits[i] > logits[best]) best = i;
+  int32_t best = -1;
+  for (int i = 0; i < n; ++i) {
+    if (std::isnan(logits[i])) continue;
+    if (best < 0 || logits[i] > logits[best]) best = i;
   }
-  return best;
+  return best < 0 ? 0 : best;
 }
 
-int32_t Sampler::Sample(const float* logits, int vocab_size) {
-  if (p_.temperature == 0.0f) return ArgMax(logits, vocab_size);
-  cand_.resize(vocab_size);
-  for (int i = 0; i < vocab_size; ++i) cand_[i] = {logits[i], i};
+int32_t SampleWithUniform(const float* logits, int vocab, const SamplingParams& p, double u,
+                          std::vector<std::pair<float, int32_t>>* scratch) {
+  if (p.temperature == 0.0f) return ArgMax(logits, vocab);
+  std::vector<std::pair<float, int32_t>> local;
+  std::vector<std::pair<float, int32_t>>& cand = scratch != nullptr ? *scratch : local;
+  cand.resize(size_t(vocab));
+  for (int i = 0; i < vocab; ++i) {
+    cand[size_t(i)] = {std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i],
+                       i};
+  }
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  size_t n = cand_.size();
-  if (p_.top_k > 0 && size_t(p_.top_k) < n) {
-    n = size_t(p_.top_k);
-    std::partial_sort(cand_.begin(), cand_.begin() + n, cand_.end(), by_logit);
+  size_t n = cand.size();
+  if (p.top_k > 0 && size_t(p.top_k) < n) {
+    n = size_t(p.top_k);
+    std::partial_sort(cand.begin(), cand.begin() + ptrdiff_t(n), cand.end(), by_logit);
   } else {
-    std::sort(cand_.begin(), cand_.end(), by_logit);
+    std::sort(cand.begin(), cand.end(), by_logit);
   }
   // Softmax at temperature over the candidates (sorted, so the max is first).
-  const float mx = cand_[0].first;
+  const float mx = cand[0].first;
+  if (!std::isfinite(mx)) return ArgMax(logits, vocab);  // as the CUDA kernel
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    cand_[i].first = float(std::exp(double(cand_[i].first - mx) / p_.temperature));
-    total += cand_[i].first;
+    cand[i].first = float(std::exp(double(cand[i].first - mx) / p.temperature));
+    total += cand[i].first;
   }
-  if (p_.top_p < 1.0f) {
+  if (p.top_p < 1.0f) {
     // Keep the smallest prefix whose mass reaches top_p (always at least one token).
     double mass = 0.0;
     size_t keep = 0;
     while (keep < n) {
-      mass += cand_[keep].first / total;
+      mass += cand[keep].first / total;
       ++keep;
-      if (mass >= p_.top_p) break;
+      if (mass >= p.top_p) break;
     }
     n = keep;
     total = 0.0;
-    for (size_t i = 0; i < n; ++i) total += cand_[i].first;
+    for (size_t i = 0; i < n; ++i) total += cand[i].first;
   }
-  std::uniform_real_distribution<double> u(0.0, total);
-  double x = u(rng_);
+  // Inverse CDF. x = u * total is exactly what std::uniform_real_distribution<double>(0, total)
+  // returns for the canonical u, which keeps the host token streams of earlier releases.
+  double x = u * total;
   for (size_t i = 0; i < n; ++i) {
-    x -= cand_[i].first;
-    if (x <= 0.0) return cand_[i].second;
+    x -= cand[i].first;
+    if (x <= 0.0) return cand[i].second;
   }
-  return cand_[n - 1].second;
+  return cand[n - 1].second;
+}
+
+double Sampler::Draw() {
+  if (p_.temperature == 0.0f) return 0.0;
+  return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
+}
+
+int32_t Sampler::Sample(const float* logits, int vocab_size) {
+  const double u = Draw();
+  return SampleWithUniform(logits, vocab_size, p_, u, &cand_);
 }
 
 }  // namespace resa

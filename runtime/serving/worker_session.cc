@@ -45,25 +45,34 @@ bool IsSequenceError(const absl::Status& st) {
 
 }  // namespace
 
-WorkerSession::WorkerSession(CpuModel& model, KvCache& cache, std::vector<int32_t> stop_ids,
+WorkerSession::WorkerSession(ModelBackend& backend, std::vector<int32_t> stop_ids,
                              int32_t max_context, Communicator* agree)
-    : model_(model),
-      cache_(cache),
-      decoder_(model, cache),
+    : backend_(backend),
+      decoder_(backend),
       stop_ids_(std::move(stop_ids)),
       max_context_(max_context),
       agree_(agree) {
   decoder_.set_schedule(Decoder::Schedule::kExternal);
+  // Decode steps sample where the logits are (on a GPU only the token ids come back).
+  decoder_.set_host_logits(false);
 }
 
-int64_t WorkerSession::pages_used() const { return cache_.num_pages() - cache_.free_pages(); }
+int64_t WorkerSession::pages_used() const {
+  return backend_.num_pages() - backend_.free_pages();
+}
 
-absl::Status WorkerSession::SampleAndShare(const std::vector<uint64_t>& order,
+absl::Status WorkerSession::SampleAndShare(const std::vector<uint64_t>& order, bool after_step,
                                            std::vector<int32_t>& tokens) {
   tokens.assign(order.size(), 0);
   const bool root = agree_ == nullptr || agree_->rank() == 0;
-  if (root) {
-    const int vocab = model_.config().vocab_size;
+  if (root && after_step && !order.empty()) {
+    // Row i of the step's forward is order[i]'s; one launch samples the batch.
+    std::vector<RowSampling> rows(order.size());
+    for (size_t i = 0; i < order.size(); ++i) rows[i] = seqs_.at(order[i]).sampler->Next(int32_t(i));
+    RESA_RETURN_IF_ERROR(backend_.Sample(rows, tokens.data()));
+  } else if (root) {
+    // After admissions: each prefill's last logits are on the host (one forward per prompt).
+    const int vocab = backend_.config().vocab_size;
     for (size_t i = 0; i < order.size(); ++i) {
       Seq& s = seqs_.at(order[i]);
       tokens[i] = s.sampler->Sample(decoder_.logits(s.id), vocab);
@@ -180,7 +189,7 @@ absl::Status WorkerSession::Execute(const v1::Plan& plan,
     admitted.push_back(a.seq());
   }
   std::vector<int32_t> tokens;
-  RESA_RETURN_IF_ERROR(SampleAndShare(admitted, tokens));
+  RESA_RETURN_IF_ERROR(SampleAndShare(admitted, /*after_step=*/false, tokens));
   record(admitted, tokens);
 
   int32_t steps = 0;
@@ -194,7 +203,7 @@ absl::Status WorkerSession::Execute(const v1::Plan& plan,
     }
     RESA_RETURN_IF_ERROR(decoder_.Step(feeds));
     ++steps;
-    RESA_RETURN_IF_ERROR(SampleAndShare(order, tokens));
+    RESA_RETURN_IF_ERROR(SampleAndShare(order, /*after_step=*/true, tokens));
     record(order, tokens);
     std::vector<int> rectify;
     for (uint64_t seq : step.rectify()) {

@@ -19,15 +19,17 @@
 #include "parallel/communicator.h"
 #include "resa.pb.h"
 #include "runtime/engine/decoder.h"
+#include "runtime/engine/model_backend.h"
 #include "runtime/engine/sampler.h"
 
 namespace resa::serving {
 
 class WorkerSession {
  public:
-  // `agree`: the communicator over every rank of the group (null for a group of one).
-  WorkerSession(CpuModel& model, KvCache& cache, std::vector<int32_t> stop_ids,
-                int32_t max_context, Communicator* agree);
+  // `backend`: this rank's model and KV pool (CPU or CUDA). `agree`: the communicator over every
+  // rank of the group (null for a group of one).
+  WorkerSession(ModelBackend& backend, std::vector<int32_t> stop_ids, int32_t max_context,
+                Communicator* agree);
 
   // Runs `plan`, calling `emit` (rank 0's events: step tokens, sequence done, plan done) as they
   // happen. Errors of one sequence (such as an invalid setting) finish that sequence with
@@ -47,15 +49,17 @@ class WorkerSession {
     bool ignore_eos = false;
     int32_t last = 0;
   };
-  // Samples (rank 0) and broadcasts one token per sequence of `order` from the decoder's logits.
-  absl::Status SampleAndShare(const std::vector<uint64_t>& order, std::vector<int32_t>& tokens);
+  // Samples (rank 0) and broadcasts one token per sequence of `order`: after a decode step from
+  // that step's logits rows (order = feed order) through the backend; after admissions from
+  // each prefill's host logits.
+  absl::Status SampleAndShare(const std::vector<uint64_t>& order, bool after_step,
+                              std::vector<int32_t>& tokens);
   // After a token: the reason the sequence stops here, or UNSPECIFIED.
   v1::FinishReason StopReason(const Seq& s, int32_t token) const;
   void Finish(uint64_t seq, v1::FinishReason reason, const std::string& error,
               const std::function<void(v1::WorkerEvent)>& emit);
 
-  CpuModel& model_;
-  KvCache& cache_;
+  ModelBackend& backend_;
   Decoder decoder_;
   std::vector<int32_t> stop_ids_;
   int32_t max_context_;

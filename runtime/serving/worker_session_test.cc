@@ -68,7 +68,8 @@ class WorkerSessionTest : public ::testing::Test {
                                     std::map<int, uint64_t> cancel_at = {}) {
     auto cache = std::move(KvCache::Create(weights_->config, 64).value());
     CpuModel model(*weights_, *cache);
-    WorkerSession session(model, *cache, stop_ids, 1024, nullptr);
+    CpuBackend backend(model, *cache);
+    WorkerSession session(backend, stop_ids, 1024, nullptr);
     BatchScheduler sched(so);
     sched.SetCapacity({.kv_pages = 64, .max_context = 1024, .max_batch = 8});
     std::map<uint64_t, Outcome> out;

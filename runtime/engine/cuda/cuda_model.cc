@@ -74,6 +74,7 @@ CudaModel::~CudaModel() {
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
+  if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -650,6 +651,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
     return st;
   };
   if (plan.rows == 0) return absl::OkStatus();
+  if (plan.nl > 0) logits_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
   plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
   if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);
   std::memcpy(meta_host_, plan.meta.data(), plan.meta.size() * 4);
@@ -703,10 +705,80 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   if (logits != nullptr && plan.nl > 0) {
     std::memcpy(logits, logits_host_, size_t(plan.nl) * vocab * 4);
   }
+  if (plan.nl > 0) logits_rows_ = plan.nl;
   for (size_t i = 0; i < chunks.size(); ++i) {
     chunks[i].seq->length =
         std::max(chunks[i].seq->length, plan.starts[i] + int32_t(chunks[i].tokens.size()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Sample(std::span<const RowSampling> rows, int32_t* tokens) {
+  if (rows.empty()) return absl::OkStatus();
+  const int vocab = config().vocab_size;
+  if (rows.size() > 65535) return absl::InvalidArgumentError("Sample: more than 65535 rows");
+  bool greedy = true;
+  for (const RowSampling& r : rows) {
+    if (r.row < 0 || r.row >= logits_rows_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Sample: logits row ", r.row, " out of range; the last forward produced ", logits_rows_));
+    }
+    RESA_RETURN_IF_ERROR(r.params.Validate());
+    if (!(r.u >= 0.0 && r.u < 1.0)) {
+      return absl::InvalidArgumentError(absl::StrCat("Sample: u must be in [0, 1), got ", r.u));
+    }
+    greedy &= r.params.temperature == 0.0f || r.params.top_k == 1;
+  }
+  const size_t n = rows.size();
+  const size_t spec_bytes = n * sizeof(SampleRowSpec);
+  if (n > sample_cap_) {
+    const size_t cap = std::max<size_t>(n, 64);
+    const size_t bytes = cap * (sizeof(SampleRowSpec) + sizeof(int32_t));
+    if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
+    sample_host_ = nullptr;
+    sample_cap_ = 0;
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMallocHost(&sample_host_, bytes), "cudaMallocHost(sampling)"));
+    sample_dev_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(sample_dev_, DeviceAllocation::Create(bytes, "sampling rows"));
+    sample_cap_ = cap;
+  }
+  if (!greedy && int64_t(n) > weights_rows_) {
+    const int64_t cap = std::max<int64_t>(int64_t(n), 8);
+    sample_weights_ = DeviceAllocation();
+    weights_rows_ = 0;
+    RESA_ASSIGN_OR_RETURN(sample_weights_, DeviceAllocation::Create(size_t(cap) * vocab * 4,
+                                                                   "sampling weights"));
+    weights_rows_ = cap;
+  }
+  auto* specs = reinterpret_cast<SampleRowSpec*>(sample_host_);
+  for (size_t i = 0; i < n; ++i) {
+    const SamplingParams& p = rows[i].params;
+    specs[i] = SampleRowSpec{rows[i].row, p.temperature, p.top_k, p.top_p, rows[i].u};
+  }
+  // Specs, then the ids (int32) after the cap's specs.
+  char* dev = sample_dev_.as<char>();
+  const size_t ids_at = sample_cap_ * sizeof(SampleRowSpec);
+  SampleRowsParams sp;
+  sp.logits = dlogits_;
+  sp.vocab = vocab;
+  sp.specs = reinterpret_cast<const SampleRowSpec*>(dev);
+  sp.num_rows = int(n);
+  sp.weights = greedy ? nullptr : sample_weights_.as<float>();
+  sp.tokens = reinterpret_cast<int32_t*>(dev + ids_at);
+  absl::Status st = CudaStatus(
+      cudaMemcpyAsync(dev, sample_host_, spec_bytes, cudaMemcpyHostToDevice, stream_),
+      "uploading sampling rows");
+  if (st.ok()) st = SampleRowsCuda(sp, stream_);
+  if (st.ok()) {
+    st = CudaStatus(cudaMemcpyAsync(sample_host_ + ids_at, sp.tokens, n * 4,
+                                    cudaMemcpyDeviceToHost, stream_),
+                    "downloading sampled ids");
+  }
+  const absl::Status sync = CudaStatus(cudaStreamSynchronize(stream_), "sampling");
+  if (st.ok()) st = sync;
+  RESA_RETURN_IF_ERROR(st);
+  std::memcpy(tokens, sample_host_ + ids_at, n * 4);
   return absl::OkStatus();
 }
 

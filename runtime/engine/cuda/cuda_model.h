@@ -15,6 +15,9 @@
 // Sparse decode rows are exactly those of the CPU backend (a row is sparse iff n < M). The
 // selection on the GPU scores bf16 summaries of bf16 keys; the CPU scores fp32 ones, so the two
 // may pick different blocks where scores nearly tie (selection_cuda.h).
+//
+// Sampling stays on the device: the last forward's logits rows stay in device memory, Sample
+// runs SampleRowsCuda over them and downloads only the token ids.
 #pragma once
 
 #include <cublas_v2.h>
@@ -30,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/engine/cpu_weights.h"
 #include "runtime/engine/cuda/device_memory.h"
+#include "runtime/engine/cuda/sampling_cuda.h"
 #include "runtime/engine/model_backend.h"
 
 namespace resa::cuda {
@@ -57,9 +61,14 @@ class CudaModel final : public ModelBackend {
 
   const ModelConfig& config() const override { return weights_->config(); }
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) override;
+  // One launch of SampleRowsCuda after the forward (not part of its graph), then a download of
+  // the ids and a synchronisation.
+  absl::Status Sample(std::span<const RowSampling> rows, int32_t* tokens) override;
   absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override;
   void Release(SequenceKv& seq) override { cache_->Release(seq); }
   int32_t max_tokens() const override { return cache_->max_tokens(); }
+  int32_t num_pages() const override { return cache_->num_pages(); }
+  int32_t free_pages() const override { return cache_->free_pages(); }
   // Blocks read / total are counted; kernel times are not attributed (zeros): the forward does
   // not synchronise between kernels.
   ForwardStats stats() const override { return stats_; }
@@ -121,6 +130,13 @@ class CudaModel final : public ModelBackend {
   DeviceAllocation meta_dev_, blocks_mem_;
   size_t blocks_cap_ = 0;
   float* logits_host_ = nullptr;  // pinned [logits_cap_][vocab]
+  int64_t logits_rows_ = 0;       // rows of dlogits_ the last forward with logits wrote
+  // Sampling: pinned staging and device copies of the row specs and token ids for up to
+  // sample_cap_ rows; the weights workspace [weights_rows_][vocab] for non-greedy rows.
+  size_t sample_cap_ = 0;
+  char* sample_host_ = nullptr;
+  DeviceAllocation sample_dev_, sample_weights_;
+  int64_t weights_rows_ = 0;
   DeviceAllocation workspace_;
   std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
   ForwardStats stats_;
