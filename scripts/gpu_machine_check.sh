@@ -15,7 +15,7 @@
 #     apt-get download libgrpc++-dev libgrpc++1.51 libgrpc29 libgrpc-dev protobuf-compiler-grpc \
 #     prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
 #     libprometheus-cpp-push1.0 libcivetweb-dev libcivetweb1 libre2-dev libre2-9 libc-ares-dev \
-#     libc-ares2 libssl-dev
+#     libc-ares2 libssl-dev civetweb libcurl4-openssl-dev libcurl4
 # Outputs (logs) go to $OUT (default /tmp/out).
 set -uo pipefail
 source "$(dirname "$0")/gpu_carry_env.sh"

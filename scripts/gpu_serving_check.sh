@@ -10,7 +10,7 @@ mkdir -p "$out"
 failed=0
 check() {  # check NAME CONDITION...
   local name="$1"; shift
-  if "$@"; then echo "ok   $name"; else echo "FAIL $name"; failed=1; fi
+  if "$@"; then echo "ok   $name"; else echo "FAIL $name"; failed=1; return 1; fi
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_serving() {  # wait_serving ADDR SECONDS (gives up when the server process is gone)
@@ -31,7 +31,7 @@ for mode in dense resa; do
   check "resa generate --device $device --mode $mode" test $? -eq 0
 done
 
-run_group() {  # run_group NAME: the server in $server_pid, listening on $addr, metrics on $maddr
+run_group() {  # run_group NAME: the server in $server_pid (log $log), on $addr, metrics on $maddr
   local name="$1"
   check "$name: SERVING within 300 s" wait_serving "$addr" 300
   "$bin/resa-client" --server "$addr" model > "$out/${name}_model.json" 2>&1
@@ -55,27 +55,29 @@ run_group() {  # run_group NAME: the server in $server_pid, listening on $addr, 
   local bad=0
   for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
   check "$name: 8 concurrent streams finish" test $bad -eq 0
-  curl -s "http://$maddr/metrics" > "$out/${name}_metrics.txt"
+  python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$maddr/metrics', timeout=10).read().decode())" \
+    > "$out/${name}_metrics.txt"
   check "$name: metrics count generated tokens" \
     awk '/^resa_generated_tokens_total /{ok = $2 >= 4 * 48 + 8} END{exit !ok}' \
     "$out/${name}_metrics.txt"
   kill -TERM "$server_pid"
   wait "$server_pid"
-  check "$name: SIGTERM drains and exits 0" test $? -eq 0
+  local rc=$?
+  check "$name: SIGTERM drains and exits 0" test $rc -eq 0 || tail -5 "$log"
 }
 
 # 1. resa serve: coordinator and an in-process GPU worker.
 addr="127.0.0.1:$(free_port)"; maddr="127.0.0.1:$(free_port)"
 "$bin/resa" serve --model "$model" --device "$device" --listen "$addr" --metrics-listen "$maddr" \
   --ctx 4096 --max-batch 8 > "$out/serve.log" 2>&1 &
-server_pid=$!
+server_pid=$!; log="$out/serve.log"
 run_group serve
 
 # 2. resa-coordinator + resa-worker (the cluster layout on one GPU).
 addr="127.0.0.1:$(free_port)"; maddr="127.0.0.1:$(free_port)"
 "$bin/resa-coordinator" --model "$model" --listen "$addr" --metrics-listen "$maddr" \
   > "$out/coordinator.log" 2>&1 &
-server_pid=$!
+server_pid=$!; log="$out/coordinator.log"
 sleep 1
 "$bin/resa-worker" -m "$model" --device "$device" --coordinator "$addr" --ctx 4096 --max-batch 8 \
   > "$out/worker.log" 2>&1 &

@@ -145,10 +145,23 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
-// Signals are taken by one thread (sigtimedwait) so that gRPC and OpenMP threads never see them.
+// Signals delivered to a thread that does not block them (one a library started before main
+// blocked them, such as OpenBLAS's pthread pool, created by a load-time constructor): counted by
+// this handler instead of taking the default action (termination).
+std::atomic<int> g_signals_handled{0};
+extern "C" void CountSignal(int) { g_signals_handled.fetch_add(1, std::memory_order_relaxed); }
+
+// Signals are taken by one thread (sigtimedwait) so that gRPC and OpenMP threads never see them;
+// the handler above catches the ones that reach a thread which never blocked them.
 class SignalWatcher {
  public:
   explicit SignalWatcher(const sigset_t& set) : set_(set) {
+    struct sigaction sa {};
+    sa.sa_handler = CountSignal;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGTERM, SIGINT}) {
+      if (sigismember(&set_, sig) == 1) sigaction(sig, &sa, &old_[sig == SIGINT]);
+    }
     thread_ = std::thread([this] {
       timespec tick{0, 200 * 1000 * 1000};
       while (!stop_) {
@@ -159,11 +172,15 @@ class SignalWatcher {
   ~SignalWatcher() {
     stop_ = true;
     thread_.join();
+    for (int sig : {SIGTERM, SIGINT}) {
+      if (sigismember(&set_, sig) == 1) sigaction(sig, &old_[sig == SIGINT], nullptr);
+    }
   }
-  int count() const { return count_; }
+  int count() const { return count_ + g_signals_handled.load(std::memory_order_relaxed); }
 
  private:
   sigset_t set_;
+  struct sigaction old_[2] {};
   std::atomic<bool> stop_{false};
   std::atomic<int> count_{0};
   std::thread thread_;
