@@ -207,7 +207,7 @@ class Server:
     """A `resa serve` (or coordinator + separate worker) with stubs bound to its port."""
 
     def __init__(self, cluster, stubs, extra=(), split=False, worker_extra=(), name="serve",
-                 threads=2, ctx=1024, max_batch=8):
+                 threads=2, ctx=1024, max_batch=8, env=None):
         import grpc  # noqa: PLC0415
         self.grpc = grpc
         self.pb, self.pb_grpc, self.hpb, self.hpb_grpc = stubs
@@ -227,7 +227,8 @@ class Server:
                           + list(extra))
             self.start_worker()
         else:
-            cluster.start(name, ["resa", "serve", "--threads", str(threads)] + common + list(extra))
+            cluster.start(name, ["resa", "serve", "--threads", str(threads)] + common + list(extra),
+                          env=env)
         self.channel = grpc.insecure_channel(self.addr, options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20)])
