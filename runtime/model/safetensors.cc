@@ -264,8 +264,14 @@ absl::Status ConvertToF32(Dtype dtype, const uint8_t* src, float* dst, int64_t n
   }
 }
 
-std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
-                                 const std::vector<std::pair<std::string, std::string>>& metadata) {
+uint64_t TensorHeader::num_bytes() const {
+  uint64_t n = DtypeSize(dtype);
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+std::string SerializeHeader(const std::vector<TensorHeader>& tensors,
+                            const std::vector<std::pair<std::string, std::string>>& metadata) {
   Json header = Json::object();
   if (!metadata.empty()) {
     Json m = Json::object();
@@ -273,12 +279,12 @@ std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
     header["__metadata__"] = std::move(m);
   }
   uint64_t offset = 0;
-  for (const TensorToWrite& t : tensors) {
+  for (const TensorHeader& t : tensors) {
     Json e = Json::object();
     e["dtype"] = std::string(DtypeName(t.dtype));
     e["shape"] = t.shape;
-    e["data_offsets"] = {offset, offset + t.bytes.size()};
-    offset += t.bytes.size();
+    e["data_offsets"] = {offset, offset + t.num_bytes()};
+    offset += t.num_bytes();
     header[t.name] = std::move(e);
   }
   std::string text = header.dump(-1, ' ', false, Json::error_handler_t::replace);
@@ -287,6 +293,15 @@ std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
   const uint64_t len = text.size();
   std::memcpy(out.data(), &len, 8);
   out += text;
+  return out;
+}
+
+std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
+                                 const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::vector<TensorHeader> headers;
+  headers.reserve(tensors.size());
+  for (const TensorToWrite& t : tensors) headers.push_back({t.name, t.dtype, t.shape});
+  std::string out = SerializeHeader(headers, metadata);
   for (const TensorToWrite& t : tensors) out += t.bytes;
   return out;
 }

@@ -77,6 +77,19 @@ class SafetensorsFile {
 // Converts `n` consecutive elements of a float dtype to fp32; InvalidArgument for other dtypes.
 absl::Status ConvertToF32(Dtype dtype, const uint8_t* src, float* dst, int64_t n);
 
+// One tensor of a file being written (SerializeHeader, safetensors_writer.h).
+struct TensorHeader {
+  std::string name;
+  Dtype dtype = Dtype::kF32;
+  std::vector<int64_t> shape;  // row-major, outermost first
+  uint64_t num_bytes() const;  // product of shape x dtype size
+};
+
+// The 8-byte length plus the JSON header (padded with spaces to a multiple of 8, as the
+// reference implementation does) for `tensors` laid out back to back in order.
+std::string SerializeHeader(const std::vector<TensorHeader>& tensors,
+                            const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
 // One tensor for SerializeSafetensors: `bytes` must hold exactly shape x dtype size bytes.
 struct TensorToWrite {
   std::string name;

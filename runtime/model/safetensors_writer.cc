@@ -8,13 +8,10 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "nlohmann/json.hpp"
 #include "runtime/core/status.h"
 
 namespace resa::safetensors {
 namespace {
-
-using Json = nlohmann::json;
 
 absl::Status Errno(absl::string_view call, const std::string& path, int err) {
   const std::string what = absl::StrCat(path, ": ", call, ": ", std::strerror(err));
@@ -64,38 +61,6 @@ std::string ParentDir(const std::string& path) {
 }
 
 }  // namespace
-
-uint64_t TensorHeader::num_bytes() const {
-  uint64_t n = DtypeSize(dtype);
-  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
-  return n;
-}
-
-std::string SerializeHeader(const std::vector<TensorHeader>& tensors,
-                            const std::vector<std::pair<std::string, std::string>>& metadata) {
-  Json header = Json::object();
-  if (!metadata.empty()) {
-    Json m = Json::object();
-    for (const auto& [k, v] : metadata) m[k] = v;
-    header["__metadata__"] = std::move(m);
-  }
-  uint64_t offset = 0;
-  for (const TensorHeader& t : tensors) {
-    Json e = Json::object();
-    e["dtype"] = std::string(DtypeName(t.dtype));
-    e["shape"] = t.shape;
-    e["data_offsets"] = {offset, offset + t.num_bytes()};
-    offset += t.num_bytes();
-    header[t.name] = std::move(e);
-  }
-  std::string text = header.dump(-1, ' ', false, Json::error_handler_t::replace);
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::string out(8, '\0');
-  const uint64_t len = text.size();
-  std::memcpy(out.data(), &len, 8);
-  out += text;
-  return out;
-}
 
 absl::StatusOr<std::unique_ptr<SafetensorsStreamWriter>> SafetensorsStreamWriter::Create(
     const std::string& path, std::vector<TensorHeader> tensors,

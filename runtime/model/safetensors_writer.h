@@ -20,18 +20,6 @@
 
 namespace resa::safetensors {
 
-struct TensorHeader {
-  std::string name;
-  Dtype dtype = Dtype::kF32;
-  std::vector<int64_t> shape;  // row-major, outermost first
-  uint64_t num_bytes() const;  // product of shape x dtype size
-};
-
-// The 8-byte length plus the JSON header (padded with spaces to a multiple of 8, as the
-// reference implementation does) for `tensors` laid out back to back in order.
-std::string SerializeHeader(const std::vector<TensorHeader>& tensors,
-                            const std::vector<std::pair<std::string, std::string>>& metadata = {});
-
 class SafetensorsStreamWriter {
  public:
   // Creates "<path>.partial" (replacing a stale one) and writes the header. Errors name the path.
