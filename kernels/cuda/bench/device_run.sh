@@ -4,13 +4,7 @@
 # `ctest -L gpu`, the benchmark and a short ncu profile. Everything lands in $OUT.
 #   usage (repository root): bash kernels/cuda/bench/device_run.sh [bench args...]
 set -uo pipefail
-out="${OUT:-/tmp/resa-out}"
-mkdir -p "$out"
-deps=/tmp/deps
-mkdir -p "$deps"
-for f in .carry/*.deb; do dpkg -x "$f" "$deps"; done
-lib="$deps/usr/lib/x86_64-linux-gnu"
-export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread:${LD_LIBRARY_PATH:-}"
+source scripts/gpu_carry_env.sh  # out, deps, lib and the loader paths for the carried packages
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv >"$out/gpu.txt" 2>&1
 build=build-h200
 start=$(date +%s)
