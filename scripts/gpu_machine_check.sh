@@ -3,7 +3,8 @@
 # H200 image: no abseil, PCRE2, utf8proc, spdlog/fmt, CLI11, nlohmann-json, gtest/gmock or
 # OpenBLAS headers, no gRPC or prometheus-cpp), runs `ctest -L gpu` and the CPU unit tests of the
 # kernels, engine and parallel layers, then (when gRPC resolves) the control plane on the GPU
-# (scripts/gpu_serving_check.sh on a random-weight R1-Distill-Qwen-1.5B-shaped model) and, with
+# (scripts/gpu_serving_check.sh on a random-weight R1-Distill-Qwen-1.5B-shaped model), TP x SP
+# GPU ranks under mpirun (scripts/gpu_parallel_check.sh, same model) and, with
 # E2E="resa-bench e2e flags", the end-to-end decode benchmark.
 # Carry the packages in .carry/ (ignored by git), fetched on a Debian 12 machine:
 #   mkdir -p .carry && cd .carry && apt-get download libabsl-dev libabsl20220623 libpcre2-dev \
@@ -58,6 +59,11 @@ if grep -q "gRPC=ON" $out/configure.log && [ -x $build/bin/resa-client ] && [ -f
   echo "serving check rc=$? $(( $(date +%s) - t0 ))s"; cat $out/serving.log
 else
   echo "serving check skipped: gRPC off in this build (carry the gRPC packages listed above)"
+fi
+if [ -x $build/bin/resa-worker ] && [ -f $model/config.json ] && grep -q "MPI=ON" $out/configure.log; then
+  t0=$(date +%s)
+  timeout 400 bash scripts/gpu_parallel_check.sh $build $model $out/parallel > $out/parallel.log 2>&1
+  echo "parallel check rc=$? $(( $(date +%s) - t0 ))s"; cat $out/parallel.log
 fi
 if [ -n "${E2E:-}" ]; then
   t0=$(date +%s)

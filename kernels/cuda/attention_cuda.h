@@ -65,7 +65,8 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
 // Dense causal attention of query chunks against the whole cache of their sequence: prefill
 // chunks (a whole prompt is one chunk with first_num_keys = 1) and ReSA rectification chunks
 // (f tokens at the end). Chunk c owns query rows [row_offsets[c], row_offsets[c + 1]); its row
-// r sees keys [0, first_num_keys[c] + r) of its sequence. Twin of PagedChunkAttention, batched.
+// r sees keys [0, first_num_keys[c] + r) of its sequence (or [0, row_num_keys[i]) when set).
+// Twin of PagedChunkAttention, batched (with row_num_keys: of PagedAttention, one row each).
 struct ChunkAttentionParams {
   PagedKvCuda kv;
   const __nv_bfloat16* q = nullptr;  // [total_rows][num_heads][head_dim]
@@ -81,7 +82,13 @@ struct ChunkAttentionParams {
   int page_table_stride = 0;
   int32_t total_rows = 0;    // host: row_offsets[num_chunks]
   int32_t max_rows = 0;      // host: >= rows of every chunk
-  int32_t max_num_keys = 0;  // host: >= first_num_keys[c] + rows_c - 1 for every chunk
+  int32_t max_num_keys = 0;  // host: >= every row's key count (first_num_keys[c] + rows_c - 1)
+
+  // Optional [total_rows]: row i sees keys [0, row_num_keys[i]) instead of
+  // first_num_keys[c] + (i - row_offsets[c]); non-decreasing within each chunk, may be 0 (that row
+  // gets O = 0, lse = -inf). first_num_keys may be null when this is set. Sequence parallelism:
+  // a rank's packed local view, where the causal limit stands still on rows in other ranks' blocks.
+  const int32_t* row_num_keys = nullptr;
 
   // Splits of the key range per (chunk, row tile, KV head); 0 picks one from the device's
   // multiprocessor count (more splits when there are few row tiles, e.g. rectification).

@@ -2,6 +2,7 @@
 #include "kernels/cuda/attention_cuda.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -165,18 +166,62 @@ TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DecodeAttentionTest, ::testing::ValuesIn(DecodeCases()), CaseName);
 
+// How a chunk's rows get their key counts.
+enum class RowKeys {
+  kCausal,  // first_num_keys: row r sees first + r keys
+  kSpView,  // row_num_keys: SP rank c % sp_size's packed local view of the global causal rows
+  kJumpy,   // row_num_keys: random runs that stand still, then jump by up to 40; starts at 0
+};
+
 struct ChunkCase {
   std::string name;
   std::vector<std::pair<int32_t, int32_t>> chunks;  // (rows, first_num_keys)
   int d;
   int group;
   int num_splits;  // 0: automatic
+  RowKeys row_keys = RowKeys::kCausal;
+  int sp_size = 1;  // kSpView
 };
+
+// Keys among global positions [0, n) that SP rank r of S holds (block b lives on rank b % S).
+int32_t LocalKeys(int32_t n, int r, int S) {
+  const int32_t full = n / kPageTokens, rem = n % kPageTokens;
+  const int32_t blocks = full > r ? (full - r + S - 1) / S : 0;
+  return blocks * kPageTokens + (full % S == r ? rem : 0);
+}
+
+// Per-row key counts of every chunk, [total_rows]: what row_num_keys holds (or the causal ones).
+std::vector<int32_t> RowKeyCounts(const ChunkCase& tc) {
+  std::vector<int32_t> out;
+  std::mt19937 rng(23);
+  for (size_t c = 0; c < tc.chunks.size(); ++c) {
+    const auto [rows, first] = tc.chunks[c];
+    int32_t jumpy = 0;
+    for (int32_t i = 0; i < rows; ++i) {
+      switch (tc.row_keys) {
+        case RowKeys::kCausal:
+          out.push_back(first + i);
+          break;
+        case RowKeys::kSpView:
+          out.push_back(LocalKeys(first + i, int(c) % tc.sp_size, tc.sp_size));
+          break;
+        case RowKeys::kJumpy:
+          if (i > 0 && rng() % 5 < 2) jumpy += 1 + int32_t(rng() % 40);
+          out.push_back(jumpy);
+          break;
+      }
+    }
+  }
+  return out;
+}
 
 std::string ChunkName(const ::testing::TestParamInfo<ChunkCase>& info) {
   const ChunkCase& c = info.param;
+  const std::string keys = c.row_keys == RowKeys::kSpView  ? "_sp" + std::to_string(c.sp_size)
+                           : c.row_keys == RowKeys::kJumpy ? "_jumpy"
+                                                           : "";
   return c.name + "_d" + std::to_string(c.d) + "_g" + std::to_string(c.group) + "_s" +
-         std::to_string(c.num_splits);
+         std::to_string(c.num_splits) + keys;
 }
 
 std::vector<ChunkCase> ChunkCases() {
@@ -193,6 +238,22 @@ std::vector<ChunkCase> ChunkCases() {
   // Forced splits: many more than key tiles, so most splits are empty and must merge as zero.
   cases.push_back({"empty_splits", {{5, 20}, {3, 70}}, 128, 7, 48});
   cases.push_back({"split3", {{32, 4066}}, 64, 6, 3});
+  // row_num_keys, SP local views (chunk c on rank c % sp_size): limits stand still on rows in
+  // other ranks' blocks, then climb; chunk 1 of sp3 ({16, 1} on rank 1) sees no key at all.
+  const std::vector<std::pair<int32_t, int32_t>> sp_chunks = {
+      {40, 1}, {16, 1}, {200, 100}, {33, 4000}, {700, 1}};
+  for (int d : {64, 128}) {
+    for (int g : {3, 6, 7}) {
+      cases.push_back({"local_view", sp_chunks, d, g, 0, RowKeys::kSpView, g == 6 ? 2 : 3});
+    }
+  }
+  cases.push_back({"local_view", sp_chunks, 64, 6, 1, RowKeys::kSpView, 3});
+  cases.push_back({"local_view", sp_chunks, 128, 7, 5, RowKeys::kSpView, 3});
+  cases.push_back(
+      {"local_view_long", {{32, 131073 - 31}, {5, 131072}}, 128, 7, 0, RowKeys::kSpView, 2});
+  cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 64, 7, 0, RowKeys::kJumpy});
+  cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 128, 3, 1, RowKeys::kJumpy});
+  cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 128, 6, 4, RowKeys::kJumpy});
   return cases;
 }
 
@@ -201,14 +262,17 @@ class ChunkAttentionTest : public CudaTest, public ::testing::WithParamInterface
 TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   const ChunkCase& tc = GetParam();
   const int hkv = 2, hq = hkv * tc.group, d = tc.d;
+  const bool per_row = tc.row_keys != RowKeys::kCausal;
+  const std::vector<int32_t> row_keys = RowKeyCounts(tc);
   std::vector<int32_t> lens, row_offsets{0}, firsts;
   int32_t max_rows = 0, max_keys = 0;
   for (const auto& [rows, first] : tc.chunks) {
-    lens.push_back(first + rows - 1);
+    const int32_t r0 = row_offsets.back();
+    lens.push_back(row_keys[r0 + rows - 1]);  // the chunk's largest limit (last row)
     firsts.push_back(first);
-    row_offsets.push_back(row_offsets.back() + rows);
+    row_offsets.push_back(r0 + rows);
     max_rows = std::max(max_rows, rows);
-    max_keys = std::max(max_keys, first + rows - 1);
+    max_keys = std::max(max_keys, lens.back());
   }
   const int32_t total_rows = row_offsets.back();
   TestCache cache;
@@ -216,17 +280,28 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   const std::vector<float> q = RandomBf16Values(size_t(total_rows) * hq * d, 22);
   const AttentionParams ap{hq, 1.0f / std::sqrt(float(d))};
   std::vector<float> want(q.size()), want_lse(size_t(total_rows) * hq);
-  for (size_t c = 0; c < tc.chunks.size(); ++c) {
-    const size_t r0 = row_offsets[c];
-    PagedChunkAttention(cache.cpu, ap, q.data() + r0 * hq * d, tc.chunks[c].first, cache.table(c),
-                        firsts[c], want.data() + r0 * hq * d, want_lse.data() + r0 * hq);
+  if (per_row) {  // one decode row per query row, num_keys = row_num_keys[i]
+    std::vector<AttentionRow> rows(total_rows);
+    for (size_t c = 0; c < tc.chunks.size(); ++c) {
+      for (int32_t i = row_offsets[c]; i < row_offsets[c + 1]; ++i) {
+        rows[i].page_table = cache.table(c);
+        rows[i].num_keys = row_keys[i];
+      }
+    }
+    PagedAttention(cache.cpu, ap, q.data(), rows, want.data(), want_lse.data());
+  } else {
+    for (size_t c = 0; c < tc.chunks.size(); ++c) {
+      const size_t r0 = row_offsets[c];
+      PagedChunkAttention(cache.cpu, ap, q.data() + r0 * hq * d, tc.chunks[c].first, cache.table(c),
+                          firsts[c], want.data() + r0 * hq * d, want_lse.data() + r0 * hq);
+    }
   }
 
   DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
   DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
   dout.Fill(0xff);
   dlse.Fill(0xff);
-  DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts);
+  DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts), drow_keys(row_keys);
   ChunkAttentionParams p;
   p.kv = cache.gpu();
   p.q = testing::AsBf16(dq.get());
@@ -236,7 +311,8 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   p.scale = ap.scale;
   p.num_chunks = int(tc.chunks.size());
   p.row_offsets = doffs.get();
-  p.first_num_keys = dfirst.get();
+  p.first_num_keys = per_row ? nullptr : dfirst.get();
+  p.row_num_keys = per_row ? drow_keys.get() : nullptr;
   p.page_tables = cache.dtables.get();
   p.page_table_stride = cache.page_table_stride;
   p.total_rows = total_rows;
@@ -250,6 +326,27 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
   EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16));
   EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16));
+  // Rows without keys: exactly O = 0, lse = -inf.
+  int32_t empty_rows = 0;
+  for (int32_t i = 0; i < total_rows; ++i) {
+    if (row_keys[i] != 0) continue;
+    ++empty_rows;
+    for (size_t j = size_t(i) * hq; j < size_t(i + 1) * hq; ++j) {
+      ASSERT_EQ(got_lse[j], -kInf) << "row " << i;
+      for (int e = 0; e < d; ++e) ASSERT_EQ(got[j * d + e], 0.0f) << "row " << i;
+    }
+  }
+  double worst_o = 0.0, worst_lse = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    worst_o = std::max(worst_o, double(std::fabs(got[i] - want[i])));
+  }
+  for (size_t i = 0; i < got_lse.size(); ++i) {
+    if (!std::isinf(want_lse[i])) {
+      worst_lse = std::max(worst_lse, double(std::fabs(got_lse[i] - want_lse[i])));
+    }
+  }
+  std::printf("worst |err| O %.3g lse %.3g, %d rows without keys\n", worst_o, worst_lse,
+              empty_rows);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ChunkAttentionTest, ::testing::ValuesIn(ChunkCases()), ChunkName);
@@ -338,6 +435,18 @@ TEST_F(MergeCudaTest, RejectsBadArguments) {
   DecodeAttentionParams p;
   EXPECT_EQ(DecodeAttentionCuda(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
   ChunkAttentionParams c;
+  EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  // first_num_keys may be null only when row_num_keys is set.
+  DeviceBuffer<float> buf(64);
+  const PagedKvCuda kv{testing::AsBf16(reinterpret_cast<uint16_t*>(buf.get())),
+                       testing::AsBf16(reinterpret_cast<uint16_t*>(buf.get())), nullptr, 1, 64};
+  c.kv = kv;
+  c.q = kv.k;
+  c.out = buf.get();
+  c.num_heads = 1;
+  c.num_chunks = 1;
+  c.row_offsets = c.page_tables = reinterpret_cast<const int32_t*>(buf.get());
+  c.page_table_stride = c.total_rows = c.max_rows = c.max_num_keys = 1;
   EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 

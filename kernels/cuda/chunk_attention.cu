@@ -109,10 +109,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
   const int32_t rows = p.row_offsets[chunk + 1] - row_off;
   const int i_lo = tile * kBM;
   if (i_lo >= rows * g) return;
-  const int32_t first = p.first_num_keys[chunk];
   const int r_lo = i_lo / g;
   const int r_hi = min(rows - 1, (i_lo + kBM - 1) / g);
-  const int32_t key_end = first + r_hi;  // no row of the tile sees a key at or past this
+  // Causal limit of chunk row r (clamped to the tile's rows); non-decreasing in r either way.
+  const int32_t* row_keys = p.row_num_keys != nullptr ? p.row_num_keys + row_off : nullptr;
+  const int32_t first = row_keys == nullptr ? p.first_num_keys[chunk] : 0;
+  auto limit_of = [&](int r) { return row_keys == nullptr ? first + r : row_keys[min(r, r_hi)]; };
+  const int32_t key_end = limit_of(r_hi);  // no row of the tile sees a key at or past this
+  const int32_t min_limit = limit_of(r_lo);
   const int kv_tiles = (key_end + BN - 1) / BN;
   const int per_split = (kv_tiles + a.num_splits - 1) / a.num_splits;
   const int t0 = blockIdx.x * per_split;
@@ -127,7 +131,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
   };
   int32_t limit[NR];
 #pragma unroll
-  for (int k = 0; k < NR; ++k) limit[k] = first + row_of(k) / g;
+  for (int k = 0; k < NR; ++k) limit[k] = limit_of(row_of(k) / g);
 
   float o[kMT][D / 8][4];
 #pragma unroll
@@ -207,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
       }
 
       // Scale to log2 units; mask keys past each row's causal limit (only near the diagonal).
-      const bool need_mask = t * BN + BN - 1 >= first + r_lo;
+      const bool need_mask = t * BN + BN - 1 >= min_limit;
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         float tile_max[2] = {-INFINITY, -INFINITY};
@@ -328,8 +332,11 @@ __global__ void MergeSplitsKernel(const float* ws_o, const float* ws_lse, int nu
 
 absl::Status Validate(const ChunkAttentionParams& p) {
   if (p.kv.k == nullptr || p.kv.v == nullptr || p.q == nullptr || p.out == nullptr ||
-      p.row_offsets == nullptr || p.first_num_keys == nullptr || p.page_tables == nullptr) {
-    return absl::InvalidArgumentError("ChunkAttentionCuda: null k, v, q, out or chunk arrays");
+      p.row_offsets == nullptr || p.page_tables == nullptr ||
+      (p.first_num_keys == nullptr && p.row_num_keys == nullptr)) {
+    return absl::InvalidArgumentError(
+        "ChunkAttentionCuda: null k, v, q, out or chunk arrays (first_num_keys may be null only "
+        "with row_num_keys)");
   }
   if (p.kv.head_dim != 64 && p.kv.head_dim != 128) {
     return absl::InvalidArgumentError(

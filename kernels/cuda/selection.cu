@@ -428,17 +428,67 @@ __device__ __forceinline__ void WriteCurrentToken(const SelectBlocksParams& p, i
 }
 
 // Pooled query into s_q: exact mean of the group's heads (sum, then one division). Ends
-// synchronised.
+// synchronised. Shared by the fused selection and ScoreBlocksKernel (equal pooled queries).
 template <int D>
-__device__ __forceinline__ void PooledQuery(const SelectArgs& a, int b, int h, float* s_q) {
+__device__ __forceinline__ void PooledQuery(const __nv_bfloat16* q, int num_heads, int group, int b,
+                                            int h, float* s_q) {
   for (int d = threadIdx.x; d < D; d += kSelThreads) {
     float sum = 0.0f;
-    for (int j = 0; j < a.group; ++j) {
-      sum += __bfloat162float(a.p.q[(size_t(b) * a.p.num_heads + h * a.group + j) * D + d]);
+    for (int j = 0; j < group; ++j) {
+      sum += __bfloat162float(q[(size_t(b) * num_heads + h * group + j) * D + d]);
     }
-    s_q[d] = sum / float(a.group);
+    s_q[d] = sum / float(group);
   }
   __syncthreads();
+}
+
+template <int D>
+__device__ __forceinline__ void PooledQuery(const SelectArgs& a, int b, int h, float* s_q) {
+  PooledQuery<D>(a.p.q, a.p.num_heads, a.group, b, h, s_q);
+}
+
+// This lane's pooled-query slice for QuestBound: qv[i][e] = s_q[8 part + 32 i + e].
+template <int D>
+__device__ __forceinline__ void LoadQuerySlice(const float* s_q, int part, float (&qv)[D / 32][8]) {
+#pragma unroll
+  for (int i = 0; i < D / 32; ++i) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qv[i][e] = s_q[8 * part + 32 * i + e];
+  }
+}
+
+// Quest bound sum_d max(q_d * max_d, q_d * min_d) of one block, 4 lanes per block: lane `part`
+// (lane % 4) reads dims 8 part + 32 i + [0, 8) of the min and max rows with 16-byte loads, sums
+// them in a fixed order, and QuadSum adds the 4 partials. `summary` is the block's (page, KV
+// head) summary row, or null for a lane group without a block (it contributes 0). All 32 lanes
+// call. The one copy of this arithmetic: SelectWideKernel and ScoreBlocksKernel give bit-equal
+// scores (SelectKernel does the same operations in the same order from shared memory).
+template <int D>
+__device__ __forceinline__ float QuestBound(const __nv_bfloat16* summary, int part,
+                                            const float (&qv)[D / 32][8]) {
+  constexpr int KI = D / 32;
+  float acc = 0.0f;
+  if (summary != nullptr) {
+    const __nv_bfloat16* sm = summary + 8 * part;
+    uint4 mn[KI], mx[KI];
+#pragma unroll
+    for (int i = 0; i < KI; ++i) {
+      mn[i] = detail::LoadStream(sm + 32 * i);
+      mx[i] = detail::LoadStream(sm + D + 32 * i);
+    }
+#pragma unroll
+    for (int i = 0; i < KI; ++i) {
+      const uint32_t wn[4] = {mn[i].x, mn[i].y, mn[i].z, mn[i].w};
+      const uint32_t wx[4] = {mx[i].x, mx[i].y, mx[i].z, mx[i].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float q0 = qv[i][2 * e], q1 = qv[i][2 * e + 1];
+        acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
+        acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
+      }
+    }
+  }
+  return detail::QuadSum(acc);
 }
 
 // Arrival after this CTA's keys are stored: true in the last of the row's n_ctas CTAs, which
@@ -612,42 +662,17 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   }
   PooledQuery<D>(a, b, h, s_q);
 
-  // Scores: 4 lanes per block, lane part owns dims 8 part + 32 i + [0, 8).
-  constexpr int KI = D / 32;
+  // Scores: 4 lanes per block (QuestBound), the pooled query in registers.
   const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
-  float qv[KI][8];
-#pragma unroll
-  for (int i = 0; i < KI; ++i) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) qv[i][e] = s_q[8 * part + 32 * i + e];
-  }
+  float qv[D / 32][8];
+  LoadQuerySlice<D>(s_q, part, qv);
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
   const int32_t end = min(M, (chunk + 1) * kSelChunk);
   for (int32_t base = chunk * kSelChunk + warp * 8; base < end; base += kSelWarps * 8) {
     const int32_t blk = base + sub;
-    float acc = 0.0f;
-    if (blk < end) {
-      const __nv_bfloat16* sm =
-          p.kv.summary + (size_t(table[blk]) * hkv + h) * summary_stride + 8 * part;
-      uint4 mn[KI], mx[KI];
-#pragma unroll
-      for (int i = 0; i < KI; ++i) {
-        mn[i] = detail::LoadStream(sm + 32 * i);
-        mx[i] = detail::LoadStream(sm + D + 32 * i);
-      }
-#pragma unroll
-      for (int i = 0; i < KI; ++i) {
-        const uint32_t wn[4] = {mn[i].x, mn[i].y, mn[i].z, mn[i].w};
-        const uint32_t wx[4] = {mx[i].x, mx[i].y, mx[i].z, mx[i].w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float q0 = qv[i][2 * e], q1 = qv[i][2 * e + 1];
-          acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
-          acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
-        }
-      }
-    }
-    acc = detail::QuadSum(acc);
+    const float acc = QuestBound<D>(
+        blk < end ? p.kv.summary + (size_t(table[blk]) * hkv + h) * summary_stride : nullptr, part,
+        qv);
     if (part == 0 && blk < end) gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : acc);
   }
 
@@ -667,6 +692,47 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
               uint32_t(n - 1), out);
 }
 
+// Sequence parallelism: global blocks i < num_blocks with i % sp_size == sp_rank.
+__host__ __device__ __forceinline__ int32_t LocalBlockCount(int32_t num_blocks, int sp_rank,
+                                                            int sp_size) {
+  return num_blocks > sp_rank ? (num_blocks - sp_rank + sp_size - 1) / sp_size : 0;
+}
+
+// Quest scores of one SP rank's blocks: grid (chunk of kSelChunk local blocks, KV head,
+// sequence), 512 threads, the scoring loop of SelectWideKernel (QuestBound) without the top-n.
+template <int D>
+__global__ void __launch_bounds__(kSelThreads, 2)
+    ScoreBlocksKernel(const ScoreBlocksParams p, int group) {
+  __shared__ float s_q[D];
+  const int hkv = p.kv.num_kv_heads;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int32_t M = (p.num_keys[b] + kPageTokens - 1) / kPageTokens;
+  const int32_t local = LocalBlockCount(M, p.sp_rank, p.sp_size);
+  const int32_t begin = int32_t(blockIdx.x) * kSelChunk;
+  if (begin >= local) return;
+  const int32_t end = min(local, begin + kSelChunk);
+  // Local index of the current block (global M - 1) when this rank holds it, else -1.
+  const int32_t current = (M - 1) % p.sp_size == p.sp_rank ? (M - 1) / p.sp_size : -1;
+  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
+  PooledQuery<D>(p.q, p.num_heads, group, b, h, s_q);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
+  float qv[D / 32][8];
+  LoadQuerySlice<D>(s_q, part, qv);
+  float* out = p.scores + (size_t(b) * hkv + h) * p.scores_stride;
+  for (int32_t base = begin + warp * 8; base < end; base += kSelWarps * 8) {
+    const int32_t j = base + sub;
+    const float acc = QuestBound<D>(
+        j < end ? p.kv.summary + (size_t(table[j]) * hkv + h) * 2 * D : nullptr, part, qv);
+    if (part == 0 && j < end) out[j] = j == current ? INFINITY : acc;
+  }
+}
+
+// Page table row of WriteKvParams entry s.
+__device__ __forceinline__ size_t TableRow(const WriteKvParams& p, int s) {
+  return size_t(p.table_index != nullptr ? p.table_index[s] : s);
+}
+
 // Copies tokens' K/V rows into their page slots: one thread per 16-byte piece.
 __global__ void WriteKvKernel(const WriteKvParams p) {
   const int s = blockIdx.y;
@@ -678,7 +744,7 @@ __global__ void WriteKvKernel(const WriteKvParams p) {
   if (tok >= ntok) return;
   const int h = int(idx / ch % hkv), c = int(idx % ch);
   const int32_t pos = p.first_pos[s] + int32_t(tok);
-  const int32_t page = p.page_tables[size_t(s) * p.page_table_stride + pos / kPageTokens];
+  const int32_t page = p.page_tables[TableRow(p, s) * p.page_table_stride + pos / kPageTokens];
   const size_t dst = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * D + c * 8;
   const size_t src = ((size_t(t0) + tok) * hkv + h) * D + c * 8;
   *reinterpret_cast<uint4*>(p.kv.k + dst) = *reinterpret_cast<const uint4*>(p.k + src);
@@ -696,7 +762,7 @@ __global__ void RecomputeSummaryKernel(const WriteKvParams p) {
   const int32_t blk = first_blk + int32_t(blockIdx.x);
   if (blk > last_blk) return;
   const int valid = min(kPageTokens, p.num_keys[s] - blk * kPageTokens);
-  const int32_t page = p.page_tables[size_t(s) * p.page_table_stride + blk];
+  const int32_t page = p.page_tables[TableRow(p, s) * p.page_table_stride + blk];
   const __nv_bfloat16* kp = p.kv.k + (size_t(page) * hkv + h) * kPageTokens * D;
   __nv_bfloat16* sm = p.kv.summary + (size_t(page) * hkv + h) * 2 * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
@@ -802,6 +868,36 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   }
   if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectWideKernel)"); !st.ok()) return st;
   return CheckLaunch("SelectWideKernel");
+}
+
+absl::Status ScoreBlocksCuda(const ScoreBlocksParams& p, cudaStream_t stream) {
+  if (auto st = ValidateKv(p.kv, "ScoreBlocksCuda"); !st.ok()) return st;
+  if (p.q == nullptr || p.num_keys == nullptr || p.page_tables == nullptr || p.scores == nullptr) {
+    return absl::InvalidArgumentError("ScoreBlocksCuda: null q, num_keys, page_tables or scores");
+  }
+  if (p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0 || p.batch <= 0 || p.batch > 65535 ||
+      p.max_num_keys < 0 || p.page_table_stride <= 0) {
+    return absl::InvalidArgumentError("ScoreBlocksCuda: bad num_heads, batch or max_num_keys");
+  }
+  if (p.sp_size < 1 || p.sp_rank < 0 || p.sp_rank >= p.sp_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScoreBlocksCuda: sp_rank ", p.sp_rank, " of sp_size ", p.sp_size));
+  }
+  const int32_t max_local =
+      LocalBlockCount((p.max_num_keys + kPageTokens - 1) / kPageTokens, p.sp_rank, p.sp_size);
+  if (p.scores_stride < max_local) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScoreBlocksCuda: scores_stride ", p.scores_stride, " < ", max_local));
+  }
+  if (max_local == 0) return absl::OkStatus();
+  const dim3 grid((max_local + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);
+  const int group = p.num_heads / p.kv.num_kv_heads;
+  if (p.kv.head_dim == 64) {
+    ScoreBlocksKernel<64><<<grid, kSelThreads, 0, stream>>>(p, group);
+  } else {
+    ScoreBlocksKernel<128><<<grid, kSelThreads, 0, stream>>>(p, group);
+  }
+  return CheckLaunch("ScoreBlocksKernel");
 }
 
 absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream) {

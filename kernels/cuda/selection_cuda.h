@@ -18,7 +18,8 @@ namespace resa::cuda {
 // the summary of every page they touch. Sequence s writes tokens [token_offsets[s],
 // token_offsets[s + 1]) of k/v to positions first_pos[s], first_pos[s] + 1, ...; afterwards it
 // holds num_keys[s] valid keys, and each touched page's summary is recomputed from its first
-// min(16, num_keys[s] - 16 * block) keys. Twin of WriteTokenKv over the run followed by
+// min(16, num_keys[s] - 16 * block) keys (entries sharing a page table row: the sequence's count
+// after all their writes). Twin of WriteTokenKv over the run followed by
 // RecomputeSummary on the touched pages (equal results: min/max are exact).
 struct WriteKvParams {
   PagedKvCuda kv;
@@ -31,6 +32,10 @@ struct WriteKvParams {
   const int32_t* page_tables = nullptr;    // [num_seqs][page_table_stride]
   int page_table_stride = 0;
   int32_t max_tokens = 0;  // host: >= tokens of every sequence
+
+  // Optional [num_seqs]: entry s uses page table row table_index[s] (default s), so several
+  // entries (runs of tokens of one sequence) can share one page table row.
+  const int32_t* table_index = nullptr;
 };
 
 absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream);
@@ -72,6 +77,33 @@ struct SelectBlocksParams {
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
+
+// Sequence parallelism: the scores of the blocks one SP rank holds, for the exchange across ranks
+// that picks the global top-n (parallel/sp_attention.h, SelectBlocksAcrossRanks). Row b's page
+// table lists the rank's blocks: local index j is global block j * sp_size + sp_rank. For every
+// (sequence b, KV head h) and j < local block count (number of global blocks i < M with
+// i % sp_size == sp_rank, M = ceil(num_keys[b] / 16)), writes
+// scores[(b * num_kv_heads + h) * scores_stride + j] = the Quest bound of the group's pooled query
+// with exactly the fp32 arithmetic of SelectBlocksCuda (bit-identical scores: same pooled query,
+// same per-lane order and QuadSum), and +inf for global block M - 1 when this rank holds it.
+// Entries past a row's local block count are not written. No workspace; does not write K/V (the
+// current token must already be in the cache and its summary). Twin of the CPU pooled query +
+// ScoreBlocks / ScoreLocalBlocks.
+struct ScoreBlocksParams {
+  PagedKvCuda kv;
+  const __nv_bfloat16* q = nullptr;  // [batch][num_heads][head_dim], post-RoPE
+  int batch = 0;
+  int num_heads = 0;
+  const int32_t* num_keys = nullptr;     // [batch], global key count including the current token
+  const int32_t* page_tables = nullptr;  // [batch][page_table_stride], local blocks
+  int page_table_stride = 0;
+  int32_t max_num_keys = 0;  // host: >= every num_keys[b]
+  int sp_rank = 0, sp_size = 1;
+  float* scores = nullptr;
+  int scores_stride = 0;  // >= local block count of every row
+};
+
+absl::Status ScoreBlocksCuda(const ScoreBlocksParams& p, cudaStream_t stream);
 
 // n = max(ceil(ratio * M), min(M, min_blocks)) with the product in fp32, exactly as the CPU
 // NumSelectedBlocks (host and device share this definition).

@@ -18,6 +18,7 @@
 #include "runtime/apps/model_loading.h"
 #include "runtime/core/status.h"
 #include "runtime/core/sysinfo.h"
+#include "runtime/engine/backend_factory.h"
 #include "runtime/engine/cpu_model.h"
 #include "runtime/engine/kv_cache.h"
 #include "runtime/engine/model_grid.h"
@@ -38,6 +39,7 @@ struct Options {
   int layers = 0;  // synthetic models only: keep the first `layers` layers (0 = all)
   int threads = 0;
   double timeout_s = 300;
+  std::string device = "cpu";  // cuda: each rank's CudaModel on the GPU of its local rank
 };
 
 // Where a collective's time goes, by group and element type (see comm_bench.h).
@@ -157,17 +159,34 @@ absl::StatusOr<double> Replay(Phase p, const PhaseTotals& t, CountingCommunicato
 }
 
 absl::StatusOr<ContextResult> RunContext(const Options& o, const CpuWeights& weights,
-                                         const ModelGrid& grid, int32_t ctx,
+                                         const ModelGrid& grid, int local_rank, int32_t ctx,
                                          CountingCommunicator* tp, CountingCommunicator* sp) {
   const ModelConfig& cfg = weights.config;
   const int f = o.rectify_every;
   const int32_t blocks = (ctx + o.warmup + o.steps + kPageTokens) / kPageTokens + 1;
-  RESA_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                        KvCache::Create(cfg, (blocks + grid.sp - 1) / grid.sp, grid.kv_shard()));
-  RESA_ASSIGN_OR_RETURN(std::unique_ptr<CpuModel> model,
-                        CpuModel::Create(weights, *cache, grid.groups()));
+  const int32_t pages = (blocks + grid.sp - 1) / grid.sp;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<CpuModel> cpu;
+  std::unique_ptr<ModelBackend> model;
   SequenceKv seq;
-  RESA_RETURN_IF_ERROR(FillContext(cfg, grid.shard, *cache, seq, ctx));
+  if (o.device == "cuda") {
+    // The GPU ranks' collectives are staged through these host (MPI) groups, so the counters
+    // see them; the context is the backend's synthetic fill.
+    const int gpus = CudaDeviceCount();
+    if (gpus < 1) return absl::FailedPreconditionError("--device cuda: no CUDA device visible");
+    BackendOptions bo{.device = Device::kCuda, .kv_tokens = int64_t(pages) * kPageTokens};
+    bo.cuda_device = local_rank % gpus;
+    bo.tp_comm = grid.tp_comm.get();
+    bo.sp_comm = grid.sp_comm.get();
+    RESA_ASSIGN_OR_RETURN(Backend b, MakeBackend(weights, bo));
+    model = std::move(b.model);
+    RESA_RETURN_IF_ERROR(model->AdoptSyntheticContext(seq, ctx));
+  } else {
+    RESA_ASSIGN_OR_RETURN(cache, KvCache::Create(cfg, pages, grid.kv_shard()));
+    RESA_ASSIGN_OR_RETURN(cpu, CpuModel::Create(weights, *cache, grid.groups()));
+    model = std::make_unique<CpuBackend>(*cpu, *cache);
+    RESA_RETURN_IF_ERROR(FillContext(cfg, grid.shard, *cache, seq, ctx));
+  }
   const SparseAttention sparse{o.sparse_ratio, o.min_blocks};
   std::vector<float> logits(cfg.vocab_size);
   auto step = [&](int i) {
@@ -231,6 +250,7 @@ int Run(const Options& o) {
   if (!created.ok()) return Fail(-1, created.status());
   std::unique_ptr<CountingCommunicator> world = CountingCommunicator::Wrap(std::move(created->host));
   const int rank = world->rank();
+  const int created_local_rank = created->local_rank;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const int threads = ConfigureThreads(
       o.threads > 0 ? o.threads : std::max(1, int(cores) / std::max(1, created->local_size)));
@@ -271,7 +291,7 @@ int Run(const Options& o) {
 
   std::vector<std::string> table;
   for (int ctx : o.contexts) {
-    auto r = RunContext(o, **weights, *grid, ctx, tp, sp);
+    auto r = RunContext(o, **weights, *grid, created_local_rank, ctx, tp, sp);
     if (!r.ok()) return Fail(rank, r.status());
     // Per rank: times as floats, counts and bytes as int64; rank 0 reduces.
     std::vector<float> mine_t = {float(r->step_s), float(r->rectify_s)};
@@ -327,12 +347,12 @@ int Run(const Options& o) {
     const int32_t m = (ctx + o.warmup + kPageTokens) / kPageTokens;
     const int32_t sel = NumSelectedBlocks(m, o.sparse_ratio, o.min_blocks);
     std::string json = absl::StrFormat(
-        "{\"bench\":\"comm\",\"model\":\"%s\",\"ranks\":%d,\"tp\":%d,\"sp\":%d,\"context\":%d,"
+        "{\"bench\":\"comm\",\"model\":\"%s\",\"device\":\"%s\",\"ranks\":%d,\"tp\":%d,\"sp\":%d,\"context\":%d,"
         "\"layers\":%d,\"blocks\":%d,\"selected\":%d,\"threads\":%d,\"steps\":%d,"
         "\"step_ms\":%.3f,\"step_ms_max\":%.3f,\"comm_ms\":%.3f,\"comm_share\":%.4f,"
         "\"comm_floor_ms\":%.3f,\"comm_floor_share\":%.4f,\"bytes_per_rank\":%d,"
         "\"weights_consistent\":%s",
-        cfg.model_name, n, o.tp, o.sp, ctx, layers, m, sel, threads, o.steps, step * 1e3,
+        cfg.model_name, o.device, n, o.tp, o.sp, ctx, layers, m, sel, threads, o.steps, step * 1e3,
         max_t(0) * 1e3, comm * 1e3, step > 0 ? comm / step : 0.0, comm_floor * 1e3,
         step > 0 ? comm_floor / step : 0.0, bytes, consistent ? "true" : "false");
     for (int p = 0; p < kNumPhases; ++p) {
@@ -408,6 +428,11 @@ void AddCommBenchCommand(CLI::App& app, int& exit_code) {
                   "CPU threads per rank; 0 = the host's cores divided among its ranks")
       ->capture_default_str();
   cmd->add_option("--timeout", o.timeout_s, "Seconds a collective may wait")->capture_default_str();
+  cmd->add_option("--device", o.device,
+                  "cpu, or cuda: every rank's model on the GPU of its local rank, collectives "
+                  "staged through MPI (ranks may share a GPU; times then include the sharing)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->callback([&exit_code] { exit_code = Run(o); });
 }
 

@@ -10,6 +10,17 @@ if(NOT TARGET resa_kernels_bench)
     target_link_libraries(resa_kernels_bench PUBLIC resa_kernels_cuda CUDA::cudart)
     target_compile_definitions(resa_kernels_bench PRIVATE RESA_KERNELS_BENCH_CUDA=1
       RESA_KERNELS_BENCH_SCRIPT="${PROJECT_SOURCE_DIR}/kernels/cuda/bench/sdpa_baseline.py")
+    # --gemv needs the engine's CUDA model ops: resa_engine_cuda in the full build (defined later,
+    # hence the generator expressions), resa_model_ops_cuda in the standalone one; and cuBLAS.
+    if(TARGET resa_model_ops_cuda)
+      set(_resa_gemv_ops resa_model_ops_cuda)
+    else()
+      set(_resa_gemv_ops resa_engine_cuda)
+    endif()
+    target_link_libraries(resa_kernels_bench PUBLIC CUDA::cublas
+                          $<TARGET_NAME_IF_EXISTS:${_resa_gemv_ops}>)
+    target_compile_definitions(resa_kernels_bench PRIVATE
+      $<$<TARGET_EXISTS:${_resa_gemv_ops}>:RESA_KERNELS_BENCH_GEMV=1>)
   endif()
 endif()
 

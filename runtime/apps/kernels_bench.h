@@ -1,5 +1,5 @@
 // `resa-bench kernels`: the attention kernels on the GPU against the copy ceiling and PyTorch
-// SDPA measured in the same run. Built in every configuration; without CUDA it says so.
+// SDPA measured in the same run; with --gemv, the decode GEMV against cuBLAS and the copy ceiling. Built in every configuration; without CUDA it says so.
 #pragma once
 
 #include "CLI/CLI.hpp"

@@ -5,9 +5,10 @@
 // Every rank loads its TP shard of the weights and holds its SP share of the KV cache; all ranks
 // run the same forward steps; rank 0 samples each token and broadcasts it, streams the text and
 // prints the stats. Errors of one rank end the job on every rank (an agreement after each local
-// phase; a lost peer surfaces as a communicator error within --timeout). With --device cuda the
-// model runs on the GPU of the rank's local rank (one rank: TP and SP ranks on GPUs are not
-// implemented yet, so a GPU job is a 1 x 1 grid).
+// phase; a lost peer surfaces as a communicator error within --timeout). With --device cuda each
+// rank runs its shard on a GPU of its host (local rank modulo the visible devices); the model's
+// collectives go over NCCL when every rank of a host has its own GPU, otherwise (ranks sharing a
+// GPU) over MPI through pinned host memory (--gpu-comm).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -48,6 +49,7 @@ struct WorkerOptions {
   double timeout_s = 60;
   std::string tokens_out, selections_out;
   std::string coordinator;  // serve plans from a coordinator instead of one prompt
+  std::string gpu_comm = "auto";  // --device cuda: nccl, mpi or auto
 #if RESA_HAVE_GRPC
   serving::WorkerGroupOptions group;
   serving::ClientSecurityOptions security;
@@ -134,13 +136,20 @@ int RunWorker(const WorkerOptions& o) {
   if (st.ok()) st = resa.Validate();
   auto device = ParseDevice(o.gen.device);
   if (st.ok()) st = device.status();
-  if (st.ok() && *device == Device::kCuda && w.size() * std::max(1, o.tp) * std::max(1, o.sp) != 1) {
-    st = absl::UnimplementedError(
-        "--device cuda runs one rank (-np 1, --tp 1 --sp 1): tensor and sequence parallel ranks "
-        "on GPUs are not implemented yet; use --device cpu for TP x SP jobs");
-  }
-  if (st.ok() && *device == Device::kCuda && !o.selections_out.empty()) {
-    st = absl::InvalidArgumentError("--selections-out needs --device cpu");
+  // GPU ranks: the device of the local rank; NCCL needs one GPU per rank of a host.
+  const int gpus = CudaDeviceCount();
+  bool use_nccl = false;
+  if (st.ok() && *device == Device::kCuda) {
+    if (gpus < 1) {
+      st = absl::FailedPreconditionError("--device cuda: no CUDA device visible on this host");
+    } else if (o.gpu_comm == "nccl" && (!HaveNcclBackend() || world.local_size > gpus)) {
+      st = absl::InvalidArgumentError(absl::StrCat(
+          "--gpu-comm nccl needs a build with NCCL and one GPU per rank: ", world.local_size,
+          " ranks on ", HostName(), " share ", gpus, " GPU(s); use --gpu-comm mpi"));
+    } else {
+      use_nccl = w.size() > 1 && o.gpu_comm != "mpi" && HaveNcclBackend() &&
+                 world.local_size <= gpus;
+    }
   }
   if (st.ok()) st = OpenModel(o, r);
 #if RESA_HAVE_GRPC
@@ -162,6 +171,30 @@ int RunWorker(const WorkerOptions& o) {
   // Grid errors are the same on every rank: they fail here, before any collective.
   auto grid = CreateModelGrid(w, o.tp, o.sp, cfg);
   if (!grid.ok()) return Fail(rank, grid.status(), true);
+
+  // GPU ranks over NCCL when every rank can (one GPU per rank on each host), the same groups
+  // on device buffers; otherwise the model stages its collectives through the MPI groups.
+  std::unique_ptr<Communicator> nccl_world;
+  ModelGrid device_grid;
+  {
+    int32_t cannot = use_nccl ? 0 : 1;
+    absl::Status nst = w.AllReduce(std::span<int32_t>(&cannot, 1), ReduceOp::kMax);
+    if (nst.ok() && cannot == 0) {
+      auto nccl = CreateNcclCommunicator(
+          w, world.local_rank % gpus, CommunicatorOptions{.timeout = w.timeout(), .name = "nccl"});
+      nst = nccl.status();
+      if (nst.ok()) nccl_world = std::move(*nccl);
+      if (nst.ok()) {
+        auto g = CreateModelGrid(*nccl_world, o.tp, o.sp, cfg);
+        nst = g.status();
+        if (nst.ok()) device_grid = std::move(*g);
+      }
+    }
+    if (absl::Status a = Agree(w, nst, "creating the NCCL groups"); !a.ok()) {
+      return Fail(rank, a, nst.ok());
+    }
+  }
+  const bool on_nccl = nccl_world != nullptr;
 
   // Weights: peers wait for the slowest loader, so the timeout is relaxed for this phase.
   Stopwatch load_sw;
@@ -187,7 +220,10 @@ int RunWorker(const WorkerOptions& o) {
 #endif
     if (st.ok() && *device == Device::kCuda) {
       BackendOptions bo{.device = Device::kCuda, .kv_tokens = int64_t(pages) * kPageTokens};
-      bo.cuda_device = world.local_rank;
+      bo.cuda_device = world.local_rank % gpus;
+      bo.tp_comm = (on_nccl ? device_grid : *grid).tp_comm.get();
+      bo.sp_comm = (on_nccl ? device_grid : *grid).sp_comm.get();
+      bo.sp_host_comm = grid->sp_comm.get();
       auto b = MakeBackend(*weights, bo);
       st = b.status();
       if (st.ok()) {
@@ -239,7 +275,7 @@ int RunWorker(const WorkerOptions& o) {
   std::map<std::pair<int, int>, int> seen;
   const bool dump_selections = !o.selections_out.empty() && grid->sp_rank == 0;
   if (dump_selections) {
-    model->set_selection_trace([&](int layer, int kvh, int64_t, std::span<const int32_t> b) {
+    backend->set_selection_trace([&](int layer, int kvh, int64_t, std::span<const int32_t> b) {
       selections[{layer, kvh, seen[{layer, kvh}]++}] = std::vector<int32_t>(b.begin(), b.end());
     });
   }
@@ -329,6 +365,12 @@ int main(int argc, char** argv) {
                  "Seconds a collective may wait for its peers before the job fails")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 86400.0));
+  app.add_option("--gpu-comm", o.gpu_comm,
+                 "With --device cuda and several ranks: how the model's collectives travel. nccl "
+                 "(one GPU per rank of a host), mpi (through pinned host memory; ranks may share "
+                 "a GPU), auto (nccl when every rank has its own GPU)")
+      ->check(CLI::IsMember({"auto", "nccl", "mpi"}))
+      ->capture_default_str();
   app.add_option("--tokens-out", o.tokens_out, "Rank 0 writes the generated token ids here");
   app.add_option("--coordinator", o.coordinator,
                  "HOST:PORT of a resa-coordinator: serve its jobs instead of one --prompt "

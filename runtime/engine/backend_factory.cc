@@ -44,6 +44,19 @@ absl::StatusOr<Device> ParseDevice(std::string_view name) {
 
 bool CudaBackendBuilt() { return RESA_HAVE_CUDA != 0; }
 
+int CudaDeviceCount() {
+#if RESA_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+#else
+  return 0;
+#endif
+}
+
 absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOptions& options) {
   Backend b;
   const int64_t pages = (options.kv_tokens + kPageTokens - 1) / kPageTokens;
@@ -52,6 +65,10 @@ absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOpti
                                                    " tokens is more than one cache can index"));
   }
   if (options.device == Device::kCpu) {
+    if (options.tp_comm != nullptr || options.sp_comm != nullptr) {
+      return absl::InvalidArgumentError(
+          "MakeBackend builds one CPU rank; a CPU grid rank is a CpuModel::Create");
+    }
     if (pages <= 0) return absl::InvalidArgumentError("the CPU backend needs a KV capacity > 0");
     RESA_ASSIGN_OR_RETURN(auto cache, KvCache::Create(weights.config, int32_t(pages)));
     b.description = absl::StrFormat("CPU: KV cache %d tokens (%.2f GiB fp32)", cache->max_tokens(),
@@ -64,7 +81,8 @@ absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOpti
   cuda::CudaModelOptions o;
   o.kv_pages = int32_t(pages);
   o.gemv_max_rows = options.gemv_max_rows;
-  RESA_ASSIGN_OR_RETURN(auto model, cuda::CudaModel::FromCpuWeights(weights, o));
+  const cuda::CudaModelGroups groups{options.tp_comm, options.sp_comm, options.sp_host_comm};
+  RESA_ASSIGN_OR_RETURN(auto model, cuda::CudaModel::FromCpuWeights(weights, o, groups));
   b.description = model->Describe();
   b.model = std::move(model);
   return b;

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "parallel/communicator.h"
 #include "runtime/engine/cpu_weights.h"
 #include "runtime/engine/model_backend.h"
 
@@ -29,7 +30,17 @@ struct BackendOptions {
   int gemv_max_rows = 1;
   // CUDA: the GPU (CUDA device index) the backend runs on; ranks pass their local rank.
   int cuda_device = 0;
+  // CUDA, one rank of a TP x SP grid (runtime/engine/cuda/cuda_model.h, CudaModelGroups): the
+  // weights hold the TP rank's shard; tp/sp are device (NCCL) or host-buffer communicators,
+  // sp_host the SP group over host buffers (null: sp is one). Null groups: one rank. The CPU
+  // backend of a grid is built by the caller (CpuModel::Create).
+  Communicator* tp_comm = nullptr;
+  Communicator* sp_comm = nullptr;
+  Communicator* sp_host_comm = nullptr;
 };
+
+// CUDA devices visible to this process (0 without the CUDA backend or a driver).
+int CudaDeviceCount();
 
 struct Backend {
   std::unique_ptr<ModelBackend> model;

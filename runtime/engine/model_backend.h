@@ -63,6 +63,9 @@ class ModelBackend {
   // resets. Backends without it return nothing.
   virtual void set_profiling(bool /*on*/) {}
   virtual std::vector<std::pair<std::string, double>> TakeProfile() { return {}; }
+  // Debug hook (CpuModel::set_selection_trace semantics): every sparse row's selection per
+  // layer and KV head. Backends without it ignore the call and report false.
+  virtual bool set_selection_trace(SelectionTrace /*trace*/) { return false; }
 };
 
 // The CPU backend: a CpuModel and the KvCache it writes (neither owned).
@@ -80,6 +83,10 @@ class CpuBackend final : public ModelBackend {
   int32_t free_pages() const override { return cache_.free_pages(); }
   ForwardStats stats() const override { return model_.stats(); }
   void ResetStats() override { model_.ResetStats(); }
+  bool set_selection_trace(SelectionTrace trace) override {
+    model_.set_selection_trace(std::move(trace));
+    return true;
+  }
 
   CpuModel& model() { return model_; }
   KvCache& cache() { return cache_; }
@@ -114,6 +121,9 @@ class OwningCpuBackend final : public ModelBackend {
   int32_t free_pages() const override { return inner_.free_pages(); }
   ForwardStats stats() const override { return inner_.stats(); }
   void ResetStats() override { inner_.ResetStats(); }
+  bool set_selection_trace(SelectionTrace trace) override {
+    return inner_.set_selection_trace(std::move(trace));
+  }
 
  private:
   std::unique_ptr<KvCache> cache_;

@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "runtime/core/status.h"
+#include "runtime/engine/cuda/cuda_model_internal.h"
 #include "runtime/engine/cuda/model_ops_cuda.h"
 
 namespace resa::cuda {
@@ -17,11 +18,20 @@ namespace {
 
 constexpr int32_t kContextBucket = 4096;  // graph keys round context lengths up to this
 constexpr int32_t kMaxPages = int32_t(1) << 22;
-enum ProfileGroup { kStart, kMatmul, kElementwise, kKvWrite, kSelect, kAttention, kGroups };
 constexpr const char* kProfileGroups[kGroups] = {"start", "matmul", "norm_rope_silu",
                                                  "kv_write", "selection", "attention"};
 
 int32_t RoundUp(int32_t x, int32_t m) { return (x + m - 1) / m * m; }
+
+}  // namespace
+
+int32_t LocalKeys(const SequenceShard& shard, int32_t num_keys) {
+  const int32_t full = num_keys / kPageTokens;
+  return kPageTokens * shard.NumLocalBlocks(full) +
+         (shard.Owns(full) ? num_keys % kPageTokens : 0);
+}
+
+namespace {
 
 // The context a graph is captured for: rounded up to kContextBucket, but never across 256K
 // tokens (16384 blocks), below which SelectBlocksCuda keeps the keys in shared memory.
@@ -38,36 +48,6 @@ absl::Status CublasStatus(cublasStatus_t st, const char* what) {
 
 }  // namespace
 
-// Everything one forward needs, decided on the host before any launch.
-struct CudaModel::Plan {
-  // Chunks in launch order: dense decode rows, sparse decode rows (by group), multi-token chunks.
-  std::vector<int> order;       // launch position -> index in the caller's span
-  std::vector<int32_t> starts;  // by caller index
-  int64_t rows = 0;
-  int nd = 0, ns = 0, nc = 0, nl = 0;
-  struct Group {
-    float ratio;
-    int32_t min_blocks;
-    int first, count;  // launch positions [first, first + count)
-    int32_t max_keys;
-    int bstride;
-    size_t blocks_at, num_blocks_at;  // int32 offsets in blocks_mem_
-  };
-  std::vector<Group> groups;
-  int32_t stride = 1, max_keys_dense = 0, max_keys_chunk = 0, max_chunk_rows = 0,
-          chunk_rows = 0, max_write_tokens = 0;
-  size_t blocks_size = 0;
-  // int32 metadata, uploaded as one block; offsets into it.
-  std::vector<int32_t> meta;
-  size_t o_tokens = 0, o_pos = 0, o_wk_off = 0, o_wk_first = 0, o_wk_keys = 0, o_att_keys = 0,
-         o_ch_off = 0, o_ch_first = 0, o_tables = 0, o_logit = 0;
-  size_t workspace_bytes = 0;
-  bool graph = false;
-  std::vector<int64_t> key;
-  std::vector<size_t> reserved_before;  // page-table sizes before this forward's reservations
-  std::vector<int64_t> caller_row;       // by launch position: the row's index in caller order
-};
-
 CudaModel::~CudaModel() {
   DropGraphs();
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
@@ -75,6 +55,7 @@ CudaModel::~CudaModel() {
   if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
+  if (stage_host_ != nullptr) cudaFreeHost(stage_host_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -125,17 +106,43 @@ void CudaModel::DropGraphs() {
 }
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::FromCpuWeights(
-    const CpuWeights& weights, const CudaModelOptions& options) {
+    const CpuWeights& weights, const CudaModelOptions& options, const CudaModelGroups& groups) {
   RESA_ASSIGN_OR_RETURN(auto w, DeviceWeights::FromCpu(weights, nullptr));
-  return Create(std::move(w), options);
+  return Create(std::move(w), options, groups);
 }
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<DeviceWeights> weights,
-                                                             const CudaModelOptions& options) {
+                                                             const CudaModelOptions& options,
+                                                             const CudaModelGroups& groups) {
+  const TpShard& ts = weights->shard();
+  const int tp_size = groups.tp != nullptr ? groups.tp->size() : 1;
+  const int tp_rank = groups.tp != nullptr ? groups.tp->rank() : 0;
+  if (tp_size != ts.size || tp_rank != ts.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("weights of TP rank ", ts.rank, " of ", ts.size,
+                                                   " used by TP rank ", tp_rank, " of ", tp_size));
+  }
+  Communicator* sp_host = groups.sp_host != nullptr ? groups.sp_host : groups.sp;
+  if (groups.sp != nullptr && groups.sp->size() > 1) {
+    if (sp_host == nullptr || sp_host->buffer_location() != BufferLocation::kHost) {
+      return absl::InvalidArgumentError(
+          "sequence parallelism on the GPU needs the SP group over host buffers (sp_host) for "
+          "the selection exchange");
+    }
+    if (sp_host->size() != groups.sp->size() || sp_host->rank() != groups.sp->rank()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "SP groups disagree: ", groups.sp->Describe(), " vs ", sp_host->Describe()));
+    }
+  }
   std::unique_ptr<CudaModel> m(new CudaModel());
   m->weights_ = std::move(weights);
   m->options_ = options;
+  m->tp_ = groups.tp;
+  m->sp_ = groups.sp;
+  m->sp_host_ = sp_host;
   const ModelConfig& c = m->weights_->config();
+  const KvShard kv_shard{ts.num_kv_heads,
+                         SequenceShard{groups.sp != nullptr ? groups.sp->rank() : 0,
+                                       groups.sp != nullptr ? groups.sp->size() : 1}};
   RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking),
                                   "cudaStreamCreate"));
   RESA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&m->cublas_), "cublasCreate"));
@@ -150,7 +157,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Dev
                                                    "], got ", options.gemv_max_rows));
   }
   int32_t pages = options.kv_pages;
-  const uint64_t page_bytes = DeviceKvCache::PageBytes(c);
+  const uint64_t page_bytes = DeviceKvCache::PageBytes(c, ts.num_kv_heads);
   if (pages <= 0) {
     size_t free_b = 0, total_b = 0;
     RESA_RETURN_IF_ERROR(CudaStatus(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
@@ -167,7 +174,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Dev
   } else {
     m->sizing_ = "as requested";
   }
-  RESA_ASSIGN_OR_RETURN(m->cache_, DeviceKvCache::Create(c, pages));
+  RESA_ASSIGN_OR_RETURN(m->cache_, DeviceKvCache::Create(c, pages, kv_shard));
   return m;
 }
 
@@ -176,11 +183,18 @@ std::string CudaModel::Describe() const {
   cudaGetDevice(&device);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, device);
+  std::string grid;
+  if (tp_parallel() || sp_parallel()) {
+    grid = absl::StrFormat(" | tp %d/%d sp %d/%d over %s", tp_parallel() ? tp_->rank() : 0,
+                           tp_parallel() ? tp_->size() : 1, sp_parallel() ? sp_->rank() : 0,
+                           sp_parallel() ? sp_->size() : 1,
+                           std::string((tp_parallel() ? tp_ : sp_)->backend()));
+  }
   return absl::StrFormat(
       "CUDA device %d (%s): weights %.2f GiB bf16 | KV cache %d pages = %d tokens (%.2f GiB bf16 "
-      "+ summaries, %s)",
+      "+ summaries, %s)%s",
       device, prop.name, weights_->bytes() / 1073741824.0, cache_->num_pages(),
-      cache_->max_tokens(), cache_->bytes() / 1073741824.0, sizing_);
+      cache_->max_tokens(), cache_->bytes() / 1073741824.0, sizing_, grid);
 }
 
 absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan) {
@@ -222,7 +236,9 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.order.insert(plan.order.end(), dense.begin(), dense.end());
   plan.order.insert(plan.order.end(), chunk.begin(), chunk.end());
   const int nchunks = int(plan.order.size());
-  plan.graph = options_.graphs && !profiling_ && !trace_ && plan.nc == 0 && plan.rows > 0 && plan.rows <= kGemvMaxRows;
+  plan.sharded = sp_parallel();
+  plan.graph = options_.graphs && !profiling_ && !trace_ && plan.nc == 0 && plan.rows > 0 &&
+               plan.rows <= kGemvMaxRows && !tp_parallel() && !sp_parallel();
 
   // Shapes.
   size_t max_table = 1;
@@ -265,13 +281,18 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   }
   plan.stride = int32_t(max_table);
   if (plan.graph) plan.stride = std::max(plan.stride, max_keys_all / kPageTokens);
+  if (plan.sharded) {
+    // Sparse rows' owned lists are padded with local block ids past the row's blocks (masked,
+    // their table entries name page 0): the table rows must reach them.
+    const SequenceShard& shard = cache_->shard();
+    for (const Plan::Group& g : plan.groups) {
+      const int32_t m = (g.max_keys + kPageTokens - 1) / kPageTokens;
+      plan.stride = std::max(plan.stride, shard.NumLocalBlocks(m) + g.bstride);
+    }
+  }
 
   // Metadata.
-  auto block = [&](size_t n) {
-    const size_t at = plan.meta.size();
-    plan.meta.resize(at + (n + 3) / 4 * 4, 0);
-    return at;
-  };
+  auto block = [&](size_t n) { return plan.Block(n); };
   plan.o_tokens = block(size_t(plan.rows));
   plan.o_pos = block(size_t(plan.rows));
   plan.o_wk_off = block(size_t(nchunks) + 1);
@@ -292,7 +313,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     plan.meta[plan.o_wk_off + p] = int32_t(r);
     plan.meta[plan.o_wk_first + p] = start;
     plan.meta[plan.o_wk_keys + p] = std::max(ch.seq->length, start + n);
-    plan.meta[plan.o_att_keys + p] = start + 1;
+    plan.meta[plan.o_att_keys + p] =
+        plan.sharded ? LocalKeys(cache_->shard(), start + 1) : start + 1;
     for (int32_t t = 0; t < n; ++t, ++r) {
       plan.meta[plan.o_tokens + r] = ch.tokens[t];
       plan.meta[plan.o_pos + r] = start + t;
@@ -329,6 +351,7 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.nl = int(logit_rows.size());
   plan.o_logit = block(logit_rows.size());
   std::copy(logit_rows.begin(), logit_rows.end(), plan.meta.begin() + int64_t(plan.o_logit));
+  if (plan.sharded) PrepareSharded(chunks, plan);
 
   if (plan.graph) {
     plan.key = {plan.nd, plan.ns, plan.nl, plan.stride, plan.max_keys_dense};
@@ -341,26 +364,20 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   return absl::OkStatus();
 }
 
-// The launch parameters of one layer's attention, shared by workspace sizing and enqueueing.
-struct CudaModel::Launches {
-  DecodeAttentionParams dense;
-  std::vector<SelectBlocksParams> select;
-  std::vector<DecodeAttentionParams> sparse;
-  ChunkAttentionParams chunk;
-  size_t WorkspaceBytes(const Plan& plan) const {
-    size_t b = 0;
-    if (plan.nd > 0) b = std::max(b, DecodeAttentionWorkspaceBytes(dense));
-    for (const auto& p : select) b = std::max(b, SelectBlocksWorkspaceBytes(p));
-    for (const auto& p : sparse) b = std::max(b, DecodeAttentionWorkspaceBytes(p));
-    if (plan.nc > 0) b = std::max(b, ChunkAttentionWorkspaceBytes(chunk));
-    return b;
-  }
-};
-
 CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const {
   const ModelConfig& c = config();
-  const int lq = c.q_dim();
+  const TpShard& ts = weights_->shard();
+  const int lh = ts.num_heads, lq = lh * c.head_dim, lkv = ts.num_kv_heads * c.head_dim;
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  // Attention outputs: attn_ on one SP rank; the partial states (O, lse) in part_ under SP.
+  float* out = plan.sharded ? part_ : attn_;
+  float* lse = plan.sharded && part_ != nullptr ? part_ + size_t(plan.rows) * lq : nullptr;
+  auto out_at = [&](int64_t row) { return out == nullptr ? nullptr : out + size_t(row) * lq; };
+  auto lse_at = [&](int64_t row) { return lse == nullptr ? nullptr : lse + size_t(row) * lh; };
+  // Selection queries: the group's whole set when KV heads are replicated over TP ranks.
+  const bool group_q = ts.kv_replicas > 1;
+  const __nv_bfloat16* sel_q = group_q ? gq_ : q_;
+  const int sel_heads = group_q ? c.group_size() : lh;
   const int32_t* meta = meta_dev_.as<int32_t>();
   static int32_t sizing_dummy[4];  // non-null stand-in while sizing, before blocks_mem_ exists
   int32_t* blocks = blocks_mem_.as<int32_t>() != nullptr ? blocks_mem_.as<int32_t>()
@@ -369,9 +386,10 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   Launches L;
   L.dense.kv = kv;
   L.dense.q = q_ == nullptr ? nullptr : q_ + size_t(plan.ns) * lq;
-  L.dense.out = attn_ == nullptr ? nullptr : attn_ + size_t(plan.ns) * lq;
+  L.dense.out = out_at(plan.ns);
+  L.dense.lse_ln = lse_at(plan.ns);
   L.dense.batch = plan.nd;
-  L.dense.num_heads = c.num_heads;
+  L.dense.num_heads = lh;
   L.dense.scale = scale;
   L.dense.num_keys = meta + plan.o_att_keys + plan.ns;
   L.dense.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
@@ -380,12 +398,15 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   for (const Plan::Group& g : plan.groups) {
     SelectBlocksParams s;
     s.kv = kv;
-    s.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
-    // The rows' own K/V (appends): written and folded into the summaries by the selection.
-    s.k_new = k_ == nullptr ? nullptr : k_ + size_t(g.first) * c.kv_dim();
-    s.v_new = v_ == nullptr ? nullptr : v_ + size_t(g.first) * c.kv_dim();
+    s.q = sel_q == nullptr ? nullptr : sel_q + size_t(g.first) * sel_heads * c.head_dim;
+    // The rows' own K/V (appends): written and folded into the summaries by the selection
+    // (under SP by WriteKvCuda: only the owner of the block writes).
+    if (!plan.sharded) {
+      s.k_new = k_ == nullptr ? nullptr : k_ + size_t(g.first) * lkv;
+      s.v_new = v_ == nullptr ? nullptr : v_ + size_t(g.first) * lkv;
+    }
     s.batch = g.count;
-    s.num_heads = c.num_heads;
+    s.num_heads = sel_heads;
     s.num_keys = meta + plan.o_att_keys + g.first;
     s.page_tables = meta + plan.o_tables + size_t(g.first) * plan.stride;
     s.page_table_stride = plan.stride;
@@ -397,8 +418,9 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     s.blocks_stride = g.bstride;
     L.select.push_back(s);
     DecodeAttentionParams d = L.dense;
-    d.q = s.q;
-    d.out = attn_ == nullptr ? nullptr : attn_ + size_t(g.first) * lq;
+    d.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
+    d.out = out_at(g.first);
+    d.lse_ln = lse_at(g.first);
     d.batch = g.count;
     d.num_keys = s.num_keys;
     d.page_tables = s.page_tables;
@@ -413,8 +435,10 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   const int64_t chunk_row0 = plan.rows - plan.chunk_rows;
   L.chunk.kv = kv;
   L.chunk.q = q_ == nullptr ? nullptr : q_ + size_t(chunk_row0) * lq;
-  L.chunk.out = attn_ == nullptr ? nullptr : attn_ + size_t(chunk_row0) * lq;
-  L.chunk.num_heads = c.num_heads;
+  L.chunk.out = out_at(chunk_row0);
+  L.chunk.lse_ln = lse_at(chunk_row0);
+  if (plan.sharded) L.chunk.row_num_keys = meta + plan.o_row_keys;
+  L.chunk.num_heads = lh;
   L.chunk.scale = scale;
   L.chunk.num_chunks = plan.nc;
   L.chunk.row_offsets = meta + plan.o_ch_off;
@@ -442,10 +466,11 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
 absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
   const ModelConfig& c = config();
   bool changed = false;
+  const TpShard& ts = weights_->shard();
+  const int64_t lh = ts.num_heads, lq = lh * c.head_dim, lkv = int64_t(ts.num_kv_heads) * c.head_dim;
   if (plan.rows > rows_cap_) {
     const int64_t rows = std::max<int64_t>(plan.rows, 64);
-    const int64_t hid = c.hidden_size, lq = c.q_dim(), lkv = c.kv_dim(),
-                  li = c.intermediate_size;
+    const int64_t hid = c.hidden_size, li = ts.inter_size;
     auto f32 = [](int64_t n) { return size_t((n * 4 + 255) / 256 * 256); };
     auto bf = [](int64_t n) { return size_t((n * 2 + 255) / 256 * 256); };
     const size_t sizes[] = {f32(rows * hid),    f32(rows * (lq + 2 * lkv)), f32(rows * lq),
@@ -476,6 +501,61 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     xl_ = static_cast<__nv_bfloat16*>(ptrs[11]);
     rows_cap_ = rows;
     changed = true;
+  }
+  // Distributed buffers (sized for rows_cap_ rows).
+  const bool grid = tp_parallel() || sp_parallel();
+  if (grid && size_t(rows_cap_) > grid_rows_) {
+    const int64_t rows = rows_cap_;
+    auto f32 = [](int64_t n) { return size_t((n * 4 + 255) / 256 * 256); };
+    auto bf = [](int64_t n) { return size_t((n * 2 + 255) / 256 * 256); };
+    const size_t sizes[] = {f32(rows * (lq + lh)), f32(rows * lh), bf(rows * lkv), bf(rows * lkv),
+                            bf(rows * c.q_dim())};
+    size_t total = 0;
+    for (size_t x : sizes) total += x;
+    grid_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(grid_mem_, DeviceAllocation::Create(total, "parallel buffers"));
+    char* p = grid_mem_.as<char>();
+    part_ = reinterpret_cast<float*>(p);
+    merge_lse_ = reinterpret_cast<float*>(p += sizes[0]);
+    kw_ = reinterpret_cast<__nv_bfloat16*>(p += sizes[1]);
+    vw_ = reinterpret_cast<__nv_bfloat16*>(p += sizes[2]);
+    gq_ = reinterpret_cast<__nv_bfloat16*>(p += sizes[3]);
+    grid_rows_ = size_t(rows);
+    changed = true;
+  }
+  if (grid) {
+    // Gathered partial states (SP), logits rows (TP) or queries (TP, replicated KV heads).
+    const int64_t sp_n = sp_parallel() ? int64_t(sp_->size()) : 1;
+    const int64_t tp_n = tp_parallel() ? int64_t(tp_->size()) : 1;
+    const size_t need = std::max({size_t(sp_n * rows_cap_ * (lq + lh) * 4),
+                                  size_t(tp_n * std::max<int64_t>(logits_cap_, plan.nl) *
+                                         ts.vocab_chunk * 4),
+                                  size_t(tp_n * rows_cap_ * lq * 2)});
+    if (need > gath_bytes_) {
+      gath_mem_ = DeviceAllocation();
+      RESA_ASSIGN_OR_RETURN(gath_mem_, DeviceAllocation::Create(need, "gathered partials"));
+      gath_ = gath_mem_.as<void>();
+      gath_bytes_ = need;
+      changed = true;
+    }
+    const size_t stage = std::max(2 * gath_bytes_, size_t(rows_cap_) * c.hidden_size * 4);
+    const bool host_comm = (tp_parallel() && tp_->buffer_location() == BufferLocation::kHost) ||
+                           (sp_parallel() && sp_->buffer_location() == BufferLocation::kHost);
+    if (host_comm && stage > stage_cap_) {
+      if (stage_host_ != nullptr) cudaFreeHost(stage_host_);
+      stage_host_ = nullptr;
+      stage_cap_ = 0;
+      RESA_RETURN_IF_ERROR(
+          CudaStatus(cudaMallocHost(&stage_host_, stage), "cudaMallocHost(collective staging)"));
+      stage_cap_ = stage;
+    }
+  }
+  if (plan.scores_size > scores_cap_) {
+    const size_t n = std::max<size_t>(plan.scores_size * 3 / 2, 4096);
+    scores_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(scores_mem_, DeviceAllocation::Create(n * 4, "local block scores"));
+    scores_ = scores_mem_.as<float>();
+    scores_cap_ = n;
   }
   if (plan.nl > logits_cap_) {
     const int64_t n = std::max<int64_t>(plan.nl, 8);
@@ -523,7 +603,7 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
 
 absl::Status CudaModel::TraceSelection(const Plan& plan, int group, int layer) {
   const Plan::Group& g = plan.groups[size_t(group)];
-  const int hkv = config().num_kv_heads;
+  const int hkv = cache_->layer(0).num_kv_heads;  // this rank's
   std::vector<int32_t> blocks(size_t(g.count) * hkv * g.bstride), counts(size_t(g.count));
   const int32_t* base = blocks_mem_.as<int32_t>();
   RESA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(blocks.data(), base + g.blocks_at,
@@ -538,7 +618,7 @@ absl::Status CudaModel::TraceSelection(const Plan& plan, int group, int layer) {
   for (int b = 0; b < g.count; ++b) {
     for (int h = 0; h < hkv; ++h) {
       const int32_t* sel = blocks.data() + (size_t(b) * hkv + h) * g.bstride;
-      trace_(layer, h, plan.caller_row[size_t(g.first + b)],
+      trace_(layer, weights_->shard().kv_head_begin + h, plan.caller_row[size_t(g.first + b)],
              std::span<const int32_t>(sel, size_t(counts[size_t(b)])));
     }
   }
@@ -560,7 +640,9 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
 
 absl::Status CudaModel::Enqueue(const Plan& plan) {
   const ModelConfig& c = config();
-  const int hid = c.hidden_size, lq = c.q_dim(), lkv = c.kv_dim(), li = c.intermediate_size;
+  const TpShard& ts = weights_->shard();
+  const int hid = c.hidden_size, lq = ts.num_heads * c.head_dim,
+            lkv = ts.num_kv_heads * c.head_dim, li = ts.inter_size;
   const int rows = int(plan.rows);
   const int32_t* meta = meta_dev_.as<int32_t>();
   RESA_RETURN_IF_ERROR(Mark(kStart));
@@ -577,8 +659,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.bias = w.qkv_bias;
     qp.positions = meta + plan.o_pos;
     qp.rows = rows;
-    qp.num_heads = c.num_heads;
-    qp.num_kv_heads = c.num_kv_heads;
+    qp.num_heads = ts.num_heads;
+    qp.num_kv_heads = ts.num_kv_heads;
     qp.head_dim = c.head_dim;
     qp.theta = c.rope_theta;
     qp.q = q_;
@@ -586,8 +668,11 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.v = v_;
     RESA_RETURN_IF_ERROR(QkvRopeCuda(qp, stream_));
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
-    // K/V of every row but the sparse ones (SelectBlocksCuda writes theirs).
-    if (plan.nd + plan.nc > 0) {
+    if (ts.kv_replicas > 1 && plan.ns > 0) RESA_RETURN_IF_ERROR(GatherGroupQueries(plan));
+    if (plan.sharded) {
+      RESA_RETURN_IF_ERROR(ShardedAttention(plan, l));
+    } else if (plan.nd + plan.nc > 0) {
+      // K/V of every row but the sparse ones (SelectBlocksCuda writes theirs).
       WriteKvParams wk;
       wk.kv = cache_->layer(l);
       wk.k = k_;
@@ -602,18 +687,20 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(WriteKvCuda(wk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kKvWrite));
     }
-    const Launches L = BuildLaunches(plan, l);
-    if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
-    RESA_RETURN_IF_ERROR(Mark(kAttention));
-    for (size_t g = 0; g < L.select.size(); ++g) {
-      RESA_RETURN_IF_ERROR(SelectBlocksCuda(L.select[g], stream_));
-      RESA_RETURN_IF_ERROR(Mark(kSelect));
-      if (trace_) RESA_RETURN_IF_ERROR(TraceSelection(plan, int(g), l));
-      RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.sparse[g], stream_));
+    if (!plan.sharded) {
+      const Launches L = BuildLaunches(plan, l);
+      if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kAttention));
+      for (size_t g = 0; g < L.select.size(); ++g) {
+        RESA_RETURN_IF_ERROR(SelectBlocksCuda(L.select[g], stream_));
+        RESA_RETURN_IF_ERROR(Mark(kSelect));
+        if (trace_) RESA_RETURN_IF_ERROR(TraceSelection(plan, int(g), l));
+        RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.sparse[g], stream_));
+        RESA_RETURN_IF_ERROR(Mark(kAttention));
+      }
+      if (plan.nc > 0) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kAttention));
     }
-    if (plan.nc > 0) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
-    RESA_RETURN_IF_ERROR(Mark(kAttention));
     if (rows <= options_.gemv_max_rows && lq % 8 == 0) {
       // The GEMV converts the fp32 attention output itself (one launch less per layer).
       RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, rows, hid, lq, proj_, stream_));
@@ -622,6 +709,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(Linear(attn_bf_, w.o, rows, hid, lq, proj_));
     }
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    // Row-parallel projections: each TP rank holds a partial sum of the output.
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(rows) * hid));
     RESA_RETURN_IF_ERROR(
         AddRmsNormCuda(h_, proj_, w.post_norm, rows, hid, c.rms_norm_eps, x_, stream_));
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
@@ -631,12 +720,14 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
     RESA_RETURN_IF_ERROR(Linear(act_, w.down, rows, hid, li, proj_));
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(rows) * hid));
   }
   if (plan.nl == 0) return absl::OkStatus();
   RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, proj_, weights_->final_norm(), rows, hid,
                                       c.rms_norm_eps, x_, stream_));
   RESA_RETURN_IF_ERROR(GatherRowsCuda(x_, meta + plan.o_logit, plan.nl, hid, xl_, stream_));
   RESA_RETURN_IF_ERROR(Mark(kElementwise));
+  if (tp_parallel()) return GatherLogits(plan);
   RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
   return Mark(kMatmul);
 }
@@ -691,6 +782,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   } else {
     st = Enqueue(plan);
   }
+  if (st.ok()) st = SyncCommunicators();
   const int vocab = config().vocab_size;
   if (st.ok() && logits != nullptr && plan.nl > 0) {
     st = CudaStatus(cudaMemcpyAsync(logits_host_, dlogits_, size_t(plan.nl) * vocab * 4,

@@ -18,6 +18,23 @@
 //
 // Sampling stays on the device: the last forward's logits rows stay in device memory, Sample
 // runs SampleRowsCuda over them and downloads only the token ids.
+//
+// Distributed (DESIGN.md §5, the GPU form of CpuModel's): one CudaModel per rank of a TP x SP
+// grid, every rank called with the same chunks. The weights hold the rank's TpShard (local
+// heads, MLP columns, lm_head rows) and the cache its KV heads and SP blocks (page_table[j] =
+// logical block j * S + sp_rank). TP: o_proj and down outputs are all-reduced over the TP group,
+// logits all-gathered (vocab-parallel lm_head) so every rank samples the same rows; with more
+// TP ranks than KV heads the group's queries are all-gathered for the pooled selection query.
+// SP: each rank attends over its own blocks presented as a packed local sequence (local block j
+// = logical block j * S + r): dense decode rows over all of them, prefill/rectification chunks
+// with per-row causal limits (ChunkAttentionParams::row_num_keys), sparse rows over their owned
+// part of the global top-n, which ScoreBlocksCuda (local scores) + SelectBlocksAcrossRanks (one
+// exchange of candidates over the host SP group per layer, parallel/sp_attention.h) choose
+// exactly as one rank would from the same scores; the owner of a position's block writes its
+// K/V; partial (O, lse) states are all-gathered over the SP group and merged in rank order, so
+// every SP rank continues with identical bits. Device-buffer communicators (NCCL) run on the
+// model's stream; host-buffer ones (MPI, the in-process fake: ranks sharing one GPU, tests) are
+// staged through pinned memory. Grids of more than one rank run eagerly (no CUDA graphs).
 #pragma once
 
 #include <cublas_v2.h>
@@ -31,12 +48,18 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "parallel/communicator.h"
+#include "parallel/sp_attention.h"
 #include "runtime/engine/cpu_weights.h"
 #include "runtime/engine/cuda/device_memory.h"
 #include "runtime/engine/cuda/sampling_cuda.h"
 #include "runtime/engine/model_backend.h"
 
 namespace resa::cuda {
+
+// Keys of positions [0, num_keys) an SP rank holds: its blocks packed into one local sequence
+// (local block j = logical block j * S + rank; only the sequence's last block can be partial).
+int32_t LocalKeys(const SequenceShard& shard, int32_t num_keys);
 
 struct CudaModelOptions {
   // KV pages (16 tokens each); 0 sizes the cache from the device's free memory after the
@@ -50,13 +73,27 @@ struct CudaModelOptions {
   int gemv_max_rows = 1;
 };
 
+// The groups of one rank of a TP x SP grid (model_grid.h). Null stands for a group of one.
+struct CudaModelGroups {
+  // Device-buffer (NCCL) or host-buffer communicators; sized and ranked as the weights' TpShard
+  // (tp) and the cache's SequenceShard (sp).
+  Communicator* tp = nullptr;
+  Communicator* sp = nullptr;
+  // The SP group over host buffers, for the selection exchange (it runs on the host). Required
+  // when `sp` is a device-buffer communicator; otherwise null means `sp`.
+  Communicator* sp_host = nullptr;
+};
+
 class CudaModel final : public ModelBackend {
  public:
+  // `weights` hold one TpShard; the groups must match it (InvalidArgument otherwise).
   static absl::StatusOr<std::unique_ptr<CudaModel>> Create(std::unique_ptr<DeviceWeights> weights,
-                                                           const CudaModelOptions& options);
-  // bf16 copies of CPU weights (the whole model).
+                                                           const CudaModelOptions& options,
+                                                           const CudaModelGroups& groups = {});
+  // bf16 copies of CPU weights (the whole model or the TpShard the groups' TP rank holds).
   static absl::StatusOr<std::unique_ptr<CudaModel>> FromCpuWeights(
-      const CpuWeights& weights, const CudaModelOptions& options);
+      const CpuWeights& weights, const CudaModelOptions& options,
+      const CudaModelGroups& groups = {});
   ~CudaModel() override;
 
   const ModelConfig& config() const override { return weights_->config(); }
@@ -81,7 +118,10 @@ class CudaModel final : public ModelBackend {
   // Debug hook (CpuModel's SelectionTrace semantics: every sparse row's selection per layer and
   // KV head, ascending, `row` = the row's index in the caller's chunk order). While set,
   // forwards run eagerly and synchronise after every selection.
-  void set_selection_trace(SelectionTrace trace) { trace_ = std::move(trace); }
+  bool set_selection_trace(SelectionTrace trace) override {
+    trace_ = std::move(trace);
+    return true;
+  }
   void set_profiling(bool on) override { profiling_ = on; }
   std::vector<std::pair<std::string, double>> TakeProfile() override;
 
@@ -102,6 +142,26 @@ class CudaModel final : public ModelBackend {
   absl::Status Enqueue(const Plan& plan);
   absl::Status Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
                       float* y);
+  // cuda_model_grid.cc: the distributed steps.
+  bool tp_parallel() const { return tp_ != nullptr && tp_->size() > 1; }
+  bool sp_parallel() const { return sp_ != nullptr && sp_->size() > 1; }
+  // Collectives on device buffers, staged through pinned memory for host-buffer communicators.
+  absl::Status AllReduceSum(Communicator& comm, float* data, size_t count);
+  absl::Status AllGather(Communicator& comm, DataType type, const void* send, void* recv,
+                         size_t count);
+  // Sharded Prepare: local-view attention limits, owned K/V runs, sparse rows' owned blocks.
+  void PrepareSharded(std::span<const ForwardChunk> chunks, Plan& plan);
+  // kv_replicas > 1: the whole group's queries of the local KV head, [rows][group][d] in gq_.
+  absl::Status GatherGroupQueries(const Plan& plan);
+  // SP, one layer: owned K/V writes, local scores, the selection exchange, attention over the
+  // owned blocks, the merge across the group into attn_.
+  absl::Status ShardedAttention(const Plan& plan, int layer);
+  absl::Status SelectAcrossRanks(const Plan& plan, int layer);
+  absl::Status MergeAcrossRanks(const Plan& plan);
+  // Vocab-parallel logits: the local rows, then [nl][vocab] in dlogits_ on every TP rank.
+  absl::Status GatherLogits(const Plan& plan);
+  // Waits for the work device communicators enqueued (under their timeouts).
+  absl::Status SyncCommunicators();
   void DropGraphs();
   // Profiling: an event after each group of kernels (group ids index kProfileGroups).
   absl::Status Mark(int group);
@@ -111,6 +171,9 @@ class CudaModel final : public ModelBackend {
   std::unique_ptr<DeviceWeights> weights_;
   std::unique_ptr<DeviceKvCache> cache_;
   CudaModelOptions options_;
+  Communicator* tp_ = nullptr;
+  Communicator* sp_ = nullptr;
+  Communicator* sp_host_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceAllocation cublas_workspace_;  // fixed, so cuBLAS calls can be captured in graphs
@@ -146,6 +209,21 @@ class CudaModel final : public ModelBackend {
   std::vector<int> event_groups_;
   size_t events_used_ = 0;
   std::vector<double> profile_ms_;
+  // Distributed buffers: SP partial states [rows][lq] + lse [rows][lh] (part_), the gathered
+  // partials / logits / queries (gath_), owned K/V rows gathered for writing (kw_, vw_), the
+  // group queries (gq_), local scores (scores_mem_) and their host copies, pinned staging for
+  // host-buffer collectives and selections.
+  DeviceAllocation grid_mem_, gath_mem_, scores_mem_;
+  size_t grid_rows_ = 0, gath_bytes_ = 0, scores_cap_ = 0;
+  float *part_ = nullptr, *merge_lse_ = nullptr, *scores_ = nullptr;
+  __nv_bfloat16 *kw_ = nullptr, *vw_ = nullptr, *gq_ = nullptr;
+  void* gath_ = nullptr;
+  char* stage_host_ = nullptr;
+  size_t stage_cap_ = 0;
+  std::vector<float> scores_host_;
+  std::vector<int32_t> lists_host_;
+  std::vector<int32_t> selected_;
+  SelectionScratch selection_scratch_;
 };
 
 }  // namespace resa::cuda

@@ -72,9 +72,12 @@ absl::StatusOr<double> MeasureCopyGbps(size_t bytes) {
   return 2.0 * double(bytes) / (best_ms * 1e-3) / 1e9;
 }
 
-absl::Status DeviceWeights::Allocate(const ModelConfig& c) {
+absl::Status DeviceWeights::Allocate(const ModelConfig& c, const TpShard& shard) {
   config_ = c;
-  const int64_t hid = c.hidden_size, qkv = c.q_dim() + 2 * c.kv_dim(), inter = c.intermediate_size;
+  shard_ = shard;
+  const int64_t hid = c.hidden_size, lq = int64_t(shard.num_heads) * c.head_dim,
+                qkv = lq + 2 * int64_t(shard.num_kv_heads) * c.head_dim,
+                inter = shard.inter_size;
   // Pass 1 sizes, pass 2 assigns pointers.
   size_t offset = 0;
   std::vector<std::pair<size_t, Fill>> plan;
@@ -85,7 +88,7 @@ absl::Status DeviceWeights::Allocate(const ModelConfig& c) {
     return plan.size() - 1;
   };
   const size_t embed = add(c.vocab_size, hid, true, false);
-  const size_t lm = c.tie_word_embeddings ? embed : add(c.vocab_size, hid, true, false);
+  const size_t lm = c.tie_word_embeddings ? embed : add(shard.vocab_size, hid, true, false);
   const size_t fnorm = add(1, hid, false, true);
   struct L {
     size_t in, qkv, bias, o, post, gu, down;
@@ -95,7 +98,7 @@ absl::Status DeviceWeights::Allocate(const ModelConfig& c) {
     l.in = add(1, hid, false, true);
     l.qkv = add(qkv, hid, true, false);
     l.bias = c.attention_bias ? add(1, qkv, false, false) : SIZE_MAX;
-    l.o = add(hid, c.q_dim(), true, false);
+    l.o = add(hid, lq, true, false);
     l.post = add(1, hid, false, true);
     l.gu = add(2 * inter, hid, true, false);
     l.down = add(hid, inter, true, false);
@@ -106,7 +109,7 @@ absl::Status DeviceWeights::Allocate(const ModelConfig& c) {
   auto bf = [&](size_t i) { return static_cast<__nv_bfloat16*>(plan[i].second.ptr); };
   auto f32 = [&](size_t i) { return static_cast<float*>(plan[i].second.ptr); };
   embed_ = bf(embed);
-  lm_head_ = bf(lm);
+  lm_head_ = c.tie_word_embeddings ? embed_ + size_t(shard.vocab_begin) * hid : bf(lm);
   final_norm_ = f32(fnorm);
   layers_.clear();
   for (const L& l : ls) {
@@ -127,20 +130,17 @@ absl::Status DeviceWeights::Allocate(const ModelConfig& c) {
 
 uint64_t DeviceWeights::DecodeBytes() const {
   const ModelConfig& c = config_;
-  const uint64_t hid = c.hidden_size, qkv = c.q_dim() + 2 * c.kv_dim(), inter = c.intermediate_size;
-  const uint64_t per_layer = 2 * (qkv * hid + hid * c.q_dim() + 3 * inter * hid) + 8 * hid;
-  return per_layer * c.num_layers + 2 * uint64_t(c.vocab_size) * hid + 4 * hid;
+  const uint64_t hid = c.hidden_size, lq = uint64_t(shard_.num_heads) * c.head_dim,
+                 qkv = lq + 2 * uint64_t(shard_.num_kv_heads) * c.head_dim,
+                 inter = shard_.inter_size;
+  const uint64_t per_layer = 2 * (qkv * hid + hid * lq + 3 * inter * hid) + 8 * hid;
+  return per_layer * c.num_layers + 2 * uint64_t(shard_.vocab_size) * hid + 4 * hid;
 }
 
 absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::FromCpu(const CpuWeights& w,
                                                                       cudaStream_t stream) {
-  if (w.shard.size != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the CUDA backend takes the whole model, got TP shard ", w.shard.rank, " of ",
-                     w.shard.size));
-  }
   std::unique_ptr<DeviceWeights> d(new DeviceWeights());
-  RESA_RETURN_IF_ERROR(d->Allocate(w.config));
+  RESA_RETURN_IF_ERROR(d->Allocate(w.config, w.shard));
   const ModelConfig& c = w.config;
   constexpr size_t kStage = size_t(16) << 20;  // fp32 elements staged per copy
   RESA_ASSIGN_OR_RETURN(DeviceAllocation stage,
@@ -191,8 +191,16 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Random(const Model
                                                                      uint64_t seed,
                                                                      cudaStream_t stream) {
   RESA_RETURN_IF_ERROR(config.Validate("random device weights"));
+  return Random(config, FullTpShard(config), seed, stream);
+}
+
+absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Random(const ModelConfig& config,
+                                                                     const TpShard& shard,
+                                                                     uint64_t seed,
+                                                                     cudaStream_t stream) {
+  RESA_RETURN_IF_ERROR(config.Validate("random device weights"));
   std::unique_ptr<DeviceWeights> d(new DeviceWeights());
-  RESA_RETURN_IF_ERROR(d->Allocate(config));
+  RESA_RETURN_IF_ERROR(d->Allocate(config, shard));
   uint64_t s = seed * 0x100000001b3ull;
   for (const Fill& f : d->fills_) {
     s += 0x9e3779b97f4a7c15ull;
@@ -210,14 +218,16 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Random(const Model
   return d;
 }
 
-uint64_t DeviceKvCache::PageBytes(const ModelConfig& c) {
-  const uint64_t kv = uint64_t(c.num_kv_heads) * kPageTokens * c.head_dim * 2 * 2;
-  const uint64_t summary = uint64_t(c.num_kv_heads) * 2 * c.head_dim * 2;
+uint64_t DeviceKvCache::PageBytes(const ModelConfig& c, int num_kv_heads) {
+  const uint64_t hkv = num_kv_heads > 0 ? num_kv_heads : c.num_kv_heads;
+  const uint64_t kv = hkv * kPageTokens * c.head_dim * 2 * 2;
+  const uint64_t summary = hkv * 2 * c.head_dim * 2;
   return (kv + summary) * c.num_layers;
 }
 
 absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const ModelConfig& c,
-                                                                     int32_t num_pages) {
+                                                                     int32_t num_pages,
+                                                                     const KvShard& shard) {
   if (num_pages <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache of ", num_pages, " pages"));
   }
@@ -225,11 +235,17 @@ absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const Model
     return absl::InvalidArgumentError(absl::StrCat(
         "the CUDA attention kernels take head_dim 64 or 128, the model has ", c.head_dim));
   }
+  if (shard.blocks.size < 1 || shard.blocks.rank < 0 || shard.blocks.rank >= shard.blocks.size) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache of SP rank ", shard.blocks.rank,
+                                                   " of ", shard.blocks.size));
+  }
+  const int hkv = shard.num_kv_heads > 0 ? shard.num_kv_heads : c.num_kv_heads;
   std::unique_ptr<DeviceKvCache> cache(new DeviceKvCache());
   cache->num_pages_ = num_pages;
-  const size_t page_elems = size_t(c.num_kv_heads) * kPageTokens * c.head_dim;
+  cache->shard_ = shard.blocks;
+  const size_t page_elems = size_t(hkv) * kPageTokens * c.head_dim;
   const size_t kv_bytes = Align(size_t(num_pages) * page_elems * 2);
-  const size_t sum_bytes = Align(size_t(num_pages) * c.num_kv_heads * 2 * c.head_dim * 2);
+  const size_t sum_bytes = Align(size_t(num_pages) * hkv * 2 * c.head_dim * 2);
   for (int l = 0; l < c.num_layers; ++l) {
     RESA_ASSIGN_OR_RETURN(
         DeviceAllocation a,
@@ -238,7 +254,7 @@ absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const Model
     cache->layers_.push_back(PagedKvCuda{reinterpret_cast<__nv_bfloat16*>(base),
                                          reinterpret_cast<__nv_bfloat16*>(base + kv_bytes),
                                          reinterpret_cast<__nv_bfloat16*>(base + 2 * kv_bytes),
-                                         c.num_kv_heads, c.head_dim});
+                                         hkv, c.head_dim});
     cache->mem_.push_back(std::move(a));
   }
   cache->free_.resize(size_t(num_pages));
@@ -254,7 +270,8 @@ uint64_t DeviceKvCache::bytes() const {
 }
 
 absl::Status DeviceKvCache::Reserve(SequenceKv& seq, int32_t length) {
-  const size_t need = size_t((int64_t(length) + kPageTokens - 1) / kPageTokens);
+  const int64_t blocks = (int64_t(length) + kPageTokens - 1) / kPageTokens;
+  const size_t need = size_t((blocks + shard_.size - 1) / shard_.size);
   if (need <= seq.page_table.size()) return absl::OkStatus();
   const size_t more = need - seq.page_table.size();
   if (more > free_.size()) {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -113,8 +114,40 @@ __global__ void GatherRowsKernel(const __nv_bfloat16* in, const int32_t* index, 
   for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = src[i];
 }
 
-// Eight consecutive x values of row m starting at element 8c, as fp32.
-__device__ __forceinline__ void LoadX8(const __nv_bfloat16* x, size_t offset, float (&out)[8]) {
+// Eight consecutive x values from element `offset`, as fp32; zeros when !pred. Read-only path
+// through volatile asm, so the loads stay after GridDependencyWait (an __ldg, an invariant load
+// to the compiler, may be hoisted above it).
+__device__ __forceinline__ void LoadX8(const __nv_bfloat16* x, size_t offset, bool pred,
+                                       float (&out)[8]) {
+  uint4 xv;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+      " @p ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(xv.x), "=r"(xv.y), "=r"(xv.z), "=r"(xv.w)
+      : "l"(x + offset), "r"(int(pred)));
+  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const float2 f = __bfloat1622float2(xp[t]);
+    out[2 * t] = f.x;
+    out[2 * t + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void LoadX8(const float* x, size_t offset, bool pred, float (&out)[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+        " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+        " @p ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];\n}\n"
+        : "=f"(out[4 * h]), "=f"(out[4 * h + 1]), "=f"(out[4 * h + 2]), "=f"(out[4 * h + 3])
+        : "l"(x + offset + 4 * h), "r"(int(pred)));
+  }
+}
+// The legacy kernel's x loads (__ldg), kept as they were for the A/B.
+__device__ __forceinline__ void LegacyLoadX8(const __nv_bfloat16* x, size_t offset,
+                                             float (&out)[8]) {
   const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + offset));
   const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
 #pragma unroll
@@ -124,38 +157,157 @@ __device__ __forceinline__ void LoadX8(const __nv_bfloat16* x, size_t offset, fl
     out[2 * t + 1] = f.y;
   }
 }
-__device__ __forceinline__ void LoadX8(const float* x, size_t offset, float (&out)[8]) {
+__device__ __forceinline__ void LegacyLoadX8(const float* x, size_t offset, float (&out)[8]) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(x + offset));
   const float4 b = __ldg(reinterpret_cast<const float4*>(x + offset) + 1);
   out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
   out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
 
-// Output rows per warp: one for a single input row (56 registers, 4 blocks per SM); two for
-// batches, so each x load serves two weight rows without the register pressure of more (143
-// registers at 8 x 4 left one block per SM and ran slower).
+// One 16-byte weight load, streamed (read once: no L1 allocation); zeros when !pred.
+__device__ __forceinline__ uint4 LoadW(const uint4* p, bool pred) {
+  uint4 v;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+      " @p ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(int(pred)));
+  return v;
+}
+
+// Programmatic dependent launch (sm_90): no-ops unless the launch asked for it.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
+}
+
+// Output rows per warp: one for a single input row; two for batches, so each x load serves two
+// weight rows without the register pressure of more (143 registers at 8 x 4 left one block per
+// SM and ran slower).
 __host__ __device__ constexpr int GemvRowsPerWarp(int m) { return m == 1 ? 1 : 2; }
+constexpr int kWarps = kThreads / 32;
 
 // Block = 8 warps = (8 / split) groups of `split` warps; group g owns output rows
 // [(blockIdx.x * groups + g) * R, + R), and its warps split the k / 8 16-byte chunks of those
-// rows into `split` slices (lanes stride by 32 inside a slice). Per chunk a lane streams R
-// weight loads (read once, not kept in L1) and reuses each x load (L1/L2 resident) for all R
-// rows; partial sums meet in shared memory.
-template <int M, typename XT>
-__global__ void __launch_bounds__(kThreads) GemvKernel(const __nv_bfloat16* w, const XT* x, int n,
-                                                       int k, int split, float* y) {
-  constexpr int R = GemvRowsPerWarp(M);
-  __shared__ float part[kThreads / 32][M][R];
+// rows into `split` contiguous slices. A lane reads chunks c0 + lane + 32 u of its slice in
+// batches of U chunks x R rows: all U * R weight loads of a batch are issued (predicated, no
+// branch: a short last batch costs no round trip of its own) before the first is used. The
+// first batch is issued before GridDependencyWait: with programmatic dependent launch it
+// overlaps the previous kernel (weights are constant; x and y are touched only after the wait).
+// Each x load (L1/L2 resident) serves all R rows. Partial sums meet in shared memory and are
+// added in slice order: the result does not depend on timing.
+template <int M, int R, int U, typename XT>
+__global__ void __launch_bounds__(kThreads)
+    GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y) {
+  __shared__ float part[kWarps][M][R];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int groups = (kThreads / 32) / split;
+  const int groups = kWarps / split;
   const int g = warp / split, slice = warp % split;
   const int j0 = (blockIdx.x * groups + g) * R;
   const int chunks = k / 8;
-  const int c0 = int(int64_t(slice) * chunks / split), c1 = int(int64_t(slice + 1) * chunks / split);
+  const int c0 = int(int64_t(slice) * chunks / split),
+            c1 = int(int64_t(slice + 1) * chunks / split);
   const uint4* wr[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = j0 + r < n ? j0 + r : n - 1;  // rows past n are computed and dropped
+    wr[r] = reinterpret_cast<const uint4*>(w + size_t(j) * k);
+  }
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  }
+  uint4 wv[U][R];
+  int c = c0 + lane;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
+  }
+  GridDependencyWait();
+  LaunchDependents();
+  for (;;) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int cu = c + 32 * u;
+      const bool live = cu < c1;  // dead chunks: zero weights and zero x, no branch
+      float wf[R][8];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wv[u][r]);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const float2 f = __bfloat1622float2(wp[t]);
+          wf[r][2 * t] = f.x;
+          wf[r][2 * t + 1] = f.y;
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[8];
+        LoadX8(x, size_t(m) * k + size_t(cu) * 8, live, xf);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+          for (int t = 0; t < 8; ++t) acc[m][r] = fmaf(wf[r][t], xf[t], acc[m][r]);
+        }
+      }
+    }
+    c += 32 * U;
+    if (c >= c1) break;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = WarpSum(acc[m][r]);
+      if (lane == 0) part[warp][m][r] = v;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
+    const int gg = i / (M * R), m = (i / R) % M, r = i % R;
+    const int j = (blockIdx.x * groups + gg) * R + r;
+    if (j >= n) continue;
+    float sum = 0.0f;
+    for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
+    y[size_t(m) * n + j] = sum;
+  }
+}
+
+// The previous GEMV (GemvOptions::legacy, the benchmark's A/B baseline): the same block layout,
+// but a lane walks its slice through a loop unrolled 4 (R = 1) or 2 times, so slices of fewer
+// chunks than that per lane run their loads one round trip at a time.
+template <int M, typename XT>
+__global__ void __launch_bounds__(kThreads)
+    LegacyGemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y) {
+  constexpr int R = GemvRowsPerWarp(M);
+  __shared__ float part[kWarps][M][R];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int groups = kWarps / split;
+  const int g = warp / split, slice = warp % split;
+  const int j0 = (blockIdx.x * groups + g) * R;
+  const int chunks = k / 8;
+  const int c0 = int(int64_t(slice) * chunks / split),
+            c1 = int(int64_t(slice + 1) * chunks / split);
+  const uint4* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int j = j0 + r < n ? j0 + r : n - 1;
     wr[r] = reinterpret_cast<const uint4*>(w + size_t(j) * k);
   }
   float acc[M][R];
@@ -184,7 +336,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const __nv_bfloat16* w, c
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float xf[8];
-      LoadX8(x, size_t(m) * k + size_t(c) * 8, xf);
+      LegacyLoadX8(x, size_t(m) * k + size_t(c) * 8, xf);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
 #pragma unroll
@@ -358,48 +510,141 @@ absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n
   return CheckLaunch("GatherRowsKernel");
 }
 
+namespace {
+
+// Dispatch of GemvKernel over (rows, loads per lane); R follows from rows.
+template <int M, typename XT>
+cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __nv_bfloat16* w,
+                             const XT* x, int n, int k, int split, float* y) {
+  constexpr int R = GemvRowsPerWarp(M);
+  if constexpr (M == 1) {
+    if (loads <= 2) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT>, w, x, n, k, split, y);
+    if (loads <= 4) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT>, w, x, n, k, split, y);
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT>, w, x, n, k, split, y);
+  } else {
+    if (loads <= 2) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT>, w, x, n, k, split, y);
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT>, w, x, n, k, split, y);
+  }
+}
+
+template <typename XT>
+absl::Status LaunchLegacyGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, float* y,
+                              cudaStream_t stream) {
+  const int64_t want_blocks = 4 * int64_t(MultiprocessorCount());
+  int split = 1;
+  const int per_warp = GemvRowsPerWarp(rows);
+  auto blocks = [&](int s) {
+    const int64_t rows_per_block = int64_t(per_warp) * (kWarps / s);
+    return (n + rows_per_block - 1) / rows_per_block;
+  };
+  while (split < kWarps && blocks(split) < want_blocks && (k / 8) / (split * 2) >= 32) split *= 2;
+  const unsigned grid = unsigned(blocks(split));
+  switch (rows) {
+    case 1: LegacyGemvKernel<1, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 2: LegacyGemvKernel<2, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 3: LegacyGemvKernel<3, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 4: LegacyGemvKernel<4, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 5: LegacyGemvKernel<5, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 6: LegacyGemvKernel<6, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 7: LegacyGemvKernel<7, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    default: LegacyGemvKernel<8, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+  }
+  return CheckLaunch("LegacyGemvKernel");
+}
+
 template <typename XT>
 absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, float* y,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const GemvOptions& o) {
   if (rows < 1 || rows > kGemvMaxRows || n <= 0 || k <= 0 || k % 8 != 0 ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("GemvBf16Cuda: bad shape rows ", rows, " n ", n,
                                                    " k ", k, " (k % 8 == 0, 16-byte aligned)"));
   }
-  // Split k over more warps until the grid covers the device a few times (small n: o_proj,
-  // down), keeping at least 32 chunks (one per lane) per slice.
-  const int64_t want_blocks = 4 * int64_t(MultiprocessorCount());
-  int split = 1;
-  const int per_warp = GemvRowsPerWarp(rows);
-  auto blocks = [&](int s) {
-    const int64_t rows_per_block = int64_t(per_warp) * ((kThreads / 32) / s);
-    return (n + rows_per_block - 1) / rows_per_block;
-  };
-  while (split < kThreads / 32 && blocks(split) < want_blocks && (k / 8) / (split * 2) >= 32) {
-    split *= 2;
+  const bool split_ok =
+      o.k_split == 0 || o.k_split == 1 || o.k_split == 2 || o.k_split == 4 || o.k_split == 8;
+  if (!split_ok || o.loads_per_lane < 0 || o.loads_per_lane > 8) {
+    return absl::InvalidArgumentError(absl::StrCat("GemvBf16Cuda: bad options k_split ", o.k_split,
+                                                   " loads_per_lane ", o.loads_per_lane));
   }
-  const unsigned grid = unsigned(blocks(split));
+  if (o.legacy) return LaunchLegacyGemv(w, x, rows, n, k, y, stream);
+  const GemvPlan plan = PlanGemv(rows, n, k, o);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(plan.blocks));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = o.overlap_previous ? 1 : 0;
+  const int u = plan.loads_per_lane, s = plan.k_split;
+  cudaError_t err;
   switch (rows) {
-    case 1: GemvKernel<1, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 2: GemvKernel<2, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 3: GemvKernel<3, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 4: GemvKernel<4, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 5: GemvKernel<5, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 6: GemvKernel<6, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    case 7: GemvKernel<7, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
-    default: GemvKernel<8, XT><<<grid, kThreads, 0, stream>>>(w, x, n, k, split, y); break;
+    case 1: err = LaunchGemvKernel<1, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 2: err = LaunchGemvKernel<2, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 3: err = LaunchGemvKernel<3, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 4: err = LaunchGemvKernel<4, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 5: err = LaunchGemvKernel<5, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 6: err = LaunchGemvKernel<6, XT>(u, cfg, w, x, n, k, s, y); break;
+    case 7: err = LaunchGemvKernel<7, XT>(u, cfg, w, x, n, k, s, y); break;
+    default: err = LaunchGemvKernel<8, XT>(u, cfg, w, x, n, k, s, y); break;
   }
+  if (err != cudaSuccess) return CudaStatus(err, "launching GemvKernel");
   return CheckLaunch("GemvKernel");
+}
+
+}  // namespace
+
+GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& o) {
+  const int per_warp = GemvRowsPerWarp(rows);
+  const int chunks = k / 8;
+  auto blocks = [&](int s) {
+    const int64_t rows_per_block = int64_t(per_warp) * (kWarps / s);
+    return (int64_t(n) + rows_per_block - 1) / rows_per_block;
+  };
+  GemvPlan p;
+  p.k_split = o.k_split;
+  if (p.k_split == 0) {
+    // Split k over more warps of a block until the grid has 3.5 (one row) or 2 (batches) blocks
+    // per multiprocessor and, for batches, slices of at most kGemvMaxSliceChunks chunks; at
+    // least 32 chunks (one per lane) a slice. Calibrated on the H200 sweep of `resa-bench
+    // kernels --gemv --gemv-sweep` over the 1.5B and 7B layer shapes (one wave of small
+    // matrices: splitting further adds blocks that wait for a second wave).
+    const int sms = MultiprocessorCount();
+    const int64_t want = rows == 1 ? int64_t(7) * sms / 2 : int64_t(2) * sms;
+    const int64_t max_slice = rows == 1 ? int64_t(chunks) : kGemvMaxSliceChunks;
+    p.k_split = 1;
+    while (p.k_split < kWarps && (blocks(p.k_split) < want || chunks > max_slice * p.k_split) &&
+           chunks / (p.k_split * 2) >= 32) {
+      p.k_split *= 2;
+    }
+  }
+  p.blocks = blocks(p.k_split);
+  // Two loads per lane and row: at 32 registers a multiprocessor holds 64 warps, which kept more
+  // bytes in flight on every measured shape than fewer warps with 4 or 8 loads each.
+  const int u = o.loads_per_lane == 0 ? 2 : o.loads_per_lane;
+  p.loads_per_lane = u <= 2 ? 2 : (u <= 4 || rows > 1) ? 4 : 8;
+  return p;
+}
+
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
+                          float* y, cudaStream_t stream, const GemvOptions& options) {
+  return LaunchGemv(w, x, rows, n, k, y, stream, options);
+}
+
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,
+                          cudaStream_t stream, const GemvOptions& options) {
+  return LaunchGemv(w, x, rows, n, k, y, stream, options);
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
                           float* y, cudaStream_t stream) {
-  return LaunchGemv(w, x, rows, n, k, y, stream);
+  return LaunchGemv(w, x, rows, n, k, y, stream, GemvOptions{});
 }
 
-absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
-                          float* y, cudaStream_t stream) {
-  return LaunchGemv(w, x, rows, n, k, y, stream);
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,
+                          cudaStream_t stream) {
+  return LaunchGemv(w, x, rows, n, k, y, stream, GemvOptions{});
 }
 
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream) {

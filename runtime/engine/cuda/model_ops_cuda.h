@@ -58,12 +58,48 @@ absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n
 // Decode GEMV: y[m][j] = sum_k x[m][k] * w[j][k] for m < rows <= kGemvMaxRows, fp32
 // accumulation; w [n][k] bf16 row-major (a linear layer's weight), x [rows][k] bf16, y fp32
 // [rows][n]. k must be a multiple of 8 and w, x 16-byte aligned. Reads w once whatever `rows`.
+// Deterministic: the same inputs and options give the same bits on every run.
 inline constexpr int kGemvMaxRows = 8;
+
+// How a GEMV launches; the defaults are what the overloads without options use.
+struct GemvOptions {
+  // Programmatic dependent launch (sm_90): the GEMV may start while the kernel launched just
+  // before it on the stream is still running, and streams its first weights then; it reads x
+  // and writes y only after that kernel (and everything before it) has completed, and lets the
+  // next kernel launched this way start early in turn. Contract: w is not written by any kernel
+  // launched on the stream since the last launch without this option, that one included.
+  bool overlap_previous = false;
+  // Overrides for tuning and benchmarks (0: chosen from the shape by PlanGemv): warps of a
+  // block splitting one output row's k (1, 2, 4, 8), and 16-byte weight loads a lane issues
+  // together per output row (rounded up to 2, 4 or 8; at most 4 when rows > 1).
+  int k_split = 0;
+  int loads_per_lane = 0;
+  // The previous kernel (loads through an unrolled loop), kept as the A/B baseline of
+  // `resa-bench kernels --gemv`; ignores the fields above.
+  bool legacy = false;
+};
+
+// The launch PlanGemv chooses: 256-thread blocks of 8 warps; each warp owns one (rows == 1) or
+// two output rows and 1 / k_split of their k; a lane holds loads_per_lane 16-byte weight loads
+// per row in flight.
+struct GemvPlan {
+  int k_split = 1;
+  int loads_per_lane = 2;
+  int64_t blocks = 0;
+};
+// The automatic k split of batches (rows > 1) keeps slices at most this many 16-byte chunks.
+inline constexpr int kGemvMaxSliceChunks = 600;
+GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& options);
+
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
                           float* y, cudaStream_t stream);
 // The same with fp32 x (used as is, no bf16 rounding); x 16-byte aligned.
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream);
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
+                          float* y, cudaStream_t stream, const GemvOptions& options);
+absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
+                          float* y, cudaStream_t stream, const GemvOptions& options);
 
 // out[r] = argmax_j logits[r][j] (ties to the lowest j; NaN never wins); logits fp32 [rows][n].
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);

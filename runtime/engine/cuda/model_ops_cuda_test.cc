@@ -159,7 +159,7 @@ TEST_P(GemvTest, Fp32InputMatchesFp64) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GemvTest,
-                         ::testing::Combine(::testing::Values(1, 2, 5, 8),
+                         ::testing::Combine(::testing::Values(1, 2, 3, 5, 8),
                                             ::testing::Values(1, 37, 1536),
                                             ::testing::Values(8, 200, 1536, 8960)));
 
@@ -167,6 +167,164 @@ TEST_F(CudaOpsTest, GemvRejectsBadShapes) {
   const __nv_bfloat16* none = nullptr;
   EXPECT_FALSE(GemvBf16Cuda(none, none, 9, 4, 8, nullptr, nullptr).ok());    // > 8 rows
   EXPECT_FALSE(GemvBf16Cuda(none, none, 1, 4, 12, nullptr, nullptr).ok());   // k % 8 != 0
+  GemvOptions bad_split;
+  bad_split.k_split = 3;
+  EXPECT_FALSE(GemvBf16Cuda(none, none, 1, 4, 8, nullptr, nullptr, bad_split).ok());
+}
+
+// The decode layers of DeepSeek-R1-Distill-Qwen 1.5B and 7B (weights [n][k]), o_proj with fp32 x.
+struct RealGemvShape {
+  const char* name;
+  int n, k;
+};
+constexpr RealGemvShape kRealGemvShapes[] = {
+    {"q15b_qkv", 2048, 1536},  {"q15b_o", 1536, 1536},         {"q15b_gate_up", 17920, 1536},
+    {"q15b_down", 1536, 8960}, {"q15b_lm_head", 151936, 1536}, {"q7b_qkv", 4608, 3584},
+    {"q7b_o", 3584, 3584},     {"q7b_gate_up", 37888, 3584},   {"q7b_down", 3584, 18944},
+};
+
+// Multiples of 1/64 in [-1/4, 1/4]: exact in bf16, and every fp32 partial sum of products over
+// k <= 18944 is an integer multiple of 2^-12 below 2^24 of them, so any summation order gives
+// the exact result (the test compares bits, not tolerances).
+std::vector<float> SmallMultiples(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = float(int(rng() % 33) - 16) / 64.0f;
+  return v;
+}
+
+// Every launch plan the kernel offers, the automatic one, programmatic dependent launch and the
+// legacy kernel, on the real shapes with rows 1..8 and both x types: exact against the CPU.
+class GemvRealShapeTest : public testing::CudaTest,
+                          public ::testing::WithParamInterface<std::tuple<int, bool>> {};
+
+TEST_P(GemvRealShapeTest, ExactOnEveryPlan) {
+  const auto [shape_index, fp32_x] = GetParam();
+  const RealGemvShape s = kRealGemvShapes[shape_index];
+  const std::vector<float> w = SmallMultiples(size_t(s.n) * s.k, 21 + shape_index);
+  const std::vector<float> x = SmallMultiples(size_t(kGemvMaxRows) * s.k, 22);
+  // Reference for every `stride`-th output (all of them for the per-layer matrices).
+  const int stride = s.n > 20000 ? 61 : 1;
+  std::vector<int> cols;
+  for (int j = 0; j < s.n; j += stride) cols.push_back(j);
+  cols.push_back(s.n - 1);
+  std::vector<float> ref(size_t(kGemvMaxRows) * cols.size());
+  for (int m = 0; m < kGemvMaxRows; ++m) {
+    for (size_t c = 0; c < cols.size(); ++c) {
+      double sum = 0.0;
+      const float* wr = w.data() + size_t(cols[c]) * s.k;
+      for (int i = 0; i < s.k; ++i) sum += double(wr[i]) * x[size_t(m) * s.k + i];
+      ref[m * cols.size() + c] = float(sum);
+    }
+  }
+  DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x));
+  DeviceBuffer<float> dxf(x), dy(size_t(kGemvMaxRows) * s.n);
+  std::vector<GemvOptions> plans(3);
+  plans[1].overlap_previous = true;
+  plans[2].legacy = true;
+  for (int split : {1, 2, 4, 8}) {
+    for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+  }
+  for (int rows = 1; rows <= kGemvMaxRows; ++rows) {
+    for (const GemvOptions& o : plans) {
+      dy.Fill(0xff);
+      const absl::Status st =
+          fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), rows, s.n, s.k, dy.get(), nullptr, o)
+                 : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), rows, s.n, s.k, dy.get(),
+                                nullptr, o);
+      ASSERT_TRUE(st.ok()) << st;
+      const std::vector<float> y = dy.Download();
+      size_t bad = 0;
+      for (int m = 0; m < rows; ++m) {
+        for (size_t c = 0; c < cols.size(); ++c) {
+          const float got = y[size_t(m) * s.n + cols[c]], want = ref[m * cols.size() + c];
+          if (got != want && bad++ < 3) {
+            ADD_FAILURE() << s.name << " rows " << rows << " split " << o.k_split << " loads "
+                          << o.loads_per_lane << " pdl " << o.overlap_previous << " legacy "
+                          << o.legacy << ": y[" << m << "][" << cols[c] << "] = " << got
+                          << ", want " << want;
+          }
+        }
+      }
+      ASSERT_EQ(bad, 0u);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GemvRealShapeTest,
+                         ::testing::Combine(::testing::Range(0, 9), ::testing::Bool()));
+
+// Random (inexact) inputs: the same bits on every run and with or without overlap, and within
+// the fp32 tolerance of the fp64 reference on the longest k.
+TEST_F(CudaOpsTest, GemvIsRepeatableAndOverlapDoesNotChangeBits) {
+  const int n = 3584, k = 18944;
+  const std::vector<float> w = Noise(size_t(n) * k, 31, 0.05f), x = Noise(size_t(8) * k, 32);
+  DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
+  DeviceBuffer<float> dy(size_t(8) * n);
+  for (int rows : {1, 3, 8}) {
+    std::vector<std::vector<float>> runs;
+    for (bool overlap : {false, false, true}) {
+      GemvOptions o;
+      o.overlap_previous = overlap;
+      dy.Fill(0xff);
+      ASSERT_TRUE(
+          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, n, k, dy.get(), nullptr, o).ok());
+      runs.push_back(dy.Download());
+      runs.back().resize(size_t(rows) * n);
+    }
+    EXPECT_EQ(runs[0], runs[1]) << "rows " << rows;
+    EXPECT_EQ(runs[0], runs[2]) << "rows " << rows;
+    std::vector<float> y(size_t(rows) * n);
+    ref::Gemv(w.data(), x.data(), rows, n, k, y.data());
+    EXPECT_TRUE(AllClose(runs[0].data(), y.data(), y.size(), kF32Sum)) << "rows " << rows;
+  }
+}
+
+// Overlapping launches read x only after the kernel before them completed: a conversion writes
+// x, a GEMV reads it, a second GEMV reads the first one's output (fp32 x); buffers start as NaN.
+TEST_F(CudaOpsTest, GemvOverlapWaitsForTheKernelBefore) {
+  const int k1 = 1536, n1 = 1536, n2 = 2048, rows = 4;
+  const std::vector<float> w1 = Noise(size_t(n1) * k1, 41, 0.05f);
+  const std::vector<float> w2 = Noise(size_t(n2) * n1, 42, 0.05f);
+  const std::vector<float> x = Noise(size_t(rows) * k1, 43);
+  DeviceBuffer<uint16_t> dw1(testing::ToBf16(w1)), dw2(testing::ToBf16(w2)), dxb(x.size());
+  DeviceBuffer<float> dx(x), dy1(size_t(rows) * n1), dy2(size_t(rows) * n2);
+  GemvOptions o;
+  o.overlap_previous = true;
+  for (int rep = 0; rep < 20; ++rep) {
+    dxb.Fill(0xff);
+    dy1.Fill(0xff);
+    dy2.Fill(0xff);
+    ASSERT_TRUE(ToBf16Cuda(dx.get(), int64_t(x.size()), AsBf16(dxb.get()), nullptr).ok());
+    ASSERT_TRUE(
+        GemvBf16Cuda(AsBf16(dw1.get()), AsBf16(dxb.get()), rows, n1, k1, dy1.get(), nullptr, o)
+            .ok());
+    ASSERT_TRUE(
+        GemvBf16Cuda(AsBf16(dw2.get()), dy1.get(), rows, n2, n1, dy2.get(), nullptr, o).ok());
+    const std::vector<float> y1 = dy1.Download(), y2 = dy2.Download();
+    std::vector<float> r1(y1.size()), r2(y2.size());
+    ref::Gemv(w1.data(), x.data(), rows, n1, k1, r1.data());
+    ref::Gemv(w2.data(), y1.data(), rows, n2, n1, r2.data());
+    ASSERT_TRUE(AllClose(y1.data(), r1.data(), r1.size(), kF32Sum)) << "rep " << rep;
+    ASSERT_TRUE(AllClose(y2.data(), r2.data(), r2.size(), kF32Sum)) << "rep " << rep;
+  }
+}
+
+TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
+  // Short-n matrices split k; long-n ones keep whole rows per warp; a lane's loads cover its slice
+  // in one batch where they fit.
+  const GemvPlan down = PlanGemv(1, 1536, 8960, {});
+  EXPECT_GT(down.k_split, 1);
+  EXPECT_EQ(PlanGemv(1, 151936, 1536, {}).k_split, 1);
+  for (int rows = 1; rows <= kGemvMaxRows; ++rows) {
+    for (const RealGemvShape& s : kRealGemvShapes) {
+      const GemvPlan p = PlanGemv(rows, s.n, s.k, {});
+      EXPECT_TRUE(p.k_split == 1 || p.k_split == 2 || p.k_split == 4 || p.k_split == 8);
+      EXPECT_TRUE(p.loads_per_lane == 2 || p.loads_per_lane == 4 || p.loads_per_lane == 8);
+      const int rows_per_block = (rows == 1 ? 1 : 2) * (8 / p.k_split);
+      EXPECT_EQ(p.blocks, (s.n + rows_per_block - 1) / rows_per_block) << s.name;
+    }
+  }
 }
 
 class ArgmaxTest : public testing::CudaTest, public ::testing::WithParamInterface<int> {};
