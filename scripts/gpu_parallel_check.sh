@@ -103,6 +103,16 @@ if [ -x "$bin/resa-coordinator" ] && [ -x "$bin/resa-client" ]; then
   check "  ... the GPU worker group exits 0 after the coordinator's shutdown" test $? -eq 0
 fi
 
+# A lost GPU rank ends the job in bounded time (tests/mpi/worker_fault_check.sh: SIGKILL within
+# 30 s; SIGSTOP, a hung rank, through the collectives' 8 s timeout within 28 s).
+for fault in kill stop; do
+  RESA_FAULT_MODEL="$model" RESA_FAULT_FLAGS="--device cuda --gpu-comm $comm" \
+    sh tests/mpi/worker_fault_check.sh $fault 1 2 8 "$bin/resa-worker" "$out/prompt.txt" \
+    "${mpi[@]}" > "$out/fault_$fault.txt" 2>&1
+  check "GPU ranks (1 x 2): $fault of the last rank ends the job" test $? -eq 0
+  grep -E "^(np|job ended|saw|FAIL)" "$out/fault_$fault.txt" | sed 's/^/     /'
+done
+
 # Bad grids fail with a message naming the flags, on every rank, not a hang or a crash.
 "${mpi[@]}" -np 2 "$bin/resa-worker" "${common[@]}" --tp 2 --sp 2 > "$out/bad_grid.txt" 2>&1
 check "-np 2 --tp 2 --sp 2 is refused" test $? -ne 0

@@ -16,14 +16,16 @@
 # of mpirun and of its children (the ranks) as soon as they exist; the exit trap resumes and
 # kills exactly those, whatever happened.
 # Exit 77 (ctest: skipped) when the default model is not in the cache.
+# RESA_FAULT_MODEL names another model, RESA_FAULT_FLAGS adds worker flags (GPU ranks:
+# "--device cuda --gpu-comm mpi", scripts/gpu_parallel_check.sh).
 #
 # usage: worker_fault_check.sh kill|stop TP SP TIMEOUT_S WORKER PROMPT_FILE MPIEXEC [MPI FLAGS...]
 set -u
 fault=$1 tp=$2 sp=$3 timeout=$4 worker=$5 prompt=$6
 shift 6
 case $fault in kill | stop) ;; *) echo "usage: $0 kill|stop TP SP TIMEOUT_S WORKER PROMPT MPIEXEC..."; exit 2 ;; esac
-model="${XDG_CACHE_HOME:-$HOME/.cache}/resa/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$model" ]; then
+model="${RESA_FAULT_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/resa/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+if [ ! -e "$model" ]; then
   echo "SKIP: $model is absent (fetch it with ./scripts/fetch_model.sh)"
   exit 77
 fi
@@ -65,7 +67,8 @@ fail() {
 # Greedy ReSA generation of up to 2000 tokens after a ~665-token prompt: minutes of work, so the
 # fault always lands mid-job.
 "$@" -np $np "$worker" --model "$model" --prompt-file "$prompt" -n 2000 --ctx 4096 \
-  --mode resa --threads 1 --timeout "$timeout" --tp "$tp" --sp "$sp" > "$dir/out" 2> "$dir/err" &
+  --mode resa --threads 1 --timeout "$timeout" --tp "$tp" --sp "$sp" ${RESA_FAULT_FLAGS:-} \
+  > "$dir/out" 2> "$dir/err" &
 job=$!  # mpirun
 
 # The ranks: mpirun's children, all $np of them; the victim is the one whose environment says it

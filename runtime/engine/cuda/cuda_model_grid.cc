@@ -208,6 +208,9 @@ absl::Status CudaModel::SelectAcrossRanks(const Plan& plan, int layer) {
   RESA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(scores_host_.data(), scores_, plan.scores_size * 4,
                                                   cudaMemcpyDeviceToHost, stream_),
                                   "downloading block scores"));
+  // NCCL collectives may be in flight ahead of the scores: a bounded wait (a dead peer aborts
+  // them) before the unbounded stream synchronisation.
+  RESA_RETURN_IF_ERROR(SyncCommunicators());
   RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "scoring blocks"));
   // 2. One exchange for every (row, KV head) of the layer: the global top-n on every rank.
   selected_.resize(plan.selected_size);
