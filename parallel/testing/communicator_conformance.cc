@@ -113,15 +113,6 @@ std::string TargetName(const ::testing::TestParamInfo<ConformanceTarget>& info) 
   return info.param.name;
 }
 
-void RunThreads(std::vector<std::unique_ptr<Communicator>>& comms,
-                const std::function<void(Communicator&)>& body) {
-  std::vector<std::thread> threads;
-  for (auto& c : comms) {
-    if (c != nullptr) threads.emplace_back([&body, &c] { body(*c); });
-  }
-  for (auto& t : threads) t.join();
-}
-
 std::vector<ConformanceTarget> FakeTargets(int max_ranks) {
   std::vector<ConformanceTarget> out;
   for (int n = 1; n <= max_ranks; ++n) {

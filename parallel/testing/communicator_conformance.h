@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "parallel/communicator.h"
+#include "parallel/testing/run_threads.h"
 
 namespace resa::testing {
 
@@ -79,10 +80,6 @@ struct ConformanceTarget {
 class CommunicatorConformance : public ::testing::TestWithParam<ConformanceTarget> {};
 
 std::string TargetName(const ::testing::TestParamInfo<ConformanceTarget>& info);
-
-// Runs body(comm) for every (non-null) rank of `comms`, one thread per rank, and joins them.
-void RunThreads(std::vector<std::unique_ptr<Communicator>>& comms,
-                const std::function<void(Communicator&)>& body);
 
 // Fake targets with 1..max_ranks ranks.
 std::vector<ConformanceTarget> FakeTargets(int max_ranks);

@@ -7,13 +7,13 @@
 // - the K/V of every block this rank owns, for its KV heads, match the single rank's, and the
 //   SP ranks together hold each block exactly once.
 #include <map>
-#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/testing/tolerance.h"
 #include "parallel/communicator_factory.h"
+#include "parallel/testing/run_threads.h"
 #include "runtime/engine/decoder.h"
 #include "runtime/engine/model_grid.h"
 #include "runtime/engine/synthetic_model.h"
@@ -141,12 +141,9 @@ TEST_P(DistributedModelTest, MatchesOneRank) {
   auto world = CreateFakeGroup(n, CommunicatorOptions{.timeout = absl::Seconds(60)});
   ASSERT_TRUE(world.ok()) << world.status();
   std::vector<RunResult> got(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back(
-        [&, r] { got[r] = RunScenario(cfg, *src, (*world)[r].get(), gc.tp, gc.sp); });
-  }
-  for (auto& t : threads) t.join();
+  testing::RunThreads(*world, [&](Communicator& comm) {
+    got[size_t(comm.rank())] = RunScenario(cfg, *src, &comm, gc.tp, gc.sp);
+  });
 
   std::map<KvKey, int> holders;
   for (int r = 0; r < n; ++r) {

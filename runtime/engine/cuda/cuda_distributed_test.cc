@@ -20,13 +20,13 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_test_util.h"
 #include "parallel/communicator_factory.h"
+#include "parallel/testing/run_threads.h"
 #include "runtime/engine/cuda/cuda_model.h"
 #include "runtime/engine/decoder.h"
 #include "runtime/engine/model_grid.h"
@@ -180,12 +180,9 @@ TEST_P(CudaDistributedTest, GridMatchesOneGpu) {
   auto world = CreateFakeGroup(n, CommunicatorOptions{.timeout = absl::Seconds(120)});
   ASSERT_TRUE(world.ok()) << world.status();
   std::vector<RunResult> got(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back(
-        [&, r] { got[r] = RunScenario(cfg, *src, (*world)[r].get(), gc.tp, gc.sp); });
-  }
-  for (auto& t : threads) t.join();
+  resa::testing::RunThreads(*world, [&](Communicator& comm) {
+    got[size_t(comm.rank())] = RunScenario(cfg, *src, &comm, gc.tp, gc.sp);
+  });
 
   // Call 1 + 2 s is the ReSA row of step s. Its logits depend on every KV head's selection, held
   // by different TP ranks: it is compared only when the selections of all ranks equal the single
