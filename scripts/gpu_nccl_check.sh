@@ -22,7 +22,7 @@ t0=$(date +%s)
   > $out/build.log 2>&1
 echo "build rc=$? $(( $(date +%s) - t0 ))s, $gpus GPUs" | tee $log
 wait
-python3 -c "print(' '.join(['The quick brown fox jumps over the lazy dog number %d.' % i for i in range(120)]))" > /tmp/p.txt
+python3 -c "print(' '.join(['The quick brown fox jumps over the lazy dog number %d.' % i for i in range(120)]), end='')" > /tmp/p.txt
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 common=(-m /tmp/m --device cuda -f /tmp/p.txt -n 32 --ctx 4096 --temperature 0 --min-blocks 4
         --sparse-ratio 0.1 --prefill-chunk 512)

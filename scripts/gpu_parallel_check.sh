@@ -18,7 +18,7 @@ check() {  # check NAME CONDITION...
   if "$@"; then echo "ok   $name"; else echo "FAIL $name"; failed=1; return 1; fi
 }
 # ~1,500 prompt tokens: ~95 blocks, so ReSA steps read 10% of them.
-python3 -c "print(' '.join(['The quick brown fox jumps over the lazy dog number %d.' % i for i in range(120)]))" \
+python3 -c "print(' '.join(['The quick brown fox jumps over the lazy dog number %d.' % i for i in range(120)]), end='')" \
   > "$out/prompt.txt"
 n=${TOKENS:-40}
 comm=${GPU_COMM:-mpi}
