@@ -263,6 +263,22 @@ INSTANTIATE_TEST_SUITE_P(Grids, CudaDistributedTest,
                                   "_sp" + std::to_string(info.param.sp);
                          });
 
+// The SP local view's key count (host arithmetic, no GPU needed): the positions of [0, num_keys)
+// whose block the rank owns, counted one by one.
+TEST(LocalKeysTest, CountsTheOwnedPositions) {
+  for (int size = 1; size <= 4; ++size) {
+    for (int rank = 0; rank < size; ++rank) {
+      const SequenceShard shard{rank, size};
+      int32_t owned = 0;
+      for (int32_t keys = 0; keys <= 300; ++keys) {
+        ASSERT_EQ(LocalKeys(shard, keys), owned) << "rank " << rank << " of " << size << ", "
+                                                 << keys << " keys";
+        owned += shard.Owns(keys / kPageTokens) ? 1 : 0;  // position `keys` joins the next count
+      }
+    }
+  }
+}
+
 class CudaGridGroups : public testing::CudaTest {};
 
 // Weights and groups that disagree are refused before anything runs.
