@@ -17,6 +17,7 @@
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace resa::cuda {
 namespace {
@@ -377,6 +378,10 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
   const dim3 grid(plan.num_splits, plan.row_tiles, p.num_chunks * p.kv.num_kv_heads);
   static std::atomic<uint64_t> attr_done[2];
+  // Chunks (rectification, prefill) run eagerly and measured slightly slower with PDL
+  // (docs/cuda_backend.md), so both kernels launch plainly: they start when the kernel before
+  // them ends and need no griddepcontrol code.
+  constexpr LaunchOptions kNoPdl{1, false};
   cudaError_t err;
   if (p.kv.head_dim == 64) {
     constexpr int smem = ChunkSmemBytes<64>();
@@ -384,24 +389,29 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
       return cudaFuncSetAttribute(ChunkKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem);
     });
-    if (err == cudaSuccess) ChunkKernel<64><<<grid, kThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) {
+      err = LaunchKernel(ChunkKernel<64>, grid, kThreads, smem, stream, kNoPdl, a);
+    }
   } else {
     constexpr int smem = ChunkSmemBytes<128>();
     err = OncePerDevice(attr_done[1], [] {
       return cudaFuncSetAttribute(ChunkKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem);
     });
-    if (err == cudaSuccess) ChunkKernel<128><<<grid, kThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) {
+      err = LaunchKernel(ChunkKernel<128>, grid, kThreads, smem, stream, kNoPdl, a);
+    }
   }
-  if (auto st = CudaStatus(err, "cudaFuncSetAttribute(ChunkKernel)"); !st.ok()) return st;
+  if (auto st = CudaStatus(err, "launching ChunkKernel"); !st.ok()) return st;
   if (auto st = CheckLaunch("ChunkKernel"); !st.ok()) return st;
   if (plan.num_splits == 1) return absl::OkStatus();
   const size_t n = size_t(p.total_rows) * p.num_heads;
   const int threads = 256;
   const size_t blocks = (n * 32 + threads - 1) / threads;
-  MergeSplitsKernel<<<unsigned(blocks), threads, 0, stream>>>(a.ws_o, a.ws_lse, plan.num_splits, n,
-                                                              p.kv.head_dim, p.out, p.lse_ln);
-  return CheckLaunch("MergeSplitsKernel");
+  return CudaStatus(
+      LaunchKernel(MergeSplitsKernel, dim3(unsigned(blocks)), dim3(threads), 0, stream, kNoPdl,
+                   a.ws_o, a.ws_lse, plan.num_splits, n, p.kv.head_dim, p.out, p.lse_ln),
+      "launching MergeSplitsKernel");
 }
 
 }  // namespace resa::cuda

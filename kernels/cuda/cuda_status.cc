@@ -2,6 +2,10 @@
 
 #include <array>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/launch.h"
 
 namespace resa::cuda {
 
@@ -19,5 +23,18 @@ int MultiprocessorCount() {
   cache[device].store(n, std::memory_order_relaxed);
   return n;
 }
+
+namespace {
+std::atomic<bool>& PdlFlag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("RESA_CUDA_PDL");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }()};
+  return flag;
+}
+}  // namespace
+
+bool ProgrammaticLaunch() { return PdlFlag().load(std::memory_order_relaxed); }
+void SetProgrammaticLaunch(bool on) { PdlFlag().store(on, std::memory_order_relaxed); }
 
 }  // namespace resa::cuda

@@ -28,6 +28,7 @@
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace resa::cuda {
 namespace {
@@ -43,6 +44,11 @@ constexpr int kMaxCluster = 8;   // portable thread-block cluster size
 constexpr int kMaxSplits = 256;  // per (sequence, head chunk); so <= 32 clusters to merge
 constexpr int kMaxClusters = kMaxSplits / kMaxCluster;  // partials the last CTA folds
 constexpr int kMinPagesPerSplit = kWarps;
+// Sparse rows (batch 1-4 at long context, where a split would hold 1-2 selected pages per warp)
+// take at least this many pages a split: fewer partials to merge. `resa-bench kernels` sweep of
+// 20-64 at batch 1 (H200): 28 best or equal at 32K-256K for both shapes (1.5B 256K 24.0 -> 22.1
+// us, 7B 32K 17.1 -> 14.8 us); batch 8 splits are longer already.
+constexpr int kMinSparsePagesPerSplit = 28;
 constexpr int kIdsPerRound = 512;  // page ids staged in shared memory at a time
 
 struct DecodePlan {
@@ -121,6 +127,7 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   s0 = s0 < 1 ? 1 : s0;
   int64_t pps = max_blocks > 0 ? (max_blocks + s0 - 1) / s0 : 1;
   pps = pps < kMinPagesPerSplit ? kMinPagesPerSplit : pps;
+  if (p.blocks != nullptr && pps < kMinSparsePagesPerSplit) pps = kMinSparsePagesPerSplit;
   plan.pages_per_split = int(pps);
   const int64_t splits = max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1;
   plan.cluster = int(splits < cluster ? splits : cluster);
@@ -136,6 +143,7 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
 template <int D>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
   namespace cg = cooperative_groups;
+  detail::AwaitPreviousKernel();
   constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
   constexpr int VJ = D / 64;  // 16-byte V loads per token row per lane
   constexpr int E = D / 16;   // m-tiles of O^T
@@ -436,19 +444,9 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   if (int64_t(p.batch) * p.kv.num_kv_heads * plan.head_chunks > kWorkspaceCounters) {
     return absl::InvalidArgumentError("DecodeAttentionCuda: batch x heads exceeds the counters");
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(plan.max_splits, p.kv.num_kv_heads * plan.head_chunks, p.batch);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = plan.cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  const cudaError_t err = p.kv.head_dim == 64 ? cudaLaunchKernelEx(&cfg, DecodeKernel<64>, a)
-                                              : cudaLaunchKernelEx(&cfg, DecodeKernel<128>, a);
+  const dim3 grid(plan.max_splits, p.kv.num_kv_heads * plan.head_chunks, p.batch);
+  const cudaError_t err = LaunchKernel(p.kv.head_dim == 64 ? DecodeKernel<64> : DecodeKernel<128>,
+                                       grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
   return CheckLaunch(p.blocks != nullptr ? "DecodeKernel (sparse)" : "DecodeKernel (dense)");
 }

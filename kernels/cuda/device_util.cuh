@@ -81,4 +81,22 @@ __device__ __forceinline__ float QuadSum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// Programmatic dependent launch (kernels/cuda/launch.h has the contract); no-ops when the
+// launch did not ask for it.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
+}
+// Both, at the top of a kernel that has no prologue on constant data.
+__device__ __forceinline__ void AwaitPreviousKernel() {
+  GridDependencyWait();
+  LaunchDependents();
+}
+
 }  // namespace resa::cuda::detail

@@ -3,6 +3,8 @@
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace resa::cuda {
 namespace {
@@ -10,6 +12,7 @@ namespace {
 // One warp per row: every lane reads the old lse_a before lane 0 rewrites it (__syncwarp).
 __global__ void MergeStatesKernel(float* o_a, float* lse_a, const float* o_b, const float* lse_b,
                                   int n, int head_dim) {
+  detail::AwaitPreviousKernel();
   const size_t row = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (row >= size_t(n)) return;
@@ -44,8 +47,9 @@ absl::Status MergeAttentionStatesCuda(float* o_a, float* lse_a, const float* o_b
   if (n == 0) return absl::OkStatus();
   const int threads = 256;
   const size_t blocks = (size_t(n) * 32 + threads - 1) / threads;
-  MergeStatesKernel<<<unsigned(blocks), threads, 0, stream>>>(o_a, lse_a, o_b, lse_b, n, head_dim);
-  return CheckLaunch("MergeStatesKernel");
+  return CudaStatus(LaunchKernel(MergeStatesKernel, dim3(unsigned(blocks)), dim3(threads), 0,
+                                 stream, {}, o_a, lse_a, o_b, lse_b, n, head_dim),
+                    "launching MergeStatesKernel");
 }
 
 }  // namespace resa::cuda

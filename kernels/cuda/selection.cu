@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
 
 namespace resa::cuda {
@@ -516,6 +517,9 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   __shared__ float s_q[D];
   __shared__ TailSmem s;
   __shared__ int s_last;
+  // No early trigger: the sparse decode after it measured slower when scheduled while the
+  // selection runs (docs/cuda_backend.md), so it is scheduled as this kernel's blocks exit.
+  detail::GridDependencyWait();
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
@@ -642,6 +646,9 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   __shared__ float s_q[D];
   __shared__ TailSmem s;
   __shared__ int s_last;
+  // No early trigger: the sparse decode after it measured slower when scheduled while the
+  // selection runs (docs/cuda_backend.md), so it is scheduled as this kernel's blocks exit.
+  detail::GridDependencyWait();
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
@@ -704,6 +711,7 @@ template <int D>
 __global__ void __launch_bounds__(kSelThreads, 2)
     ScoreBlocksKernel(const ScoreBlocksParams p, int group) {
   __shared__ float s_q[D];
+  detail::AwaitPreviousKernel();
   const int hkv = p.kv.num_kv_heads;
   const int b = blockIdx.z, h = blockIdx.y;
   const int32_t M = (p.num_keys[b] + kPageTokens - 1) / kPageTokens;
@@ -735,6 +743,7 @@ __device__ __forceinline__ size_t TableRow(const WriteKvParams& p, int s) {
 
 // Copies tokens' K/V rows into their page slots: one thread per 16-byte piece.
 __global__ void WriteKvKernel(const WriteKvParams p) {
+  detail::AwaitPreviousKernel();
   const int s = blockIdx.y;
   const int D = p.kv.head_dim, hkv = p.kv.num_kv_heads, ch = D / 8;
   const int32_t t0 = p.token_offsets[s];
@@ -753,6 +762,7 @@ __global__ void WriteKvKernel(const WriteKvParams p) {
 
 // Recomputes the summaries of the pages a run touched; one thread per dim.
 __global__ void RecomputeSummaryKernel(const WriteKvParams p) {
+  detail::AwaitPreviousKernel();
   const int s = blockIdx.z, h = blockIdx.y;
   const int D = p.kv.head_dim, hkv = p.kv.num_kv_heads;
   const int32_t ntok = p.token_offsets[s + 1] - p.token_offsets[s];
@@ -832,20 +842,12 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   cudaError_t err = cudaSuccess;
   if (rows <= kFewRows) {
     // One wave: at most (SMs / rows) CTAs per row, each looping over its chunks.
-    int device = 0, sms = 0;
-    err = cudaGetDevice(&device);
-    if (err == cudaSuccess) {
-      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    }
-    if (auto st = CudaStatus(err, "SelectBlocksCuda: SM count"); !st.ok()) return st;
+    const int sms = MultiprocessorCount();
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
     a.keys_in_smem = false;
-    if (p.kv.head_dim == 64) {
-      SelectKernel<64><<<grid, kSelThreads, 0, stream>>>(a);
-    } else {
-      SelectKernel<128><<<grid, kSelThreads, 0, stream>>>(a);
-    }
-    return CheckLaunch("SelectKernel");
+    return CudaStatus(LaunchKernel(p.kv.head_dim == 64 ? SelectKernel<64> : SelectKernel<128>, grid,
+                                   dim3(kSelThreads), 0, stream, {}, a),
+                      "launching SelectKernel");
   }
   const dim3 grid(chunks, p.kv.num_kv_heads, p.batch);
   a.keys_in_smem = plan.max_blocks <= kMaxRegKeys;
@@ -858,16 +860,19 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
       return cudaFuncSetAttribute(SelectWideKernel<64>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
     });
-    if (err == cudaSuccess) SelectWideKernel<64><<<grid, kSelThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) {
+      err = LaunchKernel(SelectWideKernel<64>, grid, dim3(kSelThreads), smem, stream, {}, a);
+    }
   } else {
     err = OncePerDevice(attr_done[1], [] {
       return cudaFuncSetAttribute(SelectWideKernel<128>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
     });
-    if (err == cudaSuccess) SelectWideKernel<128><<<grid, kSelThreads, smem, stream>>>(a);
+    if (err == cudaSuccess) {
+      err = LaunchKernel(SelectWideKernel<128>, grid, dim3(kSelThreads), smem, stream, {}, a);
+    }
   }
-  if (auto st = CudaStatus(err, "cudaFuncSetAttribute(SelectWideKernel)"); !st.ok()) return st;
-  return CheckLaunch("SelectWideKernel");
+  return CudaStatus(err, "launching SelectWideKernel");
 }
 
 absl::Status ScoreBlocksCuda(const ScoreBlocksParams& p, cudaStream_t stream) {
@@ -892,12 +897,10 @@ absl::Status ScoreBlocksCuda(const ScoreBlocksParams& p, cudaStream_t stream) {
   if (max_local == 0) return absl::OkStatus();
   const dim3 grid((max_local + kSelChunk - 1) / kSelChunk, p.kv.num_kv_heads, p.batch);
   const int group = p.num_heads / p.kv.num_kv_heads;
-  if (p.kv.head_dim == 64) {
-    ScoreBlocksKernel<64><<<grid, kSelThreads, 0, stream>>>(p, group);
-  } else {
-    ScoreBlocksKernel<128><<<grid, kSelThreads, 0, stream>>>(p, group);
-  }
-  return CheckLaunch("ScoreBlocksKernel");
+  return CudaStatus(
+      LaunchKernel(p.kv.head_dim == 64 ? ScoreBlocksKernel<64> : ScoreBlocksKernel<128>, grid,
+                   dim3(kSelThreads), 0, stream, {}, p, group),
+      "launching ScoreBlocksKernel");
 }
 
 absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream) {
@@ -912,12 +915,14 @@ absl::Status WriteKvCuda(const WriteKvParams& p, cudaStream_t stream) {
   if (p.max_tokens == 0) return absl::OkStatus();
   const int threads = 256;
   const int64_t pieces = int64_t(p.max_tokens) * p.kv.num_kv_heads * (p.kv.head_dim / 8);
-  WriteKvKernel<<<dim3(unsigned((pieces + threads - 1) / threads), p.num_seqs), threads, 0,
-                  stream>>>(p);
-  if (auto st = CheckLaunch("WriteKvKernel"); !st.ok()) return st;
+  cudaError_t err =
+      LaunchKernel(WriteKvKernel, dim3(unsigned((pieces + threads - 1) / threads), p.num_seqs),
+                   dim3(threads), 0, stream, {}, p);
+  if (auto st = CudaStatus(err, "launching WriteKvKernel"); !st.ok()) return st;
   const unsigned pages = unsigned((p.max_tokens + kPageTokens - 1) / kPageTokens + 1);
-  RecomputeSummaryKernel<<<dim3(pages, p.kv.num_kv_heads, p.num_seqs), 128, 0, stream>>>(p);
-  return CheckLaunch("RecomputeSummaryKernel");
+  err = LaunchKernel(RecomputeSummaryKernel, dim3(pages, p.kv.num_kv_heads, p.num_seqs), dim3(128),
+                     0, stream, {}, p);
+  return CudaStatus(err, "launching RecomputeSummaryKernel");
 }
 
 }  // namespace resa::cuda

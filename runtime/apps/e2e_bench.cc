@@ -34,6 +34,9 @@ struct E2eOptions {
   int gemv_max_rows = 1;  // CUDA: decode rows up to which the GEMV is used instead of cuBLAS
   bool torch = true;
   bool profile = true;  // after timing: rectify_every eager steps with events per kernel group
+  // CUDA programmatic dependent launch: "on", "off", or "both" (every row twice, off then on,
+  // as an A/B in the same run; the targets use the "on" rows).
+  std::string pdl = "on";
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
 };
@@ -93,6 +96,7 @@ struct Row {
   std::string model;
   int context, batch;
   DecodeMode mode;
+  bool pdl = true;
   double ms = 0, rect_ms = 0, bound_ms = 0, torch_ms = 0;
   std::vector<std::pair<std::string, double>> profile;  // ms per step by kernel group
   double profile_rect_ms = 0;                            // of which rectification (per step)
@@ -178,6 +182,9 @@ int RunE2e(const E2eOptions& o) {
   }
   std::printf("{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d}\n", *copy,
               o.gemv_max_rows);
+  std::vector<bool> pdl_settings;
+  if (o.pdl == "off" || o.pdl == "both") pdl_settings.push_back(false);
+  if (o.pdl == "on" || o.pdl == "both") pdl_settings.push_back(true);
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
     auto cfg = SyntheticConfig(model);
@@ -206,51 +213,65 @@ int RunE2e(const E2eOptions& o) {
           continue;
         }
         for (const std::string& mode_name : o.modes) {
-          const DecodeMode mode = ParseDecodeMode(mode_name).value();
-          auto row = RunRow(m, model, ctx, batch, mode, o, *copy);
-          if (!row.ok()) {
-            std::printf("{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
-                        "\"mode\":\"%s\",\"error\":%s}\n",
-                        model.c_str(), ctx, batch, mode_name.c_str(),
-                        nlohmann::json(std::string(row.status().message())).dump().c_str());
-            continue;
+          for (const bool pdl : pdl_settings) {
+            const DecodeMode mode = ParseDecodeMode(mode_name).value();
+            SetCudaLaunchOverlap(pdl);
+            auto row = RunRow(m, model, ctx, batch, mode, o, *copy);
+            if (!row.ok()) {
+              std::printf(
+                  "{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
+                  "\"mode\":\"%s\",\"pdl\":%s,\"error\":%s}\n",
+                  model.c_str(), ctx, batch, mode_name.c_str(), pdl ? "true" : "false",
+                  nlohmann::json(std::string(row.status().message())).dump().c_str());
+              continue;
+            }
+            row->pdl = pdl;
+            auto it = torch.find(Key{model, ctx, batch});
+            row->torch_ms = it == torch.end() ? 0.0 : it->second;
+            nlohmann::json prof = nlohmann::json::object();
+            for (const auto& [group, ms] : row->profile) prof[group] = ms;
+            if (!row->profile.empty()) prof["rectification_wall"] = row->profile_rect_ms;
+            std::printf(
+                "{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
+                "\"mode\":\"%s\",\"pdl\":%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
+                "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
+                "\"profile_ms_per_step\":%s}\n",
+                model.c_str(), ctx, batch, mode_name.c_str(), pdl ? "true" : "false", row->ms,
+                row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
+                prof.dump().c_str());
+            std::fflush(stdout);
+            rows.push_back(*row);
           }
-          auto it = torch.find(Key{model, ctx, batch});
-          row->torch_ms = it == torch.end() ? 0.0 : it->second;
-          nlohmann::json prof = nlohmann::json::object();
-          for (const auto& [group, ms] : row->profile) prof[group] = ms;
-          if (!row->profile.empty()) prof["rectification_wall"] = row->profile_rect_ms;
-          std::printf("{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
-                      "\"mode\":\"%s\",\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
-                      "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
-                      "\"profile_ms_per_step\":%s}\n",
-                      model.c_str(), ctx, batch, mode_name.c_str(), row->ms, row->rect_ms,
-                      row->bound_ms, row->ms / row->bound_ms, row->torch_ms, prof.dump().c_str());
-          std::fflush(stdout);
-          rows.push_back(*row);
         }
       }
     }
   }
   // Table and targets (stderr), ratios against same-run baselines only.
-  auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode) -> const Row* {
+  const bool main_pdl = o.pdl != "off";
+  auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
+                  bool pdl) -> const Row* {
     for (const Row& r : rows) {
-      if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode) return &r;
+      if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
+          r.pdl == pdl) {
+        return &r;
+      }
     }
     return nullptr;
   };
-  std::fprintf(stderr,
-               "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
-               "sequence)\n"
-               "| model | ctx | batch | mode | ms/step | bound ms | x bound | rectify share | vs "
-               "our dense | torch dense ms | vs torch |\n"
-               "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
-               *copy);
+  std::fprintf(
+      stderr,
+      "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
+      "sequence)\n"
+      "| model | ctx | batch | mode | pdl | ms/step | bound ms | x bound | rectify share | "
+      "vs our dense | torch dense ms | vs torch |\n"
+      "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+      *copy);
   for (const Row& r : rows) {
-    const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense);
-    std::fprintf(stderr, "| %s | %d | %d | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
-                 r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode), r.ms, r.bound_ms,
-                 r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
+    const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.pdl);
+    std::fprintf(stderr,
+                 "| %s | %d | %d | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
+                 r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode), r.pdl ? "on" : "off",
+                 r.ms, r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
                  dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
                  r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
                  r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
@@ -260,8 +281,8 @@ int RunE2e(const E2eOptions& o) {
                "no graphs; rectification's kernels are inside the groups)\n");
   for (const Row& r : rows) {
     if (r.profile.empty()) continue;
-    std::string line = absl::StrFormat("%s ctx %d b%d %-6s:", r.model, r.context, r.batch,
-                                       DecodeModeName(r.mode));
+    std::string line = absl::StrFormat("%s ctx %d b%d %-6s pdl %-3s:", r.model, r.context, r.batch,
+                                       DecodeModeName(r.mode), r.pdl ? "on" : "off");
     double sum = 0;
     for (const auto& [group, ms] : r.profile) {
       absl::StrAppendFormat(&line, " %s %.3f", group, ms);
@@ -277,10 +298,10 @@ int RunE2e(const E2eOptions& o) {
                  have ? absl::StrFormat("%.3f", value).c_str() : "-", want);
   };
   const int k256 = 262144;
-  const Row* d15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kDense);
-  const Row* r15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kResa);
-  const Row* d7 = find("r1-qwen-7b", k256, 8, DecodeMode::kDense);
-  const Row* r7 = find("r1-qwen-7b", k256, 8, DecodeMode::kResa);
+  const Row* d15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kDense, main_pdl);
+  const Row* r15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kResa, main_pdl);
+  const Row* d7 = find("r1-qwen-7b", k256, 8, DecodeMode::kDense, main_pdl);
+  const Row* r7 = find("r1-qwen-7b", k256, 8, DecodeMode::kResa, main_pdl);
   target("1.5B b1 256K dense / bytes bound", d15, d15 ? d15->ms / d15->bound_ms : 0,
          d15 && d15->ms <= 1.15 * d15->bound_ms, "<= 1.15");
   target("1.5B b1 256K ReSA speed-up vs our dense", d15 && r15, d15 && r15 ? d15->ms / r15->ms : 0,
@@ -324,6 +345,11 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::Range(0, 8));
   e->add_flag("!--no-profile", o.profile, "Skip the per-kernel-group profile of each row");
+  e->add_option("--pdl", o.pdl,
+                "Programmatic dependent launch of the step's kernels: on, off, or both (each row "
+                "twice, off then on, in the same run)")
+      ->check(CLI::IsMember({"on", "off", "both"}))
+      ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();
   e->add_option("--torch-script", o.torch_script, "The baseline script")->capture_default_str();
   e->callback([&exit_code] { exit_code = RunE2e(o); });

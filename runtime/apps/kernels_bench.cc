@@ -30,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "nlohmann/json.hpp"
 #endif
@@ -62,6 +63,10 @@ struct KernelsBenchOptions {
   std::vector<int> gemv_rows = {1, 2, 4, 8};
   int gemv_iters = 200;
   double gemv_rotate_bytes = 256e6;  // weight copies per shape (L2 is 60 MB)
+  // Programmatic dependent launch between the timed launches (kernels/cuda/launch.h). Off by
+  // default: each kernel is timed on its own, as in earlier runs; the GEMV's "new_pdl" column
+  // turns it on for that kernel alone.
+  bool pdl = false;
 };
 
 #if RESA_KERNELS_BENCH_CUDA
@@ -692,6 +697,7 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
   }
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
+  cuda::SetProgrammaticLaunch(o.pdl);
   std::map<SdpaKey, SdpaResult> sdpa;
   if (o.sdpa && !o.gemv) sdpa = RunSdpa(o);
   auto ceiling = CopyCeilingTBps();
@@ -824,6 +830,9 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--gemv", o->gemv,
               "Decode GEMV shapes (old kernel, new kernel, cuBLAS) instead of the attention "
               "kernels");
+  k->add_flag("--pdl", o->pdl,
+              "Launch every kernel with programmatic dependent launch (default: off, each kernel "
+              "timed alone)");
   k->add_flag("--gemv-sweep", o->gemv_sweep, "With --gemv: every k split x loads per lane too");
   k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
       ->capture_default_str()

@@ -6,6 +6,7 @@
 #include "runtime/engine/kv_cache.h"
 
 #if RESA_HAVE_CUDA
+#include "kernels/cuda/launch.h"
 #include "runtime/engine/cuda/cuda_model.h"
 #endif
 
@@ -54,6 +55,17 @@ int CudaDeviceCount() {
   return count;
 #else
   return 0;
+#endif
+}
+
+bool SetCudaLaunchOverlap(bool on) {
+#if RESA_HAVE_CUDA
+  const bool was = cuda::ProgrammaticLaunch();
+  cuda::SetProgrammaticLaunch(on);
+  return was;
+#else
+  (void)on;
+  return false;
 #endif
 }
 

@@ -42,6 +42,13 @@ struct BackendOptions {
 // CUDA devices visible to this process (0 without the CUDA backend or a driver).
 int CudaDeviceCount();
 
+// CUDA: whether the kernels of a step are launched with programmatic dependent launch (each
+// kernel scheduled while the one before it ends; kernels/cuda/launch.h). Process-wide, on by
+// default (RESA_CUDA_PDL=0 turns it off at start); steps captured in graphs keep the setting
+// they were captured with (the CUDA model keys its graphs by it). Returns the previous
+// setting; false and no effect without the CUDA backend.
+bool SetCudaLaunchOverlap(bool on);
+
 struct Backend {
   std::unique_ptr<ModelBackend> model;
   std::string description;  // device, weight and KV bytes, KV capacity and how it was sized

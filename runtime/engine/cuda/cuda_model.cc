@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "runtime/core/status.h"
 #include "runtime/engine/cuda/cuda_model_internal.h"
@@ -354,7 +355,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   if (plan.sharded) PrepareSharded(chunks, plan);
 
   if (plan.graph) {
-    plan.key = {plan.nd, plan.ns, plan.nl, plan.stride, plan.max_keys_dense};
+    plan.key = {
+        plan.nd, plan.ns, plan.nl, plan.stride, plan.max_keys_dense, ProgrammaticLaunch() ? 1 : 0};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);

@@ -4,10 +4,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
 #include "runtime/engine/cuda/model_ops_cuda.h"
 
 namespace resa::cuda {
 namespace {
+
+using detail::AwaitPreviousKernel;
+using detail::GridDependencyWait;
+using detail::LaunchDependents;
 
 constexpr int kThreads = 256;
 
@@ -24,6 +30,7 @@ __device__ __forceinline__ float WarpSum(float x) {
 
 __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* tokens, int hidden,
                             float* h) {
+  AwaitPreviousKernel();
   const int r = blockIdx.x;
   const __nv_bfloat16* e = table + size_t(tokens[r]) * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
@@ -34,6 +41,7 @@ __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* tokens, i
 __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int dim, float eps,
                                  __nv_bfloat16* x) {
   __shared__ float partial[32];
+  AwaitPreviousKernel();
   const size_t base = size_t(blockIdx.x) * dim;
   float ss = 0.0f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -62,6 +70,7 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
 
 // grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
 __global__ void QkvRopeKernel(const QkvRopeParams p) {
+  AwaitPreviousKernel();
   const int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int d = p.head_dim, half = d / 2;
   const int total = p.num_heads + 2 * p.num_kv_heads;
@@ -92,6 +101,7 @@ __global__ void QkvRopeKernel(const QkvRopeParams p) {
 }
 
 __global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat16* act) {
+  AwaitPreviousKernel();
   const int64_t n = int64_t(rows) * inter;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -102,6 +112,7 @@ __global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat1
 }
 
 __global__ void ToBf16Kernel(const float* in, int64_t n, __nv_bfloat16* out) {
+  AwaitPreviousKernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     out[i] = __float2bfloat16(in[i]);
@@ -110,6 +121,7 @@ __global__ void ToBf16Kernel(const float* in, int64_t n, __nv_bfloat16* out) {
 
 __global__ void GatherRowsKernel(const __nv_bfloat16* in, const int32_t* index, int cols,
                                  __nv_bfloat16* out) {
+  AwaitPreviousKernel();
   const __nv_bfloat16* src = in + size_t(index[blockIdx.x]) * cols;
   for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = src[i];
 }
@@ -174,18 +186,6 @@ __device__ __forceinline__ uint4 LoadW(const uint4* p, bool pred) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p), "r"(int(pred)));
   return v;
-}
-
-// Programmatic dependent launch (sm_90): no-ops unless the launch asked for it.
-__device__ __forceinline__ void GridDependencyWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void LaunchDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" :::);
-#endif
 }
 
 // Output rows per warp: one for a single input row; two for batches, so each x load serves two
@@ -367,6 +367,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void ArgmaxKernel(const float* logits, int n, int32_t* out) {
   __shared__ float sv[32];
   __shared__ int si[32];
+  AwaitPreviousKernel();
   const float* row = logits + size_t(blockIdx.x) * n;
   float best = -INFINITY;
   int bi = n;
@@ -463,16 +464,18 @@ absl::Status EmbedCuda(const __nv_bfloat16* table, const int32_t* tokens, int ro
                        float* h, cudaStream_t stream) {
   if (rows < 0 || hidden <= 0) return absl::InvalidArgumentError("EmbedCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  EmbedKernel<<<rows, kThreads, 0, stream>>>(table, tokens, hidden, h);
-  return CheckLaunch("EmbedKernel");
+  return CudaStatus(LaunchKernel(EmbedKernel, dim3(unsigned(rows)), dim3(kThreads), 0, stream, {},
+                                 table, tokens, hidden, h),
+                    "launching EmbedKernel");
 }
 
 absl::Status AddRmsNormCuda(float* h, const float* add, const float* weight, int rows, int dim,
                             float eps, __nv_bfloat16* x, cudaStream_t stream) {
   if (rows < 0 || dim <= 0) return absl::InvalidArgumentError("AddRmsNormCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  AddRmsNormKernel<<<rows, 512, 0, stream>>>(h, add, weight, dim, eps, x);
-  return CheckLaunch("AddRmsNormKernel");
+  return CudaStatus(LaunchKernel(AddRmsNormKernel, dim3(unsigned(rows)), dim3(512), 0, stream, {},
+                                 h, add, weight, dim, eps, x),
+                    "launching AddRmsNormKernel");
 }
 
 absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {
@@ -483,31 +486,35 @@ absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {
   }
   if (p.rows == 0) return absl::OkStatus();
   const dim3 grid(unsigned(p.rows), unsigned(p.num_heads + 2 * p.num_kv_heads));
-  QkvRopeKernel<<<grid, p.head_dim / 2, 0, stream>>>(p);
-  return CheckLaunch("QkvRopeKernel");
+  return CudaStatus(
+      LaunchKernel(QkvRopeKernel, grid, dim3(unsigned(p.head_dim / 2)), 0, stream, {}, p),
+      "launching QkvRopeKernel");
 }
 
 absl::Status SiluMulCuda(const float* gu, int rows, int inter, __nv_bfloat16* act,
                          cudaStream_t stream) {
   if (rows < 0 || inter <= 0) return absl::InvalidArgumentError("SiluMulCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  SiluMulKernel<<<Blocks(int64_t(rows) * inter), kThreads, 0, stream>>>(gu, rows, inter, act);
-  return CheckLaunch("SiluMulKernel");
+  return CudaStatus(LaunchKernel(SiluMulKernel, dim3(Blocks(int64_t(rows) * inter)), dim3(kThreads),
+                                 0, stream, {}, gu, rows, inter, act),
+                    "launching SiluMulKernel");
 }
 
 absl::Status ToBf16Cuda(const float* in, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
   if (n < 0) return absl::InvalidArgumentError("ToBf16Cuda: negative size");
   if (n == 0) return absl::OkStatus();
-  ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(in, n, out);
-  return CheckLaunch("ToBf16Kernel");
+  return CudaStatus(
+      LaunchKernel(ToBf16Kernel, dim3(Blocks(n)), dim3(kThreads), 0, stream, {}, in, n, out),
+      "launching ToBf16Kernel");
 }
 
 absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n, int cols,
                             __nv_bfloat16* out, cudaStream_t stream) {
   if (n < 0 || cols <= 0) return absl::InvalidArgumentError("GatherRowsCuda: bad shape");
   if (n == 0) return absl::OkStatus();
-  GatherRowsKernel<<<n, kThreads, 0, stream>>>(in, index, cols, out);
-  return CheckLaunch("GatherRowsKernel");
+  return CudaStatus(LaunchKernel(GatherRowsKernel, dim3(unsigned(n)), dim3(kThreads), 0, stream, {},
+                                 in, index, cols, out),
+                    "launching GatherRowsKernel");
 }
 
 namespace {
@@ -576,7 +583,7 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
   cfg.blockDim = dim3(kThreads);
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = o.overlap_previous ? 1 : 0;
+  cfg.numAttrs = o.overlap_previous || ProgrammaticLaunch() ? 1 : 0;
   const int u = plan.loads_per_lane, s = plan.k_split;
   cudaError_t err;
   switch (rows) {
@@ -650,8 +657,9 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int 
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream) {
   if (rows < 0 || n <= 0) return absl::InvalidArgumentError("ArgmaxCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  ArgmaxKernel<<<rows, 1024, 0, stream>>>(logits, n, out);
-  return CheckLaunch("ArgmaxKernel");
+  return CudaStatus(
+      LaunchKernel(ArgmaxKernel, dim3(unsigned(rows)), dim3(1024), 0, stream, {}, logits, n, out),
+      "launching ArgmaxKernel");
 }
 
 absl::Status FillUniformBf16Cuda(__nv_bfloat16* out, int64_t n, uint64_t seed, float scale,

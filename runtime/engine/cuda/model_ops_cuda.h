@@ -63,11 +63,12 @@ inline constexpr int kGemvMaxRows = 8;
 
 // How a GEMV launches; the defaults are what the overloads without options use.
 struct GemvOptions {
-  // Programmatic dependent launch (sm_90): the GEMV may start while the kernel launched just
-  // before it on the stream is still running, and streams its first weights then; it reads x
-  // and writes y only after that kernel (and everything before it) has completed, and lets the
-  // next kernel launched this way start early in turn. Contract: w is not written by any kernel
-  // launched on the stream since the last launch without this option, that one included.
+  // Programmatic dependent launch (sm_90; kernels/cuda/launch.h): the GEMV may start while the
+  // kernel launched just before it on the stream is still running, and streams its first
+  // weights then; it reads x and writes y only after that kernel (and everything before it) has
+  // completed, and lets the next kernel launched this way start early in turn. Contract: w is
+  // not written by the kernel launched just before it. Also on whenever
+  // resa::cuda::ProgrammaticLaunch() is (the default).
   bool overlap_previous = false;
   // Overrides for tuning and benchmarks (0: chosen from the shape by PlanGemv): warps of a
   // block splitting one output row's k (1, 2, 4, 8), and 16-byte weight loads a lane issues
