@@ -8,7 +8,9 @@
 # rank's and the agreement is printed (random-weight models have near-tied logits, where fp32
 # reordering of TP sums / SP merges may pick another token: cuda_distributed_test checks the
 # tie-aware equality); and a bad grid fails with a message.
-#   usage: scripts/gpu_parallel_check.sh BUILD_DIR MODEL OUT_DIR
+#   usage: [GRIDS="1 2,2 1,2 2"] [TOKENS=40] [GPU_COMM=mpi] \
+#            scripts/gpu_parallel_check.sh BUILD_DIR MODEL OUT_DIR
+# GRIDS: the "TP SP" grids to run, comma-separated (default all three).
 set -uo pipefail
 bin="$1/bin"; model="$2"; out="$3"
 mkdir -p "$out"
@@ -58,7 +60,8 @@ for mode in resa dense; do
   check "-np 1 --mode $mode" test $? -eq 0
 done
 
-for grid in "1 2" "2 1" "2 2"; do
+IFS=, read -r -a grids <<< "${GRIDS:-1 2,2 1,2 2}"
+for grid in "${grids[@]}"; do
   set -- $grid
   tp=$1; sp=$2; np=$(( tp * sp ))
   for mode in resa dense; do
