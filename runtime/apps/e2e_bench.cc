@@ -37,6 +37,8 @@ struct E2eOptions {
   // CUDA programmatic dependent launch: "on", "off", or "both" (every row twice, off then on,
   // as an A/B in the same run; the targets use the "on" rows).
   std::string pdl = "on";
+  // Batch-1 gate_up GEMV with SwiGLU in its epilogue: "on", "off" or "both", as --pdl.
+  std::string swiglu_epilogue = "on";
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
 };
@@ -96,7 +98,7 @@ struct Row {
   std::string model;
   int context, batch;
   DecodeMode mode;
-  bool pdl = true;
+  CudaTuning tuning;  // the variant this row ran (--pdl, --swiglu-epilogue)
   double ms = 0, rect_ms = 0, bound_ms = 0, torch_ms = 0;
   std::vector<std::pair<std::string, double>> profile;  // ms per step by kernel group
   double profile_rect_ms = 0;                            // of which rectification (per step)
@@ -182,9 +184,22 @@ int RunE2e(const E2eOptions& o) {
   }
   std::printf("{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d}\n", *copy,
               o.gemv_max_rows);
-  std::vector<bool> pdl_settings;
-  if (o.pdl == "off" || o.pdl == "both") pdl_settings.push_back(false);
-  if (o.pdl == "on" || o.pdl == "both") pdl_settings.push_back(true);
+  // Variants of each row (an A/B inside this run): off before on for each "both".
+  auto settings = [](const std::string& v) {
+    std::vector<bool> out;
+    if (v == "off" || v == "both") out.push_back(false);
+    if (v == "on" || v == "both") out.push_back(true);
+    return out;
+  };
+  std::vector<CudaTuning> variants;
+  for (const bool pdl : settings(o.pdl)) {
+    for (const bool swiglu : settings(o.swiglu_epilogue)) variants.push_back({pdl, swiglu});
+  }
+  auto variant_json = [](const CudaTuning& t) {
+    return absl::StrFormat("\"pdl\":%s,\"swiglu_epilogue\":%s",
+                           t.programmatic_launch ? "true" : "false",
+                           t.swiglu_epilogue ? "true" : "false");
+  };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
     auto cfg = SyntheticConfig(model);
@@ -213,19 +228,19 @@ int RunE2e(const E2eOptions& o) {
           continue;
         }
         for (const std::string& mode_name : o.modes) {
-          for (const bool pdl : pdl_settings) {
+          for (const CudaTuning& variant : variants) {
             const DecodeMode mode = ParseDecodeMode(mode_name).value();
-            SetCudaLaunchOverlap(pdl);
+            SetCudaTuning(variant);
             auto row = RunRow(m, model, ctx, batch, mode, o, *copy);
             if (!row.ok()) {
               std::printf(
                   "{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
-                  "\"mode\":\"%s\",\"pdl\":%s,\"error\":%s}\n",
-                  model.c_str(), ctx, batch, mode_name.c_str(), pdl ? "true" : "false",
+                  "\"mode\":\"%s\",%s,\"error\":%s}\n",
+                  model.c_str(), ctx, batch, mode_name.c_str(), variant_json(variant).c_str(),
                   nlohmann::json(std::string(row.status().message())).dump().c_str());
               continue;
             }
-            row->pdl = pdl;
+            row->tuning = variant;
             auto it = torch.find(Key{model, ctx, batch});
             row->torch_ms = it == torch.end() ? 0.0 : it->second;
             nlohmann::json prof = nlohmann::json::object();
@@ -233,11 +248,11 @@ int RunE2e(const E2eOptions& o) {
             if (!row->profile.empty()) prof["rectification_wall"] = row->profile_rect_ms;
             std::printf(
                 "{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
-                "\"mode\":\"%s\",\"pdl\":%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
+                "\"mode\":\"%s\",%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
                 "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
                 "\"profile_ms_per_step\":%s}\n",
-                model.c_str(), ctx, batch, mode_name.c_str(), pdl ? "true" : "false", row->ms,
-                row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
+                model.c_str(), ctx, batch, mode_name.c_str(), variant_json(variant).c_str(),
+                row->ms, row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
                 prof.dump().c_str());
             std::fflush(stdout);
             rows.push_back(*row);
@@ -247,42 +262,46 @@ int RunE2e(const E2eOptions& o) {
     }
   }
   // Table and targets (stderr), ratios against same-run baselines only.
-  const bool main_pdl = o.pdl != "off";
+  const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off"};
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
-                  bool pdl) -> const Row* {
+                  const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
-          r.pdl == pdl) {
+          r.tuning.programmatic_launch == t.programmatic_launch &&
+          r.tuning.swiglu_epilogue == t.swiglu_epilogue) {
         return &r;
       }
     }
     return nullptr;
   };
-  std::fprintf(
-      stderr,
-      "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
-      "sequence)\n"
-      "| model | ctx | batch | mode | pdl | ms/step | bound ms | x bound | rectify share | "
-      "vs our dense | torch dense ms | vs torch |\n"
-      "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
-      *copy);
+  std::fprintf(stderr,
+               "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
+               "sequence)\n"
+               "| model | ctx | batch | mode | pdl | swiglu ep. | ms/step | bound ms | x bound | "
+               "rectify share | "
+               "vs our dense | torch dense ms | vs torch |\n"
+               "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+               *copy);
   for (const Row& r : rows) {
-    const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.pdl);
-    std::fprintf(stderr,
-                 "| %s | %d | %d | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
-                 r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode), r.pdl ? "on" : "off",
-                 r.ms, r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
-                 dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
-                 r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
-                 r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
+    const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
+    std::fprintf(
+        stderr, "| %s | %d | %d | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
+        r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
+        r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off", r.ms,
+        r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
+        dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
+        r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
+        r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
   }
   std::fprintf(stderr,
                "\nwhere the time goes: device ms per step by kernel group (eager with events, "
                "no graphs; rectification's kernels are inside the groups)\n");
   for (const Row& r : rows) {
     if (r.profile.empty()) continue;
-    std::string line = absl::StrFormat("%s ctx %d b%d %-6s pdl %-3s:", r.model, r.context, r.batch,
-                                       DecodeModeName(r.mode), r.pdl ? "on" : "off");
+    std::string line =
+        absl::StrFormat("%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s:", r.model, r.context, r.batch,
+                        DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
+                        r.tuning.swiglu_epilogue ? "on" : "off");
     double sum = 0;
     for (const auto& [group, ms] : r.profile) {
       absl::StrAppendFormat(&line, " %s %.3f", group, ms);
@@ -298,10 +317,10 @@ int RunE2e(const E2eOptions& o) {
                  have ? absl::StrFormat("%.3f", value).c_str() : "-", want);
   };
   const int k256 = 262144;
-  const Row* d15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kDense, main_pdl);
-  const Row* r15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kResa, main_pdl);
-  const Row* d7 = find("r1-qwen-7b", k256, 8, DecodeMode::kDense, main_pdl);
-  const Row* r7 = find("r1-qwen-7b", k256, 8, DecodeMode::kResa, main_pdl);
+  const Row* d15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kDense, main_variant);
+  const Row* r15 = find("r1-qwen-1.5b", k256, 1, DecodeMode::kResa, main_variant);
+  const Row* d7 = find("r1-qwen-7b", k256, 8, DecodeMode::kDense, main_variant);
+  const Row* r7 = find("r1-qwen-7b", k256, 8, DecodeMode::kResa, main_variant);
   target("1.5B b1 256K dense / bytes bound", d15, d15 ? d15->ms / d15->bound_ms : 0,
          d15 && d15->ms <= 1.15 * d15->bound_ms, "<= 1.15");
   target("1.5B b1 256K ReSA speed-up vs our dense", d15 && r15, d15 && r15 ? d15->ms / r15->ms : 0,
@@ -348,6 +367,11 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
   e->add_option("--pdl", o.pdl,
                 "Programmatic dependent launch of the step's kernels: on, off, or both (each row "
                 "twice, off then on, in the same run)")
+      ->check(CLI::IsMember({"on", "off", "both"}))
+      ->capture_default_str();
+  e->add_option("--swiglu-epilogue", o.swiglu_epilogue,
+                "Batch-1 gate_up GEMV writing the SwiGLU activations (no SiluMul launch): on, "
+                "off, or both (each row twice, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();

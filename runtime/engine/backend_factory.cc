@@ -58,14 +58,21 @@ int CudaDeviceCount() {
 #endif
 }
 
-bool SetCudaLaunchOverlap(bool on) {
+CudaTuning GetCudaTuning() {
+  CudaTuning t;
 #if RESA_HAVE_CUDA
-  const bool was = cuda::ProgrammaticLaunch();
-  cuda::SetProgrammaticLaunch(on);
-  return was;
+  t.programmatic_launch = cuda::ProgrammaticLaunch();
+  t.swiglu_epilogue = cuda::SwiGluEpilogue();
+#endif
+  return t;
+}
+
+void SetCudaTuning(const CudaTuning& tuning) {
+#if RESA_HAVE_CUDA
+  cuda::SetProgrammaticLaunch(tuning.programmatic_launch);
+  cuda::SetSwiGluEpilogue(tuning.swiglu_epilogue);
 #else
-  (void)on;
-  return false;
+  (void)tuning;
 #endif
 }
 

@@ -42,12 +42,19 @@ struct BackendOptions {
 // CUDA devices visible to this process (0 without the CUDA backend or a driver).
 int CudaDeviceCount();
 
-// CUDA: whether the kernels of a step are launched with programmatic dependent launch (each
-// kernel scheduled while the one before it ends; kernels/cuda/launch.h). Process-wide, on by
-// default (RESA_CUDA_PDL=0 turns it off at start); steps captured in graphs keep the setting
-// they were captured with (the CUDA model keys its graphs by it). Returns the previous
-// setting; false and no effect without the CUDA backend.
-bool SetCudaLaunchOverlap(bool on);
+// CUDA: process-wide switches of how a step runs, for A/B runs (resa-bench e2e) and diagnosis;
+// the defaults are the faster choices measured on the H200. The CUDA model keys its graphs by
+// them, so steps captured earlier keep the settings they were captured with. No effect
+// without the CUDA backend.
+struct CudaTuning {
+  // Programmatic dependent launch of the step's kernels (kernels/cuda/launch.h; each kernel
+  // scheduled while the one before it ends). RESA_CUDA_PDL=0 turns it off at start.
+  bool programmatic_launch = true;
+  // A single decode row's gate_up GEMV writes the SwiGLU activations (cuda_model.h).
+  bool swiglu_epilogue = true;
+};
+CudaTuning GetCudaTuning();
+void SetCudaTuning(const CudaTuning& tuning);
 
 struct Backend {
   std::unique_ptr<ModelBackend> model;

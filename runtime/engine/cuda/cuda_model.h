@@ -73,6 +73,13 @@ struct CudaModelOptions {
   int gemv_max_rows = 1;
 };
 
+// Whether a single decode row's gate_up GEMV writes the SwiGLU activations itself
+// (GemvSwiGluBf16Cuda: the same bits, one launch less per layer) instead of GEMV + SiluMulCuda.
+// Process-wide, on by default; a switch for A/B runs (resa-bench e2e --swiglu-epilogue both).
+// Graphs are keyed by it.
+bool SwiGluEpilogue();
+void SetSwiGluEpilogue(bool on);
+
 // The groups of one rank of a TP x SP grid (model_grid.h). Null stands for a group of one.
 struct CudaModelGroups {
   // Device-buffer (NCCL) or host-buffer communicators; sized and ranked as the weights' TpShard

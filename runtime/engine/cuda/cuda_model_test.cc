@@ -314,46 +314,54 @@ TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
 
 INSTANTIATE_TEST_SUITE_P(GemvMaxRows, BatchedGraphSteps, ::testing::Values(8, 0));
 
-// Programmatic dependent launch changes when kernels start, never what they compute: a batch
-// of dense, sparse and ReSA sequences (rectifications included) through graphs gives the same
-// logits bits with it off and on, on the GEMV path and the cuBLAS one.
-TEST_F(CudaModelInvariants, LaunchOverlapDoesNotChangeBits) {
+// Programmatic dependent launch changes when kernels start, never what they compute, and the
+// SwiGLU epilogue of a single row's gate_up GEMV gives SiluMulCuda's bits: a batch of dense,
+// sparse and ReSA sequences and a single ReSA sequence (rectifications included) through
+// graphs give the same logits bits with both off and both on, on the GEMV path and cuBLAS.
+TEST_F(CudaModelInvariants, LaunchOverlapAndSwiGluEpilogueDoNotChangeBits) {
   struct Restore {
-    bool was = ProgrammaticLaunch();
-    ~Restore() { SetProgrammaticLaunch(was); }
+    bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue();
+    ~Restore() {
+      SetProgrammaticLaunch(pdl);
+      SetSwiGluEpilogue(swiglu);
+    }
   } restore;
   const int vocab = SmallQwen().vocab_size;
+  const ResaOptions modes[] = {{DecodeMode::kResa, 0.25f, 4, 8},
+                               {DecodeMode::kDense, 0.1f, 16, 32},
+                               {DecodeMode::kSparse, 0.25f, 4, 8}};
   for (int gemv_max_rows : {8, 0}) {
-    std::vector<std::vector<float>> runs[2];
-    for (int pdl = 0; pdl < 2; ++pdl) {
-      SetProgrammaticLaunch(pdl == 1);
-      auto m = Model(true, 512, gemv_max_rows);
-      Decoder dec(*m);
-      const ResaOptions modes[] = {{DecodeMode::kDense, 0.1f, 16, 32},
-                                   {DecodeMode::kSparse, 0.25f, 4, 8},
-                                   {DecodeMode::kResa, 0.25f, 4, 8}};
-      std::vector<int> ids;
-      for (int s = 0; s < 3; ++s) {
-        std::vector<int32_t> prompt(100 + 250 * s);
-        for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + s) % vocab);
-        ids.push_back(dec.Start(prompt, modes[s]).value());
-      }
-      for (int step = 0; step < 20; ++step) {
-        std::vector<Decoder::Feed> feeds;
-        for (int s = 0; s < 3; ++s) {
-          const float* l = dec.logits(ids[s]);
-          runs[pdl].emplace_back(l, l + vocab);
-          feeds.push_back({ids[s], ArgMax(l, vocab)});
+    for (int batch : {3, 1}) {
+      std::vector<std::vector<float>> runs[2];
+      for (int on = 0; on < 2; ++on) {
+        SetProgrammaticLaunch(on == 1);
+        SetSwiGluEpilogue(on == 1);
+        auto m = Model(true, 512, gemv_max_rows);
+        Decoder dec(*m);
+        std::vector<int> ids;
+        for (int s = 0; s < batch; ++s) {
+          std::vector<int32_t> prompt(100 + 250 * s);
+          for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + s) % vocab);
+          ids.push_back(dec.Start(prompt, modes[s]).value());
         }
-        ASSERT_TRUE(dec.Step(feeds).ok());
+        for (int step = 0; step < 20; ++step) {
+          std::vector<Decoder::Feed> feeds;
+          for (int s = 0; s < batch; ++s) {
+            const float* l = dec.logits(ids[s]);
+            runs[on].emplace_back(l, l + vocab);
+            feeds.push_back({ids[s], ArgMax(l, vocab)});
+          }
+          ASSERT_TRUE(dec.Step(feeds).ok());
+        }
+        EXPECT_GT(m->graphs_captured(), 0);
+        EXPECT_GT(dec.report(ids[0]).rectifications, 0);
       }
-      EXPECT_GT(m->graphs_captured(), 0);
-      EXPECT_GT(dec.report(ids[2]).rectifications, 0);
-    }
-    ASSERT_EQ(runs[0].size(), runs[1].size());
-    for (size_t i = 0; i < runs[0].size(); ++i) {
-      ASSERT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), size_t(vocab) * 4))
-          << "gemv_max_rows " << gemv_max_rows << ", step " << i / 3 << ", sequence " << i % 3;
+      ASSERT_EQ(runs[0].size(), runs[1].size());
+      for (size_t i = 0; i < runs[0].size(); ++i) {
+        ASSERT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), size_t(vocab) * 4))
+            << "gemv_max_rows " << gemv_max_rows << ", batch " << batch << ", step " << i / batch
+            << ", sequence " << i % batch;
+      }
     }
   }
 }

@@ -203,9 +203,14 @@ constexpr int kWarps = kThreads / 32;
 // overlaps the previous kernel (weights are constant; x and y are touched only after the wait).
 // Each x load (L1/L2 resident) serves all R rows. Partial sums meet in shared memory and are
 // added in slice order: the result does not depend on timing.
-template <int M, int R, int U, typename XT>
+// SWIGLU (gate_up with SwiGLU in the epilogue): the n output rows are logical, gate row i at 2i
+// and up row i at 2i + 1 (weight rows i and n/2 + i), so each pair meets in one block (the host
+// keeps groups * R even); the block writes act[m][i] = bf16(silu(gate) * up), as SiluMulCuda
+// does from y, instead of y.
+template <int M, int R, int U, typename XT, bool SWIGLU = false>
 __global__ void __launch_bounds__(kThreads)
-    GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y) {
+    GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
+               __nv_bfloat16* act) {
   __shared__ float part[kWarps][M][R];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int groups = kWarps / split;
@@ -218,7 +223,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = j0 + r < n ? j0 + r : n - 1;  // rows past n are computed and dropped
-    wr[r] = reinterpret_cast<const uint4*>(w + size_t(j) * k);
+    const int row = SWIGLU ? ((j & 1) ? (n >> 1) + (j >> 1) : (j >> 1)) : j;
+    wr[r] = reinterpret_cast<const uint4*>(w + size_t(row) * k);
   }
   float acc[M][R];
 #pragma unroll
@@ -279,13 +285,25 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
-    const int gg = i / (M * R), m = (i / R) % M, r = i % R;
-    const int j = (blockIdx.x * groups + gg) * R + r;
-    if (j >= n) continue;
-    float sum = 0.0f;
-    for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
-    y[size_t(m) * n + j] = sum;
+  if constexpr (SWIGLU) {
+    for (int i = threadIdx.x; i < groups * R / 2 * M; i += blockDim.x) {
+      const int l = 2 * (i / M), m = i % M;  // the pair's gate row within the block
+      const int j = blockIdx.x * groups * R + l;
+      if (j >= n) continue;
+      float g = 0.0f, u = 0.0f;
+      for (int s = 0; s < split; ++s) g += part[(l / R) * split + s][m][l % R];
+      for (int s = 0; s < split; ++s) u += part[((l + 1) / R) * split + s][m][(l + 1) % R];
+      act[size_t(m) * (n >> 1) + (j >> 1)] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    }
+  } else {
+    for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
+      const int gg = i / (M * R), m = (i / R) % M, r = i % R;
+      const int j = (blockIdx.x * groups + gg) * R + r;
+      if (j >= n) continue;
+      float sum = 0.0f;
+      for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
+      y[size_t(m) * n + j] = sum;
+    }
   }
 }
 
@@ -520,19 +538,43 @@ absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n
 namespace {
 
 // Dispatch of GemvKernel over (rows, loads per lane); R follows from rows.
-template <int M, typename XT>
+template <int M, typename XT, bool SWIGLU = false>
 cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __nv_bfloat16* w,
-                             const XT* x, int n, int k, int split, float* y) {
+                             const XT* x, int n, int k, int split, float* y,
+                             __nv_bfloat16* act = nullptr) {
   constexpr int R = GemvRowsPerWarp(M);
   if constexpr (M == 1) {
-    if (loads <= 2) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT>, w, x, n, k, split, y);
-    if (loads <= 4) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT>, w, x, n, k, split, y);
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT>, w, x, n, k, split, y);
+    if (loads <= 2) {
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, SWIGLU>, w, x, n, k, split, y, act);
+    }
+    if (loads <= 4) {
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, SWIGLU>, w, x, n, k, split, y, act);
+    }
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT, SWIGLU>, w, x, n, k, split, y, act);
   } else {
-    if (loads <= 2) return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT>, w, x, n, k, split, y);
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT>, w, x, n, k, split, y);
+    if (loads <= 2) {
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, SWIGLU>, w, x, n, k, split, y, act);
+    }
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, SWIGLU>, w, x, n, k, split, y, act);
   }
 }
+
+// The launch configuration of a GEMV plan (PDL per GemvOptions::overlap_previous and
+// ProgrammaticLaunch()).
+struct GemvLaunch {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = {};
+  GemvLaunch(const GemvPlan& plan, const GemvOptions& o, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(unsigned(plan.blocks));
+    cfg.blockDim = dim3(kThreads);
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = o.overlap_previous || ProgrammaticLaunch() ? 1 : 0;
+  }
+  GemvLaunch(const GemvLaunch&) = delete;
+};
 
 template <typename XT>
 absl::Status LaunchLegacyGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, float* y,
@@ -575,15 +617,8 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
   }
   if (o.legacy) return LaunchLegacyGemv(w, x, rows, n, k, y, stream);
   const GemvPlan plan = PlanGemv(rows, n, k, o);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(plan.blocks));
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = o.overlap_previous || ProgrammaticLaunch() ? 1 : 0;
+  const GemvLaunch launch(plan, o, stream);
+  const cudaLaunchConfig_t& cfg = launch.cfg;
   const int u = plan.loads_per_lane, s = plan.k_split;
   cudaError_t err;
   switch (rows) {
@@ -637,6 +672,35 @@ GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& o) {
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options) {
   return LaunchGemv(w, x, rows, n, k, y, stream, options);
+}
+
+absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int inter, int k,
+                                __nv_bfloat16* act, cudaStream_t stream,
+                                const GemvOptions& options) {
+  if (inter <= 0 || k <= 0 || k % 8 != 0 || act == nullptr ||
+      (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("GemvSwiGluBf16Cuda: bad shape inter ", inter,
+                                                   " k ", k, " (k % 8 == 0, 16-byte aligned)"));
+  }
+  if (options.legacy || options.k_split == 8 || options.loads_per_lane < 0 ||
+      options.loads_per_lane > 8 ||
+      !(options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
+        options.k_split == 4)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvSwiGluBf16Cuda: bad options k_split ", options.k_split,
+                     " loads_per_lane ", options.loads_per_lane, " legacy ", options.legacy,
+                     " (k_split <= 4: a block holds whole gate/up pairs)"));
+  }
+  GemvPlan plan = PlanGemv(1, 2 * inter, k, options);
+  if (plan.k_split > 4) {  // one output row a block: pairs would straddle blocks
+    GemvOptions o = options;
+    o.k_split = 4;
+    plan = PlanGemv(1, 2 * inter, k, o);
+  }
+  const GemvLaunch launch(plan, options, stream);
+  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, true>(
+      plan.loads_per_lane, launch.cfg, w, x, 2 * inter, k, plan.k_split, nullptr, act);
+  return CudaStatus(err, "launching GemvKernel (SwiGLU epilogue)");
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,

@@ -102,6 +102,16 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options);
 
+// The gate_up GEMV of one row with SwiGLU in its epilogue: act[i] = bf16(silu(g_i) * u_i), g = w
+// rows [0, inter) . x, u = w rows [inter, 2 inter) . x (w [2 inter][k], the gate_up weight; x
+// [k] bf16; act [inter] bf16). Bit for bit GemvBf16Cuda(w, x, 1, 2 inter, k, gu, options)
+// followed by SiluMulCuda(gu, 1, inter, act), for every plan with k_split <= 4 (a block holds
+// whole gate/up pairs; an automatic plan of 8 becomes 4): one launch and the fp32 gu round trip
+// less. options.legacy and k_split 8 are refused.
+absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int inter, int k,
+                                __nv_bfloat16* act, cudaStream_t stream,
+                                const GemvOptions& options = GemvOptions{});
+
 // out[r] = argmax_j logits[r][j] (ties to the lowest j; NaN never wins); logits fp32 [rows][n].
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);
 

@@ -310,6 +310,65 @@ TEST_F(CudaOpsTest, GemvOverlapWaitsForTheKernelBefore) {
   }
 }
 
+// SwiGLU in the gate_up GEMV's epilogue: bit for bit the GEMV then SiluMulCuda with the same
+// plan (the real gate_up shapes, automatic and explicit plans; a small shape whose automatic
+// plan of 8 warps per row becomes 4), and within a bf16 step of the CPU twins (Gemv, then
+// SiluMul; the gate/up sums differ from fp64 in the last fp32 bits before the bf16 rounding).
+TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
+  constexpr Tolerance kTwin{1e-4, 8e-3};
+  struct Shape {
+    int inter, k;
+  };
+  for (const Shape s : {Shape{8960, 1536}, Shape{18944, 3584}, Shape{64, 128}, Shape{200, 512}}) {
+    const int n = 2 * s.inter;
+    const std::vector<float> w = Noise(size_t(n) * s.k, 61, 0.05f);
+    const std::vector<float> x = Noise(size_t(s.k), 62);
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x)), dact(size_t(s.inter)),
+        dact2(size_t(s.inter));
+    DeviceBuffer<float> dgu(static_cast<size_t>(n));
+    std::vector<GemvOptions> plans(1);  // automatic
+    for (int split : {1, 2, 4}) {
+      for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+    }
+    for (const GemvOptions& o : plans) {
+      GemvOptions unfused = o;
+      if (o.k_split == 0 && PlanGemv(1, n, s.k, o).k_split > 4) unfused.k_split = 4;
+      dact.Fill(0xff);
+      dact2.Fill(0xff);
+      ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.inter, s.k,
+                                     AsBf16(dact.get()), nullptr, o)
+                      .ok());
+      ASSERT_TRUE(
+          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, n, s.k, dgu.get(), nullptr, unfused)
+              .ok());
+      ASSERT_TRUE(SiluMulCuda(dgu.get(), 1, s.inter, AsBf16(dact2.get()), nullptr).ok());
+      ASSERT_EQ(dact.Download(), dact2.Download())
+          << "inter " << s.inter << " k " << s.k << " split " << o.k_split << " loads "
+          << o.loads_per_lane;
+    }
+    std::vector<float> gu(static_cast<size_t>(n)), act(static_cast<size_t>(s.inter));
+    ref::Gemv(w.data(), x.data(), 1, n, s.k, gu.data());
+    ref::SiluMul(gu.data(), 1, s.inter, act.data());
+    EXPECT_TRUE(AllClose(Bf16ToFloat(dact.Download()).data(), act.data(), act.size(), kTwin))
+        << "inter " << s.inter;
+  }
+  // Refused: the legacy kernel, 8 warps a row (pairs would straddle blocks), a bad shape.
+  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dact(64);
+  GemvOptions legacy, split8;
+  legacy.legacy = true;
+  split8.k_split = 8;
+  for (const GemvOptions& o : {legacy, split8}) {
+    EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, 64, AsBf16(dact.get()),
+                                 nullptr, o)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(
+      GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, 60, AsBf16(dact.get()), nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
   // Short-n matrices split k; long-n ones keep whole rows per warp; a lane's loads cover its slice
   // in one batch where they fit.
