@@ -194,6 +194,21 @@ __device__ __forceinline__ uint4 LoadW(const uint4* p, bool pred) {
 __host__ __device__ constexpr int GemvRowsPerWarp(int m) { return m == 1 ? 1 : 2; }
 constexpr int kWarps = kThreads / 32;
 
+// The GEMV epilogue: output row j of group gg is the sum of its `split` warps' partials, added
+// in slice order (the result does not depend on timing); rows past n are dropped.
+template <int M, int R>
+__device__ __forceinline__ void StoreRowSums(const float (&part)[kWarps][M][R], int groups,
+                                             int split, int n, float* y) {
+  for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
+    const int gg = i / (M * R), m = (i / R) % M, r = i % R;
+    const int j = (blockIdx.x * groups + gg) * R + r;
+    if (j >= n) continue;
+    float sum = 0.0f;
+    for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
+    y[size_t(m) * n + j] = sum;
+  }
+}
+
 // Block = 8 warps = (8 / split) groups of `split` warps; group g owns output rows
 // [(blockIdx.x * groups + g) * R, + R), and its warps split the k / 8 16-byte chunks of those
 // rows into `split` contiguous slices. A lane reads chunks c0 + lane + 32 u of its slice in
@@ -296,14 +311,7 @@ __global__ void __launch_bounds__(kThreads)
       act[size_t(m) * (n >> 1) + (j >> 1)] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
     }
   } else {
-    for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
-      const int gg = i / (M * R), m = (i / R) % M, r = i % R;
-      const int j = (blockIdx.x * groups + gg) * R + r;
-      if (j >= n) continue;
-      float sum = 0.0f;
-      for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
-      y[size_t(m) * n + j] = sum;
-    }
+    StoreRowSums<M, R>(part, groups, split, n, y);
   }
 }
 
@@ -371,14 +379,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < groups * M * R; i += blockDim.x) {
-    const int gg = i / (M * R), m = (i / R) % M, r = i % R;
-    const int j = (blockIdx.x * groups + gg) * R + r;
-    if (j >= n) continue;
-    float sum = 0.0f;
-    for (int s = 0; s < split; ++s) sum += part[gg * split + s][m][r];
-    y[size_t(m) * n + j] = sum;
-  }
+  StoreRowSums<M, R>(part, groups, split, n, y);
 }
 
 // One block per row: (value desc, index asc), NaN treated as -inf.
