@@ -191,6 +191,10 @@ int RunE2e(const E2eOptions& o) {
     if (v == "on" || v == "both") out.push_back(true);
     return out;
   };
+  struct RestoreTuning {  // the process's settings come back however this returns
+    CudaTuning before = GetCudaTuning();
+    ~RestoreTuning() { SetCudaTuning(before); }
+  } restore_tuning;
   std::vector<CudaTuning> variants;
   for (const bool pdl : settings(o.pdl)) {
     for (const bool swiglu : settings(o.swiglu_epilogue)) variants.push_back({pdl, swiglu});

@@ -3,6 +3,7 @@
 // keep their contracts.
 #include "runtime/engine/model_backend.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -94,6 +95,24 @@ TEST(BackendFactoryTest, ParsesDevicesAndRejectsACpuWithoutCapacity) {
   auto source = MakeSyntheticWeights(SyntheticConfig("tiny").value(), 1);
   auto w = LoadCpuWeights(*source).value();
   EXPECT_FALSE(MakeBackend(*w, BackendOptions{Device::kCpu, 0}).ok());
+}
+
+// The CUDA tuning switches: on by default (PDL unless RESA_CUDA_PDL=0), set and read back in a
+// build with the CUDA backend; without it they read as the defaults and setting them does
+// nothing.
+TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
+  const CudaTuning start = GetCudaTuning();
+  const char* env = std::getenv("RESA_CUDA_PDL");
+  EXPECT_EQ(start.programmatic_launch,
+            !CudaBackendBuilt() || env == nullptr || std::strcmp(env, "0") != 0);
+  EXPECT_TRUE(start.swiglu_epilogue);
+  SetCudaTuning({false, false});
+  const CudaTuning off = GetCudaTuning();
+  EXPECT_EQ(off.programmatic_launch, CudaBackendBuilt() ? false : start.programmatic_launch);
+  EXPECT_EQ(off.swiglu_epilogue, !CudaBackendBuilt());
+  SetCudaTuning(start);
+  EXPECT_EQ(GetCudaTuning().programmatic_launch, start.programmatic_launch);
+  EXPECT_EQ(GetCudaTuning().swiglu_epilogue, start.swiglu_epilogue);
 }
 
 }  // namespace
