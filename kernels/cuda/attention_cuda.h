@@ -62,6 +62,14 @@ struct DecodeAttentionParams {
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
 
+// Which kernel ChunkAttentionCuda runs (ChunkAttentionParams::kernel).
+enum class ChunkKernel { kAuto, kMmaSync, kWgmma };
+
+// What kAuto means in this process: the wgmma kernel on sm_90 devices (true, the default) or the
+// mma.sync kernel everywhere. RESA_CUDA_CHUNK_KERNEL=mma in the environment sets false at start.
+bool WgmmaChunkDefault();
+void SetWgmmaChunkDefault(bool on);
+
 // Dense causal attention of query chunks against the whole cache of their sequence: prefill
 // chunks (a whole prompt is one chunk with first_num_keys = 1) and ReSA rectification chunks
 // (f tokens at the end). Chunk c owns query rows [row_offsets[c], row_offsets[c + 1]); its row
@@ -73,7 +81,7 @@ struct ChunkAttentionParams {
   float* out = nullptr;              // [total_rows][num_heads][head_dim]
   float* lse_ln = nullptr;           // [total_rows][num_heads], may be null
   int num_heads = 0;
-  float scale = 0.0f;
+  float scale = 0.0f;  // > 0, usually 1/sqrt(head_dim)
 
   int num_chunks = 0;
   const int32_t* row_offsets = nullptr;     // [num_chunks + 1], row_offsets[0] = 0
@@ -93,6 +101,12 @@ struct ChunkAttentionParams {
   // Splits of the key range per (chunk, row tile, KV head); 0 picks one from the device's
   // multiprocessor count (more splits when there are few row tiles, e.g. rectification).
   int num_splits = 0;
+
+  // The kernel: kAuto takes the warpgroup-MMA (wgmma) kernel on sm_90 devices when
+  // WgmmaChunkDefault(), else the mma.sync kernel; kMmaSync forces the latter (any device; the
+  // baseline `resa-bench kernels` times beside the default); kWgmma forces the former and fails
+  // with FailedPrecondition elsewhere. Same contract and tolerance.
+  ChunkKernel kernel = ChunkKernel::kAuto;
 
   void* workspace = nullptr;
   size_t workspace_bytes = 0;

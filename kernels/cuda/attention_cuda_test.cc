@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/selection.h"
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/cuda_test_util.h"
 #include "kernels/testing/tolerance.h"
 
@@ -237,6 +238,13 @@ std::vector<ChunkCase> ChunkCases() {
   }
   // Forced splits: many more than key tiles, so most splits are empty and must merge as zero.
   cases.push_back({"empty_splits", {{5, 20}, {3, 70}}, 128, 7, 48});
+  // 32-token chunks of a 6-head group: 192 rows, the wgmma kernel's three-warpgroup tile; with
+  // automatic and with forced splits, and chunks shorter than one 64-key tile.
+  for (int d : {64, 128}) {
+    for (int splits : {0, 5}) {
+      cases.push_back({"rectify32", {{32, 5000}, {32, 37}, {20, 1}, {32, 1}}, d, 6, splits});
+    }
+  }
   cases.push_back({"split3", {{32, 4066}}, 64, 6, 3});
   // row_num_keys, SP local views (chunk c on rank c % sp_size): limits stand still on rows in
   // other ranks' blocks, then climb; chunk 1 of sp3 ({16, 1} on rank 1) sees no key at all.
@@ -298,55 +306,65 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
   }
 
   DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
-  DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
-  dout.Fill(0xff);
-  dlse.Fill(0xff);
   DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts), drow_keys(row_keys);
-  ChunkAttentionParams p;
-  p.kv = cache.gpu();
-  p.q = testing::AsBf16(dq.get());
-  p.out = dout.get();
-  p.lse_ln = dlse.get();
-  p.num_heads = hq;
-  p.scale = ap.scale;
-  p.num_chunks = int(tc.chunks.size());
-  p.row_offsets = doffs.get();
-  p.first_num_keys = per_row ? nullptr : dfirst.get();
-  p.row_num_keys = per_row ? drow_keys.get() : nullptr;
-  p.page_tables = cache.dtables.get();
-  p.page_table_stride = cache.page_table_stride;
-  p.total_rows = total_rows;
-  p.max_rows = max_rows;
-  p.max_num_keys = max_keys;
-  p.num_splits = tc.num_splits;
-  DeviceBuffer<char> ws(std::max<size_t>(1, ChunkAttentionWorkspaceBytes(p)));
-  p.workspace = ws.get();
-  p.workspace_bytes = ws.size();
-  ASSERT_TRUE(ChunkAttentionCuda(p, nullptr).ok());
-  const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
-  EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16));
-  EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16));
-  // Rows without keys: exactly O = 0, lse = -inf.
-  int32_t empty_rows = 0;
-  for (int32_t i = 0; i < total_rows; ++i) {
-    if (row_keys[i] != 0) continue;
-    ++empty_rows;
-    for (size_t j = size_t(i) * hq; j < size_t(i + 1) * hq; ++j) {
-      ASSERT_EQ(got_lse[j], -kInf) << "row " << i;
-      for (int e = 0; e < d; ++e) ASSERT_EQ(got[j * d + e], 0.0f) << "row " << i;
+  // Both kernels against the same reference: the wgmma one (sm_90) and the mma.sync one.
+  for (const ChunkKernel kernel : {ChunkKernel::kWgmma, ChunkKernel::kMmaSync}) {
+    const char* kernel_name = kernel == ChunkKernel::kWgmma ? "wgmma" : "mma.sync";
+    SCOPED_TRACE(kernel_name);
+    if (kernel == ChunkKernel::kWgmma && ComputeCapabilityMajor() != 9) {
+      std::printf("wgmma kernel not run: the device is not sm_90\n");
+      continue;
     }
-  }
-  double worst_o = 0.0, worst_lse = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    worst_o = std::max(worst_o, double(std::fabs(got[i] - want[i])));
-  }
-  for (size_t i = 0; i < got_lse.size(); ++i) {
-    if (!std::isinf(want_lse[i])) {
-      worst_lse = std::max(worst_lse, double(std::fabs(got_lse[i] - want_lse[i])));
+    DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
+    dout.Fill(0xff);
+    dlse.Fill(0xff);
+    ChunkAttentionParams p;
+    p.kv = cache.gpu();
+    p.q = testing::AsBf16(dq.get());
+    p.out = dout.get();
+    p.lse_ln = dlse.get();
+    p.num_heads = hq;
+    p.scale = ap.scale;
+    p.num_chunks = int(tc.chunks.size());
+    p.row_offsets = doffs.get();
+    p.first_num_keys = per_row ? nullptr : dfirst.get();
+    p.row_num_keys = per_row ? drow_keys.get() : nullptr;
+    p.page_tables = cache.dtables.get();
+    p.page_table_stride = cache.page_table_stride;
+    p.total_rows = total_rows;
+    p.max_rows = max_rows;
+    p.max_num_keys = max_keys;
+    p.num_splits = tc.num_splits;
+    p.kernel = kernel;
+    DeviceBuffer<char> ws(std::max<size_t>(1, ChunkAttentionWorkspaceBytes(p)));
+    p.workspace = ws.get();
+    p.workspace_bytes = ws.size();
+    ASSERT_TRUE(ChunkAttentionCuda(p, nullptr).ok());
+    const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
+    EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16));
+    EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16));
+    // Rows without keys: exactly O = 0, lse = -inf.
+    int32_t empty_rows = 0;
+    for (int32_t i = 0; i < total_rows; ++i) {
+      if (row_keys[i] != 0) continue;
+      ++empty_rows;
+      for (size_t j = size_t(i) * hq; j < size_t(i + 1) * hq; ++j) {
+        ASSERT_EQ(got_lse[j], -kInf) << "row " << i;
+        for (int e = 0; e < d; ++e) ASSERT_EQ(got[j * d + e], 0.0f) << "row " << i;
+      }
     }
+    double worst_o = 0.0, worst_lse = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      worst_o = std::max(worst_o, double(std::fabs(got[i] - want[i])));
+    }
+    for (size_t i = 0; i < got_lse.size(); ++i) {
+      if (!std::isinf(want_lse[i])) {
+        worst_lse = std::max(worst_lse, double(std::fabs(got_lse[i] - want_lse[i])));
+      }
+    }
+    std::printf("%s: worst |err| O %.3g lse %.3g, %d rows without keys\n", kernel_name, worst_o,
+                worst_lse, empty_rows);
   }
-  std::printf("worst |err| O %.3g lse %.3g, %d rows without keys\n", worst_o, worst_lse,
-              empty_rows);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ChunkAttentionTest, ::testing::ValuesIn(ChunkCases()), ChunkName);

@@ -13,11 +13,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace resa::cuda {
 namespace {
@@ -33,7 +36,19 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kCtasPerSm = 2;
 constexpr int kMinTilesPerSplit = 4;
 
+// The kernel a chunk runs on: the mma.sync kernel (kBM rows, 2 CTAs per SM) or the wgmma kernel
+// with 2 or 3 warpgroups (64 rows each, 1 CTA per SM).
+enum class Impl { kMmaSync, kWgmma2, kWgmma3 };
+
+// Keys per K/V tile of the wgmma kernel and tiles in its cp.async ring, by warpgroups: with two,
+// 128-key tiles (S = Q K^T as m64n128: fewer shared-memory bytes per MMA, half the barriers and
+// rescales per key) in 3 stages; with three, registers allow 64-key tiles (4 stages).
+__host__ __device__ constexpr int WgTileKeys(int nwg) { return nwg == 2 ? 128 : 64; }
+__host__ __device__ constexpr int WgStages(int nwg) { return nwg == 2 ? 3 : 4; }
+
 struct ChunkPlan {
+  Impl impl = Impl::kMmaSync;
+  int row_tile = kBM;  // rows per CTA
   int row_tiles = 0;
   int num_splits = 1;
   size_t o_offset = 0, lse_offset = 0, bytes = 0;
@@ -50,17 +65,40 @@ struct ChunkArgs {
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 
+std::atomic<bool>& WgmmaChunkFlag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("RESA_CUDA_CHUNK_KERNEL");
+    return v == nullptr || std::string_view(v) != "mma";
+  }()};
+  return flag;
+}
+
+bool UseWgmma(ChunkKernel kernel) {
+  if (kernel != ChunkKernel::kAuto) return kernel == ChunkKernel::kWgmma;
+  return WgmmaChunkFlag().load(std::memory_order_relaxed) && ComputeCapabilityMajor() == 9;
+}
+
 ChunkPlan PlanChunk(const ChunkAttentionParams& p) {
   ChunkPlan plan;
   const int hkv = p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1;
   const int group = p.num_heads / hkv;
-  plan.row_tiles = int((int64_t(p.max_rows) * group + kBM - 1) / kBM);
+  const int64_t chunk_rows = int64_t(p.max_rows) * group;
+  int ctas_per_sm = kCtasPerSm, tile_keys = kBN;
+  if (UseWgmma(p.kernel)) {
+    // Three warpgroups when they pad less (a 32-token chunk of a 6-head group: 192 rows).
+    const int64_t pad2 = (chunk_rows + 127) / 128 * 128, pad3 = (chunk_rows + 191) / 192 * 192;
+    plan.impl = pad3 < pad2 ? Impl::kWgmma3 : Impl::kWgmma2;
+    plan.row_tile = plan.impl == Impl::kWgmma3 ? 192 : 128;
+    ctas_per_sm = 1;
+    tile_keys = WgTileKeys(plan.impl == Impl::kWgmma3 ? 3 : 2);
+  }
+  plan.row_tiles = int((chunk_rows + plan.row_tile - 1) / plan.row_tile);
   const int64_t ctas = int64_t(p.num_chunks) * hkv * plan.row_tiles;
-  const int64_t kv_tiles = (int64_t(p.max_num_keys) + kBN - 1) / kBN;
+  const int64_t kv_tiles = (int64_t(p.max_num_keys) + tile_keys - 1) / tile_keys;
   int64_t splits = p.num_splits;
   if (splits <= 0) {
-    // Round down: ctas * splits <= one wave of kCtasPerSm CTAs per SM.
-    const int64_t target = int64_t(MultiprocessorCount()) * kCtasPerSm;
+    // Round down: ctas * splits <= one wave of ctas_per_sm CTAs per SM.
+    const int64_t target = int64_t(MultiprocessorCount()) * ctas_per_sm;
     splits = ctas >= target || ctas == 0 ? 1 : target / ctas;
     const int64_t cap = (kv_tiles + kMinTilesPerSplit - 1) / kMinTilesPerSplit;
     splits = splits > cap ? cap : splits;
@@ -93,7 +131,7 @@ __device__ __forceinline__ int Swz(int row, int ch) {
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkArgs a) {
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const ChunkArgs a) {
   constexpr int CH = D / 8;  // 16-byte chunks per row
   constexpr int BN = TileN<D>();
   extern __shared__ uint4 smem_raw[];
@@ -305,6 +343,267 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernel(const ChunkA
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The Hopper kernel (sm_90a): the same contract on warpgroup MMA (wgmma).
+//
+// A CTA of NWG warpgroups holds 64 * NWG rows (NWG = 3 fits a 32-token chunk of a 6-head group
+// exactly, NWG = 2 otherwise) and streams K/V tiles (WgTileKeys) through a cp.async ring
+// (WgStages), one CTA barrier per tile. Q, K and V live in shared memory in the 128-byte
+// swizzled layout wgmma reads (wgmma.cuh): S = Q K^T takes both operands from shared memory;
+// O += P V takes P from registers (the S accumulators, rounded to bf16) and V as an MN-major
+// operand, so V needs no transpose. Within a warpgroup the MMAs of tile t + 1's scores and tile
+// t's P V are in flight together, and the softmax of tile t + 1 runs while P V executes; O is
+// rescaled once P V has landed.
+template <int D>
+constexpr int WgSmemBytes(int nwg) {
+  return 64 * nwg * D * 2 + WgStages(nwg) * 2 * WgTileKeys(nwg) * D * 2 + 1024;  // + alignment
+}
+
+template <int D, int NWG>
+__global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs a) {
+#if RESA_HAVE_WGMMA
+  constexpr int BM = 64 * NWG;
+  constexpr int BN = WgTileKeys(NWG);
+  constexpr int kStages = WgStages(NWG);
+  constexpr int CH = D / 8;                    // 16-byte chunks per row
+  constexpr int KS = D / 16;                   // k-steps of S = Q K^T
+  constexpr uint32_t kTileBytes = BN * D * 2;  // one K or V tile
+  constexpr int kThreadsCta = NWG * 128;
+  extern __shared__ uint8_t smem_wg[];
+  const uint32_t sq = (detail::SmemAddr(smem_wg) + 1023) & ~1023u;
+  const uint32_t sk = sq + BM * D * 2;            // [stage] K tiles
+  const uint32_t sv = sk + kStages * kTileBytes;  // [stage] V tiles
+  // Byte offset of (row, 16-byte chunk ch) in a swizzled [rows][D] operand of `nrows` rows.
+  auto swz = [](int row, int ch, int nrows) {
+    return uint32_t((ch / 8) * nrows * 128 + row * 128 + (((ch % 8) ^ (row & 7)) << 4));
+  };
+
+  const ChunkAttentionParams& p = a.p;
+  const int hkv = p.kv.num_kv_heads;
+  const int g = a.group;
+  const int chunk = blockIdx.z / hkv, h = blockIdx.z % hkv;
+  const int tile = gridDim.y - 1 - blockIdx.y;
+  const int32_t row_off = p.row_offsets[chunk];
+  const int32_t rows = p.row_offsets[chunk + 1] - row_off;
+  const int i_lo = tile * BM;
+  if (i_lo >= rows * g) return;
+  const int r_lo = i_lo / g;
+  const int r_hi = min(rows - 1, (i_lo + BM - 1) / g);
+  const int32_t* row_keys = p.row_num_keys != nullptr ? p.row_num_keys + row_off : nullptr;
+  const int32_t first = row_keys == nullptr ? p.first_num_keys[chunk] : 0;
+  auto limit_of = [&](int r) { return row_keys == nullptr ? first + r : row_keys[min(r, r_hi)]; };
+  const int32_t key_end = limit_of(r_hi);
+  const int32_t min_limit = limit_of(r_lo);
+  const int kv_tiles = (key_end + BN - 1) / BN;
+  const int per_split = (kv_tiles + a.num_splits - 1) / a.num_splits;
+  const int t0 = blockIdx.x * per_split;
+  const int t1 = min(kv_tiles, t0 + per_split);
+  const int32_t* table = p.page_tables + size_t(chunk) * p.page_table_stride;
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, c = lane % 4;
+  // This thread's two accumulator rows (e / 2 = 0, 1) and the keys they see.
+  const int row0 = i_lo + 64 * wg + 16 * ((tid % 128) / 32) + lane / 4;
+  const int32_t limit[2] = {limit_of(row0 / g), limit_of((row0 + 8) / g)};
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  auto load_kv = [&](int t, int stage) {
+    for (int idx = tid; idx < BN * CH; idx += kThreadsCta) {
+      const int row = idx / CH, ch = idx % CH;
+      const int32_t pos = t * BN + row;
+      const bool ok = pos < key_end;
+      size_t src = 0;
+      if (ok) {
+        const int32_t page = table[pos / kPageTokens];
+        src = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * D + ch * 8;
+      }
+      const uint32_t dst = stage * kTileBytes + swz(row, ch, BN);
+      detail::CpAsync16(sk + dst, p.kv.k + src, ok ? 16 : 0);
+      detail::CpAsync16(sv + dst, p.kv.v + src, ok ? 16 : 0);
+    }
+  };
+  // S = Q K^T of this warpgroup's 64 rows against the tile in `stage`.
+  auto issue_s = [&](float(&s)[BN / 2], int stage) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const uint64_t da =
+          detail::SmemDesc(sq + (ks / 4) * BM * 128 + wg * 64 * 128 + (ks % 4) * 32, 16, 1024);
+      const uint64_t db =
+          detail::SmemDesc(sk + stage * kTileBytes + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
+      if constexpr (BN == 128) {
+        detail::WgmmaSS64x128(s, da, db, ks > 0);
+      } else {
+        detail::WgmmaSS64x64(s, da, db, ks > 0);
+      }
+    }
+    detail::WgmmaCommit();
+  };
+  // O += P V over the tile in `stage`; P as bf16 A fragments, one per 16 keys.
+  auto issue_pv = [&](const uint32_t(&pf)[BN / 16][4], int stage) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint64_t db = detail::SmemDesc(sv + stage * kTileBytes + kk * 16 * 128, BN * 128, 1024);
+      if constexpr (D == 128) {
+        detail::WgmmaRS64x128(o, pf[kk], db);
+      } else {
+        detail::WgmmaRS64x64(o, pf[kk], db);
+      }
+    }
+    detail::WgmmaCommit();
+  };
+  // Scores of tile t -> P (bf16 fragments), running max / sum; returns the rescale of O.
+  // A tile t >= t1 (the loop's last look-ahead) is masked whole: a no-op on m, l and O.
+  // m is kept in scaled log2 units; the raw scores' maxima give it because scale > 0. P is
+  // 2^(s * scale_log2 - m), one FFMA and one MUFU a score; maxima and sums run as four
+  // independent chains per row.
+  auto softmax = [&](float(&s)[BN / 2], int t, uint32_t(&pf)[BN / 16][4], float(&corr)[2]) {
+    if (t >= t1 || t * BN + BN - 1 >= min_limit) {  // warp-uniform
+      const int lim[2] = {t >= t1 ? 0 : limit[0] - t * BN, t >= t1 ? 0 : limit[1] - t * BN};
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (8 * j + 2 * c + (e & 1) >= lim[e >> 1]) s[4 * j + e] = -INFINITY;
+        }
+      }
+    }
+    float mx[2][4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) mx[e][0] = mx[e][1] = mx[e][2] = mx[e][3] = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1][j & 3] = fmaxf(mx[e >> 1][j & 3], s[4 * j + e]);
+    }
+    float m_use[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float tile_max = fmaxf(fmaxf(mx[e][0], mx[e][1]), fmaxf(mx[e][2], mx[e][3]));
+      const float m_new = fmaxf(m[e], detail::QuadMax(tile_max) * a.scale_log2);
+      m_use[e] = m_new == -INFINITY ? 0.0f : m_new;
+      corr[e] = detail::Exp2Approx(m[e] - m_use[e]);
+      m[e] = m_new;
+    }
+    float ls[2][4] = {};
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[4 * j + e] = detail::Exp2Approx(fmaf(s[4 * j + e], a.scale_log2, -m_use[e >> 1]));
+        ls[e >> 1][j & 3] += s[4 * j + e];
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      l[e] = l[e] * corr[e] + ((ls[e][0] + ls[e][1]) + (ls[e][2] + ls[e][3]));
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pf[kk][0] = detail::PackBf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pf[kk][1] = detail::PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pf[kk][2] = detail::PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pf[kk][3] = detail::PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+
+  if (t0 < t1) {
+    for (int idx = tid; idx < BM * CH; idx += kThreadsCta) {
+      const int row = idx / CH, ch = idx % CH;
+      const int i = i_lo + row;
+      const int r = i / g;
+      const bool ok = r < rows;
+      const size_t src = ok ? (size_t(row_off + r) * p.num_heads + h * g + i % g) * D + ch * 8 : 0;
+      detail::CpAsync16(sq + swz(row, ch, BM), p.q + src, ok ? 16 : 0);
+    }
+    // Tiles t0 .. t0 + stages - 2 in flight (Q with the first), one commit group each.
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) {
+      if (t0 + st < t1) load_kv(t0 + st, st);
+      detail::CpAsyncCommit();
+    }
+    detail::CpAsyncWait<kStages - 2>();
+    detail::FenceProxyAsync();
+    __syncthreads();
+
+    float s[BN / 2];
+    uint32_t pa[BN / 16][4], pb[BN / 16][4];  // P of the tile in P V and of the next one
+    float corr[2];
+    detail::WgmmaFence();
+    issue_s(s, 0);
+    detail::WgmmaWait<0>();
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
+    softmax(s, t0, pa, corr);
+
+    // One tile: P V of tile t (P in pc) and the scores of tile t + 1 (into pn). The last tile
+    // also scores a stale stage as tile t1, which the softmax masks whole: no branch inside the
+    // MMA pipeline (ptxas serialises wgmma otherwise).
+    auto step = [&](int t, uint32_t(&pc)[BN / 16][4], uint32_t(&pn)[BN / 16][4]) {
+      // Tile t + 1 has landed (only younger groups may be pending); after the barrier every
+      // warpgroup is also done with tile t - 1, whose stage now takes tile t + stages - 1.
+      detail::CpAsyncWait<kStages - 3>();
+      detail::FenceProxyAsync();
+      __syncthreads();
+      if (t + kStages - 1 < t1) load_kv(t + kStages - 1, (t + kStages - 1 - t0) % kStages);
+      detail::CpAsyncCommit();
+
+      detail::WgmmaFence();
+      issue_s(s, (t + 1 - t0) % kStages);
+      issue_pv(pc, (t - t0) % kStages);
+      detail::WgmmaWait<1>();  // the scores of tile t + 1
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
+      softmax(s, t + 1, pn, corr);
+      detail::WgmmaWait<0>();  // P V of tile t
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) detail::FenceOperand(o[i]);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) detail::FenceOperand(pc[kk][w]);
+      }
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j + 0] *= corr[0], o[4 * j + 1] *= corr[0];
+        o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
+      }
+    };
+    // Two tiles per trip, the P buffers trading roles, so no register copy feeds an MMA.
+    for (int t = t0; t < t1; t += 2) {
+      step(t, pa, pb);
+      if (t + 1 < t1) step(t + 1, pb, pa);
+    }
+  }
+
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const float lsum = detail::QuadSum(l[e]);
+    const int i = row0 + 8 * e;
+    if (i / g >= rows) continue;
+    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+    const float lse = lsum > 0.0f ? (m[e] + log2f(lsum)) * kLn2 : -INFINITY;
+    float* dst_o = p.out;
+    float* dst_lse = p.lse_ln;
+    size_t row = size_t(row_off + i / g) * p.num_heads + h * g + i % g;
+    if (a.num_splits > 1) {
+      row += size_t(blockIdx.x) * p.total_rows * p.num_heads;
+      dst_o = a.ws_o;
+      dst_lse = a.ws_lse;
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<float2*>(dst_o + row * D + j * 8 + 2 * c) =
+          make_float2(o[4 * j + 2 * e] * inv, o[4 * j + 2 * e + 1] * inv);
+    }
+    if (c == 0 && dst_lse != nullptr) dst_lse[row] = lse;
+  }
+#else
+  __trap();  // launched only on sm_90 devices (UseWgmma)
+#endif
+}
+
 // Folds num_splits partials of every (row, head) into out / lse_ln; one warp per (row, head).
 __global__ void MergeSplitsKernel(const float* ws_o, const float* ws_lse, int num_splits, size_t n,
                                   int head_dim, float* out, float* lse_ln) {
@@ -343,6 +642,10 @@ absl::Status Validate(const ChunkAttentionParams& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("ChunkAttentionCuda: head_dim ", p.kv.head_dim, " (supported: 64, 128)"));
   }
+  if (!(p.scale > 0.0f) || std::isinf(p.scale)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkAttentionCuda: scale ", p.scale, " (must be positive and finite)"));
+  }
   if (p.kv.num_kv_heads <= 0 || p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0) {
     return absl::InvalidArgumentError(
         "ChunkAttentionCuda: num_heads not a multiple of num_kv_heads");
@@ -356,6 +659,9 @@ absl::Status Validate(const ChunkAttentionParams& p) {
 }
 
 }  // namespace
+
+bool WgmmaChunkDefault() { return WgmmaChunkFlag().load(std::memory_order_relaxed); }
+void SetWgmmaChunkDefault(bool on) { WgmmaChunkFlag().store(on, std::memory_order_relaxed); }
 
 size_t ChunkAttentionWorkspaceBytes(const ChunkAttentionParams& p) { return PlanChunk(p).bytes; }
 
@@ -377,30 +683,41 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.ws_o = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
   const dim3 grid(plan.num_splits, plan.row_tiles, p.num_chunks * p.kv.num_kv_heads);
-  static std::atomic<uint64_t> attr_done[2];
   // Chunks (rectification, prefill) run eagerly and measured slightly slower with PDL
   // (docs/cuda_backend.md), so both kernels launch plainly: they start when the kernel before
   // them ends and need no griddepcontrol code.
   constexpr LaunchOptions kNoPdl{1, false};
+  // One launch of `kernel` with `smem` dynamic bytes, raising its shared-memory limit once per
+  // device (`done` is that kernel's flag).
+  auto launch = [&](auto kernel, int threads, int smem, std::atomic<uint64_t>& done) {
+    cudaError_t err = OncePerDevice(done, [&] {
+      return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    });
+    if (err == cudaSuccess) err = LaunchKernel(kernel, grid, threads, smem, stream, kNoPdl, a);
+    return err;
+  };
+  static std::atomic<uint64_t> attr_done[6];
+  const bool d64 = p.kv.head_dim == 64;
   cudaError_t err;
-  if (p.kv.head_dim == 64) {
-    constexpr int smem = ChunkSmemBytes<64>();
-    err = OncePerDevice(attr_done[0], [] {
-      return cudaFuncSetAttribute(ChunkKernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem);
-    });
-    if (err == cudaSuccess) {
-      err = LaunchKernel(ChunkKernel<64>, grid, kThreads, smem, stream, kNoPdl, a);
-    }
-  } else {
-    constexpr int smem = ChunkSmemBytes<128>();
-    err = OncePerDevice(attr_done[1], [] {
-      return cudaFuncSetAttribute(ChunkKernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem);
-    });
-    if (err == cudaSuccess) {
-      err = LaunchKernel(ChunkKernel<128>, grid, kThreads, smem, stream, kNoPdl, a);
-    }
+  switch (plan.impl) {
+    case Impl::kWgmma3:
+      if (ComputeCapabilityMajor() != 9) {
+        return absl::FailedPreconditionError("ChunkAttentionCuda: the wgmma kernel needs sm_90");
+      }
+      err = d64 ? launch(ChunkKernelWgmma<64, 3>, 384, WgSmemBytes<64>(3), attr_done[0])
+                : launch(ChunkKernelWgmma<128, 3>, 384, WgSmemBytes<128>(3), attr_done[1]);
+      break;
+    case Impl::kWgmma2:
+      if (ComputeCapabilityMajor() != 9) {
+        return absl::FailedPreconditionError("ChunkAttentionCuda: the wgmma kernel needs sm_90");
+      }
+      err = d64 ? launch(ChunkKernelWgmma<64, 2>, 256, WgSmemBytes<64>(2), attr_done[2])
+                : launch(ChunkKernelWgmma<128, 2>, 256, WgSmemBytes<128>(2), attr_done[3]);
+      break;
+    default:
+      err = d64 ? launch(ChunkKernelMma<64>, kThreads, ChunkSmemBytes<64>(), attr_done[4])
+                : launch(ChunkKernelMma<128>, kThreads, ChunkSmemBytes<128>(), attr_done[5]);
+      break;
   }
   if (auto st = CudaStatus(err, "launching ChunkKernel"); !st.ok()) return st;
   if (auto st = CheckLaunch("ChunkKernel"); !st.ok()) return st;

@@ -9,19 +9,38 @@
 
 namespace resa::cuda {
 
-int MultiprocessorCount() {
-  constexpr int kMaxDevices = 64;
-  static std::array<std::atomic<int>, kMaxDevices> cache{};
+namespace {
+
+// Attribute `attr` of the current device, cached per device; `fallback` without a device.
+int CachedDeviceAttribute(std::atomic<int>* cache, int max_devices, cudaDeviceAttr attr,
+                          int fallback) {
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= max_devices) {
+    cudaGetLastError();
+    return fallback;
+  }
   int n = cache[device].load(std::memory_order_relaxed);
   if (n > 0) return n;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
-    cudaGetLastError();  // clear: no device here; size grids for an H200
-    n = 132;
+  if (cudaDeviceGetAttribute(&n, attr, device) != cudaSuccess || n <= 0) {
+    cudaGetLastError();  // clear: no device here
+    n = fallback;
   }
   cache[device].store(n, std::memory_order_relaxed);
   return n;
+}
+
+constexpr int kMaxDevices = 64;
+
+}  // namespace
+
+int MultiprocessorCount() {
+  static std::array<std::atomic<int>, kMaxDevices> cache{};
+  return CachedDeviceAttribute(cache.data(), kMaxDevices, cudaDevAttrMultiProcessorCount, 132);
+}
+
+int ComputeCapabilityMajor() {
+  static std::array<std::atomic<int>, kMaxDevices> cache{};
+  return CachedDeviceAttribute(cache.data(), kMaxDevices, cudaDevAttrComputeCapabilityMajor, 9);
 }
 
 namespace {

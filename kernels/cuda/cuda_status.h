@@ -41,4 +41,8 @@ cudaError_t OncePerDevice(std::atomic<uint64_t>& done, Set set) {
 // Multiprocessor count of the current device (cached per device; grid sizing only).
 int MultiprocessorCount();
 
+// Compute capability major of the current device (cached per device; 9 without a device, as
+// for the H200 the grids are sized for).
+int ComputeCapabilityMajor();
+
 }  // namespace resa::cuda

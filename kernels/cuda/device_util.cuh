@@ -59,6 +59,13 @@ __device__ __forceinline__ uint4 LoadStream(const void* p) {
   return r;
 }
 
+// 2^x on the SFU alone (ex2.approx.ftz: no denormal handling; 2^-inf = 0).
+__device__ __forceinline__ float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);

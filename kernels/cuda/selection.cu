@@ -234,6 +234,23 @@ __device__ uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_
   return prefix;
 }
 
+// CTA-wide range of the keys: kmin / kmax are this thread's partial minimum and maximum, folded
+// over the warp (butterfly shuffles) and then into s.kmin / s.kmax (initialised to 0xffffffff / 0
+// on entry); lane is threadIdx.x % 32. Called by all threads; returns s.kmin, with s.kmin / s.kmax
+// final for every thread.
+__device__ __forceinline__ uint32_t BlockKeyRange(TailSmem& s, int lane, uint32_t kmin,
+                                                  uint32_t kmax) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+  }
+  __syncthreads();
+  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
+  __syncthreads();
+  return s.kmin;
+}
+
 // Selection of need = n - 1 of the keys of blocks [0, mo) (block M - 1 is already placed at
 // out[n - 1]), keys read from L2 or, when s_keys is non-null, staged there first (16-byte loads,
 // during the min/max sweep). Output in ascending block order: warp w owns a contiguous segment of
@@ -253,15 +270,7 @@ __device__ void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t* s_keys
       if (4 * i4 + j < mo) kmin = min(kmin, kk[j]), kmax = max(kmax, kk[j]);
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
-    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
-  }
-  __syncthreads();
-  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
-  __syncthreads();
-  kmin = s.kmin;
+  kmin = BlockKeyRange(s, lane, kmin, kmax);
   auto key_at = [&](int32_t i) { return s_keys != nullptr ? s_keys[i] : __ldcg(gkeys + i); };
   auto for_keys = [&](auto fn) {
     for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
@@ -344,15 +353,7 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
       if (wbase + 128 * q + 4 * lane + e < mo) kmin = min(kmin, kr[q][e]), kmax = max(kmax, kr[q][e]);
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
-    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
-  }
-  __syncthreads();
-  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
-  __syncthreads();
-  kmin = s.kmin;
+  kmin = BlockKeyRange(s, lane, kmin, kmax);
   auto for_keys = [&](auto fn) {
 #pragma unroll
     for (int q = 0; q < kRegKeys / 4; ++q) {

@@ -39,6 +39,9 @@ struct E2eOptions {
   std::string pdl = "on";
   // Batch-1 gate_up GEMV with SwiGLU in its epilogue: "on", "off" or "both", as --pdl.
   std::string swiglu_epilogue = "on";
+  // Prefill / rectification chunks on the wgmma kernel ("wgmma"), the mma.sync one ("mma") or
+  // "both" (every row twice, mma first).
+  std::string chunk_kernel = "wgmma";
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
 };
@@ -196,13 +199,18 @@ int RunE2e(const E2eOptions& o) {
     ~RestoreTuning() { SetCudaTuning(before); }
   } restore_tuning;
   std::vector<CudaTuning> variants;
+  const std::string chunk_on_off = o.chunk_kernel == "wgmma" ? "on"
+                                   : o.chunk_kernel == "mma" ? "off"
+                                                             : "both";
   for (const bool pdl : settings(o.pdl)) {
-    for (const bool swiglu : settings(o.swiglu_epilogue)) variants.push_back({pdl, swiglu});
+    for (const bool swiglu : settings(o.swiglu_epilogue)) {
+      for (const bool wgmma : settings(chunk_on_off)) variants.push_back({pdl, swiglu, wgmma});
+    }
   }
   auto variant_json = [](const CudaTuning& t) {
-    return absl::StrFormat("\"pdl\":%s,\"swiglu_epilogue\":%s",
+    return absl::StrFormat("\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\"",
                            t.programmatic_launch ? "true" : "false",
-                           t.swiglu_epilogue ? "true" : "false");
+                           t.swiglu_epilogue ? "true" : "false", t.wgmma_chunk ? "wgmma" : "mma");
   };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
@@ -266,13 +274,14 @@ int RunE2e(const E2eOptions& o) {
     }
   }
   // Table and targets (stderr), ratios against same-run baselines only.
-  const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off"};
+  const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off",
+                                o.chunk_kernel != "mma"};
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
                   const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
           r.tuning.programmatic_launch == t.programmatic_launch &&
-          r.tuning.swiglu_epilogue == t.swiglu_epilogue) {
+          r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.wgmma_chunk == t.wgmma_chunk) {
         return &r;
       }
     }
@@ -281,19 +290,19 @@ int RunE2e(const E2eOptions& o) {
   std::fprintf(stderr,
                "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
                "sequence)\n"
-               "| model | ctx | batch | mode | pdl | swiglu ep. | ms/step | bound ms | x bound | "
-               "rectify share | "
-               "vs our dense | torch dense ms | vs torch |\n"
-               "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | ms/step | bound ms | "
+               "x bound | rectify share | vs our dense | torch dense ms | vs torch |\n"
+               "|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
                *copy);
   for (const Row& r : rows) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
-        stderr, "| %s | %d | %d | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
+        stderr,
+        "| %s | %d | %d | %s | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
-        r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off", r.ms,
-        r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
-        dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
+        r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
+        r.tuning.wgmma_chunk ? "wgmma" : "mma", r.ms, r.bound_ms, r.ms / r.bound_ms,
+        100.0 * r.rect_ms / r.ms, dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
   }
@@ -302,10 +311,10 @@ int RunE2e(const E2eOptions& o) {
                "no graphs; rectification's kernels are inside the groups)\n");
   for (const Row& r : rows) {
     if (r.profile.empty()) continue;
-    std::string line =
-        absl::StrFormat("%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s:", r.model, r.context, r.batch,
-                        DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
-                        r.tuning.swiglu_epilogue ? "on" : "off");
+    std::string line = absl::StrFormat(
+        "%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s chunk %-5s:", r.model, r.context, r.batch,
+        DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
+        r.tuning.swiglu_epilogue ? "on" : "off", r.tuning.wgmma_chunk ? "wgmma" : "mma");
     double sum = 0;
     for (const auto& [group, ms] : r.profile) {
       absl::StrAppendFormat(&line, " %s %.3f", group, ms);
@@ -377,6 +386,11 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "Batch-1 gate_up GEMV writing the SwiGLU activations (no SiluMul launch): on, "
                 "off, or both (each row twice, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
+      ->capture_default_str();
+  e->add_option("--chunk-kernel", o.chunk_kernel,
+                "Prefill and rectification chunks on the wgmma attention kernel (sm_90), the "
+                "mma.sync one, or both (each row twice, mma first, in the same run)")
+      ->check(CLI::IsMember({"wgmma", "mma", "both"}))
       ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();
   e->add_option("--torch-script", o.torch_script, "The baseline script")->capture_default_str();

@@ -274,6 +274,12 @@ void Emit(std::vector<Row>& rows, const std::string& kernel, const ModelShape& s
   rows.push_back({kernel, s.name, ctx, batch, us, bytes, tbps, tbps / ceiling, sdpa_us});
 }
 
+// Workspace of the mma.sync chunk kernel for the same problem (it splits differently).
+size_t ChunkWorkspaceBytesMma(cuda::ChunkAttentionParams cp) {
+  cp.kernel = cuda::ChunkKernel::kMmaSync;
+  return cuda::ChunkAttentionWorkspaceBytes(cp);
+}
+
 // All kernels of one (model, context, batch) problem.
 absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int ctx, int batch,
                         double ceiling, const SdpaResult& sdpa, std::vector<Row>& rows) {
@@ -357,7 +363,8 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   // One zeroed workspace serves every launcher (the counters sit at its front).
   const size_t ws_bytes =
       std::max({cuda::DecodeAttentionWorkspaceBytes(dp), cuda::DecodeAttentionWorkspaceBytes(sp),
-                cuda::ChunkAttentionWorkspaceBytes(cp), cuda::SelectBlocksWorkspaceBytes(sel)});
+                cuda::ChunkAttentionWorkspaceBytes(cp), ChunkWorkspaceBytesMma(cp),
+                cuda::SelectBlocksWorkspaceBytes(sel)});
   if (auto st = ws.Alloc(ws_bytes); !st.ok()) return st;
   cudaMemset(ws.p, 0, ws_bytes);
   dp.workspace = sp.workspace = cp.workspace = sel.workspace = ws.p;
@@ -424,6 +431,18 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   if (!rect.ok()) return rect.status();
   const double rect_flops = 4.0 * batch * 32 * hq * double(ctx) * d;
   Emit(rows, "rectify_chunk32", s, ctx, batch, *rect, kv_layer, ceiling, sdpa.sdpa_us, rect_flops);
+  // The same chunks on the mma.sync kernel: the baseline of the default (wgmma on sm_90).
+  cuda::ChunkAttentionParams cp_mma = cp;
+  cp_mma.kernel = cuda::ChunkKernel::kMmaSync;
+  auto rect_mma = TimeUs(
+      [&](int i, cudaStream_t st) {
+        cp_mma.page_tables = table_of(i % layers);
+        return cuda::ChunkAttentionCuda(cp_mma, st);
+      },
+      o.iters);
+  if (!rect_mma.ok()) return rect_mma.status();
+  Emit(rows, "rectify_chunk32_mma", s, ctx, batch, *rect_mma, kv_layer, ceiling, sdpa.sdpa_us,
+       rect_flops);
 
   const double step = *sel_us + *sparse + *rect / 32.0;
   Emit(rows, "resa_step", s, ctx, batch, step, sel_bytes + sparse_bytes + kv_layer / 32, ceiling,
@@ -465,14 +484,21 @@ absl::Status BenchPrefill(const KernelsBenchOptions& o, const ModelShape& s, dou
   cp.total_rows = n;
   cp.max_rows = n;
   cp.max_num_keys = n;
-  if (auto st = ws.Alloc(cuda::ChunkAttentionWorkspaceBytes(cp)); !st.ok()) return st;
+  const size_t ws_bytes =
+      std::max(cuda::ChunkAttentionWorkspaceBytes(cp), ChunkWorkspaceBytesMma(cp));
+  if (auto st = ws.Alloc(ws_bytes); !st.ok()) return st;
   cp.workspace = ws.p;
   cp.workspace_bytes = ws.bytes;
-  auto us = TimeUs([&](int, cudaStream_t st) { return cuda::ChunkAttentionCuda(cp, st); },
-                   std::max(3, o.iters / 4));
-  if (!us.ok()) return us.status();
   const double flops = 2.0 * double(n) * n * s.hq * d;  // causal: half of 4 n^2 h d
-  Emit(rows, "prefill_causal", s, n, 1, *us, 2.0 * n * s.hkv * d * 2, ceiling, 0.0, flops);
+  // The default kernel (wgmma on sm_90), then the mma.sync kernel as its baseline.
+  for (const auto kernel : {cuda::ChunkKernel::kAuto, cuda::ChunkKernel::kMmaSync}) {
+    cp.kernel = kernel;
+    auto us = TimeUs([&](int, cudaStream_t st) { return cuda::ChunkAttentionCuda(cp, st); },
+                     std::max(3, o.iters / 4));
+    if (!us.ok()) return us.status();
+    Emit(rows, kernel == cuda::ChunkKernel::kAuto ? "prefill_causal" : "prefill_causal_mma", s, n,
+         1, *us, 2.0 * n * s.hkv * d * 2, ceiling, 0.0, flops);
+  }
   return absl::OkStatus();
 }
 

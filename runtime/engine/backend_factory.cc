@@ -6,6 +6,7 @@
 #include "runtime/engine/kv_cache.h"
 
 #if RESA_HAVE_CUDA
+#include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/launch.h"
 #include "runtime/engine/cuda/cuda_model.h"
 #endif
@@ -63,6 +64,7 @@ CudaTuning GetCudaTuning() {
 #if RESA_HAVE_CUDA
   t.programmatic_launch = cuda::ProgrammaticLaunch();
   t.swiglu_epilogue = cuda::SwiGluEpilogue();
+  t.wgmma_chunk = cuda::WgmmaChunkDefault();
 #endif
   return t;
 }
@@ -71,6 +73,7 @@ void SetCudaTuning(const CudaTuning& tuning) {
 #if RESA_HAVE_CUDA
   cuda::SetProgrammaticLaunch(tuning.programmatic_launch);
   cuda::SetSwiGluEpilogue(tuning.swiglu_epilogue);
+  cuda::SetWgmmaChunkDefault(tuning.wgmma_chunk);
 #else
   (void)tuning;
 #endif

@@ -52,6 +52,9 @@ struct CudaTuning {
   bool programmatic_launch = true;
   // A single decode row's gate_up GEMV writes the SwiGLU activations (cuda_model.h).
   bool swiglu_epilogue = true;
+  // Prefill and rectification chunks run on the wgmma attention kernel (sm_90; else the
+  // mma.sync one). RESA_CUDA_CHUNK_KERNEL=mma turns it off at start.
+  bool wgmma_chunk = true;
 };
 CudaTuning GetCudaTuning();
 void SetCudaTuning(const CudaTuning& tuning);

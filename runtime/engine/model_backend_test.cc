@@ -106,13 +106,18 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   EXPECT_EQ(start.programmatic_launch,
             !CudaBackendBuilt() || env == nullptr || std::strcmp(env, "0") != 0);
   EXPECT_TRUE(start.swiglu_epilogue);
-  SetCudaTuning({false, false});
+  const char* chunk_env = std::getenv("RESA_CUDA_CHUNK_KERNEL");
+  EXPECT_EQ(start.wgmma_chunk,
+            !CudaBackendBuilt() || chunk_env == nullptr || std::strcmp(chunk_env, "mma") != 0);
+  SetCudaTuning({false, false, false});
   const CudaTuning off = GetCudaTuning();
   EXPECT_EQ(off.programmatic_launch, CudaBackendBuilt() ? false : start.programmatic_launch);
   EXPECT_EQ(off.swiglu_epilogue, !CudaBackendBuilt());
+  EXPECT_EQ(off.wgmma_chunk, !CudaBackendBuilt());
   SetCudaTuning(start);
   EXPECT_EQ(GetCudaTuning().programmatic_launch, start.programmatic_launch);
   EXPECT_EQ(GetCudaTuning().swiglu_epilogue, start.swiglu_epilogue);
+  EXPECT_EQ(GetCudaTuning().wgmma_chunk, start.wgmma_chunk);
 }
 
 }  // namespace

@@ -209,6 +209,39 @@ __device__ __forceinline__ void StoreRowSums(const float (&part)[kWarps][M][R], 
   }
 }
 
+// A warp's place in a GEMV block (layout: GemvKernel): its group of `split` warps and the
+// slice [c0, c1) of the k / 8 16-byte chunks that it walks.
+struct GemvWarp {
+  int warp, lane, groups, c0, c1;
+};
+
+// The GEMV prologue: this warp's GemvWarp, the weight rows of its group's R output rows in wr
+// (rows past n read row n - 1: computed and dropped; with SWIGLU, logical row j is weight row
+// j / 2, or n / 2 + j / 2 for odd j) and zeroed accumulators.
+template <int M, int R, bool SWIGLU = false>
+__device__ __forceinline__ GemvWarp GemvPrologue(const __nv_bfloat16* w, int n, int k, int split,
+                                                 const uint4* (&wr)[R], float (&acc)[M][R]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int groups = kWarps / split;
+  const int g = warp / split, slice = warp % split;
+  const int j0 = (blockIdx.x * groups + g) * R;
+  const int chunks = k / 8;
+  const int c0 = int(int64_t(slice) * chunks / split),
+            c1 = int(int64_t(slice + 1) * chunks / split);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int j = j0 + r < n ? j0 + r : n - 1;
+    const int row = SWIGLU ? ((j & 1) ? (n >> 1) + (j >> 1) : (j >> 1)) : j;
+    wr[r] = reinterpret_cast<const uint4*>(w + size_t(row) * k);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  }
+  return {warp, lane, groups, c0, c1};
+}
+
 // Block = 8 warps = (8 / split) groups of `split` warps; group g owns output rows
 // [(blockIdx.x * groups + g) * R, + R), and its warps split the k / 8 16-byte chunks of those
 // rows into `split` contiguous slices. A lane reads chunks c0 + lane + 32 u of its slice in
@@ -227,26 +260,9 @@ __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
                __nv_bfloat16* act) {
   __shared__ float part[kWarps][M][R];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int groups = kWarps / split;
-  const int g = warp / split, slice = warp % split;
-  const int j0 = (blockIdx.x * groups + g) * R;
-  const int chunks = k / 8;
-  const int c0 = int(int64_t(slice) * chunks / split),
-            c1 = int(int64_t(slice + 1) * chunks / split);
   const uint4* wr[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int j = j0 + r < n ? j0 + r : n - 1;  // rows past n are computed and dropped
-    const int row = SWIGLU ? ((j & 1) ? (n >> 1) + (j >> 1) : (j >> 1)) : j;
-    wr[r] = reinterpret_cast<const uint4*>(w + size_t(row) * k);
-  }
   float acc[M][R];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
-  }
+  const auto [warp, lane, groups, c0, c1] = GemvPrologue<M, R, SWIGLU>(w, n, k, split, wr, acc);
   uint4 wv[U][R];
   int c = c0 + lane;
 #pragma unroll
@@ -323,25 +339,9 @@ __global__ void __launch_bounds__(kThreads)
     LegacyGemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y) {
   constexpr int R = GemvRowsPerWarp(M);
   __shared__ float part[kWarps][M][R];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int groups = kWarps / split;
-  const int g = warp / split, slice = warp % split;
-  const int j0 = (blockIdx.x * groups + g) * R;
-  const int chunks = k / 8;
-  const int c0 = int(int64_t(slice) * chunks / split),
-            c1 = int(int64_t(slice + 1) * chunks / split);
   const uint4* wr[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int j = j0 + r < n ? j0 + r : n - 1;
-    wr[r] = reinterpret_cast<const uint4*>(w + size_t(j) * k);
-  }
   float acc[M][R];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
-  }
+  const auto [warp, lane, groups, c0, c1] = GemvPrologue<M, R>(w, n, k, split, wr, acc);
 #pragma unroll(R == 1 ? 4 : 2)
   for (int c = c0 + lane; c < c1; c += 32) {
     float wf[R][8];
