@@ -124,6 +124,45 @@ constexpr int ChunkSmemBytes() {
   return (kBM + 4 * TileN<D>()) * D * 2;  // Q + 2 x (K, V), bf16
 }
 
+// The work of one CTA of either kernel: row tile gridDim.y - 1 - blockIdx.y (latest rows first:
+// they see the most keys) of `bm` rows of (chunk, KV head) blockIdx.z, and key tiles [t0, t1)
+// of `bn` keys (split blockIdx.x).
+struct ChunkCta {
+  int chunk, h, i_lo, t0, t1;
+  int32_t row_off, rows, r_hi, first, key_end, min_limit;
+  const int32_t* row_keys;  // the chunk's row_num_keys, or null (causal)
+  const int32_t* table;     // the chunk's page table
+  bool empty;               // the tile holds no row of the chunk
+
+  // Keys chunk row r sees (clamped to the tile's rows); non-decreasing in r either way.
+  __device__ int32_t limit_of(int r) const {
+    return row_keys == nullptr ? first + r : row_keys[min(r, r_hi)];
+  }
+};
+
+__device__ __forceinline__ ChunkCta LocateChunkCta(const ChunkArgs& a, int bm, int bn) {
+  const ChunkAttentionParams& p = a.p;
+  const int hkv = p.kv.num_kv_heads, g = a.group;
+  ChunkCta w;
+  w.chunk = blockIdx.z / hkv;
+  w.h = blockIdx.z % hkv;
+  w.row_off = p.row_offsets[w.chunk];
+  w.rows = p.row_offsets[w.chunk + 1] - w.row_off;
+  w.i_lo = (gridDim.y - 1 - blockIdx.y) * bm;
+  w.empty = w.i_lo >= w.rows * g;
+  w.r_hi = min(w.rows - 1, (w.i_lo + bm - 1) / g);
+  w.row_keys = p.row_num_keys != nullptr ? p.row_num_keys + w.row_off : nullptr;
+  w.first = w.row_keys == nullptr ? p.first_num_keys[w.chunk] : 0;
+  w.key_end = w.empty ? 0 : w.limit_of(w.r_hi);  // no row of the tile sees a key at or past this
+  w.min_limit = w.empty ? 0 : w.limit_of(w.i_lo / g);
+  const int kv_tiles = (w.key_end + bn - 1) / bn;
+  const int per_split = (kv_tiles + a.num_splits - 1) / a.num_splits;
+  w.t0 = blockIdx.x * per_split;
+  w.t1 = min(kv_tiles, w.t0 + per_split);
+  w.table = p.page_tables + size_t(w.chunk) * p.page_table_stride;
+  return w;
+}
+
 // Shared-memory element offset of (row, 16-byte chunk ch) in a [rows][D] bf16 tile.
 template <int D>
 __device__ __forceinline__ int Swz(int row, int ch) {
@@ -140,27 +179,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
   __nv_bfloat16* sv = sk + 2 * BN * D;
 
   const ChunkAttentionParams& p = a.p;
-  const int hkv = p.kv.num_kv_heads;
-  const int g = a.group;
-  const int chunk = blockIdx.z / hkv, h = blockIdx.z % hkv;
-  const int tile = gridDim.y - 1 - blockIdx.y;
-  const int32_t row_off = p.row_offsets[chunk];
-  const int32_t rows = p.row_offsets[chunk + 1] - row_off;
-  const int i_lo = tile * kBM;
-  if (i_lo >= rows * g) return;
-  const int r_lo = i_lo / g;
-  const int r_hi = min(rows - 1, (i_lo + kBM - 1) / g);
-  // Causal limit of chunk row r (clamped to the tile's rows); non-decreasing in r either way.
-  const int32_t* row_keys = p.row_num_keys != nullptr ? p.row_num_keys + row_off : nullptr;
-  const int32_t first = row_keys == nullptr ? p.first_num_keys[chunk] : 0;
-  auto limit_of = [&](int r) { return row_keys == nullptr ? first + r : row_keys[min(r, r_hi)]; };
-  const int32_t key_end = limit_of(r_hi);  // no row of the tile sees a key at or past this
-  const int32_t min_limit = limit_of(r_lo);
-  const int kv_tiles = (key_end + BN - 1) / BN;
-  const int per_split = (kv_tiles + a.num_splits - 1) / a.num_splits;
-  const int t0 = blockIdx.x * per_split;
-  const int t1 = min(kv_tiles, t0 + per_split);
-  const int32_t* table = p.page_tables + size_t(chunk) * p.page_table_stride;
+  const int hkv = p.kv.num_kv_heads, g = a.group;
+  const ChunkCta cta = LocateChunkCta(a, kBM, BN);
+  if (cta.empty) return;
+  const int h = cta.h, i_lo = cta.i_lo, t0 = cta.t0, t1 = cta.t1;
+  const int32_t row_off = cta.row_off, rows = cta.rows, key_end = cta.key_end;
+  const int32_t min_limit = cta.min_limit;
+  const int32_t* table = cta.table;
+  auto limit_of = [&](int r) { return cta.limit_of(r); };
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, c = lane % 4;
 
   // The 2 * kMT rows of this lane's accumulators (m-tile mt, half e) and the keys they see.
@@ -379,30 +405,14 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
   };
 
   const ChunkAttentionParams& p = a.p;
-  const int hkv = p.kv.num_kv_heads;
-  const int g = a.group;
-  const int chunk = blockIdx.z / hkv, h = blockIdx.z % hkv;
-  const int tile = gridDim.y - 1 - blockIdx.y;
-  const int32_t row_off = p.row_offsets[chunk];
-  const int32_t rows = p.row_offsets[chunk + 1] - row_off;
-  const int i_lo = tile * BM;
-  if (i_lo >= rows * g) return;
-  const int r_lo = i_lo / g;
-  const int r_hi = min(rows - 1, (i_lo + BM - 1) / g);
-  const int32_t* row_keys = p.row_num_keys != nullptr ? p.row_num_keys + row_off : nullptr;
-  const int32_t first = row_keys == nullptr ? p.first_num_keys[chunk] : 0;
-  auto limit_of = [&](int r) { return row_keys == nullptr ? first + r : row_keys[min(r, r_hi)]; };
-  const int32_t key_end = limit_of(r_hi);
-  const int32_t min_limit = limit_of(r_lo);
-  const int kv_tiles = (key_end + BN - 1) / BN;
-  const int per_split = (kv_tiles + a.num_splits - 1) / a.num_splits;
-  const int t0 = blockIdx.x * per_split;
-  const int t1 = min(kv_tiles, t0 + per_split);
-  const int32_t* table = p.page_tables + size_t(chunk) * p.page_table_stride;
+  const int hkv = p.kv.num_kv_heads, g = a.group;
+  const ChunkCta cta = LocateChunkCta(a, BM, BN);
+  if (cta.empty) return;
+  const int t0 = cta.t0, t1 = cta.t1;
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, c = lane % 4;
   // This thread's two accumulator rows (e / 2 = 0, 1) and the keys they see.
-  const int row0 = i_lo + 64 * wg + 16 * ((tid % 128) / 32) + lane / 4;
-  const int32_t limit[2] = {limit_of(row0 / g), limit_of((row0 + 8) / g)};
+  const int row0 = cta.i_lo + 64 * wg + 16 * ((tid % 128) / 32) + lane / 4;
+  const int32_t limit[2] = {cta.limit_of(row0 / g), cta.limit_of((row0 + 8) / g)};
 
   float o[D / 2];
 #pragma unroll
@@ -413,11 +423,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
     for (int idx = tid; idx < BN * CH; idx += kThreadsCta) {
       const int row = idx / CH, ch = idx % CH;
       const int32_t pos = t * BN + row;
-      const bool ok = pos < key_end;
+      const bool ok = pos < cta.key_end;
       size_t src = 0;
       if (ok) {
-        const int32_t page = table[pos / kPageTokens];
-        src = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * D + ch * 8;
+        const int32_t page = cta.table[pos / kPageTokens];
+        src = ((size_t(page) * hkv + cta.h) * kPageTokens + pos % kPageTokens) * D + ch * 8;
       }
       const uint32_t dst = stage * kTileBytes + swz(row, ch, BN);
       detail::CpAsync16(sk + dst, p.kv.k + src, ok ? 16 : 0);
@@ -459,7 +469,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
   // 2^(s * scale_log2 - m), one FFMA and one MUFU a score; maxima and sums run as four
   // independent chains per row.
   auto softmax = [&](float(&s)[BN / 2], int t, uint32_t(&pf)[BN / 16][4], float(&corr)[2]) {
-    if (t >= t1 || t * BN + BN - 1 >= min_limit) {  // warp-uniform
+    if (t >= t1 || t * BN + BN - 1 >= cta.min_limit) {  // warp-uniform
       const int lim[2] = {t >= t1 ? 0 : limit[0] - t * BN, t >= t1 ? 0 : limit[1] - t * BN};
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
@@ -511,10 +521,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
   if (t0 < t1) {
     for (int idx = tid; idx < BM * CH; idx += kThreadsCta) {
       const int row = idx / CH, ch = idx % CH;
-      const int i = i_lo + row;
+      const int i = cta.i_lo + row;
       const int r = i / g;
-      const bool ok = r < rows;
-      const size_t src = ok ? (size_t(row_off + r) * p.num_heads + h * g + i % g) * D + ch * 8 : 0;
+      const bool ok = r < cta.rows;
+      const size_t src =
+          ok ? (size_t(cta.row_off + r) * p.num_heads + cta.h * g + i % g) * D + ch * 8 : 0;
       detail::CpAsync16(sq + swz(row, ch, BM), p.q + src, ok ? 16 : 0);
     }
     // Tiles t0 .. t0 + stages - 2 in flight (Q with the first), one commit group each.
@@ -581,12 +592,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
   for (int e = 0; e < 2; ++e) {
     const float lsum = detail::QuadSum(l[e]);
     const int i = row0 + 8 * e;
-    if (i / g >= rows) continue;
+    if (i / g >= cta.rows) continue;
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
     const float lse = lsum > 0.0f ? (m[e] + log2f(lsum)) * kLn2 : -INFINITY;
     float* dst_o = p.out;
     float* dst_lse = p.lse_ln;
-    size_t row = size_t(row_off + i / g) * p.num_heads + h * g + i % g;
+    size_t row = size_t(cta.row_off + i / g) * p.num_heads + cta.h * g + i % g;
     if (a.num_splits > 1) {
       row += size_t(blockIdx.x) * p.total_rows * p.num_heads;
       dst_o = a.ws_o;

@@ -5,8 +5,8 @@
 //    blocks with all of a chunk's summary loads in flight and the next chunk prefetched into
 //    L2; the last CTA of a row selects with the keys in registers (<= 16384 blocks, spread over
 //    all warps whatever the length) or in L2;
-//  * SelectWideKernel (more rows: throughput): one CTA per chunk, 2 CTAs per SM; the last CTA
-//    of a row stages the keys in shared memory (or reads L2) and selects there.
+//  * SelectWideKernel (more rows: throughput): one CTA per 1-4 chunks, 2 CTAs per SM; the last
+//    CTA of a row stages the keys in shared memory (or reads L2) and selects there.
 // In both, the CTA whose chunk holds the current block writes the new token's K/V and widens
 // that page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
 // scores become order-preserving uint32 keys; block M - 1 is kept and the threshold T of the
@@ -32,6 +32,10 @@ constexpr int kSelWarps = kSelThreads / 32;
 constexpr int kSelGroups = kSelThreads / 4;       // 4-lane groups, one block each per round
 constexpr int kSelRounds = 2;                      // blocks per group, all loads in flight
 constexpr int kSelChunk = kSelGroups * kSelRounds;  // 256 blocks scored per CTA
+// Chunks a throughput-kernel CTA scores at most: with many rows and long contexts a CTA takes
+// up to 4 chunks (its fixed costs, the pooled query and the arrival, paid once per 1024 blocks)
+// so that the grid comes closer to one wave of 2 CTAs per SM; short rows keep one chunk a CTA.
+constexpr int kMaxWideChunks = 4;
 constexpr int kRegKeys = 32;                        // keys per thread in the register tail
 constexpr int kMaxRegKeys = kSelThreads * kRegKeys;  // 16384: 256K tokens
 constexpr int kRadixBins = 2048;
@@ -54,6 +58,7 @@ struct SelectArgs {
   uint32_t* keys;  // [batch][num_kv_heads][key_stride]
   int* counters;   // [batch][num_kv_heads]
   bool keys_in_smem;  // SelectWideKernel: the tail stages the keys in dynamic shared memory
+  int wide_chunk;     // SelectWideKernel: blocks a CTA scores (a multiple of kSelChunk)
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -637,9 +642,9 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   }
 }
 
-// Throughput kernel (many rows): grid (chunk of 256 blocks, KV head, sequence), 512 threads,
-// <= 64 registers so 2 CTAs per SM; each warp loops over its blocks with the pooled query in
-// registers. The last CTA of a row stages its keys in shared memory (dynamic, when
+// Throughput kernel (many rows): grid (a.wide_chunk blocks, KV head, sequence), 512
+// threads, <= 64 registers so 2 CTAs per SM; each warp loops over its blocks with the pooled query
+// in registers. The last CTA of a row stages its keys in shared memory (dynamic, when
 // a.keys_in_smem) and selects there.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectArgs a) {
@@ -657,7 +662,7 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   const int tid = threadIdx.x;
   const int32_t num_keys = p.num_keys[b];
   const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
-  const int n_ctas = (M + kSelChunk - 1) / kSelChunk;
+  const int n_ctas = (M + a.wide_chunk - 1) / a.wide_chunk;
   if (M == 0) {
     if (chunk == 0 && h == 0 && tid == 0) p.num_blocks[b] = 0;
     return;
@@ -665,7 +670,7 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   if (chunk >= n_ctas) return;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   const size_t summary_stride = size_t(2) * D;
-  if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
+  if (p.k_new != nullptr && chunk == (M - 1) / a.wide_chunk && tid < D) {
     WriteCurrentToken<D>(p, b, h, num_keys);
   }
   PooledQuery<D>(a, b, h, s_q);
@@ -675,8 +680,8 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   float qv[D / 32][8];
   LoadQuerySlice<D>(s_q, part, qv);
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
-  const int32_t end = min(M, (chunk + 1) * kSelChunk);
-  for (int32_t base = chunk * kSelChunk + warp * 8; base < end; base += kSelWarps * 8) {
+  const int32_t end = min(M, (chunk + 1) * a.wide_chunk);
+  for (int32_t base = chunk * a.wide_chunk + warp * 8; base < end; base += kSelWarps * 8) {
     const int32_t blk = base + sub;
     const float acc = QuestBound<D>(
         blk < end ? p.kv.summary + (size_t(table[blk]) * hkv + h) * summary_stride : nullptr, part,
@@ -846,11 +851,17 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
     const int sms = MultiprocessorCount();
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
     a.keys_in_smem = false;
+    a.wide_chunk = kSelChunk;
     return CudaStatus(LaunchKernel(p.kv.head_dim == 64 ? SelectKernel<64> : SelectKernel<128>, grid,
                                    dim3(kSelThreads), 0, stream, {}, a),
                       "launching SelectKernel");
   }
-  const dim3 grid(chunks, p.kv.num_kv_heads, p.batch);
+  // Chunks per CTA: enough that rows x CTAs is about one wave of 2 CTAs per SM, at most 4.
+  const int64_t wave = int64_t(MultiprocessorCount()) * 2;
+  const int per_cta =
+      int(std::clamp<int64_t>((int64_t(rows) * chunks + wave - 1) / wave, 1, kMaxWideChunks));
+  a.wide_chunk = per_cta * kSelChunk;
+  const dim3 grid((chunks + per_cta - 1) / per_cta, p.kv.num_kv_heads, p.batch);
   a.keys_in_smem = plan.max_blocks <= kMaxRegKeys;
   const int smem = a.keys_in_smem ? int(plan.key_stride * sizeof(uint32_t)) : 0;
   // The dynamic shared-memory limit is raised once per device to its largest use.
