@@ -1,15 +1,18 @@
 // Dense causal attention of query chunks over the paged bf16 cache (prefill and ReSA
-// rectification), FlashAttention-2 style on mma.m16n8k16, plus the split merge.
+// rectification): two kernels with one contract, plus the split merge.
+//  * ChunkKernelWgmma (sm_90, the default there): Hopper warpgroup MMA; described above it.
+//  * ChunkKernelMma (any device; the baseline resa-bench times): FlashAttention-2 style on
+//    mma.m16n8k16.
 //
 // Rows of a chunk are (query token r, head jj of the group) pairs, i = r * group + jj, so a CTA's
-// 64-row tile holds all query heads of ~64/group tokens and every K/V tile it loads serves the
-// whole GQA group. Grid: x = split of the key range, y = row tile (latest rows first: they see
-// the most keys), z = (chunk, KV head). 4 warps x 32 rows (two m16 tiles per warp, so every K/V
-// fragment read from shared memory feeds two MMAs); K/V tiles of 64 tokens (4 pages) are
-// double-buffered in shared memory by cp.async (zero-filled past the tile's last key), stored
-// with a 16-byte XOR swizzle so ldmatrix is conflict-free. S = Q K^T and O += P V use
-// ldmatrix(.trans) fragments; P is reused from the S accumulators. Splits write (O, lse) partials
-// that MergeSplitsKernel folds; with one split the CTA writes the output directly.
+// row tile holds all query heads of its tokens and every K/V tile it loads serves the whole GQA
+// group. Grid: x = split of the key range, y = row tile (latest rows first: they see the most
+// keys), z = (chunk, KV head). The mma.sync kernel: 4 warps x 32 rows (two m16 tiles per warp,
+// so every K/V fragment read from shared memory feeds two MMAs); K/V tiles of 64 tokens (32 at
+// d = 128) double-buffered in shared memory by cp.async (zero-filled past the tile's last key),
+// stored with a 16-byte XOR swizzle so ldmatrix is conflict-free; S = Q K^T and O += P V use
+// ldmatrix(.trans) fragments; P is reused from the S accumulators. Splits write (O, lse)
+// partials that MergeSplitsKernel folds; with one split the CTA writes the output directly.
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -374,9 +377,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
 // ---------------------------------------------------------------------------------------------
 // The Hopper kernel (sm_90a): the same contract on warpgroup MMA (wgmma).
 //
-// A CTA of NWG warpgroups holds 64 * NWG rows (NWG = 3 fits a 32-token chunk of a 6-head group
-// exactly, NWG = 2 otherwise) and streams K/V tiles (WgTileKeys) through a cp.async ring
-// (WgStages), one CTA barrier per tile. Q, K and V live in shared memory in the 128-byte
+// A CTA of NWG warpgroups holds 64 * NWG rows (PlanChunk: 3 unless that pads over 5% more rows
+// than 2) and streams K/V tiles (WgTileKeys) through a cp.async ring (WgStages), one CTA barrier
+// per tile. Q, K and V live in shared memory in the 128-byte
 // swizzled layout wgmma reads (wgmma.cuh): S = Q K^T takes both operands from shared memory;
 // O += P V takes P from registers (the S accumulators, rounded to bf16) and V as an MN-major
 // operand, so V needs no transpose. Within a warpgroup the MMAs of tile t + 1's scores and tile
