@@ -466,6 +466,12 @@ TEST_F(MergeCudaTest, RejectsBadArguments) {
   c.row_offsets = c.page_tables = reinterpret_cast<const int32_t*>(buf.get());
   c.page_table_stride = c.total_rows = c.max_rows = c.max_num_keys = 1;
   EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  // The scale must be positive and finite: the kernels take maxima of unscaled scores.
+  c.first_num_keys = c.row_offsets;
+  for (const float scale : {0.0f, -0.125f, std::numeric_limits<float>::quiet_NaN(), kInf}) {
+    c.scale = scale;
+    EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument) << scale;
+  }
 }
 
 }  // namespace
