@@ -513,6 +513,37 @@ __device__ __forceinline__ bool ArriveLast(const SelectArgs& a, int b, int h, in
   return true;
 }
 
+// The selection of sequence b when it has no blocks: a count of 0, written once (CTA 0 of KV
+// head 0).
+__device__ __forceinline__ void SelectNoBlocks(const SelectBlocksParams& p, int b, int h) {
+  if (blockIdx.x == 0 && h == 0 && threadIdx.x == 0) p.num_blocks[b] = 0;
+}
+
+// The end of row (b, h) once this CTA's keys are stored: the last of its n_ctas CTAs (ArriveLast)
+// writes the row's n = NumSelectedBlocksCuda(M, ...) blocks to out: all M when n >= M; else block
+// M - 1 last and, when n > 1, pick(n, out) selects need = n - 1 of the blocks [0, M - 1), with
+// s.hist zero and s.kmin / s.kmax / s.ncand initialised. hkv is the caller's p.kv.num_kv_heads,
+// read before the arrival's fences (read here, after them, it would be loaded again).
+template <typename Pick>
+__device__ __forceinline__ void SelectRow(const SelectArgs& a, int b, int h, int hkv, int n_ctas,
+                                          int32_t M, TailSmem& s, int* s_last, Pick pick) {
+  const SelectBlocksParams& p = a.p;
+  const int tid = threadIdx.x;
+  if (!ArriveLast(a, b, h, n_ctas, s_last)) return;
+  const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
+  int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
+  if (h == 0 && tid == 0) p.num_blocks[b] = n;
+  if (n >= M) {
+    for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
+    return;
+  }
+  if (tid == 0) out[n - 1] = M - 1;  // block M - 1 (+inf) is always kept, last
+  if (n <= 1) return;
+  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
+  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
+  pick(n, out);
+}
+
 // Latency kernel (few rows: batch x KV heads <= kFewRows). Grid (CTAs per row, KV head,
 // sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ... (all of its summary loads
 // for a chunk in flight at once, later chunks prefetched into L2 at the start), so a row longer
@@ -548,10 +579,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
   const int n_chunks = (M + kSelChunk - 1) / kSelChunk;
   const int n_ctas = min(n_chunks, int(gridDim.x));
-  if (M == 0) {
-    if (blockIdx.x == 0 && h == 0 && tid == 0) p.num_blocks[b] = 0;
-    return;
-  }
+  if (M == 0) return SelectNoBlocks(p, b, h);
   if (int(blockIdx.x) >= n_ctas) return;
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
 
@@ -621,25 +649,14 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     }
   }
 
-  // 4. Arrival: the last CTA of this (sequence, head) selects.
-  if (!ArriveLast(a, b, h, n_ctas, &s_last)) return;
-  const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
-  int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
-  if (h == 0 && tid == 0) p.num_blocks[b] = n;
-  if (n >= M) {
-    for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
-    return;
-  }
-  if (tid == 0) out[n - 1] = M - 1;  // block M - 1 (+inf) is always kept, last
-  if (n <= 1) return;
-  // 5. Pick need = n - 1 of the blocks [0, M - 1).
-  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
-  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
-  if (M - 1 <= kMaxRegKeys) {
-    RegisterTail(s, gkeys, M - 1, uint32_t(n - 1), out);
-  } else {
-    StridedTail(s, gkeys, nullptr, M - 1, uint32_t(n - 1), out);
-  }
+  // 4. Arrival: the last CTA of this (sequence, head) selects, the keys in registers when they fit.
+  SelectRow(a, b, h, hkv, n_ctas, M, s, &s_last, [&](int32_t n, int32_t* out) {
+    if (M - 1 <= kMaxRegKeys) {
+      RegisterTail(s, gkeys, M - 1, uint32_t(n - 1), out);
+    } else {
+      StridedTail(s, gkeys, nullptr, M - 1, uint32_t(n - 1), out);
+    }
+  });
 }
 
 // Throughput kernel (many rows): grid (a.wide_chunk blocks, KV head, sequence), 512
@@ -663,10 +680,7 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   const int32_t num_keys = p.num_keys[b];
   const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
   const int n_ctas = (M + a.wide_chunk - 1) / a.wide_chunk;
-  if (M == 0) {
-    if (chunk == 0 && h == 0 && tid == 0) p.num_blocks[b] = 0;
-    return;
-  }
+  if (M == 0) return SelectNoBlocks(p, b, h);
   if (chunk >= n_ctas) return;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   const size_t summary_stride = size_t(2) * D;
@@ -689,20 +703,10 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
     if (part == 0 && blk < end) gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : acc);
   }
 
-  if (!ArriveLast(a, b, h, n_ctas, &s_last)) return;
-  const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
-  int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
-  if (h == 0 && tid == 0) p.num_blocks[b] = n;
-  if (n >= M) {
-    for (int32_t i = tid; i < M; i += kSelThreads) out[i] = i;
-    return;
-  }
-  if (tid == 0) out[n - 1] = M - 1;
-  if (n <= 1) return;
-  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
-  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
-  StridedTail(s, gkeys, a.keys_in_smem ? reinterpret_cast<uint32_t*>(s_keys4) : nullptr, M - 1,
-              uint32_t(n - 1), out);
+  SelectRow(a, b, h, hkv, n_ctas, M, s, &s_last, [&](int32_t n, int32_t* out) {
+    StridedTail(s, gkeys, a.keys_in_smem ? reinterpret_cast<uint32_t*>(s_keys4) : nullptr, M - 1,
+                uint32_t(n - 1), out);
+  });
 }
 
 // Sequence parallelism: global blocks i < num_blocks with i % sp_size == sp_rank.

@@ -126,6 +126,17 @@ __global__ void GatherRowsKernel(const __nv_bfloat16* in, const int32_t* index, 
   for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = src[i];
 }
 
+// The eight bf16 values packed in v, as fp32.
+__device__ __forceinline__ void Bf16x8ToFloat(const uint4& v, float (&out)[8]) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const float2 f = __bfloat1622float2(p[t]);
+    out[2 * t] = f.x;
+    out[2 * t + 1] = f.y;
+  }
+}
+
 // Eight consecutive x values from element `offset`, as fp32; zeros when !pred. Read-only path
 // through volatile asm, so the loads stay after GridDependencyWait (an __ldg, an invariant load
 // to the compiler, may be hoisted above it).
@@ -138,13 +149,7 @@ __device__ __forceinline__ void LoadX8(const __nv_bfloat16* x, size_t offset, bo
       " @p ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
       : "=r"(xv.x), "=r"(xv.y), "=r"(xv.z), "=r"(xv.w)
       : "l"(x + offset), "r"(int(pred)));
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const float2 f = __bfloat1622float2(xp[t]);
-    out[2 * t] = f.x;
-    out[2 * t + 1] = f.y;
-  }
+  Bf16x8ToFloat(xv, out);
 }
 __device__ __forceinline__ void LoadX8(const float* x, size_t offset, bool pred, float (&out)[8]) {
 #pragma unroll
@@ -161,13 +166,7 @@ __device__ __forceinline__ void LoadX8(const float* x, size_t offset, bool pred,
 __device__ __forceinline__ void LegacyLoadX8(const __nv_bfloat16* x, size_t offset,
                                              float (&out)[8]) {
   const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + offset));
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv);
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const float2 f = __bfloat1622float2(xp[t]);
-    out[2 * t] = f.x;
-    out[2 * t + 1] = f.y;
-  }
+  Bf16x8ToFloat(xv, out);
 }
 __device__ __forceinline__ void LegacyLoadX8(const float* x, size_t offset, float (&out)[8]) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(x + offset));
@@ -242,6 +241,31 @@ __device__ __forceinline__ GemvWarp GemvPrologue(const __nv_bfloat16* w, int n, 
   return {warp, lane, groups, c0, c1};
 }
 
+// One chunk of one input row: acc[r] += wf[r] . xf, the 8 products added in element order.
+template <int R>
+__device__ __forceinline__ void FmaChunk(const float (&wf)[R][8], const float (&xf)[8],
+                                         float (&acc)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) acc[r] = fmaf(wf[r][t], xf[t], acc[r]);
+  }
+}
+
+// The end of a warp's walk: lane 0 stores the warp sums of acc in the warp's slot of part.
+template <int M, int R>
+__device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane,
+                                              float (&part)[M][R]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = WarpSum(acc[m][r]);
+      if (lane == 0) part[m][r] = v;
+    }
+  }
+}
+
 // Block = 8 warps = (8 / split) groups of `split` warps; group g owns output rows
 // [(blockIdx.x * groups + g) * R, + R), and its warps split the k / 8 16-byte chunks of those
 // rows into `split` contiguous slices. A lane reads chunks c0 + lane + 32 u of its slice in
@@ -279,24 +303,12 @@ __global__ void __launch_bounds__(kThreads)
       const bool live = cu < c1;  // dead chunks: zero weights and zero x, no branch
       float wf[R][8];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wv[u][r]);
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const float2 f = __bfloat1622float2(wp[t]);
-          wf[r][2 * t] = f.x;
-          wf[r][2 * t + 1] = f.y;
-        }
-      }
+      for (int r = 0; r < R; ++r) Bf16x8ToFloat(wv[u][r], wf[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
         LoadX8(x, size_t(m) * k + size_t(cu) * 8, live, xf);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-          for (int t = 0; t < 8; ++t) acc[m][r] = fmaf(wf[r][t], xf[t], acc[m][r]);
-        }
+        FmaChunk<R>(wf, xf, acc[m]);
       }
     }
     c += 32 * U;
@@ -307,14 +319,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = WarpSum(acc[m][r]);
-      if (lane == 0) part[warp][m][r] = v;
-    }
-  }
+  StoreWarpSums<M, R>(acc, lane, part[warp]);
   __syncthreads();
   if constexpr (SWIGLU) {
     for (int i = threadIdx.x; i < groups * R / 2 * M; i += blockDim.x) {
@@ -351,33 +356,16 @@ __global__ void __launch_bounds__(kThreads)
       asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                    : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
                    : "l"(wr[r] + c));
-      const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&wv);
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const float2 f = __bfloat1622float2(wp[t]);
-        wf[r][2 * t] = f.x;
-        wf[r][2 * t + 1] = f.y;
-      }
+      Bf16x8ToFloat(wv, wf[r]);
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float xf[8];
       LegacyLoadX8(x, size_t(m) * k + size_t(c) * 8, xf);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int t = 0; t < 8; ++t) acc[m][r] = fmaf(wf[r][t], xf[t], acc[m][r]);
-      }
+      FmaChunk<R>(wf, xf, acc[m]);
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = WarpSum(acc[m][r]);
-      if (lane == 0) part[warp][m][r] = v;
-    }
-  }
+  StoreWarpSums<M, R>(acc, lane, part[warp]);
   __syncthreads();
   StoreRowSums<M, R>(part, groups, split, n, y);
 }
