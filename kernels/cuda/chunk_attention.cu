@@ -684,6 +684,9 @@ size_t ChunkAttentionWorkspaceBytes(const ChunkAttentionParams& p) { return Plan
 absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stream) {
   if (auto st = Validate(p); !st.ok()) return st;
   const ChunkPlan plan = PlanChunk(p);
+  if (plan.impl != Impl::kMmaSync && ComputeCapabilityMajor() != 9) {  // kWgmma asked for
+    return absl::FailedPreconditionError("ChunkAttentionCuda: the wgmma kernel needs sm_90");
+  }
   if (plan.bytes > 0 && (p.workspace == nullptr || p.workspace_bytes < plan.bytes)) {
     return absl::InvalidArgumentError(absl::StrCat("ChunkAttentionCuda: workspace of ",
                                                    p.workspace_bytes, " bytes, need ", plan.bytes));
@@ -700,8 +703,8 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
   const dim3 grid(plan.num_splits, plan.row_tiles, p.num_chunks * p.kv.num_kv_heads);
   // Chunks (rectification, prefill) run eagerly and measured slightly slower with PDL
-  // (docs/cuda_backend.md), so both kernels launch plainly: they start when the kernel before
-  // them ends and need no griddepcontrol code.
+  // (docs/cuda_backend.md), so the chunk kernels and the merge launch plainly: they start when
+  // the kernel before them ends and need no griddepcontrol code.
   constexpr LaunchOptions kNoPdl{1, false};
   // One launch of `kernel` with `smem` dynamic bytes, raising its shared-memory limit once per
   // device (`done` is that kernel's flag).
@@ -717,16 +720,10 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   cudaError_t err;
   switch (plan.impl) {
     case Impl::kWgmma3:
-      if (ComputeCapabilityMajor() != 9) {
-        return absl::FailedPreconditionError("ChunkAttentionCuda: the wgmma kernel needs sm_90");
-      }
       err = d64 ? launch(ChunkKernelWgmma<64, 3>, 384, WgSmemBytes<64>(3), attr_done[0])
                 : launch(ChunkKernelWgmma<128, 3>, 384, WgSmemBytes<128>(3), attr_done[1]);
       break;
     case Impl::kWgmma2:
-      if (ComputeCapabilityMajor() != 9) {
-        return absl::FailedPreconditionError("ChunkAttentionCuda: the wgmma kernel needs sm_90");
-      }
       err = d64 ? launch(ChunkKernelWgmma<64, 2>, 256, WgSmemBytes<64>(2), attr_done[2])
                 : launch(ChunkKernelWgmma<128, 2>, 256, WgSmemBytes<128>(2), attr_done[3]);
       break;
