@@ -62,11 +62,14 @@ struct DecodeAttentionParams {
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
 
-// Which kernel ChunkAttentionCuda runs (ChunkAttentionParams::kernel).
-enum class ChunkKernel { kAuto, kMmaSync, kWgmma };
+// Which kernel ChunkAttentionCuda runs (ChunkAttentionParams::kernel): kMmaSync (any device),
+// kWgmma (sm_90: 2 or 3 warpgroups that all load and compute) or kWgmmaWs (sm_90: 2 consumer
+// warpgroups fed by a producer warpgroup through mbarriers); kAuto picks (docs/kernels.md).
+enum class ChunkKernel { kAuto, kMmaSync, kWgmma, kWgmmaWs };
 
-// What kAuto means in this process: the wgmma kernel on sm_90 devices (true, the default) or the
-// mma.sync kernel everywhere. RESA_CUDA_CHUNK_KERNEL=mma in the environment sets false at start.
+// What kAuto means in this process: a wgmma kernel on sm_90 devices (true, the default) or the
+// mma.sync kernel everywhere. RESA_CUDA_CHUNK_KERNEL=mma in the environment sets false at start;
+// =wgmma or =ws makes kAuto run that wgmma kernel for every shape (A/B runs).
 bool WgmmaChunkDefault();
 void SetWgmmaChunkDefault(bool on);
 
@@ -102,10 +105,11 @@ struct ChunkAttentionParams {
   // multiprocessor count (more splits when there are few row tiles, e.g. rectification).
   int num_splits = 0;
 
-  // The kernel: kAuto takes the warpgroup-MMA (wgmma) kernel on sm_90 devices when
-  // WgmmaChunkDefault(), else the mma.sync kernel; kMmaSync forces the latter (any device; the
-  // baseline `resa-bench kernels` times beside the default); kWgmma forces the former and fails
-  // with FailedPrecondition elsewhere. Same contract and tolerance.
+  // The kernel: kAuto takes a warpgroup-MMA (wgmma) kernel on sm_90 devices when
+  // WgmmaChunkDefault() (three warpgroups when a chunk's rows fill 192-row tiles within 5%, else
+  // the warp-specialised one), else the mma.sync kernel; kMmaSync forces the latter (any device;
+  // the baseline `resa-bench kernels` times beside the default); kWgmma and kWgmmaWs force one
+  // wgmma kernel and fail with FailedPrecondition elsewhere. Same contract and tolerance.
   ChunkKernel kernel = ChunkKernel::kAuto;
 
   void* workspace = nullptr;

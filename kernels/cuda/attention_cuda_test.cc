@@ -307,11 +307,14 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
 
   DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
   DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts), drow_keys(row_keys);
-  // Both kernels against the same reference: the wgmma one (sm_90) and the mma.sync one.
-  for (const ChunkKernel kernel : {ChunkKernel::kWgmma, ChunkKernel::kMmaSync}) {
-    const char* kernel_name = kernel == ChunkKernel::kWgmma ? "wgmma" : "mma.sync";
+  // Every kernel against the same reference: the wgmma ones (sm_90) and the mma.sync one.
+  for (const ChunkKernel kernel :
+       {ChunkKernel::kWgmma, ChunkKernel::kWgmmaWs, ChunkKernel::kMmaSync}) {
+    const char* kernel_name = kernel == ChunkKernel::kWgmma     ? "wgmma"
+                              : kernel == ChunkKernel::kWgmmaWs ? "wgmma-ws"
+                                                                : "mma.sync";
     SCOPED_TRACE(kernel_name);
-    if (kernel == ChunkKernel::kWgmma && ComputeCapabilityMajor() != 9) {
+    if (kernel != ChunkKernel::kMmaSync && ComputeCapabilityMajor() != 9) {
       std::printf("wgmma kernel not run: the device is not sm_90\n");
       continue;
     }

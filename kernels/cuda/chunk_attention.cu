@@ -1,6 +1,7 @@
 // Dense causal attention of query chunks over the paged bf16 cache (prefill and ReSA
-// rectification): two kernels with one contract, plus the split merge.
-//  * ChunkKernelWgmma (sm_90, the default there): Hopper warpgroup MMA; described above it.
+// rectification): three kernels with one contract, plus the split merge.
+//  * ChunkKernelWgmma and ChunkKernelWgmmaWs (sm_90, the default there): Hopper warpgroup MMA,
+//    all warpgroups loading or a producer warpgroup feeding two consumers; described above them.
 //  * ChunkKernelMma (any device; the baseline resa-bench times): FlashAttention-2 style on
 //    mma.m16n8k16.
 //
@@ -39,13 +40,14 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kCtasPerSm = 2;
 constexpr int kMinTilesPerSplit = 4;
 
-// The kernel a chunk runs on: the mma.sync kernel (kBM rows, 2 CTAs per SM) or the wgmma kernel
-// with 2 or 3 warpgroups (64 rows each, 1 CTA per SM).
-enum class Impl { kMmaSync, kWgmma2, kWgmma3 };
+// The kernel a chunk runs on: the mma.sync kernel (kBM rows, 2 CTAs per SM), the wgmma kernel
+// with 2 or 3 warpgroups (64 rows each, 1 CTA per SM), or the warp-specialised wgmma kernel (2
+// consumer warpgroups + a producer, 1 CTA per SM).
+enum class Impl { kMmaSync, kWgmma2, kWgmma3, kWgmmaWs };
 
-// Keys per K/V tile of the wgmma kernel and tiles in its cp.async ring, by warpgroups: with two,
-// 128-key tiles (S = Q K^T as m64n128: fewer shared-memory bytes per MMA, half the barriers and
-// rescales per key) in 3 stages; with three, registers allow 64-key tiles (4 stages).
+// Keys per K/V tile and tiles in the ring, by consumer warpgroups: with two, 128-key tiles
+// (S = Q K^T as m64n128: fewer shared-memory bytes per MMA, half the barriers and rescales per
+// key) in 3 stages; with three, registers allow 64-key tiles (4 stages).
 __host__ __device__ constexpr int WgTileKeys(int nwg) { return nwg == 2 ? 128 : 64; }
 __host__ __device__ constexpr int WgStages(int nwg) { return nwg == 2 ? 3 : 4; }
 
@@ -76,8 +78,21 @@ std::atomic<bool>& WgmmaChunkFlag() {
   return flag;
 }
 
+// What kAuto runs on sm_90 when WgmmaChunkDefault(): kAuto (the rule in PlanChunk), or with
+// RESA_CUDA_CHUNK_KERNEL=wgmma / ws one wgmma kernel for every shape (A/B runs).
+ChunkKernel WgmmaVariant() {
+  static const ChunkKernel k = [] {
+    const char* v = std::getenv("RESA_CUDA_CHUNK_KERNEL");
+    const std::string_view s = v == nullptr ? "" : v;
+    return s == "wgmma" ? ChunkKernel::kWgmma
+           : s == "ws"  ? ChunkKernel::kWgmmaWs
+                        : ChunkKernel::kAuto;
+  }();
+  return k;
+}
+
 bool UseWgmma(ChunkKernel kernel) {
-  if (kernel != ChunkKernel::kAuto) return kernel == ChunkKernel::kWgmma;
+  if (kernel != ChunkKernel::kAuto) return kernel != ChunkKernel::kMmaSync;
   return WgmmaChunkFlag().load(std::memory_order_relaxed) && ComputeCapabilityMajor() == 9;
 }
 
@@ -90,9 +105,15 @@ ChunkPlan PlanChunk(const ChunkAttentionParams& p) {
   if (UseWgmma(p.kernel)) {
     // Three warpgroups (12 warps an SM: ~10% more TFLOP/s than two on the H200) unless they pad
     // more than 5% rows beyond two's: a 32-token chunk of a 6-head group (192 rows) or a long
-    // prompt takes three, one of a 7-head group (224 rows: 384 vs 256) two.
+    // prompt takes three, one of a 7-head group (224 rows: 384 vs 256) two, and two run warp-
+    // specialised (5-9% faster at 7B shapes; three with a producer would spill: 160 registers).
+    const ChunkKernel k = p.kernel == ChunkKernel::kAuto ? WgmmaVariant() : p.kernel;
     const int64_t pad2 = (chunk_rows + 127) / 128 * 128, pad3 = (chunk_rows + 191) / 192 * 192;
-    plan.impl = pad3 * 20 <= pad2 * 21 ? Impl::kWgmma3 : Impl::kWgmma2;
+    const bool three = pad3 * 20 <= pad2 * 21;
+    plan.impl = k == ChunkKernel::kWgmmaWs ? Impl::kWgmmaWs
+                : three                    ? Impl::kWgmma3
+                : k == ChunkKernel::kWgmma ? Impl::kWgmma2
+                                           : Impl::kWgmmaWs;
     plan.row_tile = plan.impl == Impl::kWgmma3 ? 192 : 128;
     ctas_per_sm = 1;
     tile_keys = WgTileKeys(plan.impl == Impl::kWgmma3 ? 3 : 2);
@@ -166,6 +187,23 @@ __device__ __forceinline__ ChunkCta LocateChunkCta(const ChunkArgs& a, int bm, i
   w.t1 = min(kv_tiles, w.t0 + per_split);
   w.table = p.page_tables + size_t(w.chunk) * p.page_table_stride;
   return w;
+}
+
+// Where CTA row i of the chunk at row_off, KV head h writes its normalised O (head_dim floats)
+// and LSE: out / lse_ln, or with several splits split blockIdx.x's partials (lse null when
+// lse_ln is null and there is one split).
+struct ChunkDst {
+  float* o;
+  float* lse;
+};
+__device__ __forceinline__ ChunkDst ChunkRowDst(const ChunkArgs& a, int32_t row_off, int h, int i) {
+  const ChunkAttentionParams& p = a.p;
+  size_t row = size_t(row_off + i / a.group) * p.num_heads + h * a.group + i % a.group;
+  if (a.num_splits == 1) {
+    return {p.out + row * p.kv.head_dim, p.lse_ln != nullptr ? p.lse_ln + row : nullptr};
+  }
+  row += size_t(blockIdx.x) * p.total_rows * p.num_heads;
+  return {a.ws_o + row * p.kv.head_dim, a.ws_lse + row};
 }
 
 // Shared-memory element offset of (row, 16-byte chunk ch) in a [rows][D] bf16 tile.
@@ -355,98 +393,113 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
     const int i = row_of(k);
     if (i / g >= rows) continue;
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-    const float lse = lsum > 0.0f ? (m[k] + log2f(lsum)) * kLn2 : -INFINITY;
-    float* dst_o = p.out;
-    float* dst_lse = p.lse_ln;
-    size_t row = size_t(row_off + i / g) * p.num_heads + h * g + i % g;
-    if (a.num_splits > 1) {
-      row += size_t(blockIdx.x) * p.total_rows * p.num_heads;
-      dst_o = a.ws_o;
-      dst_lse = a.ws_lse;
-    }
+    const ChunkDst dst = ChunkRowDst(a, row_off, h, i);
     const int mt = k / 2, e = k % 2;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<float2*>(dst_o + row * D + n * 8 + 2 * c) =
+      *reinterpret_cast<float2*>(dst.o + n * 8 + 2 * c) =
           make_float2(o[mt][n][2 * e] * inv, o[mt][n][2 * e + 1] * inv);
     }
-    if (c == 0 && dst_lse != nullptr) dst_lse[row] = lse;
+    if (c == 0 && dst.lse != nullptr)
+      *dst.lse = lsum > 0.0f ? (m[k] + log2f(lsum)) * kLn2 : -INFINITY;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Hopper kernel (sm_90a): the same contract on warpgroup MMA (wgmma).
+// The Hopper kernels (sm_90a): the same contract on warpgroup MMA (wgmma).
 //
-// A CTA of NWG warpgroups holds 64 * NWG rows (PlanChunk: 3 unless that pads over 5% more rows
-// than 2) and streams K/V tiles (WgTileKeys) through a cp.async ring (WgStages), one CTA barrier
-// per tile. Q, K and V live in shared memory in the 128-byte
+// Rows are split over warpgroups of 64. Q, K and V live in shared memory in the 128-byte
 // swizzled layout wgmma reads (wgmma.cuh): S = Q K^T takes both operands from shared memory;
 // O += P V takes P from registers (the S accumulators, rounded to bf16) and V as an MN-major
 // operand, so V needs no transpose. Within a warpgroup the MMAs of tile t + 1's scores and tile
 // t's P V are in flight together, and the softmax of tile t + 1 runs while P V executes; O is
-// rescaled once P V has landed.
+// rescaled once P V has landed (WgRows::Step). Two kernels feed that loop:
+//  * ChunkKernelWgmma<D, NWG>: NWG warpgroups that all load and compute, a cp.async ring of
+//    WgStages tiles and one CTA barrier per tile;
+//  * ChunkKernelWgmmaWs<D>: two consumer warpgroups (128 rows) and a producer warpgroup that
+//    issues every cp.async (FlashAttention-3's warp specialisation). Full / empty mbarriers per
+//    stage replace the CTA barrier, so a consumer waits only for its data, never for the other
+//    consumer; setmaxnreg moves the producer's registers to the consumers.
+
 template <int D>
 constexpr int WgSmemBytes(int nwg) {
   return 64 * nwg * D * 2 + WgStages(nwg) * 2 * WgTileKeys(nwg) * D * 2 + 1024;  // + alignment
 }
 
-template <int D, int NWG>
-__global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs a) {
-#if RESA_HAVE_WGMMA
-  constexpr int BM = 64 * NWG;
-  constexpr int BN = WgTileKeys(NWG);
-  constexpr int kStages = WgStages(NWG);
-  constexpr int CH = D / 8;                    // 16-byte chunks per row
-  constexpr int KS = D / 16;                   // k-steps of S = Q K^T
-  constexpr uint32_t kTileBytes = BN * D * 2;  // one K or V tile
-  constexpr int kThreadsCta = NWG * 128;
-  extern __shared__ uint8_t smem_wg[];
-  const uint32_t sq = (detail::SmemAddr(smem_wg) + 1023) & ~1023u;
-  const uint32_t sk = sq + BM * D * 2;            // [stage] K tiles
-  const uint32_t sv = sk + kStages * kTileBytes;  // [stage] V tiles
-  // Byte offset of (row, 16-byte chunk ch) in a swizzled [rows][D] operand of `nrows` rows.
-  auto swz = [](int row, int ch, int nrows) {
-    return uint32_t((ch / 8) * nrows * 128 + row * 128 + (((ch % 8) ^ (row & 7)) << 4));
-  };
+// Byte offset of (row, 16-byte chunk ch) in a swizzled [nrows][D] operand.
+__device__ __forceinline__ uint32_t WgSwz(int row, int ch, int nrows) {
+  return uint32_t((ch / 8) * nrows * 128 + row * 128 + (((ch % 8) ^ (row & 7)) << 4));
+}
 
+// cp.async of the CTA's BM query rows into `sq` by threads [tid, nthreads) of the copy.
+template <int D, int BM>
+__device__ __forceinline__ void WgLoadQ(const ChunkArgs& a, const ChunkCta& cta, uint32_t sq,
+                                        int tid, int nthreads) {
+  constexpr int CH = D / 8;
   const ChunkAttentionParams& p = a.p;
-  const int hkv = p.kv.num_kv_heads, g = a.group;
-  const ChunkCta cta = LocateChunkCta(a, BM, BN);
-  if (cta.empty) return;
-  const int t0 = cta.t0, t1 = cta.t1;
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, c = lane % 4;
-  // This thread's two accumulator rows (e / 2 = 0, 1) and the keys they see.
-  const int row0 = cta.i_lo + 64 * wg + 16 * ((tid % 128) / 32) + lane / 4;
-  const int32_t limit[2] = {cta.limit_of(row0 / g), cta.limit_of((row0 + 8) / g)};
+  for (int idx = tid; idx < BM * CH; idx += nthreads) {
+    const int row = idx / CH, ch = idx % CH;
+    const int i = cta.i_lo + row;
+    const int r = i / a.group;
+    const bool ok = r < cta.rows;
+    const size_t src =
+        ok ? (size_t(cta.row_off + r) * p.num_heads + cta.h * a.group + i % a.group) * D + ch * 8
+           : 0;
+    detail::CpAsync16(sq + WgSwz(row, ch, BM), p.q + src, ok ? 16 : 0);
+  }
+}
 
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-
-  auto load_kv = [&](int t, int stage) {
-    for (int idx = tid; idx < BN * CH; idx += kThreadsCta) {
-      const int row = idx / CH, ch = idx % CH;
-      const int32_t pos = t * BN + row;
-      const bool ok = pos < cta.key_end;
-      size_t src = 0;
-      if (ok) {
-        const int32_t page = cta.table[pos / kPageTokens];
-        src = ((size_t(page) * hkv + cta.h) * kPageTokens + pos % kPageTokens) * D + ch * 8;
-      }
-      const uint32_t dst = stage * kTileBytes + swz(row, ch, BN);
-      detail::CpAsync16(sk + dst, p.kv.k + src, ok ? 16 : 0);
-      detail::CpAsync16(sv + dst, p.kv.v + src, ok ? 16 : 0);
+// cp.async of key tile t (K into sk, V into sv; zero past the tile's last key).
+template <int D, int BN>
+__device__ __forceinline__ void WgLoadKv(const ChunkArgs& a, const ChunkCta& cta, int t,
+                                         uint32_t sk, uint32_t sv, int tid, int nthreads) {
+  constexpr int CH = D / 8;
+  const ChunkAttentionParams& p = a.p;
+  for (int idx = tid; idx < BN * CH; idx += nthreads) {
+    const int row = idx / CH, ch = idx % CH;
+    const int32_t pos = t * BN + row;
+    const bool ok = pos < cta.key_end;
+    size_t src = 0;
+    if (ok) {
+      const int32_t page = cta.table[pos / kPageTokens];
+      src = ((size_t(page) * p.kv.num_kv_heads + cta.h) * kPageTokens + pos % kPageTokens) * D +
+            ch * 8;
     }
-  };
-  // S = Q K^T of this warpgroup's 64 rows against the tile in `stage`.
-  auto issue_s = [&](float(&s)[BN / 2], int stage) {
+    detail::CpAsync16(sk + WgSwz(row, ch, BN), p.kv.k + src, ok ? 16 : 0);
+    detail::CpAsync16(sv + WgSwz(row, ch, BN), p.kv.v + src, ok ? 16 : 0);
+  }
+}
+
+// One warpgroup's 64 rows of a CTA of BM rows: O accumulators, running max / sum, and the
+// MMA + softmax steps over BN-key tiles. Thread `tid` (of the consumer warpgroups) holds rows
+// row0 and row0 + 8 (e / 2 = 0, 1 of the accumulator layout).
+template <int D, int BM, int BN>
+struct WgRows {
+  using PFrag = uint32_t[BN / 16][4];  // P as bf16 A fragments, one per 16 keys
+  float o[D / 2];
+  float m[2], l[2];
+  int32_t limit[2];  // keys each row sees
+  int wg, c, row0;
+
+  __device__ __forceinline__ WgRows(const ChunkArgs& a, const ChunkCta& cta, int tid) {
+    wg = tid / 128;
+    c = tid % 4;
+    row0 = cta.i_lo + 64 * wg + 16 * ((tid % 128) / 32) + (tid % 32) / 4;
+    limit[0] = cta.limit_of(row0 / a.group);
+    limit[1] = cta.limit_of((row0 + 8) / a.group);
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+  }
+
+  // S = Q K^T of this warpgroup's rows against the K tile at `sk`.
+  __device__ __forceinline__ void IssueS(float (&s)[BN / 2], uint32_t sq, uint32_t sk) const {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
       const uint64_t da =
           detail::SmemDesc(sq + (ks / 4) * BM * 128 + wg * 64 * 128 + (ks % 4) * 32, 16, 1024);
-      const uint64_t db =
-          detail::SmemDesc(sk + stage * kTileBytes + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
+      const uint64_t db = detail::SmemDesc(sk + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
       if constexpr (BN == 128) {
         detail::WgmmaSS64x128(s, da, db, ks > 0);
       } else {
@@ -454,12 +507,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       }
     }
     detail::WgmmaCommit();
-  };
-  // O += P V over the tile in `stage`; P as bf16 A fragments, one per 16 keys.
-  auto issue_pv = [&](const uint32_t(&pf)[BN / 16][4], int stage) {
+  }
+
+  // O += P V over the V tile at `sv`.
+  __device__ __forceinline__ void IssuePv(const PFrag& pf, uint32_t sv) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint64_t db = detail::SmemDesc(sv + stage * kTileBytes + kk * 16 * 128, BN * 128, 1024);
+      const uint64_t db = detail::SmemDesc(sv + kk * 16 * 128, BN * 128, 1024);
       if constexpr (D == 128) {
         detail::WgmmaRS64x128(o, pf[kk], db);
       } else {
@@ -467,15 +521,16 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       }
     }
     detail::WgmmaCommit();
-  };
-  // Scores of tile t -> P (bf16 fragments), running max / sum; returns the rescale of O.
-  // A tile t >= t1 (the loop's last look-ahead) is masked whole: a no-op on m, l and O.
-  // m is kept in scaled log2 units; the raw scores' maxima give it because scale > 0. P is
-  // 2^(s * scale_log2 - m), one FFMA and one MUFU a score; maxima and sums run as four
-  // independent chains per row.
-  auto softmax = [&](float(&s)[BN / 2], int t, uint32_t(&pf)[BN / 16][4], float(&corr)[2]) {
-    if (t >= t1 || t * BN + BN - 1 >= cta.min_limit) {  // warp-uniform
-      const int lim[2] = {t >= t1 ? 0 : limit[0] - t * BN, t >= t1 ? 0 : limit[1] - t * BN};
+  }
+
+  // Scores of tile t -> P, running max / sum; corr = the rescale of O. A tile t >= t1 (the
+  // loop's last look-ahead) is masked whole: a no-op on m, l and O. m is kept in scaled log2
+  // units; the raw scores' maxima give it because scale > 0. P is 2^(s * scale_log2 - m), one
+  // FFMA and one MUFU a score; maxima and sums run as four independent chains per row.
+  __device__ __forceinline__ void Softmax(float (&s)[BN / 2], int t, const ChunkCta& cta,
+                                          float scale_log2, PFrag& pf, float (&corr)[2]) {
+    if (t >= cta.t1 || t * BN + BN - 1 >= cta.min_limit) {  // warp-uniform
+      const int lim[2] = {t >= cta.t1 ? 0 : limit[0] - t * BN, t >= cta.t1 ? 0 : limit[1] - t * BN};
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
@@ -496,7 +551,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const float tile_max = fmaxf(fmaxf(mx[e][0], mx[e][1]), fmaxf(mx[e][2], mx[e][3]));
-      const float m_new = fmaxf(m[e], detail::QuadMax(tile_max) * a.scale_log2);
+      const float m_new = fmaxf(m[e], detail::QuadMax(tile_max) * scale_log2);
       m_use[e] = m_new == -INFINITY ? 0.0f : m_new;
       corr[e] = detail::Exp2Approx(m[e] - m_use[e]);
       m[e] = m_new;
@@ -506,7 +561,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
     for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[4 * j + e] = detail::Exp2Approx(fmaf(s[4 * j + e], a.scale_log2, -m_use[e >> 1]));
+        s[4 * j + e] = detail::Exp2Approx(fmaf(s[4 * j + e], scale_log2, -m_use[e >> 1]));
         ls[e >> 1][j & 3] += s[4 * j + e];
       }
     }
@@ -521,18 +576,96 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       pf[kk][2] = detail::PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
       pf[kk][3] = detail::PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
     }
+  }
+
+  // Tile t0's scores and P (into pf); its K tile has landed.
+  __device__ __forceinline__ void First(float (&s)[BN / 2], uint32_t sq, uint32_t sk,
+                                        const ChunkCta& cta, float scale_log2, PFrag& pf) {
+    float corr[2];
+    detail::WgmmaFence();
+    IssueS(s, sq, sk);
+    detail::WgmmaWait<0>();
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
+    Softmax(s, cta.t0, cta, scale_log2, pf, corr);
+  }
+
+  // P V of tile t (P in pc, V at sv) and the scores of tile t + 1 (K at sk_next, P into pn).
+  // The last tile also scores a stale stage as tile t1, which the softmax masks whole: no branch
+  // inside the MMA pipeline (ptxas serialises wgmma otherwise). Returns once P V has landed,
+  // before O is rescaled (Rescale), so the caller can release the stage first.
+  __device__ __forceinline__ void Step(float (&s)[BN / 2], int t, uint32_t sq, uint32_t sk_next,
+                                       uint32_t sv, const ChunkCta& cta, float scale_log2,
+                                       PFrag& pc, PFrag& pn, float (&corr)[2]) {
+    detail::WgmmaFence();
+    IssueS(s, sq, sk_next);
+    IssuePv(pc, sv);
+    detail::WgmmaWait<1>();  // the scores of tile t + 1
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
+    Softmax(s, t + 1, cta, scale_log2, pn, corr);
+    detail::WgmmaWait<0>();  // P V of tile t
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) detail::FenceOperand(o[i]);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) detail::FenceOperand(pc[kk][w]);
+    }
+  }
+
+  __device__ __forceinline__ void Rescale(const float (&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[4 * j + 0] *= corr[0], o[4 * j + 1] *= corr[0];
+      o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
+    }
+  }
+
+  __device__ __forceinline__ void Store(const ChunkArgs& a, const ChunkCta& cta) const {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float lsum = detail::QuadSum(l[e]);
+      const int i = row0 + 8 * e;
+      if (i / a.group >= cta.rows) continue;
+      const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+      const ChunkDst dst = ChunkRowDst(a, cta.row_off, cta.h, i);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<float2*>(dst.o + j * 8 + 2 * c) =
+            make_float2(o[4 * j + 2 * e] * inv, o[4 * j + 2 * e + 1] * inv);
+      }
+      if (c == 0 && dst.lse != nullptr) {
+        *dst.lse = lsum > 0.0f ? (m[e] + log2f(lsum)) * kLn2 : -INFINITY;
+      }
+    }
+  }
+};
+
+template <int D, int NWG>
+__global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs a) {
+#if RESA_HAVE_WGMMA
+  constexpr int BM = 64 * NWG;
+  constexpr int BN = WgTileKeys(NWG);
+  constexpr int kStages = WgStages(NWG);
+  constexpr uint32_t kTileBytes = BN * D * 2;  // one K or V tile
+  constexpr int kThreadsCta = NWG * 128;
+  extern __shared__ uint8_t smem_wg[];
+  const uint32_t sq = (detail::SmemAddr(smem_wg) + 1023) & ~1023u;
+  const uint32_t sk = sq + BM * D * 2;            // [stage] K tiles
+  const uint32_t sv = sk + kStages * kTileBytes;  // [stage] V tiles
+
+  const ChunkCta cta = LocateChunkCta(a, BM, BN);
+  if (cta.empty) return;
+  const int t0 = cta.t0, t1 = cta.t1;
+  const int tid = threadIdx.x;
+  WgRows<D, BM, BN> w(a, cta, tid);
+  auto load_kv = [&](int t, int stage) {
+    WgLoadKv<D, BN>(a, cta, t, sk + stage * kTileBytes, sv + stage * kTileBytes, tid, kThreadsCta);
   };
 
   if (t0 < t1) {
-    for (int idx = tid; idx < BM * CH; idx += kThreadsCta) {
-      const int row = idx / CH, ch = idx % CH;
-      const int i = cta.i_lo + row;
-      const int r = i / g;
-      const bool ok = r < cta.rows;
-      const size_t src =
-          ok ? (size_t(cta.row_off + r) * p.num_heads + cta.h * g + i % g) * D + ch * 8 : 0;
-      detail::CpAsync16(sq + swz(row, ch, BM), p.q + src, ok ? 16 : 0);
-    }
+    WgLoadQ<D, BM>(a, cta, sq, tid, kThreadsCta);
     // Tiles t0 .. t0 + stages - 2 in flight (Q with the first), one commit group each.
 #pragma unroll
     for (int st = 0; st < kStages - 1; ++st) {
@@ -545,17 +678,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
 
     float s[BN / 2];
     uint32_t pa[BN / 16][4], pb[BN / 16][4];  // P of the tile in P V and of the next one
-    float corr[2];
-    detail::WgmmaFence();
-    issue_s(s, 0);
-    detail::WgmmaWait<0>();
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
-    softmax(s, t0, pa, corr);
-
-    // One tile: P V of tile t (P in pc) and the scores of tile t + 1 (into pn). The last tile
-    // also scores a stale stage as tile t1, which the softmax masks whole: no branch inside the
-    // MMA pipeline (ptxas serialises wgmma otherwise).
+    w.First(s, sq, sk, cta, a.scale_log2, pa);
     auto step = [&](int t, uint32_t(&pc)[BN / 16][4], uint32_t(&pn)[BN / 16][4]) {
       // Tile t + 1 has landed (only younger groups may be pending); after the barrier every
       // warpgroup is also done with tile t - 1, whose stage now takes tile t + stages - 1.
@@ -564,27 +687,10 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       __syncthreads();
       if (t + kStages - 1 < t1) load_kv(t + kStages - 1, (t + kStages - 1 - t0) % kStages);
       detail::CpAsyncCommit();
-
-      detail::WgmmaFence();
-      issue_s(s, (t + 1 - t0) % kStages);
-      issue_pv(pc, (t - t0) % kStages);
-      detail::WgmmaWait<1>();  // the scores of tile t + 1
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
-      softmax(s, t + 1, pn, corr);
-      detail::WgmmaWait<0>();  // P V of tile t
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) detail::FenceOperand(o[i]);
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-#pragma unroll
-        for (int w = 0; w < 4; ++w) detail::FenceOperand(pc[kk][w]);
-      }
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[4 * j + 0] *= corr[0], o[4 * j + 1] *= corr[0];
-        o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
-      }
+      float corr[2];
+      w.Step(s, t, sq, sk + (t + 1 - t0) % kStages * kTileBytes,
+             sv + (t - t0) % kStages * kTileBytes, cta, a.scale_log2, pc, pn, corr);
+      w.Rescale(corr);
     };
     // Two tiles per trip, the P buffers trading roles, so no register copy feeds an MMA.
     for (int t = t0; t < t1; t += 2) {
@@ -592,29 +698,84 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       if (t + 1 < t1) step(t + 1, pb, pa);
     }
   }
+  w.Store(a, cta);
+#else
+  __trap();  // launched only on sm_90 devices (UseWgmma)
+#endif
+}
 
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const float lsum = detail::QuadSum(l[e]);
-    const int i = row0 + 8 * e;
-    if (i / g >= cta.rows) continue;
-    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-    const float lse = lsum > 0.0f ? (m[e] + log2f(lsum)) * kLn2 : -INFINITY;
-    float* dst_o = p.out;
-    float* dst_lse = p.lse_ln;
-    size_t row = size_t(cta.row_off + i / g) * p.num_heads + cta.h * g + i % g;
-    if (a.num_splits > 1) {
-      row += size_t(blockIdx.x) * p.total_rows * p.num_heads;
-      dst_o = a.ws_o;
-      dst_lse = a.ws_lse;
+// Registers per thread after setmaxnreg (384 threads: 168 at launch; 128 * 40 + 256 * 232 <=
+// 64K).
+constexpr int kWsProducerRegs = 40;
+constexpr int kWsConsumerRegs = 232;
+
+template <int D>
+__global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs a) {
+#if RESA_HAVE_WGMMA
+  constexpr int BM = 128;
+  constexpr int BN = WgTileKeys(2);
+  constexpr int kStages = WgStages(2);
+  constexpr uint32_t kTileBytes = BN * D * 2;
+  extern __shared__ uint8_t smem_ws[];
+  // full: the producer's copies of the stage landed (128 arrivals); empty: both consumer
+  // warpgroups are done with it (256 arrivals).
+  __shared__ __align__(8) uint64_t full_bar[kStages], empty_bar[kStages];
+  const uint32_t sq = (detail::SmemAddr(smem_ws) + 1023) & ~1023u;
+  const uint32_t sk = sq + BM * D * 2;
+  const uint32_t sv = sk + kStages * kTileBytes;
+
+  const ChunkCta cta = LocateChunkCta(a, BM, BN);
+  if (cta.empty) return;
+  const int t0 = cta.t0, t1 = cta.t1;
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      detail::MbarInit(detail::SmemAddr(&full_bar[st]), 128);
+      detail::MbarInit(detail::SmemAddr(&empty_bar[st]), 256);
     }
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<float2*>(dst_o + row * D + j * 8 + 2 * c) =
-          make_float2(o[4 * j + 2 * e] * inv, o[4 * j + 2 * e + 1] * inv);
-    }
-    if (c == 0 && dst_lse != nullptr) dst_lse[row] = lse;
   }
+  __syncthreads();
+
+  if (tid >= 256) {  // the producer warpgroup: Q with tile t0, then a tile per free stage
+    detail::SetMaxRegsDec<kWsProducerRegs>();
+    const int ptid = tid - 256;
+    if (t0 < t1) WgLoadQ<D, BM>(a, cta, sq, ptid, 128);
+    for (int n = 0; n < t1 - t0; ++n) {
+      const int st = n % kStages;
+      if (n >= kStages) detail::MbarWait(detail::SmemAddr(&empty_bar[st]), (n / kStages - 1) & 1);
+      WgLoadKv<D, BN>(a, cta, t0 + n, sk + st * kTileBytes, sv + st * kTileBytes, ptid, 128);
+      detail::CpAsyncArriveNoinc(detail::SmemAddr(&full_bar[st]));
+    }
+    detail::CpAsyncWait<0>();
+    return;
+  }
+
+  detail::SetMaxRegsInc<kWsConsumerRegs>();
+  WgRows<D, BM, BN> w(a, cta, tid);
+  if (t0 < t1) {
+    float s[BN / 2];
+    uint32_t pa[BN / 16][4], pb[BN / 16][4];
+    detail::MbarWait(detail::SmemAddr(&full_bar[0]), 0);
+    detail::FenceProxyAsync();
+    w.First(s, sq, sk, cta, a.scale_log2, pa);
+    auto step = [&](int t, uint32_t(&pc)[BN / 16][4], uint32_t(&pn)[BN / 16][4]) {
+      const int n = t - t0;
+      if (t + 1 < t1) {
+        detail::MbarWait(detail::SmemAddr(&full_bar[(n + 1) % kStages]), ((n + 1) / kStages) & 1);
+        detail::FenceProxyAsync();
+      }
+      float corr[2];
+      w.Step(s, t, sq, sk + (n + 1) % kStages * kTileBytes, sv + n % kStages * kTileBytes, cta,
+             a.scale_log2, pc, pn, corr);
+      detail::MbarArrive(detail::SmemAddr(&empty_bar[n % kStages]));
+      w.Rescale(corr);
+    };
+    for (int t = t0; t < t1; t += 2) {
+      step(t, pa, pb);
+      if (t + 1 < t1) step(t + 1, pb, pa);
+    }
+  }
+  w.Store(a, cta);
 #else
   __trap();  // launched only on sm_90 devices (UseWgmma)
 #endif
@@ -715,21 +876,25 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
     if (err == cudaSuccess) err = LaunchKernel(kernel, grid, threads, smem, stream, kNoPdl, a);
     return err;
   };
-  static std::atomic<uint64_t> attr_done[6];
+  static std::atomic<uint64_t> attr_done[8];
   const bool d64 = p.kv.head_dim == 64;
   cudaError_t err;
   switch (plan.impl) {
+    case Impl::kWgmmaWs:
+      err = d64 ? launch(ChunkKernelWgmmaWs<64>, 384, WgSmemBytes<64>(2), attr_done[0])
+                : launch(ChunkKernelWgmmaWs<128>, 384, WgSmemBytes<128>(2), attr_done[1]);
+      break;
     case Impl::kWgmma3:
-      err = d64 ? launch(ChunkKernelWgmma<64, 3>, 384, WgSmemBytes<64>(3), attr_done[0])
-                : launch(ChunkKernelWgmma<128, 3>, 384, WgSmemBytes<128>(3), attr_done[1]);
+      err = d64 ? launch(ChunkKernelWgmma<64, 3>, 384, WgSmemBytes<64>(3), attr_done[2])
+                : launch(ChunkKernelWgmma<128, 3>, 384, WgSmemBytes<128>(3), attr_done[3]);
       break;
     case Impl::kWgmma2:
-      err = d64 ? launch(ChunkKernelWgmma<64, 2>, 256, WgSmemBytes<64>(2), attr_done[2])
-                : launch(ChunkKernelWgmma<128, 2>, 256, WgSmemBytes<128>(2), attr_done[3]);
+      err = d64 ? launch(ChunkKernelWgmma<64, 2>, 256, WgSmemBytes<64>(2), attr_done[4])
+                : launch(ChunkKernelWgmma<128, 2>, 256, WgSmemBytes<128>(2), attr_done[5]);
       break;
     default:
-      err = d64 ? launch(ChunkKernelMma<64>, kThreads, ChunkSmemBytes<64>(), attr_done[4])
-                : launch(ChunkKernelMma<128>, kThreads, ChunkSmemBytes<128>(), attr_done[5]);
+      err = d64 ? launch(ChunkKernelMma<64>, kThreads, ChunkSmemBytes<64>(), attr_done[6])
+                : launch(ChunkKernelMma<128>, kThreads, ChunkSmemBytes<128>(), attr_done[7]);
       break;
   }
   if (auto st = CudaStatus(err, "launching ChunkKernel"); !st.ok()) return st;

@@ -1,5 +1,6 @@
-// Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors and the three shapes the
-// chunk attention kernel uses. All 128 threads of a warpgroup execute each call together.
+// Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors and the shapes the chunk
+// attention kernels use, plus the mbarrier and setmaxnreg helpers of the warp-specialised one.
+// All 128 threads of a warpgroup execute each wgmma call together.
 //
 // Accumulators (m64nN, fp32, N / 2 registers per thread): thread t of the warpgroup, warp w = t /
 // 32, lane = 4 * g + c holds d[4 * j + e] = D[16 * w + g + 8 * (e / 2)][8 * j + 2 * c + e % 2], the
@@ -128,6 +129,50 @@ __device__ __forceinline__ void WgmmaRS64x128(float (&d)[64], const uint32_t (&a
       "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
       : RESA_WGMMA_F64(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#endif
+}
+
+// Shared-memory mbarriers (sm_90): init by one thread, then a CTA barrier before use.
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+#if RESA_HAVE_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` of `bar` has completed.
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+#if RESA_HAVE_WGMMA
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+#if RESA_HAVE_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (the barrier's
+// count includes this arrival).
+__device__ __forceinline__ void CpAsyncArriveNoinc(uint32_t bar) {
+#if RESA_HAVE_WGMMA
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Moves this warpgroup's register budget to N per thread (all 128 threads execute it).
+template <int N>
+__device__ __forceinline__ void SetMaxRegsInc() {
+#if RESA_HAVE_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void SetMaxRegsDec() {
+#if RESA_HAVE_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 

@@ -431,18 +431,23 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   if (!rect.ok()) return rect.status();
   const double rect_flops = 4.0 * batch * 32 * hq * double(ctx) * d;
   Emit(rows, "rectify_chunk32", s, ctx, batch, *rect, kv_layer, ceiling, sdpa.sdpa_us, rect_flops);
-  // The same chunks on the mma.sync kernel: the baseline of the default (wgmma on sm_90).
-  cuda::ChunkAttentionParams cp_mma = cp;
-  cp_mma.kernel = cuda::ChunkKernel::kMmaSync;
-  auto rect_mma = TimeUs(
-      [&](int i, cudaStream_t st) {
-        cp_mma.page_tables = table_of(i % layers);
-        return cuda::ChunkAttentionCuda(cp_mma, st);
-      },
-      o.iters);
-  if (!rect_mma.ok()) return rect_mma.status();
-  Emit(rows, "rectify_chunk32_mma", s, ctx, batch, *rect_mma, kv_layer, ceiling, sdpa.sdpa_us,
-       rect_flops);
+  // The same chunks on each kernel the default chooses from: mma.sync (the baseline), wgmma
+  // (2 or 3 warpgroups, all loading) and the warp-specialised wgmma kernel.
+  for (const auto& [kernel, name] :
+       {std::pair{cuda::ChunkKernel::kMmaSync, "rectify_chunk32_mma"},
+        std::pair{cuda::ChunkKernel::kWgmma, "rectify_chunk32_wgmma"},
+        std::pair{cuda::ChunkKernel::kWgmmaWs, "rectify_chunk32_ws"}}) {
+    cuda::ChunkAttentionParams cpk = cp;
+    cpk.kernel = kernel;
+    auto us = TimeUs(
+        [&](int i, cudaStream_t st) {
+          cpk.page_tables = table_of(i % layers);
+          return cuda::ChunkAttentionCuda(cpk, st);
+        },
+        o.iters);
+    if (!us.ok()) return us.status();
+    Emit(rows, name, s, ctx, batch, *us, kv_layer, ceiling, sdpa.sdpa_us, rect_flops);
+  }
 
   const double step = *sel_us + *sparse + *rect / 32.0;
   Emit(rows, "resa_step", s, ctx, batch, step, sel_bytes + sparse_bytes + kv_layer / 32, ceiling,
@@ -490,14 +495,16 @@ absl::Status BenchPrefill(const KernelsBenchOptions& o, const ModelShape& s, dou
   cp.workspace = ws.p;
   cp.workspace_bytes = ws.bytes;
   const double flops = 2.0 * double(n) * n * s.hq * d;  // causal: half of 4 n^2 h d
-  // The default kernel (wgmma on sm_90), then the mma.sync kernel as its baseline.
-  for (const auto kernel : {cuda::ChunkKernel::kAuto, cuda::ChunkKernel::kMmaSync}) {
+  // The default kernel (wgmma on sm_90), then the mma.sync kernel as its baseline and the
+  // warp-specialised wgmma kernel.
+  for (const auto& [kernel, name] : {std::pair{cuda::ChunkKernel::kAuto, "prefill_causal"},
+                                     std::pair{cuda::ChunkKernel::kMmaSync, "prefill_causal_mma"},
+                                     std::pair{cuda::ChunkKernel::kWgmmaWs, "prefill_causal_ws"}}) {
     cp.kernel = kernel;
     auto us = TimeUs([&](int, cudaStream_t st) { return cuda::ChunkAttentionCuda(cp, st); },
                      std::max(3, o.iters / 4));
     if (!us.ok()) return us.status();
-    Emit(rows, kernel == cuda::ChunkKernel::kAuto ? "prefill_causal" : "prefill_causal_mma", s, n,
-         1, *us, 2.0 * n * s.hkv * d * 2, ceiling, 0.0, flops);
+    Emit(rows, name, s, n, 1, *us, 2.0 * n * s.hkv * d * 2, ceiling, 0.0, flops);
   }
   return absl::OkStatus();
 }
