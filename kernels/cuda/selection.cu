@@ -1,10 +1,10 @@
 // K/V writes, block summaries and the fused ReSA selection (write + score + top-n) on the GPU.
 //
-// Two fused kernels, chosen by the number of (sequence, KV head) rows:
-//  * SelectKernel (<= kFewRows rows: latency): one CTA per SM, each looping over chunks of 256
-//    blocks with all of a chunk's summary loads in flight and the next chunk prefetched into
-//    L2; the last CTA of a row selects with the keys in registers (<= 16384 blocks, spread over
-//    all warps whatever the length) or in L2;
+// Two fused kernels, chosen by the number of (sequence, KV head) rows and their length:
+//  * SelectKernel (<= kFewRows rows, or <= kFewLongRows of >= 128K tokens): one CTA per SM,
+//    each looping over chunks of 256 blocks with all of a chunk's summary loads in flight and
+//    the next chunk prefetched into L2; the last CTA of a row selects with the keys in
+//    registers (<= 16384 blocks, spread over all warps whatever the length) or in L2;
 //  * SelectWideKernel (more rows: throughput): one CTA per 1-4 chunks, 2 CTAs per SM; the last
 //    CTA of a row stages the keys in shared memory (or reads L2) and selects there.
 // In both, the CTA whose chunk holds the current block writes the new token's K/V and widens
@@ -42,8 +42,13 @@ constexpr int kRadixBins = 2048;
 constexpr int kMaxCandidates = 4096;  // keys of the pivot bin kept after the first pass
 constexpr int kDirectRank = 256;      // candidates ranked by comparison instead of radix passes
 // Up to this many (sequence, KV head) rows the latency kernel runs (one CTA per SM, keys in
-// registers); more rows keep the SMs busy with scoring, and the throughput kernel runs.
+// registers); more rows keep the SMs busy with scoring, and the throughput kernel runs. Long rows
+// (>= 128K tokens) take the latency kernel up to kFewLongRows: its register tail costs about
+// half the throughput kernel's shared-memory one, and a CTA per SM with a chunk's loads in flight
+// scores as fast (H200, 256K batch 8: 1.5B 64-66 -> 57 us, 7B 99-100 -> 91 us; docs/kernels.md).
 constexpr int kFewRows = 8;
+constexpr int kFewLongRows = 32;
+constexpr int32_t kLongRowBlocks = 8192;
 
 struct SelectPlan {
   int32_t max_blocks = 0;
@@ -544,11 +549,11 @@ __device__ __forceinline__ void SelectRow(const SelectArgs& a, int b, int h, int
   pick(n, out);
 }
 
-// Latency kernel (few rows: batch x KV heads <= kFewRows). Grid (CTAs per row, KV head,
-// sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ... (all of its summary loads
-// for a chunk in flight at once, later chunks prefetched into L2 at the start), so a row longer
-// than one wave of chunks needs no second wave. The last CTA selects with the keys in registers
-// (<= 16384 blocks) or in L2.
+// Latency kernel (few rows: batch x KV heads <= kFewRows, or <= kFewLongRows long ones). Grid
+// (CTAs per row, KV head, sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ...
+// (all of its summary loads for a chunk in flight at once, the next chunk prefetched into L2
+// meanwhile), so a row longer than one wave of chunks needs no second wave. The last CTA selects
+// with the keys in registers (<= 16384 blocks) or in L2.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs a) {
   __shared__ float s_q[D];
@@ -850,7 +855,7 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   const int chunks = (plan.max_blocks + kSelChunk - 1) / kSelChunk;
   const int rows = p.batch * p.kv.num_kv_heads;
   cudaError_t err = cudaSuccess;
-  if (rows <= kFewRows) {
+  if (rows <= kFewRows || (rows <= kFewLongRows && plan.max_blocks >= kLongRowBlocks)) {
     // One wave: at most (SMs / rows) CTAs per row, each looping over its chunks.
     const int sms = MultiprocessorCount();
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);

@@ -89,10 +89,17 @@ std::vector<SelectCase> SelectCases() {
   cases.push_back({"spread_l2", {300001}, 64, 3, 0.1f, 100});
   // Keys in {-1, 0, 1}: few distinct scores, large pivot bins, several radix passes.
   cases.push_back({"clustered", {262144, 9000}, 64, 6, 0.1f, 1});
-  // Up to 4 sequences (8 rows) run the latency kernel, more the throughput kernel: short rows
-  // on the first, rows past 16384 blocks (keys in L2) on the second.
+  // Up to 4 sequences (8 rows) run the latency kernel, and up to 16 (32 rows) when one row has
+  // >= 8192 blocks; more the throughput kernel. Short rows on the first; rows past 16384 blocks
+  // (keys in L2) on both: 10 rows on the latency kernel, 34 on the throughput kernel.
   cases.push_back({"short_few", {1, 17, 4097}, 128, 7, 0.1f});
-  cases.push_back({"wide_l2", {300001, 1, 4097, 33, 70001}, 64, 3, 0.1f, 100});
+  cases.push_back({"long_l2", {300001, 1, 4097, 33, 70001}, 64, 3, 0.1f, 100});
+  cases.push_back({"wide_l2",
+                   {300001, 1, 4097, 33, 70001, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
+                   64,
+                   3,
+                   0.1f,
+                   100});
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
   cases.push_back({"all_tied", {4097, 20000, 17}, 64, 3, 0.1f, 0});  // order decides everything
   return cases;
