@@ -57,7 +57,7 @@ if [ "${2:-}" = ncu ] && command -v ncu >/dev/null; then
 fi
 
 if [ "${2:-}" = split ]; then
-  sed -i 's/^  if (!ArriveLast(a, b, h, n_ctas, \&s_last)) return;$/&\n  if (num_keys > 0) return;  \/\/ split: no tail/' kernels/cuda/selection.cu
+  sed -i 's/^  if (!ArriveLast(a, b, h, n_ctas, s_last)) return;$/&\n  if (M > 0) return;  \/\/ split: no tail/' kernels/cuda/selection.cu
   grep -c "split: no tail" kernels/cuda/selection.cu
   timeout 120 cmake --build "$build" -j16 --target resa-kernels-bench >>"$out/build_base.log" 2>&1
   for m in 1.5B 7B; do
