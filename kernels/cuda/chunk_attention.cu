@@ -70,25 +70,30 @@ struct ChunkArgs {
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 
-std::atomic<bool>& WgmmaChunkFlag() {
-  static std::atomic<bool> flag{[] {
+// RESA_CUDA_CHUNK_KERNEL at start: mma, wgmma or ws pins that kernel family or kernel; anything
+// else (or unset) leaves kAuto.
+ChunkKernel EnvChunkKernel() {
+  static const ChunkKernel k = [] {
     const char* v = std::getenv("RESA_CUDA_CHUNK_KERNEL");
-    return v == nullptr || std::string_view(v) != "mma";
-  }()};
+    const std::string_view s = v == nullptr ? "" : v;
+    return s == "mma"     ? ChunkKernel::kMmaSync
+           : s == "wgmma" ? ChunkKernel::kWgmma
+           : s == "ws"    ? ChunkKernel::kWgmmaWs
+                          : ChunkKernel::kAuto;
+  }();
+  return k;
+}
+
+std::atomic<bool>& WgmmaChunkFlag() {
+  static std::atomic<bool> flag{EnvChunkKernel() != ChunkKernel::kMmaSync};
   return flag;
 }
 
 // What kAuto runs on sm_90 when WgmmaChunkDefault(): kAuto (the rule in PlanChunk), or with
 // RESA_CUDA_CHUNK_KERNEL=wgmma / ws one wgmma kernel for every shape (A/B runs).
 ChunkKernel WgmmaVariant() {
-  static const ChunkKernel k = [] {
-    const char* v = std::getenv("RESA_CUDA_CHUNK_KERNEL");
-    const std::string_view s = v == nullptr ? "" : v;
-    return s == "wgmma" ? ChunkKernel::kWgmma
-           : s == "ws"  ? ChunkKernel::kWgmmaWs
-                        : ChunkKernel::kAuto;
-  }();
-  return k;
+  const ChunkKernel k = EnvChunkKernel();
+  return k == ChunkKernel::kMmaSync ? ChunkKernel::kAuto : k;
 }
 
 bool UseWgmma(ChunkKernel kernel) {
@@ -614,6 +619,17 @@ struct WgRows {
     }
   }
 
+  // Tiles t0 .. t1 - 1 through step(t, pc, pn) (P V of tile t from pc, the next tile's P into
+  // pn), two per trip with the P buffers trading roles, so no register copy feeds an MMA.
+  template <typename StepFn>
+  __device__ __forceinline__ static void ForTiles(int t0, int t1, PFrag& pa, PFrag& pb,
+                                                  StepFn&& step) {
+    for (int t = t0; t < t1; t += 2) {
+      step(t, pa, pb);
+      if (t + 1 < t1) step(t + 1, pb, pa);
+    }
+  }
+
   __device__ __forceinline__ void Rescale(const float (&corr)[2]) {
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
@@ -692,11 +708,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
              sv + (t - t0) % kStages * kTileBytes, cta, a.scale_log2, pc, pn, corr);
       w.Rescale(corr);
     };
-    // Two tiles per trip, the P buffers trading roles, so no register copy feeds an MMA.
-    for (int t = t0; t < t1; t += 2) {
-      step(t, pa, pb);
-      if (t + 1 < t1) step(t + 1, pb, pa);
-    }
+    WgRows<D, BM, BN>::ForTiles(t0, t1, pa, pb, step);
   }
   w.Store(a, cta);
 #else
@@ -770,10 +782,7 @@ __global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs
       detail::MbarArrive(detail::SmemAddr(&empty_bar[n % kStages]));
       w.Rescale(corr);
     };
-    for (int t = t0; t < t1; t += 2) {
-      step(t, pa, pb);
-      if (t + 1 < t1) step(t + 1, pb, pa);
-    }
+    WgRows<D, BM, BN>::ForTiles(t0, t1, pa, pb, step);
   }
   w.Store(a, cta);
 #else
