@@ -143,7 +143,6 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
 template <int D>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
   namespace cg = cooperative_groups;
-  detail::AwaitPreviousKernel();
   constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
   constexpr int VJ = D / 64;  // 16-byte V loads per token row per lane
   constexpr int E = D / 16;   // m-tiles of O^T
@@ -167,16 +166,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   const int nh = min(kHeadsPerCta, (h + 1) * a.group - head_lo);
   const int32_t num_keys = p.num_keys[b];
   const bool sparse = p.blocks != nullptr;
-  const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
-  const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
-  const int32_t i0 = blockIdx.x * a.pages_per_split;
-  const int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
-  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
-  const int32_t* list =
-      sparse ? p.blocks + (size_t(b) * p.kv.num_kv_heads + h) * p.blocks_stride : nullptr;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, r = lane / 4, c = lane % 4;
 
-  // This CTA's query heads into shared memory (rows past the group are zero).
+  // This CTA's query heads into shared memory (rows past the group are zero), before the PDL
+  // wait: q, num_keys and the page table are written two or more launches back (QkvRope, the
+  // host), which PDL has completed by now (at most one kernel runs ahead: launch.h); the block
+  // list and num_blocks of sparse rows come from the selection just before, read after it.
   for (int idx = tid; idx < kHeadsPerCta * D / 8; idx += kThreads) {
     const int hh = idx / (D / 8), ch = idx % (D / 8);
     uint4 w = make_uint4(0, 0, 0, 0);
@@ -186,6 +181,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     }
     *reinterpret_cast<uint4*>(sq + hh * D + ch * 8) = w;
   }
+  detail::AwaitPreviousKernel();
+  const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
+  const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
+  const int32_t i0 = blockIdx.x * a.pages_per_split;
+  const int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
+  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
+  const int32_t* list =
+      sparse ? p.blocks + (size_t(b) * p.kv.num_kv_heads + h) * p.blocks_stride : nullptr;
   __syncthreads();
 
   const size_t head_stride = size_t(kPageTokens) * D;

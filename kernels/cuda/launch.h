@@ -4,9 +4,11 @@
 // still running, so its blocks are resident (and may run a prologue on constant data) by the
 // time that kernel ends; a decode step of ~300 small kernels stops paying a launch gap per
 // kernel. The contract every kernel launched through LaunchKernel keeps (device_util.cuh):
-//   * it calls GridDependencyWait() before it reads anything an earlier kernel on the stream
+//   * it calls GridDependencyWait() before it reads anything the kernel launched just before it
 //     writes and before it writes anything an earlier kernel reads or writes (in practice: first
-//     thing, except for constant data such as weights);
+//     thing, except for constant data such as weights, and for data written two or more launches
+//     back, which has landed once this kernel is scheduled: the selection's summary loads and the
+//     decode kernel's query staging, each documented at its wait);
 //   * it calls LaunchDependents() after that wait, so the next kernel can be scheduled early in
 //     turn (at most one kernel runs ahead: its blocks trigger only after their own wait), or
 //     never, and the next kernel is scheduled as its blocks exit (the selection kernels: the

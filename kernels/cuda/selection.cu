@@ -126,7 +126,7 @@ __device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_
 }
 
 // Shared state of the selection tail.
-struct TailSmem {
+struct alignas(16) TailSmem {
   uint32_t hist[kRadixBins];
   uint32_t cand[kMaxCandidates];
   uint32_t warp[kSelWarps];
@@ -160,13 +160,21 @@ __device__ void FindPivotBin(TailSmem& s, int bins, uint32_t remaining) {
 }
 
 // Exact rank among the s.ncand compacted candidates (all in the current pivot bin): the
-// remaining-th largest value goes to s.digit, the count of larger candidates to s.above.
+// remaining-th largest value goes to s.digit, the count of larger candidates to s.above. Thread t
+// ranks candidate t against all of them, four broadcast values a 16-byte load and four loads in
+// flight (a loop of one 4-byte load at a time waits out the shared-memory latency per value).
 __device__ void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t remaining) {
   const uint32_t t = threadIdx.x;
   if (t < ncand) {
     const uint32_t c = s.cand[t];
-    uint32_t gt = 0, eq = 0;
-    for (uint32_t j = 0; j < ncand; ++j) {
+    uint32_t gt = 0, eq = 0, j = 0;
+#pragma unroll 4
+    for (; j + 4 <= ncand; j += 4) {
+      const uint4 x = *reinterpret_cast<const uint4*>(s.cand + j);
+      gt += uint32_t(x.x > c) + uint32_t(x.y > c) + uint32_t(x.z > c) + uint32_t(x.w > c);
+      eq += uint32_t(x.x == c) + uint32_t(x.y == c) + uint32_t(x.z == c) + uint32_t(x.w == c);
+    }
+    for (; j < ncand; ++j) {
       const uint32_t x = s.cand[j];
       gt += x > c;
       eq += x == c;
@@ -561,7 +569,11 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   __shared__ int s_last;
   // No early trigger: the sparse decode after it measured slower when scheduled while the
   // selection runs (docs/cuda_backend.md), so it is scheduled as this kernel's blocks exit.
-  detail::GridDependencyWait();
+  // The wait comes after the first chunk's summary loads are issued (below): num_keys, the page
+  // table and the summaries of every page but the current one are written by the host before the
+  // step or by kernels two or more launches back, which PDL has completed (at most one kernel
+  // runs ahead: launch.h); the current page's summary may be read before or after
+  // WriteCurrentToken, its block scores +inf either way.
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
@@ -584,8 +596,11 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
   const int n_chunks = (M + kSelChunk - 1) / kSelChunk;
   const int n_ctas = min(n_chunks, int(gridDim.x));
-  if (M == 0) return SelectNoBlocks(p, b, h);
-  if (int(blockIdx.x) >= n_ctas) return;
+  if (M == 0) {
+    detail::GridDependencyWait();
+    return SelectNoBlocks(p, b, h);
+  }
+  if (int(blockIdx.x) >= n_ctas) return;  // reads nothing an earlier kernel writes
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
 
 #pragma unroll 1
@@ -628,6 +643,8 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
         asm volatile("prefetch.global.L2 [%0];" ::"l"(line + part * 128));
       }
     }
+    // The previous kernel's results (q, k_new, v_new; the keys workspace) from here on.
+    if (chunk == int(blockIdx.x)) detail::GridDependencyWait();
     // 2. The current token. The summary loads above may see its page before or after: its block
     // scores +inf either way.
     if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
