@@ -71,6 +71,12 @@ std::vector<DecodeCase> DecodeCases() {
   }
   cases.push_back({"wide_group", {17, 4097}, 128, 12, false});  // two head chunks per KV head
   cases.push_back({"wide_group", {17, 4097}, 128, 12, true});
+  // 48 rows of (sequence, head chunk): 5 splits a row, so the 45000-token row has 563 pages a
+  // split: more than one round of page ids staged in shared memory.
+  for (bool sparse : {false, true}) {
+    cases.push_back(
+        {"id_rounds", {45000, 1, 17, 300, 4097, 16, 15, 2000, 5, 33, 100, 7}, 128, 12, sparse});
+  }
   return cases;
 }
 

@@ -1,0 +1,404 @@
+// The selection's tail on the GPU: the exact top-n of one (sequence, KV head) row's block keys
+// (order-preserving uint32 images of the scores), run by the row's last CTA of 512 threads in
+// the fused selection kernels (selection.cu). 11-bit radix passes over key - min find the
+// threshold T; the pivot bin's keys are compacted and, when few, ranked directly; the output is
+// every block with key > T and the lowest-numbered blocks with key == T, in ascending order,
+// without any sort. Two forms: the keys in registers (RegisterTail, <= kMaxRegKeys keys) or read
+// from L2 / shared memory in loops (StridedTail). Costs and their split: docs/kernels.md.
+#pragma once
+
+#include <cstdint>
+
+namespace resa::cuda::select_tail {
+
+constexpr int kSelThreads = 512;  // the selection kernels' CTA; the tail needs all of it
+constexpr int kSelWarps = kSelThreads / 32;
+constexpr int kRegKeys = 32;                         // keys per thread in the register tail
+constexpr int kMaxRegKeys = kSelThreads * kRegKeys;  // 16384: 256K tokens
+constexpr int kRadixBins = 2048;
+constexpr int kMaxCandidates = 4096;  // keys of the pivot bin kept after the first pass
+constexpr int kDirectRank = 256;      // candidates ranked by comparison instead of radix passes
+static_assert(2 * kDirectRank <= kSelThreads && kDirectRank + 32 <= kMaxCandidates,
+              "RankCandidates: two threads a candidate, list padded to a multiple of 32");
+
+// Predicated stores, branch-free: written as plain `if`s, nvcc wraps each in a divergent branch
+// with a convergence barrier (BSSY / BSYNC), which serialises the unrolled per-key code of the
+// register tail (one key's whole latency chain at a time).
+__device__ __forceinline__ void SharedStoreIf(uint32_t* p, uint32_t v, bool pred) {
+  asm volatile("{\n .reg .pred q;\n setp.ne.u32 q, %2, 0;\n @q st.shared.u32 [%0], %1;\n}\n" ::"r"(
+                   uint32_t(__cvta_generic_to_shared(p))),
+               "r"(v), "r"(uint32_t(pred))
+               : "memory");
+}
+__device__ __forceinline__ void GlobalStoreIf(int32_t* p, int32_t v, bool pred) {
+  asm volatile(
+      "{\n .reg .pred q;\n setp.ne.u32 q, %2, 0;\n @q st.global.s32 [%0], %1;\n}\n" ::"l"(p),
+      "r"(v), "r"(uint32_t(pred))
+      : "memory");
+}
+
+// hist[bin] += 1 for the active lanes. When the warp's active lanes share one bin (clustered
+// scores) one lane adds the count: same-address shared atomics would serialise 32-way. Called
+// by all 32 lanes; branch-free, so unrolled calls overlap: every lane issues one shared add, the
+// lanes with nothing to add 0 to their own word of `spare` (ptxas turns a predicated atomic
+// into a branch around it, with a convergence barrier).
+__device__ __forceinline__ void WarpHistAdd(uint32_t* hist, uint32_t* spare, uint32_t bin,
+                                            bool active) {
+  const int lane = int(threadIdx.x % 32);
+  const uint32_t act = __ballot_sync(0xffffffffu, active);
+  const int leader = (__ffs(act) - 1) & 31;
+  const uint32_t lead_bin = __shfl_sync(0xffffffffu, bin, leader);
+  const bool uniform = __all_sync(0xffffffffu, !active || bin == lead_bin);
+  const bool add = uniform ? lane == leader : active;  // act == 0: uniform, adds 0
+  uint32_t* at = add ? hist + (uniform ? lead_bin : bin) : spare + lane;
+  atomicAdd(at, add ? (uniform ? uint32_t(__popc(act)) : 1u) : 0u);
+}
+
+// Inclusive prefix sum over the warp's lanes. All 32 lanes call.
+__device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t x) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  return x;
+}
+
+// Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
+__device__ inline uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_warp) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint32_t x = WarpInclusiveScan(v);
+  __syncthreads();  // s_warp may still be read by a previous scan
+  if (lane == 31) s_warp[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    const uint32_t w = WarpInclusiveScan(lane < kSelWarps ? s_warp[lane] : 0u);
+    if (lane < kSelWarps) s_warp[lane] = w;  // inclusive warp totals
+  }
+  __syncthreads();
+  *total = s_warp[kSelWarps - 1];
+  return (warp > 0 ? s_warp[warp - 1] : 0u) + x - v;
+}
+
+// Shared state of the selection tail.
+struct alignas(16) TailSmem {
+  uint32_t hist[kRadixBins];
+  uint32_t cand[kMaxCandidates];
+  uint32_t warp[kSelWarps];
+  uint32_t spare[32];  // WarpHistAdd's no-op adds
+  uint32_t digit, above, ncand, kmin, kmax;
+};
+
+// After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
+// remaining-th largest value goes to s.digit, the count above it to s.above. Ends synchronised.
+__device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining) {
+  const int tid = threadIdx.x;
+  // Thread t owns descending bin positions [t * per, (t + 1) * per).
+  const int per = (bins + kSelThreads - 1) / kSelThreads;
+  uint32_t local = 0;
+  for (int j = 0; j < per; ++j) {
+    const int pos = tid * per + j;
+    if (pos < bins) local += s.hist[bins - 1 - pos];
+  }
+  uint32_t total;
+  uint32_t above = BlockExclusiveScan(local, &total, s.warp);
+  for (int j = 0; j < per; ++j) {
+    const int pos = tid * per + j;
+    if (pos >= bins) break;
+    const uint32_t cnt = s.hist[bins - 1 - pos];
+    if (above < remaining && remaining <= above + cnt) {
+      s.digit = uint32_t(bins - 1 - pos);
+      s.above = above;
+    }
+    above += cnt;
+  }
+  __syncthreads();
+}
+
+// Exact rank among the ncand <= kSelThreads / 2 compacted candidates (all in the current pivot
+// bin): the remaining-th largest value goes to s.digit, the count of larger candidates to
+// s.above. Two adjacent lanes rank a candidate, each against every other 16-byte group of the
+// list (zero-padded to a multiple of 32: a pad counts only as equal to a candidate of value 0,
+// which subtracts them), four loads in flight and four independent sums, so the loop is ~n / 8
+// short rounds instead of one chain of n compares a thread (which took ~8700 cycles for the ~200
+// candidates of a real decode step: docs/kernels.md). Called by all threads; ends synchronised.
+__device__ inline void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t remaining) {
+  const uint32_t t = threadIdx.x;
+  const uint32_t padded = (ncand + 31) & ~31u;
+  if (t < padded - ncand) s.cand[ncand + t] = 0u;
+  __syncthreads();
+  const uint32_t i = t / 2, half = t % 2;
+  const uint32_t c = i < ncand ? s.cand[i] : 0u;
+  uint32_t gt = 0, eq = 0;
+  if (i < ncand) {
+    const uint4* x4 = reinterpret_cast<const uint4*>(s.cand) + half;
+    uint32_t g[4] = {0, 0, 0, 0}, e[4] = {0, 0, 0, 0};
+    for (uint32_t k = 0; k < padded / 8; k += 4) {  // this lane's groups: 2k + half, ...
+      uint4 x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) x[u] = x4[2 * (k + u)];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        g[u] += uint32_t(x[u].x > c) + uint32_t(x[u].y > c) + uint32_t(x[u].z > c) +
+                uint32_t(x[u].w > c);
+        e[u] += uint32_t(x[u].x == c) + uint32_t(x[u].y == c) + uint32_t(x[u].z == c) +
+                uint32_t(x[u].w == c);
+      }
+    }
+    gt = (g[0] + g[1]) + (g[2] + g[3]);
+    eq = (e[0] + e[1]) + (e[2] + e[3]);
+  }
+  gt += __shfl_xor_sync(0xffffffffu, gt, 1);
+  eq += __shfl_xor_sync(0xffffffffu, eq, 1);
+  if (c == 0) eq -= padded - ncand;
+  // Every holder of the threshold value writes the same.
+  if (i < ncand && half == 0 && gt < remaining && remaining <= gt + eq) {
+    s.digit = c;
+    s.above = gt;
+  }
+  __syncthreads();
+}
+
+// Selection over keys v = key - kmin of blocks [0, mo). Returns T - kmin, the value of the
+// need-th largest; *remaining becomes the number of keys equal to T to keep (lowest blocks
+// first), after every key above T. FOR_KEYS(fn) calls fn(v, valid) for every key of this thread
+// and must be called by all 32 lanes of every warp in lockstep (warp collectives inside fn).
+template <typename ForKeys>
+__device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_out,
+                                       ForKeys for_keys) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t kmin = s.kmin, kmax = s.kmax;
+  const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
+  uint32_t prefix = 0, mask = 0, remaining = need;
+  bool use_cand = false;
+  uint32_t ncand = 0;
+#pragma unroll 1
+  for (int hi = top_bits; hi > 0; hi -= 11) {
+    const int lo = hi > 11 ? hi - 11 : 0;
+    const int bins = 1 << (hi - lo);
+    // s.hist is zero here: cleared by the caller before the first pass, after the others below.
+    if (use_cand) {
+      for (uint32_t base = warp * 32; base < ncand; base += kSelThreads) {
+        const uint32_t i = base + lane;
+        const uint32_t v = i < ncand ? s.cand[i] : 0u;
+        WarpHistAdd(s.hist, s.spare, (v >> lo) & (bins - 1), (i < ncand) & ((v & mask) == prefix));
+      }
+    } else {
+      for_keys([&](uint32_t v, bool ok) {
+        WarpHistAdd(s.hist, s.spare, (v >> lo) & (bins - 1), ok & ((v & mask) == prefix));
+      });
+    }
+    __syncthreads();
+    FindPivotBin(s, bins, remaining);
+    const uint32_t digit = s.digit;
+    remaining -= s.above;
+    prefix |= digit << lo;
+    mask |= uint32_t(bins - 1) << lo;
+    if (!use_cand && lo > 0) ncand = s.hist[digit];
+    __syncthreads();  // s.hist / s.digit / s.above are rewritten next
+    if (lo == 0) break;
+    for (int i = tid; i < bins; i += kSelThreads) s.hist[i] = 0;
+    if (!use_cand && ncand <= uint32_t(kMaxCandidates)) {  // keep only the pivot bin's values
+      // Two sweeps: count this lane's matches, then one atomic per warp and plain stores.
+      uint32_t mine = 0;
+      for_keys([&](uint32_t v, bool ok) { mine += uint32_t(ok & ((v & mask) == prefix)); });
+      const uint32_t incl = WarpInclusiveScan(mine);
+      uint32_t base = 0;
+      if (lane == 31 && incl != 0) base = atomicAdd(&s.ncand, incl);
+      uint32_t at = __shfl_sync(0xffffffffu, base, 31) + incl - mine;
+      for_keys([&](uint32_t v, bool ok) {
+        const bool keep = ok & ((v & mask) == prefix);
+        SharedStoreIf(s.cand + at, v, keep);
+        at += uint32_t(keep);
+      });
+      use_cand = true;
+      __syncthreads();
+      if (ncand <= uint32_t(kDirectRank)) {
+        RankCandidates(s, ncand, remaining);
+        prefix = s.digit;
+        remaining -= s.above;
+        break;
+      }
+    }
+    __syncthreads();
+  }
+  *remaining_out = remaining;
+  return prefix;
+}
+
+// CTA-wide range of the keys: kmin / kmax are this thread's partial minimum and maximum, folded
+// over the warp (butterfly shuffles) and then into s.kmin / s.kmax (initialised to 0xffffffff / 0
+// on entry); lane is threadIdx.x % 32. Called by all threads; returns s.kmin, with s.kmin / s.kmax
+// final for every thread.
+__device__ __forceinline__ uint32_t BlockKeyRange(TailSmem& s, int lane, uint32_t kmin,
+                                                  uint32_t kmax) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+  }
+  __syncthreads();
+  if (lane == 0) atomicMin(&s.kmin, kmin), atomicMax(&s.kmax, kmax);
+  __syncthreads();
+  return s.kmin;
+}
+
+// Selection of need = n - 1 of the keys of blocks [0, mo) (block M - 1 is already placed at
+// out[n - 1]), keys read from L2 or, when s_keys is non-null, staged there first (16-byte loads,
+// during the min/max sweep). Output in ascending block order: warp w owns a contiguous segment of
+// [0, mo) and walks it 32 keys at a time (conflict-free), ranks from ballots. s.hist is zero and
+// s.kmin / s.kmax / s.ncand are initialised on entry.
+__device__ inline void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t* s_keys, int32_t mo,
+                                   uint32_t need, int32_t* out) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t lt = (1u << lane) - 1u;
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+  for (int32_t i4 = tid; 4 * i4 < mo; i4 += kSelThreads) {
+    const uint4 k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys) + i4);
+    if (s_keys != nullptr) reinterpret_cast<uint4*>(s_keys)[i4] = k4;
+    const uint32_t kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (4 * i4 + j < mo) kmin = min(kmin, kk[j]), kmax = max(kmax, kk[j]);
+    }
+  }
+  kmin = BlockKeyRange(s, lane, kmin, kmax);
+  auto key_at = [&](int32_t i) { return s_keys != nullptr ? s_keys[i] : __ldcg(gkeys + i); };
+  auto for_keys = [&](auto fn) {
+    for (int32_t base = warp * 128; base < mo; base += kSelThreads * 4) {
+      uint32_t v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int32_t i = base + 32 * j + lane;
+        v[j] = i < mo ? key_at(i) - kmin : 0u;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) fn(v[j], base + 32 * j + lane < mo);
+    }
+  };
+  uint32_t remaining;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys);
+
+  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
+  const int32_t wlo = min(mo, warp * seg), whi = min(mo, wlo + seg);
+  // Keys base + 32 j + lane of this warp's segment [wlo, whi), 0 past its end.
+  auto segment_keys = [&](int32_t base, uint32_t(&k)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      k[j] = base + 32 * j + lane < whi ? key_at(base + 32 * j + lane) : 0u;
+    }
+  };
+  uint32_t gt = 0, eq = 0;
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+    segment_keys(base, k);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const bool ok = base + 32 * j + lane < whi;
+      gt += __popc(__ballot_sync(0xffffffffu, ok && k[j] > T));
+      eq += __popc(__ballot_sync(0xffffffffu, ok && k[j] == T));
+    }
+  }
+  __syncthreads();
+  if (lane == 0) s.hist[warp] = gt, s.hist[kSelWarps + warp] = eq;
+  __syncthreads();
+  uint32_t pos = 0, tie_rank = 0;
+  for (int w = 0; w < warp; ++w) pos += s.hist[w], tie_rank += s.hist[kSelWarps + w];
+  pos += min(tie_rank, remaining);  // ties taken before this segment
+  for (int32_t base = wlo; base < whi; base += 128) {
+    uint32_t k[4];
+    segment_keys(base, k);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int32_t i = base + 32 * j + lane;
+      const bool is_eq = i < whi && k[j] == T;
+      const uint32_t eq_mask = __ballot_sync(0xffffffffu, is_eq);
+      const bool sel =
+          (i < whi && k[j] > T) || (is_eq && tie_rank + __popc(eq_mask & lt) < remaining);
+      const uint32_t sel_mask = __ballot_sync(0xffffffffu, sel);
+      if (sel) out[pos + __popc(sel_mask & lt)] = i;
+      pos += __popc(sel_mask);
+      tie_rank += __popc(eq_mask);
+    }
+  }
+}
+
+// The same selection for mo <= kMaxRegKeys with the keys in registers. Warp w owns the segment
+// [w seg, (w + 1) seg), seg = mo / 16 rounded up to 128, so every warp holds a share of the keys
+// whatever the length (a short row costs a few slots per thread, not 32 on two warps); slot q
+// holds keys w seg + 128 q + 4 lane + [0, 4) (coalesced 16-byte loads). Slots past seg are
+// skipped CTA-uniformly.
+__device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys, int32_t mo,
+                                             uint32_t need, int32_t* out) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
+  const int32_t wbase = warp * seg;
+  uint32_t kr[kRegKeys / 4][4];
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    const int32_t i0 = wbase + 128 * q + 4 * lane;
+    uint4 k4 = make_uint4(0, 0, 0, 0);
+    if (128 * q < seg && i0 < mo) k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys + i0));
+    kr[q][0] = k4.x, kr[q][1] = k4.y, kr[q][2] = k4.z, kr[q][3] = k4.w;
+  }
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (wbase + 128 * q + 4 * lane + e < mo)
+        kmin = min(kmin, kr[q][e]), kmax = max(kmax, kr[q][e]);
+    }
+  }
+  kmin = BlockKeyRange(s, lane, kmin, kmax);
+  auto for_keys = [&](auto fn) {
+#pragma unroll
+    for (int q = 0; q < kRegKeys / 4; ++q) {
+      if (128 * q >= seg) break;  // CTA-uniform
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fn(kr[q][e] - kmin, wbase + 128 * q + 4 * lane + e < mo);
+    }
+  };
+  uint32_t remaining;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys);
+
+  // Ascending output: packed (greater << 16 | equal) counts, prefix-summed in block order
+  // (warp, slot, lane, element); counts <= 16384 fit 16 bits.
+  uint32_t inc[kRegKeys / 4], wtot = 0;
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+    uint32_t c = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = wbase + 128 * q + 4 * lane + e < mo;
+      c += (uint32_t(ok & (kr[q][e] > T)) << 16) | uint32_t(ok & (kr[q][e] == T));
+    }
+    inc[q] = WarpInclusiveScan(c) - c + wtot;  // exclusive, within this warp's segment
+    wtot += __shfl_sync(0xffffffffu, inc[q] + c - wtot, 31);
+  }
+  if (lane == 0) s.warp[warp] = wtot;
+  __syncthreads();
+  uint32_t before = 0;
+  for (int w = 0; w < warp; ++w) before += s.warp[w];
+#pragma unroll
+  for (int q = 0; q < kRegKeys / 4; ++q) {
+    if (128 * q >= seg) break;
+    const uint32_t x = before + inc[q];
+    uint32_t tie = x & 0xffffu;
+    uint32_t pos = (x >> 16) + min(tie, remaining);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t i = wbase + 128 * q + 4 * lane + e;
+      const bool ok = i < mo, eq = ok & (kr[q][e] == T);
+      const bool take = (ok & (kr[q][e] > T)) | (eq & (tie < remaining));
+      GlobalStoreIf(out + pos, i, take);
+      pos += uint32_t(take);
+      tie += uint32_t(eq);
+    }
+  }
+}
+
+}  // namespace resa::cuda::select_tail
