@@ -42,12 +42,13 @@ struct DecodeCase {
   int d;
   int group;
   bool sparse;
+  int hkv = 2;
 };
 
 std::string CaseName(const ::testing::TestParamInfo<DecodeCase>& info) {
   const DecodeCase& c = info.param;
   return c.name + "_d" + std::to_string(c.d) + "_g" + std::to_string(c.group) +
-         (c.sparse ? "_sparse" : "_dense");
+         (c.sparse ? "_sparse" : "_dense") + (c.hkv != 2 ? "_kv" + std::to_string(c.hkv) : "");
 }
 
 std::vector<DecodeCase> DecodeCases() {
@@ -77,6 +78,10 @@ std::vector<DecodeCase> DecodeCases() {
     cases.push_back(
         {"id_rounds", {45000, 1, 17, 300, 4097, 16, 15, 2000, 5, 33, 100, 7}, 128, 12, sparse});
   }
+  // One (sequence, KV head) row, as on a tensor-parallel rank of the 1.5B shape: the dense row
+  // takes a whole wave of splits, about 30 clusters, so the last leader folds its partials in
+  // four rounds of eight.
+  for (bool sparse : {false, true}) cases.push_back({"one_kv_head", {131073}, 128, 6, sparse, 1});
   return cases;
 }
 
@@ -84,7 +89,7 @@ class DecodeAttentionTest : public CudaTest, public ::testing::WithParamInterfac
 
 TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
   const DecodeCase& tc = GetParam();
-  const int hkv = 2, hq = hkv * tc.group, d = tc.d;
+  const int hkv = tc.hkv, hq = hkv * tc.group, d = tc.d;
   const int batch = int(tc.lens.size());
   TestCache cache;
   BuildCache(cache, hkv, d, tc.lens, 11, Normal());

@@ -151,8 +151,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   __shared__ __align__(16) float sm_o[kWarps][kHeadsPerCta][D];
   __shared__ float c_m[kHeadsPerCta], c_l[kHeadsPerCta];  // this CTA's state (log2 units)
   __shared__ __align__(16) float c_o[kHeadsPerCta][D];    // unnormalised
-  __shared__ float s_w[kMaxClusters][kHeadsPerCta];       // merge weights
-  __shared__ float s_mx[kHeadsPerCta], s_den[kHeadsPerCta];
   __shared__ int sm_last;
   __shared__ int32_t s_page[kIdsPerRound];
   __shared__ uint8_t s_valid[kIdsPerRound];
@@ -316,77 +314,115 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   }
   cluster.sync();
 
-  // Cluster leader: merge the cluster's CTAs through distributed shared memory.
+  // Cluster leader: merge the cluster's CTAs through distributed shared memory. Every thread
+  // reads all the states it needs at once (one round trip, no barrier between the weights and
+  // the sums): the batch-1 rows have only a few pages a warp, so the merges' latencies are a
+  // visible share of the kernel.
   const int csize = int(cluster.num_blocks());
   const int ci = blockIdx.x / csize;
   const int nclusters = (splits + csize - 1) / csize;
   if (cluster.block_rank() == 0 && ci < nclusters) {
-    if (tid < kHeadsPerCta) {
-      float mx = -INFINITY;
-      for (int q = 0; q < csize; ++q) mx = fmaxf(mx, *cluster.map_shared_rank(&c_m[tid], q));
-      float den = 0.0f;
-      for (int q = 0; q < csize; ++q) {
-        const float wt =
-            mx == -INFINITY ? 0.0f : exp2f(*cluster.map_shared_rank(&c_m[tid], q) - mx);
-        s_w[q][tid] = wt;
-        den += wt * *cluster.map_shared_rank(&c_l[tid], q);
-      }
-      s_mx[tid] = mx, s_den[tid] = den;
-    }
-    __syncthreads();
     const size_t out_head = size_t(b) * p.num_heads + head_lo;
     const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
-    for (int idx = tid; idx < nh * D; idx += kThreads) {
-      const int hh = idx / D, d = idx % D;
-      float num = 0.0f;
-      for (int q = 0; q < csize; ++q) num += s_w[q][hh] * *cluster.map_shared_rank(&c_o[hh][d], q);
-      const float den = s_den[hh];
-      const float ov = den > 0.0f ? num / den : 0.0f;
-      const float lse = den > 0.0f ? (s_mx[hh] + log2f(den)) * kLn2 : -INFINITY;
+    for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
+      const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
+      float mq[kMaxCluster], lq[kMaxCluster];
+      float4 vq[kMaxCluster];
+#pragma unroll
+      for (int q = 0; q < kMaxCluster; ++q) {
+        if (q < csize) {
+          mq[q] = *cluster.map_shared_rank(&c_m[hh], q);
+          lq[q] = *cluster.map_shared_rank(&c_l[hh], q);
+          vq[q] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&c_o[hh][d], q));
+        }
+      }
+      float mx = -INFINITY;
+#pragma unroll
+      for (int q = 0; q < kMaxCluster; ++q) {
+        if (q < csize) mx = fmaxf(mx, mq[q]);
+      }
+      float den = 0.0f;
+      float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int q = 0; q < kMaxCluster; ++q) {
+        if (q < csize) {
+          const float wt = mx == -INFINITY ? 0.0f : exp2f(mq[q] - mx);
+          den += wt * lq[q];
+          num.x += wt * vq[q].x, num.y += wt * vq[q].y, num.z += wt * vq[q].z,
+              num.w += wt * vq[q].w;
+        }
+      }
+      const float4 ov = den > 0.0f ? make_float4(num.x / den, num.y / den, num.z / den, num.w / den)
+                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
       if (nclusters == 1) {
-        p.out[(out_head + hh) * D + d] = ov;
+        float* out = p.out + (out_head + hh) * D + d;
+        out[0] = ov.x, out[1] = ov.y, out[2] = ov.z, out[3] = ov.w;
         if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
       } else {
         const size_t slot = (slot0 + ci) * kHeadsPerCta + hh;
-        a.ws_o[slot * D + d] = ov;
+        *reinterpret_cast<float4*>(a.ws_o + slot * D + d) = ov;
         if (d == 0) a.ws_lse[slot] = lse;
       }
     }
     if (nclusters > 1) {
-      __threadfence();
+      // The leaders' partials are published by one fence (thread 0, after the CTA barrier),
+      // and the last leader acquires them all the same way.
       __syncthreads();
       int* counter = a.counters + size_t(b) * gridDim.y + y;
-      if (tid == 0) sm_last = atomicAdd(counter, 1) == nclusters - 1;
-      __syncthreads();
-      if (sm_last) {                 // last leader: fold the <= 32 cluster partials of this row
-        if (tid == 0) *counter = 0;  // ready for the next launch
+      if (tid == 0) {
         __threadfence();
-        if (tid < kHeadsPerCta) {
-          float mx = -INFINITY;
-          for (int q = 0; q < nclusters; ++q) {
-            s_w[q][tid] = __ldcg(a.ws_lse + (slot0 + q) * kHeadsPerCta + tid) * kLog2e;
-            mx = fmaxf(mx, s_w[q][tid]);
-          }
-          float den = 0.0f;
-          for (int q = 0; q < nclusters; ++q) {
-            const float wt = mx == -INFINITY ? 0.0f : exp2f(s_w[q][tid] - mx);
-            s_w[q][tid] = wt;
-            den += wt;
-          }
-          s_mx[tid] = mx, s_den[tid] = den;
+        const bool last = atomicAdd(counter, 1) == nclusters - 1;
+        if (last) {
+          *counter = 0;  // ready for the next launch
+          __threadfence();
         }
-        __syncthreads();
-        for (int idx = tid; idx < nh * D; idx += kThreads) {
-          const int hh = idx / D, d = idx % D;
-          float num = 0.0f;
-#pragma unroll 8
-          for (int q = 0; q < nclusters; ++q) {
-            num += s_w[q][hh] * __ldcg(a.ws_o + ((slot0 + q) * kHeadsPerCta + hh) * D + d);
+        sm_last = last;
+      }
+      __syncthreads();
+      if (sm_last) {  // last leader: fold the <= 32 cluster partials of this row, 8 at a time
+        for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
+          const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
+          float mx = -INFINITY, den = 0.0f;
+          float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          for (int q0 = 0; q0 < nclusters; q0 += kMaxCluster) {
+            float lse[kMaxCluster];
+            float4 vq[kMaxCluster];
+#pragma unroll
+            for (int j = 0; j < kMaxCluster; ++j) {
+              const size_t slot = (slot0 + q0 + j) * kHeadsPerCta + hh;
+              if (q0 + j < nclusters) {
+                lse[j] = __ldcg(a.ws_lse + slot) * kLog2e;
+                vq[j] = __ldcg(reinterpret_cast<const float4*>(a.ws_o + slot * D + d));
+              }
+            }
+            float cm = mx;  // running max over the partials so far
+#pragma unroll
+            for (int j = 0; j < kMaxCluster; ++j) {
+              if (q0 + j < nclusters) cm = fmaxf(cm, lse[j]);
+            }
+            if (cm == -INFINITY) continue;    // every partial so far is empty
+            const float sc = exp2f(mx - cm);  // 0 while mx is -inf
+            den *= sc, num.x *= sc, num.y *= sc, num.z *= sc, num.w *= sc;
+            mx = cm;
+#pragma unroll
+            for (int j = 0; j < kMaxCluster; ++j) {
+              if (q0 + j < nclusters) {
+                const float wt = exp2f(lse[j] - cm);
+                den += wt;
+                num.x += wt * vq[j].x, num.y += wt * vq[j].y, num.z += wt * vq[j].z,
+                    num.w += wt * vq[j].w;
+              }
+            }
           }
-          const float den = s_den[hh];
-          p.out[(out_head + hh) * D + d] = den > 0.0f ? num / den : 0.0f;
+          float* out = p.out + (out_head + hh) * D + d;
+          if (den > 0.0f) {
+            out[0] = num.x / den, out[1] = num.y / den, out[2] = num.z / den, out[3] = num.w / den;
+          } else {
+            out[0] = out[1] = out[2] = out[3] = 0.0f;
+          }
           if (d == 0 && p.lse_ln != nullptr) {
-            p.lse_ln[out_head + hh] = den > 0.0f ? (s_mx[hh] + log2f(den)) * kLn2 : -INFINITY;
+            p.lse_ln[out_head + hh] = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
           }
         }
       }
