@@ -50,7 +50,8 @@ struct CudaTuning {
   // Programmatic dependent launch of the step's kernels (kernels/cuda/launch.h; each kernel
   // scheduled while the one before it ends). RESA_CUDA_PDL=0 turns it off at start.
   bool programmatic_launch = true;
-  // A single decode row's gate_up GEMV writes the SwiGLU activations (cuda_model.h).
+  // A single decode row's GEMVs run their epilogues: SwiGLU in gate_up, bias and RoPE in qkv
+  // (cuda_model.h).
   bool swiglu_epilogue = true;
   // Prefill and rectification chunks run on the wgmma attention kernel (sm_90; else the
   // mma.sync one). RESA_CUDA_CHUNK_KERNEL=mma turns it off at start.

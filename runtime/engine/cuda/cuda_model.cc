@@ -658,8 +658,6 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
                                         c.rms_norm_eps, x_, stream_));
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
-    RESA_RETURN_IF_ERROR(Linear(x_, w.qkv, rows, lq + 2 * lkv, hid, qkv_));
-    RESA_RETURN_IF_ERROR(Mark(kMatmul));
     QkvRopeParams qp;
     qp.qkv = qkv_;
     qp.bias = w.qkv_bias;
@@ -672,8 +670,16 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.q = q_;
     qp.k = k_;
     qp.v = v_;
-    RESA_RETURN_IF_ERROR(QkvRopeCuda(qp, stream_));
-    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    if (rows == 1 && rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
+      // Bias and RoPE in the QKV GEMV's epilogue: the same bits, one launch less per layer.
+      RESA_RETURN_IF_ERROR(GemvQkvRopeBf16Cuda(w.qkv, x_, hid, qp, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    } else {
+      RESA_RETURN_IF_ERROR(Linear(x_, w.qkv, rows, lq + 2 * lkv, hid, qkv_));
+      RESA_RETURN_IF_ERROR(Mark(kMatmul));
+      RESA_RETURN_IF_ERROR(QkvRopeCuda(qp, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    }
     if (ts.kv_replicas > 1 && plan.ns > 0) RESA_RETURN_IF_ERROR(GatherGroupQueries(plan));
     if (plan.sharded) {
       RESA_RETURN_IF_ERROR(ShardedAttention(plan, l));

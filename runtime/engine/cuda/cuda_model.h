@@ -73,10 +73,12 @@ struct CudaModelOptions {
   int gemv_max_rows = 1;
 };
 
-// Whether a single decode row's gate_up GEMV writes the SwiGLU activations itself
-// (GemvSwiGluBf16Cuda: the same bits, one launch less per layer) instead of GEMV + SiluMulCuda.
-// Process-wide, on by default; a switch for A/B runs (resa-bench e2e --swiglu-epilogue both).
-// Graphs are keyed by it.
+// Whether a single decode row's GEMVs run their element-wise epilogues themselves: gate_up
+// writes the SwiGLU activations (GemvSwiGluBf16Cuda instead of GEMV + SiluMulCuda) and qkv
+// writes bf16 q, k, v with bias and RoPE (GemvQkvRopeBf16Cuda instead of GEMV + QkvRopeCuda);
+// the same bits, two launches less per layer. Process-wide, on by default; a switch for A/B
+// runs (resa-bench e2e --swiglu-epilogue both; the name predates the QKV epilogue). Graphs are
+// keyed by it.
 bool SwiGluEpilogue();
 void SetSwiGluEpilogue(bool on);
 

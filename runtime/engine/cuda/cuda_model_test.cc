@@ -315,7 +315,8 @@ TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
 INSTANTIATE_TEST_SUITE_P(GemvMaxRows, BatchedGraphSteps, ::testing::Values(8, 0));
 
 // Programmatic dependent launch changes when kernels start, never what they compute, and the
-// SwiGLU epilogue of a single row's gate_up GEMV gives SiluMulCuda's bits: a batch of dense,
+// epilogues of a single row's GEMVs give the unfused kernels' bits (SwiGLU in gate_up:
+// SiluMulCuda's; bias and RoPE in qkv: QkvRopeCuda's): a batch of dense,
 // sparse and ReSA sequences and a single ReSA sequence (rectifications included) through
 // graphs give the same logits bits with both off and both on, on the GEMV path and cuBLAS.
 TEST_F(CudaModelInvariants, LaunchOverlapAndSwiGluEpilogueDoNotChangeBits) {

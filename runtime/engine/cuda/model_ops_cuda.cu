@@ -68,15 +68,13 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
   }
 }
 
-// grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
-__global__ void QkvRopeKernel(const QkvRopeParams p) {
-  AwaitPreviousKernel();
-  const int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
+// The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
+// k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] and stores
+// bf16 q, k or v. Shared by QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
+__device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int head, int i, float a,
+                                            float b) {
   const int d = p.head_dim, half = d / 2;
-  const int total = p.num_heads + 2 * p.num_kv_heads;
   const size_t col = size_t(head) * d;
-  const float* src = p.qkv + size_t(r) * total * d + col;
-  float a = src[i], b = src[i + half];
   if (p.bias != nullptr) {
     a += p.bias[col + i];
     b += p.bias[col + i + half];
@@ -98,6 +96,16 @@ __global__ void QkvRopeKernel(const QkvRopeParams p) {
   const float cs = float(c), sn = float(s);
   dst[i] = __float2bfloat16(a * cs - b * sn);
   dst[i + half] = __float2bfloat16(b * cs + a * sn);
+}
+
+// grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
+__global__ void QkvRopeKernel(const QkvRopeParams p) {
+  AwaitPreviousKernel();
+  const int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
+  const int d = p.head_dim, half = d / 2;
+  const int total = p.num_heads + 2 * p.num_kv_heads;
+  const float* src = p.qkv + size_t(r) * total * d + size_t(head) * d;
+  QkvRopePair(p, r, head, i, src[i], src[i + half]);
 }
 
 __global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat16* act) {
@@ -214,12 +222,30 @@ struct GemvWarp {
   int warp, lane, groups, c0, c1;
 };
 
+// What a GEMV block does with its rows' sums: store y, or one of the fused epilogues, whose
+// output rows are logical: pairs (2i, 2i + 1) of weight rows meet in one block (GemvKernel).
+enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope };
+
+// The weight row of logical output row j of an n-row GEMV: with kEpiSwiGlu, gate row j / 2 for
+// even j and up row n / 2 + j / 2 for odd j; with kEpiQkvRope (head_dim d, half = d / 2), the
+// RoPE pair (i, i + half) of a head for (2 (head * half + i), + 1).
+template <int EPI>
+__device__ __forceinline__ int GemvWeightRow(int j, int n, int half) {
+  if constexpr (EPI == kEpiSwiGlu) return (j & 1) ? (n >> 1) + (j >> 1) : (j >> 1);
+  if constexpr (EPI == kEpiQkvRope) {
+    const int pair = j >> 1;
+    return (pair / half) * 2 * half + pair % half + ((j & 1) ? half : 0);
+  }
+  return j;
+}
+
 // The GEMV prologue: this warp's GemvWarp, the weight rows of its group's R output rows in wr
-// (rows past n read row n - 1: computed and dropped; with SWIGLU, logical row j is weight row
-// j / 2, or n / 2 + j / 2 for odd j) and zeroed accumulators.
-template <int M, int R, bool SWIGLU = false>
+// (rows past n read row n - 1: computed and dropped; logical rows per GemvWeightRow) and zeroed
+// accumulators.
+template <int M, int R, int EPI = kEpiStore>
 __device__ __forceinline__ GemvWarp GemvPrologue(const __nv_bfloat16* w, int n, int k, int split,
-                                                 const uint4* (&wr)[R], float (&acc)[M][R]) {
+                                                 int half, const uint4* (&wr)[R],
+                                                 float (&acc)[M][R]) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int groups = kWarps / split;
   const int g = warp / split, slice = warp % split;
@@ -230,7 +256,7 @@ __device__ __forceinline__ GemvWarp GemvPrologue(const __nv_bfloat16* w, int n, 
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = j0 + r < n ? j0 + r : n - 1;
-    const int row = SWIGLU ? ((j & 1) ? (n >> 1) + (j >> 1) : (j >> 1)) : j;
+    const int row = GemvWeightRow<EPI>(j, n, half);
     wr[r] = reinterpret_cast<const uint4*>(w + size_t(row) * k);
   }
 #pragma unroll
@@ -275,18 +301,21 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 // overlaps the previous kernel (weights are constant; x and y are touched only after the wait).
 // Each x load (L1/L2 resident) serves all R rows. Partial sums meet in shared memory and are
 // added in slice order: the result does not depend on timing.
-// SWIGLU (gate_up with SwiGLU in the epilogue): the n output rows are logical, gate row i at 2i
-// and up row i at 2i + 1 (weight rows i and n/2 + i), so each pair meets in one block (the host
-// keeps groups * R even); the block writes act[m][i] = bf16(silu(gate) * up), as SiluMulCuda
-// does from y, instead of y.
-template <int M, int R, int U, typename XT, bool SWIGLU = false>
+// Fused epilogues (one input row): the n output rows are logical pairs (GemvWeightRow) that
+// meet in one block (the host keeps groups * R even) and the block writes, instead of y,
+//  * kEpiSwiGlu (gate_up): gate row i at 2i, up row i at 2i + 1; act[m][i] = bf16(silu(gate) *
+//    up), as SiluMulCuda does from y;
+//  * kEpiQkvRope (qkv): the RoPE pairs of every head; bf16 q, k, v with bias and RoPE at
+//    positions[0], as QkvRopeCuda does from y (QkvRopePair).
+template <int M, int R, int U, typename XT, int EPI = kEpiStore>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
-               __nv_bfloat16* act) {
+               __nv_bfloat16* act, const QkvRopeParams rope) {
   __shared__ float part[kWarps][M][R];
   const uint4* wr[R];
   float acc[M][R];
-  const auto [warp, lane, groups, c0, c1] = GemvPrologue<M, R, SWIGLU>(w, n, k, split, wr, acc);
+  const auto [warp, lane, groups, c0, c1] =
+      GemvPrologue<M, R, EPI>(w, n, k, split, rope.head_dim / 2, wr, acc);
   uint4 wv[U][R];
   int c = c0 + lane;
 #pragma unroll
@@ -321,7 +350,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   StoreWarpSums<M, R>(acc, lane, part[warp]);
   __syncthreads();
-  if constexpr (SWIGLU) {
+  if constexpr (EPI == kEpiSwiGlu) {
     for (int i = threadIdx.x; i < groups * R / 2 * M; i += blockDim.x) {
       const int l = 2 * (i / M), m = i % M;  // the pair's gate row within the block
       const int j = blockIdx.x * groups * R + l;
@@ -330,6 +359,19 @@ __global__ void __launch_bounds__(kThreads)
       for (int s = 0; s < split; ++s) g += part[(l / R) * split + s][m][l % R];
       for (int s = 0; s < split; ++s) u += part[((l + 1) / R) * split + s][m][(l + 1) % R];
       act[size_t(m) * (n >> 1) + (j >> 1)] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    }
+  } else if constexpr (EPI == kEpiQkvRope) {
+    static_assert(M == 1, "the QKV epilogue takes one input row");
+    const int half = rope.head_dim / 2;
+    for (int i = threadIdx.x; i < groups * R / 2; i += blockDim.x) {
+      const int l = 2 * i;  // the pair's first row within the block
+      const int j = blockIdx.x * groups * R + l;
+      if (j >= n) continue;
+      float a = 0.0f, b = 0.0f;
+      for (int s = 0; s < split; ++s) a += part[(l / R) * split + s][0][l % R];
+      for (int s = 0; s < split; ++s) b += part[((l + 1) / R) * split + s][0][(l + 1) % R];
+      const int pair = j >> 1;
+      QkvRopePair(rope, 0, pair / half, pair % half, a, b);
     }
   } else {
     StoreRowSums<M, R>(part, groups, split, n, y);
@@ -346,7 +388,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float part[kWarps][M][R];
   const uint4* wr[R];
   float acc[M][R];
-  const auto [warp, lane, groups, c0, c1] = GemvPrologue<M, R>(w, n, k, split, wr, acc);
+  const auto [warp, lane, groups, c0, c1] = GemvPrologue<M, R>(w, n, k, split, 0, wr, acc);
 #pragma unroll(R == 1 ? 4 : 2)
   for (int c = c0 + lane; c < c1; c += 32) {
     float wf[R][8];
@@ -527,24 +569,27 @@ absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n
 namespace {
 
 // Dispatch of GemvKernel over (rows, loads per lane); R follows from rows.
-template <int M, typename XT, bool SWIGLU = false>
+template <int M, typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __nv_bfloat16* w,
                              const XT* x, int n, int k, int split, float* y,
-                             __nv_bfloat16* act = nullptr) {
+                             __nv_bfloat16* act = nullptr, const QkvRopeParams& rope = {}) {
   constexpr int R = GemvRowsPerWarp(M);
   if constexpr (M == 1) {
     if (loads <= 2) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, SWIGLU>, w, x, n, k, split, y, act);
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, EPI>, w, x, n, k, split, y, act,
+                                rope);
     }
     if (loads <= 4) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, SWIGLU>, w, x, n, k, split, y, act);
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, EPI>, w, x, n, k, split, y, act,
+                                rope);
     }
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT, SWIGLU>, w, x, n, k, split, y, act);
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT, EPI>, w, x, n, k, split, y, act, rope);
   } else {
     if (loads <= 2) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, SWIGLU>, w, x, n, k, split, y, act);
+      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, EPI>, w, x, n, k, split, y, act,
+                                rope);
     }
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, SWIGLU>, w, x, n, k, split, y, act);
+    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, EPI>, w, x, n, k, split, y, act, rope);
   }
 }
 
@@ -663,6 +708,32 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
   return LaunchGemv(w, x, rows, n, k, y, stream, options);
 }
 
+namespace {
+
+// The plan of a one-row GEMV with a pair epilogue (kEpiSwiGlu, kEpiQkvRope): PlanGemv's, with
+// at most 4 warps a row so that a block holds whole pairs; the legacy kernel and k_split 8 are
+// refused.
+absl::Status PairEpiloguePlan(const char* name, int n, int k, const GemvOptions& options,
+                              GemvPlan& plan) {
+  if (options.legacy || options.k_split == 8 || options.loads_per_lane < 0 ||
+      options.loads_per_lane > 8 ||
+      !(options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
+        options.k_split == 4)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": bad options k_split ", options.k_split, " loads_per_lane ", options.loads_per_lane,
+        " legacy ", options.legacy, " (k_split <= 4: a block holds whole pairs of output rows)"));
+  }
+  plan = PlanGemv(1, n, k, options);
+  if (plan.k_split > 4) {  // one output row a block: pairs would straddle blocks
+    GemvOptions o = options;
+    o.k_split = 4;
+    plan = PlanGemv(1, n, k, o);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int inter, int k,
                                 __nv_bfloat16* act, cudaStream_t stream,
                                 const GemvOptions& options) {
@@ -671,25 +742,37 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
     return absl::InvalidArgumentError(absl::StrCat("GemvSwiGluBf16Cuda: bad shape inter ", inter,
                                                    " k ", k, " (k % 8 == 0, 16-byte aligned)"));
   }
-  if (options.legacy || options.k_split == 8 || options.loads_per_lane < 0 ||
-      options.loads_per_lane > 8 ||
-      !(options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
-        options.k_split == 4)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GemvSwiGluBf16Cuda: bad options k_split ", options.k_split,
-                     " loads_per_lane ", options.loads_per_lane, " legacy ", options.legacy,
-                     " (k_split <= 4: a block holds whole gate/up pairs)"));
-  }
-  GemvPlan plan = PlanGemv(1, 2 * inter, k, options);
-  if (plan.k_split > 4) {  // one output row a block: pairs would straddle blocks
-    GemvOptions o = options;
-    o.k_split = 4;
-    plan = PlanGemv(1, 2 * inter, k, o);
+  GemvPlan plan;
+  if (auto st = PairEpiloguePlan("GemvSwiGluBf16Cuda", 2 * inter, k, options, plan); !st.ok()) {
+    return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, true>(
+  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
       plan.loads_per_lane, launch.cfg, w, x, 2 * inter, k, plan.k_split, nullptr, act);
   return CudaStatus(err, "launching GemvKernel (SwiGLU epilogue)");
+}
+
+absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
+                                 const QkvRopeParams& p, cudaStream_t stream,
+                                 const GemvOptions& options) {
+  if (p.rows != 1 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.head_dim <= 0 ||
+      p.head_dim % 2 != 0 || p.head_dim > 1024 || k <= 0 || k % 8 != 0 || p.positions == nullptr ||
+      p.q == nullptr || p.k == nullptr || p.v == nullptr ||
+      (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvQkvRopeBf16Cuda: bad shape rows ", p.rows, " heads ", p.num_heads, "/",
+                     p.num_kv_heads, " d ", p.head_dim, " k ", k,
+                     " (one row, even d, k % 8 == 0, 16-byte aligned, positions and q/k/v set)"));
+  }
+  const int n = (p.num_heads + 2 * p.num_kv_heads) * p.head_dim;
+  GemvPlan plan;
+  if (auto st = PairEpiloguePlan("GemvQkvRopeBf16Cuda", n, k, options, plan); !st.ok()) {
+    return st;
+  }
+  const GemvLaunch launch(plan, options, stream);
+  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
+      plan.loads_per_lane, launch.cfg, w, x, n, k, plan.k_split, nullptr, nullptr, p);
+  return CudaStatus(err, "launching GemvKernel (QKV epilogue)");
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,

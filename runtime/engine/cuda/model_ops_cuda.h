@@ -112,6 +112,16 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
                                 __nv_bfloat16* act, cudaStream_t stream,
                                 const GemvOptions& options = GemvOptions{});
 
+// The QKV GEMV of one row with the QKV epilogue fused: q, k, v = QkvRope of w . x, for p.rows
+// == 1 (p.qkv is not used; w [(H + 2 Hkv) d][k], the qkv weight; x [k] bf16). Bit for bit
+// GemvBf16Cuda(w, x, 1, (H + 2 Hkv) d, k, qkv, options) followed by QkvRopeCuda(p with qkv),
+// for every plan with k_split <= 4 (a block holds both rows of each RoPE pair; an automatic
+// plan of 8 becomes 4): one launch and the fp32 qkv round trip less. options.legacy and
+// k_split 8 are refused.
+absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
+                                 const QkvRopeParams& p, cudaStream_t stream,
+                                 const GemvOptions& options = GemvOptions{});
+
 // out[r] = argmax_j logits[r][j] (ties to the lowest j; NaN never wins); logits fp32 [rows][n].
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);
 

@@ -310,6 +310,24 @@ TEST_F(CudaOpsTest, GemvOverlapWaitsForTheKernelBefore) {
   }
 }
 
+// The plans a one-row GEMV with a pair epilogue is tested with: automatic, and every k split of
+// at most 4 warps with every loads-per-lane setting.
+std::vector<GemvOptions> PairEpiloguePlans() {
+  std::vector<GemvOptions> plans(1);  // automatic
+  for (int split : {1, 2, 4}) {
+    for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+  }
+  return plans;
+}
+
+// The plain GEMV's options with the same plan as a pair-epilogue GEMV run with `o` (an
+// automatic plan of 8 warps a row becomes 4 there).
+GemvOptions UnfusedPlan(const GemvOptions& o, int n, int k) {
+  GemvOptions unfused = o;
+  if (o.k_split == 0 && PlanGemv(1, n, k, o).k_split > 4) unfused.k_split = 4;
+  return unfused;
+}
+
 // SwiGLU in the gate_up GEMV's epilogue: bit for bit the GEMV then SiluMulCuda with the same
 // plan (the real gate_up shapes, automatic and explicit plans; a small shape whose automatic
 // plan of 8 warps per row becomes 4), and within a bf16 step of the CPU twins (Gemv, then
@@ -326,13 +344,8 @@ TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
     DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x)), dact(size_t(s.inter)),
         dact2(size_t(s.inter));
     DeviceBuffer<float> dgu(static_cast<size_t>(n));
-    std::vector<GemvOptions> plans(1);  // automatic
-    for (int split : {1, 2, 4}) {
-      for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
-    }
-    for (const GemvOptions& o : plans) {
-      GemvOptions unfused = o;
-      if (o.k_split == 0 && PlanGemv(1, n, s.k, o).k_split > 4) unfused.k_split = 4;
+    for (const GemvOptions& o : PairEpiloguePlans()) {
+      const GemvOptions unfused = UnfusedPlan(o, n, s.k);
       dact.Fill(0xff);
       dact2.Fill(0xff);
       ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.inter, s.k,
@@ -367,6 +380,92 @@ TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
       GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, 60, AsBf16(dact.get()), nullptr)
           .code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+// Bias and RoPE in the QKV GEMV's epilogue: bit for bit the GEMV then QkvRopeCuda with the
+// same plan (the real qkv shapes with bias, a small one without; automatic and explicit plans),
+// and within a bf16 step of the CPU twins (Gemv, then QkvRope).
+TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
+  constexpr Tolerance kTwin{1e-4, 8e-3};
+  struct Shape {
+    int heads, kv_heads, d, k;
+    bool bias;
+    int32_t pos;
+  };
+  for (const Shape s : {Shape{12, 2, 128, 1536, true, 262143}, Shape{28, 4, 128, 3584, true, 7},
+                        Shape{9, 3, 64, 576, false, 40000}, Shape{2, 1, 32, 64, true, 0}}) {
+    const int n = (s.heads + 2 * s.kv_heads) * s.d;
+    const std::vector<float> w = Noise(size_t(n) * s.k, 71, 0.05f);
+    const std::vector<float> x = Noise(size_t(s.k), 72);
+    const std::vector<float> bias = Noise(size_t(n), 73, 0.5f);
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
+    DeviceBuffer<float> dbias(bias), dqkv(static_cast<size_t>(n));
+    DeviceBuffer<int32_t> dpos(std::vector<int32_t>{s.pos});
+    DeviceBuffer<uint16_t> q1(size_t(s.heads) * s.d), k1(size_t(s.kv_heads) * s.d),
+        v1(size_t(s.kv_heads) * s.d), q2(q1.size()), k2(k1.size()), v2(v1.size());
+    auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
+                      DeviceBuffer<uint16_t>& v) {
+      QkvRopeParams p;
+      p.qkv = dqkv.get();
+      p.bias = s.bias ? dbias.get() : nullptr;
+      p.positions = dpos.get();
+      p.rows = 1;
+      p.num_heads = s.heads;
+      p.num_kv_heads = s.kv_heads;
+      p.head_dim = s.d;
+      p.theta = 1e6f;
+      p.q = AsBf16(q.get());
+      p.k = AsBf16(k.get());
+      p.v = AsBf16(v.get());
+      return p;
+    };
+    for (const GemvOptions& o : PairEpiloguePlans()) {
+      const GemvOptions unfused = UnfusedPlan(o, n, s.k);
+      for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
+      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.k, params(q1, k1, v1),
+                                      nullptr, o)
+                      .ok());
+      ASSERT_TRUE(
+          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, n, s.k, dqkv.get(), nullptr, unfused)
+              .ok());
+      ASSERT_TRUE(QkvRopeCuda(params(q2, k2, v2), nullptr).ok());
+      const std::string where = "heads " + std::to_string(s.heads) + " d " + std::to_string(s.d) +
+                                " split " + std::to_string(o.k_split) + " loads " +
+                                std::to_string(o.loads_per_lane);
+      ASSERT_EQ(q1.Download(), q2.Download()) << where;
+      ASSERT_EQ(k1.Download(), k2.Download()) << where;
+      ASSERT_EQ(v1.Download(), v2.Download()) << where;
+    }
+    std::vector<float> qkv(static_cast<size_t>(n)), q(q1.size()), k(k1.size()), v(v1.size());
+    ref::Gemv(w.data(), x.data(), 1, n, s.k, qkv.data());
+    ref::QkvRope(qkv.data(), s.bias ? bias.data() : nullptr, &s.pos, 1, s.heads, s.kv_heads, s.d,
+                 1e6f, q.data(), k.data(), v.data());
+    EXPECT_TRUE(AllClose(Bf16ToFloat(q1.Download()).data(), q.data(), q.size(), kTwin));
+    EXPECT_TRUE(AllClose(Bf16ToFloat(k1.Download()).data(), k.data(), k.size(), kTwin));
+    EXPECT_TRUE(AllClose(Bf16ToFloat(v1.Download()).data(), v.data(), v.size(), kTwin));
+  }
+  // Refused: more than one row, the legacy kernel, 8 warps a row (pairs would straddle blocks).
+  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dq(64), dk(32), dv(32);
+  DeviceBuffer<int32_t> dpos(2);
+  QkvRopeParams p;
+  p.positions = dpos.get();
+  p.rows = 2;
+  p.num_heads = 2;
+  p.num_kv_heads = 1;
+  p.head_dim = 32;
+  p.q = AsBf16(dq.get());
+  p.k = AsBf16(dk.get());
+  p.v = AsBf16(dv.get());
+  EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  p.rows = 1;
+  GemvOptions legacy, split8;
+  legacy.legacy = true;
+  split8.k_split = 8;
+  for (const GemvOptions& o : {legacy, split8}) {
+    EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr, o).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
