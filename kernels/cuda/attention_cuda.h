@@ -57,6 +57,12 @@ struct DecodeAttentionParams {
 
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+
+  // The kernel stages the query heads before its programmatic-dependent-launch wait, for q
+  // written two or more launches back (launch.h). Set when the kernel launched just before this
+  // one writes q (the batch-1 QKV GEMV that also appends K/V): q is then read after the wait.
+  // Same results either way.
+  bool q_from_previous_kernel = false;
 };
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);

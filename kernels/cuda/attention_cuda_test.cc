@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -167,12 +168,21 @@ TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
   ws.Fill(0);
   p.workspace = ws.get();
   p.workspace_bytes = ws.size();
-  // Twice: the second launch checks that the split counters were left at zero.
+  // Twice: the second launch checks that the split counters were left at zero, and stages the
+  // query heads after the PDL wait (q_from_previous_kernel), which must not change a bit.
+  std::vector<float> first, first_lse;
   for (int rep = 0; rep < 2; ++rep) {
+    p.q_from_previous_kernel = rep == 1;
     ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
     const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
     EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16)) << "rep " << rep;
     EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16)) << "rep " << rep;
+    if (rep == 0) {
+      first = got, first_lse = got_lse;
+    } else {
+      EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * 4), 0);
+      EXPECT_EQ(std::memcmp(got_lse.data(), first_lse.data(), got_lse.size() * 4), 0);
+    }
   }
 }
 

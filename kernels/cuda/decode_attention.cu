@@ -170,16 +170,21 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   // wait: q, num_keys and the page table are written two or more launches back (QkvRope, the
   // host), which PDL has completed by now (at most one kernel runs ahead: launch.h); the block
   // list and num_blocks of sparse rows come from the selection just before, read after it.
-  for (int idx = tid; idx < kHeadsPerCta * D / 8; idx += kThreads) {
-    const int hh = idx / (D / 8), ch = idx % (D / 8);
-    uint4 w = make_uint4(0, 0, 0, 0);
-    if (hh < nh) {
-      w = *reinterpret_cast<const uint4*>(p.q + (size_t(b) * p.num_heads + head_lo + hh) * D +
-                                          ch * 8);
+  // With q_from_previous_kernel, q comes from the kernel just before and is read after the wait.
+  auto stage_q = [&] {
+    for (int idx = tid; idx < kHeadsPerCta * D / 8; idx += kThreads) {
+      const int hh = idx / (D / 8), ch = idx % (D / 8);
+      uint4 w = make_uint4(0, 0, 0, 0);
+      if (hh < nh) {
+        w = *reinterpret_cast<const uint4*>(p.q + (size_t(b) * p.num_heads + head_lo + hh) * D +
+                                            ch * 8);
+      }
+      *reinterpret_cast<uint4*>(sq + hh * D + ch * 8) = w;
     }
-    *reinterpret_cast<uint4*>(sq + hh * D + ch * 8) = w;
-  }
+  };
+  if (!p.q_from_previous_kernel) stage_q();
   detail::AwaitPreviousKernel();
+  if (p.q_from_previous_kernel) stage_q();
   const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
   const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
   const int32_t i0 = blockIdx.x * a.pages_per_split;

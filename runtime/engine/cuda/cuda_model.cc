@@ -670,8 +670,18 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.q = q_;
     qp.k = k_;
     qp.v = v_;
-    if (rows == 1 && rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
-      // Bias and RoPE in the QKV GEMV's epilogue: the same bits, one launch less per layer.
+    const bool qkv_epilogue =
+        rows == 1 && rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue();
+    // A single dense decode row: the QKV GEMV's epilogue also appends its K/V to the cache.
+    const bool append_in_gemv = qkv_epilogue && plan.nd == 1 && !plan.sharded;
+    if (append_in_gemv) {
+      qp.kv = cache_->layer(l);
+      qp.page_table = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+      qp.num_keys = meta + plan.o_wk_keys + plan.ns;
+    }
+    if (qkv_epilogue) {
+      // Bias and RoPE in the QKV GEMV's epilogue: the same bits, one launch less per layer (and
+      // the two of WriteKvCuda with append_in_gemv).
       RESA_RETURN_IF_ERROR(GemvQkvRopeBf16Cuda(w.qkv, x_, hid, qp, stream_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else {
@@ -683,7 +693,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (ts.kv_replicas > 1 && plan.ns > 0) RESA_RETURN_IF_ERROR(GatherGroupQueries(plan));
     if (plan.sharded) {
       RESA_RETURN_IF_ERROR(ShardedAttention(plan, l));
-    } else if (plan.nd + plan.nc > 0) {
+    } else if (plan.nd + plan.nc > 0 && !append_in_gemv) {
       // K/V of every row but the sparse ones (SelectBlocksCuda writes theirs).
       WriteKvParams wk;
       wk.kv = cache_->layer(l);
@@ -700,7 +710,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(Mark(kKvWrite));
     }
     if (!plan.sharded) {
-      const Launches L = BuildLaunches(plan, l);
+      Launches L = BuildLaunches(plan, l);
+      L.dense.q_from_previous_kernel = append_in_gemv;
       if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
       RESA_RETURN_IF_ERROR(Mark(kAttention));
       for (size_t g = 0; g < L.select.size(); ++g) {

@@ -38,19 +38,53 @@ __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* tokens, i
   }
 }
 
+// One row a block, 512 threads; thread t holds elements t + 512 k (k < V) in registers, so the
+// row is read once and the norm weights, constant, are loaded before the PDL wait (V = 0: any
+// dim, by loops that read h and w again after the reduction). Both give the same bits: each
+// thread adds its squares in element order and the block reduction is the same.
+template <int V>
 __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int dim, float eps,
                                  __nv_bfloat16* x) {
   __shared__ float partial[32];
-  AwaitPreviousKernel();
   const size_t base = size_t(blockIdx.x) * dim;
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = h[base + i];
-    if (add != nullptr) {
-      v += add[base + i];
-      h[base + i] = v;
+  float wv[V > 0 ? V : 1], hv[V > 0 ? V : 1];
+  if constexpr (V > 0) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + 512 * k;
+      wv[k] = x != nullptr && i < dim ? w[i] : 0.0f;
     }
-    ss += v * v;
+  }
+  AwaitPreviousKernel();
+  float ss = 0.0f;
+  if constexpr (V > 0) {
+    float av[V];  // every load issued before the first store (add may alias h)
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + 512 * k;
+      hv[k] = i < dim ? h[base + i] : 0.0f;
+      av[k] = add != nullptr && i < dim ? add[base + i] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + 512 * k;
+      if (i < dim) {
+        if (add != nullptr) {
+          hv[k] += av[k];
+          h[base + i] = hv[k];
+        }
+        ss += hv[k] * hv[k];
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      float v = h[base + i];
+      if (add != nullptr) {
+        v += add[base + i];
+        h[base + i] = v;
+      }
+      ss += v * v;
+    }
   }
   ss = WarpSum(ss);
   if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
@@ -63,9 +97,60 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
   __syncthreads();
   if (x == nullptr) return;
   const float inv = rsqrtf(partial[0] / float(dim) + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    x[base + i] = __float2bfloat16(h[base + i] * inv * w[i]);
+  if constexpr (V > 0) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + 512 * k;
+      if (i < dim) x[base + i] = __float2bfloat16(hv[k] * inv * wv[k]);
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      x[base + i] = __float2bfloat16(h[base + i] * inv * w[i]);
+    }
   }
+}
+
+// Element offset of token `pos`'s row of KV head h in `page` (paged_kv_cuda.h layout).
+__device__ __forceinline__ size_t KvSlotOffset(const QkvRopeParams& p, int h, int32_t page,
+                                               int32_t pos) {
+  return ((size_t(page) * p.num_kv_heads + h) * kPageTokens + pos % kPageTokens) * p.head_dim;
+}
+
+// The cache append of one RoPE pair (i, i + d/2) of key head h of row 0 (QkvRopeParams::kv):
+// stores it in its slot and recomputes those two dims of the page summary from the page's
+// num_keys-valid slots in slot order, the new key taken from registers: the same fminf / fmaxf
+// sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. All 2 x 15 loads of the
+// other slots are issued together (one round trip).
+__device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int h, int i,
+                                              __nv_bfloat16 ka, __nv_bfloat16 kb) {
+  const int d = p.head_dim, half = d / 2;
+  const int32_t pos = p.positions[0], blk = pos / kPageTokens, own = pos % kPageTokens;
+  const int32_t page = p.page_table[blk];
+  const int valid = min(kPageTokens, p.num_keys[0] - blk * kPageTokens);
+  __nv_bfloat16* base = p.kv.k + KvSlotOffset(p, h, page, blk * kPageTokens);
+  base[size_t(own) * d + i] = ka;
+  base[size_t(own) * d + i + half] = kb;
+  __nv_bfloat16 xa[kPageTokens], xb[kPageTokens];
+#pragma unroll
+  for (int t = 0; t < kPageTokens; ++t) {
+    const bool other = t < valid && t != own;
+    xa[t] = other ? base[size_t(t) * d + i] : ka;
+    xb[t] = other ? base[size_t(t) * d + i + half] : kb;
+  }
+  float mna = INFINITY, mxa = -INFINITY, mnb = INFINITY, mxb = -INFINITY;
+#pragma unroll
+  for (int t = 0; t < kPageTokens; ++t) {
+    if (t < valid) {
+      const float a = __bfloat162float(xa[t]), b = __bfloat162float(xb[t]);
+      mna = fminf(mna, a), mxa = fmaxf(mxa, a);
+      mnb = fminf(mnb, b), mxb = fmaxf(mxb, b);
+    }
+  }
+  __nv_bfloat16* sm = p.kv.summary + (size_t(page) * p.num_kv_heads + h) * 2 * d;
+  sm[i] = __float2bfloat16(mna);
+  sm[d + i] = __float2bfloat16(mxa);
+  sm[i + half] = __float2bfloat16(mnb);
+  sm[d + i + half] = __float2bfloat16(mxb);
 }
 
 // The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
@@ -85,17 +170,28 @@ __device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int h
   } else if (head < p.num_heads + p.num_kv_heads) {
     dst = p.k + (size_t(r) * p.num_kv_heads + (head - p.num_heads)) * d;
   } else {
-    dst = p.v + (size_t(r) * p.num_kv_heads + (head - p.num_heads - p.num_kv_heads)) * d;
-    dst[i] = __float2bfloat16(a);
-    dst[i + half] = __float2bfloat16(b);
+    const int h = head - p.num_heads - p.num_kv_heads;
+    dst = p.v + (size_t(r) * p.num_kv_heads + h) * d;
+    const __nv_bfloat16 va = __float2bfloat16(a), vb = __float2bfloat16(b);
+    dst[i] = va;
+    dst[i + half] = vb;
+    if (p.kv.k != nullptr) {
+      const int32_t pos = p.positions[0];
+      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, p.page_table[pos / kPageTokens], pos);
+      slot[i] = va;
+      slot[i + half] = vb;
+    }
     return;
   }
   const double inv_freq = pow(double(p.theta), -2.0 * i / d);
   double s, c;
   sincos(double(p.positions[r]) * inv_freq, &s, &c);
   const float cs = float(c), sn = float(s);
-  dst[i] = __float2bfloat16(a * cs - b * sn);
-  dst[i + half] = __float2bfloat16(b * cs + a * sn);
+  const __nv_bfloat16 ra = __float2bfloat16(a * cs - b * sn),
+                      rb = __float2bfloat16(b * cs + a * sn);
+  dst[i] = ra;
+  dst[i + half] = rb;
+  if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, head - p.num_heads, i, ra, rb);
 }
 
 // grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
@@ -324,7 +420,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
   }
   GridDependencyWait();
-  LaunchDependents();
+  // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
+  // v) launch only as it exits: launched early, its thread-block clusters found the SMs held by
+  // this grid's blocks (GemvQkvRopeBf16Cuda).
+  if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
   for (;;) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -522,8 +621,12 @@ absl::Status AddRmsNormCuda(float* h, const float* add, const float* weight, int
                             float eps, __nv_bfloat16* x, cudaStream_t stream) {
   if (rows < 0 || dim <= 0) return absl::InvalidArgumentError("AddRmsNormCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  return CudaStatus(LaunchKernel(AddRmsNormKernel, dim3(unsigned(rows)), dim3(512), 0, stream, {},
-                                 h, add, weight, dim, eps, x),
+  auto kernel = dim <= 512 * 2   ? AddRmsNormKernel<2>
+                : dim <= 512 * 4 ? AddRmsNormKernel<4>
+                : dim <= 512 * 8 ? AddRmsNormKernel<8>
+                                 : AddRmsNormKernel<0>;
+  return CudaStatus(LaunchKernel(kernel, dim3(unsigned(rows)), dim3(512), 0, stream, {}, h, add,
+                                 weight, dim, eps, x),
                     "launching AddRmsNormKernel");
 }
 
@@ -532,6 +635,10 @@ absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {
       p.head_dim % 2 != 0 || p.head_dim > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("QkvRopeCuda: bad shape (heads ", p.num_heads,
                                                    "/", p.num_kv_heads, ", d ", p.head_dim, ")"));
+  }
+  if (p.kv.k != nullptr) {
+    return absl::InvalidArgumentError(
+        "QkvRopeCuda: the cache append (kv) is GemvQkvRopeBf16Cuda's; use WriteKvCuda");
   }
   if (p.rows == 0) return absl::OkStatus();
   const dim3 grid(unsigned(p.rows), unsigned(p.num_heads + 2 * p.num_kv_heads));
@@ -763,6 +870,15 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
         absl::StrCat("GemvQkvRopeBf16Cuda: bad shape rows ", p.rows, " heads ", p.num_heads, "/",
                      p.num_kv_heads, " d ", p.head_dim, " k ", k,
                      " (one row, even d, k % 8 == 0, 16-byte aligned, positions and q/k/v set)"));
+  }
+  if (p.kv.k != nullptr && (p.kv.v == nullptr || p.kv.summary == nullptr ||
+                            p.page_table == nullptr || p.num_keys == nullptr ||
+                            p.kv.num_kv_heads != p.num_kv_heads || p.kv.head_dim != p.head_dim)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GemvQkvRopeBf16Cuda: the cache append needs kv.v, kv.summary, page_table and num_keys, "
+        "and the cache's ",
+        p.kv.num_kv_heads, " KV heads of dim ", p.kv.head_dim, " to match ", p.num_kv_heads,
+        " of dim ", p.head_dim));
   }
   const int n = (p.num_heads + 2 * p.num_kv_heads) * p.head_dim;
   GemvPlan plan;

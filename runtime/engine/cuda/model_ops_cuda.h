@@ -41,6 +41,15 @@ struct QkvRopeParams {
   __nv_bfloat16* q = nullptr;
   __nv_bfloat16* k = nullptr;
   __nv_bfloat16* v = nullptr;
+
+  // Optional, GemvQkvRopeBf16Cuda only (QkvRopeCuda refuses it): with kv.k set, row 0's k and v
+  // also go to their slot of the paged cache and the page's summary is recomputed, as
+  // WriteKvCuda does for a run of one token at positions[0] (bit for bit): page
+  // page_table[positions[0] / 16], slot positions[0] % 16, num_keys[0] (> positions[0]) keys
+  // valid. Device pointers.
+  PagedKvCuda kv;
+  const int32_t* page_table = nullptr;
+  const int32_t* num_keys = nullptr;
 };
 absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream);
 
@@ -117,7 +126,9 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // GemvBf16Cuda(w, x, 1, (H + 2 Hkv) d, k, qkv, options) followed by QkvRopeCuda(p with qkv),
 // for every plan with k_split <= 4 (a block holds both rows of each RoPE pair; an automatic
 // plan of 8 becomes 4): one launch and the fp32 qkv round trip less. options.legacy and
-// k_split 8 are refused.
+// k_split 8 are refused. With p.kv set it also appends k and v to the cache (QkvRopeParams), in
+// place of WriteKvCuda; it then lets the next kernel launch only as it exits (not early, as the
+// other GEMVs do), so that kernel, which may read the new q, k and v, has the SMs to itself.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options = GemvOptions{});

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_test_util.h"
+#include "kernels/cuda/selection_cuda.h"
 #include "kernels/testing/tolerance.h"
 #include "runtime/engine/cuda/model_ops_ref.h"
 
@@ -80,7 +81,7 @@ TEST_P(ModelOpsTest, SiluMul) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ModelOpsTest,
                          ::testing::Combine(::testing::Values(1, 3, 8, 17),
-                                            ::testing::Values(64, 192, 576, 1536, 3584)));
+                                            ::testing::Values(64, 192, 576, 1536, 3584, 5000)));
 
 // (rows, heads, kv heads, head_dim, bias)
 class QkvRopeTest : public testing::CudaTest,
@@ -466,6 +467,126 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
     EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr, o).code(),
               absl::StatusCode::kInvalidArgument);
   }
+}
+
+// The QKV GEMV's cache append (QkvRopeParams::kv) leaves the cache, summaries included, bit for
+// bit as the GEMV without it followed by WriteKvCuda: a fresh page (slot 0, over a stale
+// summary), mid-page and last-slot appends, and a rewrite inside a page with later valid keys.
+TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
+  constexpr int kPages = 6;
+  struct Case {
+    int heads, kv_heads, d, k;
+    int32_t pos, num_keys;
+  };
+  for (const Case cs :
+       {Case{12, 2, 128, 1536, 32, 33}, Case{12, 2, 128, 1536, 53, 54},
+        Case{28, 4, 128, 3584, 47, 48}, Case{9, 3, 64, 576, 36, 45}, Case{2, 1, 64, 64, 0, 1}}) {
+    const int n = (cs.heads + 2 * cs.kv_heads) * cs.d;
+    const std::vector<float> w = Noise(size_t(n) * cs.k, 81, 0.05f);
+    const std::vector<float> x = Noise(size_t(cs.k), 82);
+    const std::vector<float> bias = Noise(size_t(n), 83, 0.5f);
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
+    DeviceBuffer<float> dbias(bias);
+    DeviceBuffer<int32_t> dpos(std::vector<int32_t>{cs.pos}),
+        dkeys(std::vector<int32_t>{cs.num_keys});
+    // Logical blocks 0..3 on pages 4, 1, 5, 2 (page 0 and 3 unused).
+    DeviceBuffer<int32_t> dtable(std::vector<int32_t>{4, 1, 5, 2});
+    const size_t page = size_t(cs.kv_heads) * kPageTokens * cs.d;
+    const std::vector<uint16_t> k0 = testing::ToBf16(Noise(kPages * page, 84)),
+                                v0 = testing::ToBf16(Noise(kPages * page, 85)),
+                                s0 = testing::ToBf16(
+                                    Noise(kPages * size_t(cs.kv_heads) * 2 * cs.d, 86));
+    DeviceBuffer<uint16_t> kc1(k0), vc1(v0), sc1(s0), kc2(k0), vc2(v0), sc2(s0);
+    DeviceBuffer<uint16_t> q1(size_t(cs.heads) * cs.d), k1(size_t(cs.kv_heads) * cs.d),
+        v1(k1.size()), q2(q1.size()), k2(k1.size()), v2(k1.size());
+    auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
+                      DeviceBuffer<uint16_t>& v) {
+      QkvRopeParams p;
+      p.bias = dbias.get();
+      p.positions = dpos.get();
+      p.rows = 1;
+      p.num_heads = cs.heads;
+      p.num_kv_heads = cs.kv_heads;
+      p.head_dim = cs.d;
+      p.theta = 1e6f;
+      p.q = AsBf16(q.get());
+      p.k = AsBf16(k.get());
+      p.v = AsBf16(v.get());
+      return p;
+    };
+    auto cache = [&](DeviceBuffer<uint16_t>& kc, DeviceBuffer<uint16_t>& vc,
+                     DeviceBuffer<uint16_t>& sc) {
+      PagedKvCuda kv;
+      kv.k = AsBf16(kc.get());
+      kv.v = AsBf16(vc.get());
+      kv.summary = AsBf16(sc.get());
+      kv.num_kv_heads = cs.kv_heads;
+      kv.head_dim = cs.d;
+      return kv;
+    };
+    for (const GemvOptions& o : PairEpiloguePlans()) {
+      for (auto* b : {&kc1, &kc2}) b->Upload(k0);
+      for (auto* b : {&vc1, &vc2}) b->Upload(v0);
+      for (auto* b : {&sc1, &sc2}) b->Upload(s0);
+      QkvRopeParams fused = params(q1, k1, v1);
+      fused.kv = cache(kc1, vc1, sc1);
+      fused.page_table = dtable.get();
+      fused.num_keys = dkeys.get();
+      ASSERT_TRUE(
+          GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k, fused, nullptr, o).ok());
+      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k, params(q2, k2, v2),
+                                      nullptr, o)
+                      .ok());
+      DeviceBuffer<int32_t> doff(std::vector<int32_t>{0, 1});
+      WriteKvParams wk;
+      wk.kv = cache(kc2, vc2, sc2);
+      wk.k = AsBf16(k2.get());
+      wk.v = AsBf16(v2.get());
+      wk.num_seqs = 1;
+      wk.token_offsets = doff.get();
+      wk.first_pos = dpos.get();
+      wk.num_keys = dkeys.get();
+      wk.page_tables = dtable.get();
+      wk.page_table_stride = 4;
+      wk.max_tokens = 1;
+      ASSERT_TRUE(WriteKvCuda(wk, nullptr).ok());
+      const std::string where =
+          "pos " + std::to_string(cs.pos) + " keys " + std::to_string(cs.num_keys) + " split " +
+          std::to_string(o.k_split) + " loads " + std::to_string(o.loads_per_lane);
+      ASSERT_EQ(q1.Download(), q2.Download()) << where;
+      ASSERT_EQ(k1.Download(), k2.Download()) << where;
+      ASSERT_EQ(v1.Download(), v2.Download()) << where;
+      ASSERT_EQ(kc1.Download(), kc2.Download()) << where;
+      ASSERT_EQ(vc1.Download(), vc2.Download()) << where;
+      ASSERT_EQ(sc1.Download(), sc2.Download()) << where;
+      ASSERT_NE(kc1.Download(), k0) << where;  // the append did write
+    }
+  }
+  // Refused: an append without its arrays or with a cache of another shape, and QkvRopeCuda's.
+  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dq(64), dk(32), dv(32), dc(16 * 32 * 4);
+  DeviceBuffer<int32_t> dpos(1);
+  QkvRopeParams p;
+  p.positions = dpos.get();
+  p.rows = 1;
+  p.num_heads = 2;
+  p.num_kv_heads = 1;
+  p.head_dim = 32;
+  p.q = AsBf16(dq.get());
+  p.k = AsBf16(dk.get());
+  p.v = AsBf16(dv.get());
+  p.kv.k = p.kv.v = p.kv.summary = AsBf16(dc.get());
+  p.kv.num_kv_heads = 1;
+  p.kv.head_dim = 32;
+  EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // no page_table / num_keys
+  p.page_table = p.num_keys = dpos.get();
+  p.kv.head_dim = 64;
+  EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  p.kv.head_dim = 32;
+  DeviceBuffer<float> dqkv(128);
+  p.qkv = dqkv.get();
+  EXPECT_EQ(QkvRopeCuda(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
