@@ -384,8 +384,8 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   e->add_option("--swiglu-epilogue", o.swiglu_epilogue,
                 "Batch-1 GEMV epilogues: gate_up writing the SwiGLU activations and qkv writing "
-                "q/k/v with bias and RoPE (no SiluMul, QkvRope launches): on, off, or both "
-                "(each row twice, in the same run)")
+                "q/k/v with bias and RoPE, and a dense row's K/V into the cache (no SiluMul, "
+                "QkvRope, WriteKv launches): on, off, or both (each row twice, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--chunk-kernel", o.chunk_kernel,
