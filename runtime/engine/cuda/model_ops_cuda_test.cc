@@ -83,6 +83,25 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ModelOpsTest,
                          ::testing::Combine(::testing::Values(1, 3, 8, 17),
                                             ::testing::Values(64, 192, 576, 1536, 3584, 5000)));
 
+// QkvRopeParams for `rows` rows (theta 1e6) writing bf16 q, k, v into the given buffers.
+QkvRopeParams QkvRopeFor(int rows, int heads, int kv_heads, int d, const float* qkv,
+                         const float* bias, const int32_t* positions, DeviceBuffer<uint16_t>& q,
+                         DeviceBuffer<uint16_t>& k, DeviceBuffer<uint16_t>& v) {
+  QkvRopeParams p;
+  p.qkv = qkv;
+  p.bias = bias;
+  p.positions = positions;
+  p.rows = rows;
+  p.num_heads = heads;
+  p.num_kv_heads = kv_heads;
+  p.head_dim = d;
+  p.theta = 1e6f;
+  p.q = AsBf16(q.get());
+  p.k = AsBf16(k.get());
+  p.v = AsBf16(v.get());
+  return p;
+}
+
 // (rows, heads, kv heads, head_dim, bias)
 class QkvRopeTest : public testing::CudaTest,
                     public ::testing::WithParamInterface<std::tuple<int, int, int, int, bool>> {};
@@ -101,18 +120,8 @@ TEST_P(QkvRopeTest, MatchesRopeNeox) {
   dq.Fill(0xff);
   dk.Fill(0xff);
   dv.Fill(0xff);
-  QkvRopeParams p;
-  p.qkv = dqkv.get();
-  p.bias = with_bias ? dbias.get() : nullptr;
-  p.positions = dpos.get();
-  p.rows = rows;
-  p.num_heads = heads;
-  p.num_kv_heads = kv_heads;
-  p.head_dim = d;
-  p.theta = 1e6f;
-  p.q = AsBf16(dq.get());
-  p.k = AsBf16(dk.get());
-  p.v = AsBf16(dv.get());
+  const QkvRopeParams p = QkvRopeFor(rows, heads, kv_heads, d, dqkv.get(),
+                                     with_bias ? dbias.get() : nullptr, dpos.get(), dq, dk, dv);
   ASSERT_TRUE(QkvRopeCuda(p, nullptr).ok());
   std::vector<float> q(dq.size()), k(dk.size()), v(dv.size());
   ref::QkvRope(qkv.data(), with_bias ? bias.data() : nullptr, pos.data(), rows, heads, kv_heads,
@@ -406,19 +415,8 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
         v1(size_t(s.kv_heads) * s.d), q2(q1.size()), k2(k1.size()), v2(v1.size());
     auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
                       DeviceBuffer<uint16_t>& v) {
-      QkvRopeParams p;
-      p.qkv = dqkv.get();
-      p.bias = s.bias ? dbias.get() : nullptr;
-      p.positions = dpos.get();
-      p.rows = 1;
-      p.num_heads = s.heads;
-      p.num_kv_heads = s.kv_heads;
-      p.head_dim = s.d;
-      p.theta = 1e6f;
-      p.q = AsBf16(q.get());
-      p.k = AsBf16(k.get());
-      p.v = AsBf16(v.get());
-      return p;
+      return QkvRopeFor(1, s.heads, s.kv_heads, s.d, dqkv.get(), s.bias ? dbias.get() : nullptr,
+                        dpos.get(), q, k, v);
     };
     for (const GemvOptions& o : PairEpiloguePlans()) {
       const GemvOptions unfused = UnfusedPlan(o, n, s.k);
@@ -448,15 +446,8 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
   // Refused: more than one row, the legacy kernel, 8 warps a row (pairs would straddle blocks).
   DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dq(64), dk(32), dv(32);
   DeviceBuffer<int32_t> dpos(2);
-  QkvRopeParams p;
-  p.positions = dpos.get();
+  QkvRopeParams p = QkvRopeFor(1, 2, 1, 32, nullptr, nullptr, dpos.get(), dq, dk, dv);
   p.rows = 2;
-  p.num_heads = 2;
-  p.num_kv_heads = 1;
-  p.head_dim = 32;
-  p.q = AsBf16(dq.get());
-  p.k = AsBf16(dk.get());
-  p.v = AsBf16(dv.get());
   EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   p.rows = 1;
@@ -501,18 +492,7 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
         v1(k1.size()), q2(q1.size()), k2(k1.size()), v2(k1.size());
     auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
                       DeviceBuffer<uint16_t>& v) {
-      QkvRopeParams p;
-      p.bias = dbias.get();
-      p.positions = dpos.get();
-      p.rows = 1;
-      p.num_heads = cs.heads;
-      p.num_kv_heads = cs.kv_heads;
-      p.head_dim = cs.d;
-      p.theta = 1e6f;
-      p.q = AsBf16(q.get());
-      p.k = AsBf16(k.get());
-      p.v = AsBf16(v.get());
-      return p;
+      return QkvRopeFor(1, cs.heads, cs.kv_heads, cs.d, nullptr, dbias.get(), dpos.get(), q, k, v);
     };
     auto cache = [&](DeviceBuffer<uint16_t>& kc, DeviceBuffer<uint16_t>& vc,
                      DeviceBuffer<uint16_t>& sc) {
@@ -565,15 +545,7 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
   // Refused: an append without its arrays or with a cache of another shape, and QkvRopeCuda's.
   DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dq(64), dk(32), dv(32), dc(16 * 32 * 4);
   DeviceBuffer<int32_t> dpos(1);
-  QkvRopeParams p;
-  p.positions = dpos.get();
-  p.rows = 1;
-  p.num_heads = 2;
-  p.num_kv_heads = 1;
-  p.head_dim = 32;
-  p.q = AsBf16(dq.get());
-  p.k = AsBf16(dk.get());
-  p.v = AsBf16(dv.get());
+  QkvRopeParams p = QkvRopeFor(1, 2, 1, 32, nullptr, nullptr, dpos.get(), dq, dk, dv);
   p.kv.k = p.kv.v = p.kv.summary = AsBf16(dc.get());
   p.kv.num_kv_heads = 1;
   p.kv.head_dim = 32;
