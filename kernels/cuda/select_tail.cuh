@@ -88,11 +88,16 @@ struct alignas(16) TailSmem {
   uint32_t warp[kSelWarps];
   uint32_t spare[32];  // WarpHistAdd's no-op adds
   uint32_t digit, above, ncand, kmin, kmax;
+  uint32_t hint_digit;  // FindPivotBin's bin of hint_rank (the next step's hint)
+  uint32_t hint_total;  // CandidateTail: the row's candidate count
 };
 
 // After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
-// remaining-th largest value goes to s.digit, the count above it to s.above. Ends synchronised.
-__device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining) {
+// remaining-th largest value goes to s.digit, the count above it to s.above; when hint_rank > 0,
+// the bin holding the hint_rank-th largest goes to s.hint_digit (left as it was when there are
+// fewer values). Ends synchronised.
+__device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
+                                    uint32_t hint_rank = 0) {
   const int tid = threadIdx.x;
   // Thread t owns descending bin positions [t * per, (t + 1) * per).
   const int per = (bins + kSelThreads - 1) / kSelThreads;
@@ -111,6 +116,7 @@ __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining) {
       s.digit = uint32_t(bins - 1 - pos);
       s.above = above;
     }
+    if (above < hint_rank && hint_rank <= above + cnt) s.hint_digit = uint32_t(bins - 1 - pos);
     above += cnt;
   }
   __syncthreads();
@@ -164,13 +170,19 @@ __device__ inline void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t rema
 // need-th largest; *remaining becomes the number of keys equal to T to keep (lowest blocks
 // first), after every key above T. FOR_KEYS(fn) calls fn(v, valid) for every key of this thread
 // and must be called by all 32 lanes of every warp in lockstep (warp collectives inside fn).
+// When hint_rank > 0, *hint_out becomes the lower edge (v) of the first pass's bin holding the
+// hint_rank-th largest key, so at least hint_rank keys are >= kmin + *hint_out (0 when there are
+// fewer keys): the next decode step's hint (CandidateTail).
 template <typename ForKeys>
 __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_out,
-                                       ForKeys for_keys) {
+                                       ForKeys for_keys, uint32_t hint_rank = 0,
+                                       uint32_t* hint_out = nullptr) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t kmin = s.kmin, kmax = s.kmax;
   const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
   uint32_t prefix = 0, mask = 0, remaining = need;
+  if (hint_out != nullptr) *hint_out = 0;
+  if (tid == 0) s.hint_digit = 0;  // read after the first pass's barriers
   bool use_cand = false;
   uint32_t ncand = 0;
 #pragma unroll 1
@@ -190,7 +202,9 @@ __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* rem
       });
     }
     __syncthreads();
-    FindPivotBin(s, bins, remaining);
+    const bool first_pass = hi == top_bits;
+    FindPivotBin(s, bins, remaining, first_pass ? hint_rank : 0u);
+    if (first_pass && hint_out != nullptr) *hint_out = s.hint_digit << lo;
     const uint32_t digit = s.digit;
     remaining -= s.above;
     prefix |= digit << lo;
@@ -329,8 +343,10 @@ __device__ inline void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t*
 // whatever the length (a short row costs a few slots per thread, not 32 on two warps); slot q
 // holds keys w seg + 128 q + 4 lane + [0, 4) (coalesced 16-byte loads). Slots past seg are
 // skipped CTA-uniformly.
+// hint_rank / hint_out as in RadixSelect (*hint_out a key, not key - min).
 __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys, int32_t mo,
-                                             uint32_t need, int32_t* out) {
+                                             uint32_t need, int32_t* out, uint32_t hint_rank = 0,
+                                             uint32_t* hint_out = nullptr) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
   const int32_t wbase = warp * seg;
@@ -361,8 +377,9 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
       for (int e = 0; e < 4; ++e) fn(kr[q][e] - kmin, wbase + 128 * q + 4 * lane + e < mo);
     }
   };
-  uint32_t remaining;
-  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys);
+  uint32_t remaining, hint_v;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v);
+  if (hint_out != nullptr) *hint_out = kmin + hint_v;
 
   // Ascending output: packed (greater << 16 | equal) counts, prefix-summed in block order
   // (warp, slot, lane, element); counts <= 16384 fit 16 bits.
@@ -399,6 +416,96 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
       tie += uint32_t(eq);
     }
   }
+}
+
+// Candidates of the hinted tail: keys >= the row's hint, at most kCandRegs a thread.
+constexpr int kCandRegs = 8;
+constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
+
+// The selection of need of the keys of blocks [0, mo), mo <= kMaxRegKeys, from the candidates
+// only: the blocks whose key is >= the row's hint key, flagged by the scoring CTAs in `bits`
+// (bit i of word w: block 32 w + i; no other bits set) and counted in *count (reset here).
+// When there are at least `need` of them, the need-th largest key T is >= the hint key, so
+// every block with key >= T is a candidate and the output (every key > T, the lowest-numbered
+// keys == T, ascending) is exactly RegisterTail's. Returns false, having changed nothing but
+// *count and s.hint_total, when there are fewer than need or more than kMaxHintCandidates
+// candidates (the caller runs RegisterTail instead). Otherwise *hint_out as in RegisterTail.
+// Cost: the count and the flag words (one a thread, loaded together), the candidates' block
+// ids compacted in s.cand, their keys gathered from L2 (candidates t + 512 k of thread t, all
+// loads in flight), RadixSelect over those, then bitmaps of (key > T) and (key == T) in s.hist,
+// one word a thread, and one CTA-wide scan of their packed counts for the ordered output: no
+// sweep over all mo keys. (Each thread taking 8 consecutive candidates instead, so the output
+// needs no bitmaps, measured 0.5-1% slower e2e at 256K batch 1: docs/kernels.md.) s.hist zero
+// and s.kmin / s.kmax / s.ncand initialised on entry.
+__device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const uint32_t* bits,
+                                     uint32_t* count, int32_t mo, uint32_t need, int32_t* out,
+                                     uint32_t hint_rank, uint32_t* hint_out) {
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int words = (mo + 31) / 32;                             // <= kSelThreads
+  const uint32_t word = tid < words ? __ldcg(bits + tid) : 0u;  // in flight with the count
+  if (tid == 0) {
+    s.hint_total = __ldcg(count);
+    *count = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (s.hint_total < need || s.hint_total > uint32_t(kMaxHintCandidates)) return false;
+  uint32_t total;
+  uint32_t at = BlockExclusiveScan(uint32_t(__popc(word)), &total, s.warp);
+  if (total != s.hint_total) return false;  // never (same ballots); keeps s.cand in bounds
+  for (uint32_t w = word; w != 0; w &= w - 1) s.cand[at++] = 32 * tid + __ffs(w) - 1;
+  __syncthreads();
+  uint32_t key[kCandRegs], id[kCandRegs];
+#pragma unroll
+  for (int k = 0; k < kCandRegs; ++k) {
+    const uint32_t i = tid + kSelThreads * k;
+    id[k] = i < total ? s.cand[i] : 0u;
+  }
+#pragma unroll
+  for (int k = 0; k < kCandRegs; ++k) {
+    key[k] = tid + kSelThreads * k < total ? __ldcg(gkeys + id[k]) : 0u;
+  }
+  uint32_t kmin = 0xffffffffu, kmax = 0;
+#pragma unroll
+  for (int k = 0; k < kCandRegs; ++k) {
+    if (tid + kSelThreads * k < total) kmin = min(kmin, key[k]), kmax = max(kmax, key[k]);
+  }
+  kmin = BlockKeyRange(s, lane, kmin, kmax);  // starts with a barrier: s.cand is free after it
+  auto for_keys = [&](auto fn) {
+#pragma unroll
+    for (int k = 0; k < kCandRegs; ++k) fn(key[k] - kmin, tid + kSelThreads * k < total);
+  };
+  uint32_t remaining, hint_v;
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v);
+  *hint_out = kmin + hint_v;
+
+  // Bitmaps: s.hist[w] bit i = key of block 32 w + i > T, s.hist[kSelThreads + w] = key == T.
+  static_assert(2 * kSelThreads <= kRadixBins, "two bitmap words a thread in s.hist");
+  s.hist[tid] = 0;
+  s.hist[kSelThreads + tid] = 0;
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kCandRegs; ++k) {
+    const bool ok = tid + kSelThreads * k < total;
+    if (ok && key[k] >= T) {
+      atomicOr(&s.hist[(key[k] > T ? 0 : kSelThreads) + id[k] / 32], 1u << (id[k] % 32));
+    }
+  }
+  __syncthreads();
+  // Ascending output: thread t writes the blocks of word t, after the packed (greater, equal)
+  // counts of the words before it.
+  const uint32_t gt = s.hist[tid], eq = s.hist[kSelThreads + tid];
+  uint32_t unused;
+  const uint32_t x =
+      BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
+  uint32_t tie = x & 0xffffu;
+  uint32_t pos = (x >> 16) + min(tie, remaining);
+  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
+    const int i = __ffs(w) - 1;
+    const bool is_eq = (eq >> i) & 1u;
+    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
+    tie += uint32_t(is_eq);
+  }
+  return true;
 }
 
 }  // namespace resa::cuda::select_tail

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/cuda/paged_kv_cuda.h"
 
 namespace resa::cuda {
@@ -73,10 +74,29 @@ struct SelectBlocksParams {
 
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+
+  // Optional, in/out [batch][num_kv_heads]: a threshold hint per row, carried from one decode
+  // step to the next (fp32 bits of a score divided by the pooled query's L1 norm; zeroed device
+  // memory to start; the workspace is larger with it). The output never depends on it: any
+  // value gives the same blocks. A close one makes the tail cheaper: in the latency kernel (few
+  // rows), for rows of 8193 to 16385 blocks that keep 1 < n < M, when at least n - 1 and at most
+  // 4096 of the row's blocks [0, M - 1) score >= hint x norm, only those are ranked (no sweep
+  // over every key); otherwise the whole tail runs. Either way the kernel stores the hint
+  // above which about 1.25 (n - 1) + 32 of this step's scores lie, for the next step. Other
+  // rows leave it as it is.
+  uint32_t* hints = nullptr;
 };
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
+
+// Rows SelectBlocksCuda selected with a hint since the process started, on the current device:
+// from the hint's candidates, and by the whole tail (too few or too many candidates).
+struct SelectionHintCounts {
+  int64_t from_candidates = 0;
+  int64_t whole_tail = 0;
+};
+absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts();
 
 // Sequence parallelism: the scores of the blocks one SP rank holds, for the exchange across ranks
 // that picks the global top-n (parallel/sp_attention.h, SelectBlocksAcrossRanks). Row b's page

@@ -123,8 +123,12 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   for (auto& x : vnew) x = float(small(rng));
   IntegerQueries(batch, hkv, g, d, rng, &q, &pooled);
 
-  // CPU twin: write, score, select.
+  // CPU twin: write, score, select. exact_hint: each row's (n - 1)-th largest score over blocks
+  // [0, M - 1) (the tail's threshold) over the pooled query's L1 norm, as fp32 bits (a hint), 0
+  // when the row keeps every block. hinted_rows: rows whose length lets them use a hint.
   std::vector<std::vector<int32_t>> want(batch);
+  std::vector<uint32_t> exact_hint(size_t(batch) * hkv, 0u);
+  int64_t hinted_rows = 0;
   for (int b = 0; b < batch; ++b) {
     const int32_t pos = tc.lens[b] - 1;
     WriteTokenKv(cache.cpu, cache.table(b)[pos / kPageTokens], pos % kPageTokens,
@@ -136,6 +140,16 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
     const int32_t n = NumSelectedBlocks(m, tc.ratio, 16);
     want[b].resize(size_t(hkv) * n);
     TopBlocks(scores.data(), hkv, m, n, want[b].data());
+    if (n > 1 && n < m && m - 1 >= 8192 && m - 1 <= 16384) hinted_rows += hkv;
+    for (int h = 0; h < hkv && n > 1 && n < m; ++h) {
+      std::vector<float> row(scores.begin() + size_t(h) * m,
+                             scores.begin() + size_t(h) * m + m - 1);
+      std::nth_element(row.begin(), row.begin() + (n - 2), row.end(), std::greater<float>());
+      float l1 = 0.0f;
+      for (int i = 0; i < d; ++i) l1 += std::fabs(pooled[(size_t(b) * hkv + h) * d + i]);
+      const float ratio = l1 > 0.0f ? row[n - 2] / l1 : 0.0f;
+      std::memcpy(&exact_hint[size_t(b) * hkv + h], &ratio, 4);
+    }
   }
 
   DeviceBuffer<uint16_t> dq(ToBf16(q)), dk(ToBf16(knew)), dv(ToBf16(vnew));
@@ -157,13 +171,43 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   DeviceBuffer<int32_t> dblocks(size_t(batch) * hkv * p.blocks_stride), dnum(batch);
   p.blocks = dblocks.get();
   p.num_blocks = dnum.get();
+  DeviceBuffer<uint32_t> dhints(size_t(batch) * hkv);
+  p.hints = dhints.get();  // the workspace with room for the hinted tail's flags
   DeviceBuffer<char> ws(SelectBlocksWorkspaceBytes(p));
+  p.hints = nullptr;
   ws.Fill(0);
   p.workspace = ws.get();
   p.workspace_bytes = ws.size();
-  for (int rep = 0; rep < 2; ++rep) {  // the second run checks the counters were reset
+  // Runs 0-1 without hints (the second checks that the counters were reset); then with hints,
+  // which must not change a single id whatever they hold: zero (every score >= 0 a candidate),
+  // the hints run 2 left (the next step's hints of an identical step), all ones (NaN: no
+  // candidate), each row's threshold (ties at it), its bits + 1 and - 1 (one ulp off).
+  const char* kHintNames[] = {"none",
+                              "none",
+                              "zero",
+                              "left by the last run",
+                              "all ones",
+                              "threshold",
+                              "threshold bits + 1",
+                              "threshold bits - 1"};
+  auto hinted_tally = [] {
+    auto c = ReadSelectionHintCounts();
+    return c.ok() ? c->from_candidates : int64_t(-1);
+  };
+  int64_t hinted_repeat = 0;
+  for (int rep = 0; rep < 8; ++rep) {
+    p.hints = rep < 2 ? nullptr : dhints.get();
+    std::vector<uint32_t> h = exact_hint;
+    if (rep == 2) dhints.Fill(0);
+    if (rep == 4) dhints.Fill(0xff);
+    if (rep >= 5) {
+      for (uint32_t& x : h) x += rep == 5 ? 0u : rep == 6 ? 1u : uint32_t(-1);
+      dhints.Upload(h);
+    }
     dblocks.Fill(0xff);
+    const int64_t hinted_before = hinted_tally();
     ASSERT_TRUE(SelectBlocksCuda(p, nullptr).ok());
+    if (rep == 3) hinted_repeat = hinted_tally() - hinted_before;
     const std::vector<int32_t> got = dblocks.Download(), got_n = dnum.Download();
     for (int b = 0; b < batch; ++b) {
       const int32_t n = int32_t(want[b].size() / hkv);
@@ -173,10 +217,16 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
                                      want[b].begin() + size_t(h + 1) * n);
         const std::vector<int32_t> gv(got.begin() + (size_t(b) * hkv + h) * p.blocks_stride,
                                       got.begin() + (size_t(b) * hkv + h) * p.blocks_stride + n);
-        ASSERT_EQ(gv, w) << "rep " << rep << " sequence " << b << " (len " << tc.lens[b]
-                         << ") head " << h;
+        ASSERT_EQ(gv, w) << "run " << rep << " (hints: " << kHintNames[rep] << ") sequence " << b
+                         << " (len " << tc.lens[b] << ") head " << h;
       }
     }
+  }
+  // Spread scores (few ties): an identical step's hints leave few enough candidates, so every
+  // row of 8193-16385 blocks (here on the latency kernel: <= 8 rows) ranks only those.
+  if (tc.name == "spread") {
+    EXPECT_GT(hinted_rows, 0);
+    EXPECT_EQ(hinted_repeat, hinted_rows) << "rows that took the hinted tail";
   }
   // The fused write left K, V and the summary exactly as WriteTokenKv did.
   const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),

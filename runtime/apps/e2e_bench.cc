@@ -42,6 +42,8 @@ struct E2eOptions {
   // Prefill / rectification chunks on the wgmma kernel ("wgmma"), the mma.sync one ("mma") or
   // "both" (every row twice, mma first).
   std::string chunk_kernel = "wgmma";
+  // Selection threshold hints kept between steps: "on", "off" or "both", as --pdl.
+  std::string selection_hints = "on";
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
 };
@@ -105,6 +107,8 @@ struct Row {
   double ms = 0, rect_ms = 0, bound_ms = 0, torch_ms = 0;
   std::vector<std::pair<std::string, double>> profile;  // ms per step by kernel group
   double profile_rect_ms = 0;                            // of which rectification (per step)
+  // Timed steps' rows selected from their hint's candidates / with the whole tail.
+  int64_t hint_hits = 0, hint_misses = 0;
 };
 
 absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int ctx, int batch,
@@ -139,10 +143,12 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   }
   std::chrono::steady_clock::time_point t0;
   double r0 = 0;
+  SelectionHintTally h0;
   for (int step = 0; step < warm + o.steps; ++step) {
     if (step == warm) {
       t0 = std::chrono::steady_clock::now();
       r0 = dec.rectify_seconds();
+      h0 = ReadSelectionHintTally();
     }
     for (int b = 0; b < batch; ++b) feeds[b] = {ids[b], sampled[b]};
     RESA_RETURN_IF_ERROR(dec.Step(feeds));
@@ -151,6 +157,9 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   row.ms = 1e3 * secs / o.steps;
   row.rect_ms = 1e3 * (dec.rectify_seconds() - r0) / o.steps;
+  const SelectionHintTally h1 = ReadSelectionHintTally();
+  row.hint_hits = h1.from_candidates - h0.from_candidates;
+  row.hint_misses = h1.whole_tail - h0.whole_tail;
   row.bound_ms = 1e3 * StepBytes(c, ctx, batch, mode, o) / (copy_gbps * 1e9);
   if (o.profile) {
     // Where the time goes: the same steps eagerly, one event per group of kernels, over one
@@ -172,6 +181,15 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
     row.profile_rect_ms = 1e3 * (dec.rectify_seconds() - rect0) / o.rectify_every;
   }
   return row;
+}
+
+// The table's hints cell: off, or the share of the timed steps' selections that ranked only
+// their hint's candidates.
+std::string HintCell(const Row& r) {
+  if (!r.tuning.selection_hints) return "off";
+  const int64_t n = r.hint_hits + r.hint_misses;
+  if (n == 0) return "on";
+  return absl::StrFormat("on %.0f%%", 100.0 * double(r.hint_hits) / double(n));
 }
 
 int RunE2e(const E2eOptions& o) {
@@ -204,13 +222,18 @@ int RunE2e(const E2eOptions& o) {
                                                              : "both";
   for (const bool pdl : settings(o.pdl)) {
     for (const bool swiglu : settings(o.swiglu_epilogue)) {
-      for (const bool wgmma : settings(chunk_on_off)) variants.push_back({pdl, swiglu, wgmma});
+      for (const bool wgmma : settings(chunk_on_off)) {
+        for (const bool hints : settings(o.selection_hints)) {
+          variants.push_back({pdl, swiglu, wgmma, hints});
+        }
+      }
     }
   }
   auto variant_json = [](const CudaTuning& t) {
-    return absl::StrFormat("\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\"",
-                           t.programmatic_launch ? "true" : "false",
-                           t.swiglu_epilogue ? "true" : "false", t.wgmma_chunk ? "wgmma" : "mma");
+    return absl::StrFormat(
+        "\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\",\"selection_hints\":%s",
+        t.programmatic_launch ? "true" : "false", t.swiglu_epilogue ? "true" : "false",
+        t.wgmma_chunk ? "wgmma" : "mma", t.selection_hints ? "true" : "false");
   };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
@@ -262,9 +285,11 @@ int RunE2e(const E2eOptions& o) {
                 "{\"bench\":\"e2e\",\"model\":\"%s\",\"context\":%d,\"batch\":%d,"
                 "\"mode\":\"%s\",%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
                 "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
+                "\"hinted_selections\":%lld,\"whole_tail_selections\":%lld,"
                 "\"profile_ms_per_step\":%s}\n",
                 model.c_str(), ctx, batch, mode_name.c_str(), variant_json(variant).c_str(),
                 row->ms, row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
+                static_cast<long long>(row->hint_hits), static_cast<long long>(row->hint_misses),
                 prof.dump().c_str());
             std::fflush(stdout);
             rows.push_back(*row);
@@ -274,14 +299,15 @@ int RunE2e(const E2eOptions& o) {
     }
   }
   // Table and targets (stderr), ratios against same-run baselines only.
-  const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off",
-                                o.chunk_kernel != "mma"};
+  const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off", o.chunk_kernel != "mma",
+                                o.selection_hints != "off"};
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
                   const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
           r.tuning.programmatic_launch == t.programmatic_launch &&
-          r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.wgmma_chunk == t.wgmma_chunk) {
+          r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.wgmma_chunk == t.wgmma_chunk &&
+          r.tuning.selection_hints == t.selection_hints) {
         return &r;
       }
     }
@@ -290,19 +316,20 @@ int RunE2e(const E2eOptions& o) {
   std::fprintf(stderr,
                "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
                "sequence)\n"
-               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | ms/step | bound ms | "
-               "x bound | rectify share | vs our dense | torch dense ms | vs torch |\n"
-               "|---|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | hints | ms/step | "
+               "bound ms | x bound | rectify share | vs our dense | torch dense ms | vs torch |\n"
+               "|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
                *copy);
   for (const Row& r : rows) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
         stderr,
-        "| %s | %d | %d | %s | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
+        "| %s | %d | %d | %s | %s | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
         r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
-        r.tuning.wgmma_chunk ? "wgmma" : "mma", r.ms, r.bound_ms, r.ms / r.bound_ms,
-        100.0 * r.rect_ms / r.ms, dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
+        r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.ms, r.bound_ms,
+        r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
+        dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
   }
@@ -392,6 +419,12 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "Prefill and rectification chunks on the wgmma attention kernel (sm_90), the "
                 "mma.sync one, or both (each row twice, mma first, in the same run)")
       ->check(CLI::IsMember({"wgmma", "mma", "both"}))
+      ->capture_default_str();
+  e->add_option("--selection-hints", o.selection_hints,
+                "Fused selections keeping a threshold hint per row between steps (the same "
+                "blocks; the tail ranks only the hint's candidates when they suffice): on, off, "
+                "or both (each row twice, off then on, in the same run)")
+      ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();
   e->add_option("--torch-script", o.torch_script, "The baseline script")->capture_default_str();

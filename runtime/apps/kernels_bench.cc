@@ -351,6 +351,7 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   cp.max_num_keys = ctx;
   cuda::SelectBlocksParams sel;
   sel.kv = kv;
+  sel.hints = reinterpret_cast<uint32_t*>(1);  // sizing only (the workspace with hints)
   sel.q = q.as<__nv_bfloat16>();
   sel.k_new = knew.as<__nv_bfloat16>();
   sel.v_new = vnew.as<__nv_bfloat16>();
@@ -367,6 +368,7 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
                 cuda::SelectBlocksWorkspaceBytes(sel)});
   if (auto st = ws.Alloc(ws_bytes); !st.ok()) return st;
   cudaMemset(ws.p, 0, ws_bytes);
+  sel.hints = nullptr;
   dp.workspace = sp.workspace = cp.workspace = sel.workspace = ws.p;
   dp.workspace_bytes = sp.workspace_bytes = cp.workspace_bytes = sel.workspace_bytes = ws_bytes;
 
@@ -397,6 +399,39 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   if (!sel_us.ok()) return sel_us.status();
   const double sel_bytes = double(batch) * m_blocks * hkv * 2 * d * 2;  // bf16 min/max rows
   Emit(rows, "fused_select", s, ctx, batch, *sel_us, sel_bytes, ceiling, sdpa.topk_us);
+  // With threshold hints (SelectBlocksParams::hints), two bounds on what they save: each layer
+  // keeping its own hint, so every launch repeats its layer's previous one (the best case), and
+  // one hint shared by all layers, so each launch starts from another layer's threshold (random
+  // summaries of the same distribution). The e2e bench measures how often real steps hit.
+  DevMem hints;
+  if (auto st = hints.Alloc(size_t(layers) * batch * hkv * 4); !st.ok()) return st;
+  for (const bool per_layer : {true, false}) {
+    cudaMemset(hints.p, 0, size_t(layers) * batch * hkv * 4);
+    auto hinted = [&](int i, cudaStream_t st) {
+      sel.hints = hints.as<uint32_t>() + (per_layer ? size_t(i % layers) * batch * hkv : 0);
+      absl::Status r = select(i, st);
+      sel.hints = nullptr;
+      return r;
+    };
+    for (int l = 0; l < layers; ++l) {
+      if (auto st = hinted(l, nullptr); !st.ok()) return st;
+    }
+    cudaDeviceSynchronize();
+    auto before = cuda::ReadSelectionHintCounts();
+    auto us = TimeUs(hinted, o.iters);
+    if (!us.ok()) return us.status();
+    auto after = cuda::ReadSelectionHintCounts();
+    const char* name = per_layer ? "fused_select_hint_repeat" : "fused_select_hint_other_layer";
+    Emit(rows, name, s, ctx, batch, *us, sel_bytes, ceiling, sdpa.topk_us);
+    if (before.ok() && after.ok()) {
+      std::printf(
+          "{\"bench\":\"kernels\",\"kernel\":\"%s_tally\",\"model\":\"%s\","
+          "\"context\":%d,\"batch\":%d,\"hinted_rows\":%lld,\"whole_tail_rows\":%lld}\n",
+          name, s.name.c_str(), ctx, batch,
+          static_cast<long long>(after->from_candidates - before->from_candidates),
+          static_cast<long long>(after->whole_tail - before->whole_tail));
+    }
+  }
   cudaDeviceSynchronize();  // the sparse decode reads the selection of every layer
 
   auto sparse = TimeUs(
@@ -846,9 +881,13 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<KernelsBenchOptions>();
   CLI::App* k =
       app.add_subcommand("kernels", "CUDA attention kernels vs copy ceiling and PyTorch SDPA");
-  k->add_option("--models", o->models, "Model shapes (1.5B, 7B)")->capture_default_str();
-  k->add_option("--contexts", o->contexts, "Context lengths")->capture_default_str();
-  k->add_option("--batches", o->batches, "Batch sizes")->capture_default_str();
+  k->add_option("--models", o->models, "Model shapes (1.5B, 7B)")
+      ->delimiter(',')
+      ->capture_default_str();
+  k->add_option("--contexts", o->contexts, "Context lengths")
+      ->delimiter(',')
+      ->capture_default_str();
+  k->add_option("--batches", o->batches, "Batch sizes")->delimiter(',')->capture_default_str();
   k->add_option("--iters", o->iters, "Launches per timing repeat")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000));

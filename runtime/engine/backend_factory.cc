@@ -8,6 +8,7 @@
 #if RESA_HAVE_CUDA
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/selection_cuda.h"
 #include "runtime/engine/cuda/cuda_model.h"
 #endif
 
@@ -65,6 +66,7 @@ CudaTuning GetCudaTuning() {
   t.programmatic_launch = cuda::ProgrammaticLaunch();
   t.swiglu_epilogue = cuda::SwiGluEpilogue();
   t.wgmma_chunk = cuda::WgmmaChunkDefault();
+  t.selection_hints = cuda::SelectionHints();
 #endif
   return t;
 }
@@ -74,9 +76,21 @@ void SetCudaTuning(const CudaTuning& tuning) {
   cuda::SetProgrammaticLaunch(tuning.programmatic_launch);
   cuda::SetSwiGluEpilogue(tuning.swiglu_epilogue);
   cuda::SetWgmmaChunkDefault(tuning.wgmma_chunk);
+  cuda::SetSelectionHints(tuning.selection_hints);
 #else
   (void)tuning;
 #endif
+}
+
+SelectionHintTally ReadSelectionHintTally() {
+  SelectionHintTally t;
+#if RESA_HAVE_CUDA
+  if (auto c = cuda::ReadSelectionHintCounts(); c.ok()) {
+    t.from_candidates = c->from_candidates;
+    t.whole_tail = c->whole_tail;
+  }
+#endif
+  return t;
 }
 
 absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOptions& options) {

@@ -56,9 +56,19 @@ struct CudaTuning {
   // Prefill and rectification chunks run on the wgmma attention kernel (sm_90; else the
   // mma.sync one). RESA_CUDA_CHUNK_KERNEL=mma turns it off at start.
   bool wgmma_chunk = true;
+  // The fused selections keep a threshold hint per row between decode steps (cuda_model.h).
+  bool selection_hints = true;
 };
 CudaTuning GetCudaTuning();
 void SetCudaTuning(const CudaTuning& tuning);
+
+// Rows the CUDA fused selections (with hints) ranked from their hint's candidates and with the
+// whole tail since the process started, on the current device; zeros without CUDA or a device.
+struct SelectionHintTally {
+  int64_t from_candidates = 0;
+  int64_t whole_tail = 0;
+};
+SelectionHintTally ReadSelectionHintTally();
 
 struct Backend {
   std::unique_ptr<ModelBackend> model;

@@ -19,6 +19,7 @@ namespace resa::cuda {
 namespace {
 
 std::atomic<bool> swiglu_epilogue{true};
+std::atomic<bool> selection_hints{true};
 
 constexpr int32_t kContextBucket = 4096;  // graph keys round context lengths up to this
 constexpr int32_t kMaxPages = int32_t(1) << 22;
@@ -358,9 +359,14 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   if (plan.sharded) PrepareSharded(chunks, plan);
 
   if (plan.graph) {
-    plan.key = {
-        plan.nd,         plan.ns, plan.nl, plan.stride, plan.max_keys_dense, ProgrammaticLaunch(),
-        SwiGluEpilogue()};
+    plan.key = {plan.nd,
+                plan.ns,
+                plan.nl,
+                plan.stride,
+                plan.max_keys_dense,
+                ProgrammaticLaunch(),
+                SwiGluEpilogue(),
+                SelectionHints()};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);
@@ -388,6 +394,15 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   static int32_t sizing_dummy[4];  // non-null stand-in while sizing, before blocks_mem_ exists
   int32_t* blocks = blocks_mem_.as<int32_t>() != nullptr ? blocks_mem_.as<int32_t>()
                                                          : sizing_dummy;
+  // Selection hints of this layer's rows (and a stand-in while sizing, as above). Not under SP:
+  // the sharded step scores with ScoreBlocksCuda and selects on the host.
+  static uint32_t hint_dummy[4];
+  uint32_t* hints = nullptr;
+  if (SelectionHints() && !plan.sharded) {
+    hints = hints_mem_.as<uint32_t>() != nullptr && plan.rows <= hint_rows_
+                ? hints_mem_.as<uint32_t>() + size_t(layer) * hint_rows_ * ts.num_kv_heads
+                : hint_dummy;
+  }
   const PagedKvCuda kv = cache_->layer(layer);
   Launches L;
   L.dense.kv = kv;
@@ -422,6 +437,9 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     s.blocks = blocks + g.blocks_at;
     s.num_blocks = blocks + g.num_blocks_at;
     s.blocks_stride = g.bstride;
+    s.hints = hints == nullptr      ? nullptr
+              : hints == hint_dummy ? hint_dummy
+                                    : hints + size_t(g.first) * ts.num_kv_heads;
     L.select.push_back(s);
     DecodeAttentionParams d = L.dense;
     d.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
@@ -592,6 +610,17 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     blocks_mem_ = DeviceAllocation();
     RESA_ASSIGN_OR_RETURN(blocks_mem_, DeviceAllocation::Create(n * 4, "selected blocks"));
     blocks_cap_ = n;
+    changed = true;
+  }
+  if (SelectionHints() && !plan.sharded && plan.ns > 0 && plan.rows > hint_rows_) {
+    // One hint per (layer, row, local KV head), zeroed: a zero hint makes every key a candidate.
+    const int64_t n = std::max<int64_t>(rows_cap_, plan.rows);
+    const size_t bytes = size_t(c.num_layers) * size_t(n) * ts.num_kv_heads * 4;
+    hints_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(hints_mem_, DeviceAllocation::Create(bytes, "selection hints"));
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMemset(hints_mem_.as<void>(), 0, bytes), "zeroing selection hints"));
+    hint_rows_ = n;
     changed = true;
   }
   if (plan.workspace_bytes > workspace_.bytes()) {
@@ -953,5 +982,7 @@ absl::Status CudaModel::AdoptSyntheticContext(SequenceKv& seq, int32_t length) {
 
 bool SwiGluEpilogue() { return swiglu_epilogue.load(std::memory_order_relaxed); }
 void SetSwiGluEpilogue(bool on) { swiglu_epilogue.store(on, std::memory_order_relaxed); }
+bool SelectionHints() { return selection_hints.load(std::memory_order_relaxed); }
+void SetSelectionHints(bool on) { selection_hints.store(on, std::memory_order_relaxed); }
 
 }  // namespace resa::cuda

@@ -83,6 +83,13 @@ struct CudaModelOptions {
 bool SwiGluEpilogue();
 void SetSwiGluEpilogue(bool on);
 
+// Whether the decode step's fused selections keep a threshold hint per (layer, row, KV head)
+// from one step to the next (SelectBlocksParams::hints): the same blocks, a shorter selection
+// tail when a row's top-n moves little between steps. Process-wide, on by default; a switch
+// for A/B runs (resa-bench e2e --selection-hints both). Graphs are keyed by it.
+bool SelectionHints();
+void SetSelectionHints(bool on);
+
 // The groups of one rank of a TP x SP grid (model_grid.h). Null stands for a group of one.
 struct CudaModelGroups {
   // Device-buffer (NCCL) or host-buffer communicators; sized and ranked as the weights' TpShard
@@ -202,6 +209,9 @@ class CudaModel final : public ModelBackend {
   int32_t* meta_host_ = nullptr;
   DeviceAllocation meta_dev_, blocks_mem_;
   size_t blocks_cap_ = 0;
+  // Selection hints [num_layers][hint_rows_][local KV heads] (SelectionHints()).
+  DeviceAllocation hints_mem_;
+  int64_t hint_rows_ = 0;
   float* logits_host_ = nullptr;  // pinned [logits_cap_][vocab]
   int64_t logits_rows_ = 0;       // rows of dlogits_ the last forward with logits wrote
   // Sampling: pinned staging and device copies of the row specs and token ids for up to

@@ -314,17 +314,19 @@ TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
 
 INSTANTIATE_TEST_SUITE_P(GemvMaxRows, BatchedGraphSteps, ::testing::Values(8, 0));
 
-// Programmatic dependent launch changes when kernels start, never what they compute, and the
+// Programmatic dependent launch changes when kernels start, never what they compute; the
 // epilogues of a single row's GEMVs give the unfused kernels' bits (SwiGLU in gate_up:
-// SiluMulCuda's; bias and RoPE in qkv: QkvRopeCuda's): a batch of dense,
-// sparse and ReSA sequences and a single ReSA sequence (rectifications included) through
-// graphs give the same logits bits with both off and both on, on the GEMV path and cuBLAS.
-TEST_F(CudaModelInvariants, LaunchOverlapAndSwiGluEpilogueDoNotChangeBits) {
+// SiluMulCuda's; bias and RoPE in qkv: QkvRopeCuda's); selection hints change how the tail
+// finds the blocks, never which: a batch of dense, sparse and ReSA sequences and a single ReSA
+// sequence (rectifications included) through graphs give the same logits bits with all three
+// off and all three on, on the GEMV path and cuBLAS.
+TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
   struct Restore {
-    bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue();
+    bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue(), hints = SelectionHints();
     ~Restore() {
       SetProgrammaticLaunch(pdl);
       SetSwiGluEpilogue(swiglu);
+      SetSelectionHints(hints);
     }
   } restore;
   const int vocab = SmallQwen().vocab_size;
@@ -340,6 +342,7 @@ TEST_F(CudaModelInvariants, LaunchOverlapAndSwiGluEpilogueDoNotChangeBits) {
       for (int on = 0; on < 2; ++on) {
         SetProgrammaticLaunch(on == 1);
         SetSwiGluEpilogue(on == 1);
+        SetSelectionHints(on == 1);
         auto m = Model(true, 512, gemv_max_rows);
         Decoder dec(*m);
         std::vector<int> ids;
