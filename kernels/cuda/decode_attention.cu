@@ -49,6 +49,12 @@ constexpr int kMinPagesPerSplit = kWarps;
 // 20-64 at batch 1 (H200): 28 best or equal at 32K-256K for both shapes (1.5B 256K 24.0 -> 22.1
 // us, 7B 32K 17.1 -> 14.8 us); batch 8 splits are longer already.
 constexpr int kMinSparsePagesPerSplit = 28;
+// Launches of at most kFewSparseRows rows (batch 1-4 at 2 KV heads) take 16: H200 run 18,
+// batch 1, 28 -> 16, kernel bench 1.5B 32K / 128K / 256K 12.5 / 14.8 / 18.4 -> 11.2 / 12.6 /
+// 16.8 us, 7B 12.6 / 18.0 / 22.9 -> 11.4 / 16.6 / 22.9; e2e 1.5B sparse and ReSA 1.4-3.9%
+// faster, 7B within +-0.7%. Run 16 had 16 for every launch: batch 8 at 32K got slower.
+constexpr int kFewSparseRows = 8;
+constexpr int kMinSparsePagesPerSplitFew = 16;
 constexpr int kIdsPerRound = 512;  // page ids staged in shared memory at a time
 
 struct DecodePlan {
@@ -127,7 +133,9 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   s0 = s0 < 1 ? 1 : s0;
   int64_t pps = max_blocks > 0 ? (max_blocks + s0 - 1) / s0 : 1;
   pps = pps < kMinPagesPerSplit ? kMinPagesPerSplit : pps;
-  if (p.blocks != nullptr && pps < kMinSparsePagesPerSplit) pps = kMinSparsePagesPerSplit;
+  const int64_t min_sparse =
+      rows <= kFewSparseRows ? kMinSparsePagesPerSplitFew : kMinSparsePagesPerSplit;
+  if (p.blocks != nullptr && pps < min_sparse) pps = min_sparse;
   plan.pages_per_split = int(pps);
   const int64_t splits = max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1;
   plan.cluster = int(splits < cluster ? splits : cluster);
