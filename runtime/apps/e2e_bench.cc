@@ -146,9 +146,9 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   SelectionHintTally h0;
   for (int step = 0; step < warm + o.steps; ++step) {
     if (step == warm) {
+      h0 = ReadSelectionHintTally();  // a device read: before the clock starts
       t0 = std::chrono::steady_clock::now();
       r0 = dec.rectify_seconds();
-      h0 = ReadSelectionHintTally();
     }
     for (int b = 0; b < batch; ++b) feeds[b] = {ids[b], sampled[b]};
     RESA_RETURN_IF_ERROR(dec.Step(feeds));
