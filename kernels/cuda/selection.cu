@@ -114,8 +114,9 @@ __device__ __forceinline__ float KeyScore(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// Rows shorter than this many blocks (128K tokens) keep no hint: their whole tail is as fast
-// as the hinted one (H200, 32K batch 1: 10.4 us whole, 12.6 us hinted; 128K: 14.5 / 14.0).
+// Rows shorter than this many blocks (128K tokens) keep no hint: their whole tail is about as
+// fast as the hinted one (H200, first version: 32K batch 1 10.4 us whole, 12.6 us hinted; 128K
+// 14.5 / 14.0).
 constexpr int32_t kMinHintBlocks = 8192;
 
 // The current token: K/V into its slot, key folded into its page's summary. Threads [0, D).
@@ -646,9 +647,9 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
     a.keys_in_smem = false;
     a.wide_chunk = kSelChunk;
-    // Hints only for a few rows long enough to gain (H200, 256K, selection alone: batch 1
-    // 20.5 -> 17.5 us at 1.5B and 25.5 -> 23.5 at 7B; batch 8, 16-32 rows, 54 -> 64 and 89 ->
-    // 118 us: the flags and counts of every chunk cost more than the tail saves); the other
+    // Hints only for a few rows long enough to gain (H200 run 18, 256K, selection alone: batch
+    // 1 19.4 -> 16.9 us at 1.5B and 24.4 -> 21.7 at 7B; batch 8, 16-32 rows, measured 54 -> 64
+    // and 89 -> 118 us: the flags of every chunk cost more than the tail saves); the other
     // launches run the kernel without the hint code.
     const bool hints =
         p.hints != nullptr && rows <= kFewRows && plan.max_blocks - 1 >= kMinHintBlocks;

@@ -437,9 +437,8 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     s.blocks = blocks + g.blocks_at;
     s.num_blocks = blocks + g.num_blocks_at;
     s.blocks_stride = g.bstride;
-    s.hints = hints == nullptr      ? nullptr
-              : hints == hint_dummy ? hint_dummy
-                                    : hints + size_t(g.first) * ts.num_kv_heads;
+    s.hints =
+        hints == nullptr || hints == hint_dummy ? hints : hints + size_t(g.first) * ts.num_kv_heads;
     L.select.push_back(s);
     DecodeAttentionParams d = L.dense;
     d.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
@@ -613,7 +612,9 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     changed = true;
   }
   if (SelectionHints() && !plan.sharded && plan.ns > 0 && plan.rows > hint_rows_) {
-    // One hint per (layer, row, local KV head), zeroed: a zero hint makes every key a candidate.
+    // One hint per (layer, row, local KV head), zeroed: a hint of 0 makes every block scoring
+    // >= 0 a candidate, usually too many, so a row's first step runs the whole tail and leaves
+    // a real hint.
     const int64_t n = std::max<int64_t>(rows_cap_, plan.rows);
     const size_t bytes = size_t(c.num_layers) * size_t(n) * ts.num_kv_heads * 4;
     hints_mem_ = DeviceAllocation();
