@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
+#include <type_traits>
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
@@ -790,30 +791,76 @@ __global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs
 #endif
 }
 
-// Folds num_splits partials of every (row, head) into out / lse_ln; one warp per (row, head).
-__global__ void MergeSplitsKernel(const float* ws_o, const float* ws_lse, int num_splits, size_t n,
-                                  int head_dim, float* out, float* lse_ln) {
-  const size_t w = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (w >= n) return;
+// Folds num_splits partials of every (row, head) into out / lse_ln. One CTA of
+// kMergeWarps(num_splits) warps per (row, head) w: every warp reads all splits' lse (lane s
+// takes s, s + 32, ...) and reduces the maximum and the denominator, then warp j sums the
+// weighted O of splits j, j + W, ... with 8 splits' 16-byte slices in flight (lane l owns dims
+// [l * D / 32, (l + 1) * D / 32)), and the CTA adds the W partial sums in warp order. A
+// (row, head) thus waits on about four memory round trips; the first version (one warp walking
+// every split for each 32 dims, one load at a time) took tens of microseconds at 66 splits.
+// Empty splits (lse = -inf, O never written) weigh nothing; all empty gives O = 0, lse = -inf.
+constexpr int kMergeMaxWarps = 8;
+constexpr int kMergeSplitsPerWarp = 8;
+
+int MergeWarps(int num_splits) {
+  const int w = (num_splits + kMergeSplitsPerWarp - 1) / kMergeSplitsPerWarp;
+  return w < 1 ? 1 : w > kMergeMaxWarps ? kMergeMaxWarps : w;
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * kMergeMaxWarps)
+    MergeSplitsKernel(const float* ws_o, const float* ws_lse, int num_splits, size_t n, float* out,
+                      float* lse_ln) {
+  constexpr int V = D / 32;  // dims a lane: 2 or 4
+  using Vec = typename std::conditional<V == 4, float4, float2>::type;
+  __shared__ float part[kMergeMaxWarps][D];
+  const size_t w = blockIdx.x;
+  const int lane = threadIdx.x, warp = threadIdx.y, warps = blockDim.y;
   float mx = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, ws_lse[s * n + w]);
+  for (int s = lane; s < num_splits; s += 32) mx = fmaxf(mx, ws_lse[size_t(s) * n + w]);
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   float den = 0.0f;
   if (mx != -INFINITY) {
-    for (int s = 0; s < num_splits; ++s) den += expf(ws_lse[s * n + w] - mx);
-  }
-  for (int d = lane; d < head_dim; d += 32) {
-    float acc = 0.0f;
-    if (den > 0.0f) {
-      for (int s = 0; s < num_splits; ++s) {
-        const float lse = ws_lse[s * n + w];
-        if (lse != -INFINITY) acc += expf(lse - mx) * ws_o[(s * n + w) * head_dim + d];
-      }
-      acc /= den;
+    for (int s = lane; s < num_splits; s += 32) {
+      const float lse = ws_lse[size_t(s) * n + w];
+      den += lse == -INFINITY ? 0.0f : expf(lse - mx);
     }
-    out[w * head_dim + d] = acc;
+    for (int o = 16; o > 0; o /= 2) den += __shfl_xor_sync(0xffffffffu, den, o);
   }
-  if (lane == 0 && lse_ln != nullptr) lse_ln[w] = den > 0.0f ? mx + logf(den) : -INFINITY;
+  float acc[V] = {};
+  if (den > 0.0f) {
+    for (int s0 = warp; s0 < num_splits; s0 += warps * kMergeSplitsPerWarp) {
+      float lse[kMergeSplitsPerWarp];
+      Vec o[kMergeSplitsPerWarp] = {};
+#pragma unroll
+      for (int k = 0; k < kMergeSplitsPerWarp; ++k) {
+        const int s = s0 + k * warps;
+        lse[k] = -INFINITY;
+        if (s < num_splits) {
+          lse[k] = ws_lse[size_t(s) * n + w];
+          o[k] = reinterpret_cast<const Vec*>(ws_o + (size_t(s) * n + w) * D)[lane];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kMergeSplitsPerWarp; ++k) {
+        if (lse[k] == -INFINITY) continue;
+        const float e = expf(lse[k] - mx);
+        const float* v = reinterpret_cast<const float*>(&o[k]);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = fmaf(e, v[j], acc[j]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) part[warp][lane * V + j] = acc[j];
+  __syncthreads();
+  const int tid = warp * 32 + lane;
+  for (int t = tid; t < D; t += 32 * warps) {  // fewer than D / 32 warps: a thread takes several
+    float sum = 0.0f;
+    for (int k = 0; k < warps; ++k) sum += part[k][t];
+    out[w * D + t] = den > 0.0f ? sum / den : 0.0f;
+  }
+  if (tid == 0 && lse_ln != nullptr) lse_ln[w] = den > 0.0f ? mx + logf(den) : -INFINITY;
 }
 
 absl::Status Validate(const ChunkAttentionParams& p) {
@@ -910,12 +957,11 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   if (auto st = CheckLaunch("ChunkKernel"); !st.ok()) return st;
   if (plan.num_splits == 1) return absl::OkStatus();
   const size_t n = size_t(p.total_rows) * p.num_heads;
-  const int threads = 256;
-  const size_t blocks = (n * 32 + threads - 1) / threads;
-  return CudaStatus(
-      LaunchKernel(MergeSplitsKernel, dim3(unsigned(blocks)), dim3(threads), 0, stream, kNoPdl,
-                   a.ws_o, a.ws_lse, plan.num_splits, n, p.kv.head_dim, p.out, p.lse_ln),
-      "launching MergeSplitsKernel");
+  const dim3 block(32, unsigned(MergeWarps(plan.num_splits)));
+  auto merge = d64 ? MergeSplitsKernel<64> : MergeSplitsKernel<128>;
+  return CudaStatus(LaunchKernel(merge, dim3(unsigned(n)), block, 0, stream, kNoPdl, a.ws_o,
+                                 a.ws_lse, plan.num_splits, n, p.out, p.lse_ln),
+                    "launching MergeSplitsKernel");
 }
 
 }  // namespace resa::cuda

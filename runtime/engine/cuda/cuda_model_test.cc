@@ -11,15 +11,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
-#include <map>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <map>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_test_util.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/selection_cuda.h"
 #include "runtime/engine/cuda/model_ops_ref.h"
 #include "runtime/engine/decoder.h"
 #include "runtime/engine/generate.h"
@@ -371,6 +372,60 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
             << "gemv_max_rows " << gemv_max_rows << ", variant " << variant << ", step "
             << i / batch << ", sequence " << i % batch;
       }
+    }
+  }
+}
+
+// Threshold hints where the model uses them: one sequence at 140,000 tokens (8750 blocks a row:
+// the hinted selection kernel's range), sparse and ReSA (a rectification included), through
+// graphs. Logits are bitwise the same with hints off and on, and with them on the selections of
+// the steps after the first take the hinted tail (the device tally moves; with them off it
+// does not). The kernel tests cover hint values; this covers the model's hint buffer, its
+// zeroing and its wiring per layer.
+TEST_F(CudaModelInvariants, LongContextSelectionHintsKeepBitsAndHit) {
+  struct Restore {
+    bool hints = SelectionHints();
+    ~Restore() { SetSelectionHints(hints); }
+  } restore;
+  constexpr int32_t kContext = 140000;
+  constexpr int kSteps = 12;
+  const int vocab = SmallQwen().vocab_size;
+  for (DecodeMode mode : {DecodeMode::kSparse, DecodeMode::kResa}) {
+    std::vector<std::vector<float>> runs[2];
+    int64_t hinted[2] = {0, 0}, whole[2] = {0, 0};
+    for (int on = 0; on < 2; ++on) {
+      SetSelectionHints(on == 1);
+      auto m = Model(true, kContext / kPageTokens + 64);
+      Decoder dec(*m);
+      SequenceKv kv;
+      ASSERT_TRUE(m->AdoptSyntheticContext(kv, kContext).ok());
+      const int id = dec.Adopt(std::move(kv), ResaOptions{mode, 0.1f, 16, 8}).value();
+      const SelectionHintCounts before = ReadSelectionHintCounts().value();
+      for (int step = 0; step < kSteps; ++step) {
+        Decoder::Feed f{id, int32_t((step * 31 + 5) % vocab)};
+        ASSERT_TRUE(dec.Step({&f, 1}).ok()) << "step " << step;
+        const float* l = dec.logits(id);
+        runs[on].emplace_back(l, l + vocab);
+      }
+      const SelectionHintCounts after = ReadSelectionHintCounts().value();
+      hinted[on] = after.from_candidates - before.from_candidates;
+      whole[on] = after.whole_tail - before.whole_tail;
+      EXPECT_GT(m->graphs_captured(), 0);
+      EXPECT_EQ(dec.report(id).sparse_steps, kSteps);
+      if (mode == DecodeMode::kResa) {
+        EXPECT_GT(dec.report(id).rectifications, 0);
+      }
+    }
+    const int layers = SmallQwen().num_layers, rows = layers * SmallQwen().num_kv_heads;
+    EXPECT_EQ(hinted[0] + whole[0], 0) << "hints off: the hinted kernel ran";
+    // Every step's rows are counted once. The first step starts from zeroed hints (whole
+    // tails); the random model's later steps hit almost always (99% in resa-bench e2e), so at
+    // least half must: hints that were never stored or never passed would hit none.
+    EXPECT_EQ(hinted[1] + whole[1], int64_t(kSteps) * rows);
+    EXPECT_GE(2 * hinted[1], int64_t(kSteps - 1) * rows) << whole[1] << " whole tails";
+    for (int i = 0; i < kSteps; ++i) {
+      ASSERT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), size_t(vocab) * 4))
+          << DecodeModeName(mode) << ", step " << i;
     }
   }
 }

@@ -3,13 +3,16 @@
 // top_k candidates ordered by (logit desc, id asc), the top_p nucleus, and the inverse CDF at
 // u * total.
 //
-// One block per row. No sort: candidates are cut by radix searches over an order-preserving
-// 32-bit key of each logit, 8 bits per pass, with 256-bin histograms in shared memory (counts
-// for the top-k cut; weight sums in fp64 for the top-p cut and the inverse CDF); a cut inside
-// a group of equal logits (equal weights) is resolved by arithmetic and the id by an ordered
-// block scan. Per non-greedy row: one max pass, 4 passes for top-k (when 0 < top_k < vocab),
-// one weight pass, 4 for top-p (when top_p < 1), 4 for the draw, and one id scan when the drawn
-// logit is tied. Greedy rows (temperature 0 or top_k 1) take the max pass only.
+// One thread-block cluster of up to 8 CTAs per row (fewer when the rows would need more than
+// one wave), each CTA holding a slice of the row; histograms and reductions are summed over the
+// cluster through distributed shared memory in rank order, so every CTA takes the same
+// decisions. No sort: candidates are cut by radix searches over an order-preserving 32-bit key
+// of each logit, 8 bits per pass, with 256-bin histograms in shared memory (counts for the top-k
+// cut; weight sums in fp64 for the top-p cut and the inverse CDF); a cut inside a group of equal
+// logits (equal weights) is resolved by arithmetic and the id by an ordered block scan in the
+// CTA whose slice holds it. Per non-greedy row: one max pass, 4 passes for top-k (when 0 <
+// top_k < vocab), one weight pass, 4 for top-p (when top_p < 1), 4 for the draw, and one id scan
+// when the drawn logit is tied. Greedy rows (temperature 0 or top_k 1) take the max pass only.
 //
 // Exactness: weights are float(exp(double(logit - max) / temperature)) as on the CPU; sums are
 // fp64 in another order, so the token can differ from the twin's only where a cumulative mass
