@@ -1,5 +1,6 @@
 #include <cooperative_groups.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cub/block/block_scan.cuh>
@@ -147,50 +148,36 @@ struct Smem {
   int token;
 };
 
-// Cluster reductions. Each CTA reduces its block, publishes the value in its shared memory, and
-// every thread reads all CTAs' values in rank order, so every CTA gets the same bits; the second
-// barrier keeps the published values until everyone has read them.
-__device__ uint64_t ClusterMax(uint64_t x, Smem& s) {
+// Cluster reductions of block-reduced values: each CTA publishes its value in its shared `slot`,
+// and every thread folds the values of ranks [0, ranks) in rank order, so every CTA gets the
+// same bits; the second barrier keeps the slots until everyone has read them.
+template <typename T, typename Fold>
+__device__ T ClusterFold(T block_value, T& slot, unsigned ranks, T init, Fold fold) {
   cg::cluster_group cl = cg::this_cluster();
-  x = BlockMax(x, s.red64);
-  if (threadIdx.x == 0) s.x64 = x;
+  if (threadIdx.x == 0) slot = block_value;
   cl.sync();
-  for (unsigned r = 0; r < cl.num_blocks(); ++r) {
-    const uint64_t y = *cl.map_shared_rank(&s.x64, r);
-    x = y > x ? y : x;
-  }
+  T x = init;
+  for (unsigned r = 0; r < ranks; ++r) x = fold(x, *cl.map_shared_rank(&slot, r));
   cl.sync();
   return x;
+}
+__device__ uint64_t ClusterMax(uint64_t x, Smem& s) {
+  return ClusterFold(BlockMax(x, s.red64), s.x64, cg::this_cluster().num_blocks(), uint64_t(0),
+                     [](uint64_t a, uint64_t b) { return b > a ? b : a; });
 }
 __device__ double ClusterSum(double x, Smem& s) {
-  cg::cluster_group cl = cg::this_cluster();
-  x = BlockSum(x, s.redf);
-  if (threadIdx.x == 0) s.xf = x;
-  cl.sync();
-  x = 0.0;
-  for (unsigned r = 0; r < cl.num_blocks(); ++r) x += *cl.map_shared_rank(&s.xf, r);
-  cl.sync();
-  return x;
+  return ClusterFold(BlockSum(x, s.redf), s.xf, cg::this_cluster().num_blocks(), 0.0,
+                     [](double a, double b) { return a + b; });
 }
 __device__ int ClusterMinInt(int x, Smem& s) {
-  cg::cluster_group cl = cg::this_cluster();
-  x = BlockMinInt(x, s.redi);
-  if (threadIdx.x == 0) s.xi = x;
-  cl.sync();
-  for (unsigned r = 0; r < cl.num_blocks(); ++r) x = min(x, *cl.map_shared_rank(&s.xi, r));
-  cl.sync();
-  return x;
+  return ClusterFold(BlockMinInt(x, s.redi), s.xi, cg::this_cluster().num_blocks(), INT_MAX,
+                     [](int a, int b) { return min(a, b); });
 }
 // Counts: x becomes this CTA's total; returns the totals of the CTAs ranked before it.
 __device__ int ClusterExclusiveCount(int& x, Smem& s) {
-  cg::cluster_group cl = cg::this_cluster();
   x = int(BlockSum(double(x), s.redf));
-  if (threadIdx.x == 0) s.xi = x;
-  cl.sync();
-  int before = 0;
-  for (unsigned r = 0; r < cl.block_rank(); ++r) before += *cl.map_shared_rank(&s.xi, r);
-  cl.sync();
-  return before;
+  return ClusterFold(x, s.xi, cg::this_cluster().block_rank(), 0,
+                     [](int a, int b) { return a + b; });
 }
 
 // The first candidate (order: key desc, id asc) whose running weight sum (kCount: running
