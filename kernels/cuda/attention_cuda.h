@@ -112,10 +112,14 @@ struct ChunkAttentionParams {
   int num_splits = 0;
 
   // The kernel: kAuto takes a warpgroup-MMA (wgmma) kernel on sm_90 devices when
-  // WgmmaChunkDefault() (three warpgroups when a chunk's rows fill 192-row tiles within 5%, else
-  // the warp-specialised one), else the mma.sync kernel; kMmaSync forces the latter (any device;
-  // the baseline `resa-bench kernels` times beside the default); kWgmma and kWgmmaWs force one
-  // wgmma kernel and fail with FailedPrecondition elsewhere. Same contract and tolerance.
+  // WgmmaChunkDefault(), else the mma.sync kernel. Of the wgmma kernels: the warp-specialised
+  // one with a TMA producer (three consumer warpgroups, 192-row tiles, when those pad fewer rows
+  // than 128-row ones, else two); with kv.num_pages = 0 or RESA_CUDA_CHUNK_TMA=0 three
+  // all-loading warpgroups when they pad at most 5% more rows than two, else the
+  // warp-specialised one on cp.async. kMmaSync forces the mma.sync kernel (any device; the
+  // baseline `resa-bench kernels` times beside the default); kWgmma (all-loading, two or three
+  // warpgroups by the 5% rule) and kWgmmaWs (warp-specialised, consumers as above) force a
+  // wgmma family and fail with FailedPrecondition elsewhere. Same contract and tolerance.
   ChunkKernel kernel = ChunkKernel::kAuto;
 
   void* workspace = nullptr;
@@ -123,6 +127,10 @@ struct ChunkAttentionParams {
 };
 
 size_t ChunkAttentionWorkspaceBytes(const ChunkAttentionParams& p);
+// Query rows (token x group head) per CTA of the kernel ChunkAttentionCuda would run for p: 128
+// or 192 on the wgmma kernels, 128 on the mma.sync one. Kernels with different tiles sum in
+// different orders (results agree within the tolerance, not bit for bit).
+int ChunkAttentionRowTile(const ChunkAttentionParams& p);
 absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stream);
 
 // In-place LSE merge of partial states over disjoint key sets (twin of MergeAttentionStates):

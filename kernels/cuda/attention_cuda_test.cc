@@ -280,6 +280,9 @@ std::vector<ChunkCase> ChunkCases() {
   cases.push_back({"local_view", sp_chunks, 128, 7, 5, RowKeys::kSpView, 3});
   cases.push_back(
       {"local_view_long", {{32, 131073 - 31}, {5, 131072}}, 128, 7, 0, RowKeys::kSpView, 2});
+  // 32-token chunks of a 6-head group on a local view: 192-row tiles.
+  cases.push_back(
+      {"local_view_rect", {{32, 4000}, {32, 1}, {20, 300}}, 128, 6, 0, RowKeys::kSpView, 2});
   cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 64, 7, 0, RowKeys::kJumpy});
   cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 128, 3, 1, RowKeys::kJumpy});
   cases.push_back({"jumps", {{64, 0}, {300, 0}, {7, 0}}, 128, 6, 4, RowKeys::kJumpy});
@@ -328,15 +331,21 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
 
   DeviceBuffer<uint16_t> dq(testing::ToBf16(q));
   DeviceBuffer<int32_t> doffs(row_offsets), dfirst(firsts), drow_keys(row_keys);
-  // Every kernel against the same reference: the wgmma ones (sm_90) and the mma.sync one.
-  for (const ChunkKernel kernel :
-       {ChunkKernel::kWgmma, ChunkKernel::kWgmmaWs, ChunkKernel::kMmaSync}) {
-    const char* kernel_name = kernel == ChunkKernel::kWgmma     ? "wgmma"
-                              : kernel == ChunkKernel::kWgmmaWs ? "wgmma-ws"
-                                                                : "mma.sync";
+  // Every kernel against the same reference: the wgmma ones (sm_90; the warp-specialised one
+  // with K/V tiles by TMA, the pool's page count given, and by cp.async, not given: the results
+  // must be the same bits) and the mma.sync one.
+  std::vector<float> tma_out, tma_lse;  // the TMA run of the warp-specialised kernel
+  int tma_row_tile = 0;
+  for (const auto& [kernel, tma] :
+       {std::pair{ChunkKernel::kWgmma, false}, std::pair{ChunkKernel::kWgmmaWs, true},
+        std::pair{ChunkKernel::kWgmmaWs, false}, std::pair{ChunkKernel::kMmaSync, false}}) {
+    const char* kernel_name = kernel == ChunkKernel::kWgmma ? "wgmma"
+                              : kernel == ChunkKernel::kWgmmaWs
+                                  ? (tma ? "wgmma-ws (TMA)" : "wgmma-ws (cp.async)")
+                                  : "mma.sync";
     SCOPED_TRACE(kernel_name);
     if (kernel != ChunkKernel::kMmaSync && ComputeCapabilityMajor() != 9) {
-      std::printf("wgmma kernel not run: the device is not sm_90\n");
+      std::printf("%s not run: the device is not sm_90\n", kernel_name);
       continue;
     }
     DeviceBuffer<float> dout(want.size()), dlse(want_lse.size());
@@ -344,6 +353,8 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
     dlse.Fill(0xff);
     ChunkAttentionParams p;
     p.kv = cache.gpu();
+    ASSERT_GT(p.kv.num_pages, 0);
+    if (!tma) p.kv.num_pages = 0;
     p.q = testing::AsBf16(dq.get());
     p.out = dout.get();
     p.lse_ln = dlse.get();
@@ -366,6 +377,19 @@ TEST_P(ChunkAttentionTest, MatchesCpuTwin) {
     ASSERT_TRUE(ChunkAttentionCuda(p, nullptr).ok());
     const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
     EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16));
+    if (kernel == ChunkKernel::kWgmmaWs) {
+      if (tma) {
+        tma_out = got;
+        tma_lse = got_lse;
+        tma_row_tile = ChunkAttentionRowTile(p);
+      } else if (tma_row_tile == ChunkAttentionRowTile(p)) {
+        // Same tiles, same arithmetic: the copy engine must not change a bit. (With TMA a
+        // chunk of 192-row tiles runs three consumer warpgroups, without it two.)
+        ASSERT_EQ(tma_out.size(), got.size());
+        EXPECT_EQ(std::memcmp(tma_out.data(), got.data(), got.size() * sizeof(float)), 0);
+        EXPECT_EQ(std::memcmp(tma_lse.data(), got_lse.data(), got_lse.size() * sizeof(float)), 0);
+      }
+    }
     EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16));
     // Rows without keys: exactly O = 0, lse = -inf.
     int32_t empty_rows = 0;
@@ -496,6 +520,10 @@ TEST_F(MergeCudaTest, RejectsBadArguments) {
     c.scale = scale;
     EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument) << scale;
   }
+  // The pool's page count is >= 0 (0: not given, cp.async copies).
+  c.scale = 0.125f;
+  c.kv.num_pages = -1;
+  EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

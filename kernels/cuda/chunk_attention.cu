@@ -1,7 +1,8 @@
 // Dense causal attention of query chunks over the paged bf16 cache (prefill and ReSA
 // rectification): three kernels with one contract, plus the split merge.
 //  * ChunkKernelWgmma and ChunkKernelWgmmaWs (sm_90, the default there): Hopper warpgroup MMA,
-//    all warpgroups loading or a producer warpgroup feeding two consumers; described above them.
+//    all warpgroups loading (cp.async), or a producer warpgroup (TMA, or cp.async when the pool's
+//    extent is unknown) feeding two or three consumers; described above them.
 //  * ChunkKernelMma (any device; the baseline resa-bench times): FlashAttention-2 style on
 //    mma.m16n8k16.
 //
@@ -14,6 +15,9 @@
 // stored with a 16-byte XOR swizzle so ldmatrix is conflict-free; S = Q K^T and O += P V use
 // ldmatrix(.trans) fragments; P is reused from the S accumulators. Splits write (O, lse)
 // partials that MergeSplitsKernel folds; with one split the CTA writes the output directly.
+#include <cuda.h>  // CUtensorMap (the encoder comes from the driver at run time)
+#include <cudaTypedefs.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -43,8 +47,8 @@ constexpr int kMinTilesPerSplit = 4;
 
 // The kernel a chunk runs on: the mma.sync kernel (kBM rows, 2 CTAs per SM), the wgmma kernel
 // with 2 or 3 warpgroups (64 rows each, 1 CTA per SM), or the warp-specialised wgmma kernel (2
-// consumer warpgroups + a producer, 1 CTA per SM).
-enum class Impl { kMmaSync, kWgmma2, kWgmma3, kWgmmaWs };
+// or 3 consumer warpgroups + a producer, 1 CTA per SM; 3 only with TMA).
+enum class Impl { kMmaSync, kWgmma2, kWgmma3, kWgmmaWs, kWgmmaWs3 };
 
 // Keys per K/V tile and tiles in the ring, by consumer warpgroups: with two, 128-key tiles
 // (S = Q K^T as m64n128: fewer shared-memory bytes per MMA, half the barriers and rescales per
@@ -61,12 +65,19 @@ struct ChunkPlan {
 };
 
 struct ChunkArgs {
+  // TMA maps of the K and V pools (wgmma kernels, when `tma`): 3-D, (head_dim, 16 * hkv rows,
+  // num_pages), box (64, 16, 1): one 64-dim plane of one (page, KV head), 2 KB, landing in the
+  // 128-byte swizzled layout wgmma reads. Kernels take ChunkArgs as a __grid_constant__
+  // parameter so the maps have a generic address.
+  CUtensorMap map_k, map_v;
   ChunkAttentionParams p;
   int group;
   int num_splits;
   float scale_log2;
   float* ws_o;    // [num_splits][total_rows][num_heads][head_dim]
   float* ws_lse;  // [num_splits][total_rows][num_heads], natural log
+  bool tma;       // K/V tiles by TMA (else cp.async)
+  bool pingpong;  // warp-specialised kernels: consumer warpgroups issue their MMAs in turn
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -83,6 +94,28 @@ ChunkKernel EnvChunkKernel() {
                           : ChunkKernel::kAuto;
   }();
   return k;
+}
+
+// Whether the warp-specialised kernels' consumers issue their MMAs in turn (ping-pong): on,
+// RESA_CUDA_CHUNK_PINGPONG=0 at start turns it off (A/B runs). Kernel bench, same call, off ->
+// on: 7B rectification 2-4% faster (256K b8 2203 -> 2154 us, b1 260 -> 254, 32K b1 47.2 ->
+// 45.2), 16K prefill 1-2%; 1.5B rectification within +-1%.
+bool PingPongChunk() {
+  static const bool on = [] {
+    const char* v = std::getenv("RESA_CUDA_CHUNK_PINGPONG");
+    return v == nullptr || std::string_view(v) != "0";
+  }();
+  return on;
+}
+
+// RESA_CUDA_CHUNK_TMA=0 at start: the warp-specialised kernel copies K/V tiles with cp.async
+// even when the pool's extent is known, and PlanChunk keeps its cp.async rule (A/B runs).
+bool TmaChunkEnabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("RESA_CUDA_CHUNK_TMA");
+    return v == nullptr || std::string_view(v) != "0";
+  }();
+  return on;
 }
 
 std::atomic<bool>& WgmmaChunkFlag() {
@@ -109,20 +142,28 @@ ChunkPlan PlanChunk(const ChunkAttentionParams& p) {
   const int64_t chunk_rows = int64_t(p.max_rows) * group;
   int ctas_per_sm = kCtasPerSm, tile_keys = kBN;
   if (UseWgmma(p.kernel)) {
-    // Three warpgroups (12 warps an SM: ~10% more TFLOP/s than two on the H200) unless they pad
-    // more than 5% rows beyond two's: a 32-token chunk of a 6-head group (192 rows) or a long
-    // prompt takes three, one of a 7-head group (224 rows: 384 vs 256) two, and two run warp-
-    // specialised (11-13% faster at 7B shapes; three with a producer would spill: 160 registers).
+    // With TMA (the pool's extent known): the warp-specialised kernel, three consumer
+    // warpgroups (192-row tiles) when they pad fewer rows than two (a 32-token chunk of a 6-head
+    // group, 192 rows), else two (a 7-head group's chunk, 224 rows; long prompts). Against run
+    // 19's choice: 1.5B rectification 256K b1 134.5 -> 113.6 us, 7B b8 3195 -> 2277 us, 16K
+    // prefill 1.19-1.28x. Without TMA (RESA_CUDA_CHUNK_TMA=0): three all-loading warpgroups (12
+    // warps an SM: ~10% more TFLOP/s than two) unless they pad more than 5% rows beyond two's,
+    // else warp-specialised on cp.async (11-13% faster than two all-loading at 7B shapes; three
+    // consumers beside a cp.async producer would spill: 160 registers).
     const ChunkKernel k = p.kernel == ChunkKernel::kAuto ? WgmmaVariant() : p.kernel;
     const int64_t pad2 = (chunk_rows + 127) / 128 * 128, pad3 = (chunk_rows + 191) / 192 * 192;
-    const bool three = pad3 * 20 <= pad2 * 21;
-    plan.impl = k == ChunkKernel::kWgmmaWs ? Impl::kWgmmaWs
+    const bool three = pad3 * 20 <= pad2 * 21;  // of the all-loading kernels
+    const bool tma = p.kv.num_pages > 0 && TmaChunkEnabled();
+    const Impl ws = tma && pad3 < pad2 ? Impl::kWgmmaWs3 : Impl::kWgmmaWs;
+    plan.impl = k == ChunkKernel::kWgmmaWs ? ws
+                : k == ChunkKernel::kWgmma ? (three ? Impl::kWgmma3 : Impl::kWgmma2)
+                : tma                      ? ws
                 : three                    ? Impl::kWgmma3
-                : k == ChunkKernel::kWgmma ? Impl::kWgmma2
                                            : Impl::kWgmmaWs;
-    plan.row_tile = plan.impl == Impl::kWgmma3 ? 192 : 128;
+    const bool rows192 = plan.impl == Impl::kWgmma3 || plan.impl == Impl::kWgmmaWs3;
+    plan.row_tile = rows192 ? 192 : 128;
     ctas_per_sm = 1;
-    tile_keys = WgTileKeys(plan.impl == Impl::kWgmma3 ? 3 : 2);
+    tile_keys = WgTileKeys(rows192 ? 3 : 2);
   }
   plan.row_tiles = int((chunk_rows + plan.row_tile - 1) / plan.row_tile);
   const int64_t ctas = int64_t(p.num_chunks) * hkv * plan.row_tiles;
@@ -422,10 +463,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
 // rescaled once P V has landed (WgRows::Step). Two kernels feed that loop:
 //  * ChunkKernelWgmma<D, NWG>: NWG warpgroups that all load and compute, a cp.async ring of
 //    WgStages tiles and one CTA barrier per tile;
-//  * ChunkKernelWgmmaWs<D>: two consumer warpgroups (128 rows) and a producer warpgroup that
-//    issues every cp.async (FlashAttention-3's warp specialisation). Full / empty mbarriers per
-//    stage replace the CTA barrier, so a consumer waits only for its data, never for the other
-//    consumer; setmaxnreg moves the producer's registers to the consumers.
+//  * ChunkKernelWgmmaWs<D, NC, kTma>: NC consumer warpgroups (2: 128 rows; 3: 192 rows, TMA
+//    only) and a producer warpgroup (FlashAttention-3's warp specialisation). Full / empty
+//    mbarriers per stage replace the CTA barrier, so a consumer waits only for its data, never for
+//    the other consumer; setmaxnreg moves the producer's registers to the consumers.
+// The warp-specialised kernel's producer copies K/V tiles by TMA (kTma: one warp, a copy a lane
+// per (page, plane) of K and V, WarpLoadKvTma) when the caller gives the pool's extent
+// (PagedKvCuda::num_pages), else by cp.async from all its threads (WgLoadKv); same bytes in
+// shared memory either way. The all-loading kernel stays on cp.async: with the TMA issue in
+// its loop (every thread waiting on the stage's mbarrier, warp 0 issuing) ptxas spilled at
+// the 168 registers of three warpgroups (and at 255 with two).
 
 template <int D>
 constexpr int WgSmemBytes(int nwg) {
@@ -455,11 +502,11 @@ __device__ __forceinline__ void WgLoadQ(const ChunkArgs& a, const ChunkCta& cta,
   }
 }
 
-// Page id q of key tile t of BN keys (0 past the CTA's keys).
+// Page id q of key tile t of BN keys (`past` past the CTA's keys).
 template <int BN>
-__device__ __forceinline__ int32_t TilePage(const ChunkCta& cta, int t, int q) {
+__device__ __forceinline__ int32_t TilePage(const ChunkCta& cta, int t, int q, int32_t past = 0) {
   const int32_t pos = t * BN + q * kPageTokens;
-  return pos < cta.key_end ? cta.table[pos / kPageTokens] : 0;
+  return pos < cta.key_end ? cta.table[pos / kPageTokens] : past;
 }
 
 // cp.async of key tile t (K into sk, V into sv; zero past the tile's last key) by threads
@@ -486,6 +533,77 @@ __device__ __forceinline__ void WgLoadKv(const ChunkArgs& a, const ChunkCta& cta
            : 0;
     detail::CpAsync16(sk + WgSwz(row, ch, BN), p.kv.k + src, ok ? 16 : 0);
     detail::CpAsync16(sv + WgSwz(row, ch, BN), p.kv.v + src, ok ? 16 : 0);
+  }
+}
+
+// TMA copies of a key tile: (BN / 16 pages) x (D / 64 planes) x (K, V), one a lane of the
+// issuing warp (at most 32).
+template <int D, int BN>
+__host__ __device__ constexpr int TmaCopies() {
+  return BN / kPageTokens * (D / 64) * 2;
+}
+
+// Page id of lane `lane`'s copy of key tile t: num_pages (outside the map: zeros) past the
+// CTA's keys, 0 for lanes without a copy.
+template <int D, int BN>
+__device__ __forceinline__ int32_t TmaLanePage(const ChunkArgs& a, const ChunkCta& cta, int t,
+                                               int lane) {
+  const int q = lane / (2 * (D / 64));
+  return q < BN / kPageTokens ? TilePage<BN>(cta, t, q, a.p.kv.num_pages) : 0;
+}
+
+// The page of key tile t that holds the CTA's last key when that key is not its page's last
+// slot (the page's later slots may hold anything, NaN included), or -1.
+template <int BN>
+__device__ __forceinline__ int TmaTailPage(const ChunkCta& cta, int t) {
+  return cta.key_end % kPageTokens != 0 && cta.key_end < (t + 1) * BN
+             ? (cta.key_end - t * BN) / kPageTokens
+             : -1;
+}
+
+// cp.async of V page qp of a key tile (TmaTailPage) into sv by threads [idx0, nthreads): its
+// valid rows, zeros after. K's stale rows may come by TMA (their scores are masked to -inf), V's
+// may not: a masked key's zero weight times NaN is NaN.
+template <int D, int BN>
+__device__ __forceinline__ void CopyTailV(const ChunkArgs& a, const ChunkCta& cta, int qp,
+                                          uint32_t sv, int idx0, int nthreads) {
+  constexpr int CH = D / 8;
+  const ChunkAttentionParams& p = a.p;
+  const int32_t tail = cta.key_end % kPageTokens;
+  const size_t base =
+      (size_t(cta.table[cta.key_end / kPageTokens]) * p.kv.num_kv_heads + cta.h) * kPageTokens;
+  for (int idx = idx0; idx < kPageTokens * CH; idx += nthreads) {
+    const int row = idx / CH, ch = idx % CH;
+    const bool ok = row < tail;
+    detail::CpAsync16(sv + WgSwz(qp * kPageTokens + row, ch, BN),
+                      p.kv.v + (ok ? (base + row) * D + ch * 8 : 0), ok ? 16 : 0);
+  }
+}
+
+// Key tile t into (sk, sv) by the 32 lanes of one warp, completing on `bar` (count 1: lane 0's
+// arrival, which expects the TMA bytes). Every (page, plane) of K and of V is one TMA of lane l
+// (page id `page`, TmaLanePage, loaded ahead); pages past the CTA's keys read outside the map
+// and land as zeros. V of tail page qp (>= 0) is left to CopyTailV, whose copies must have
+// arrived on `bar` (CpAsyncArriveInc) before this call.
+template <int D, int BN>
+__device__ __forceinline__ void WarpLoadKvTma(const ChunkArgs& a, const ChunkCta& cta, int t,
+                                              int32_t page, uint32_t sk, uint32_t sv, uint32_t bar,
+                                              int lane, int qp) {
+  constexpr int kPlanes = D / 64;
+  constexpr uint32_t kCopyBytes = kPageTokens * 128;
+  if (lane == 0) {
+    detail::MbarArriveExpectTx(bar,
+                               uint32_t(TmaCopies<D, BN>() - (qp >= 0 ? kPlanes : 0)) * kCopyBytes);
+  }
+  __syncwarp();
+  const int q = lane / (2 * kPlanes), plane = (lane / 2) % kPlanes;
+  const uint32_t off = uint32_t(plane * BN + q * kPageTokens) * 128;
+  if (lane < TmaCopies<D, BN>()) {
+    if (lane % 2 == 0) {
+      detail::TmaLoad3d(sk + off, &a.map_k, plane * 64, cta.h * kPageTokens, page, bar);
+    } else if (q != qp) {
+      detail::TmaLoad3d(sv + off, &a.map_v, plane * 64, cta.h * kPageTokens, page, bar);
+    }
   }
 }
 
@@ -609,16 +727,20 @@ struct WgRows {
     Softmax(s, cta.t0, cta, scale_log2, pf, corr);
   }
 
-  // P V of tile t (P in pc, V at sv) and the scores of tile t + 1 (K at sk_next, P into pn).
+  // P V of tile t (P in pc, V at sv) and the scores of tile t + 1 (K at sk_next, P into pn);
+  // turn(false) runs before the MMAs are issued, turn(true) right after.
   // The last tile also scores a stale stage as tile t1, which the softmax masks whole: no branch
   // inside the MMA pipeline (ptxas serialises wgmma otherwise). Returns once P V has landed,
   // before O is rescaled (Rescale), so the caller can release the stage first.
+  template <typename Turn>
   __device__ __forceinline__ void Step(float (&s)[BN / 2], int t, uint32_t sq, uint32_t sk_next,
                                        uint32_t sv, const ChunkCta& cta, float scale_log2,
-                                       PFrag& pc, PFrag& pn, float (&corr)[2]) {
+                                       PFrag& pc, PFrag& pn, float (&corr)[2], Turn&& turn) {
+    turn(false);
     detail::WgmmaFence();
     IssueS(s, sq, sk_next);
     IssuePv(pc, sv);
+    turn(true);
     detail::WgmmaWait<1>();  // the scores of tile t + 1
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) detail::FenceOperand(s[i]);
@@ -737,7 +859,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
       }
       float corr[2];
       w.Step(s, t, sq, sk + (t + 1 - t0) % kStages * kTileBytes,
-             sv + (t - t0) % kStages * kTileBytes, cta, a.scale_log2, pc, pn, corr);
+             sv + (t - t0) % kStages * kTileBytes, cta, a.scale_log2, pc, pn, corr, [](bool) {});
       w.Rescale(corr);
     };
     WgRows<D, BM, BN>::ForTiles(t0, t1, pa, pb, step);
@@ -748,21 +870,26 @@ __global__ void __launch_bounds__(NWG * 128, 1) ChunkKernelWgmma(const ChunkArgs
 #endif
 }
 
-// Registers per thread after setmaxnreg (384 threads: 168 at launch; 128 * 40 + 256 * 232 <=
-// 64K).
-constexpr int kWsProducerRegs = 40;
-constexpr int kWsConsumerRegs = 232;
+// Registers per thread after setmaxnreg, by consumer warpgroups: two (384 threads, 168 at
+// launch): 128 * 40 + 256 * 232 <= 64K; three (512 threads, 128 at launch; TMA only, whose
+// producer needs few): 128 * 32 + 384 * 160 = 64K.
+__host__ __device__ constexpr int WsProducerRegs(int nc) { return nc == 2 ? 40 : 32; }
+__host__ __device__ constexpr int WsConsumerRegs(int nc) { return nc == 2 ? 232 : 160; }
 
-template <int D>
-__global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs a) {
+template <int D, int NC, bool kTma>
+__global__ void __launch_bounds__((NC + 1) * 128, 1)
+    ChunkKernelWgmmaWs(const __grid_constant__ ChunkArgs a) {
 #if RESA_HAVE_WGMMA
-  constexpr int BM = 128;
-  constexpr int BN = WgTileKeys(2);
-  constexpr int kStages = WgStages(2);
+  static_assert(NC == 2 || (NC == 3 && kTma), "three consumers only beside a TMA producer");
+  constexpr int BM = 64 * NC;
+  constexpr int BN = WgTileKeys(NC);
+  constexpr int kStages = WgStages(NC);
+  constexpr int kConsumers = NC * 128;
   constexpr uint32_t kTileBytes = BN * D * 2;
   extern __shared__ uint8_t smem_ws[];
-  // full: the producer's copies of the stage landed (128 arrivals); empty: both consumer
-  // warpgroups are done with it (256 arrivals).
+  // full: the producer's copies of the stage landed (TMA: lane 0 of the producer's first warp
+  // arrives and the copies complete their bytes; cp.async: 128 arrivals); empty: every consumer
+  // warpgroup is done with it (NC * 128 arrivals).
   __shared__ __align__(8) uint64_t full_bar[kStages], empty_bar[kStages];
   const uint32_t sq = (detail::SmemAddr(smem_ws) + 1023) & ~1023u;
   const uint32_t sk = sq + BM * D * 2;
@@ -774,33 +901,75 @@ __global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs
   const int tid = threadIdx.x;
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
-      detail::MbarInit(detail::SmemAddr(&full_bar[st]), 128);
-      detail::MbarInit(detail::SmemAddr(&empty_bar[st]), 256);
+      detail::MbarInit(detail::SmemAddr(&full_bar[st]), kTma ? 1 : 128);
+      detail::MbarInit(detail::SmemAddr(&empty_bar[st]), kConsumers);
     }
   }
   __syncthreads();
 
-  if (tid >= 256) {  // the producer warpgroup: Q with tile t0, then a tile per free stage
-    detail::SetMaxRegsDec<kWsProducerRegs>();
-    const int ptid = tid - 256;
-    if (t0 < t1) WgLoadQ<D, BM>(a, cta, sq, ptid, 128);
-    for (int n = 0; n < t1 - t0; ++n) {
-      const int st = n % kStages;
-      if (n >= kStages) detail::MbarWait(detail::SmemAddr(&empty_bar[st]), (n / kStages - 1) & 1);
-      // Page ids straight from the table: staging them in shared memory a tile ahead (as the
-      // all-loading kernel does) behind a named barrier of the producer warpgroup per tile made
-      // this kernel 3-7% slower (7B b8 256K 3105 -> 3240 us).
-      const int t = t0 + n;
-      WgLoadKv<D, BN>(a, cta, t, cta.table + t * (BN / kPageTokens), sk + st * kTileBytes,
-                      sv + st * kTileBytes, ptid, 128);
-      detail::CpAsyncArriveNoinc(detail::SmemAddr(&full_bar[st]));
+  if (tid >= kConsumers) {  // the producer warpgroup: Q with tile t0, then a tile per free stage
+    detail::SetMaxRegsDec<WsProducerRegs(NC)>();
+    const int ptid = tid - kConsumers;
+    if constexpr (kTma) {
+      // Q by the whole warpgroup (its copies arrive on stage 0's barrier, counted up front; the
+      // named barrier orders them before lane 0's arrival), then one warp issues the tiles: a
+      // TMA a lane, the lane's page id loaded a tile ahead.
+      if (t0 < t1) {
+        WgLoadQ<D, BM>(a, cta, sq, ptid, 128);
+        detail::CpAsyncArriveInc(detail::SmemAddr(&full_bar[0]));
+      }
+      detail::NamedBarrierSync(1, 128);
+      if (ptid >= 32) {
+        detail::CpAsyncWait<0>();
+        return;
+      }
+      if (ptid == 0) {
+        detail::PrefetchTensorMap(&a.map_k);
+        detail::PrefetchTensorMap(&a.map_v);
+      }
+      int32_t page = TmaLanePage<D, BN>(a, cta, t0, ptid);
+      for (int n = 0; n < t1 - t0; ++n) {
+        const int st = n % kStages;
+        if (n >= kStages) detail::MbarWait(detail::SmemAddr(&empty_bar[st]), (n / kStages - 1) & 1);
+        const int t = t0 + n;
+        const uint32_t bar = detail::SmemAddr(&full_bar[st]);
+        const int qp = TmaTailPage<BN>(cta, t);
+        if (qp >= 0) {
+          CopyTailV<D, BN>(a, cta, qp, sv + st * kTileBytes, ptid, 32);
+          detail::CpAsyncArriveInc(bar);
+          __syncwarp();
+        }
+        WarpLoadKvTma<D, BN>(a, cta, t, page, sk + st * kTileBytes, sv + st * kTileBytes, bar, ptid,
+                             qp);
+        page = TmaLanePage<D, BN>(a, cta, t + 1, ptid);
+      }
+      detail::CpAsyncWait<0>();
+    } else {
+      if (t0 < t1) WgLoadQ<D, BM>(a, cta, sq, ptid, 128);
+      for (int n = 0; n < t1 - t0; ++n) {
+        const int st = n % kStages;
+        if (n >= kStages) detail::MbarWait(detail::SmemAddr(&empty_bar[st]), (n / kStages - 1) & 1);
+        // Page ids straight from the table: staging them in shared memory a tile ahead (as the
+        // all-loading kernel does) behind a named barrier of the producer warpgroup per tile made
+        // this kernel 3-7% slower (7B b8 256K 3105 -> 3240 us).
+        const int t = t0 + n;
+        WgLoadKv<D, BN>(a, cta, t, cta.table + t * (BN / kPageTokens), sk + st * kTileBytes,
+                        sv + st * kTileBytes, ptid, 128);
+        detail::CpAsyncArriveNoinc(detail::SmemAddr(&full_bar[st]));
+      }
+      detail::CpAsyncWait<0>();
     }
-    detail::CpAsyncWait<0>();
     return;
   }
 
-  detail::SetMaxRegsInc<kWsConsumerRegs>();
+  detail::SetMaxRegsInc<WsConsumerRegs(NC)>();
   WgRows<D, BM, BN> w(a, cta, tid);
+  // Ping-pong (ChunkArgs::pingpong): the consumer warpgroups issue their MMAs in turn, warpgroup
+  // wg after named barrier 2 + wg, which warpgroup wg - 1 (cyclically) arrives on once it has
+  // issued, so one's softmax runs while another's MMAs do. The last one opens the first round
+  // and skips its arrival after its last tile: every barrier gets as many arrivals as waits.
+  const int wg = tid / 128;
+  if (a.pingpong && wg == NC - 1 && t0 < t1) detail::NamedBarrierArrive(2, 256);
   if (t0 < t1) {
     float s[BN / 2];
     uint32_t pa[BN / 16][4], pb[BN / 16][4];
@@ -815,7 +984,14 @@ __global__ void __launch_bounds__(3 * 128, 1) ChunkKernelWgmmaWs(const ChunkArgs
       }
       float corr[2];
       w.Step(s, t, sq, sk + (n + 1) % kStages * kTileBytes, sv + n % kStages * kTileBytes, cta,
-             a.scale_log2, pc, pn, corr);
+             a.scale_log2, pc, pn, corr, [&](bool issued) {
+               if (!a.pingpong) return;
+               if (!issued) {
+                 detail::NamedBarrierSync(2 + wg, 256);
+               } else if (wg != NC - 1 || t + 1 < t1) {
+                 detail::NamedBarrierArrive(2 + (wg + 1) % NC, 256);
+               }
+             });
       detail::MbarArrive(detail::SmemAddr(&empty_bar[n % kStages]));
       w.Rescale(corr);
     };
@@ -899,6 +1075,46 @@ __global__ void __launch_bounds__(32 * kMergeMaxWarps)
   if (tid == 0 && lse_ln != nullptr) lse_ln[w] = den > 0.0f ? mx + logf(den) : -INFINITY;
 }
 
+// cuTensorMapEncodeTiled from the driver (no link against libcuda), or null.
+PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                             cudaEnableDefault, &q);
+    return err == cudaSuccess && q == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f)
+               : nullptr;
+  }();
+  return fn;
+}
+
+// The TMA maps of ChunkArgs over kv's K and V pools.
+absl::Status EncodeKvMaps(const PagedKvCuda& kv, ChunkArgs& a) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  if (encode == nullptr) {
+    return absl::FailedPreconditionError(
+        "ChunkAttentionCuda: the driver has no cuTensorMapEncodeTiled (TMA); set "
+        "RESA_CUDA_CHUNK_TMA=0");
+  }
+  const cuuint64_t dims[3] = {cuuint64_t(kv.head_dim), cuuint64_t(kPageTokens) * kv.num_kv_heads,
+                              cuuint64_t(kv.num_pages)};
+  const cuuint64_t strides[2] = {cuuint64_t(kv.head_dim) * 2, kv.page_elems() * 2};  // bytes
+  const cuuint32_t box[3] = {64, kPageTokens, 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  for (auto [map, base] : {std::pair{&a.map_k, kv.k}, std::pair{&a.map_v, kv.v}}) {
+    const CUresult r = encode(
+        map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<__nv_bfloat16*>(base), dims, strides,
+        box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+      return absl::InternalError(absl::StrCat("ChunkAttentionCuda: cuTensorMapEncodeTiled error ",
+                                              int(r), " for a pool of ", kv.num_pages, " pages"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Validate(const ChunkAttentionParams& p) {
   if (p.kv.k == nullptr || p.kv.v == nullptr || p.q == nullptr || p.out == nullptr ||
       p.row_offsets == nullptr || p.page_tables == nullptr ||
@@ -914,6 +1130,10 @@ absl::Status Validate(const ChunkAttentionParams& p) {
   if (!(p.scale > 0.0f) || std::isinf(p.scale)) {
     return absl::InvalidArgumentError(
         absl::StrCat("ChunkAttentionCuda: scale ", p.scale, " (must be positive and finite)"));
+  }
+  if (p.kv.num_pages < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkAttentionCuda: kv.num_pages ", p.kv.num_pages, " (0 = not given)"));
   }
   if (p.kv.num_kv_heads <= 0 || p.num_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0) {
     return absl::InvalidArgumentError(
@@ -933,6 +1153,7 @@ bool WgmmaChunkDefault() { return WgmmaChunkFlag().load(std::memory_order_relaxe
 void SetWgmmaChunkDefault(bool on) { WgmmaChunkFlag().store(on, std::memory_order_relaxed); }
 
 size_t ChunkAttentionWorkspaceBytes(const ChunkAttentionParams& p) { return PlanChunk(p).bytes; }
+int ChunkAttentionRowTile(const ChunkAttentionParams& p) { return PlanChunk(p).row_tile; }
 
 absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stream) {
   if (auto st = Validate(p); !st.ok()) return st;
@@ -954,6 +1175,12 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.scale_log2 = p.scale * kLog2e;
   a.ws_o = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
+  a.tma = (plan.impl == Impl::kWgmmaWs || plan.impl == Impl::kWgmmaWs3) && p.kv.num_pages > 0 &&
+          TmaChunkEnabled();
+  if (a.tma) {
+    if (auto st = EncodeKvMaps(p.kv, a); !st.ok()) return st;
+  }
+  a.pingpong = PingPongChunk();
   const dim3 grid(plan.num_splits, plan.row_tiles, p.num_chunks * p.kv.num_kv_heads);
   // Chunks (rectification, prefill) run eagerly and measured slightly slower with PDL
   // (docs/cuda_backend.md), so the chunk kernels and the merge launch plainly: they start when
@@ -968,13 +1195,23 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
     if (err == cudaSuccess) err = LaunchKernel(kernel, grid, threads, smem, stream, kNoPdl, a);
     return err;
   };
-  static std::atomic<uint64_t> attr_done[8];
+  static std::atomic<uint64_t> attr_done[12];
   const bool d64 = p.kv.head_dim == 64;
   cudaError_t err;
   switch (plan.impl) {
     case Impl::kWgmmaWs:
-      err = d64 ? launch(ChunkKernelWgmmaWs<64>, 384, WgSmemBytes<64>(2), attr_done[0])
-                : launch(ChunkKernelWgmmaWs<128>, 384, WgSmemBytes<128>(2), attr_done[1]);
+      err = a.tma ? (d64 ? launch(ChunkKernelWgmmaWs<64, 2, true>, 384, WgSmemBytes<64>(2),
+                                  attr_done[0])
+                         : launch(ChunkKernelWgmmaWs<128, 2, true>, 384, WgSmemBytes<128>(2),
+                                  attr_done[1]))
+                  : (d64 ? launch(ChunkKernelWgmmaWs<64, 2, false>, 384, WgSmemBytes<64>(2),
+                                  attr_done[8])
+                         : launch(ChunkKernelWgmmaWs<128, 2, false>, 384, WgSmemBytes<128>(2),
+                                  attr_done[9]));
+      break;
+    case Impl::kWgmmaWs3:  // planned only with TMA
+      err = d64 ? launch(ChunkKernelWgmmaWs<64, 3, true>, 512, WgSmemBytes<64>(3), attr_done[10])
+                : launch(ChunkKernelWgmmaWs<128, 3, true>, 512, WgSmemBytes<128>(3), attr_done[11]);
       break;
     case Impl::kWgmma3:
       err = d64 ? launch(ChunkKernelWgmma<64, 3>, 384, WgSmemBytes<64>(3), attr_done[2])

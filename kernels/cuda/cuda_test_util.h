@@ -123,7 +123,12 @@ struct TestCache {
   DeviceBuffer<int32_t> dtables, dlens;
 
   PagedKvCuda gpu() const {
-    return PagedKvCuda{AsBf16(dk.get()), AsBf16(dv.get()), AsBf16(dsummary.get()), hkv, d};
+    return PagedKvCuda{AsBf16(dk.get()),
+                       AsBf16(dv.get()),
+                       AsBf16(dsummary.get()),
+                       hkv,
+                       d,
+                       int32_t(dk.size() / (size_t(hkv) * kPageTokens * d))};
   }
   int32_t max_len() const { return *std::max_element(lens.begin(), lens.end()); }
   const int32_t* table(size_t s) const { return page_tables.data() + s * page_table_stride; }

@@ -29,6 +29,10 @@ struct PagedKvCuda {
   __nv_bfloat16* summary = nullptr;
   int num_kv_heads = 0;
   int head_dim = 0;  // 64 or 128
+  // Pages in the pool (k and v each hold num_pages * page_elems()), or 0 when the caller does
+  // not say: the wgmma chunk kernels then copy K/V tiles with cp.async instead of TMA, whose
+  // tensor maps need the pool's extent.
+  int32_t num_pages = 0;
 
   size_t page_elems() const { return size_t(num_kv_heads) * kPageTokens * head_dim; }
   size_t summary_page_elems() const { return size_t(num_kv_heads) * 2 * head_dim; }

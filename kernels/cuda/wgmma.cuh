@@ -1,5 +1,5 @@
 // Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors and the shapes the chunk
-// attention kernels use, plus the mbarrier and setmaxnreg helpers of the warp-specialised one.
+// attention kernels use, plus the mbarrier, TMA and setmaxnreg helpers of the wgmma kernels.
 // All 128 threads of a warpgroup execute each wgmma call together.
 //
 // Accumulators (m64nN, fp32, N / 2 registers per thread): thread t of the warpgroup, warp w = t /
@@ -161,6 +161,48 @@ __device__ __forceinline__ void CpAsyncArriveNoinc(uint32_t bar) {
 #if RESA_HAVE_WGMMA
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 #endif
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed, counting one more
+// expected arrival when issued (so the barrier's count need not include it): the phase cannot
+// complete before those copies land as long as a counted arrival of this phase comes after it.
+__device__ __forceinline__ void CpAsyncArriveInc(uint32_t bar) {
+#if RESA_HAVE_WGMMA
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Arrives on `bar` and adds `bytes` to the transaction count its phase waits for (TMA copies
+// that complete_tx on it).
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+#if RESA_HAVE_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+// TMA (cp.async.bulk.tensor) of the box at coordinates (c0, c1, c2) of the 3-D tensor map at
+// generic address `map` (a __grid_constant__ kernel parameter) into shared address `dst`,
+// completing its bytes on `bar`. Elements outside the tensor land as zeros and still count.
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* map, int c0, int c1, int c2,
+                                          uint32_t bar) {
+#if RESA_HAVE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+      "[%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void PrefetchTensorMap(const void* map) {
+#if RESA_HAVE_WGMMA
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+#endif
+}
+// Named barrier `id` (1-15; 0 is __syncthreads) of `count` threads: wait for it, or arrive
+// without waiting.
+__device__ __forceinline__ void NamedBarrierSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 // Moves this warpgroup's register budget to N per thread (all 128 threads execute it).
 template <int N>

@@ -274,6 +274,14 @@ void Emit(std::vector<Row>& rows, const std::string& kernel, const ModelShape& s
   rows.push_back({kernel, s.name, ctx, batch, us, bytes, tbps, tbps / ceiling, sdpa_us});
 }
 
+// A chunk kernel to time: which one, and whether the wgmma kernels may copy K/V tiles by TMA
+// (else cp.async: the pool's extent withheld).
+struct ChunkVariant {
+  cuda::ChunkKernel kernel;
+  bool tma;
+  const char* name;
+};
+
 // Workspace of the mma.sync chunk kernel for the same problem (it splits differently).
 size_t ChunkWorkspaceBytesMma(cuda::ChunkAttentionParams cp) {
   cp.kernel = cuda::ChunkKernel::kMmaSync;
@@ -313,8 +321,9 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   }
   if (auto st = out.Alloc(size_t(batch) * 32 * hq * d * 4); !st.ok()) return st;
   if (auto st = lse.Alloc(size_t(batch) * 32 * hq * 4); !st.ok()) return st;
-  cuda::PagedKvCuda kv{k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), summary.as<__nv_bfloat16>(),
-                       hkv, d};
+  cuda::PagedKvCuda kv{
+      k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), summary.as<__nv_bfloat16>(), hkv, d,
+      int32_t(pages)};
   auto table_of = [&](int layer) {
     return tables.as<int32_t>() + size_t(layer) * batch * pages_per_seq;
   };
@@ -467,13 +476,17 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   const double rect_flops = 4.0 * batch * 32 * hq * double(ctx) * d;
   Emit(rows, "rectify_chunk32", s, ctx, batch, *rect, kv_layer, ceiling, sdpa.sdpa_us, rect_flops);
   // The same chunks on each kernel the default chooses from: mma.sync (the baseline), wgmma
-  // (2 or 3 warpgroups, all loading) and the warp-specialised wgmma kernel.
-  for (const auto& [kernel, name] :
-       {std::pair{cuda::ChunkKernel::kMmaSync, "rectify_chunk32_mma"},
-        std::pair{cuda::ChunkKernel::kWgmma, "rectify_chunk32_wgmma"},
-        std::pair{cuda::ChunkKernel::kWgmmaWs, "rectify_chunk32_ws"}}) {
+  // (2 or 3 warpgroups, all loading) and the warp-specialised wgmma kernel, that one also with
+  // its producer's K/V copies by cp.async instead of TMA (the pool's extent withheld).
+  for (const ChunkVariant& var :
+       {ChunkVariant{cuda::ChunkKernel::kMmaSync, false, "rectify_chunk32_mma"},
+        ChunkVariant{cuda::ChunkKernel::kWgmma, false, "rectify_chunk32_wgmma"},
+        ChunkVariant{cuda::ChunkKernel::kWgmmaWs, true, "rectify_chunk32_ws"},
+        ChunkVariant{cuda::ChunkKernel::kWgmmaWs, false, "rectify_chunk32_ws_cpasync"}}) {
+    const auto& [kernel, tma, name] = var;
     cuda::ChunkAttentionParams cpk = cp;
     cpk.kernel = kernel;
+    if (!tma) cpk.kv.num_pages = 0;
     auto us = TimeUs(
         [&](int i, cudaStream_t st) {
           cpk.page_tables = table_of(i % layers);
@@ -511,7 +524,7 @@ absl::Status BenchPrefill(const KernelsBenchOptions& o, const ModelShape& s, dou
     cudaMemcpy(m->p, src->data(), src->size() * 4, cudaMemcpyHostToDevice);
   }
   cuda::ChunkAttentionParams cp;
-  cp.kv = {k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), nullptr, s.hkv, d};
+  cp.kv = {k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(), nullptr, s.hkv, d, pages_per_seq};
   cp.q = q.as<__nv_bfloat16>();
   cp.out = out.as<float>();
   cp.num_heads = s.hq;
@@ -531,11 +544,15 @@ absl::Status BenchPrefill(const KernelsBenchOptions& o, const ModelShape& s, dou
   cp.workspace_bytes = ws.bytes;
   const double flops = 2.0 * double(n) * n * s.hq * d;  // causal: half of 4 n^2 h d
   // The default kernel (wgmma on sm_90), then the mma.sync kernel as its baseline and the
-  // warp-specialised wgmma kernel.
-  for (const auto& [kernel, name] : {std::pair{cuda::ChunkKernel::kAuto, "prefill_causal"},
-                                     std::pair{cuda::ChunkKernel::kMmaSync, "prefill_causal_mma"},
-                                     std::pair{cuda::ChunkKernel::kWgmmaWs, "prefill_causal_ws"}}) {
+  // warp-specialised wgmma kernel (TMA and cp.async copies).
+  for (const ChunkVariant& var :
+       {ChunkVariant{cuda::ChunkKernel::kAuto, true, "prefill_causal"},
+        ChunkVariant{cuda::ChunkKernel::kMmaSync, false, "prefill_causal_mma"},
+        ChunkVariant{cuda::ChunkKernel::kWgmmaWs, true, "prefill_causal_ws"},
+        ChunkVariant{cuda::ChunkKernel::kWgmmaWs, false, "prefill_causal_ws_cpasync"}}) {
+    const auto& [kernel, tma, name] = var;
     cp.kernel = kernel;
+    cp.kv.num_pages = tma ? pages_per_seq : 0;
     auto us = TimeUs([&](int, cudaStream_t st) { return cuda::ChunkAttentionCuda(cp, st); },
                      std::max(3, o.iters / 4));
     if (!us.ok()) return us.status();

@@ -251,10 +251,9 @@ absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const Model
         DeviceAllocation a,
         DeviceAllocation::Create(2 * kv_bytes + sum_bytes, absl::StrCat("KV cache layer ", l)));
     char* base = a.as<char>();
-    cache->layers_.push_back(PagedKvCuda{reinterpret_cast<__nv_bfloat16*>(base),
-                                         reinterpret_cast<__nv_bfloat16*>(base + kv_bytes),
-                                         reinterpret_cast<__nv_bfloat16*>(base + 2 * kv_bytes),
-                                         hkv, c.head_dim});
+    cache->layers_.push_back(PagedKvCuda{
+        reinterpret_cast<__nv_bfloat16*>(base), reinterpret_cast<__nv_bfloat16*>(base + kv_bytes),
+        reinterpret_cast<__nv_bfloat16*>(base + 2 * kv_bytes), hkv, c.head_dim, num_pages});
     cache->mem_.push_back(std::move(a));
   }
   cache->free_.resize(size_t(num_pages));
