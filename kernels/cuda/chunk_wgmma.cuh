@@ -328,7 +328,12 @@ struct WgRows {
     }
   }
 
+  // O *= corr; a warp whose rows' maxima all stood still (corr exactly 1) skips it (the same
+  // bits: x * 1 = x), which at long contexts is most tiles. Kernel bench, same call, always ->
+  // skipped: rectification 1.5B 256K b8 886 / 888 -> 837 / 864 us, b1 112.7 -> 109.9; 7B 256K
+  // b8 2202 -> 2134, b1 252.5 -> 248.4; the all-loading kernel within +-1.5%.
   __device__ __forceinline__ void Rescale(const float (&corr)[2]) {
+    if (__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) return;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       o[4 * j + 0] *= corr[0], o[4 * j + 1] *= corr[0];
