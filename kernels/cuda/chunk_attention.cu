@@ -66,6 +66,7 @@ struct ChunkPlan {
   int row_tile = kBM;  // rows per CTA
   int row_tiles = 0;
   int num_splits = 1;
+  bool tma = false;  // the warp-specialised kernel's producer copies K/V tiles by TMA
   size_t o_offset = 0, lse_offset = 0, bytes = 0;
 };
 
@@ -149,6 +150,7 @@ ChunkPlan PlanChunk(const ChunkAttentionParams& p) {
                 : tma                      ? ws
                 : three                    ? Impl::kWgmma3
                                            : Impl::kWgmmaWs;
+    plan.tma = tma && (plan.impl == Impl::kWgmmaWs || plan.impl == Impl::kWgmmaWs3);
     const bool rows192 = plan.impl == Impl::kWgmma3 || plan.impl == Impl::kWgmmaWs3;
     plan.row_tile = rows192 ? 192 : 128;
     ctas_per_sm = 1;
@@ -557,9 +559,7 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   a.scale_log2 = p.scale * kLog2e;
   a.ws_o = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + plan.lse_offset);
-  a.tma = (plan.impl == Impl::kWgmmaWs || plan.impl == Impl::kWgmmaWs3) && p.kv.num_pages > 0 &&
-          TmaChunkEnabled();
-  if (a.tma) {
+  if (plan.tma) {
     if (auto st = EncodeKvMaps(p.kv, a); !st.ok()) return st;
   }
   a.pingpong = PingPongChunk();
@@ -582,14 +582,14 @@ absl::Status ChunkAttentionCuda(const ChunkAttentionParams& p, cudaStream_t stre
   cudaError_t err;
   switch (plan.impl) {
     case Impl::kWgmmaWs:
-      err = a.tma ? (d64 ? launch(ChunkKernelWgmmaWs<64, 2, true>, 384, WgSmemBytes<64>(2),
-                                  attr_done[0])
-                         : launch(ChunkKernelWgmmaWs<128, 2, true>, 384, WgSmemBytes<128>(2),
-                                  attr_done[1]))
-                  : (d64 ? launch(ChunkKernelWgmmaWs<64, 2, false>, 384, WgSmemBytes<64>(2),
-                                  attr_done[8])
-                         : launch(ChunkKernelWgmmaWs<128, 2, false>, 384, WgSmemBytes<128>(2),
-                                  attr_done[9]));
+      err = plan.tma ? (d64 ? launch(ChunkKernelWgmmaWs<64, 2, true>, 384, WgSmemBytes<64>(2),
+                                     attr_done[0])
+                            : launch(ChunkKernelWgmmaWs<128, 2, true>, 384, WgSmemBytes<128>(2),
+                                     attr_done[1]))
+                     : (d64 ? launch(ChunkKernelWgmmaWs<64, 2, false>, 384, WgSmemBytes<64>(2),
+                                     attr_done[8])
+                            : launch(ChunkKernelWgmmaWs<128, 2, false>, 384, WgSmemBytes<128>(2),
+                                     attr_done[9]));
       break;
     case Impl::kWgmmaWs3:  // planned only with TMA
       err = d64 ? launch(ChunkKernelWgmmaWs<64, 3, true>, 512, WgSmemBytes<64>(3), attr_done[10])

@@ -14,10 +14,10 @@
 namespace resa::cuda::chunk {
 
 struct ChunkArgs {
-  // TMA maps of the K and V pools (wgmma kernels, when `tma`): 3-D, (head_dim, 16 * hkv rows,
-  // num_pages), box (64, 16, 1): one 64-dim plane of one (page, KV head), 2 KB, landing in the
-  // 128-byte swizzled layout wgmma reads. Kernels take ChunkArgs as a __grid_constant__
-  // parameter so the maps have a generic address.
+  // TMA maps of the K and V pools (the warp-specialised kernel with a TMA producer): 3-D,
+  // (head_dim, 16 * hkv rows, num_pages), box (64, 16, 1): one 64-dim plane of one (page, KV head),
+  // 2 KB, landing in the 128-byte swizzled layout wgmma reads. Kernels take ChunkArgs as a
+  // __grid_constant__ parameter so the maps have a generic address.
   CUtensorMap map_k, map_v;
   ChunkAttentionParams p;
   int group;
@@ -25,7 +25,6 @@ struct ChunkArgs {
   float scale_log2;
   float* ws_o;    // [num_splits][total_rows][num_heads][head_dim]
   float* ws_lse;  // [num_splits][total_rows][num_heads], natural log
-  bool tma;       // K/V tiles by TMA (else cp.async)
   bool pingpong;  // warp-specialised kernels: consumer warpgroups issue their MMAs in turn
 };
 
