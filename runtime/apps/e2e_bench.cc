@@ -31,7 +31,7 @@ struct E2eOptions {
   float sparse_ratio = 0.1f;
   int min_blocks = 16;
   int rectify_every = 32;
-  int gemv_max_rows = 1;  // CUDA: decode rows up to which the GEMV is used instead of cuBLAS
+  int gemv_max_rows = 8;  // CUDA: decode rows up to which the GEMV is used instead of cuBLAS
   bool torch = true;
   bool profile = true;  // after timing: rectify_every eager steps with events per kernel group
   // CUDA programmatic dependent launch: "on", "off", or "both" (every row twice, off then on,
@@ -400,7 +400,8 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 4096));
   e->add_flag("!--no-torch", o.torch, "Skip the PyTorch baseline");
   e->add_option("--gemv-max-rows", o.gemv_max_rows,
-                "CUDA: batches up to this many rows use the GEMV kernel, larger ones cuBLAS")
+                "CUDA: steps up to this many rows use the GEMV kernels (one row: CUDA cores; "
+                "batches: tensor cores) with their fused epilogues, larger ones cuBLAS")
       ->capture_default_str()
       ->check(CLI::Range(0, 8));
   e->add_flag("!--no-profile", o.profile, "Skip the per-kernel-group profile of each row");
@@ -410,9 +411,10 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--swiglu-epilogue", o.swiglu_epilogue,
-                "Batch-1 GEMV epilogues: gate_up writing the SwiGLU activations and qkv writing "
-                "q/k/v with bias and RoPE, and a dense row's K/V into the cache (no SiluMul, "
-                "QkvRope, WriteKv launches): on, off, or both (each row twice, in the same run)")
+                "GEMV epilogues of steps of up to --gemv-max-rows rows: gate_up writing the "
+                "SwiGLU activations and qkv writing q/k/v with bias and RoPE, and a single dense "
+                "row's K/V into the cache (no SiluMul, QkvRope, WriteKv launches): on, off, or "
+                "both (each row twice, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--chunk-kernel", o.chunk_kernel,

@@ -61,6 +61,7 @@ struct KernelsBenchOptions {
   bool gemv = false;
   bool gemv_sweep = false;  // also every (k split, loads per lane) of the new kernel
   std::vector<int> gemv_rows = {1, 2, 4, 8};
+  std::vector<std::string> gemv_matrices;  // empty: every matrix (qkv, o, gate_up, down, lm_head)
   int gemv_iters = 200;
   double gemv_rotate_bytes = 256e6;  // weight copies per shape (L2 is 60 MB)
   // Programmatic dependent launch between the timed launches (kernels/cuda/launch.h). Off by
@@ -590,7 +591,7 @@ absl::Status Cublas(cublasStatus_t st, const char* what) {
 struct GemvRow {
   std::string model, matrix;
   int rows;
-  double legacy_us, new_us, pdl_us, cublas_us, bytes;
+  double legacy_us, new_us, pdl_us, cublas_us, cores_us, bytes;  // cores_us: rows >= 2 only
 };
 
 // One JSON line per (shape, rows, kernel): time per launch, bytes (weights + x + y), TB/s and
@@ -601,11 +602,13 @@ void EmitGemv(const GemvShape& s, int rows, const std::string& kernel, const cud
   const double tbps = bytes / (us * 1e-6) / 1e12;
   std::printf(
       "{\"bench\":\"gemv\",\"model\":\"%s\",\"matrix\":\"%s\",\"n\":%d,\"k\":%d,\"rows\":%d,"
-      "\"x\":\"%s\",\"kernel\":\"%s\",\"k_split\":%d,\"loads_per_lane\":%d,\"blocks\":%lld,"
+      "\"x\":\"%s\",\"kernel\":\"%s\",\"k_split\":%d,\"loads_per_lane\":%d,"
+      "\"tensor_cores\":%s,\"blocks\":%lld,"
       "\"time_us\":%.3f,\"bytes\":%.0f,\"TBps\":%.3f,\"copy_ceiling_TBps\":%.3f,"
       "\"ratio_to_copy_ceiling\":%.3f,\"speedup_vs_legacy\":%.3f,\"speedup_vs_cublas\":%.3f%s}\n",
       s.model, s.matrix, s.n, s.k, rows, s.fp32_x ? "fp32" : "bf16", kernel.c_str(),
       plan ? plan->k_split : 0, plan ? plan->loads_per_lane : 0,
+      plan && plan->tensor_cores ? "true" : "false",
       plan ? static_cast<long long>(plan->blocks) : 0LL, us, bytes, tbps, ceiling, tbps / ceiling,
       legacy_us > 0 ? legacy_us / us : 0.0, cublas_us > 0 ? cublas_us / us : 0.0, extra.c_str());
   std::fflush(stdout);
@@ -628,6 +631,10 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
   const int max_rows = *std::max_element(o.gemv_rows.begin(), o.gemv_rows.end());
   for (const GemvShape& s : kGemvShapes) {
     if (std::find(o.models.begin(), o.models.end(), s.model) == o.models.end()) continue;
+    if (!o.gemv_matrices.empty() && std::find(o.gemv_matrices.begin(), o.gemv_matrices.end(),
+                                              s.matrix) == o.gemv_matrices.end()) {
+      continue;
+    }
     const size_t wbytes = size_t(s.n) * s.k * 2;
     const int copies = std::max(2, int(std::ceil(o.gemv_rotate_bytes / double(wbytes))));
     DevMem w, xb, xf, y, y2;
@@ -669,6 +676,15 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       if (!fresh.ok()) return fresh.status();
       auto pdl = time(pdl_opt);
       if (!pdl.ok()) return pdl.status();
+      // Batches: the CUDA-core kernel that one row uses, the tensor-core kernel's baseline.
+      double cores_us = 0.0;
+      if (rows > 1) {
+        cuda::GemvOptions cores_opt;
+        cores_opt.cuda_cores = true;
+        auto cores = time(cores_opt);
+        if (!cores.ok()) return cores.status();
+        cores_us = *cores;
+      }
       const float one = 1.0f, zero = 0.0f;
       auto cublas = TimeUs(
           [&](int i, cudaStream_t st) {
@@ -707,7 +723,13 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       EmitGemv(s, rows, "new", &plan, *fresh, bytes, ceiling, *legacy, *cublas, checks);
       EmitGemv(s, rows, "new_pdl", &plan, *pdl, bytes, ceiling, *legacy, *cublas);
       EmitGemv(s, rows, "cublas", nullptr, *cublas, bytes, ceiling, *legacy, *cublas);
-      table.push_back({s.model, s.matrix, rows, *legacy, *fresh, *pdl, *cublas, bytes});
+      if (rows > 1) {
+        cuda::GemvOptions cores_opt;
+        cores_opt.cuda_cores = true;
+        const cuda::GemvPlan cp = cuda::PlanGemv(rows, s.n, s.k, cores_opt);
+        EmitGemv(s, rows, "cuda_cores", &cp, cores_us, bytes, ceiling, *legacy, *cublas);
+      }
+      table.push_back({s.model, s.matrix, rows, *legacy, *fresh, *pdl, *cublas, cores_us, bytes});
       if (!repeatable || max_diff > 1e-3 * max_ref) {
         return absl::InternalError(
             absl::StrFormat("GEMV %s %s rows %d: repeatable %d, max diff vs legacy %g (max |y| %g)",
@@ -717,7 +739,6 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv.
       for (int split : {1, 2, 4, 8}) {
         for (int u : {2, 4, 8}) {
-          if (rows > 1 && u > 4) continue;
           cuda::GemvOptions opt;
           opt.k_split = split;
           opt.loads_per_lane = u;
@@ -735,19 +756,25 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
 int RunGemvBench(const KernelsBenchOptions& o, double ceiling) {
   std::vector<GemvRow> table;
   const absl::Status st = BenchGemv(o, ceiling, table);
-  std::fprintf(stderr,
-               "\nGEMV (us per launch, graph of %d back-to-back launches; TB/s and share of the "
-               "%.2f TB/s copy ceiling for the new kernel)\n"
-               "| model | matrix | rows | legacy | new | new+PDL | cuBLAS | new TB/s | new/ceil | "
-               "PDL/ceil | x legacy |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-               o.gemv_iters, ceiling);
+  std::fprintf(
+      stderr,
+      "\nGEMV (us per launch, graph of %d back-to-back launches; TB/s and share of the "
+      "%.2f TB/s copy ceiling for the new kernel)\n"
+      "| model | matrix | rows | legacy | CUDA cores | new | new+PDL | cuBLAS | new TB/s | "
+      "new/ceil | PDL/ceil | x legacy | x cuBLAS |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+      o.gemv_iters, ceiling);
   for (const GemvRow& r : table) {
     const double tb = r.bytes / (r.new_us * 1e-6) / 1e12;
     const double tp = r.bytes / (r.pdl_us * 1e-6) / 1e12;
-    std::fprintf(stderr,
-                 "| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f |\n",
-                 r.model.c_str(), r.matrix.c_str(), r.rows, r.legacy_us, r.new_us, r.pdl_us,
-                 r.cublas_us, tb, 100 * tb / ceiling, 100 * tp / ceiling, r.legacy_us / r.new_us);
+    std::fprintf(
+        stderr,
+        "| %s | %s | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | "
+        "%.2f |\n",
+        r.model.c_str(), r.matrix.c_str(), r.rows, r.legacy_us,
+        r.rows > 1 ? absl::StrFormat("%.2f", r.cores_us).c_str() : "-", r.new_us, r.pdl_us,
+        r.cublas_us, tb, 100 * tb / ceiling, 100 * tp / ceiling, r.legacy_us / r.new_us,
+        r.cublas_us / r.new_us);
   }
   if (!st.ok()) {
     std::fprintf(stderr, "resa-bench kernels --gemv: %s\n", std::string(st.message()).c_str());
@@ -926,6 +953,10 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
       ->capture_default_str()
       ->check(CLI::Range(1, 8));
+  k->add_option("--gemv-matrices", o->gemv_matrices,
+                "With --gemv: only these matrices (qkv, o, gate_up, down, lm_head)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"qkv", "o", "gate_up", "down", "lm_head"}));
   k->add_option("--gemv-iters", o->gemv_iters, "With --gemv: launches per timing repeat")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));

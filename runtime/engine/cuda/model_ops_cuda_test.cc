@@ -229,9 +229,10 @@ TEST_P(GemvRealShapeTest, ExactOnEveryPlan) {
   }
   DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x));
   DeviceBuffer<float> dxf(x), dy(size_t(kGemvMaxRows) * s.n);
-  std::vector<GemvOptions> plans(3);
+  std::vector<GemvOptions> plans(4);
   plans[1].overlap_previous = true;
   plans[2].legacy = true;
+  plans[3].cuda_cores = true;  // batches on the CUDA cores
   for (int split : {1, 2, 4, 8}) {
     for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
   }
@@ -251,8 +252,8 @@ TEST_P(GemvRealShapeTest, ExactOnEveryPlan) {
           if (got != want && bad++ < 3) {
             ADD_FAILURE() << s.name << " rows " << rows << " split " << o.k_split << " loads "
                           << o.loads_per_lane << " pdl " << o.overlap_previous << " legacy "
-                          << o.legacy << ": y[" << m << "][" << cols[c] << "] = " << got
-                          << ", want " << want;
+                          << o.legacy << " cuda_cores " << o.cuda_cores << ": y[" << m << "]["
+                          << cols[c] << "] = " << got << ", want " << want;
           }
         }
       }
@@ -320,28 +321,31 @@ TEST_F(CudaOpsTest, GemvOverlapWaitsForTheKernelBefore) {
   }
 }
 
-// The plans a one-row GEMV with a pair epilogue is tested with: automatic, and every k split of
-// at most 4 warps with every loads-per-lane setting.
-std::vector<GemvOptions> PairEpiloguePlans() {
+// The plans a GEMV with a pair epilogue is tested with: automatic, and every k split (at most
+// 4 warps at one row, where pairs must not straddle blocks; 8 too on the tensor cores) with
+// every loads-per-lane setting.
+std::vector<GemvOptions> PairEpiloguePlans(int rows) {
   std::vector<GemvOptions> plans(1);  // automatic
-  for (int split : {1, 2, 4}) {
+  for (int split : {1, 2, 4, 8}) {
+    if (split == 8 && rows == 1) continue;
     for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
   }
   return plans;
 }
 
 // The plain GEMV's options with the same plan as a pair-epilogue GEMV run with `o` (an
-// automatic plan of 8 warps a row becomes 4 there).
-GemvOptions UnfusedPlan(const GemvOptions& o, int n, int k) {
+// automatic one-row plan of 8 warps a row becomes 4 there; batches plan alike).
+GemvOptions UnfusedPlan(const GemvOptions& o, int rows, int n, int k) {
   GemvOptions unfused = o;
-  if (o.k_split == 0 && PlanGemv(1, n, k, o).k_split > 4) unfused.k_split = 4;
+  if (rows == 1 && o.k_split == 0 && PlanGemv(1, n, k, o).k_split > 4) unfused.k_split = 4;
   return unfused;
 }
 
-// SwiGLU in the gate_up GEMV's epilogue: bit for bit the GEMV then SiluMulCuda with the same
-// plan (the real gate_up shapes, automatic and explicit plans; a small shape whose automatic
-// plan of 8 warps per row becomes 4), and within a bf16 step of the CPU twins (Gemv, then
-// SiluMul; the gate/up sums differ from fp64 in the last fp32 bits before the bf16 rounding).
+// SwiGLU in the gate_up GEMV's epilogue, at 1, 3 and 8 rows: bit for bit the GEMV then
+// SiluMulCuda with the same plan (the real gate_up shapes, automatic and explicit plans; a
+// small shape whose automatic one-row plan of 8 warps per row becomes 4), and within a bf16 step
+// of the CPU twins (Gemv, then SiluMul; the gate/up sums differ from fp64 in the last fp32 bits
+// before the bf16 rounding).
 TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
   constexpr Tolerance kTwin{1e-4, 8e-3};
   struct Shape {
@@ -350,51 +354,67 @@ TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
   for (const Shape s : {Shape{8960, 1536}, Shape{18944, 3584}, Shape{64, 128}, Shape{200, 512}}) {
     const int n = 2 * s.inter;
     const std::vector<float> w = Noise(size_t(n) * s.k, 61, 0.05f);
-    const std::vector<float> x = Noise(size_t(s.k), 62);
-    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x)), dact(size_t(s.inter)),
-        dact2(size_t(s.inter));
-    DeviceBuffer<float> dgu(static_cast<size_t>(n));
-    for (const GemvOptions& o : PairEpiloguePlans()) {
-      const GemvOptions unfused = UnfusedPlan(o, n, s.k);
-      dact.Fill(0xff);
-      dact2.Fill(0xff);
-      ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.inter, s.k,
-                                     AsBf16(dact.get()), nullptr, o)
-                      .ok());
-      ASSERT_TRUE(
-          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, n, s.k, dgu.get(), nullptr, unfused)
-              .ok());
-      ASSERT_TRUE(SiluMulCuda(dgu.get(), 1, s.inter, AsBf16(dact2.get()), nullptr).ok());
-      ASSERT_EQ(dact.Download(), dact2.Download())
-          << "inter " << s.inter << " k " << s.k << " split " << o.k_split << " loads "
-          << o.loads_per_lane;
+    const std::vector<float> x = Noise(size_t(kGemvMaxRows) * s.k, 62);
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x)),
+        dact(size_t(kGemvMaxRows) * s.inter), dact2(dact.size());
+    DeviceBuffer<float> dgu(size_t(kGemvMaxRows) * n);
+    for (int rows : {1, 3, 8}) {
+      const size_t na = size_t(rows) * s.inter;
+      for (const GemvOptions& o : PairEpiloguePlans(rows)) {
+        const GemvOptions unfused = UnfusedPlan(o, rows, n, s.k);
+        dact.Fill(0xff);
+        dact2.Fill(0xff);
+        ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, s.inter, s.k,
+                                       AsBf16(dact.get()), nullptr, o)
+                        .ok());
+        ASSERT_TRUE(GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, n, s.k, dgu.get(),
+                                 nullptr, unfused)
+                        .ok());
+        ASSERT_TRUE(SiluMulCuda(dgu.get(), rows, s.inter, AsBf16(dact2.get()), nullptr).ok());
+        std::vector<uint16_t> a = dact.Download(), b = dact2.Download();
+        a.resize(na);
+        b.resize(na);
+        ASSERT_EQ(a, b) << "rows " << rows << " inter " << s.inter << " k " << s.k << " split "
+                        << o.k_split << " loads " << o.loads_per_lane;
+      }
+      std::vector<float> gu(size_t(rows) * n), act(na);
+      ref::Gemv(w.data(), x.data(), rows, n, s.k, gu.data());
+      ref::SiluMul(gu.data(), rows, s.inter, act.data());
+      EXPECT_TRUE(AllClose(Bf16ToFloat(dact.Download()).data(), act.data(), act.size(), kTwin))
+          << "rows " << rows << " inter " << s.inter;
     }
-    std::vector<float> gu(static_cast<size_t>(n)), act(static_cast<size_t>(s.inter));
-    ref::Gemv(w.data(), x.data(), 1, n, s.k, gu.data());
-    ref::SiluMul(gu.data(), 1, s.inter, act.data());
-    EXPECT_TRUE(AllClose(Bf16ToFloat(dact.Download()).data(), act.data(), act.size(), kTwin))
-        << "inter " << s.inter;
   }
-  // Refused: the legacy kernel, 8 warps a row (pairs would straddle blocks), a bad shape.
-  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dact(64);
-  GemvOptions legacy, split8;
+  // Refused: the legacy and CUDA-core batch kernels, 8 warps a row at one row (pairs would
+  // straddle blocks), a bad shape, more than kGemvMaxRows rows.
+  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64 * 9), dact(64 * 9);
+  GemvOptions legacy, split8, cuda_cores;
   legacy.legacy = true;
   split8.k_split = 8;
+  cuda_cores.cuda_cores = true;
   for (const GemvOptions& o : {legacy, split8}) {
-    EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, 64, AsBf16(dact.get()),
+    EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, 64, 64, AsBf16(dact.get()),
                                  nullptr, o)
                   .code(),
               absl::StatusCode::kInvalidArgument);
   }
+  EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 2, 64, 64, AsBf16(dact.get()),
+                               nullptr, cuda_cores)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, 60, AsBf16(dact.get()), nullptr)
+      GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, 64, 60, AsBf16(dact.get()), nullptr)
           .code(),
       absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), kGemvMaxRows + 1, 64, 64,
+                               AsBf16(dact.get()), nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
-// Bias and RoPE in the QKV GEMV's epilogue: bit for bit the GEMV then QkvRopeCuda with the
-// same plan (the real qkv shapes with bias, a small one without; automatic and explicit plans),
-// and within a bf16 step of the CPU twins (Gemv, then QkvRope).
+// Bias and RoPE in the QKV GEMV's epilogue, at 1, 2 and 8 rows (positions of their own): bit
+// for bit the GEMV then QkvRopeCuda with the same plan (the real qkv shapes with bias, a small
+// one without; automatic and explicit plans), and within a bf16 step of the CPU twins (Gemv,
+// then QkvRope).
 TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
   constexpr Tolerance kTwin{1e-4, 8e-3};
   struct Shape {
@@ -406,58 +426,86 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
                         Shape{9, 3, 64, 576, false, 40000}, Shape{2, 1, 32, 64, true, 0}}) {
     const int n = (s.heads + 2 * s.kv_heads) * s.d;
     const std::vector<float> w = Noise(size_t(n) * s.k, 71, 0.05f);
-    const std::vector<float> x = Noise(size_t(s.k), 72);
+    const std::vector<float> x = Noise(size_t(kGemvMaxRows) * s.k, 72);
     const std::vector<float> bias = Noise(size_t(n), 73, 0.5f);
+    std::vector<int32_t> pos(kGemvMaxRows);
+    for (int m = 0; m < kGemvMaxRows; ++m) pos[size_t(m)] = s.pos + 977 * m;
     DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
-    DeviceBuffer<float> dbias(bias), dqkv(static_cast<size_t>(n));
-    DeviceBuffer<int32_t> dpos(std::vector<int32_t>{s.pos});
-    DeviceBuffer<uint16_t> q1(size_t(s.heads) * s.d), k1(size_t(s.kv_heads) * s.d),
-        v1(size_t(s.kv_heads) * s.d), q2(q1.size()), k2(k1.size()), v2(v1.size());
-    auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
-                      DeviceBuffer<uint16_t>& v) {
-      return QkvRopeFor(1, s.heads, s.kv_heads, s.d, dqkv.get(), s.bias ? dbias.get() : nullptr,
-                        dpos.get(), q, k, v);
-    };
-    for (const GemvOptions& o : PairEpiloguePlans()) {
-      const GemvOptions unfused = UnfusedPlan(o, n, s.k);
-      for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
-      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.k, params(q1, k1, v1),
-                                      nullptr, o)
-                      .ok());
-      ASSERT_TRUE(
-          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, n, s.k, dqkv.get(), nullptr, unfused)
-              .ok());
-      ASSERT_TRUE(QkvRopeCuda(params(q2, k2, v2), nullptr).ok());
-      const std::string where = "heads " + std::to_string(s.heads) + " d " + std::to_string(s.d) +
-                                " split " + std::to_string(o.k_split) + " loads " +
-                                std::to_string(o.loads_per_lane);
-      ASSERT_EQ(q1.Download(), q2.Download()) << where;
-      ASSERT_EQ(k1.Download(), k2.Download()) << where;
-      ASSERT_EQ(v1.Download(), v2.Download()) << where;
+    DeviceBuffer<float> dbias(bias), dqkv(size_t(kGemvMaxRows) * n);
+    DeviceBuffer<int32_t> dpos(pos);
+    const size_t nq = size_t(kGemvMaxRows) * s.heads * s.d,
+                 nk = size_t(kGemvMaxRows) * s.kv_heads * s.d;
+    DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk);
+    for (int rows : {1, 2, 8}) {
+      auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
+                        DeviceBuffer<uint16_t>& v) {
+        return QkvRopeFor(rows, s.heads, s.kv_heads, s.d, dqkv.get(),
+                          s.bias ? dbias.get() : nullptr, dpos.get(), q, k, v);
+      };
+      for (const GemvOptions& o : PairEpiloguePlans(rows)) {
+        const GemvOptions unfused = UnfusedPlan(o, rows, n, s.k);
+        for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
+        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.k, params(q1, k1, v1),
+                                        nullptr, o)
+                        .ok());
+        ASSERT_TRUE(GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, n, s.k, dqkv.get(),
+                                 nullptr, unfused)
+                        .ok());
+        ASSERT_TRUE(QkvRopeCuda(params(q2, k2, v2), nullptr).ok());
+        const std::string where = "rows " + std::to_string(rows) + " heads " +
+                                  std::to_string(s.heads) + " d " + std::to_string(s.d) +
+                                  " split " + std::to_string(o.k_split) + " loads " +
+                                  std::to_string(o.loads_per_lane);
+        ASSERT_EQ(q1.Download(), q2.Download()) << where;
+        ASSERT_EQ(k1.Download(), k2.Download()) << where;
+        ASSERT_EQ(v1.Download(), v2.Download()) << where;
+      }
+      std::vector<float> qkv(size_t(rows) * n), q(size_t(rows) * s.heads * s.d),
+          k(size_t(rows) * s.kv_heads * s.d), v(k.size());
+      ref::Gemv(w.data(), x.data(), rows, n, s.k, qkv.data());
+      ref::QkvRope(qkv.data(), s.bias ? bias.data() : nullptr, pos.data(), rows, s.heads,
+                   s.kv_heads, s.d, 1e6f, q.data(), k.data(), v.data());
+      EXPECT_TRUE(AllClose(Bf16ToFloat(q1.Download()).data(), q.data(), q.size(), kTwin));
+      EXPECT_TRUE(AllClose(Bf16ToFloat(k1.Download()).data(), k.data(), k.size(), kTwin));
+      EXPECT_TRUE(AllClose(Bf16ToFloat(v1.Download()).data(), v.data(), v.size(), kTwin));
     }
-    std::vector<float> qkv(static_cast<size_t>(n)), q(q1.size()), k(k1.size()), v(v1.size());
-    ref::Gemv(w.data(), x.data(), 1, n, s.k, qkv.data());
-    ref::QkvRope(qkv.data(), s.bias ? bias.data() : nullptr, &s.pos, 1, s.heads, s.kv_heads, s.d,
-                 1e6f, q.data(), k.data(), v.data());
-    EXPECT_TRUE(AllClose(Bf16ToFloat(q1.Download()).data(), q.data(), q.size(), kTwin));
-    EXPECT_TRUE(AllClose(Bf16ToFloat(k1.Download()).data(), k.data(), k.size(), kTwin));
-    EXPECT_TRUE(AllClose(Bf16ToFloat(v1.Download()).data(), v.data(), v.size(), kTwin));
   }
-  // Refused: more than one row, the legacy kernel, 8 warps a row (pairs would straddle blocks).
-  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64), dq(64), dk(32), dv(32);
-  DeviceBuffer<int32_t> dpos(2);
+  // Refused: more than kGemvMaxRows rows, the cache append with more than one row, the legacy
+  // and CUDA-core batch kernels, 8 warps a row at one row (pairs would straddle blocks).
+  DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64 * 9), dq(64 * 9), dk(32 * 9), dv(32 * 9);
+  DeviceBuffer<int32_t> dpos(9);
   QkvRopeParams p = QkvRopeFor(1, 2, 1, 32, nullptr, nullptr, dpos.get(), dq, dk, dv);
-  p.rows = 2;
+  p.rows = kGemvMaxRows + 1;
   EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
+  {
+    DeviceBuffer<uint16_t> pool(size_t(16) * 32 * 4);
+    DeviceBuffer<int32_t> table(1), keys(1);
+    QkvRopeParams a = p;
+    a.rows = 2;
+    a.kv.k = AsBf16(pool.get());
+    a.kv.v = AsBf16(pool.get());
+    a.kv.summary = AsBf16(pool.get());
+    a.kv.num_kv_heads = 1;
+    a.kv.head_dim = 32;
+    a.page_table = table.get();
+    a.num_keys = keys.get();
+    EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, a, nullptr).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   p.rows = 1;
-  GemvOptions legacy, split8;
+  GemvOptions legacy, split8, cuda_cores;
   legacy.legacy = true;
   split8.k_split = 8;
+  cuda_cores.cuda_cores = true;
   for (const GemvOptions& o : {legacy, split8}) {
     EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr, o).code(),
               absl::StatusCode::kInvalidArgument);
   }
+  p.rows = 2;
+  EXPECT_EQ(
+      GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr, cuda_cores).code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 // The QKV GEMV's cache append (QkvRopeParams::kv) leaves the cache, summaries included, bit for
@@ -504,7 +552,7 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
       kv.head_dim = cs.d;
       return kv;
     };
-    for (const GemvOptions& o : PairEpiloguePlans()) {
+    for (const GemvOptions& o : PairEpiloguePlans(1)) {
       for (auto* b : {&kc1, &kc2}) b->Upload(k0);
       for (auto* b : {&vc1, &vc2}) b->Upload(v0);
       for (auto* b : {&sc1, &sc2}) b->Upload(s0);
@@ -568,12 +616,19 @@ TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
   EXPECT_GT(down.k_split, 1);
   EXPECT_EQ(PlanGemv(1, 151936, 1536, {}).k_split, 1);
   for (int rows = 1; rows <= kGemvMaxRows; ++rows) {
-    for (const RealGemvShape& s : kRealGemvShapes) {
-      const GemvPlan p = PlanGemv(rows, s.n, s.k, {});
-      EXPECT_TRUE(p.k_split == 1 || p.k_split == 2 || p.k_split == 4 || p.k_split == 8);
-      EXPECT_TRUE(p.loads_per_lane == 2 || p.loads_per_lane == 4 || p.loads_per_lane == 8);
-      const int rows_per_block = (rows == 1 ? 1 : 2) * (8 / p.k_split);
-      EXPECT_EQ(p.blocks, (s.n + rows_per_block - 1) / rows_per_block) << s.name;
+    for (bool cuda_cores : {false, true}) {
+      for (const RealGemvShape& s : kRealGemvShapes) {
+        GemvOptions o;
+        o.cuda_cores = cuda_cores;
+        const GemvPlan p = PlanGemv(rows, s.n, s.k, o);
+        EXPECT_TRUE(p.k_split == 1 || p.k_split == 2 || p.k_split == 4 || p.k_split == 8);
+        EXPECT_TRUE(p.loads_per_lane == 2 || p.loads_per_lane == 4 || p.loads_per_lane == 8);
+        // Batches on the tensor cores: a group of k_split warps a tile of 16 rows.
+        EXPECT_EQ(p.tensor_cores, rows > 1 && !cuda_cores) << s.name;
+        const int per_group = p.tensor_cores ? 16 : rows == 1 ? 1 : 2;
+        const int rows_per_block = per_group * (8 / p.k_split);
+        EXPECT_EQ(p.blocks, (s.n + rows_per_block - 1) / rows_per_block) << s.name;
+      }
     }
   }
 }
