@@ -412,8 +412,8 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   e->add_option("--swiglu-epilogue", o.swiglu_epilogue,
                 "GEMV epilogues of steps of up to --gemv-max-rows rows: gate_up writing the "
-                "SwiGLU activations and qkv writing q/k/v with bias and RoPE, and a single dense "
-                "row's K/V into the cache (no SiluMul, QkvRope, WriteKv launches): on, off, or "
+                "SwiGLU activations and qkv writing q/k/v with bias and RoPE, and dense decode "
+                "rows' K/V into the cache (no SiluMul, QkvRope, WriteKv launches): on, off, or "
                 "both (each row twice, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();

@@ -701,11 +701,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     qp.k = k_;
     qp.v = v_;
     const bool qkv_epilogue = rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue();
-    // A single dense decode row: the QKV GEMV's epilogue also appends its K/V to the cache.
-    const bool append_in_gemv = qkv_epilogue && rows == 1 && plan.nd == 1 && !plan.sharded;
+    // Dense decode rows only: the QKV GEMV's epilogue also appends their K/V to the cache.
+    const bool append_in_gemv = qkv_epilogue && plan.nd == rows && !plan.sharded;
     if (append_in_gemv) {
       qp.kv = cache_->layer(l);
-      qp.page_table = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+      qp.page_table = meta + plan.o_tables + size_t(plan.ns) * plan.stride;  // ns == 0
+      qp.page_table_stride = plan.stride;
       qp.num_keys = meta + plan.o_wk_keys + plan.ns;
     }
     if (qkv_epilogue) {

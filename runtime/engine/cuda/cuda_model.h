@@ -78,8 +78,8 @@ struct CudaModelOptions {
 // Whether the GEMVs of a step of up to gemv_max_rows rows run their element-wise epilogues
 // themselves: gate_up writes the SwiGLU activations (GemvSwiGluBf16Cuda instead of GEMV +
 // SiluMulCuda) and qkv writes bf16 q, k, v with bias and RoPE (GemvQkvRopeBf16Cuda instead of
-// GEMV + QkvRopeCuda), and for a single dense decode row also its K/V into the cache (instead
-// of WriteKvCuda); the same bits, two to four launches less per layer. Process-wide, on by
+// GEMV + QkvRopeCuda), and for a step of dense decode rows also their K/V into the cache
+// (instead of WriteKvCuda); the same bits, two to four launches less per layer. Process-wide, on by
 // default; a switch for A/B runs (resa-bench e2e --swiglu-epilogue both; the name predates the
 // QKV epilogue). Graphs are keyed by it.
 bool SwiGluEpilogue();

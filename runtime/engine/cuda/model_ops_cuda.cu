@@ -118,17 +118,17 @@ __device__ __forceinline__ size_t KvSlotOffset(const QkvRopeParams& p, int h, in
   return ((size_t(page) * p.num_kv_heads + h) * kPageTokens + pos % kPageTokens) * p.head_dim;
 }
 
-// The cache append of one RoPE pair (i, i + d/2) of key head h of row 0 (QkvRopeParams::kv):
+// The cache append of one RoPE pair (i, i + d/2) of key head h of row r (QkvRopeParams::kv):
 // stores it in its slot and recomputes those two dims of the page summary from the page's
 // num_keys-valid slots in slot order, the new key taken from registers: the same fminf / fmaxf
 // sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. All 2 x 15 loads of the
 // other slots are issued together (one round trip).
-__device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int h, int i,
+__device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int h, int i,
                                               __nv_bfloat16 ka, __nv_bfloat16 kb) {
   const int d = p.head_dim, half = d / 2;
-  const int32_t pos = p.positions[0], blk = pos / kPageTokens, own = pos % kPageTokens;
-  const int32_t page = p.page_table[blk];
-  const int valid = min(kPageTokens, p.num_keys[0] - blk * kPageTokens);
+  const int32_t pos = p.positions[r], blk = pos / kPageTokens, own = pos % kPageTokens;
+  const int32_t page = p.page_table[size_t(r) * p.page_table_stride + blk];
+  const int valid = min(kPageTokens, p.num_keys[r] - blk * kPageTokens);
   __nv_bfloat16* base = p.kv.k + KvSlotOffset(p, h, page, blk * kPageTokens);
   base[size_t(own) * d + i] = ka;
   base[size_t(own) * d + i + half] = kb;
@@ -178,8 +178,9 @@ __device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int h
     dst[i] = va;
     dst[i + half] = vb;
     if (p.kv.k != nullptr) {
-      const int32_t pos = p.positions[0];
-      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, p.page_table[pos / kPageTokens], pos);
+      const int32_t pos = p.positions[r];
+      const int32_t page = p.page_table[size_t(r) * p.page_table_stride + pos / kPageTokens];
+      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, page, pos);
       slot[i] = va;
       slot[i + half] = vb;
     }
@@ -193,7 +194,7 @@ __device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int h
                       rb = __float2bfloat16(b * cs + a * sn);
   dst[i] = ra;
   dst[i + half] = rb;
-  if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, head - p.num_heads, i, ra, rb);
+  if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, r, head - p.num_heads, i, ra, rb);
 }
 
 // grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
@@ -603,8 +604,7 @@ __device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], cons
 // MMA; the first batch before GridDependencyWait, as GemvKernel. x is read four steps at a
 // time. Dead steps (past the slice or k) load zeros. Partial tiles meet in shared memory and
 // are added in slice order, so the result does not depend on timing; the epilogues are
-// GemvKernel's, for `rows` input rows (kEpiQkvRope without the cache append, which is one
-// row's).
+// GemvKernel's, for `rows` input rows.
 template <int U, typename XT, int EPI = kEpiStore>
 __global__ void __launch_bounds__(kThreads)
     GemvMmaKernel(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, int split, float* y,
@@ -635,7 +635,8 @@ __global__ void __launch_bounds__(kThreads)
   };
   load_batch();
   GridDependencyWait();
-  LaunchDependents();
+  // As GemvKernel: an appending QKV GEMV lets the next kernel launch only as it exits.
+  if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
   const bool xrow = g < rows;
   const XT* xr = x + size_t(xrow ? g : 0) * k;
   float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1107,9 +1108,10 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
                      p.num_kv_heads, " d ", p.head_dim, " k ", k, " (rows 1..", kGemvMaxRows,
                      ", even d, k % 8 == 0, 16-byte aligned, positions and q/k/v set)"));
   }
-  if (p.kv.k != nullptr && p.rows != 1) {
+  if (p.kv.k != nullptr && p.rows > 1 && p.page_table_stride <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GemvQkvRopeBf16Cuda: the cache append (kv) takes one row, got ", p.rows));
+        absl::StrCat("GemvQkvRopeBf16Cuda: the cache append of ", p.rows,
+                     " rows needs page_table_stride > 0, got ", p.page_table_stride));
   }
   if (p.kv.k != nullptr && (p.kv.v == nullptr || p.kv.summary == nullptr ||
                             p.page_table == nullptr || p.num_keys == nullptr ||

@@ -42,14 +42,16 @@ struct QkvRopeParams {
   __nv_bfloat16* k = nullptr;
   __nv_bfloat16* v = nullptr;
 
-  // Optional, GemvQkvRopeBf16Cuda only (QkvRopeCuda refuses it): with kv.k set, row 0's k and v
-  // also go to their slot of the paged cache and the page's summary is recomputed, as
-  // WriteKvCuda does for a run of one token at positions[0] (bit for bit): page
-  // page_table[positions[0] / 16], slot positions[0] % 16, num_keys[0] (> positions[0]) keys
-  // valid. Device pointers.
+  // Optional, GemvQkvRopeBf16Cuda only (QkvRopeCuda refuses it): with kv.k set, each row's k
+  // and v also go to their slot of the paged cache and the page's summary is recomputed, as
+  // WriteKvCuda does for runs of one token at positions[r] (bit for bit): row r (a sequence of
+  // its own: rows share no page) writes page page_table[r * page_table_stride + positions[r] /
+  // 16], slot positions[r] % 16, with num_keys[r] (> positions[r]) keys valid. Device pointers;
+  // page_table_stride may be 0 for one row.
   PagedKvCuda kv;
   const int32_t* page_table = nullptr;
   const int32_t* num_keys = nullptr;
+  int page_table_stride = 0;
 };
 absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream);
 
@@ -139,8 +141,9 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // QkvRopeCuda(p with qkv), for every plan with k_split <= 4 at one row (a block holds both rows
 // of each RoPE pair; an automatic plan of 8 becomes 4) and every plan at more rows: one launch
 // and the fp32 qkv round trip less. options.legacy is refused, and k_split 8 at one row and
-// options.cuda_cores at more. With p.kv set (one row only) it also appends k and v to the cache
-// (QkvRopeParams), in place of WriteKvCuda; it then lets the next kernel launch only as it
+// options.cuda_cores at more. With p.kv set it also appends every row's k and v to the cache
+// (QkvRopeParams; p.page_table_stride > 0 for more than one row), in place of WriteKvCuda; it
+// then lets the next kernel launch only as it
 // exits (not early, as the other GEMVs do), so that kernel, which may read the new q, k and v,
 // has the SMs to itself.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,

@@ -470,8 +470,9 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
       EXPECT_TRUE(AllClose(Bf16ToFloat(v1.Download()).data(), v.data(), v.size(), kTwin));
     }
   }
-  // Refused: more than kGemvMaxRows rows, the cache append with more than one row, the legacy
-  // and CUDA-core batch kernels, 8 warps a row at one row (pairs would straddle blocks).
+  // Refused: more than kGemvMaxRows rows, the cache append of several rows without a page table
+  // stride, the legacy and CUDA-core batch kernels, 8 warps a row at one row (pairs would
+  // straddle blocks).
   DeviceBuffer<uint16_t> dw(size_t(128) * 64), dx(64 * 9), dq(64 * 9), dk(32 * 9), dv(32 * 9);
   DeviceBuffer<int32_t> dpos(9);
   QkvRopeParams p = QkvRopeFor(1, 2, 1, 32, nullptr, nullptr, dpos.get(), dq, dk, dv);
@@ -512,7 +513,6 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
 // bit as the GEMV without it followed by WriteKvCuda: a fresh page (slot 0, over a stale
 // summary), mid-page and last-slot appends, and a rewrite inside a page with later valid keys.
 TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
-  constexpr int kPages = 6;
   struct Case {
     int heads, kv_heads, d, k;
     int32_t pos, num_keys;
@@ -522,72 +522,87 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
         Case{28, 4, 128, 3584, 47, 48}, Case{9, 3, 64, 576, 36, 45}, Case{2, 1, 64, 64, 0, 1}}) {
     const int n = (cs.heads + 2 * cs.kv_heads) * cs.d;
     const std::vector<float> w = Noise(size_t(n) * cs.k, 81, 0.05f);
-    const std::vector<float> x = Noise(size_t(cs.k), 82);
+    const std::vector<float> x = Noise(size_t(kGemvMaxRows) * cs.k, 82);
     const std::vector<float> bias = Noise(size_t(n), 83, 0.5f);
     DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dx(testing::ToBf16(x));
     DeviceBuffer<float> dbias(bias);
-    DeviceBuffer<int32_t> dpos(std::vector<int32_t>{cs.pos}),
-        dkeys(std::vector<int32_t>{cs.num_keys});
-    // Logical blocks 0..3 on pages 4, 1, 5, 2 (page 0 and 3 unused).
-    DeviceBuffer<int32_t> dtable(std::vector<int32_t>{4, 1, 5, 2});
-    const size_t page = size_t(cs.kv_heads) * kPageTokens * cs.d;
-    const std::vector<uint16_t> k0 = testing::ToBf16(Noise(kPages * page, 84)),
-                                v0 = testing::ToBf16(Noise(kPages * page, 85)),
-                                s0 = testing::ToBf16(
-                                    Noise(kPages * size_t(cs.kv_heads) * 2 * cs.d, 86));
-    DeviceBuffer<uint16_t> kc1(k0), vc1(v0), sc1(s0), kc2(k0), vc2(v0), sc2(s0);
-    DeviceBuffer<uint16_t> q1(size_t(cs.heads) * cs.d), k1(size_t(cs.kv_heads) * cs.d),
-        v1(k1.size()), q2(q1.size()), k2(k1.size()), v2(k1.size());
-    auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
-                      DeviceBuffer<uint16_t>& v) {
-      return QkvRopeFor(1, cs.heads, cs.kv_heads, cs.d, nullptr, dbias.get(), dpos.get(), q, k, v);
-    };
-    auto cache = [&](DeviceBuffer<uint16_t>& kc, DeviceBuffer<uint16_t>& vc,
-                     DeviceBuffer<uint16_t>& sc) {
-      PagedKvCuda kv;
-      kv.k = AsBf16(kc.get());
-      kv.v = AsBf16(vc.get());
-      kv.summary = AsBf16(sc.get());
-      kv.num_kv_heads = cs.kv_heads;
-      kv.head_dim = cs.d;
-      return kv;
-    };
-    for (const GemvOptions& o : PairEpiloguePlans(1)) {
-      for (auto* b : {&kc1, &kc2}) b->Upload(k0);
-      for (auto* b : {&vc1, &vc2}) b->Upload(v0);
-      for (auto* b : {&sc1, &sc2}) b->Upload(s0);
-      QkvRopeParams fused = params(q1, k1, v1);
-      fused.kv = cache(kc1, vc1, sc1);
-      fused.page_table = dtable.get();
-      fused.num_keys = dkeys.get();
-      ASSERT_TRUE(
-          GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k, fused, nullptr, o).ok());
-      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k, params(q2, k2, v2),
-                                      nullptr, o)
-                      .ok());
-      DeviceBuffer<int32_t> doff(std::vector<int32_t>{0, 1});
-      WriteKvParams wk;
-      wk.kv = cache(kc2, vc2, sc2);
-      wk.k = AsBf16(k2.get());
-      wk.v = AsBf16(v2.get());
-      wk.num_seqs = 1;
-      wk.token_offsets = doff.get();
-      wk.first_pos = dpos.get();
-      wk.num_keys = dkeys.get();
-      wk.page_tables = dtable.get();
-      wk.page_table_stride = 4;
-      wk.max_tokens = 1;
-      ASSERT_TRUE(WriteKvCuda(wk, nullptr).ok());
-      const std::string where =
-          "pos " + std::to_string(cs.pos) + " keys " + std::to_string(cs.num_keys) + " split " +
-          std::to_string(o.k_split) + " loads " + std::to_string(o.loads_per_lane);
-      ASSERT_EQ(q1.Download(), q2.Download()) << where;
-      ASSERT_EQ(k1.Download(), k2.Download()) << where;
-      ASSERT_EQ(v1.Download(), v2.Download()) << where;
-      ASSERT_EQ(kc1.Download(), kc2.Download()) << where;
-      ASSERT_EQ(vc1.Download(), vc2.Download()) << where;
-      ASSERT_EQ(sc1.Download(), sc2.Download()) << where;
-      ASSERT_NE(kc1.Download(), k0) << where;  // the append did write
+    // One row (the batch-1 CUDA-core kernel) and batches (tensor cores), each row a sequence
+    // of its own: row r at position pos + 5 r (mod 64) with the case's count of later valid
+    // keys, its logical blocks 0..3 on pages 4 r + 4, 4 r + 1, 4 r + 3, 4 r + 2 of a pool whose
+    // first and last pages no row uses.
+    for (int rows : {1, 3, 8}) {
+      const int pages = 4 * rows + 2;
+      std::vector<int32_t> pos(static_cast<size_t>(rows)), keys(pos.size()), table, offsets;
+      for (int r = 0; r < rows; ++r) {
+        pos[size_t(r)] = (cs.pos + 5 * r) % 64;
+        keys[size_t(r)] = std::min(64, pos[size_t(r)] + (cs.num_keys - cs.pos));
+        for (int32_t pg : {4, 1, 3, 2}) table.push_back(4 * r + pg);
+        offsets.push_back(r);
+      }
+      offsets.push_back(rows);
+      DeviceBuffer<int32_t> dpos(pos), dkeys(keys), dtable(table), doff(offsets);
+      const size_t page = size_t(cs.kv_heads) * kPageTokens * cs.d;
+      const std::vector<uint16_t> k0 = testing::ToBf16(Noise(pages * page, 84)),
+                                  v0 = testing::ToBf16(Noise(pages * page, 85)),
+                                  s0 = testing::ToBf16(
+                                      Noise(pages * size_t(cs.kv_heads) * 2 * cs.d, 86));
+      DeviceBuffer<uint16_t> kc1(k0), vc1(v0), sc1(s0), kc2(k0), vc2(v0), sc2(s0);
+      DeviceBuffer<uint16_t> q1(size_t(rows) * cs.heads * cs.d),
+          k1(size_t(rows) * cs.kv_heads * cs.d), v1(k1.size()), q2(q1.size()), k2(k1.size()),
+          v2(k1.size());
+      auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& k,
+                        DeviceBuffer<uint16_t>& v) {
+        return QkvRopeFor(rows, cs.heads, cs.kv_heads, cs.d, nullptr, dbias.get(), dpos.get(), q, k,
+                          v);
+      };
+      auto cache = [&](DeviceBuffer<uint16_t>& kc, DeviceBuffer<uint16_t>& vc,
+                       DeviceBuffer<uint16_t>& sc) {
+        PagedKvCuda kv;
+        kv.k = AsBf16(kc.get());
+        kv.v = AsBf16(vc.get());
+        kv.summary = AsBf16(sc.get());
+        kv.num_kv_heads = cs.kv_heads;
+        kv.head_dim = cs.d;
+        return kv;
+      };
+      for (const GemvOptions& o : PairEpiloguePlans(rows)) {
+        for (auto* b : {&kc1, &kc2}) b->Upload(k0);
+        for (auto* b : {&vc1, &vc2}) b->Upload(v0);
+        for (auto* b : {&sc1, &sc2}) b->Upload(s0);
+        QkvRopeParams fused = params(q1, k1, v1);
+        fused.kv = cache(kc1, vc1, sc1);
+        fused.page_table = dtable.get();
+        fused.page_table_stride = 4;
+        fused.num_keys = dkeys.get();
+        ASSERT_TRUE(
+            GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k, fused, nullptr, o).ok());
+        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), cs.k,
+                                        params(q2, k2, v2), nullptr, o)
+                        .ok());
+        WriteKvParams wk;
+        wk.kv = cache(kc2, vc2, sc2);
+        wk.k = AsBf16(k2.get());
+        wk.v = AsBf16(v2.get());
+        wk.num_seqs = rows;
+        wk.token_offsets = doff.get();
+        wk.first_pos = dpos.get();
+        wk.num_keys = dkeys.get();
+        wk.page_tables = dtable.get();
+        wk.page_table_stride = 4;
+        wk.max_tokens = 1;
+        ASSERT_TRUE(WriteKvCuda(wk, nullptr).ok());
+        const std::string where = "rows " + std::to_string(rows) + " pos " +
+                                  std::to_string(cs.pos) + " keys " + std::to_string(cs.num_keys) +
+                                  " split " + std::to_string(o.k_split) + " loads " +
+                                  std::to_string(o.loads_per_lane);
+        ASSERT_EQ(q1.Download(), q2.Download()) << where;
+        ASSERT_EQ(k1.Download(), k2.Download()) << where;
+        ASSERT_EQ(v1.Download(), v2.Download()) << where;
+        ASSERT_EQ(kc1.Download(), kc2.Download()) << where;
+        ASSERT_EQ(vc1.Download(), vc2.Download()) << where;
+        ASSERT_EQ(sc1.Download(), sc2.Download()) << where;
+        ASSERT_NE(kc1.Download(), k0) << where;  // the append did write
+      }
     }
   }
   // Refused: an append without its arrays or with a cache of another shape, and QkvRopeCuda's.
@@ -604,6 +619,10 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
   EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   p.kv.head_dim = 32;
+  p.rows = 2;  // rows > 1 without page_table_stride
+  EXPECT_EQ(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 64, p, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  p.rows = 1;
   DeviceBuffer<float> dqkv(128);
   p.qkv = dqkv.get();
   EXPECT_EQ(QkvRopeCuda(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
