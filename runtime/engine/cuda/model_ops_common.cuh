@@ -1,0 +1,110 @@
+// Device pieces shared by the CUDA backend's element-wise ops (model_ops_cuda.cu) and its decode
+// GEMVs (gemv_cuda.cu): the block size, a warp sum, and the QKV epilogue of one RoPE pair
+// (QkvRopeKernel and the QKV GEMV's fused epilogue share it, so both give the same bits).
+// Internal to those two files.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/paged_kv_cuda.h"
+#include "runtime/engine/cuda/model_ops_cuda.h"
+
+namespace resa::cuda::ops_internal {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Element offset of token `pos`'s row of KV head h in `page` (paged_kv_cuda.h layout).
+__device__ __forceinline__ size_t KvSlotOffset(const QkvRopeParams& p, int h, int32_t page,
+                                               int32_t pos) {
+  return ((size_t(page) * p.num_kv_heads + h) * kPageTokens + pos % kPageTokens) * p.head_dim;
+}
+
+// The cache append of one RoPE pair (i, i + d/2) of key head h of row r (QkvRopeParams::kv):
+// stores it in its slot and recomputes those two dims of the page summary from the page's
+// num_keys-valid slots in slot order, the new key taken from registers: the same fminf / fmaxf
+// sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. All 2 x 15 loads of the
+// other slots are issued together (one round trip).
+__device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int h, int i,
+                                              __nv_bfloat16 ka, __nv_bfloat16 kb) {
+  const int d = p.head_dim, half = d / 2;
+  const int32_t pos = p.positions[r], blk = pos / kPageTokens, own = pos % kPageTokens;
+  const int32_t page = p.page_table[size_t(r) * p.page_table_stride + blk];
+  const int valid = min(kPageTokens, p.num_keys[r] - blk * kPageTokens);
+  __nv_bfloat16* base = p.kv.k + KvSlotOffset(p, h, page, blk * kPageTokens);
+  base[size_t(own) * d + i] = ka;
+  base[size_t(own) * d + i + half] = kb;
+  __nv_bfloat16 xa[kPageTokens], xb[kPageTokens];
+#pragma unroll
+  for (int t = 0; t < kPageTokens; ++t) {
+    const bool other = t < valid && t != own;
+    xa[t] = other ? base[size_t(t) * d + i] : ka;
+    xb[t] = other ? base[size_t(t) * d + i + half] : kb;
+  }
+  float mna = INFINITY, mxa = -INFINITY, mnb = INFINITY, mxb = -INFINITY;
+#pragma unroll
+  for (int t = 0; t < kPageTokens; ++t) {
+    if (t < valid) {
+      const float a = __bfloat162float(xa[t]), b = __bfloat162float(xb[t]);
+      mna = fminf(mna, a), mxa = fmaxf(mxa, a);
+      mnb = fminf(mnb, b), mxb = fmaxf(mxb, b);
+    }
+  }
+  __nv_bfloat16* sm = p.kv.summary + (size_t(page) * p.num_kv_heads + h) * 2 * d;
+  sm[i] = __float2bfloat16(mna);
+  sm[d + i] = __float2bfloat16(mxa);
+  sm[i + half] = __float2bfloat16(mnb);
+  sm[d + i + half] = __float2bfloat16(mxb);
+}
+
+// The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
+// k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] and stores
+// bf16 q, k or v. Shared by QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
+__device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int head, int i, float a,
+                                            float b) {
+  const int d = p.head_dim, half = d / 2;
+  const size_t col = size_t(head) * d;
+  if (p.bias != nullptr) {
+    a += p.bias[col + i];
+    b += p.bias[col + i + half];
+  }
+  __nv_bfloat16* dst;
+  if (head < p.num_heads) {
+    dst = p.q + (size_t(r) * p.num_heads + head) * d;
+  } else if (head < p.num_heads + p.num_kv_heads) {
+    dst = p.k + (size_t(r) * p.num_kv_heads + (head - p.num_heads)) * d;
+  } else {
+    const int h = head - p.num_heads - p.num_kv_heads;
+    dst = p.v + (size_t(r) * p.num_kv_heads + h) * d;
+    const __nv_bfloat16 va = __float2bfloat16(a), vb = __float2bfloat16(b);
+    dst[i] = va;
+    dst[i + half] = vb;
+    if (p.kv.k != nullptr) {
+      const int32_t pos = p.positions[r];
+      const int32_t page = p.page_table[size_t(r) * p.page_table_stride + pos / kPageTokens];
+      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, page, pos);
+      slot[i] = va;
+      slot[i + half] = vb;
+    }
+    return;
+  }
+  const double inv_freq = pow(double(p.theta), -2.0 * i / d);
+  double s, c;
+  sincos(double(p.positions[r]) * inv_freq, &s, &c);
+  const float cs = float(c), sn = float(s);
+  const __nv_bfloat16 ra = __float2bfloat16(a * cs - b * sn),
+                      rb = __float2bfloat16(b * cs + a * sn);
+  dst[i] = ra;
+  dst[i + half] = rb;
+  if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, r, head - p.num_heads, i, ra, rb);
+}
+
+}  // namespace resa::cuda::ops_internal
