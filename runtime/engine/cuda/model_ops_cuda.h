@@ -109,7 +109,8 @@ struct GemvPlan {
   int64_t blocks = 0;
   bool tensor_cores = false;
 };
-// The automatic k split of batches (rows > 1) keeps slices at most this many 16-byte chunks.
+// The automatic k split of batches on the CUDA cores (GemvOptions::cuda_cores) keeps slices at
+// most this many 16-byte chunks.
 inline constexpr int kGemvMaxSliceChunks = 600;
 GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& options);
 
@@ -143,9 +144,8 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // and the fp32 qkv round trip less. options.legacy is refused, and k_split 8 at one row and
 // options.cuda_cores at more. With p.kv set it also appends every row's k and v to the cache
 // (QkvRopeParams; p.page_table_stride > 0 for more than one row), in place of WriteKvCuda; it
-// then lets the next kernel launch only as it
-// exits (not early, as the other GEMVs do), so that kernel, which may read the new q, k and v,
-// has the SMs to itself.
+// then lets the next kernel launch only as it exits (not early, as the other GEMVs do), so
+// that kernel, which may read the new q, k and v, has the SMs to itself.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options = GemvOptions{});
