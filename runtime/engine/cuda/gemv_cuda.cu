@@ -480,10 +480,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Dispatch of GemvKernel over (rows, loads per lane); R follows from rows.
 template <int M, typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __nv_bfloat16* w,
@@ -636,10 +632,6 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
   if (err != cudaSuccess) return CudaStatus(err, "launching GemvKernel");
   return CheckLaunch("GemvKernel");
 }
-
-}  // namespace
-
-namespace {
 
 // The tensor-core kernel's plan (rows >= 2): 16-row tiles, 8 / k_split of them a block.
 GemvPlan PlanGemvMma(int n, const GemvOptions& o) {
