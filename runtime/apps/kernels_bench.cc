@@ -677,10 +677,10 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       auto pdl = time(pdl_opt);
       if (!pdl.ok()) return pdl.status();
       // Batches: the CUDA-core kernel that one row uses, the tensor-core kernel's baseline.
+      cuda::GemvOptions cores_opt;
+      cores_opt.cuda_cores = true;
       double cores_us = 0.0;
       if (rows > 1) {
-        cuda::GemvOptions cores_opt;
-        cores_opt.cuda_cores = true;
         auto cores = time(cores_opt);
         if (!cores.ok()) return cores.status();
         cores_us = *cores;
@@ -724,8 +724,6 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       EmitGemv(s, rows, "new_pdl", &plan, *pdl, bytes, ceiling, *legacy, *cublas);
       EmitGemv(s, rows, "cublas", nullptr, *cublas, bytes, ceiling, *legacy, *cublas);
       if (rows > 1) {
-        cuda::GemvOptions cores_opt;
-        cores_opt.cuda_cores = true;
         const cuda::GemvPlan cp = cuda::PlanGemv(rows, s.n, s.k, cores_opt);
         EmitGemv(s, rows, "cuda_cores", &cp, cores_us, bytes, ceiling, *legacy, *cublas);
       }
