@@ -950,6 +950,7 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--gemv-sweep", o->gemv_sweep, "With --gemv: every k split x loads per lane too");
   k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
       ->capture_default_str()
+      ->delimiter(',')
       ->check(CLI::Range(1, 8));
   k->add_option("--gemv-matrices", o->gemv_matrices,
                 "With --gemv: only these matrices (qkv, o, gate_up, down, lm_head)")
