@@ -1,5 +1,6 @@
 #include "kernels/cuda/cuda_status.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
@@ -55,5 +56,42 @@ std::atomic<bool>& PdlFlag() {
 
 bool ProgrammaticLaunch() { return PdlFlag().load(std::memory_order_relaxed); }
 void SetProgrammaticLaunch(bool on) { PdlFlag().store(on, std::memory_order_relaxed); }
+
+namespace {
+constexpr int kDefaultL2FetchBytes = 128;
+std::atomic<int>& L2FetchBytes() {
+  static std::atomic<int> bytes{[] {
+    const char* v = std::getenv("RESA_CUDA_L2_FETCH");
+    if (v == nullptr || *v == '\0') return kDefaultL2FetchBytes;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    return *end == '\0' && n >= 0 && n <= 128 ? int(n) : kDefaultL2FetchBytes;
+  }()};
+  return bytes;
+}
+}  // namespace
+
+int L2FetchGranularity() { return L2FetchBytes().load(std::memory_order_relaxed); }
+void SetL2FetchGranularity(int bytes) {
+  L2FetchBytes().store(std::clamp(bytes, 0, 128), std::memory_order_relaxed);
+}
+
+absl::Status ApplyL2FetchGranularity() {
+  // 1 + the value this process last set on each device (0: not yet).
+  static std::array<std::atomic<int>, kMaxDevices> applied{};
+  int device = 0;
+  if (absl::Status st = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !st.ok()) return st;
+  const int want = L2FetchGranularity();
+  std::atomic<int>* slot = device >= 0 && device < kMaxDevices ? &applied[device] : nullptr;
+  if (slot != nullptr && slot->load(std::memory_order_relaxed) == want + 1) return absl::OkStatus();
+  const cudaError_t err = cudaDeviceSetLimit(cudaLimitMaxL2FetchGranularity, size_t(want));
+  if (err == cudaErrorUnsupportedLimit) {
+    cudaGetLastError();
+  } else if (err != cudaSuccess) {
+    return CudaStatus(err, "setting the L2 fetch granularity");
+  }
+  if (slot != nullptr) slot->store(want + 1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
 
 }  // namespace resa::cuda

@@ -45,4 +45,17 @@ int MultiprocessorCount();
 // for the H200 the grids are sized for).
 int ComputeCapabilityMajor();
 
+// The L2 fetch granularity (cudaLimitMaxL2FetchGranularity: bytes, 0-128, a hint) the CUDA model
+// puts on its device before every step. 128 by default: the decode kernel's K loads and the
+// selection's summary loads each ask for 64-byte halves of 128-byte lines, which the device's
+// own default (64 on the H200) fetches from HBM one half at a time (docs/kernels.md, run 23).
+// RESA_CUDA_L2_FETCH=<bytes> in the environment sets it at start (values outside 0-128 are
+// ignored); the setter clamps to 0-128.
+int L2FetchGranularity();
+void SetL2FetchGranularity(int bytes);
+// Sets the current device's limit to L2FetchGranularity() unless this process already did (the
+// limit holds for the whole context: every stream and library on the device). A device that
+// does not support the limit is left as it is (success).
+absl::Status ApplyL2FetchGranularity();
+
 }  // namespace resa::cuda

@@ -44,6 +44,8 @@ struct E2eOptions {
   std::string chunk_kernel = "wgmma";
   // Selection threshold hints kept between steps: "on", "off" or "both", as --pdl.
   std::string selection_hints = "on";
+  // L2 fetch granularities (bytes) to run every row with, in order; the targets use the last.
+  std::vector<int> l2_fetch = {128};
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
 };
@@ -198,6 +200,10 @@ int RunE2e(const E2eOptions& o) {
     std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(device.status().message()).c_str());
     return 1;
   }
+  if (o.l2_fetch.empty()) {
+    std::fprintf(stderr, "resa-bench e2e: --l2-fetch needs at least one value\n");
+    return 1;
+  }
   auto copy = MeasureDeviceCopyGbps(*device);
   if (!copy.ok()) {
     std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(copy.status().message()).c_str());
@@ -224,16 +230,17 @@ int RunE2e(const E2eOptions& o) {
     for (const bool swiglu : settings(o.swiglu_epilogue)) {
       for (const bool wgmma : settings(chunk_on_off)) {
         for (const bool hints : settings(o.selection_hints)) {
-          variants.push_back({pdl, swiglu, wgmma, hints});
+          for (const int l2 : o.l2_fetch) variants.push_back({pdl, swiglu, wgmma, hints, l2});
         }
       }
     }
   }
   auto variant_json = [](const CudaTuning& t) {
     return absl::StrFormat(
-        "\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\",\"selection_hints\":%s",
+        "\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\",\"selection_hints\":%s,"
+        "\"l2_fetch\":%d",
         t.programmatic_launch ? "true" : "false", t.swiglu_epilogue ? "true" : "false",
-        t.wgmma_chunk ? "wgmma" : "mma", t.selection_hints ? "true" : "false");
+        t.wgmma_chunk ? "wgmma" : "mma", t.selection_hints ? "true" : "false", t.l2_fetch_bytes);
   };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
@@ -300,14 +307,15 @@ int RunE2e(const E2eOptions& o) {
   }
   // Table and targets (stderr), ratios against same-run baselines only.
   const CudaTuning main_variant{o.pdl != "off", o.swiglu_epilogue != "off", o.chunk_kernel != "mma",
-                                o.selection_hints != "off"};
+                                o.selection_hints != "off", o.l2_fetch.back()};
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
                   const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
           r.tuning.programmatic_launch == t.programmatic_launch &&
           r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.wgmma_chunk == t.wgmma_chunk &&
-          r.tuning.selection_hints == t.selection_hints) {
+          r.tuning.selection_hints == t.selection_hints &&
+          r.tuning.l2_fetch_bytes == t.l2_fetch_bytes) {
         return &r;
       }
     }
@@ -316,19 +324,21 @@ int RunE2e(const E2eOptions& o) {
   std::fprintf(stderr,
                "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
                "sequence)\n"
-               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | hints | ms/step | "
-               "bound ms | x bound | rectify share | vs our dense | torch dense ms | vs torch |\n"
-               "|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | hints | L2 fetch | "
+               "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
+               "vs torch |\n"
+               "|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                *copy);
   for (const Row& r : rows) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
         stderr,
-        "| %s | %d | %d | %s | %s | %s | %s | %s | %.3f | %.3f | %.2f | %.1f%% | %s | %s | %s |\n",
+        "| %s | %d | %d | %s | %s | %s | %s | %s | %d | %.3f | %.3f | %.2f | %.1f%% | %s | %s | "
+        "%s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
         r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
-        r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.ms, r.bound_ms,
-        r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
+        r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms,
+        r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
         dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
@@ -339,9 +349,10 @@ int RunE2e(const E2eOptions& o) {
   for (const Row& r : rows) {
     if (r.profile.empty()) continue;
     std::string line = absl::StrFormat(
-        "%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s chunk %-5s:", r.model, r.context, r.batch,
-        DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
-        r.tuning.swiglu_epilogue ? "on" : "off", r.tuning.wgmma_chunk ? "wgmma" : "mma");
+        "%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s chunk %-5s L2 fetch %d:", r.model, r.context,
+        r.batch, DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
+        r.tuning.swiglu_epilogue ? "on" : "off", r.tuning.wgmma_chunk ? "wgmma" : "mma",
+        r.tuning.l2_fetch_bytes);
     double sum = 0;
     for (const auto& [group, ms] : r.profile) {
       absl::StrAppendFormat(&line, " %s %.3f", group, ms);
@@ -427,6 +438,13 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "blocks; the tail ranks only the hint's candidates when they suffice): on, off, "
                 "or both (each row twice, off then on, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
+      ->capture_default_str();
+  e->add_option("--l2-fetch", o.l2_fetch,
+                "CUDA: L2 fetch granularities in bytes (0-128; the device limit set before each "
+                "step) to run every row with, in the same run, in order (e.g. 64,128); the "
+                "targets read the last")
+      ->delimiter(',')
+      ->check(CLI::Range(0, 128))
       ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();
   e->add_option("--torch-script", o.torch_script, "The baseline script")->capture_default_str();

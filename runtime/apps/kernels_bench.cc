@@ -68,6 +68,8 @@ struct KernelsBenchOptions {
   // default: each kernel is timed on its own, as in earlier runs; the GEMV's "new_pdl" column
   // turns it on for that kernel alone.
   bool pdl = false;
+  // The device's L2 fetch granularity in bytes while timing (as the CUDA model sets it).
+  int l2_fetch = 128;
 };
 
 #if RESA_KERNELS_BENCH_CUDA
@@ -808,6 +810,11 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   cuda::SetProgrammaticLaunch(o.pdl);
+  cuda::SetL2FetchGranularity(o.l2_fetch);
+  if (absl::Status st = cuda::ApplyL2FetchGranularity(); !st.ok()) {
+    std::fprintf(stderr, "resa-bench kernels: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   std::map<SdpaKey, SdpaResult> sdpa;
   if (o.sdpa && !o.gemv) sdpa = RunSdpa(o);
   auto ceiling = CopyCeilingTBps();
@@ -816,8 +823,9 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
                  std::string(ceiling.status().message()).c_str());
     return 1;
   }
-  std::printf("{\"bench\":\"copy_ceiling\",\"device\":\"%s\",\"sms\":%d,\"TBps\":%.3f}\n",
-              prop.name, prop.multiProcessorCount, *ceiling);
+  std::printf(
+      "{\"bench\":\"copy_ceiling\",\"device\":\"%s\",\"sms\":%d,\"TBps\":%.3f,\"l2_fetch\":%d}\n",
+      prop.name, prop.multiProcessorCount, *ceiling, o.l2_fetch);
   if (o.gemv) {
 #if RESA_KERNELS_BENCH_GEMV
     return RunGemvBench(o, *ceiling);
@@ -947,6 +955,11 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--pdl", o->pdl,
               "Launch every kernel with programmatic dependent launch (default: off, each kernel "
               "timed alone)");
+  k->add_option("--l2-fetch", o->l2_fetch,
+                "L2 fetch granularity in bytes (the device limit) while timing, as the CUDA model "
+                "sets it")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 128));
   k->add_flag("--gemv-sweep", o->gemv_sweep, "With --gemv: every k split x loads per lane too");
   k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
       ->capture_default_str()

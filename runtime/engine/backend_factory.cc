@@ -7,6 +7,7 @@
 
 #if RESA_HAVE_CUDA
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "runtime/engine/cuda/cuda_model.h"
@@ -67,6 +68,7 @@ CudaTuning GetCudaTuning() {
   t.swiglu_epilogue = cuda::SwiGluEpilogue();
   t.wgmma_chunk = cuda::WgmmaChunkDefault();
   t.selection_hints = cuda::SelectionHints();
+  t.l2_fetch_bytes = cuda::L2FetchGranularity();
 #endif
   return t;
 }
@@ -77,6 +79,7 @@ void SetCudaTuning(const CudaTuning& tuning) {
   cuda::SetSwiGluEpilogue(tuning.swiglu_epilogue);
   cuda::SetWgmmaChunkDefault(tuning.wgmma_chunk);
   cuda::SetSelectionHints(tuning.selection_hints);
+  cuda::SetL2FetchGranularity(tuning.l2_fetch_bytes);
 #else
   (void)tuning;
 #endif

@@ -59,6 +59,9 @@ struct CudaTuning {
   bool wgmma_chunk = true;
   // The fused selections keep a threshold hint per row between decode steps (cuda_model.h).
   bool selection_hints = true;
+  // The L2 fetch granularity in bytes (0-128) the model sets on its device before each step
+  // (kernels/cuda/cuda_status.h). RESA_CUDA_L2_FETCH=<bytes> sets it at start.
+  int l2_fetch_bytes = 128;
 };
 CudaTuning GetCudaTuning();
 void SetCudaTuning(const CudaTuning& tuning);

@@ -97,8 +97,9 @@ TEST(BackendFactoryTest, ParsesDevicesAndRejectsACpuWithoutCapacity) {
   EXPECT_FALSE(MakeBackend(*w, BackendOptions{Device::kCpu, 0}).ok());
 }
 
-// The CUDA tuning switches: on by default (PDL unless RESA_CUDA_PDL=0), set and read back in a
-// build with the CUDA backend; without it they read as the defaults and setting them does
+// The CUDA tuning switches: on by default (PDL unless RESA_CUDA_PDL=0; an L2 fetch granularity
+// of 128 bytes unless RESA_CUDA_L2_FETCH is set), set and read back in a build with the CUDA
+// backend; without it they read as the defaults and setting them does
 // nothing.
 TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   const CudaTuning start = GetCudaTuning();
@@ -109,15 +110,23 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   const char* chunk_env = std::getenv("RESA_CUDA_CHUNK_KERNEL");
   EXPECT_EQ(start.wgmma_chunk,
             !CudaBackendBuilt() || chunk_env == nullptr || std::strcmp(chunk_env, "mma") != 0);
-  SetCudaTuning({false, false, false});
+  const char* l2_env = std::getenv("RESA_CUDA_L2_FETCH");
+  if (!CudaBackendBuilt() || l2_env == nullptr) {
+    EXPECT_EQ(start.l2_fetch_bytes, 128);
+  }
+  SetCudaTuning({false, false, false, true, 32});
   const CudaTuning off = GetCudaTuning();
   EXPECT_EQ(off.programmatic_launch, CudaBackendBuilt() ? false : start.programmatic_launch);
   EXPECT_EQ(off.swiglu_epilogue, !CudaBackendBuilt());
   EXPECT_EQ(off.wgmma_chunk, !CudaBackendBuilt());
+  EXPECT_EQ(off.l2_fetch_bytes, CudaBackendBuilt() ? 32 : 128);
+  SetCudaTuning({true, true, true, true, 1000});  // clamped to the limit's range
+  EXPECT_EQ(GetCudaTuning().l2_fetch_bytes, 128);
   SetCudaTuning(start);
   EXPECT_EQ(GetCudaTuning().programmatic_launch, start.programmatic_launch);
   EXPECT_EQ(GetCudaTuning().swiglu_epilogue, start.swiglu_epilogue);
   EXPECT_EQ(GetCudaTuning().wgmma_chunk, start.wgmma_chunk);
+  EXPECT_EQ(GetCudaTuning().l2_fetch_bytes, start.l2_fetch_bytes);
 }
 
 }  // namespace

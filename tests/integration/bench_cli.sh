@@ -40,9 +40,13 @@ if "$bench" kernels --help 2>&1 | grep -q -- "--gemv-rows"; then
   parses gemv-rows-list "$bench" kernels --gemv --gemv-rows 2,8 --gemv-matrices qkv \
     --models 1.5B --gemv-iters 2
   refused gemv-rows-range "--gemv-rows" "$bench" kernels --gemv --gemv-rows 2,9
+  parses kernels-l2-fetch "$bench" kernels --l2-fetch 64 --gemv --gemv-rows 1 \
+    --gemv-matrices qkv --models 1.5B --gemv-iters 2
+  refused kernels-l2-fetch-range "--l2-fetch" "$bench" kernels --l2-fetch 129
 else
   echo "skip kernels: this resa-bench has no --gemv (built without CUDA)"
 fi
 refused e2e-unknown-flag "--bogus" "$bench" e2e --bogus
+refused e2e-l2-fetch-range "--l2-fetch" "$bench" e2e --l2-fetch 64,200
 echo "$passed passed, $fails failed"
 [ "$fails" -eq 0 ]

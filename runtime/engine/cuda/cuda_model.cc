@@ -366,7 +366,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 plan.max_keys_dense,
                 ProgrammaticLaunch(),
                 SwiGluEpilogue(),
-                SelectionHints()};
+                SelectionHints(),
+                L2FetchGranularity()};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);
@@ -801,6 +802,8 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
     return st;
   };
   if (plan.rows == 0) return absl::OkStatus();
+  // The device's L2 fetch granularity (cuda_status.h), before the step's first kernel.
+  if (absl::Status st = ApplyL2FetchGranularity(); !st.ok()) return undo(st);
   if (plan.nl > 0) logits_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
   plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
   if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/cuda_test_util.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
@@ -324,16 +325,21 @@ INSTANTIATE_TEST_SUITE_P(GemvMaxRows, BatchedGraphSteps, ::testing::Values(8, 0)
 // Programmatic dependent launch changes when kernels start, never what they compute; the
 // epilogues of a single row's GEMVs give the unfused kernels' bits (SwiGLU in gate_up:
 // SiluMulCuda's; bias and RoPE in qkv: QkvRopeCuda's); selection hints change how the tail
-// finds the blocks, never which: a batch of dense, sparse and ReSA sequences and a single ReSA
-// sequence (rectifications included) through graphs give the same logits bits with all three
-// off and all three on, on the GEMV path and cuBLAS.
+// finds the blocks, never which; the L2 fetch granularity is a cache hint: a batch of dense,
+// sparse and ReSA sequences and a single ReSA sequence (rectifications included) through graphs
+// give the same logits bits with the three switches off and the device's default fetch (64
+// bytes) and with all on and 128, on the GEMV path and cuBLAS. Each step puts the granularity
+// on the device.
 TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
   struct Restore {
     bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue(), hints = SelectionHints();
+    int l2 = L2FetchGranularity();
     ~Restore() {
       SetProgrammaticLaunch(pdl);
       SetSwiGluEpilogue(swiglu);
       SetSelectionHints(hints);
+      SetL2FetchGranularity(l2);
+      EXPECT_TRUE(ApplyL2FetchGranularity().ok());
     }
   } restore;
   const int vocab = SmallQwen().vocab_size;
@@ -350,6 +356,7 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
         SetProgrammaticLaunch(on == 1);
         SetSwiGluEpilogue(on == 1);
         SetSelectionHints(on == 1);
+        SetL2FetchGranularity(on == 1 ? 128 : 64);
         auto m = Model(true, 512, gemv_max_rows);
         Decoder dec(*m);
         std::vector<int> ids;
@@ -368,6 +375,9 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
           ASSERT_TRUE(dec.Step(feeds).ok());
         }
         EXPECT_GT(m->graphs_captured(), 0);
+        size_t fetch = 0;
+        ASSERT_EQ(cudaDeviceGetLimit(&fetch, cudaLimitMaxL2FetchGranularity), cudaSuccess);
+        EXPECT_EQ(fetch, on == 1 ? 128u : 64u);
         if (variant != 2) {
           EXPECT_GT(dec.report(ids[0]).rectifications, 0);
         }
