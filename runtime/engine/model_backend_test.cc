@@ -99,8 +99,7 @@ TEST(BackendFactoryTest, ParsesDevicesAndRejectsACpuWithoutCapacity) {
 
 // The CUDA tuning switches: on by default (PDL unless RESA_CUDA_PDL=0; an L2 fetch granularity
 // of 128 bytes unless RESA_CUDA_L2_FETCH is set), set and read back in a build with the CUDA
-// backend; without it they read as the defaults and setting them does
-// nothing.
+// backend; without it they read as the defaults and setting them does nothing.
 TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   const CudaTuning start = GetCudaTuning();
   const char* env = std::getenv("RESA_CUDA_PDL");
