@@ -77,6 +77,13 @@ int64_t CpuModel::NumLogitRows(std::span<const ForwardChunk> chunks) {
   return n;
 }
 
+bool CpuModel::HasSparseRows(std::span<const ForwardChunk> chunks) {
+  for (const ForwardChunk& c : chunks) {
+    if (c.sparse != nullptr && !c.tokens.empty()) return true;
+  }
+  return false;
+}
+
 absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logits) {
   const ModelConfig& c = w_.config;
   RESA_ASSIGN_OR_RETURN(const int64_t rows, CheckChunks(chunks, c.vocab_size, chunk_start_));
@@ -128,6 +135,10 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
   const LinearShape o_shape{int(rows), lq, hid};
   const LinearShape gu_shape{int(rows), hid, 2 * li};
   const LinearShape down_shape{int(rows), li, hid};
+  // With no logits asked for (a rectification pass, a non-final prefill chunk), nothing reads the
+  // last layer's output: its K/V depend only on its input, so it stops after writing them. Sparse
+  // rows keep the whole layer (their selection of the last layer is traced and counted).
+  const bool kv_only_last = NumLogitRows(chunks) == 0 && !HasSparseRows(chunks);
   for (int l = 0; l < c.num_layers; ++l) {
     const CpuLayerWeights& lw = w_.layers[l];
     RmsNorm(h_.data(), lw.input_norm.data(), int(rows), hid, c.rms_norm_eps, x_.data());
@@ -161,6 +172,7 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
         RecomputeSummary(kv, cache_.Page(*ch.seq, b), std::min(kPageTokens, end - b * kPageTokens));
       }
     }
+    if (kv_only_last && l == c.num_layers - 1) break;
     RESA_RETURN_IF_ERROR(Attention(l, chunks));
     // Row-parallel projections: each TP rank holds a partial sum of the output.
     Linear(o_shape, attn_.data(), lw.o.data(), nullptr, proj_.data());

@@ -119,14 +119,18 @@ class CpuModel {
 
   // Runs the chunks, appends their K/V (advancing each seq->length) and writes the requested
   // logits row after row in chunk order into `logits` ([rows][vocab]), which must be large
-  // enough (NumLogitRows). Token ids are checked against the vocabulary, and pages are reserved
-  // before anything is written, so an error leaves the cache and sequences unchanged; in a grid,
-  // a failed collective is the exception (it breaks the communicator: end the job).
+  // enough (NumLogitRows). With no logits asked for and no sparse rows, the last layer stops
+  // once its K/V are written (nothing reads its output). Token ids are checked against the
+  // vocabulary, and pages are reserved before anything is written, so an error leaves the cache
+  // and sequences unchanged; in a grid, a failed collective is the exception (it breaks the
+  // communicator: end the job).
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits);
 
   void set_selection_trace(SelectionTrace trace) { trace_ = std::move(trace); }
 
   static int64_t NumLogitRows(std::span<const ForwardChunk> chunks);
+  // Whether any non-empty chunk asks for sparse attention.
+  static bool HasSparseRows(std::span<const ForwardChunk> chunks);
   const ModelConfig& config() const { return w_.config; }
   const ForwardStats& stats() const { return stats_; }
   void ResetStats() { stats_ = ForwardStats{}; }

@@ -1,5 +1,6 @@
 #include "runtime/engine/cpu_model.h"
 
+#include <cstring>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -114,6 +115,48 @@ TEST_F(CpuModelTest, SummariesMatchRecomputationAfterEveryStep) {
       }
     }
   }
+}
+
+// A forward that asks for no logits stops its last layer once the K/V are written; the cache it
+// leaves (K, V and summaries of every layer) is bitwise the one a forward with logits leaves, for
+// prefill chunks and for a rectification rewrite (of K/V first written from other tokens, so a
+// last layer that did not rewrite them would show).
+TEST_F(CpuModelTest, ForwardWithoutLogitsWritesTheSameCache) {
+  const ModelConfig& cfg = weights_->config;
+  auto cache_a = NewCache(8), cache_b = NewCache(8);
+  CpuModel a(*weights_, *cache_a), b(*weights_, *cache_b);
+  SequenceKv sa, sb;
+  auto tokens = Tokens(40, 7), other = Tokens(16, 8);
+  std::vector<float> logits(size_t(16) * cfg.vocab_size);
+  auto run = [&](std::span<const int32_t> t, int32_t start, LogitsMode with) {
+    ForwardChunk ca{&sa, t, LogitsMode::kNone, start}, cb{&sb, t, with, start};
+    ASSERT_TRUE(a.Forward({&ca, 1}, nullptr).ok());
+    ASSERT_TRUE(b.Forward({&cb, 1}, logits.data()).ok());
+  };
+  auto same_cache = [&](const char* what) {
+    const size_t n = size_t(cache_a->num_pages()) * cache_a->layer(0).page_elems();
+    const size_t sum = size_t(cache_a->num_pages()) * cfg.num_kv_heads * 2 * cfg.head_dim;
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      const PagedKvLayer ka = cache_a->layer(l), kb = cache_b->layer(l);
+      EXPECT_EQ(0, std::memcmp(ka.k, kb.k, n * sizeof(float))) << what << ", layer " << l;
+      EXPECT_EQ(0, std::memcmp(ka.v, kb.v, n * sizeof(float))) << what << ", layer " << l;
+      EXPECT_EQ(0, std::memcmp(ka.summary, kb.summary, sum * sizeof(float)))
+          << what << ", layer " << l;
+    }
+  };
+  const std::span<const int32_t> all(tokens);
+  ASSERT_NO_FATAL_FAILURE(run(all.subspan(0, 24), -1, LogitsMode::kLast));
+  ASSERT_NO_FATAL_FAILURE(run(other, -1, LogitsMode::kAll));
+  same_cache("prefill");
+  ASSERT_NO_FATAL_FAILURE(run(all.subspan(24), 24, LogitsMode::kLast));  // rewrite [24, 40)
+  same_cache("rectification");
+  EXPECT_EQ(sa.length, 40);
+  std::vector<float> la(cfg.vocab_size), lb(cfg.vocab_size);
+  int32_t next = 5;
+  ForwardChunk da{&sa, {&next, 1}, LogitsMode::kLast}, db{&sb, {&next, 1}, LogitsMode::kLast};
+  ASSERT_TRUE(a.Forward({&da, 1}, la.data()).ok());
+  ASSERT_TRUE(b.Forward({&db, 1}, lb.data()).ok());
+  EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)));
 }
 
 TEST_F(CpuModelTest, FullCacheFailsWithoutChangingState) {

@@ -684,7 +684,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   const int32_t* meta = meta_dev_.as<int32_t>();
   RESA_RETURN_IF_ERROR(Mark(kStart));
   RESA_RETURN_IF_ERROR(EmbedCuda(weights_->embed(), meta + plan.o_tokens, rows, hid, h_, stream_));
+  // With no logits asked for (a rectification pass, a non-final prefill chunk), nothing reads the
+  // last layer's output: its K/V depend only on its input, so it stops once they are written
+  // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
+  const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
   for (int l = 0; l < c.num_layers; ++l) {
+    const bool kv_only = kv_only_last && l == c.num_layers - 1;
     const DeviceLayerWeights& w = weights_->layer(l);
     RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
                                         c.rms_norm_eps, x_, stream_));
@@ -722,7 +727,9 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(Mark(kElementwise));
     }
     if (ts.kv_replicas > 1 && plan.ns > 0) RESA_RETURN_IF_ERROR(GatherGroupQueries(plan));
-    if (plan.sharded) {
+    if (kv_only && plan.sharded) {
+      RESA_RETURN_IF_ERROR(WriteOwnedKv(plan, l));
+    } else if (plan.sharded) {
       RESA_RETURN_IF_ERROR(ShardedAttention(plan, l));
     } else if (plan.nd + plan.nc > 0 && !append_in_gemv) {
       // K/V of every row but the sparse ones (SelectBlocksCuda writes theirs).
@@ -740,6 +747,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(WriteKvCuda(wk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kKvWrite));
     }
+    if (kv_only) break;
     if (!plan.sharded) {
       Launches L = BuildLaunches(plan, l);
       L.dense.q_from_previous_kernel = append_in_gemv;

@@ -175,6 +175,8 @@ class CudaModel final : public ModelBackend {
   // SP, one layer: owned K/V writes, local scores, the selection exchange, attention over the
   // owned blocks, the merge across the group into attn_.
   absl::Status ShardedAttention(const Plan& plan, int layer);
+  // SP, one layer: only this rank's owned K/V writes (the first part of ShardedAttention).
+  absl::Status WriteOwnedKv(const Plan& plan, int layer);
   absl::Status SelectAcrossRanks(const Plan& plan, int layer);
   absl::Status MergeAcrossRanks(const Plan& plan);
   // Vocab-parallel logits: the local rows, then [nl][vocab] in dlogits_ on every TP rank.

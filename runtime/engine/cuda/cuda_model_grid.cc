@@ -143,7 +143,7 @@ absl::Status CudaModel::GatherGroupQueries(const Plan& plan) {
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::ShardedAttention(const Plan& plan, int layer) {
+absl::Status CudaModel::WriteOwnedKv(const Plan& plan, int layer) {
   const ModelConfig& c = config();
   const TpShard& ts = weights_->shard();
   const int lkv = ts.num_kv_heads * c.head_dim;
@@ -166,6 +166,11 @@ absl::Status CudaModel::ShardedAttention(const Plan& plan, int layer) {
     RESA_RETURN_IF_ERROR(WriteKvCuda(wk, stream_));
     RESA_RETURN_IF_ERROR(Mark(kKvWrite));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::ShardedAttention(const Plan& plan, int layer) {
+  RESA_RETURN_IF_ERROR(WriteOwnedKv(plan, layer));
   if (plan.ns > 0) RESA_RETURN_IF_ERROR(SelectAcrossRanks(plan, layer));
   const Launches L = BuildLaunches(plan, layer);
   if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));

@@ -532,6 +532,36 @@ TEST_F(CudaModelInvariants, KvCapacityComesFromFreeMemory) {
   std::printf("[capacity] %s\n", d.c_str());
 }
 
+// A forward that asks for no logits stops its last layer once the K/V are written (prefill
+// chunks, rectification): a decode step after such forwards gives bitwise the logits it gives
+// after the same forwards with logits. The rewrite replaces K/V first written from other tokens,
+// so a last layer that skipped its K/V would show.
+TEST_F(CudaModelInvariants, ForwardWithoutLogitsWritesTheSameCache) {
+  auto ma = Model(false), mb = Model(false);
+  const int vocab = ma->config().vocab_size;
+  std::vector<int32_t> tokens(300), other(32);
+  for (int i = 0; i < 300; ++i) tokens[i] = (i * 29 + 7) % vocab;
+  for (int i = 0; i < 32; ++i) other[i] = (i * 13 + 1) % vocab;
+  SequenceKv sa, sb;
+  std::vector<float> logits(size_t(32) * vocab);
+  auto run = [&](std::span<const int32_t> t, int32_t start, LogitsMode with) {
+    ForwardChunk ca{&sa, t, LogitsMode::kNone, start}, cb{&sb, t, with, start};
+    ASSERT_TRUE(ma->Forward({&ca, 1}, nullptr).ok());
+    ASSERT_TRUE(mb->Forward({&cb, 1}, logits.data()).ok());
+  };
+  const std::span<const int32_t> all(tokens);
+  ASSERT_NO_FATAL_FAILURE(run(all.subspan(0, 268), -1, LogitsMode::kLast));
+  ASSERT_NO_FATAL_FAILURE(run(other, -1, LogitsMode::kAll));
+  ASSERT_NO_FATAL_FAILURE(run(all.subspan(268), 268, LogitsMode::kLast));  // rewrite [268, 300)
+  EXPECT_EQ(sa.length, 300);
+  std::vector<float> la(vocab), lb(vocab);
+  int32_t next = 5;
+  ForwardChunk da{&sa, {&next, 1}, LogitsMode::kLast}, db{&sb, {&next, 1}, LogitsMode::kLast};
+  ASSERT_TRUE(ma->Forward({&da, 1}, la.data()).ok());
+  ASSERT_TRUE(mb->Forward({&db, 1}, lb.data()).ok());
+  EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), size_t(vocab) * 4));
+}
+
 TEST_F(CudaModelInvariants, FullCacheFailsWithoutSideEffects) {
   auto m = Model(false, 4);  // 64 tokens
   Decoder dec(*m);
