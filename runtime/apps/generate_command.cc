@@ -38,9 +38,10 @@ void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& o) {
   cmd.add_option("-c,--ctx", o.ctx, "Context length (prompt + generated tokens) to allocate")
       ->capture_default_str()
       ->check(CLI::Range(16, 1 << 24));
-  cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")
+  cmd.add_option("--prefill-chunk", o.prefill_chunk,
+                 "Prompt tokens per prefill step; 0 = the device's default (cpu 512, cuda 4096)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(CLI::Range(0, 1 << 20));
   cmd.add_flag("-q,--quiet", o.quiet, "No progress bar or stats line");
   cmd.add_option("--device", o.device,
                  "Where the model runs: cpu, or cuda (bf16 weights and KV cache on GPU 0)")

@@ -24,7 +24,7 @@ struct GenerateCommandOptions {
   uint64_t seed = 0;
   int threads = 0;
   int ctx = 4096;
-  int prefill_chunk = 512;
+  int prefill_chunk = 0;  // 0: the backend's (ModelBackend::prefill_chunk)
   bool quiet = false;
   std::string device = "cpu";  // cpu or cuda (--device)
   std::string mode = "resa";

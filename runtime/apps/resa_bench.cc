@@ -17,6 +17,7 @@
 #include "runtime/apps/e2e_bench.h"
 #include "runtime/apps/kernels_bench.h"
 #include "runtime/apps/model_loading.h"
+#include "runtime/apps/prefill_bench.h"
 #include "runtime/apps/process_setup.h"
 #include "runtime/core/sysinfo.h"
 #include "runtime/engine/cpu_model.h"
@@ -136,6 +137,7 @@ int main(int argc, char** argv) {
   resa::AddKernelsBenchCommand(app, exit_code);
   resa::AddCommBenchCommand(app, exit_code);
   resa::AddE2eBenchCommand(app, exit_code);
+  resa::AddPrefillBenchCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

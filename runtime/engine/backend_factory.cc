@@ -167,4 +167,15 @@ absl::StatusOr<double> MeasureDeviceCopyGbps(Device device) {
 #endif
 }
 
+absl::StatusOr<double> MeasureDeviceGemmTflops(Device device) {
+  if (device == Device::kCpu) {
+    return absl::UnimplementedError("MeasureDeviceGemmTflops: not for the CPU");
+  }
+#if RESA_HAVE_CUDA
+  return cuda::MeasureGemmTflops(8192);
+#else
+  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+#endif
+}
+
 }  // namespace resa

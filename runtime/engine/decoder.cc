@@ -85,10 +85,11 @@ absl::StatusOr<int> Decoder::Start(std::span<const int32_t> prompt, const ResaOp
                                    int prefill_chunk) {
   RESA_RETURN_IF_ERROR(options.Validate());
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
-  if (prefill_chunk <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--prefill-chunk must be > 0, got ", prefill_chunk));
+  if (prefill_chunk < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--prefill-chunk must be >= 0 (0: the backend's default), got ", prefill_chunk));
   }
+  if (prefill_chunk == 0) prefill_chunk = backend_.prefill_chunk();
   auto s = NewSeq(options);
   s->report.prompt_tokens = int32_t(prompt.size());
   Stopwatch sw;

@@ -55,10 +55,11 @@ class Decoder {
   Decoder(CpuModel& model, KvCache& cache);
   ~Decoder();
 
-  // Prefills `prompt` densely in chunks of `prefill_chunk` tokens and returns the new sequence's
-  // id; logits(id) then holds the last prompt position's logits.
+  // Prefills `prompt` densely in chunks of `prefill_chunk` tokens (0: the backend's
+  // ModelBackend::prefill_chunk()) and returns the new sequence's id; logits(id) then holds the
+  // last prompt position's logits.
   absl::StatusOr<int> Start(std::span<const int32_t> prompt, const ResaOptions& options,
-                            int prefill_chunk = 512);
+                            int prefill_chunk = 0);
 
   struct Feed {
     int id;

@@ -231,6 +231,22 @@ TEST_F(DecoderTest, OptionsAreValidated) {
                 "--rectify-every"),
             std::string::npos);
   EXPECT_FALSE(ParseDecodeMode("fast").ok());
+  EXPECT_NE(dec.Start(prompt, ResaOptions{}, -1).status().message().find("--prefill-chunk"),
+            std::string::npos);
+}
+
+// A prefill chunk of 0 is the backend's (512 on the CPU): the same logits, bit for bit, as
+// asking for 512 over a prompt that needs two chunks of it.
+TEST_F(DecoderTest, PrefillChunkZeroIsTheBackendsDefault) {
+  auto cache = NewCache(128);
+  CpuModel model(*weights_, *cache);
+  Decoder dec(model, *cache);
+  EXPECT_EQ(dec.backend().prefill_chunk(), 512);
+  const auto prompt = Tokens(600, 3);
+  const int a = dec.Start(prompt, ResaOptions{DecodeMode::kDense}, 0).value();
+  const int b = dec.Start(prompt, ResaOptions{DecodeMode::kDense}, 512).value();
+  const int vocab = weights_->config.vocab_size;
+  EXPECT_EQ(0, std::memcmp(dec.logits(a), dec.logits(b), size_t(vocab) * sizeof(float)));
 }
 
 }  // namespace

@@ -18,7 +18,7 @@ namespace resa {
 
 struct GenerateOptions {
   int max_new_tokens = 256;
-  int prefill_chunk = 512;  // prompt tokens per prefill forward
+  int prefill_chunk = 0;  // prompt tokens per prefill forward; 0: the backend's default
   SamplingParams sampling;
   ResaOptions resa{.mode = DecodeMode::kDense};
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these

@@ -45,6 +45,9 @@ class ModelBackend {
   virtual void Release(SequenceKv& seq) = 0;
   // Positions one sequence can hold at most (the whole pool).
   virtual int32_t max_tokens() const = 0;
+  // Prompt tokens per prefill forward when the caller leaves the choice to the backend
+  // (Decoder::Start with 0): 512 on the CPU (an L2-sized chunk); the CUDA backend's is larger.
+  virtual int prefill_chunk() const { return 512; }
   // The KV pool in 16-token pages: its size and the pages no sequence holds.
   virtual int32_t num_pages() const = 0;
   virtual int32_t free_pages() const = 0;

@@ -992,6 +992,47 @@ absl::Status CudaModel::AdoptSyntheticContext(SequenceKv& seq, int32_t length) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<double> MeasureGemmTflops(int n) {
+  if (n < 256 || n > 16384 || n % 8 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MeasureGemmTflops: n must be a multiple of 8 in [256, 16384], got ", n));
+  }
+  const size_t elems = size_t(n) * size_t(n);
+  RESA_ASSIGN_OR_RETURN(DeviceAllocation a, DeviceAllocation::Create(elems * 2, "GEMM benchmark"));
+  RESA_ASSIGN_OR_RETURN(DeviceAllocation b, DeviceAllocation::Create(elems * 2, "GEMM benchmark"));
+  RESA_ASSIGN_OR_RETURN(DeviceAllocation c, DeviceAllocation::Create(elems * 4, "GEMM benchmark"));
+  RESA_RETURN_IF_ERROR(
+      FillUniformBf16Cuda(a.as<__nv_bfloat16>(), int64_t(elems), 1, 1.0f, 0.0f, nullptr));
+  RESA_RETURN_IF_ERROR(
+      FillUniformBf16Cuda(b.as<__nv_bfloat16>(), int64_t(elems), 2, 1.0f, 0.0f, nullptr));
+  cublasHandle_t handle = nullptr;
+  RESA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&handle), "cublasCreate"));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  absl::Status st = CudaStatus(cudaEventCreate(&start), "cudaEventCreate");
+  if (st.ok()) st = CudaStatus(cudaEventCreate(&stop), "cudaEventCreate");
+  float best_ms = 1e30f;
+  const float one = 1.0f, zero = 0.0f;
+  for (int i = 0; i < 12 && st.ok(); ++i) {
+    cudaEventRecord(start);
+    // CudaModel::Linear's call: bf16 in, fp32 out and accumulation.
+    st = CublasStatus(
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a.as<__nv_bfloat16>(),
+                     CUDA_R_16BF, n, b.as<__nv_bfloat16>(), CUDA_R_16BF, n, &zero, c.as<float>(),
+                     CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx (GEMM benchmark)");
+    cudaEventRecord(stop);
+    if (st.ok()) st = CudaStatus(cudaEventSynchronize(stop), "GEMM benchmark");
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (i >= 2) best_ms = std::min(best_ms, ms);
+  }
+  if (start != nullptr) cudaEventDestroy(start);
+  if (stop != nullptr) cudaEventDestroy(stop);
+  cublasDestroy(handle);
+  RESA_RETURN_IF_ERROR(st);
+  return 2.0 * double(n) * n * n / (best_ms * 1e-3) / 1e12;
+}
+
 bool SwiGluEpilogue() { return swiglu_epilogue.load(std::memory_order_relaxed); }
 void SetSwiGluEpilogue(bool on) { swiglu_epilogue.store(on, std::memory_order_relaxed); }
 bool SelectionHints() { return selection_hints.load(std::memory_order_relaxed); }

@@ -75,6 +75,10 @@ struct CudaModelOptions {
   int gemv_max_rows = 8;  // kGemvMaxRows
 };
 
+// The bf16 GEMM rate (TFLOP/s) of an n x n x n product through CudaModel's cuBLAS call (bf16
+// in, fp32 accumulation and out), best of 10: the compute ceiling benchmarks compare against.
+absl::StatusOr<double> MeasureGemmTflops(int n);
+
 // Whether the GEMVs of a step of up to gemv_max_rows rows run their element-wise epilogues
 // themselves: gate_up writes the SwiGLU activations (GemvSwiGluBf16Cuda instead of GEMV +
 // SiluMulCuda) and qkv writes bf16 q, k, v with bias and RoPE (GemvQkvRopeBf16Cuda instead of
@@ -123,6 +127,9 @@ class CudaModel final : public ModelBackend {
   absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override;
   void Release(SequenceKv& seq) override { cache_->Release(seq); }
   int32_t max_tokens() const override { return cache_->max_tokens(); }
+  // 4096: on the H200 (`resa-bench prefill`) 512-token chunks took 1.05-1.39x the time of the
+  // best of 512 / 2048 / 8192, which re-read the weights less often and fill the GEMMs.
+  int prefill_chunk() const override { return 4096; }
   int32_t num_pages() const override { return cache_->num_pages(); }
   int32_t free_pages() const override { return cache_->free_pages(); }
   // Blocks read / total are counted; kernel times are not attributed (zeros): the forward does

@@ -65,11 +65,23 @@ __device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int
   sm[d + i + half] = __float2bfloat16(mxb);
 }
 
+// The NeoX RoPE rotation of pair i at positions[r]: the angle pos * theta^(-2i/d) in fp64,
+// its cosine and sine rounded to fp32 (as the CPU RopeNeox).
+__device__ __forceinline__ void RopeCosSin(const QkvRopeParams& p, int r, int i, float& cs,
+                                           float& sn) {
+  const double inv_freq = pow(double(p.theta), -2.0 * i / p.head_dim);
+  double s, c;
+  sincos(double(p.positions[r]) * inv_freq, &s, &c);
+  cs = float(c);
+  sn = float(s);
+}
+
 // The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
-// k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] and stores
-// bf16 q, k or v. Shared by QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
-__device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int head, int i, float a,
-                                            float b) {
+// k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] (cs, sn:
+// RopeCosSin of the pair; unused for v heads) and stores bf16 q, k or v. Shared by
+// QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
+__device__ __forceinline__ void QkvRopePairAt(const QkvRopeParams& p, int r, int head, int i,
+                                              float a, float b, float cs, float sn) {
   const int d = p.head_dim, half = d / 2;
   const size_t col = size_t(head) * d;
   if (p.bias != nullptr) {
@@ -96,15 +108,19 @@ __device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int h
     }
     return;
   }
-  const double inv_freq = pow(double(p.theta), -2.0 * i / d);
-  double s, c;
-  sincos(double(p.positions[r]) * inv_freq, &s, &c);
-  const float cs = float(c), sn = float(s);
   const __nv_bfloat16 ra = __float2bfloat16(a * cs - b * sn),
                       rb = __float2bfloat16(b * cs + a * sn);
   dst[i] = ra;
   dst[i + half] = rb;
   if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, r, head - p.num_heads, i, ra, rb);
+}
+
+// QkvRopePairAt with the pair's rotation computed here (v heads skip it).
+__device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int head, int i, float a,
+                                            float b) {
+  float cs = 1.0f, sn = 0.0f;
+  if (head < p.num_heads + p.num_kv_heads) RopeCosSin(p, r, i, cs, sn);
+  QkvRopePairAt(p, r, head, i, a, b, cs, sn);
 }
 
 }  // namespace resa::cuda::ops_internal

@@ -14,7 +14,8 @@ namespace {
 
 using detail::AwaitPreviousKernel;
 using ops_internal::kThreads;
-using ops_internal::QkvRopePair;
+using ops_internal::QkvRopePairAt;
+using ops_internal::RopeCosSin;
 using ops_internal::WarpSum;
 
 unsigned Blocks(int64_t n, int threads = kThreads) {
@@ -104,33 +105,74 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
   }
 }
 
-// grid (rows, H + 2 Hkv), d / 2 threads: thread i rotates the pair (i, i + d/2).
+// One block per row, d / 2 x g threads (g head lanes): the first d / 2 compute the row's pair
+// rotations once (fp64, RopeCosSin) for all of its heads; thread (i, l) then does pair i of
+// heads l, l + g, ... (QkvRopePairAt: the bits of QkvRopePair, which the GEMV epilogue runs).
 __global__ void QkvRopeKernel(const QkvRopeParams p) {
+  __shared__ float2 rot[512];  // d / 2 <= 512
   AwaitPreviousKernel();
-  const int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
-  const int d = p.head_dim, half = d / 2;
+  const int r = blockIdx.x, half = p.head_dim / 2;
+  const int i = int(threadIdx.x) % half, lane = int(threadIdx.x) / half;
+  const int lanes = int(blockDim.x) / half;
+  if (lane == 0) {
+    float cs, sn;
+    RopeCosSin(p, r, i, cs, sn);
+    rot[i] = make_float2(cs, sn);
+  }
+  __syncthreads();
+  const float2 cs_sn = rot[i];
   const int total = p.num_heads + 2 * p.num_kv_heads;
-  const float* src = p.qkv + size_t(r) * total * d + size_t(head) * d;
-  QkvRopePair(p, r, head, i, src[i], src[i + half]);
+  for (int head = lane; head < total; head += lanes) {
+    const float* src = p.qkv + (size_t(r) * total + head) * p.head_dim;
+    QkvRopePairAt(p, r, head, i, src[i], src[i + half], cs_sn.x, cs_sn.y);
+  }
 }
 
+// grid (ceil(inter / (V 256)), min(rows, 65535)): V consecutive columns a thread, rows strided
+// by gridDim.y; V = 4 (float4 loads, 8-byte stores) when inter % 4 == 0.
+template <int V>
 __global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat16* act) {
   AwaitPreviousKernel();
-  const int64_t n = int64_t(rows) * inter;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = idx / inter, i = idx % inter;
-    const float g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
-    act[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+  const int i = (int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x)) * V;
+  if (i >= inter) return;
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float* g = gu + size_t(r) * 2 * inter + i;
+    const float* u = g + inter;
+    __nv_bfloat16* out = act + size_t(r) * inter + i;
+    if constexpr (V == 4) {
+      const float4 gv = *reinterpret_cast<const float4*>(g);
+      const float4 uv = *reinterpret_cast<const float4*>(u);
+      const __nv_bfloat162 lo =
+          __halves2bfloat162(__float2bfloat16(gv.x / (1.0f + expf(-gv.x)) * uv.x),
+                             __float2bfloat16(gv.y / (1.0f + expf(-gv.y)) * uv.y));
+      const __nv_bfloat162 hi =
+          __halves2bfloat162(__float2bfloat16(gv.z / (1.0f + expf(-gv.z)) * uv.z),
+                             __float2bfloat16(gv.w / (1.0f + expf(-gv.w)) * uv.w));
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(out) = packed;
+    } else {
+      out[0] = __float2bfloat16(g[0] / (1.0f + expf(-g[0])) * u[0]);
+    }
   }
 }
 
-__global__ void ToBf16Kernel(const float* in, int64_t n, __nv_bfloat16* out) {
+// With `vec` (in 16-byte, out 8-byte aligned) four elements a thread (float4 in, 8 bytes out)
+// over the n / 4 groups, then the tail one at a time; without, all one at a time.
+__global__ void ToBf16Kernel(const float* in, int64_t n, bool vec, __nv_bfloat16* out) {
   AwaitPreviousKernel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    out[i] = __float2bfloat16(in[i]);
+  const int64_t groups = vec ? n / 4 : 0, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  for (int64_t q = first; q < groups; q += stride) {
+    const float4 v = reinterpret_cast<const float4*>(in)[q];
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    reinterpret_cast<uint2*>(out)[q] = packed;
   }
+  for (int64_t i = groups * 4 + first; i < n; i += stride) out[i] = __float2bfloat16(in[i]);
 }
 
 __global__ void GatherRowsKernel(const __nv_bfloat16* in, const int32_t* index, int cols,
@@ -270,27 +312,36 @@ absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {
         "QkvRopeCuda: the cache append (kv) is GemvQkvRopeBf16Cuda's; use WriteKvCuda");
   }
   if (p.rows == 0) return absl::OkStatus();
-  const dim3 grid(unsigned(p.rows), unsigned(p.num_heads + 2 * p.num_kv_heads));
-  return CudaStatus(
-      LaunchKernel(QkvRopeKernel, grid, dim3(unsigned(p.head_dim / 2)), 0, stream, {}, p),
-      "launching QkvRopeKernel");
+  const int half = p.head_dim / 2, total = p.num_heads + 2 * p.num_kv_heads;
+  const int lanes = std::max(1, std::min(total, kThreads / half));
+  return CudaStatus(LaunchKernel(QkvRopeKernel, dim3(unsigned(p.rows)),
+                                 dim3(unsigned(half * lanes)), 0, stream, {}, p),
+                    "launching QkvRopeKernel");
 }
 
 absl::Status SiluMulCuda(const float* gu, int rows, int inter, __nv_bfloat16* act,
                          cudaStream_t stream) {
   if (rows < 0 || inter <= 0) return absl::InvalidArgumentError("SiluMulCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  return CudaStatus(LaunchKernel(SiluMulKernel, dim3(Blocks(int64_t(rows) * inter)), dim3(kThreads),
-                                 0, stream, {}, gu, rows, inter, act),
+  const bool vec = inter % 4 == 0 && (reinterpret_cast<uintptr_t>(gu) % 16 == 0) &&
+                   (reinterpret_cast<uintptr_t>(act) % 8 == 0);
+  const int v = vec ? 4 : 1;
+  const dim3 grid(unsigned((inter / v + kThreads - 1) / kThreads), unsigned(std::min(rows, 65535)));
+  return CudaStatus(vec ? LaunchKernel(SiluMulKernel<4>, grid, dim3(kThreads), 0, stream, {}, gu,
+                                       rows, inter, act)
+                        : LaunchKernel(SiluMulKernel<1>, grid, dim3(kThreads), 0, stream, {}, gu,
+                                       rows, inter, act),
                     "launching SiluMulKernel");
 }
 
 absl::Status ToBf16Cuda(const float* in, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
   if (n < 0) return absl::InvalidArgumentError("ToBf16Cuda: negative size");
   if (n == 0) return absl::OkStatus();
-  return CudaStatus(
-      LaunchKernel(ToBf16Kernel, dim3(Blocks(n)), dim3(kThreads), 0, stream, {}, in, n, out),
-      "launching ToBf16Kernel");
+  const bool vec =
+      reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+  return CudaStatus(LaunchKernel(ToBf16Kernel, dim3(Blocks(vec ? (n + 3) / 4 : n)), dim3(kThreads),
+                                 0, stream, {}, in, n, vec, out),
+                    "launching ToBf16Kernel");
 }
 
 absl::Status GatherRowsCuda(const __nv_bfloat16* in, const int32_t* index, int n, int cols,

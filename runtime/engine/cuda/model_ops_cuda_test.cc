@@ -81,7 +81,29 @@ TEST_P(ModelOpsTest, SiluMul) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ModelOpsTest,
                          ::testing::Combine(::testing::Values(1, 3, 8, 17),
-                                            ::testing::Values(64, 192, 576, 1536, 3584, 5000)));
+                                            ::testing::Values(64, 75, 192, 576, 1536, 3584, 5000)));
+
+// fp32 -> bf16, round to nearest even, exactly: aligned (four elements a thread) and not (one at
+// a time), lengths with and without a tail.
+TEST_F(CudaOpsTest, ToBf16RoundsToNearestEven) {
+  for (const int64_t n : {int64_t(1), int64_t(3), int64_t(4), int64_t(1001), int64_t(65536)}) {
+    for (const int offset : {0, 1}) {
+      std::vector<float> x = Noise(size_t(n + offset), 7, 100.0f);
+      std::mt19937 rng(static_cast<uint32_t>(n));
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      for (float& v : x) v += u(rng) * 1e-3f;  // not bf16-representable
+      DeviceBuffer<float> dx(x);
+      DeviceBuffer<uint16_t> dy(size_t(n + offset));
+      dy.Fill(0xff);
+      ASSERT_TRUE(ToBf16Cuda(dx.get() + offset, n, AsBf16(dy.get()) + offset, nullptr).ok());
+      const std::vector<uint16_t> y = dy.Download();
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(FromBf16(y[size_t(i + offset)]), ref::RoundBf16(x[size_t(i + offset)]))
+            << "n " << n << " offset " << offset << " i " << i;
+      }
+    }
+  }
+}
 
 // QkvRopeParams for `rows` rows (theta 1e6) writing bf16 q, k, v into the given buffers.
 QkvRopeParams QkvRopeFor(int rows, int heads, int kv_heads, int d, const float* qkv,
