@@ -84,6 +84,40 @@ bool CpuModel::HasSparseRows(std::span<const ForwardChunk> chunks) {
   return false;
 }
 
+bool CpuModel::CanReduceLastLayer(std::span<const ForwardChunk> chunks) const {
+  if (sp_parallel()) return false;
+  bool any = false;
+  for (const ForwardChunk& c : chunks) {
+    if (c.tokens.size() <= 1) continue;
+    if (c.logits != LogitsMode::kLast) return false;
+    any = true;
+  }
+  return any;
+}
+
+int64_t CpuModel::ReduceLastLayer(std::span<const ForwardChunk> chunks) {
+  const int hid = w_.config.hidden_size, lq = w_.shard.num_heads * w_.config.head_dim;
+  last_chunks_.clear();
+  int64_t src = 0, dst = 0;  // dst <= src: rows move down, each read before it is overwritten
+  for (const ForwardChunk& ch : chunks) {
+    ForwardChunk one = ch;
+    const int64_t n = int64_t(ch.tokens.size());
+    if (n > 0) {
+      const int64_t row = src + n - 1;
+      std::copy_n(q_.data() + size_t(row) * lq, lq, q_.data() + size_t(dst) * lq);
+      std::copy_n(h_.data() + size_t(row) * hid, hid, h_.data() + size_t(dst) * hid);
+      pos_[dst] = pos_[row];
+      row_seq_[dst] = row_seq_[row];
+      one.tokens = ch.tokens.subspan(size_t(n - 1));
+      one.start = pos_[row];
+      ++dst;
+    }
+    last_chunks_.push_back(one);
+    src += n;
+  }
+  return dst;
+}
+
 absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logits) {
   const ModelConfig& c = w_.config;
   RESA_ASSIGN_OR_RETURN(const int64_t rows, CheckChunks(chunks, c.vocab_size, chunk_start_));
@@ -132,13 +166,14 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
   }
 
   const LinearShape qkv_shape{int(rows), hid, qkv_dim};
-  const LinearShape o_shape{int(rows), lq, hid};
-  const LinearShape gu_shape{int(rows), hid, 2 * li};
-  const LinearShape down_shape{int(rows), li, hid};
   // With no logits asked for (a rectification pass, a non-final prefill chunk), nothing reads the
   // last layer's output: its K/V depend only on its input, so it stops after writing them. Sparse
   // rows keep the whole layer (their selection of the last layer is traced and counted).
   const bool kv_only_last = NumLogitRows(chunks) == 0 && !HasSparseRows(chunks);
+  // Chunks that all want only their last row's logits: the last layer attends, projects and runs
+  // the MLP for one row a chunk (the others' K/V are written first; nothing reads their output).
+  const bool reduce_last = !kv_only_last && CanReduceLastLayer(chunks);
+  int64_t n = rows;  // rows of the layer's attention and MLP
   for (int l = 0; l < c.num_layers; ++l) {
     const CpuLayerWeights& lw = w_.layers[l];
     RmsNorm(h_.data(), lw.input_norm.data(), int(rows), hid, c.rms_norm_eps, x_.data());
@@ -173,35 +208,45 @@ absl::Status CpuModel::Forward(std::span<const ForwardChunk> chunks, float* logi
       }
     }
     if (kv_only_last && l == c.num_layers - 1) break;
-    RESA_RETURN_IF_ERROR(Attention(l, chunks));
+    std::span<const ForwardChunk> att = chunks;
+    if (reduce_last && l == c.num_layers - 1) {
+      n = ReduceLastLayer(chunks);
+      att = last_chunks_;
+    }
+    RESA_RETURN_IF_ERROR(Attention(l, att));
     // Row-parallel projections: each TP rank holds a partial sum of the output.
-    Linear(o_shape, attn_.data(), lw.o.data(), nullptr, proj_.data());
-    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(std::span<float>(proj_)));
-    AddInPlace(h_.data(), proj_.data(), int64_t(rows) * hid);
-    RmsNorm(h_.data(), lw.post_norm.data(), int(rows), hid, c.rms_norm_eps, x_.data());
-    Linear(gu_shape, x_.data(), lw.gate_up.data(), nullptr, gu_.data());
-    for (int64_t i = 0; i < rows; ++i) {
+    const std::span<float> proj(proj_.data(), size_t(n) * hid);
+    Linear(LinearShape{int(n), lq, hid}, attn_.data(), lw.o.data(), nullptr, proj_.data());
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(proj));
+    AddInPlace(h_.data(), proj_.data(), int64_t(n) * hid);
+    RmsNorm(h_.data(), lw.post_norm.data(), int(n), hid, c.rms_norm_eps, x_.data());
+    Linear(LinearShape{int(n), hid, 2 * li}, x_.data(), lw.gate_up.data(), nullptr, gu_.data());
+    for (int64_t i = 0; i < n; ++i) {
       const float* g = gu_.data() + size_t(i) * 2 * li;
       SiluMul(g, g + li, li, act_.data() + size_t(i) * li);
     }
-    Linear(down_shape, act_.data(), lw.down.data(), nullptr, proj_.data());
-    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(std::span<float>(proj_)));
-    AddInPlace(h_.data(), proj_.data(), int64_t(rows) * hid);
+    Linear(LinearShape{int(n), li, hid}, act_.data(), lw.down.data(), nullptr, proj_.data());
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(tp_->AllReduce(proj));
+    AddInPlace(h_.data(), proj_.data(), int64_t(n) * hid);
   }
 
-  // Final norm and lm_head over the rows whose logits were asked for.
+  // Final norm and lm_head over the rows whose logits were asked for (after ReduceLastLayer a
+  // chunk's last row is its index among the non-empty chunks).
   std::vector<int64_t> logit_rows;
   r = 0;
+  int64_t kept = 0;
   for (size_t ci = 0; ci < chunks.size(); ++ci) {
     const ForwardChunk& ch = chunks[ci];
-    const int64_t n = int64_t(ch.tokens.size());
-    if (ch.logits == LogitsMode::kAll) {
-      for (int64_t i = 0; i < n; ++i) logit_rows.push_back(r + i);
-    } else if (ch.logits == LogitsMode::kLast && n > 0) {
-      logit_rows.push_back(r + n - 1);
+    const int64_t k = int64_t(ch.tokens.size());
+    const int64_t last = reduce_last ? kept : r + k - 1;
+    if (ch.logits == LogitsMode::kAll) {  // one row when reduced (multi-token chunks are kLast)
+      for (int64_t i = 0; i < k; ++i) logit_rows.push_back(last - (k - 1) + i);
+    } else if (ch.logits == LogitsMode::kLast && k > 0) {
+      logit_rows.push_back(last);
     }
-    r += n;
-    ch.seq->length = std::max(ch.seq->length, chunk_start_[ci] + int32_t(n));
+    r += k;
+    if (k > 0) ++kept;
+    ch.seq->length = std::max(ch.seq->length, chunk_start_[ci] + int32_t(k));
   }
   return Logits(logit_rows, logits);
 }

@@ -131,6 +131,12 @@ class CpuModel {
   static int64_t NumLogitRows(std::span<const ForwardChunk> chunks);
   // Whether any non-empty chunk asks for sparse attention.
   static bool HasSparseRows(std::span<const ForwardChunk> chunks);
+  // Whether the last layer may run on each chunk's last row only: every multi-token chunk asks
+  // for its last row's logits (kLast) and there is at least one; not under SP.
+  bool CanReduceLastLayer(std::span<const ForwardChunk> chunks) const;
+  // Moves each chunk's last row (q, residual, position) to row = its chunk's index among the
+  // non-empty chunks and fills last_chunks_ with one-token chunks; returns the row count.
+  int64_t ReduceLastLayer(std::span<const ForwardChunk> chunks);
   const ModelConfig& config() const { return w_.config; }
   const ForwardStats& stats() const { return stats_; }
   void ResetStats() { stats_ = ForwardStats{}; }
@@ -164,6 +170,8 @@ class CpuModel {
   SelectionTrace trace_;
   // Workspaces, grown on demand and reused across steps.
   std::vector<float> h_, x_, qkv_, q_, attn_, proj_, gu_, act_, lse_;
+  // The last layer's chunks when only each chunk's last row goes on (ReduceLastLayer).
+  std::vector<ForwardChunk> last_chunks_;
   std::vector<int32_t> pos_;
   std::vector<int32_t> row_seq_;
   std::vector<int32_t> chunk_start_;

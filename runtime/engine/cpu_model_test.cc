@@ -159,6 +159,50 @@ TEST_F(CpuModelTest, ForwardWithoutLogitsWritesTheSameCache) {
   EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)));
 }
 
+// When every multi-token chunk asks only for its last row's logits, the last layer attends and
+// runs the MLP for one row a chunk (and the decode rows). A batch of a decode row and two
+// prefill chunks gives, within fp32 rounding, the logits of the same batch with every row's
+// logits asked for (the whole last layer), and the same cache bit for bit: the next step's
+// logits are equal.
+TEST_F(CpuModelTest, LastLayerOnLastRowsMatchesAllRows) {
+  const ModelConfig& cfg = weights_->config;
+  const int vocab = cfg.vocab_size;
+  auto cache_a = NewCache(16), cache_b = NewCache(16);
+  CpuModel a(*weights_, *cache_a), b(*weights_, *cache_b);
+  SequenceKv sa[3], sb[3];
+  const auto p0 = Tokens(17, 1), c1 = Tokens(20, 2), c2 = Tokens(33, 3);
+  std::vector<float> la(size_t(1 + 20 + 33) * vocab), lb(size_t(3) * vocab);
+  ForwardChunk fa{&sa[0], p0, LogitsMode::kLast}, fb{&sb[0], p0, LogitsMode::kLast};
+  ASSERT_TRUE(a.Forward({&fa, 1}, la.data()).ok());
+  ASSERT_TRUE(b.Forward({&fb, 1}, lb.data()).ok());
+  int32_t next = 9;
+  const ForwardChunk ba[] = {{&sa[0], {&next, 1}, LogitsMode::kLast},
+                             {&sa[1], c1, LogitsMode::kAll},
+                             {&sa[2], c2, LogitsMode::kAll}};
+  const ForwardChunk bb[] = {{&sb[0], {&next, 1}, LogitsMode::kLast},
+                             {&sb[1], c1, LogitsMode::kLast},
+                             {&sb[2], c2, LogitsMode::kLast}};
+  ASSERT_TRUE(a.Forward(ba, la.data()).ok());
+  ASSERT_TRUE(b.Forward(bb, lb.data()).ok());
+  const int64_t rows_a[] = {0, 20, 53};  // the decode row, each chunk's last row
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(::resa::testing::AllClose(lb.data() + size_t(i) * vocab,
+                                          la.data() + size_t(rows_a[i]) * vocab, size_t(vocab),
+                                          {1e-4, 1e-4}))
+        << "logit row " << i;
+  }
+  const int32_t step[] = {3, 4, 5};
+  std::vector<float> na(size_t(3) * vocab), nb(na.size());
+  ForwardChunk da[3], db[3];
+  for (int i = 0; i < 3; ++i) {
+    da[i] = {&sa[i], {&step[i], 1}, LogitsMode::kLast};
+    db[i] = {&sb[i], {&step[i], 1}, LogitsMode::kLast};
+  }
+  ASSERT_TRUE(a.Forward(da, na.data()).ok());
+  ASSERT_TRUE(b.Forward(db, nb.data()).ok());
+  EXPECT_EQ(0, std::memcmp(na.data(), nb.data(), na.size() * sizeof(float)));
+}
+
 TEST_F(CpuModelTest, FullCacheFailsWithoutChangingState) {
   auto cache = NewCache(2);  // 32 positions
   CpuModel m(*weights_, *cache);

@@ -356,6 +356,34 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.nl = int(logit_rows.size());
   plan.o_logit = block(logit_rows.size());
   std::copy(logit_rows.begin(), logit_rows.end(), plan.meta.begin() + int64_t(plan.o_logit));
+  // Chunks that all want only their last row's logits: the last layer attends, projects and
+  // runs the MLP for the decode rows and those last rows only (Plan::reduce_last).
+  plan.reduce_last = !sp_parallel() && plan.nc > 0;
+  for (int p = plan.nd + plan.ns; p < nchunks && plan.reduce_last; ++p) {
+    plan.reduce_last = chunks[plan.order[p]].logits == LogitsMode::kLast;
+  }
+  if (plan.reduce_last) {
+    const int nrows = plan.ns + plan.nd;  // one row each, rows [0, nrows)
+    plan.keep = nrows + plan.nc;
+    plan.o_keep = block(size_t(plan.keep));
+    plan.o_last_keys = block(size_t(plan.nd + plan.nc));
+    plan.o_logit_last = block(size_t(plan.nl));
+    std::vector<int32_t> compact(size_t(plan.rows), -1);  // row -> kept row
+    for (int p = 0; p < nchunks; ++p) {
+      const int i = plan.order[p];
+      const int32_t n = int32_t(chunks[i].tokens.size()), start = plan.starts[i];
+      const int32_t row = int32_t(first_row[i]) + n - 1;  // decode rows: n == 1
+      plan.meta[plan.o_keep + p] = row;
+      compact[size_t(row)] = p;
+      if (p >= plan.ns) {
+        plan.meta[plan.o_last_keys + (p - plan.ns)] = start + n;
+        plan.max_keys_last = std::max(plan.max_keys_last, start + n);
+      }
+    }
+    for (int j = 0; j < plan.nl; ++j) {
+      plan.meta[plan.o_logit_last + j] = compact[size_t(logit_rows[size_t(j)])];
+    }
+  }
   if (plan.sharded) PrepareSharded(chunks, plan);
 
   if (plan.graph) {
@@ -417,6 +445,15 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   L.dense.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
   L.dense.page_table_stride = plan.stride;
   L.dense.max_num_keys = plan.max_keys_dense;
+  if (plan.reduce_last) {
+    // Dense decode rows, then the chunks' last rows, queries gathered into attn_bf_ (Enqueue).
+    L.dense_last = L.dense;
+    L.dense_last.q = attn_bf_ == nullptr ? nullptr : attn_bf_ + size_t(plan.ns) * lq;
+    L.dense_last.batch = plan.nd + plan.nc;
+    L.dense_last.num_keys = meta + plan.o_last_keys;
+    L.dense_last.max_num_keys = plan.max_keys_last;
+    L.dense_last.q_from_previous_kernel = true;  // q gathered just before
+  }
   for (const Plan::Group& g : plan.groups) {
     SelectBlocksParams s;
     s.kv = kv;
@@ -474,8 +511,8 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   L.chunk.max_num_keys = plan.max_keys_chunk;
   void* ws = workspace_.as<void>();
   const size_t ws_bytes = workspace_.bytes();
-  L.dense.workspace = L.chunk.workspace = ws;
-  L.dense.workspace_bytes = L.chunk.workspace_bytes = ws_bytes;
+  L.dense.workspace = L.chunk.workspace = L.dense_last.workspace = ws;
+  L.dense.workspace_bytes = L.chunk.workspace_bytes = L.dense_last.workspace_bytes = ws_bytes;
   for (auto& p : L.select) {
     p.workspace = ws;
     p.workspace_bytes = ws_bytes;
@@ -625,6 +662,13 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     hint_rows_ = n;
     changed = true;
   }
+  if (plan.reduce_last && size_t(plan.keep) * c.hidden_size * 4 > last_h_mem_.bytes()) {
+    last_h_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(
+        last_h_mem_,
+        DeviceAllocation::Create(std::max<size_t>(size_t(plan.keep) * c.hidden_size * 4, 1 << 16),
+                                 "last-layer residual rows"));
+  }
   if (plan.workspace_bytes > workspace_.bytes()) {
     const size_t n = std::max<size_t>(plan.workspace_bytes + (size_t(1) << 20),
                                       workspace_.bytes() * 3 / 2);
@@ -748,10 +792,27 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(Mark(kKvWrite));
     }
     if (kv_only) break;
+    // From here on the layer runs on `n` rows of residual `h`: all of them, or in the last layer
+    // of a Plan::reduce_last forward the kept ones, gathered (queries into attn_bf_, residual
+    // rows into last_h_; fp32 rows copied as pairs of 16-bit units).
+    const bool reduce = plan.reduce_last && l == c.num_layers - 1;
+    const int n = reduce ? plan.keep : rows;
+    float* h = reduce ? last_h_mem_.as<float>() : h_;
+    if (reduce) {
+      RESA_RETURN_IF_ERROR(GatherRowsCuda(q_, meta + plan.o_keep, n, lq, attn_bf_, stream_));
+      RESA_RETURN_IF_ERROR(GatherRowsCuda(reinterpret_cast<const __nv_bfloat16*>(h_),
+                                          meta + plan.o_keep, n, 2 * hid,
+                                          reinterpret_cast<__nv_bfloat16*>(h), stream_));
+      RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    }
     if (!plan.sharded) {
       Launches L = BuildLaunches(plan, l);
       L.dense.q_from_previous_kernel = append_in_gemv;
-      if (plan.nd > 0) RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
+      if (reduce) {
+        RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense_last, stream_));
+      } else if (plan.nd > 0) {
+        RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense, stream_));
+      }
       RESA_RETURN_IF_ERROR(Mark(kAttention));
       for (size_t g = 0; g < L.select.size(); ++g) {
         RESA_RETURN_IF_ERROR(SelectBlocksCuda(L.select[g], stream_));
@@ -760,40 +821,45 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
         RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.sparse[g], stream_));
         RESA_RETURN_IF_ERROR(Mark(kAttention));
       }
-      if (plan.nc > 0) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
+      if (plan.nc > 0 && !reduce) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kAttention));
     }
-    if (rows <= options_.gemv_max_rows && lq % 8 == 0) {
+    if (n <= options_.gemv_max_rows && lq % 8 == 0) {
       // The GEMV converts the fp32 attention output itself (one launch less per layer).
-      RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, rows, hid, lq, proj_, stream_));
+      RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, n, hid, lq, proj_, stream_));
     } else {
-      RESA_RETURN_IF_ERROR(ToBf16Cuda(attn_, int64_t(rows) * lq, attn_bf_, stream_));
-      RESA_RETURN_IF_ERROR(Linear(attn_bf_, w.o, rows, hid, lq, proj_));
+      RESA_RETURN_IF_ERROR(ToBf16Cuda(attn_, int64_t(n) * lq, attn_bf_, stream_));
+      RESA_RETURN_IF_ERROR(Linear(attn_bf_, w.o, n, hid, lq, proj_));
     }
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
     // Row-parallel projections: each TP rank holds a partial sum of the output.
-    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(rows) * hid));
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(n) * hid));
     RESA_RETURN_IF_ERROR(
-        AddRmsNormCuda(h_, proj_, w.post_norm, rows, hid, c.rms_norm_eps, x_, stream_));
+        AddRmsNormCuda(h, proj_, w.post_norm, n, hid, c.rms_norm_eps, x_, stream_));
     RESA_RETURN_IF_ERROR(Mark(kElementwise));
-    if (rows <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
+    if (n <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
-      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, rows, li, hid, act_, stream_));
+      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else {
-      RESA_RETURN_IF_ERROR(Linear(x_, w.gate_up, rows, 2 * li, hid, gu_));
+      RESA_RETURN_IF_ERROR(Linear(x_, w.gate_up, n, 2 * li, hid, gu_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
-      RESA_RETURN_IF_ERROR(SiluMulCuda(gu_, rows, li, act_, stream_));
+      RESA_RETURN_IF_ERROR(SiluMulCuda(gu_, n, li, act_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kElementwise));
     }
-    RESA_RETURN_IF_ERROR(Linear(act_, w.down, rows, hid, li, proj_));
+    RESA_RETURN_IF_ERROR(Linear(act_, w.down, n, hid, li, proj_));
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
-    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(rows) * hid));
+    if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(n) * hid));
   }
   if (plan.nl == 0) return absl::OkStatus();
-  RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, proj_, weights_->final_norm(), rows, hid,
+  // The residual of the last layer's rows: all of them, or the kept ones (Plan::reduce_last).
+  float* h_last = plan.reduce_last ? last_h_mem_.as<float>() : h_;
+  const int last_rows = plan.reduce_last ? plan.keep : rows;
+  RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_last, proj_, weights_->final_norm(), last_rows, hid,
                                       c.rms_norm_eps, x_, stream_));
-  RESA_RETURN_IF_ERROR(GatherRowsCuda(x_, meta + plan.o_logit, plan.nl, hid, xl_, stream_));
+  RESA_RETURN_IF_ERROR(GatherRowsCuda(x_,
+                                      meta + (plan.reduce_last ? plan.o_logit_last : plan.o_logit),
+                                      plan.nl, hid, xl_, stream_));
   RESA_RETURN_IF_ERROR(Mark(kElementwise));
   if (tp_parallel()) return GatherLogits(plan);
   RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));

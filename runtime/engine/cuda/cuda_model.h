@@ -232,6 +232,7 @@ class CudaModel final : public ModelBackend {
   DeviceAllocation sample_dev_, sample_weights_;
   int64_t weights_rows_ = 0;
   DeviceAllocation workspace_;
+  DeviceAllocation last_h_mem_;  // the last layer's kept residual rows (Plan::reduce_last)
   std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
   ForwardStats stats_;
   bool profiling_ = false;

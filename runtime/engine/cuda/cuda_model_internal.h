@@ -38,6 +38,14 @@ struct CudaModel::Plan {
   size_t o_tokens = 0, o_pos = 0, o_wk_off = 0, o_wk_first = 0, o_wk_keys = 0, o_att_keys = 0,
          o_ch_off = 0, o_ch_first = 0, o_tables = 0, o_logit = 0;
   size_t workspace_bytes = 0;
+  // The last layer of a forward whose chunks all ask for their last row's logits only
+  // (LogitsMode::kLast; not under SP) runs on `keep` rows: the decode rows, then each chunk's
+  // last row as a dense decode row (o_keep: their rows; o_last_keys: the dense launch's key
+  // counts; o_logit_last: the logit rows among them). The other rows' K/V are written first.
+  bool reduce_last = false;
+  int keep = 0;
+  int32_t max_keys_last = 0;
+  size_t o_keep = 0, o_last_keys = 0, o_logit_last = 0;
   bool graph = false;
   std::vector<int64_t> key;
   std::vector<size_t> reserved_before;  // page-table sizes before this forward's reservations
@@ -72,12 +80,14 @@ struct CudaModel::Plan {
 // The launch parameters of one layer's attention, shared by workspace sizing and enqueueing.
 struct CudaModel::Launches {
   DecodeAttentionParams dense;
+  DecodeAttentionParams dense_last;  // Plan::reduce_last: the last layer's dense rows
   std::vector<SelectBlocksParams> select;
   std::vector<DecodeAttentionParams> sparse;
   ChunkAttentionParams chunk;
   size_t WorkspaceBytes(const Plan& plan) const {
     size_t b = 0;
     if (plan.nd > 0) b = std::max(b, DecodeAttentionWorkspaceBytes(dense));
+    if (plan.reduce_last) b = std::max(b, DecodeAttentionWorkspaceBytes(dense_last));
     for (const auto& p : select) b = std::max(b, SelectBlocksWorkspaceBytes(p));
     for (const auto& p : sparse) b = std::max(b, DecodeAttentionWorkspaceBytes(p));
     if (plan.nc > 0) b = std::max(b, ChunkAttentionWorkspaceBytes(chunk));
