@@ -1,5 +1,6 @@
-// CudaModel's per-forward plan and launch parameters, shared by cuda_model.cc (one rank) and
-// cuda_model_grid.cc (the distributed steps). Internal to the CUDA backend.
+// CudaModel's per-forward plan and launch parameters, built by cuda_model_plan.cc and shared by
+// cuda_model.cc (one rank) and cuda_model_grid.cc (the distributed steps). Internal to the CUDA
+// backend.
 #pragma once
 
 #include <cstdint>
