@@ -33,19 +33,9 @@ int32_t LocalKeys(const SequenceShard& shard, int32_t num_keys) {
          (shard.Owns(full) ? num_keys % kPageTokens : 0);
 }
 
-namespace {
-
-absl::Status CublasStatus(cublasStatus_t st, const char* what) {
-  if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", int(st)));
-}
-
-}  // namespace
-
 CudaModel::~CudaModel() {
   DropGraphs();
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
-  if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
@@ -139,13 +129,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Dev
                                        groups.sp != nullptr ? groups.sp->size() : 1}};
   RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking),
                                   "cudaStreamCreate"));
-  RESA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&m->cublas_), "cublasCreate"));
-  RESA_RETURN_IF_ERROR(CublasStatus(cublasSetStream(m->cublas_, m->stream_), "cublasSetStream"));
-  RESA_ASSIGN_OR_RETURN(m->cublas_workspace_,
-                        DeviceAllocation::Create(size_t(32) << 20, "cuBLAS workspace"));
-  RESA_RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(m->cublas_, m->cublas_workspace_.as<void>(),
-                                                       m->cublas_workspace_.bytes()),
-                                    "cublasSetWorkspace"));
+  RESA_ASSIGN_OR_RETURN(m->gemm_, LtGemm::Create(size_t(32) << 20));
   if (options.gemv_max_rows < 0 || options.gemv_max_rows > kGemvMaxRows) {
     return absl::InvalidArgumentError(absl::StrCat("gemv_max_rows must be in [0, ", kGemvMaxRows,
                                                    "], got ", options.gemv_max_rows));
@@ -378,12 +362,7 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
   if (rows <= options_.gemv_max_rows && k % 8 == 0) {
     return GemvBf16Cuda(w, x, rows, n, k, y, stream_);
   }
-  // Row-major y [rows][n] = x [rows][k] * w [n][k]^T is, column-major, y^T = w^T-as-stored * x^T.
-  const float one = 1.0f, zero = 0.0f;
-  return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, w,
-                                   CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero, y, CUDA_R_32F, n,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                      "cublasGemmEx (bf16 linear layer)");
+  return gemm_->Linear(x, w, rows, n, k, y, stream_);
 }
 
 absl::Status CudaModel::Enqueue(const Plan& plan) {
@@ -508,6 +487,14 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
       RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    } else if (n > options_.gemv_max_rows) {
+      // Chunks: the GEMM rounds gate and up to bf16 (as the bf16 reference models do), half the
+      // bytes of fp32 written and read back by SiluMul.
+      __nv_bfloat16* gu = reinterpret_cast<__nv_bfloat16*>(gu_);
+      RESA_RETURN_IF_ERROR(gemm_->Linear(x_, w.gate_up, n, 2 * li, hid, gu, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kMatmul));
+      RESA_RETURN_IF_ERROR(SiluMulCuda(gu, n, li, act_, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kElementwise));
     } else {
       RESA_RETURN_IF_ERROR(Linear(x_, w.gate_up, n, 2 * li, hid, gu_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
@@ -738,21 +725,16 @@ absl::StatusOr<double> MeasureGemmTflops(int n) {
       FillUniformBf16Cuda(a.as<__nv_bfloat16>(), int64_t(elems), 1, 1.0f, 0.0f, nullptr));
   RESA_RETURN_IF_ERROR(
       FillUniformBf16Cuda(b.as<__nv_bfloat16>(), int64_t(elems), 2, 1.0f, 0.0f, nullptr));
-  cublasHandle_t handle = nullptr;
-  RESA_RETURN_IF_ERROR(CublasStatus(cublasCreate(&handle), "cublasCreate"));
+  RESA_ASSIGN_OR_RETURN(std::unique_ptr<LtGemm> gemm, LtGemm::Create(size_t(32) << 20));
   cudaEvent_t start = nullptr, stop = nullptr;
   absl::Status st = CudaStatus(cudaEventCreate(&start), "cudaEventCreate");
   if (st.ok()) st = CudaStatus(cudaEventCreate(&stop), "cudaEventCreate");
   float best_ms = 1e30f;
-  const float one = 1.0f, zero = 0.0f;
   for (int i = 0; i < 12 && st.ok(); ++i) {
     cudaEventRecord(start);
-    // CudaModel::Linear's call: bf16 in, fp32 out and accumulation.
-    st = CublasStatus(
-        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a.as<__nv_bfloat16>(),
-                     CUDA_R_16BF, n, b.as<__nv_bfloat16>(), CUDA_R_16BF, n, &zero, c.as<float>(),
-                     CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx (GEMM benchmark)");
+    // CudaModel::Linear's call for rows > gemv_max_rows.
+    st = gemm->Linear(b.as<__nv_bfloat16>(), a.as<__nv_bfloat16>(), n, n, n, c.as<float>(),
+                      nullptr);
     cudaEventRecord(stop);
     if (st.ok()) st = CudaStatus(cudaEventSynchronize(stop), "GEMM benchmark");
     float ms = 0.0f;
@@ -761,7 +743,6 @@ absl::StatusOr<double> MeasureGemmTflops(int n) {
   }
   if (start != nullptr) cudaEventDestroy(start);
   if (stop != nullptr) cudaEventDestroy(stop);
-  cublasDestroy(handle);
   RESA_RETURN_IF_ERROR(st);
   return 2.0 * double(n) * n * n / (best_ms * 1e-3) / 1e12;
 }

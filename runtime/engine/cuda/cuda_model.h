@@ -4,11 +4,12 @@
 // Per forward the rows are regrouped (sparse decode rows by sparse options, then dense decode
 // rows, then multi-token chunks) so that each attention kind is one launch over contiguous
 // rows; every other op is row-wise. Per layer: AddRmsNorm (with the previous residual add) ->
-// QKV (GEMV for <= 8 rows, cuBLAS otherwise) -> bias + RoPE -> SelectBlocksCuda (writes the
+// QKV (GEMV for <= 8 rows, cuBLASLt (LtGemm) otherwise) -> bias + RoPE -> SelectBlocksCuda (writes the
 // sparse rows' K/V, selects) + sparse DecodeAttentionCuda / WriteKvCuda (other rows' K/V +
 // summaries of every touched page) + dense DecodeAttentionCuda / ChunkAttentionCuda (prefill
 // and rectification) -> o_proj (the GEMV reads the fp32 attention output) -> AddRmsNorm ->
-// gate_up -> SiluMul -> down. Decode-only batches of <= 8 rows run as CUDA graphs, one per
+// gate_up -> SiluMul -> down (chunks: gate_up rounded to bf16 by the GEMM, as the bf16
+// reference models compute it; decode rows: the GEMV's fp32 sums). Decode-only batches of <= 8 rows run as CUDA graphs, one per
 // shape key (rows of each kind, sparse options, context bucket of 4096 tokens); the step's
 // host metadata (tokens, positions, page tables) goes to a fixed device buffer before launch.
 //
@@ -37,7 +38,6 @@
 // staged through pinned memory. Grids of more than one rank run eagerly (no CUDA graphs).
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -52,6 +52,7 @@
 #include "parallel/sp_attention.h"
 #include "runtime/engine/cpu_weights.h"
 #include "runtime/engine/cuda/device_memory.h"
+#include "runtime/engine/cuda/lt_gemm.h"
 #include "runtime/engine/cuda/sampling_cuda.h"
 #include "runtime/engine/model_backend.h"
 
@@ -75,7 +76,7 @@ struct CudaModelOptions {
   int gemv_max_rows = 8;  // kGemvMaxRows
 };
 
-// The bf16 GEMM rate (TFLOP/s) of an n x n x n product through CudaModel's cuBLAS call (bf16
+// The bf16 GEMM rate (TFLOP/s) of an n x n x n product through CudaModel's GEMM (LtGemm: bf16
 // in, fp32 accumulation and out), best of 10: the compute ceiling benchmarks compare against.
 absl::StatusOr<double> MeasureGemmTflops(int n);
 
@@ -203,8 +204,7 @@ class CudaModel final : public ModelBackend {
   Communicator* sp_ = nullptr;
   Communicator* sp_host_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-  DeviceAllocation cublas_workspace_;  // fixed, so cuBLAS calls can be captured in graphs
+  std::unique_ptr<LtGemm> gemm_;  // linear layers of > gemv_max_rows rows
   std::string sizing_;  // how the KV capacity was chosen
   bool pool_filled_ = false;
 

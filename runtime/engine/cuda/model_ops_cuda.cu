@@ -128,20 +128,32 @@ __global__ void QkvRopeKernel(const QkvRopeParams p) {
   }
 }
 
+// Four consecutive gate_up values as fp32 (one 16-byte fp32 or 8-byte bf16 load).
+__device__ __forceinline__ float4 Load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 Load4(const __nv_bfloat16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // grid (ceil(inter / (V 256)), min(rows, 65535)): V consecutive columns a thread, rows strided
-// by gridDim.y; V = 4 (float4 loads, 8-byte stores) when inter % 4 == 0.
-template <int V>
-__global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat16* act) {
+// by gridDim.y; V = 4 (16- or 8-byte loads, 8-byte stores) when inter % 4 == 0. T: float or
+// __nv_bfloat16 gate_up.
+template <int V, typename T>
+__global__ void SiluMulKernel(const T* gu, int rows, int inter, __nv_bfloat16* act) {
   AwaitPreviousKernel();
   const int i = (int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x)) * V;
   if (i >= inter) return;
   for (int r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float* g = gu + size_t(r) * 2 * inter + i;
-    const float* u = g + inter;
+    const T* g = gu + size_t(r) * 2 * inter + i;
+    const T* u = g + inter;
     __nv_bfloat16* out = act + size_t(r) * inter + i;
     if constexpr (V == 4) {
-      const float4 gv = *reinterpret_cast<const float4*>(g);
-      const float4 uv = *reinterpret_cast<const float4*>(u);
+      const float4 gv = Load4(g);
+      const float4 uv = Load4(u);
       const __nv_bfloat162 lo =
           __halves2bfloat162(__float2bfloat16(gv.x / (1.0f + expf(-gv.x)) * uv.x),
                              __float2bfloat16(gv.y / (1.0f + expf(-gv.y)) * uv.y));
@@ -153,9 +165,26 @@ __global__ void SiluMulKernel(const float* gu, int rows, int inter, __nv_bfloat1
       packed.y = *reinterpret_cast<const uint32_t*>(&hi);
       *reinterpret_cast<uint2*>(out) = packed;
     } else {
-      out[0] = __float2bfloat16(g[0] / (1.0f + expf(-g[0])) * u[0]);
+      const float gf = float(g[0]), uf = float(u[0]);
+      out[0] = __float2bfloat16(gf / (1.0f + expf(-gf)) * uf);
     }
   }
+}
+
+template <typename T>
+absl::Status LaunchSiluMul(const T* gu, int rows, int inter, __nv_bfloat16* act,
+                           cudaStream_t stream) {
+  if (rows < 0 || inter <= 0) return absl::InvalidArgumentError("SiluMulCuda: bad shape");
+  if (rows == 0) return absl::OkStatus();
+  const bool vec = inter % 4 == 0 && (reinterpret_cast<uintptr_t>(gu) % (4 * sizeof(T)) == 0) &&
+                   (reinterpret_cast<uintptr_t>(act) % 8 == 0);
+  const int v = vec ? 4 : 1;
+  const dim3 grid(unsigned((inter / v + kThreads - 1) / kThreads), unsigned(std::min(rows, 65535)));
+  return CudaStatus(vec ? LaunchKernel(SiluMulKernel<4, T>, grid, dim3(kThreads), 0, stream, {},
+                                       gu, rows, inter, act)
+                        : LaunchKernel(SiluMulKernel<1, T>, grid, dim3(kThreads), 0, stream, {},
+                                       gu, rows, inter, act),
+                    "launching SiluMulKernel");
 }
 
 // With `vec` (in 16-byte, out 8-byte aligned) four elements a thread (float4 in, 8 bytes out)
@@ -321,17 +350,12 @@ absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {
 
 absl::Status SiluMulCuda(const float* gu, int rows, int inter, __nv_bfloat16* act,
                          cudaStream_t stream) {
-  if (rows < 0 || inter <= 0) return absl::InvalidArgumentError("SiluMulCuda: bad shape");
-  if (rows == 0) return absl::OkStatus();
-  const bool vec = inter % 4 == 0 && (reinterpret_cast<uintptr_t>(gu) % 16 == 0) &&
-                   (reinterpret_cast<uintptr_t>(act) % 8 == 0);
-  const int v = vec ? 4 : 1;
-  const dim3 grid(unsigned((inter / v + kThreads - 1) / kThreads), unsigned(std::min(rows, 65535)));
-  return CudaStatus(vec ? LaunchKernel(SiluMulKernel<4>, grid, dim3(kThreads), 0, stream, {}, gu,
-                                       rows, inter, act)
-                        : LaunchKernel(SiluMulKernel<1>, grid, dim3(kThreads), 0, stream, {}, gu,
-                                       rows, inter, act),
-                    "launching SiluMulKernel");
+  return LaunchSiluMul(gu, rows, inter, act, stream);
+}
+
+absl::Status SiluMulCuda(const __nv_bfloat16* gu, int rows, int inter, __nv_bfloat16* act,
+                         cudaStream_t stream) {
+  return LaunchSiluMul(gu, rows, inter, act, stream);
 }
 
 absl::Status ToBf16Cuda(const float* in, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {

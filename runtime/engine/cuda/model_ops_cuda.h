@@ -55,8 +55,11 @@ struct QkvRopeParams {
 };
 absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream);
 
-// act[r][i] = bf16(silu(gu[r][i]) * gu[r][inter + i]); gu fp32 [rows][2 inter].
+// act[r][i] = bf16(silu(gu[r][i]) * gu[r][inter + i]); gu fp32 or bf16 [rows][2 inter] (fp32
+// maths either way).
 absl::Status SiluMulCuda(const float* gu, int rows, int inter, __nv_bfloat16* act,
+                         cudaStream_t stream);
+absl::Status SiluMulCuda(const __nv_bfloat16* gu, int rows, int inter, __nv_bfloat16* act,
                          cudaStream_t stream);
 
 // out[i] = bf16(in[i]).

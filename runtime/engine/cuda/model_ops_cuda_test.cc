@@ -76,7 +76,13 @@ TEST_P(ModelOpsTest, SiluMul) {
   ASSERT_TRUE(SiluMulCuda(dgu.get(), rows, inter, AsBf16(dact.get()), nullptr).ok());
   std::vector<float> act(size_t(rows) * inter);
   ref::SiluMul(gu.data(), rows, inter, act.data());
-  EXPECT_TRUE(AllClose(Bf16ToFloat(dact.Download()).data(), act.data(), act.size(), kBf16Ulp));
+  const std::vector<uint16_t> from_f32 = dact.Download();
+  EXPECT_TRUE(AllClose(Bf16ToFloat(from_f32).data(), act.data(), act.size(), kBf16Ulp));
+  // bf16 gate_up (the values are bf16 already): the same bits as from fp32.
+  DeviceBuffer<uint16_t> dgu16(testing::ToBf16(gu));
+  dact.Fill(0xff);
+  ASSERT_TRUE(SiluMulCuda(AsBf16(dgu16.get()), rows, inter, AsBf16(dact.get()), nullptr).ok());
+  EXPECT_EQ(dact.Download(), from_f32);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ModelOpsTest,
