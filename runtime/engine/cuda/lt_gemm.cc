@@ -101,6 +101,13 @@ absl::StatusOr<const LtGemm::Plan*> LtGemm::GetPlan(const Key& key) {
     st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                                               &ax, sizeof(ax));
   }
+  // Split-k partial sums meet in fp32 (the workspace), never in y's type: a bf16 y would add
+  // them rounded, several bf16 ulps off; nor "in place" in y.
+  const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  if (st == CUBLAS_STATUS_SUCCESS) {
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                              &reductions, sizeof(reductions));
+  }
   for (const auto attr :
        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
     if (st == CUBLAS_STATUS_SUCCESS) {
