@@ -35,7 +35,10 @@
 namespace resa::cuda {
 namespace {
 
-constexpr double kRelL2 = 2e-2;
+// Measured worst per grid 0.004-0.0075 while chunks kept gate_up in fp32, 0.009-0.023 since
+// they round it to bf16 (three roundings an element where a reordered fp32 sum can flip one,
+// not one); a differing block measures 0.16-0.21.
+constexpr double kRelL2 = 4e-2;
 constexpr float kTie = 0.05f;
 constexpr int32_t kPages = 64;  // per rank; ~190 tokens need 12 blocks
 
