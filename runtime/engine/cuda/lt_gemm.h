@@ -21,7 +21,8 @@ namespace resa::cuda {
 // matmul descriptor, layouts and heuristic algorithm of each problem cached: the host cost of a
 // call after the first of its shape is one cublasLtMatmul. The algorithm is the heuristic's
 // first choice for the shape and the operands' alignment, so a shape always runs the same
-// kernel (results repeat bit for bit from call to call and run to run).
+// kernel (results repeat bit for bit from call to call and run to run). Split-k partial sums
+// live in the one workspace: calls on different streams must not overlap in time.
 class LtGemm {
  public:
   // `workspace_bytes` of device memory are allocated here and kept.

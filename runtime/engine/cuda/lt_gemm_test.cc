@@ -83,6 +83,8 @@ TEST_F(LtGemmCaseTest, RepeatsAndCapturesInAGraph) {
   ASSERT_TRUE(g.Linear(AsBf16(dx.get()), AsBf16(dw.get()), rows, n, k, y2.get(), nullptr).ok());
   EXPECT_EQ(g.cached_plans(), 1u);
 
+  // The calls above share the workspace with the graph's; s does not wait for the legacy stream.
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaStream_t s = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   cudaGraph_t graph = nullptr;
