@@ -31,7 +31,7 @@ struct E2eOptions {
   float sparse_ratio = 0.1f;
   int min_blocks = 16;
   int rectify_every = 32;
-  int gemv_max_rows = 8;  // CUDA: decode rows up to which the GEMV is used instead of cuBLAS
+  int gemv_max_rows = 8;  // CUDA: decode rows up to which the GEMV is used instead of cuBLASLt
   bool torch = true;
   bool profile = true;  // after timing: rectify_every eager steps with events per kernel group
   // CUDA programmatic dependent launch: "on", "off", or "both" (every row twice, off then on,
@@ -426,7 +426,7 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
   e->add_flag("!--no-torch", o.torch, "Skip the PyTorch baseline");
   e->add_option("--gemv-max-rows", o.gemv_max_rows,
                 "CUDA: steps up to this many rows use the GEMV kernels (one row: CUDA cores; "
-                "batches: tensor cores) with their fused epilogues, larger ones cuBLAS")
+                "batches: tensor cores) with their fused epilogues, larger ones cuBLASLt")
       ->capture_default_str()
       ->check(CLI::Range(0, 8));
   e->add_flag("!--no-profile", o.profile, "Skip the per-kernel-group profile of each row");

@@ -94,7 +94,7 @@ absl::StatusOr<Backend> MakeRandomBackend(const ModelConfig& config, uint64_t se
 absl::StatusOr<double> MeasureDeviceCopyGbps(Device device);
 
 // The device's bf16 GEMM rate measured now (TFLOP/s, an 8192^3 product through the CUDA
-// backend's cuBLAS call), the compute ceiling of prefill benchmarks. Unimplemented for the CPU.
+// backend's cuBLASLt GEMM), the compute ceiling of prefill benchmarks. Unimplemented for the CPU.
 absl::StatusOr<double> MeasureDeviceGemmTflops(Device device);
 
 }  // namespace resa

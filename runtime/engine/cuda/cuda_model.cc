@@ -733,8 +733,8 @@ absl::StatusOr<double> MeasureGemmTflops(int n) {
   for (int i = 0; i < 12 && st.ok(); ++i) {
     cudaEventRecord(start);
     // CudaModel::Linear's call for rows > gemv_max_rows.
-    st = gemm->Linear(b.as<__nv_bfloat16>(), a.as<__nv_bfloat16>(), n, n, n, c.as<float>(),
-                      nullptr);
+    st =
+        gemm->Linear(b.as<__nv_bfloat16>(), a.as<__nv_bfloat16>(), n, n, n, c.as<float>(), nullptr);
     cudaEventRecord(stop);
     if (st.ok()) st = CudaStatus(cudaEventSynchronize(stop), "GEMM benchmark");
     float ms = 0.0f;

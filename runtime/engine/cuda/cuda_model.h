@@ -4,14 +4,15 @@
 // Per forward the rows are regrouped (sparse decode rows by sparse options, then dense decode
 // rows, then multi-token chunks) so that each attention kind is one launch over contiguous
 // rows; every other op is row-wise. Per layer: AddRmsNorm (with the previous residual add) ->
-// QKV (GEMV for <= 8 rows, cuBLASLt (LtGemm) otherwise) -> bias + RoPE -> SelectBlocksCuda (writes the
-// sparse rows' K/V, selects) + sparse DecodeAttentionCuda / WriteKvCuda (other rows' K/V +
+// QKV (GEMV for <= 8 rows, cuBLASLt (LtGemm) otherwise) -> bias + RoPE -> SelectBlocksCuda (writes
+// the sparse rows' K/V, selects) + sparse DecodeAttentionCuda / WriteKvCuda (other rows' K/V +
 // summaries of every touched page) + dense DecodeAttentionCuda / ChunkAttentionCuda (prefill
 // and rectification) -> o_proj (the GEMV reads the fp32 attention output) -> AddRmsNorm ->
 // gate_up -> SiluMul -> down (chunks: gate_up rounded to bf16 by the GEMM, as the bf16
-// reference models compute it; decode rows: the GEMV's fp32 sums). Decode-only batches of <= 8 rows run as CUDA graphs, one per
-// shape key (rows of each kind, sparse options, context bucket of 4096 tokens); the step's
-// host metadata (tokens, positions, page tables) goes to a fixed device buffer before launch.
+// reference models compute it; decode rows: the GEMV's fp32 sums). Decode-only batches of <= 8 rows
+// run as CUDA graphs, one per shape key (rows of each kind, sparse options, context bucket of 4096
+// tokens); the step's host metadata (tokens, positions, page tables) goes to a fixed device buffer
+// before launch.
 //
 // Sparse decode rows are exactly those of the CPU backend (a row is sparse iff n < M). The
 // selection on the GPU scores bf16 summaries of bf16 keys; the CPU scores fp32 ones, so the two
@@ -70,7 +71,7 @@ struct CudaModelOptions {
   bool graphs = true;  // capture decode steps of <= 8 rows in CUDA graphs
   // Linear layers of up to this many rows (<= kGemvMaxRows) use GemvBf16Cuda (one row on the
   // CUDA cores, batches on the tensor cores, with the SwiGLU and QKV epilogues fused), larger
-  // ones cuBLAS. 8: on the H200 (`resa-bench e2e --gemv-max-rows 1` vs 8, same call) the
+  // ones cuBLASLt (LtGemm). 8: on the H200 (`resa-bench e2e --gemv-max-rows 1` vs 8, same call) the
   // tensor-core GEMV makes batch-8 steps 1-10% faster than cuBLAS (1.5B 32K ReSA 2.684 ->
   // 2.459 ms, 7B 256K 12.374 -> 12.058).
   int gemv_max_rows = 8;  // kGemvMaxRows

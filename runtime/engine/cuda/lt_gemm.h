@@ -50,8 +50,8 @@ class LtGemm {
   // (rows, n, k, alignment of x, of w, of y in bytes (capped at 256), y's cudaDataType)
   using Key = std::tuple<int, int, int, int, int, int, int>;
   absl::StatusOr<const Plan*> GetPlan(const Key& key);
-  absl::Status Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
-                   void* y, cudaDataType_t y_type, cudaStream_t stream);
+  absl::Status Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k, void* y,
+                   cudaDataType_t y_type, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

@@ -14,10 +14,10 @@
 namespace resa::cuda {
 namespace {
 
-using testing::AsBf16;
-using testing::DeviceBuffer;
 using ::resa::testing::AllClose;
 using ::resa::testing::Tolerance;
+using testing::AsBf16;
+using testing::DeviceBuffer;
 
 // fp32 accumulation of bf16 products vs an fp64 reference.
 constexpr Tolerance kF32Sum{1e-4, 1e-3};
@@ -44,9 +44,10 @@ TEST_P(LtGemmTest, MatchesFp64) {
   auto gemm = LtGemm::Create(size_t(4) << 20);
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   float* y = dy.get() + offset;
-  ASSERT_TRUE((*gemm)->Linear(AsBf16(dx.get()) + offset, AsBf16(dw.get()) + offset, rows, n, k, y,
-                              nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      (*gemm)
+          ->Linear(AsBf16(dx.get()) + offset, AsBf16(dw.get()) + offset, rows, n, k, y, nullptr)
+          .ok());
   std::vector<float> got = dy.Download(), want(size_t(rows) * n);
   ref::Gemv(w.data(), x.data(), rows, n, k, want.data());
   EXPECT_TRUE(AllClose(got.data() + offset, want.data(), want.size(), kF32Sum));
@@ -54,8 +55,9 @@ TEST_P(LtGemmTest, MatchesFp64) {
   // bf16 out: the reference within its rounding.
   DeviceBuffer<uint16_t> dy16(size_t(rows) * n + size_t(offset));
   dy16.Fill(0xff);
-  ASSERT_TRUE((*gemm)->Linear(AsBf16(dx.get()) + offset, AsBf16(dw.get()) + offset, rows, n, k,
-                              AsBf16(dy16.get()) + offset, nullptr)
+  ASSERT_TRUE((*gemm)
+                  ->Linear(AsBf16(dx.get()) + offset, AsBf16(dw.get()) + offset, rows, n, k,
+                           AsBf16(dy16.get()) + offset, nullptr)
                   .ok());
   const std::vector<uint16_t> got16 = dy16.Download();
   std::vector<float> got16f(want.size());
@@ -66,7 +68,8 @@ TEST_P(LtGemmTest, MatchesFp64) {
 INSTANTIATE_TEST_SUITE_P(Shapes, LtGemmTest,
                          ::testing::Combine(::testing::Values(1, 9, 33, 300),
                                             ::testing::Values(7, 129, 1536),
-                                            ::testing::Values(8, 13, 1544), ::testing::Values(0, 1)));
+                                            ::testing::Values(8, 13, 1544),
+                                            ::testing::Values(0, 1)));
 
 // A shape runs one cached plan: the second call is bitwise the first, eager or replayed from a
 // CUDA graph (the workspace is fixed), and adds no plan.

@@ -180,10 +180,10 @@ absl::Status LaunchSiluMul(const T* gu, int rows, int inter, __nv_bfloat16* act,
                    (reinterpret_cast<uintptr_t>(act) % 8 == 0);
   const int v = vec ? 4 : 1;
   const dim3 grid(unsigned((inter / v + kThreads - 1) / kThreads), unsigned(std::min(rows, 65535)));
-  return CudaStatus(vec ? LaunchKernel(SiluMulKernel<4, T>, grid, dim3(kThreads), 0, stream, {},
-                                       gu, rows, inter, act)
-                        : LaunchKernel(SiluMulKernel<1, T>, grid, dim3(kThreads), 0, stream, {},
-                                       gu, rows, inter, act),
+  return CudaStatus(vec ? LaunchKernel(SiluMulKernel<4, T>, grid, dim3(kThreads), 0, stream, {}, gu,
+                                       rows, inter, act)
+                        : LaunchKernel(SiluMulKernel<1, T>, grid, dim3(kThreads), 0, stream, {}, gu,
+                                       rows, inter, act),
                     "launching SiluMulKernel");
 }
 
