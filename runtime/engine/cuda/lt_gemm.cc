@@ -123,7 +123,7 @@ absl::StatusOr<const LtGemm::Plan*> LtGemm::GetPlan(const Key& key) {
   cublasLtMatmulPreferenceDestroy(pref);
   RESA_RETURN_IF_ERROR(LtStatus(st, "cublasLtMatmulAlgoGetHeuristic"));
   if (found == 0) {
-    return absl::UnimplementedError(
+    return absl::FailedPreconditionError(
         absl::StrCat("cuBLASLt has no algorithm for a bf16 linear layer of ", rows, " x ", k,
                      " -> ", n, y_type == CUDA_R_32F ? " (fp32 out" : " (bf16 out",
                      ", operand alignment ", align_x, " / ", align_w, " / ", align_y, " bytes)"));
