@@ -1,7 +1,6 @@
 #include "runtime/engine/cuda/lt_gemm.h"
 
 #include <cstdint>
-#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
@@ -42,18 +41,13 @@ struct LtGemm::Plan {
 absl::StatusOr<std::unique_ptr<LtGemm>> LtGemm::Create(size_t workspace_bytes) {
   std::unique_ptr<LtGemm> g(new LtGemm());
   RESA_RETURN_IF_ERROR(LtStatus(cublasLtCreate(&g->handle_), "cublasLtCreate"));
-  if (workspace_bytes > 0) {
-    const std::string what =
-        absl::StrCat("allocating the cuBLASLt workspace (", workspace_bytes, " bytes)");
-    RESA_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&g->workspace_, workspace_bytes), what.c_str()));
-    g->workspace_bytes_ = workspace_bytes;
-  }
+  RESA_ASSIGN_OR_RETURN(g->workspace_,
+                        DeviceAllocation::Create(workspace_bytes, "the cuBLASLt workspace"));
   return g;
 }
 
 LtGemm::~LtGemm() {
   plans_.clear();
-  if (workspace_ != nullptr) cudaFree(workspace_);
   if (handle_ != nullptr) cublasLtDestroy(handle_);
 }
 
@@ -88,7 +82,7 @@ absl::StatusOr<const LtGemm::Plan*> LtGemm::GetPlan(const Key& key) {
   cublasLtMatmulPreference_t pref = nullptr;
   RESA_RETURN_IF_ERROR(
       LtStatus(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate"));
-  const uint64_t ws = workspace_bytes_;
+  const uint64_t ws = workspace_.bytes();
   const uint32_t aw = uint32_t(align_w), ax = uint32_t(align_x), ay = uint32_t(align_y);
   cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
@@ -158,7 +152,7 @@ absl::Status LtGemm::Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int row
   const float one = 1.0f, zero = 0.0f;
   return LtStatus(
       cublasLtMatmul(handle_, plan->desc, &one, w, plan->a, x, plan->b, &zero, y, plan->c, y,
-                     plan->c, &plan->algo, workspace_, workspace_bytes_, stream),
+                     plan->c, &plan->algo, workspace_.as<void>(), workspace_.bytes(), stream),
       "cublasLtMatmul (bf16 linear layer)");
 }
 

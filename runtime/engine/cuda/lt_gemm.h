@@ -1,6 +1,6 @@
 // The CUDA backend's GEMM for linear layers of more rows than the decode GEMVs take (prefill
-// and rectification chunks, batches of > 8 rows): cuBLASLt, bf16 operands, fp32 accumulation
-// and output.
+// and rectification chunks, batches of > 8 rows): cuBLASLt, bf16 operands, fp32 accumulation,
+// fp32 or bf16 output.
 #pragma once
 
 #include <cublasLt.h>
@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "runtime/engine/cuda/device_memory.h"
 
 namespace resa::cuda {
 
@@ -54,8 +55,7 @@ class LtGemm {
                    cudaDataType_t y_type, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  DeviceAllocation workspace_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };
 
