@@ -48,6 +48,9 @@ struct E2eOptions {
   std::vector<int> l2_fetch = {128};
   std::string python = "python3";
   std::string torch_script = "runtime/apps/e2e_torch_baseline.py";
+  // How every step's tokens are sampled on the device (greedy by default, as the targets);
+  // sequence b draws from a Sampler seeded with `seed + b`.
+  SamplingParams sampling;
 };
 
 // Bytes one decode step must move at least (batch B, context L): every weight once (lm_head
@@ -119,8 +122,9 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   const ModelConfig& c = backend.config();
   ResaOptions ro{mode, o.sparse_ratio, o.min_blocks, o.rectify_every};
   Decoder dec(backend);
-  // Logits stay on the device; each step's tokens are sampled there (greedy, ModelBackend::
-  // Sample) and only the ids come back, as a serving loop would run.
+  // Logits stay on the device; each step's tokens are sampled there (ModelBackend::Sample, as
+  // --temperature / --top-k / --top-p say; greedy by default) and only the ids come back, as a
+  // serving loop would run.
   dec.set_host_logits(false);
   std::vector<int> ids;
   // The context starts short of `ctx` by the steps this row decodes: every step attends to at
@@ -137,10 +141,13 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   }
   // The warm-up runs a first rectification (buffers reach their size) and captures the graphs.
   std::vector<Decoder::Feed> feeds(batch);
-  std::vector<RowSampling> greedy(batch);
+  std::vector<Sampler> samplers;
+  std::vector<RowSampling> draws(batch);
   std::vector<int32_t> sampled(batch);
   for (int b = 0; b < batch; ++b) {
-    greedy[b].row = b;  // feed order = logits row order
+    SamplingParams sp = o.sampling;
+    sp.seed = o.sampling.seed + uint64_t(b);
+    samplers.emplace_back(sp);
     sampled[b] = int32_t((b * 131) % c.vocab_size);  // adopted contexts have no logits yet
   }
   std::chrono::steady_clock::time_point t0;
@@ -154,7 +161,8 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
     }
     for (int b = 0; b < batch; ++b) feeds[b] = {ids[b], sampled[b]};
     RESA_RETURN_IF_ERROR(dec.Step(feeds));
-    RESA_RETURN_IF_ERROR(backend.Sample(greedy, sampled.data()));
+    for (int b = 0; b < batch; ++b) draws[b] = samplers[b].Next(b);  // feed order = logits rows
+    RESA_RETURN_IF_ERROR(backend.Sample(draws, sampled.data()));
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   row.ms = 1e3 * secs / o.steps;
@@ -204,13 +212,19 @@ int RunE2e(const E2eOptions& o) {
     std::fprintf(stderr, "resa-bench e2e: --l2-fetch needs at least one value\n");
     return 1;
   }
+  if (absl::Status st = o.sampling.Validate(); !st.ok()) {
+    std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   auto copy = MeasureDeviceCopyGbps(*device);
   if (!copy.ok()) {
     std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(copy.status().message()).c_str());
     return 1;
   }
-  std::printf("{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d}\n", *copy,
-              o.gemv_max_rows);
+  std::printf("{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d,\"sampling\":"
+              "{\"temperature\":%g,\"top_k\":%d,\"top_p\":%g,\"seed\":%llu}}\n",
+              *copy, o.gemv_max_rows, o.sampling.temperature, o.sampling.top_k, o.sampling.top_p,
+              static_cast<unsigned long long>(o.sampling.seed));
   // Variants of each row (an A/B inside this run): off before on for each "both".
   auto settings = [](const std::string& v) {
     std::vector<bool> out;
@@ -337,12 +351,17 @@ int RunE2e(const E2eOptions& o) {
   };
   std::fprintf(stderr,
                "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
-               "sequence)\n"
+               "sequence, sampled on the device: %s)\n"
                "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | hints | L2 fetch | "
                "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
                "vs torch |\n"
                "|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-               *copy);
+               *copy,
+               o.sampling.temperature == 0.0f
+                   ? "greedy"
+                   : absl::StrFormat("temperature %g, top_k %d, top_p %g", o.sampling.temperature,
+                                     o.sampling.top_k, o.sampling.top_p)
+                         .c_str());
   for (const Row& r : rows) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
@@ -459,6 +478,15 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "targets read the last")
       ->delimiter(',')
       ->check(CLI::Range(0, 128))
+      ->capture_default_str();
+  e->add_option("--temperature", o.sampling.temperature,
+                "Sampling temperature of every step's tokens (0 = greedy, as the targets)")
+      ->capture_default_str();
+  e->add_option("--top-k", o.sampling.top_k, "Sampling: keep the k most likely tokens (0 = all)")
+      ->capture_default_str();
+  e->add_option("--top-p", o.sampling.top_p, "Sampling: nucleus mass, in (0, 1]")
+      ->capture_default_str();
+  e->add_option("--seed", o.sampling.seed, "Sampling: sequence b draws with seed + b")
       ->capture_default_str();
   e->add_option("--python", o.python, "Python with torch for the baseline")->capture_default_str();
   e->add_option("--torch-script", o.torch_script, "The baseline script")->capture_default_str();

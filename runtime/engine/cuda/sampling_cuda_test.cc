@@ -1,5 +1,6 @@
 // SampleRowsCuda against its CPU twin, resa::SampleWithUniform, over vocab sizes (2 to 262,144,
-// the exact 151,936 included), logit distributions (normal, one-hot, heavy-tailed with bf16
+// the exact 151,936 included; 4096 and 4097 on either side of the kernel's gathered-set
+// capacity), logit distributions (normal, one-hot, heavy-tailed with bf16
 // ties, all equal, normal with NaN and -inf) and parameter sets (greedy, temperature 0.1-2,
 // top_k 0/1/40/large/over vocab, top_p 1/0.9/0.5/tiny), 64 rows per launch.
 //
@@ -170,7 +171,7 @@ TEST_P(SampleRowsTest, MatchesTheCpuTwin) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SampleRowsTest,
-    ::testing::Combine(::testing::Values(2, 17, 1000, 151936, 262144),
+    ::testing::Combine(::testing::Values(2, 17, 1000, 4096, 4097, 151936, 262144),
                        ::testing::Values("normal", "onehot", "heavy", "equal", "nan")),
     [](const auto& info) {
       return std::to_string(std::get<0>(info.param)) + "_" + std::get<1>(info.param);
