@@ -1,5 +1,6 @@
 #include <cooperative_groups.h>
 
+#include <array>
 #include <atomic>
 #include <climits>
 #include <cmath>
@@ -15,7 +16,7 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kMaxCluster = 8;  // CTAs a row at most (a portable thread-block cluster)
+constexpr int kMaxCluster = 8;  // CTAs a row in a portable cluster (kWideCluster: 16)
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 256;
@@ -278,11 +279,43 @@ __device__ void Gather(const Slice& sl, Keep keep, Smem& s) {
   cl.sync();
 }
 
-// Sorts a[0, n) descending (n a power of two, 2 .. kCap): a bitonic network, its steps
-// separated by CTA barriers. All threads of the CTA.
+// Sorts a[0, n) descending (n a power of two, 64 .. kCap): a bitonic network whose steps with
+// partners 64 or more apart run on shared memory between CTA barriers, and the others inside
+// each warp's blocks of 64 (two a lane, shuffles for partners within a warp). All threads of the
+// CTA.
 __device__ void BitonicDescending(uint64_t* a, int n) {
-  for (int k = 2; k <= n; k <<= 1) {
-    for (int j = k >> 1; j > 0; j >>= 1) {
+  const int lane = int(threadIdx.x & 31u);
+  // Steps j = j0 .. 1 of merge k on every 64-element block, in registers. The pair (i, i + j)
+  // leaves the larger value at i where (i & k) == 0, the smaller one elsewhere.
+  auto in_warps = [&](int k_lo, int k_hi, int j0) {
+    for (int blk = int(threadIdx.x >> 5) * 64; blk < n; blk += kWarps * 64) {
+      uint64_t r[2] = {a[blk + lane], a[blk + 32 + lane]};
+      for (int k = k_lo; k <= k_hi; k <<= 1) {
+        for (int j = k == k_lo ? j0 : min(k >> 1, 32); j > 0; j >>= 1) {
+          if (j == 32) {
+            const bool up = ((blk + lane) & k) == 0;
+            const uint64_t hi = max(r[0], r[1]), lo = min(r[0], r[1]);
+            r[0] = up ? hi : lo;
+            r[1] = up ? lo : hi;
+            continue;
+          }
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const uint64_t y = __shfl_xor_sync(0xffffffffu, r[q], j);
+            const int i = (blk + 32 * q + lane) & ~j;  // the pair's lower index
+            const bool keep_max = (((i & k) == 0) == ((lane & j) == 0));
+            r[q] = keep_max ? max(r[q], y) : min(r[q], y);
+          }
+        }
+      }
+      a[blk + lane] = r[0];
+      a[blk + 32 + lane] = r[1];
+    }
+    __syncthreads();
+  };
+  in_warps(2, min(n, 64), 1);  // every merge of up to 64 elements
+  for (int k = 128; k <= n; k <<= 1) {
+    for (int j = k >> 1; j >= 64; j >>= 1) {
       for (int t = int(threadIdx.x); t < n / 2; t += kThreads) {
         const int i = ((t & ~(j - 1)) << 1) | (t & (j - 1));
         const uint64_t x = a[i], y = a[i + j];
@@ -293,6 +326,7 @@ __device__ void BitonicDescending(uint64_t* a, int n) {
       }
       __syncthreads();
     }
+    in_warps(k, k, 32);
   }
 }
 
@@ -312,7 +346,7 @@ struct Resolver {
     g = min(s.gn, kCap);
     c = cands;
     count_before = count_before_in;
-    int n = 2;
+    int n = 64;
     while (n < g) n <<= 1;
     for (int p = g + int(threadIdx.x); p < n; p += kThreads) s.u.g.set[p] = 0;  // sorts last
     __syncthreads();
@@ -427,11 +461,6 @@ __device__ Pick FromRank0(Smem& s, Resolve resolve) {
   return p;
 }
 
-// The first candidate (order: key desc, id asc) whose running weight sum (kCount: running
-// count) reaches `target`; the last candidate if rounding leaves it unreached. All threads.
-// Radix levels of 8 bits narrow the key; once the level's bin holds at most kCap candidates,
-// they are gathered into rank 0 and resolved there (sorted, summed in order), which also gives
-// the element's id (want_id). Otherwise the id is left to NthWithKey (id -1).
 // Where a search stopped: resolved (pick), or at a bin small enough for rank 0 (gather: the
 // candidates whose key matches prefix above `shift`, after `before` / `count_before`).
 struct Stop {
@@ -443,6 +472,11 @@ struct Stop {
   int count_before;
 };
 
+// The first candidate (order: key desc, id asc) whose running weight sum (kCount: running
+// count) reaches `target`; the last candidate if rounding leaves it unreached. All threads.
+// Radix levels of 8 bits narrow the key; once the level's bin holds at most kCap candidates
+// (and the level is not the last, unless want_id: the id is asked for) the search stops there
+// for ResolveBin. A search that runs all four levels leaves the id to NthWithKey (id -1).
 template <bool kCount>
 __device__ Stop Search(const Slice& sl, const Cands& c, float m, float t,
                                     double target, bool want_id, Smem& s) {
@@ -727,7 +761,7 @@ __device__ int NthWithKey(const Slice& sl, int n, uint32_t key, int index, Smem&
   return ClusterMinInt(s.token, s);
 }
 
-// Grid: one cluster of 1-8 CTAs a row (SampleRowsCuda picks the size); CTA r of a cluster holds
+// Grid: one cluster of 1-16 CTAs a row (SampleRowsCuda picks the size); CTA r of a cluster holds
 // the row's slice r.
 __global__ void __launch_bounds__(kThreads)
     SampleRowsKernel(const float* logits, int n, const SampleRowSpec* specs, float* weights,
@@ -800,6 +834,56 @@ __global__ void __launch_bounds__(kThreads)
   if (rank == 0 && threadIdx.x == 0) tokens[i] = id < n ? id : top;
 }
 
+// Greedy rows only (the caller gave no weights workspace): the arg-max pass alone, with a few
+// bytes of shared memory instead of the sampling kernel's slice cache.
+__global__ void __launch_bounds__(kThreads)
+    GreedyRowsKernel(const float* logits, int n, const SampleRowSpec* specs, int32_t* tokens) {
+  __shared__ uint64_t red[kWarps];
+  __shared__ uint64_t slot;
+  cg::cluster_group cl = cg::this_cluster();
+  const int i = int(blockIdx.x / cl.num_blocks());
+  const float* row = logits + size_t(specs[i].row) * size_t(n);
+  const int slice = (n / int(cl.num_blocks()) + 4) / 4 * 4;
+  const int lo = min(n, int(cl.block_rank()) * slice), hi = min(n, lo + slice);
+  const uint64_t best =
+      ClusterFold(BlockMax(ThreadArgMax(row, lo, hi, nullptr), red), slot, cl.num_blocks(),
+                  uint64_t(0), [](uint64_t a, uint64_t b) { return b > a ? b : a; });
+  if (cl.block_rank() == 0 && threadIdx.x == 0) tokens[i] = int(~uint32_t(best & 0xffffffffu));
+}
+
+constexpr int kWideCluster = 16;
+
+// How many 16-CTA clusters of SampleRowsKernel the current device runs at once (cached per
+// device; 0 when it cannot run them).
+int MaxWideClusters() {
+  static std::array<std::atomic<int>, 64> cache{};  // count + 1; 0 = not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    cudaGetLastError();
+    return 0;
+  }
+  const int cached = cache[size_t(device)].load(std::memory_order_relaxed);
+  if (cached > 0) return cached - 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kWideCluster);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = sizeof(Smem);
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = kWideCluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, SampleRowsKernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  cache[size_t(device)].store(n + 1, std::memory_order_relaxed);
+  return n;
+}
+
 }  // namespace
 
 absl::Status SampleRowsCuda(const SampleRowsParams& p, cudaStream_t stream) {
@@ -810,17 +894,36 @@ absl::Status SampleRowsCuda(const SampleRowsParams& p, cudaStream_t stream) {
   if (p.logits == nullptr || p.specs == nullptr || p.tokens == nullptr) {
     return absl::InvalidArgumentError("SampleRowsCuda: null pointer");
   }
-  // CTAs a row: the largest power of two <= kMaxCluster that keeps every row's cluster in one
-  // wave (a CTA an SM). At vocab 151,936 and T 1, top_p 0.9 (H200): 1 row 780 -> 144 us with 8
-  // CTAs; 64 rows at 8 CTAs (4 waves) made greedy 22.7 -> 34.0 us, hence fewer there.
+  // CTAs a row (sampled rows may take 16, below): the largest power of two <= kMaxCluster that
+  // keeps every row's cluster in one wave (a CTA an SM). At vocab 151,936 and T 1, top_p 0.9
+  // (H200): 1 row 780 -> 144 us with 8 CTAs; 64 rows at 8 CTAs (4 waves) made greedy 22.7 ->
+  // 34.0 us, hence fewer there.
   int cluster = kMaxCluster;
   while (cluster > 1 && int64_t(p.num_rows) * cluster > MultiprocessorCount()) cluster /= 2;
+  if (p.weights == nullptr) {
+    // Every row is greedy (the contract of a null workspace).
+    return CudaStatus(LaunchKernel(GreedyRowsKernel, dim3(unsigned(p.num_rows * cluster)),
+                                   dim3(kThreads), 0, stream, LaunchOptions{cluster, false},
+                                   p.logits, p.vocab, p.specs, p.tokens),
+                      "launching GreedyRowsKernel");
+  }
   constexpr int kSmem = int(sizeof(Smem));
   static std::atomic<uint64_t> attr_done;
   cudaError_t err = OncePerDevice(attr_done, [] {
-    return cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                kSmem);
+    cudaError_t e = cudaFuncSetAttribute(
+        SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(SampleRowsKernel,
+                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    }
+    return e;
   });
+  // Sampled rows take clusters of 16 CTAs (non-portable: half the slice each) when every
+  // row's cluster runs at once: the passes over a slice are most of a row's time.
+  if (err == cudaSuccess && int64_t(p.num_rows) * kWideCluster <= MultiprocessorCount() &&
+      p.num_rows <= MaxWideClusters()) {
+    cluster = kWideCluster;
+  }
   // An ordinary launch (no PDL): the kernel reads the logits the step just wrote.
   if (err == cudaSuccess) {
     err = LaunchKernel(SampleRowsKernel, dim3(unsigned(p.num_rows * cluster)), dim3(kThreads),
