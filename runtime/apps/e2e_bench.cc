@@ -221,10 +221,11 @@ int RunE2e(const E2eOptions& o) {
     std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(copy.status().message()).c_str());
     return 1;
   }
-  std::printf("{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d,\"sampling\":"
-              "{\"temperature\":%g,\"top_k\":%d,\"top_p\":%g,\"seed\":%llu}}\n",
-              *copy, o.gemv_max_rows, o.sampling.temperature, o.sampling.top_k, o.sampling.top_p,
-              static_cast<unsigned long long>(o.sampling.seed));
+  std::printf(
+      "{\"bench\":\"e2e_copy\",\"gbps\":%.1f,\"gemv_max_rows\":%d,\"sampling\":"
+      "{\"temperature\":%g,\"top_k\":%d,\"top_p\":%g,\"seed\":%llu}}\n",
+      *copy, o.gemv_max_rows, o.sampling.temperature, o.sampling.top_k, o.sampling.top_p,
+      static_cast<unsigned long long>(o.sampling.seed));
   // Variants of each row (an A/B inside this run): off before on for each "both".
   auto settings = [](const std::string& v) {
     std::vector<bool> out;

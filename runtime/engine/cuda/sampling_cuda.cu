@@ -22,7 +22,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 256;
 constexpr int kCopies = 4;  // privatised histograms per block
 constexpr int kSearchBatch = 4;  // elements a thread loads before binning them (Search)
-constexpr int kCap = 4096;  // a candidate set small enough for one CTA to sort (Resolver)
+constexpr int kCap = 4096;       // a candidate set small enough for one CTA to sort (Resolver)
 constexpr int kItems = kCap / kThreads;  // sorted positions a thread
 // A CTA's slice of the row, up to this many elements, is kept in shared memory as keys and
 // weights for the passes after the first (vocab 151,936 in 8 slices: 18,996).
@@ -151,7 +151,7 @@ struct Smem {
       double stage[kThreads];  // one value per thread, summed per bin inside each warp
       double part_mass[kCopies * kBins];
       int part_cnt[kWarps * kBins];  // counts: a histogram per warp; weights: kCopies
-    } h;  // a search level's privatised histograms
+    } h;                             // a search level's privatised histograms
     // A small candidate set gathered into rank 0 (its arrays are the cluster's; no search
     // level is running then), and the Resolver's running sums.
     struct {
@@ -160,7 +160,7 @@ struct Smem {
     } g;
   } u;
   typename ScanD::TempStorage scan;  // Resolver (rank 0)
-  double mass[kBins];  // this CTA's histogram (read by the cluster)
+  double mass[kBins];                // this CTA's histogram (read by the cluster)
   int cnt[kBins];
   uint64_t red64[kWarps];
   double redf[kWarps];
@@ -175,9 +175,9 @@ struct Smem {
   int hit_count;
   bool fallback;
   int token;
-  int gn;      // rank 0's: the gathered set's size
-  int gl;      // this CTA's elements of a gather, then its next slot
-  int gbase;   // its first slot in rank 0's set
+  int gn;     // rank 0's: the gathered set's size
+  int gl;     // this CTA's elements of a gather, then its next slot
+  int gbase;  // its first slot in rank 0's set
   int p_hit, g0;
   double bcast;
   Pick pick;  // rank 0's is what the cluster reads
@@ -355,7 +355,7 @@ struct Resolver {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const int p = int(threadIdx.x) * kItems + i;
-      incl[i] = p >= g   ? 0.0
+      incl[i] = p >= g  ? 0.0
                 : count ? 1.0
                         : double(Weight(FromKey(uint32_t(s.u.g.set[p] >> 32)), m, t));
       sum += incl[i];
@@ -427,7 +427,8 @@ struct Resolver {
     __syncthreads();
     if (threadIdx.x == 0) {
       const int g0 = s.g0;
-      s.pick = Pick{k, pos - g0, int(~uint32_t(s.u.g.set[pos])), count_before + g0, s.u.g.excl[g0], pos};
+      s.pick =
+          Pick{k, pos - g0, int(~uint32_t(s.u.g.set[pos])), count_before + g0, s.u.g.excl[g0], pos};
     }
     __syncthreads();
     return s.pick;
@@ -478,8 +479,8 @@ struct Stop {
 // (and the level is not the last, unless want_id: the id is asked for) the search stops there
 // for ResolveBin. A search that runs all four levels leaves the id to NthWithKey (id -1).
 template <bool kCount>
-__device__ Stop Search(const Slice& sl, const Cands& c, float m, float t,
-                                    double target, bool want_id, Smem& s) {
+__device__ Stop Search(const Slice& sl, const Cands& c, float m, float t, double target,
+                       bool want_id, Smem& s) {
   cg::cluster_group cl = cg::this_cluster();
   uint32_t prefix = 0;
   double before = 0.0;
@@ -674,10 +675,11 @@ __device__ Stop Search(const Slice& sl, const Cands& c, float m, float t,
 
 // Rank 0 resolves the bin a search stopped at: its candidates gathered, sorted and summed in
 // order (those of key thr stay the counted group after them). All threads of the cluster.
-__device__ Pick ResolveBin(const Slice& sl, const Cands& c, float m, float t,
-                                        double target, bool count, const Stop& at, Smem& s) {
+__device__ Pick ResolveBin(const Slice& sl, const Cands& c, float m, float t, double target,
+                           bool count, const Stop& at, Smem& s) {
   const uint32_t mask = ~0u << at.shift;
-  Gather(sl, [&](uint32_t k) { return k > c.thr && ((k ^ at.prefix) & mask) == 0; }, s);
+  Gather(
+      sl, [&](uint32_t k) { return k > c.thr && ((k ^ at.prefix) & mask) == 0; }, s);
   const bool thr_here = c.take > 0 && ((c.thr ^ at.prefix) & mask) == 0;
   return FromRank0(s, [&] {
     Resolver r;
@@ -689,17 +691,18 @@ __device__ Pick ResolveBin(const Slice& sl, const Cands& c, float m, float t,
 
 // Search, then ResolveBin where it stopped early.
 template <bool kCount>
-__device__ Pick Find(const Slice& sl, const Cands& c, float m, float t, double target,
-                     bool want_id, Smem& s) {
+__device__ Pick Find(const Slice& sl, const Cands& c, float m, float t, double target, bool want_id,
+                     Smem& s) {
   const Stop at = Search<kCount>(sl, c, m, t, target, want_id, s);
   return at.gather ? ResolveBin(sl, c, m, t, target, kCount, at, s) : at.pick;
 }
 
 // The candidates of `c`, at most kCap of them: gathered into rank 0, which cuts the top_p
 // nucleus (top_p < 1) and draws at u. All threads of the cluster.
-__device__ Pick ResolveSmall(const Slice& sl, const Cands& c, float m, float t,
-                                          float top_p, double u, Smem& s) {
-  Gather(sl, [&](uint32_t k) { return k > c.thr; }, s);
+__device__ Pick ResolveSmall(const Slice& sl, const Cands& c, float m, float t, float top_p,
+                             double u, Smem& s) {
+  Gather(
+      sl, [&](uint32_t k) { return k > c.thr; }, s);
   return FromRank0(s, [&] {
     Resolver r;
     r.Build(s, false, m, t, 0.0, 0, c);
@@ -710,10 +713,11 @@ __device__ Pick ResolveSmall(const Slice& sl, const Cands& c, float m, float t,
 // The top_k cut stopped at the row's first bin (no candidate before it), small enough to
 // gather: that bin holds all top_k candidates, so rank 0 cuts at position top_k - 1, then
 // cuts the nucleus and draws, from one gathered set. All threads of the cluster.
-__device__ Pick ResolveTopBin(const Slice& sl, const Stop& at, int top_k, float m,
-                                           float t, float top_p, double u, Smem& s) {
+__device__ Pick ResolveTopBin(const Slice& sl, const Stop& at, int top_k, float m, float t,
+                              float top_p, double u, Smem& s) {
   const uint32_t mask = ~0u << at.shift;
-  Gather(sl, [&](uint32_t k) { return k > 0u && ((k ^ at.prefix) & mask) == 0; }, s);
+  Gather(
+      sl, [&](uint32_t k) { return k > 0u && ((k ^ at.prefix) & mask) == 0; }, s);
   return FromRank0(s, [&] {
     Resolver r;
     r.Build(s, false, m, t, 0.0, 0, Cands{0u, 0, 0.0f});
@@ -777,8 +781,8 @@ __global__ void __launch_bounds__(kThreads)
   const int lo = min(n, rank * slice), hi = min(n, lo + slice);
   if (threadIdx.x == 0) s.gn = 0;  // visible to the cluster after ClusterMax's barriers
   const bool greedy = sp.temperature == 0.0f || sp.top_k == 1;
-  const Slice sl{row,   weights + size_t(i) * size_t(n), lo, hi, !greedy && hi - lo <= kSliceMax,
-                 s.skey, s.swt};
+  const Slice sl{
+      row, weights + size_t(i) * size_t(n), lo, hi, !greedy && hi - lo <= kSliceMax, s.skey, s.swt};
 
   // Arg-max: the largest (key, -id); the slice's keys cached on the way.
   const uint64_t best = ClusterMax(ThreadArgMax(row, lo, hi, sl.cached ? s.skey : nullptr), s);
@@ -902,19 +906,18 @@ absl::Status SampleRowsCuda(const SampleRowsParams& p, cudaStream_t stream) {
   while (cluster > 1 && int64_t(p.num_rows) * cluster > MultiprocessorCount()) cluster /= 2;
   if (p.weights == nullptr) {
     // Every row is greedy (the contract of a null workspace).
-    return CudaStatus(LaunchKernel(GreedyRowsKernel, dim3(unsigned(p.num_rows * cluster)),
-                                   dim3(kThreads), 0, stream, LaunchOptions{cluster, false},
-                                   p.logits, p.vocab, p.specs, p.tokens),
-                      "launching GreedyRowsKernel");
+    return CudaStatus(
+        LaunchKernel(GreedyRowsKernel, dim3(unsigned(p.num_rows * cluster)), dim3(kThreads), 0,
+                     stream, LaunchOptions{cluster, false}, p.logits, p.vocab, p.specs, p.tokens),
+        "launching GreedyRowsKernel");
   }
   constexpr int kSmem = int(sizeof(Smem));
   static std::atomic<uint64_t> attr_done;
   cudaError_t err = OncePerDevice(attr_done, [] {
-    cudaError_t e = cudaFuncSetAttribute(
-        SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    cudaError_t e =
+        cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e == cudaSuccess) {
-      e = cudaFuncSetAttribute(SampleRowsKernel,
-                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+      e = cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     }
     return e;
   });
