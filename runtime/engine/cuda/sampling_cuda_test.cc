@@ -142,26 +142,40 @@ TEST_P(SampleRowsTest, MatchesTheCpuTwin) {
       if (i == 1) u = std::nextafter(1.0, 0.0);
       specs[size_t(i)] = SampleRowSpec{i % kLogitRows, p.temperature, p.top_k, p.top_p, u};
     }
+    // One launch of all 64 rows (clusters of 2 CTAs: slices too large for shared memory at the
+    // large vocabularies), then the first 8 rows as one launch (8- or 16-CTA clusters) and the
+    // next 4 one row a launch (16-CTA clusters): the kernel's other cluster sizes and its
+    // shared-memory slice cache.
     const std::vector<int32_t> got = RunKernel(logits, vocab, specs);
+    const std::vector<int32_t> first8 =
+        RunKernel(logits, vocab, std::vector<SampleRowSpec>(specs.begin(), specs.begin() + 8));
+    std::vector<int32_t> single(4);
+    for (int i = 0; i < 4; ++i) {
+      single[size_t(i)] = RunKernel(logits, vocab, {specs[size_t(8 + i)]})[0];
+    }
+    std::vector<std::pair<int, int32_t>> checks;  // (spec, token)
+    for (int i = 0; i < kRows; ++i) checks.emplace_back(i, got[size_t(i)]);
+    for (int i = 0; i < 8; ++i) checks.emplace_back(i, first8[size_t(i)]);
+    for (int i = 0; i < 4; ++i) checks.emplace_back(8 + i, single[size_t(i)]);
     std::vector<int32_t> twin(kRows);
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < kRows; ++i) {
       const SampleRowSpec& s = specs[size_t(i)];
       twin[size_t(i)] = SampleWithUniform(logits.data() + size_t(s.row) * vocab, vocab, p, s.u);
     }
-    for (int i = 0; i < kRows; ++i) {
+    for (const auto& [i, token] : checks) {
       const SampleRowSpec& s = specs[size_t(i)];
       const float* row = logits.data() + size_t(s.row) * vocab;
       const int32_t want = twin[size_t(i)];
       ++total;
-      if (got[size_t(i)] == want) continue;
+      if (token == want) continue;
       ++mismatches;
       const bool greedy = p.temperature == 0.0f || p.top_k == 1;
-      const bool ok = !greedy && NearBoundary(row, vocab, p, s.u, want, got[size_t(i)]);
+      const bool ok = !greedy && NearBoundary(row, vocab, p, s.u, want, token);
       explained += ok;
       EXPECT_TRUE(ok) << "row " << i << " u " << s.u << " temperature " << p.temperature
-                      << " top_k " << p.top_k << " top_p " << p.top_p << ": kernel "
-                      << got[size_t(i)] << ", twin " << want;
+                      << " top_k " << p.top_k << " top_p " << p.top_p << ": kernel " << token
+                      << ", twin " << want;
     }
   }
   std::printf("[sampling] vocab %d %s: %d rows, %d differ from the twin (%d within %.0e of a "
