@@ -203,6 +203,10 @@ std::string HintCell(const Row& r) {
 }
 
 int RunE2e(const E2eOptions& o) {
+  if (absl::Status st = o.sampling.Validate(); !st.ok()) {
+    std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   auto device = ParseDevice(o.device);
   if (!device.ok()) {
     std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(device.status().message()).c_str());
@@ -210,10 +214,6 @@ int RunE2e(const E2eOptions& o) {
   }
   if (o.l2_fetch.empty()) {
     std::fprintf(stderr, "resa-bench e2e: --l2-fetch needs at least one value\n");
-    return 1;
-  }
-  if (absl::Status st = o.sampling.Validate(); !st.ok()) {
-    std::fprintf(stderr, "resa-bench e2e: %s\n", std::string(st.message()).c_str());
     return 1;
   }
   auto copy = MeasureDeviceCopyGbps(*device);

@@ -48,6 +48,8 @@ else
 fi
 refused e2e-unknown-flag "--bogus" "$bench" e2e --bogus
 refused e2e-l2-fetch-range "--l2-fetch" "$bench" e2e --l2-fetch 64,200
+refused e2e-top-p-range "--top-p" "$bench" e2e --top-p 1.5
+refused e2e-temperature-range "--temperature" "$bench" e2e --temperature -1
 parses prefill-lists "$bench" prefill --models r1-qwen-1.5b --prompts 64,96 --chunks 32,64 \
   --repeats 1 --no-profile
 refused prefill-chunk-range "--chunks" "$bench" prefill --chunks 512,0
