@@ -765,6 +765,15 @@ __device__ int NthWithKey(const Slice& sl, int n, uint32_t key, int index, Smem&
   return ClusterMinInt(s.token, s);
 }
 
+// This CTA's slice [lo, hi) of a row of n logits (cluster rank r: slice r), a multiple of 4
+// long so that slices stay aligned.
+__device__ void SliceBounds(int n, int& lo, int& hi) {
+  cg::cluster_group cl = cg::this_cluster();
+  const int slice = (n / int(cl.num_blocks()) + 4) / 4 * 4;
+  lo = min(n, int(cl.block_rank()) * slice);
+  hi = min(n, lo + slice);
+}
+
 // Grid: one cluster of 1-16 CTAs a row (SampleRowsCuda picks the size); CTA r of a cluster holds
 // the row's slice r.
 __global__ void __launch_bounds__(kThreads)
@@ -777,8 +786,8 @@ __global__ void __launch_bounds__(kThreads)
   const int rank = int(cl.block_rank());
   const SampleRowSpec sp = specs[i];
   const float* row = logits + size_t(sp.row) * size_t(n);
-  const int slice = (n / int(cl.num_blocks()) + 4) / 4 * 4;  // a multiple of 4: aligned slices
-  const int lo = min(n, rank * slice), hi = min(n, lo + slice);
+  int lo = 0, hi = 0;
+  SliceBounds(n, lo, hi);
   if (threadIdx.x == 0) s.gn = 0;  // visible to the cluster after ClusterMax's barriers
   const bool greedy = sp.temperature == 0.0f || sp.top_k == 1;
   const Slice sl{
@@ -811,6 +820,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (done) {
+    // resolved from the top_k bin
   } else if (ncand <= kCap) {
     f = ResolveSmall(sl, c, m, t, sp.top_p, sp.u, s);
   } else {
@@ -847,8 +857,8 @@ __global__ void __launch_bounds__(kThreads)
   cg::cluster_group cl = cg::this_cluster();
   const int i = int(blockIdx.x / cl.num_blocks());
   const float* row = logits + size_t(specs[i].row) * size_t(n);
-  const int slice = (n / int(cl.num_blocks()) + 4) / 4 * 4;
-  const int lo = min(n, int(cl.block_rank()) * slice), hi = min(n, lo + slice);
+  int lo = 0, hi = 0;
+  SliceBounds(n, lo, hi);
   const uint64_t best =
       ClusterFold(BlockMax(ThreadArgMax(row, lo, hi, nullptr), red), slot, cl.num_blocks(),
                   uint64_t(0), [](uint64_t a, uint64_t b) { return b > a ? b : a; });
