@@ -510,6 +510,32 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   // from the same layer one token earlier).
   Emit(rows, "resa_step_hinted", s, ctx, batch, hinted_other_us + *sparse + *rect / 32.0,
        sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
+  // The step as the model's decode runs it: per layer the hinted selection (one hint shared by
+  // the layers, as resa_step_hinted) and then the sparse decode of its blocks, back to back with
+  // programmatic dependent launch (the model's default; the rows above time each kernel alone,
+  // a launch gap each, unless --pdl). The rectification chunk as above.
+  {
+    const bool pdl_before = cuda::ProgrammaticLaunch();
+    cuda::SetProgrammaticLaunch(true);
+    cudaMemset(hints.p, 0, size_t(layers) * batch * hkv * 4);
+    auto pair = TimeUs(
+        [&](int i, cudaStream_t st) {
+          const int layer = i % layers;
+          sel.hints = hints.as<uint32_t>();
+          absl::Status r = select(i, st);
+          sel.hints = nullptr;
+          if (!r.ok()) return r;
+          sp.page_tables = table_of(layer);
+          sp.blocks = blocks.as<int32_t>() + size_t(layer) * batch * hkv * n_sel;
+          sp.num_blocks = nblocks.as<int32_t>() + size_t(layer) * batch;
+          return cuda::DecodeAttentionCuda(sp, st);
+        },
+        o.iters);
+    cuda::SetProgrammaticLaunch(pdl_before);
+    if (!pair.ok()) return pair.status();
+    Emit(rows, "resa_step_chained", s, ctx, batch, *pair + *rect / 32.0,
+         sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
+  }
   return absl::OkStatus();
 }
 
@@ -901,16 +927,23 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
         Target(absl::StrFormat("fused selection %s 256K batch 1 <= 10 us", m), r->us <= 10.0,
                absl::StrFormat("%.2f us (torch.topk alone %.1f us)", r->us, r->sdpa_us));
       }
-      // The plain selection, then as the model's steps run it (hinted from another layer).
-      for (const bool hinted : {false, true}) {
-        const Row* r = Find(rows, hinted ? "resa_step_hinted" : "resa_step", m, ctx, b);
+      // The plain selection; hinted from another layer; and hinted, chained with the sparse
+      // decode as the model's steps run them (PDL).
+      for (const char* kind : {"resa_step", "resa_step_hinted", "resa_step_chained"}) {
+        const Row* r = Find(rows, kind, m, ctx, b);
         if (r == nullptr || r->sdpa_us <= 0) continue;
         const double need = b >= 8 ? 3.5 : 2.5;
-        Target(absl::StrFormat("ReSA step %s 256K batch %d >= %.1fx SDPA%s", m, b, need,
-                               hinted ? ", hinted selection" : ""),
+        const std::string how = kind == std::string("resa_step")          ? ""
+                                : kind == std::string("resa_step_hinted") ? ", hinted selection"
+                                                                          : ", chained (PDL)";
+        const std::string note = kind == std::string("resa_step") ? ""
+                                 : kind == std::string("resa_step_hinted")
+                                     ? "; selection hinted from another layer"
+                                     : "; hinted selection and sparse decode back to back, PDL";
+        Target(absl::StrFormat("ReSA step %s 256K batch %d >= %.1fx SDPA%s", m, b, need, how),
                r->sdpa_us / r->us >= need,
                absl::StrFormat("%.2fx (%.1f us vs %.1f us%s)", r->sdpa_us / r->us, r->us,
-                               r->sdpa_us, hinted ? "; selection hinted from another layer" : ""));
+                               r->sdpa_us, note));
       }
       if (const Row* r = Find(rows, "rectify_chunk32", m, ctx, b)) {
         const double read_us = r->bytes / (*ceiling * 1e12) * 1e6;
