@@ -638,12 +638,13 @@ void EmitGemv(const GemvShape& s, int rows, const std::string& kernel, const cud
   std::printf(
       "{\"bench\":\"gemv\",\"model\":\"%s\",\"matrix\":\"%s\",\"n\":%d,\"k\":%d,\"rows\":%d,"
       "\"x\":\"%s\",\"kernel\":\"%s\",\"k_split\":%d,\"loads_per_lane\":%d,"
-      "\"tensor_cores\":%s,\"blocks\":%lld,"
+      "\"tensor_cores\":%s,\"interleave\":%s,\"blocks\":%lld,"
       "\"time_us\":%.3f,\"bytes\":%.0f,\"TBps\":%.3f,\"copy_ceiling_TBps\":%.3f,"
       "\"ratio_to_copy_ceiling\":%.3f,\"speedup_vs_legacy\":%.3f,\"speedup_vs_cublas\":%.3f%s}\n",
       s.model, s.matrix, s.n, s.k, rows, s.fp32_x ? "fp32" : "bf16", kernel.c_str(),
       plan ? plan->k_split : 0, plan ? plan->loads_per_lane : 0,
       plan && plan->tensor_cores ? "true" : "false",
+      plan && plan->interleave && !s.fp32_x ? "true" : "false",  // fp32 x: contiguous
       plan ? static_cast<long long>(plan->blocks) : 0LL, us, bytes, tbps, ceiling, tbps / ceiling,
       legacy_us > 0 ? legacy_us / us : 0.0, cublas_us > 0 ? cublas_us / us : 0.0, extra.c_str());
   std::fflush(stdout);
@@ -770,15 +771,19 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       }
       if (!o.gemv_sweep) continue;
       // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv.
-      for (int split : {1, 2, 4, 8}) {
-        for (int u : {2, 4, 8}) {
-          cuda::GemvOptions opt;
-          opt.k_split = split;
-          opt.loads_per_lane = u;
-          auto t = time(opt);
-          if (!t.ok()) return t.status();
-          const cuda::GemvPlan p = cuda::PlanGemv(rows, s.n, s.k, opt);
-          EmitGemv(s, rows, "sweep", &p, *t, bytes, ceiling, *legacy, *cublas);
+      for (int order : {1, 2}) {
+        if (order == 2 && rows == 1) continue;
+        for (int split : {1, 2, 4, 8}) {
+          for (int u : {2, 4, 8}) {
+            cuda::GemvOptions opt;
+            opt.k_split = split;
+            opt.loads_per_lane = u;
+            opt.k_order = order;
+            auto t = time(opt);
+            if (!t.ok()) return t.status();
+            const cuda::GemvPlan p = cuda::PlanGemv(rows, s.n, s.k, opt);
+            EmitGemv(s, rows, "sweep", &p, *t, bytes, ceiling, *legacy, *cublas);
+          }
         }
       }
     }

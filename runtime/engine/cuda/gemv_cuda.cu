@@ -390,12 +390,14 @@ __device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], cons
 
 // Block = 8 warps = (8 / split) groups of `split` warps; group gg owns 16-row tile
 // blockIdx.x * groups + gg, and its warps split the ceil(k / 32) k steps into `split`
-// contiguous slices. A lane issues the weight loads of U steps (2 U loads) before the first
+// contiguous slices, or (INTERLEAVE) take batches of U steps in turn, so that the group streams
+// `split` consecutive batches of its rows at a time (on long rows the contiguous slices make
+// 16 x split short runs). A lane issues the weight loads of U steps (2 U loads) before the first
 // MMA; the first batch before GridDependencyWait, as GemvKernel. x is read four steps at a
 // time. Dead steps (past the slice or k) load zeros. Partial tiles meet in shared memory and
 // are added in slice order, so the result does not depend on timing; the epilogues are
 // GemvKernel's, for `rows` input rows.
-template <int U, typename XT, int EPI = kEpiStore>
+template <int U, typename XT, int EPI = kEpiStore, bool INTERLEAVE = false>
 __global__ void __launch_bounds__(kThreads)
     GemvMmaKernel(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, int split, float* y,
                   __nv_bfloat16* act, const QkvRopeParams rope) {
@@ -411,9 +413,12 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* wb =
       reinterpret_cast<const uint4*>(w + size_t(MmaTileWeightRow<EPI>(tile, g + 8, n, half)) * k);
   const int chunks = k / 8, steps = (chunks + 3) / 4;
-  const int s0 = int(int64_t(slice) * steps / split), s1 = int(int64_t(slice + 1) * steps / split);
+  // Contiguous slices, or (INTERLEAVE) batches of U steps dealt round-robin to the group's warps,
+  // so that the group reads split * U consecutive steps of its rows at a time.
+  const int s1 = INTERLEAVE ? steps : int(int64_t(slice + 1) * steps / split);
+  const int stride = INTERLEAVE ? U * split : U;
   uint4 va[U], vb[U];
-  int s = s0;
+  int s = INTERLEAVE ? slice * U : int(int64_t(slice) * steps / split);
   auto load_batch = [&] {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -442,7 +447,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < XG; ++i) MmaStep(acc0, acc1, va[u0 + i], vb[u0 + i], xf[i]);
     }
-    s += U;
+    s += stride;
     if (s >= s1) break;
     load_batch();
   }
@@ -505,13 +510,29 @@ cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __n
   }
 }
 
-// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8).
+// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8) and the k order.
 template <typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvMmaKernel(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
                                 const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
                                 float* y, __nv_bfloat16* act = nullptr,
                                 const QkvRopeParams& rope = {}) {
   const int u = plan.loads_per_lane, s = plan.k_split;
+  // Interleaved batches for bf16 x only: with fp32 x (two MMAs a step) the interleaved kernel
+  // needs 136 registers at 8 steps, one block a multiprocessor.
+  if constexpr (std::is_same_v<XT, __nv_bfloat16>) {
+    if (plan.interleave) {
+      if (u <= 2) {
+        return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI, true>, w, x, rows, n, k, s, y,
+                                  act, rope);
+      }
+      if (u <= 4) {
+        return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI, true>, w, x, rows, n, k, s, y,
+                                  act, rope);
+      }
+      return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI, true>, w, x, rows, n, k, s, y, act,
+                                rope);
+    }
+  }
   if (u <= 2) {
     return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
   }
@@ -589,9 +610,10 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
   }
   const bool split_ok =
       o.k_split == 0 || o.k_split == 1 || o.k_split == 2 || o.k_split == 4 || o.k_split == 8;
-  if (!split_ok || o.loads_per_lane < 0 || o.loads_per_lane > 8) {
+  if (!split_ok || o.loads_per_lane < 0 || o.loads_per_lane > 8 || o.k_order < 0 || o.k_order > 2) {
     return absl::InvalidArgumentError(absl::StrCat("GemvBf16Cuda: bad options k_split ", o.k_split,
-                                                   " loads_per_lane ", o.loads_per_lane));
+                                                   " loads_per_lane ", o.loads_per_lane,
+                                                   " k_order ", o.k_order));
   }
   if (o.legacy) return LaunchLegacyGemv(w, x, rows, n, k, y, stream);
   const GemvPlan plan = PlanGemv(rows, n, k, o);
@@ -634,13 +656,15 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
 }
 
 // The tensor-core kernel's plan (rows >= 2): 16-row tiles, 8 / k_split of them a block.
-GemvPlan PlanGemvMma(int n, const GemvOptions& o) {
+GemvPlan PlanGemvMma(int n, int k, const GemvOptions& o) {
   const int64_t tiles = (int64_t(n) + kMmaTileRows - 1) / kMmaTileRows;
   // Calibrated on the H200 sweep of `resa-bench kernels --gemv --gemv-sweep` at 8 rows over the
   // 1.5B and 7B layer shapes. Up to 512 tiles (every per-layer matrix but gate_up) a tile's k
   // goes to all 8 warps of a block and a lane loads 8 steps at once, or 4 where that (about 100
   // registers: 2 blocks per multiprocessor) would need a second wave; more tiles: 4 warps a
-  // tile, 2 steps.
+  // tile, 2 steps. Long rows (k >= kGemvInterleaveMinK: the down projections) with few tiles
+  // deal their batches round-robin (GemvOptions::k_order): 1.5B / 7B down at 8 rows 12.6 ->
+  // 10.9 / 37.8 -> 34.7 us.
   const bool few = tiles <= 512;
   GemvPlan p;
   p.tensor_cores = true;
@@ -650,13 +674,14 @@ GemvPlan PlanGemvMma(int n, const GemvOptions& o) {
   int u = o.loads_per_lane;
   if (u == 0) u = !few ? 2 : p.blocks <= int64_t(2) * MultiprocessorCount() ? 8 : 4;
   p.loads_per_lane = u <= 2 ? 2 : u <= 4 ? 4 : 8;
+  p.interleave = o.k_order == 0 ? few && k >= kGemvInterleaveMinK : o.k_order == 2;
   return p;
 }
 
 }  // namespace
 
 GemvPlan PlanGemv(int rows, int n, int k, const GemvOptions& o) {
-  if (rows >= 2 && !o.cuda_cores && !o.legacy) return PlanGemvMma(n, o);
+  if (rows >= 2 && !o.cuda_cores && !o.legacy) return PlanGemvMma(n, k, o);
   const int per_warp = GemvRowsPerWarp(rows);
   const int chunks = k / 8;
   auto blocks = [&](int s) {
@@ -704,10 +729,12 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
   const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
                         options.k_split == 4 || (options.k_split == 8 && rows > 1);
   if (options.legacy || (options.cuda_cores && rows > 1) || !split_ok ||
-      options.loads_per_lane < 0 || options.loads_per_lane > 8) {
+      options.loads_per_lane < 0 || options.loads_per_lane > 8 || options.k_order < 0 ||
+      options.k_order > 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ": bad options k_split ", options.k_split, " loads_per_lane ", options.loads_per_lane,
-        " legacy ", options.legacy, " cuda_cores ", options.cuda_cores,
+        " k_order ", options.k_order, " legacy ", options.legacy, " cuda_cores ",
+        options.cuda_cores,
         " (one row: k_split <= 4, so that a block holds whole pairs of output rows; batches: "
         "the tensor-core kernel)"));
   }

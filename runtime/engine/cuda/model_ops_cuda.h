@@ -99,6 +99,12 @@ struct GemvOptions {
   // Batches (rows >= 2) on the CUDA-core kernel that one row uses (each warp two output rows,
   // 8 FMAs a weight at 8 rows), not the tensor cores: the A/B baseline of the benchmark.
   bool cuda_cores = false;
+  // Batches on the tensor cores with bf16 x: how a tile's k steps go to the k_split warps of its
+  // group. 1: contiguous slices; 2: batches of loads_per_lane steps dealt round-robin, so that
+  // the group streams k_split consecutive batches of its 16 rows at a time (a different
+  // summation order: other bits than 1); 0 chooses (GemvPlan::interleave). fp32 x always runs
+  // contiguous slices.
+  int k_order = 0;
 };
 
 // The launch PlanGemv chooses: 256-thread blocks of 8 warps. On the CUDA cores each warp owns
@@ -111,7 +117,12 @@ struct GemvPlan {
   int loads_per_lane = 2;
   int64_t blocks = 0;
   bool tensor_cores = false;
+  // Tensor cores, bf16 x: batches dealt round-robin (GemvOptions::k_order 2). Chosen for up to
+  // 512 tiles with k >= kGemvInterleaveMinK. The same for a GEMV and its fused-epilogue twins,
+  // so they keep giving the same bits.
+  bool interleave = false;
 };
+inline constexpr int kGemvInterleaveMinK = 4096;
 // The automatic k split of batches on the CUDA cores (GemvOptions::cuda_cores) keeps slices at
 // most this many 16-byte chunks.
 inline constexpr int kGemvMaxSliceChunks = 600;

@@ -262,7 +262,13 @@ TEST_P(GemvRealShapeTest, ExactOnEveryPlan) {
   plans[2].legacy = true;
   plans[3].cuda_cores = true;  // batches on the CUDA cores
   for (int split : {1, 2, 4, 8}) {
-    for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+    for (int u : {2, 4, 8}) {
+      for (int order : {1, 2}) {
+        GemvOptions o{false, split, u, false};
+        o.k_order = order;
+        plans.push_back(o);
+      }
+    }
   }
   for (int rows = 1; rows <= kGemvMaxRows; ++rows) {
     for (const GemvOptions& o : plans) {
@@ -279,9 +285,10 @@ TEST_P(GemvRealShapeTest, ExactOnEveryPlan) {
           const float got = y[size_t(m) * s.n + cols[c]], want = ref[m * cols.size() + c];
           if (got != want && bad++ < 3) {
             ADD_FAILURE() << s.name << " rows " << rows << " split " << o.k_split << " loads "
-                          << o.loads_per_lane << " pdl " << o.overlap_previous << " legacy "
-                          << o.legacy << " cuda_cores " << o.cuda_cores << ": y[" << m << "]["
-                          << cols[c] << "] = " << got << ", want " << want;
+                          << o.loads_per_lane << " order " << o.k_order << " pdl "
+                          << o.overlap_previous << " legacy " << o.legacy << " cuda_cores "
+                          << o.cuda_cores << ": y[" << m << "][" << cols[c] << "] = " << got
+                          << ", want " << want;
           }
         }
       }
@@ -358,6 +365,13 @@ std::vector<GemvOptions> PairEpiloguePlans(int rows) {
     if (split == 8 && rows == 1) continue;
     for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
   }
+  if (rows > 1) {  // batches dealt round-robin (the epilogue kernels' interleaved variants)
+    for (int u : {2, 8}) {
+      GemvOptions o{false, 4, u, false};
+      o.k_order = 2;
+      plans.push_back(o);
+    }
+  }
   return plans;
 }
 
@@ -403,7 +417,7 @@ TEST_F(CudaOpsTest, GemvSwiGluEqualsGemvThenSiluMul) {
         a.resize(na);
         b.resize(na);
         ASSERT_EQ(a, b) << "rows " << rows << " inter " << s.inter << " k " << s.k << " split "
-                        << o.k_split << " loads " << o.loads_per_lane;
+                        << o.k_split << " loads " << o.loads_per_lane << " order " << o.k_order;
       }
       std::vector<float> gu(size_t(rows) * n), act(na);
       ref::Gemv(w.data(), x.data(), rows, n, s.k, gu.data());
@@ -480,10 +494,10 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
                                  nullptr, unfused)
                         .ok());
         ASSERT_TRUE(QkvRopeCuda(params(q2, k2, v2), nullptr).ok());
-        const std::string where = "rows " + std::to_string(rows) + " heads " +
-                                  std::to_string(s.heads) + " d " + std::to_string(s.d) +
-                                  " split " + std::to_string(o.k_split) + " loads " +
-                                  std::to_string(o.loads_per_lane);
+        const std::string where =
+            "rows " + std::to_string(rows) + " heads " + std::to_string(s.heads) + " d " +
+            std::to_string(s.d) + " split " + std::to_string(o.k_split) + " loads " +
+            std::to_string(o.loads_per_lane) + " order " + std::to_string(o.k_order);
         ASSERT_EQ(q1.Download(), q2.Download()) << where;
         ASSERT_EQ(k1.Download(), k2.Download()) << where;
         ASSERT_EQ(v1.Download(), v2.Download()) << where;
@@ -619,10 +633,10 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
         wk.page_table_stride = 4;
         wk.max_tokens = 1;
         ASSERT_TRUE(WriteKvCuda(wk, nullptr).ok());
-        const std::string where = "rows " + std::to_string(rows) + " pos " +
-                                  std::to_string(cs.pos) + " keys " + std::to_string(cs.num_keys) +
-                                  " split " + std::to_string(o.k_split) + " loads " +
-                                  std::to_string(o.loads_per_lane);
+        const std::string where =
+            "rows " + std::to_string(rows) + " pos " + std::to_string(cs.pos) + " keys " +
+            std::to_string(cs.num_keys) + " split " + std::to_string(o.k_split) + " loads " +
+            std::to_string(o.loads_per_lane) + " order " + std::to_string(o.k_order);
         ASSERT_EQ(q1.Download(), q2.Download()) << where;
         ASSERT_EQ(k1.Download(), k2.Download()) << where;
         ASSERT_EQ(v1.Download(), v2.Download()) << where;
@@ -670,8 +684,12 @@ TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
         const GemvPlan p = PlanGemv(rows, s.n, s.k, o);
         EXPECT_TRUE(p.k_split == 1 || p.k_split == 2 || p.k_split == 4 || p.k_split == 8);
         EXPECT_TRUE(p.loads_per_lane == 2 || p.loads_per_lane == 4 || p.loads_per_lane == 8);
-        // Batches on the tensor cores: a group of k_split warps a tile of 16 rows.
+        // Batches on the tensor cores: a group of k_split warps a tile of 16 rows; batches dealt
+        // round-robin for long rows of few tiles (the down projections).
         EXPECT_EQ(p.tensor_cores, rows > 1 && !cuda_cores) << s.name;
+        EXPECT_EQ(p.interleave,
+                  p.tensor_cores && (s.n + 15) / 16 <= 512 && s.k >= kGemvInterleaveMinK)
+            << s.name;
         const int per_group = p.tensor_cores ? 16 : rows == 1 ? 1 : 2;
         const int rows_per_block = per_group * (8 / p.k_split);
         EXPECT_EQ(p.blocks, (s.n + rows_per_block - 1) / rows_per_block) << s.name;
