@@ -1,8 +1,10 @@
-# `resa-bench kernels` (kernels_bench.cc): included by runtime/apps/CMakeLists.txt and by
-# kernels/cuda/CMakeLists.txt (for the standalone resa-kernels-bench); defines the library once
+# `resa-bench kernels` (kernels_bench.cc, kernels_bench_gemv.cc): included by
+# runtime/apps/CMakeLists.txt and by kernels/cuda/CMakeLists.txt (for the standalone
+# resa-kernels-bench); defines the library once
 # and links it into resa-bench at the end of the including directory, wherever the include sits.
 if(NOT TARGET resa_kernels_bench)
-  add_library(resa_kernels_bench STATIC ${CMAKE_CURRENT_LIST_DIR}/kernels_bench.cc)
+  add_library(resa_kernels_bench STATIC ${CMAKE_CURRENT_LIST_DIR}/kernels_bench.cc
+                                        ${CMAKE_CURRENT_LIST_DIR}/kernels_bench_gemv.cc)
   resa_target_options(resa_kernels_bench)
   target_link_libraries(resa_kernels_bench PUBLIC CLI11::CLI11 absl::status absl::statusor
                         absl::strings absl::str_format nlohmann_json::nlohmann_json)

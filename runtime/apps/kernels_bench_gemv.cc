@@ -1,0 +1,257 @@
+// `resa-bench kernels --gemv`: the decode GEMV (the engine's CUDA model ops) on the real layer
+// shapes at rows 1-8, the previous kernel, the new one (also with programmatic dependent launch),
+// the CUDA-core kernel at batches and cuBLAS, over weight copies larger than the L2; with
+// --gemv-sweep every plan the kernel offers, to calibrate PlanGemv.
+#include "runtime/apps/kernels_bench_internal.h"
+
+#if RESA_KERNELS_BENCH_GEMV
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/engine/cuda/model_ops_cuda.h"
+
+namespace resa::kernels_bench {
+namespace {
+
+// The decode linear layers of the two model shapes (weights [n][k] bf16); o_proj takes fp32 x.
+struct GemvShape {
+  const char* model;
+  const char* matrix;
+  int n, k;
+  bool fp32_x;
+};
+constexpr GemvShape kGemvShapes[] = {
+    {"1.5B", "qkv", 2048, 1536, false},
+    {"1.5B", "o", 1536, 1536, true},
+    {"1.5B", "gate_up", 17920, 1536, false},
+    {"1.5B", "down", 1536, 8960, false},
+    {"1.5B", "lm_head", 151936, 1536, false},
+    {"7B", "qkv", 4608, 3584, false},
+    {"7B", "o", 3584, 3584, true},
+    {"7B", "gate_up", 37888, 3584, false},
+    {"7B", "down", 3584, 18944, false},
+};
+
+absl::Status Cublas(cublasStatus_t st, const char* what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", int(st)));
+}
+
+struct GemvRow {
+  std::string model, matrix;
+  int rows;
+  double legacy_us, new_us, pdl_us, cublas_us, cores_us, bytes;  // cores_us: rows >= 2 only
+};
+
+// One JSON line per (shape, rows, kernel): time per launch, bytes (weights + x + y), TB/s and
+// the ratio to the copy ceiling of this run.
+void EmitGemv(const GemvShape& s, int rows, const std::string& kernel, const cuda::GemvPlan* plan,
+              double us, double bytes, double ceiling, double legacy_us, double cublas_us,
+              const std::string& extra = "") {
+  const double tbps = bytes / (us * 1e-6) / 1e12;
+  std::printf(
+      "{\"bench\":\"gemv\",\"model\":\"%s\",\"matrix\":\"%s\",\"n\":%d,\"k\":%d,\"rows\":%d,"
+      "\"x\":\"%s\",\"kernel\":\"%s\",\"k_split\":%d,\"loads_per_lane\":%d,"
+      "\"tensor_cores\":%s,\"interleave\":%s,\"blocks\":%lld,"
+      "\"time_us\":%.3f,\"bytes\":%.0f,\"TBps\":%.3f,\"copy_ceiling_TBps\":%.3f,"
+      "\"ratio_to_copy_ceiling\":%.3f,\"speedup_vs_legacy\":%.3f,\"speedup_vs_cublas\":%.3f%s}\n",
+      s.model, s.matrix, s.n, s.k, rows, s.fp32_x ? "fp32" : "bf16", kernel.c_str(),
+      plan ? plan->k_split : 0, plan ? plan->loads_per_lane : 0,
+      plan && plan->tensor_cores ? "true" : "false",
+      plan && plan->interleave && !s.fp32_x ? "true" : "false",  // fp32 x: contiguous
+      plan ? static_cast<long long>(plan->blocks) : 0LL, us, bytes, tbps, ceiling, tbps / ceiling,
+      legacy_us > 0 ? legacy_us / us : 0.0, cublas_us > 0 ? cublas_us / us : 0.0, extra.c_str());
+  std::fflush(stdout);
+}
+
+// Every decode GEMV shape at rows 1, 2, 4, 8: the previous kernel (legacy), the new one, the new
+// one with programmatic dependent launch (back-to-back GEMVs overlap), and cuBLAS (cublasGemmEx
+// bf16 -> fp32 as CudaModel::Linear calls it; bf16 x also for o_proj, whose fp32-x GEMV has no
+// cuBLAS twin) in the same run. Launches rotate over copies of the weights totalling at least
+// --gemv-rotate-bytes, so each streams from HBM as in the real model.
+absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector<GemvRow>& table) {
+  cublasHandle_t handle;
+  if (auto st = Cublas(cublasCreate(&handle), "cublasCreate"); !st.ok()) return st;
+  std::unique_ptr<cublasContext, cublasStatus_t (*)(cublasHandle_t)> owner(handle, cublasDestroy);
+  DevMem cublas_ws;
+  if (auto st = cublas_ws.Alloc(size_t(32) << 20); !st.ok()) return st;
+  if (auto st = Cublas(cublasSetWorkspace(handle, cublas_ws.p, cublas_ws.bytes), "workspace");
+      !st.ok())
+    return st;
+  const int max_rows = *std::max_element(o.gemv_rows.begin(), o.gemv_rows.end());
+  for (const GemvShape& s : kGemvShapes) {
+    if (std::find(o.models.begin(), o.models.end(), s.model) == o.models.end()) continue;
+    if (!o.gemv_matrices.empty() && std::find(o.gemv_matrices.begin(), o.gemv_matrices.end(),
+                                              s.matrix) == o.gemv_matrices.end()) {
+      continue;
+    }
+    const size_t wbytes = size_t(s.n) * s.k * 2;
+    const int copies = std::max(2, int(std::ceil(o.gemv_rotate_bytes / double(wbytes))));
+    DevMem w, xb, xf, y, y2;
+    if (auto st = w.Alloc(copies * wbytes); !st.ok()) return st;
+    if (auto st = FillRandomBf16(w.p, w.bytes, 11); !st.ok()) return st;
+    if (auto st = xb.Alloc(size_t(max_rows) * s.k * 2); !st.ok()) return st;
+    if (auto st = FillRandomBf16(xb.p, xb.bytes, 12); !st.ok()) return st;
+    if (auto st = xf.Alloc(size_t(max_rows) * s.k * 4); !st.ok()) return st;
+    {
+      std::vector<float> h(size_t(max_rows) * s.k);
+      std::mt19937 rng(13);
+      std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+      for (float& v : h) v = u(rng);
+      if (auto st = Cuda(cudaMemcpy(xf.p, h.data(), xf.bytes, cudaMemcpyHostToDevice), "x");
+          !st.ok())
+        return st;
+    }
+    if (auto st = y.Alloc(size_t(max_rows) * s.n * 4); !st.ok()) return st;
+    if (auto st = y2.Alloc(y.bytes); !st.ok()) return st;
+    auto wi = [&](int i) { return w.as<__nv_bfloat16>() + size_t(i % copies) * s.n * s.k; };
+    auto gemv = [&](int i, int rows, const cuda::GemvOptions& opt, float* out, cudaStream_t st) {
+      return s.fp32_x
+                 ? cuda::GemvBf16Cuda(wi(i), xf.as<float>(), rows, s.n, s.k, out, st, opt)
+                 : cuda::GemvBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), rows, s.n, s.k, out, st, opt);
+    };
+    for (int rows : o.gemv_rows) {
+      const double bytes =
+          double(wbytes) + double(rows) * s.k * (s.fp32_x ? 4 : 2) + double(rows) * s.n * 4;
+      cuda::GemvOptions legacy_opt, new_opt, pdl_opt;
+      legacy_opt.legacy = true;
+      pdl_opt.overlap_previous = true;
+      auto time = [&](const cuda::GemvOptions& opt) {
+        return TimeUs([&](int i, cudaStream_t st) { return gemv(i, rows, opt, y.as<float>(), st); },
+                      o.gemv_iters);
+      };
+      auto legacy = time(legacy_opt);
+      if (!legacy.ok()) return legacy.status();
+      auto fresh = time(new_opt);
+      if (!fresh.ok()) return fresh.status();
+      auto pdl = time(pdl_opt);
+      if (!pdl.ok()) return pdl.status();
+      // Batches: the CUDA-core kernel that one row uses, the tensor-core kernel's baseline.
+      cuda::GemvOptions cores_opt;
+      cores_opt.cuda_cores = true;
+      double cores_us = 0.0;
+      if (rows > 1) {
+        auto cores = time(cores_opt);
+        if (!cores.ok()) return cores.status();
+        cores_us = *cores;
+      }
+      const float one = 1.0f, zero = 0.0f;
+      auto cublas = TimeUs(
+          [&](int i, cudaStream_t st) {
+            if (auto e = Cublas(cublasSetStream(handle, st), "cublasSetStream"); !e.ok()) return e;
+            return Cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, s.n, rows, s.k, &one,
+                                       wi(i), CUDA_R_16BF, s.k, xb.p, CUDA_R_16BF, s.k, &zero, y.p,
+                                       CUDA_R_32F, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                          "cublasGemmEx");
+          },
+          o.gemv_iters);
+      if (!cublas.ok()) return cublas.status();
+      // Checks on weight copy 0: the new kernel is bitwise repeatable, and agrees with the legacy
+      // kernel (same fp32 x) to summation-order rounding.
+      const size_t ny = size_t(rows) * s.n;
+      std::vector<float> a(ny), b(ny), c(ny);
+      for (auto [opt, out, host] : {std::tuple{&new_opt, y.as<float>(), &a},
+                                    {&new_opt, y2.as<float>(), &b},
+                                    {&legacy_opt, y2.as<float>(), &c}}) {
+        cudaMemset(out, 0xff, ny * 4);
+        if (auto st = gemv(0, rows, *opt, out, nullptr); !st.ok()) return st;
+        if (auto st = Cuda(cudaMemcpy(host->data(), out, ny * 4, cudaMemcpyDeviceToHost), "y");
+            !st.ok())
+          return st;
+      }
+      const bool repeatable = std::memcmp(a.data(), b.data(), ny * 4) == 0;
+      double max_diff = 0, max_ref = 0;
+      for (size_t i = 0; i < ny; ++i) {
+        max_diff = std::max(max_diff, double(std::fabs(a[i] - c[i])));
+        max_ref = std::max(max_ref, double(std::fabs(c[i])));
+      }
+      const std::string checks =
+          absl::StrFormat(",\"repeatable\":%s,\"max_rel_diff_vs_legacy\":%.3g",
+                          repeatable ? "true" : "false", max_diff / std::max(max_ref, 1e-30));
+      const cuda::GemvPlan plan = cuda::PlanGemv(rows, s.n, s.k, new_opt);
+      EmitGemv(s, rows, "legacy", nullptr, *legacy, bytes, ceiling, *legacy, *cublas);
+      EmitGemv(s, rows, "new", &plan, *fresh, bytes, ceiling, *legacy, *cublas, checks);
+      EmitGemv(s, rows, "new_pdl", &plan, *pdl, bytes, ceiling, *legacy, *cublas);
+      EmitGemv(s, rows, "cublas", nullptr, *cublas, bytes, ceiling, *legacy, *cublas);
+      if (rows > 1) {
+        const cuda::GemvPlan cp = cuda::PlanGemv(rows, s.n, s.k, cores_opt);
+        EmitGemv(s, rows, "cuda_cores", &cp, cores_us, bytes, ceiling, *legacy, *cublas);
+      }
+      table.push_back({s.model, s.matrix, rows, *legacy, *fresh, *pdl, *cublas, cores_us, bytes});
+      if (!repeatable || max_diff > 1e-3 * max_ref) {
+        return absl::InternalError(
+            absl::StrFormat("GEMV %s %s rows %d: repeatable %d, max diff vs legacy %g (max |y| %g)",
+                            s.model, s.matrix, rows, int(repeatable), max_diff, max_ref));
+      }
+      if (!o.gemv_sweep) continue;
+      // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv.
+      for (int order : {1, 2}) {
+        if (order == 2 && rows == 1) continue;
+        for (int split : {1, 2, 4, 8}) {
+          for (int u : {2, 4, 8}) {
+            cuda::GemvOptions opt;
+            opt.k_split = split;
+            opt.loads_per_lane = u;
+            opt.k_order = order;
+            auto t = time(opt);
+            if (!t.ok()) return t.status();
+            const cuda::GemvPlan p = cuda::PlanGemv(rows, s.n, s.k, opt);
+            EmitGemv(s, rows, "sweep", &p, *t, bytes, ceiling, *legacy, *cublas);
+          }
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunGemvBench(const KernelsBenchOptions& o, double ceiling) {
+  std::vector<GemvRow> table;
+  const absl::Status st = BenchGemv(o, ceiling, table);
+  std::fprintf(
+      stderr,
+      "\nGEMV (us per launch, graph of %d back-to-back launches; TB/s and share of the "
+      "%.2f TB/s copy ceiling for the new kernel)\n"
+      "| model | matrix | rows | legacy | CUDA cores | new | new+PDL | cuBLAS | new TB/s | "
+      "new/ceil | PDL/ceil | x legacy | x cuBLAS |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+      o.gemv_iters, ceiling);
+  for (const GemvRow& r : table) {
+    const double tb = r.bytes / (r.new_us * 1e-6) / 1e12;
+    const double tp = r.bytes / (r.pdl_us * 1e-6) / 1e12;
+    std::fprintf(
+        stderr,
+        "| %s | %s | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | "
+        "%.2f |\n",
+        r.model.c_str(), r.matrix.c_str(), r.rows, r.legacy_us,
+        r.rows > 1 ? absl::StrFormat("%.2f", r.cores_us).c_str() : "-", r.new_us, r.pdl_us,
+        r.cublas_us, tb, 100 * tb / ceiling, 100 * tp / ceiling, r.legacy_us / r.new_us,
+        r.cublas_us / r.new_us);
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "resa-bench kernels --gemv: %s\n", std::string(st.message()).c_str());
+    std::printf("{\"bench\":\"gemv\",\"error\":\"%s\"}\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace resa::kernels_bench
+
+#endif  // RESA_KERNELS_BENCH_GEMV
