@@ -662,21 +662,23 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
       }
       // The plain selection; hinted from another layer; and hinted, chained with the sparse
       // decode as the model's steps run them (PDL).
-      for (const char* kind : {"resa_step", "resa_step_hinted", "resa_step_chained"}) {
-        const Row* r = Find(rows, kind, m, ctx, b);
+      struct StepRow {
+        const char* kind;
+        const char* how;   // in the target's name
+        const char* note;  // after its figure
+      };
+      for (const StepRow& k : {StepRow{"resa_step", "", ""},
+                               StepRow{"resa_step_hinted", ", hinted selection",
+                                       "; selection hinted from another layer"},
+                               StepRow{"resa_step_chained", ", chained (PDL)",
+                                       "; hinted selection and sparse decode back to back, PDL"}}) {
+        const Row* r = Find(rows, k.kind, m, ctx, b);
         if (r == nullptr || r->sdpa_us <= 0) continue;
         const double need = b >= 8 ? 3.5 : 2.5;
-        const std::string how = kind == std::string("resa_step")          ? ""
-                                : kind == std::string("resa_step_hinted") ? ", hinted selection"
-                                                                          : ", chained (PDL)";
-        const std::string note = kind == std::string("resa_step") ? ""
-                                 : kind == std::string("resa_step_hinted")
-                                     ? "; selection hinted from another layer"
-                                     : "; hinted selection and sparse decode back to back, PDL";
-        Target(absl::StrFormat("ReSA step %s 256K batch %d >= %.1fx SDPA%s", m, b, need, how),
+        Target(absl::StrFormat("ReSA step %s 256K batch %d >= %.1fx SDPA%s", m, b, need, k.how),
                r->sdpa_us / r->us >= need,
                absl::StrFormat("%.2fx (%.1f us vs %.1f us%s)", r->sdpa_us / r->us, r->us,
-                               r->sdpa_us, note));
+                               r->sdpa_us, k.note));
       }
       if (const Row* r = Find(rows, "rectify_chunk32", m, ctx, b)) {
         const double read_us = r->bytes / (*ceiling * 1e12) * 1e6;

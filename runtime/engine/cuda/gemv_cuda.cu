@@ -510,36 +510,37 @@ cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __n
   }
 }
 
-// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8) and the k order.
+// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8).
+template <bool INTERLEAVE, typename XT, int EPI>
+cudaError_t LaunchGemvMmaSteps(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
+                               const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
+                               float* y, __nv_bfloat16* act, const QkvRopeParams& rope) {
+  const int u = plan.loads_per_lane, s = plan.k_split;
+  if (u <= 2) {
+    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
+                              act, rope);
+  }
+  if (u <= 4) {
+    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
+                              act, rope);
+  }
+  return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
+                            act, rope);
+}
+
+// ... and over the k order: interleaved batches for bf16 x only (with fp32 x, two MMAs a step,
+// the interleaved kernel needs 136 registers at 8 steps, one block a multiprocessor).
 template <typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvMmaKernel(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
                                 const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
                                 float* y, __nv_bfloat16* act = nullptr,
                                 const QkvRopeParams& rope = {}) {
-  const int u = plan.loads_per_lane, s = plan.k_split;
-  // Interleaved batches for bf16 x only: with fp32 x (two MMAs a step) the interleaved kernel
-  // needs 136 registers at 8 steps, one block a multiprocessor.
   if constexpr (std::is_same_v<XT, __nv_bfloat16>) {
     if (plan.interleave) {
-      if (u <= 2) {
-        return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI, true>, w, x, rows, n, k, s, y,
-                                  act, rope);
-      }
-      if (u <= 4) {
-        return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI, true>, w, x, rows, n, k, s, y,
-                                  act, rope);
-      }
-      return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI, true>, w, x, rows, n, k, s, y, act,
-                                rope);
+      return LaunchGemvMmaSteps<true, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope);
     }
   }
-  if (u <= 2) {
-    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
-  }
-  if (u <= 4) {
-    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
-  }
-  return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI>, w, x, rows, n, k, s, y, act, rope);
+  return LaunchGemvMmaSteps<false, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope);
 }
 
 // The launch configuration of a GEMV plan (PDL per GemvOptions::overlap_previous and
