@@ -739,7 +739,9 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
                 "sets it")
       ->capture_default_str()
       ->check(CLI::Range(0, 128));
-  k->add_flag("--gemv-sweep", o->gemv_sweep, "With --gemv: every k split x loads per lane too");
+  k->add_flag("--gemv-sweep", o->gemv_sweep,
+              "With --gemv: every k split x loads per lane x k order too, the fused twins (SwiGLU, "
+              "QKV-RoPE) of gate_up and qkv included");
   k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
       ->capture_default_str()
       ->delimiter(',')

@@ -28,23 +28,27 @@ namespace resa::kernels_bench {
 namespace {
 
 // The decode linear layers of the two model shapes (weights [n][k] bf16); o_proj takes fp32 x.
+// kv_heads: the qkv matrices' KV heads (head dim 128), for the QKV-epilogue sweep.
 struct GemvShape {
   const char* model;
   const char* matrix;
   int n, k;
   bool fp32_x;
+  int kv_heads = 0;
 };
 constexpr GemvShape kGemvShapes[] = {
-    {"1.5B", "qkv", 2048, 1536, false},
+    {"1.5B", "qkv", 2048, 1536, false, 2},
     {"1.5B", "o", 1536, 1536, true},
     {"1.5B", "gate_up", 17920, 1536, false},
     {"1.5B", "down", 1536, 8960, false},
     {"1.5B", "lm_head", 151936, 1536, false},
-    {"7B", "qkv", 4608, 3584, false},
+    {"7B", "qkv", 4608, 3584, false, 4},
     {"7B", "o", 3584, 3584, true},
     {"7B", "gate_up", 37888, 3584, false},
     {"7B", "down", 3584, 18944, false},
+    {"7B", "lm_head", 152064, 3584, false},
 };
+constexpr int kGemvHeadDim = 128;
 
 absl::Status Cublas(cublasStatus_t st, const char* what) {
   if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
@@ -118,6 +122,19 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
     }
     if (auto st = y.Alloc(size_t(max_rows) * s.n * 4); !st.ok()) return st;
     if (auto st = y2.Alloc(y.bytes); !st.ok()) return st;
+    // The fused twins' outputs (bf16: act [rows][n / 2], or q, k, v) and RoPE positions.
+    DevMem act, positions;
+    if (auto st = act.Alloc(size_t(max_rows) * s.n * 2); !st.ok()) return st;
+    {
+      std::vector<int32_t> pos(max_rows);
+      for (int r = 0; r < max_rows; ++r) pos[r] = 262144 - 1 - r;
+      if (auto st = positions.Alloc(pos.size() * 4); !st.ok()) return st;
+      if (auto st =
+              Cuda(cudaMemcpy(positions.p, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice),
+                   "positions");
+          !st.ok())
+        return st;
+    }
     auto wi = [&](int i) { return w.as<__nv_bfloat16>() + size_t(i % copies) * s.n * s.k; };
     auto gemv = [&](int i, int rows, const cuda::GemvOptions& opt, float* out, cudaStream_t st) {
       return s.fp32_x
@@ -198,7 +215,39 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
                             s.model, s.matrix, rows, int(repeatable), max_diff, max_ref));
       }
       if (!o.gemv_sweep) continue;
-      // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv.
+      // The model's fused twin of this matrix (gate_up: the SwiGLU epilogue; qkv: bias and RoPE),
+      // which plans as the plain kernel does (one row: at most 4 warps a row) but has its own
+      // registers and epilogue.
+      const bool swiglu = std::strcmp(s.matrix, "gate_up") == 0;
+      const bool qkv_rope = s.kv_heads > 0;
+      auto time_twin = [&](const cuda::GemvOptions& opt) -> absl::StatusOr<double> {
+        return TimeUs(
+            [&](int i, cudaStream_t st) {
+              if (swiglu) {
+                return cuda::GemvSwiGluBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), rows, s.n / 2, s.k,
+                                                act.as<__nv_bfloat16>(), st, opt);
+              }
+              cuda::QkvRopeParams rp;
+              rp.rows = rows;
+              rp.num_kv_heads = s.kv_heads;
+              rp.head_dim = kGemvHeadDim;
+              rp.num_heads = s.n / kGemvHeadDim - 2 * s.kv_heads;
+              rp.positions = positions.as<int32_t>();
+              rp.q = act.as<__nv_bfloat16>();
+              rp.k = rp.q + size_t(rows) * rp.num_heads * kGemvHeadDim;
+              rp.v = rp.k + size_t(rows) * s.kv_heads * kGemvHeadDim;
+              return cuda::GemvQkvRopeBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), s.k, rp, st, opt);
+            },
+            o.gemv_iters);
+      };
+      if (swiglu || qkv_rope) {
+        auto t = time_twin(new_opt);
+        if (!t.ok()) return t.status();
+        EmitGemv(s, rows, swiglu ? "new_swiglu" : "new_qkv_rope", &plan, *t, bytes, ceiling,
+                 *legacy, *cublas);
+      }
+      // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv; the fused twin
+      // too (its rows "sweep_swiglu" / "sweep_qkv_rope").
       for (int order : {1, 2}) {
         if (order == 2 && rows == 1) continue;
         for (int split : {1, 2, 4, 8}) {
@@ -211,6 +260,12 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
             if (!t.ok()) return t.status();
             const cuda::GemvPlan p = cuda::PlanGemv(rows, s.n, s.k, opt);
             EmitGemv(s, rows, "sweep", &p, *t, bytes, ceiling, *legacy, *cublas);
+            if ((swiglu || qkv_rope) && (rows > 1 || split <= 4)) {
+              auto tt = time_twin(opt);
+              if (!tt.ok()) return tt.status();
+              EmitGemv(s, rows, swiglu ? "sweep_swiglu" : "sweep_qkv_rope", &p, *tt, bytes, ceiling,
+                       *legacy, *cublas);
+            }
           }
         }
       }

@@ -659,13 +659,15 @@ absl::Status LaunchGemv(const __nv_bfloat16* w, const XT* x, int rows, int n, in
 // The tensor-core kernel's plan (rows >= 2): 16-row tiles, 8 / k_split of them a block.
 GemvPlan PlanGemvMma(int n, int k, const GemvOptions& o) {
   const int64_t tiles = (int64_t(n) + kMmaTileRows - 1) / kMmaTileRows;
-  // Calibrated on the H200 sweep of `resa-bench kernels --gemv --gemv-sweep` at 8 rows over the
-  // 1.5B and 7B layer shapes. Up to 512 tiles (every per-layer matrix but gate_up) a tile's k
-  // goes to all 8 warps of a block and a lane loads 8 steps at once, or 4 where that (about 100
-  // registers: 2 blocks per multiprocessor) would need a second wave; more tiles: 4 warps a
-  // tile, 2 steps. Long rows (k >= kGemvInterleaveMinK: the down projections) with few tiles
-  // deal their batches round-robin (GemvOptions::k_order): 1.5B / 7B down at 8 rows 12.6 ->
-  // 10.9 / 37.8 -> 34.7 us.
+  // Calibrated on the H200 sweeps of `resa-bench kernels --gemv --gemv-sweep` at 2 and 8 rows
+  // over the 1.5B and 7B layer shapes, the fused twins (SwiGLU, QKV-RoPE) included, since the
+  // model runs those. Up to 512 tiles (every per-layer matrix but gate_up) a tile's k goes to all
+  // 8 warps of a block and a lane loads 8 steps at once, or 2 where 8 would need a second wave
+  // (7B qkv, 288 blocks: its QKV twin 12.3 -> 11.6 us against 4 steps); long rows (k >=
+  // kGemvInterleaveMinK: the down projections) deal their batches round-robin
+  // (GemvOptions::k_order; 1.5B / 7B down at 8 rows 12.6 -> 10.9 / 37.8 -> 34.7 us). More tiles
+  // (gate_up, lm_head): 4 warps a tile, 4 steps, interleaved (7B gate_up's SwiGLU twin at 8 rows
+  // 67.5 -> 63.9 us, 1.5B lm_head 116.6 -> 109.3 us, against 2 steps contiguous).
   const bool few = tiles <= 512;
   GemvPlan p;
   p.tensor_cores = true;
@@ -673,9 +675,9 @@ GemvPlan PlanGemvMma(int n, int k, const GemvOptions& o) {
   const int64_t per_block = kWarps / p.k_split;
   p.blocks = (tiles + per_block - 1) / per_block;
   int u = o.loads_per_lane;
-  if (u == 0) u = !few ? 2 : p.blocks <= int64_t(2) * MultiprocessorCount() ? 8 : 4;
+  if (u == 0) u = !few ? 4 : p.blocks <= int64_t(2) * MultiprocessorCount() ? 8 : 2;
   p.loads_per_lane = u <= 2 ? 2 : u <= 4 ? 4 : 8;
-  p.interleave = o.k_order == 0 ? few && k >= kGemvInterleaveMinK : o.k_order == 2;
+  p.interleave = o.k_order == 0 ? !few || k >= kGemvInterleaveMinK : o.k_order == 2;
   return p;
 }
 

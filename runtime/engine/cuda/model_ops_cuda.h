@@ -117,9 +117,9 @@ struct GemvPlan {
   int loads_per_lane = 2;
   int64_t blocks = 0;
   bool tensor_cores = false;
-  // Tensor cores, bf16 x: batches dealt round-robin (GemvOptions::k_order 2). Chosen for up to
-  // 512 tiles with k >= kGemvInterleaveMinK. The same for a GEMV and its fused-epilogue twins,
-  // so they keep giving the same bits.
+  // Tensor cores, bf16 x: batches dealt round-robin (GemvOptions::k_order 2). Chosen for more
+  // than 512 tiles, and for fewer with k >= kGemvInterleaveMinK. The same for a GEMV and its
+  // fused-epilogue twins, so they keep giving the same bits.
   bool interleave = false;
 };
 inline constexpr int kGemvInterleaveMinK = 4096;

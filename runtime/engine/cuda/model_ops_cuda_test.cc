@@ -685,11 +685,15 @@ TEST_F(CudaOpsTest, GemvPlanFillsTheDevice) {
         EXPECT_TRUE(p.k_split == 1 || p.k_split == 2 || p.k_split == 4 || p.k_split == 8);
         EXPECT_TRUE(p.loads_per_lane == 2 || p.loads_per_lane == 4 || p.loads_per_lane == 8);
         // Batches on the tensor cores: a group of k_split warps a tile of 16 rows; batches dealt
-        // round-robin for long rows of few tiles (the down projections).
+        // round-robin for many tiles (gate_up, lm_head) and for long rows of few tiles (the down
+        // projections).
         EXPECT_EQ(p.tensor_cores, rows > 1 && !cuda_cores) << s.name;
-        EXPECT_EQ(p.interleave,
-                  p.tensor_cores && (s.n + 15) / 16 <= 512 && s.k >= kGemvInterleaveMinK)
-            << s.name;
+        const bool many = (s.n + 15) / 16 > 512;
+        EXPECT_EQ(p.interleave, p.tensor_cores && (many || s.k >= kGemvInterleaveMinK)) << s.name;
+        if (p.tensor_cores && many) {
+          EXPECT_EQ(p.k_split, 4) << s.name;
+          EXPECT_EQ(p.loads_per_lane, 4) << s.name;
+        }
         const int per_group = p.tensor_cores ? 16 : rows == 1 ? 1 : 2;
         const int rows_per_block = per_group * (8 / p.k_split);
         EXPECT_EQ(p.blocks, (s.n + rows_per_block - 1) / rows_per_block) << s.name;
