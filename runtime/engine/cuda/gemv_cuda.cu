@@ -20,7 +20,9 @@ using detail::GridDependencyWait;
 using detail::LaunchDependents;
 using detail::Mma16816;
 using ops_internal::kThreads;
-using ops_internal::QkvRopePair;
+using ops_internal::KvPage;
+using ops_internal::QkvRopePairAt;
+using ops_internal::RopeCosSin;
 using ops_internal::WarpSum;
 
 // The eight bf16 values packed in v, as fp32.
@@ -128,6 +130,28 @@ __device__ __forceinline__ int GemvWeightRow(int j, int n, int half) {
   return j;
 }
 
+// What the QKV epilogue of logical pair `pair` of input row r needs besides the sums: its
+// rotation (RopeCosSin; v heads and pairs past the matrix keep cos 1, sin 0, which their
+// epilogue ignores) and, with the cache append, the row's page (KvPage; else -1). The GEMVs
+// compute it for their first epilogue item before GridDependencyWait: the fp64 pow and sincos
+// and the page-table load then overlap the weight loads and the previous kernel instead of
+// following the reduction. Positions and page tables come from the host (the step's
+// metadata), not from the kernel just before.
+struct PairPrologue {
+  float cs = 1.0f, sn = 0.0f;
+  int32_t page = -1;
+};
+__device__ __forceinline__ PairPrologue QkvPairPrologue(const QkvRopeParams& rope, int r, int pair,
+                                                        int pairs) {
+  PairPrologue pp;
+  const int half = rope.head_dim / 2, head = pair / half;
+  if (pair < pairs && head < rope.num_heads + rope.num_kv_heads) {
+    RopeCosSin(rope, r, pair % half, pp.cs, pp.sn);
+  }
+  if (pair < pairs && head >= rope.num_heads && rope.kv.k != nullptr) pp.page = KvPage(rope, r);
+  return pp;
+}
+
 // The GEMV prologue: this warp's GemvWarp, the weight rows of its group's R output rows in wr
 // (rows past n read row n - 1: computed and dropped; logical rows per GemvWeightRow) and zeroed
 // accumulators.
@@ -195,7 +219,8 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 //  * kEpiSwiGlu (gate_up): gate row i at 2i, up row i at 2i + 1; act[m][i] = bf16(silu(gate) *
 //    up), as SiluMulCuda does from y;
 //  * kEpiQkvRope (qkv): the RoPE pairs of every head; bf16 q, k, v with bias and RoPE at
-//    positions[0], as QkvRopeCuda does from y (QkvRopePair).
+//    positions[0], as QkvRopeCuda does from y (QkvRopePairAt; rotation and cache page from
+//    QkvPairPrologue, before the wait).
 template <int M, int R, int U, typename XT, int EPI = kEpiStore>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
@@ -211,6 +236,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int u = 0; u < U; ++u) {
 #pragma unroll
     for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
+  }
+  // The QKV epilogue's rotation for this thread's pair (at most kWarps * R / 2 pairs a block:
+  // one a thread at most).
+  PairPrologue pro;
+  if constexpr (EPI == kEpiQkvRope) {
+    if (int(threadIdx.x) < groups * R / 2) {
+      pro = QkvPairPrologue(rope, 0, ((blockIdx.x * groups * R) >> 1) + int(threadIdx.x), n >> 1);
+    }
   }
   GridDependencyWait();
   // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
@@ -254,16 +287,17 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else if constexpr (EPI == kEpiQkvRope) {
     static_assert(M == 1, "the QKV epilogue takes one input row");
+    static_assert(kWarps * R / 2 <= kThreads, "one pair a thread at most");
     const int half = rope.head_dim / 2;
-    for (int i = threadIdx.x; i < groups * R / 2; i += blockDim.x) {
-      const int l = 2 * i;  // the pair's first row within the block
-      const int j = blockIdx.x * groups * R + l;
-      if (j >= n) continue;
+    const int i = threadIdx.x;
+    const int l = 2 * i;  // the pair's first row within the block
+    const int j = blockIdx.x * groups * R + l;
+    if (i < groups * R / 2 && j < n) {
       float a = 0.0f, b = 0.0f;
       for (int s = 0; s < split; ++s) a += part[(l / R) * split + s][0][l % R];
       for (int s = 0; s < split; ++s) b += part[((l + 1) / R) * split + s][0][(l + 1) % R];
       const int pair = j >> 1;
-      QkvRopePair(rope, 0, pair / half, pair % half, a, b);
+      QkvRopePairAt(rope, 0, pair / half, pair % half, a, b, pro.cs, pro.sn, pro.page);
     }
   } else {
     StoreRowSums<M, R>(part, groups, split, n, y);
@@ -429,6 +463,13 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
   load_batch();
+  // The QKV epilogue's rotation for this thread's first item (the loop below); later items, if
+  // any, compute theirs there.
+  PairPrologue pro;
+  if constexpr (EPI == kEpiQkvRope) {
+    const int i = threadIdx.x, grp = i / (8 * rows), m = (i / 8) % rows;
+    if (grp < groups) pro = QkvPairPrologue(rope, m, (blockIdx.x * groups + grp) * 8 + i % 8, n >> 1);
+  }
   GridDependencyWait();
   // As GemvKernel: an appending QKV GEMV lets the next kernel launch only as it exits.
   if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
@@ -479,7 +520,8 @@ __global__ void __launch_bounds__(kThreads)
       if constexpr (EPI == kEpiSwiGlu) {
         act[size_t(m) * pairs + p] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
       } else {
-        QkvRopePair(rope, m, p / half, p % half, a, b);
+        const PairPrologue pp = i == int(threadIdx.x) ? pro : QkvPairPrologue(rope, m, p, pairs);
+        QkvRopePairAt(rope, m, p / half, p % half, a, b, pp.cs, pp.sn, pp.page);
       }
     }
   }

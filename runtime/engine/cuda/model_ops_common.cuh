@@ -28,16 +28,21 @@ __device__ __forceinline__ size_t KvSlotOffset(const QkvRopeParams& p, int h, in
   return ((size_t(page) * p.num_kv_heads + h) * kPageTokens + pos % kPageTokens) * p.head_dim;
 }
 
+// The cache page of row r's new token (QkvRopeParams::kv).
+__device__ __forceinline__ int32_t KvPage(const QkvRopeParams& p, int r) {
+  return p.page_table[size_t(r) * p.page_table_stride + p.positions[r] / kPageTokens];
+}
+
 // The cache append of one RoPE pair (i, i + d/2) of key head h of row r (QkvRopeParams::kv):
 // stores it in its slot and recomputes those two dims of the page summary from the page's
 // num_keys-valid slots in slot order, the new key taken from registers: the same fminf / fmaxf
 // sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. All 2 x 15 loads of the
 // other slots are issued together (one round trip).
+// page: row r's page for positions[r] (KvPage).
 __device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int h, int i,
-                                              __nv_bfloat16 ka, __nv_bfloat16 kb) {
+                                              __nv_bfloat16 ka, __nv_bfloat16 kb, int32_t page) {
   const int d = p.head_dim, half = d / 2;
   const int32_t pos = p.positions[r], blk = pos / kPageTokens, own = pos % kPageTokens;
-  const int32_t page = p.page_table[size_t(r) * p.page_table_stride + blk];
   const int valid = min(kPageTokens, p.num_keys[r] - blk * kPageTokens);
   __nv_bfloat16* base = p.kv.k + KvSlotOffset(p, h, page, blk * kPageTokens);
   base[size_t(own) * d + i] = ka;
@@ -78,10 +83,12 @@ __device__ __forceinline__ void RopeCosSin(const QkvRopeParams& p, int r, int i,
 
 // The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
 // k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] (cs, sn:
-// RopeCosSin of the pair; unused for v heads) and stores bf16 q, k or v. Shared by
+// RopeCosSin of the pair; unused for v heads) and stores bf16 q, k or v; with p.kv set, k and
+// v also go to the cache (page: KvPage of row r, or -1 to look it up here). Shared by
 // QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
 __device__ __forceinline__ void QkvRopePairAt(const QkvRopeParams& p, int r, int head, int i,
-                                              float a, float b, float cs, float sn) {
+                                              float a, float b, float cs, float sn,
+                                              int32_t page = -1) {
   const int d = p.head_dim, half = d / 2;
   const size_t col = size_t(head) * d;
   if (p.bias != nullptr) {
@@ -100,9 +107,8 @@ __device__ __forceinline__ void QkvRopePairAt(const QkvRopeParams& p, int r, int
     dst[i] = va;
     dst[i + half] = vb;
     if (p.kv.k != nullptr) {
-      const int32_t pos = p.positions[r];
-      const int32_t page = p.page_table[size_t(r) * p.page_table_stride + pos / kPageTokens];
-      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, page, pos);
+      if (page < 0) page = KvPage(p, r);
+      __nv_bfloat16* slot = p.kv.v + KvSlotOffset(p, h, page, p.positions[r]);
       slot[i] = va;
       slot[i + half] = vb;
     }
@@ -112,15 +118,9 @@ __device__ __forceinline__ void QkvRopePairAt(const QkvRopeParams& p, int r, int
                       rb = __float2bfloat16(b * cs + a * sn);
   dst[i] = ra;
   dst[i + half] = rb;
-  if (head >= p.num_heads && p.kv.k != nullptr) AppendKeyPair(p, r, head - p.num_heads, i, ra, rb);
-}
-
-// QkvRopePairAt with the pair's rotation computed here (v heads skip it).
-__device__ __forceinline__ void QkvRopePair(const QkvRopeParams& p, int r, int head, int i, float a,
-                                            float b) {
-  float cs = 1.0f, sn = 0.0f;
-  if (head < p.num_heads + p.num_kv_heads) RopeCosSin(p, r, i, cs, sn);
-  QkvRopePairAt(p, r, head, i, a, b, cs, sn);
+  if (head >= p.num_heads && p.kv.k != nullptr) {
+    AppendKeyPair(p, r, head - p.num_heads, i, ra, rb, page >= 0 ? page : KvPage(p, r));
+  }
 }
 
 }  // namespace resa::cuda::ops_internal

@@ -159,7 +159,10 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // options.cuda_cores at more. With p.kv set it also appends every row's k and v to the cache
 // (QkvRopeParams; p.page_table_stride > 0 for more than one row), in place of WriteKvCuda; it
 // then lets the next kernel launch only as it exits (not early, as the other GEMVs do), so
-// that kernel, which may read the new q, k and v, has the SMs to itself.
+// that kernel, which may read the new q, k and v, has the SMs to itself. p.positions and
+// p.page_table are read before the programmatic-dependent-launch wait (the RoPE angles and the
+// cache page are ready when the sums are): like w, they must not be written by the kernel
+// launched just before this one.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options = GemvOptions{});
