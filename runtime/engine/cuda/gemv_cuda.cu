@@ -21,6 +21,8 @@ using detail::LaunchDependents;
 using detail::Mma16816;
 using ops_internal::kThreads;
 using ops_internal::KvPage;
+using ops_internal::KvSlotOffset;
+using ops_internal::PairBias;
 using ops_internal::QkvRopePairAt;
 using ops_internal::RopeCosSin;
 using ops_internal::WarpSum;
@@ -132,23 +134,37 @@ __device__ __forceinline__ int GemvWeightRow(int j, int n, int half) {
 
 // What the QKV epilogue of logical pair `pair` of input row r needs besides the sums: its
 // rotation (RopeCosSin; v heads and pairs past the matrix keep cos 1, sin 0, which their
-// epilogue ignores) and, with the cache append, the row's page (KvPage; else -1). The GEMVs
-// compute it for their first epilogue item before GridDependencyWait: the fp64 pow and sincos
-// and the page-table load then overlap the weight loads and the previous kernel instead of
-// following the reduction. Positions and page tables come from the host (the step's
-// metadata), not from the kernel just before.
+// epilogue ignores), its bias (PairBias) and, with the cache append, the row's page (KvPage;
+// else -1), whose 16 slot rows at the pair's two dims (the key append's summary reads them) are
+// prefetched into L1. The GEMVs compute it for their first epilogue item before
+// GridDependencyWait: the fp64 pow and sincos and the loads then overlap the weight loads and
+// the previous kernel instead of following the reduction. Positions and page tables come from
+// the host (the step's metadata), the bias is a weight, and the page's other keys were written
+// by earlier steps: none by the kernel just before.
 struct PairPrologue {
   float cs = 1.0f, sn = 0.0f;
+  float2 bias = {0.0f, 0.0f};
   int32_t page = -1;
 };
 __device__ __forceinline__ PairPrologue QkvPairPrologue(const QkvRopeParams& rope, int r, int pair,
                                                         int pairs) {
   PairPrologue pp;
-  const int half = rope.head_dim / 2, head = pair / half;
-  if (pair < pairs && head < rope.num_heads + rope.num_kv_heads) {
-    RopeCosSin(rope, r, pair % half, pp.cs, pp.sn);
+  if (pair >= pairs) return pp;
+  const int half = rope.head_dim / 2, head = pair / half, i = pair % half;
+  pp.bias = PairBias(rope, head, i);
+  const bool key = head >= rope.num_heads && head < rope.num_heads + rope.num_kv_heads;
+  if (key && rope.kv.k != nullptr) pp.page = KvPage(rope, r);
+  if (head < rope.num_heads + rope.num_kv_heads) RopeCosSin(rope, r, i, pp.cs, pp.sn);
+  if (pp.page >= 0) {
+    const int32_t pos = rope.positions[r];
+    const __nv_bfloat16* base =
+        rope.kv.k + KvSlotOffset(rope, head - rope.num_heads, pp.page, pos - pos % kPageTokens);
+#pragma unroll
+    for (int t = 0; t < kPageTokens; ++t) {
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(base + t * rope.head_dim + i));
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(base + t * rope.head_dim + i + half));
+    }
   }
-  if (pair < pairs && head >= rope.num_heads && rope.kv.k != nullptr) pp.page = KvPage(rope, r);
   return pp;
 }
 
@@ -297,7 +313,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int s = 0; s < split; ++s) a += part[(l / R) * split + s][0][l % R];
       for (int s = 0; s < split; ++s) b += part[((l + 1) / R) * split + s][0][(l + 1) % R];
       const int pair = j >> 1;
-      QkvRopePairAt(rope, 0, pair / half, pair % half, a, b, pro.cs, pro.sn, pro.page);
+      QkvRopePairAt(rope, 0, pair / half, pair % half, a, b, pro.cs, pro.sn, pro.bias, pro.page);
     }
   } else {
     StoreRowSums<M, R>(part, groups, split, n, y);
@@ -521,7 +537,7 @@ __global__ void __launch_bounds__(kThreads)
         act[size_t(m) * pairs + p] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
       } else {
         const PairPrologue pp = i == int(threadIdx.x) ? pro : QkvPairPrologue(rope, m, p, pairs);
-        QkvRopePairAt(rope, m, p / half, p % half, a, b, pp.cs, pp.sn, pp.page);
+        QkvRopePairAt(rope, m, p / half, p % half, a, b, pp.cs, pp.sn, pp.bias, pp.page);
       }
     }
   }

@@ -81,19 +81,25 @@ __device__ __forceinline__ void RopeCosSin(const QkvRopeParams& p, int r, int i,
   sn = float(s);
 }
 
+// The QKV bias of pair i of head `head` (zeros without one).
+__device__ __forceinline__ float2 PairBias(const QkvRopeParams& p, int head, int i) {
+  if (p.bias == nullptr) return make_float2(0.0f, 0.0f);
+  const float* b = p.bias + size_t(head) * p.head_dim + i;
+  return make_float2(b[0], b[p.head_dim / 2]);
+}
+
 // The QKV epilogue of one pair: a, b = qkv values (i, i + d/2) of head `head` (q heads, then
-// k, then v) of row r; adds the bias, rotates q and k by NeoX RoPE at positions[r] (cs, sn:
-// RopeCosSin of the pair; unused for v heads) and stores bf16 q, k or v; with p.kv set, k and
-// v also go to the cache (page: KvPage of row r, or -1 to look it up here). Shared by
-// QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
+// k, then v) of row r; adds the bias (PairBias of the pair), rotates q and k by NeoX RoPE at
+// positions[r] (cs, sn: RopeCosSin of the pair; unused for v heads) and stores bf16 q, k or v;
+// with p.kv set, k and v also go to the cache (page: KvPage of row r, or -1 to look it up
+// here). Shared by QkvRopeKernel and the QKV GEMV's epilogue, so both give the same bits.
 __device__ __forceinline__ void QkvRopePairAt(const QkvRopeParams& p, int r, int head, int i,
-                                              float a, float b, float cs, float sn,
+                                              float a, float b, float cs, float sn, float2 bias,
                                               int32_t page = -1) {
   const int d = p.head_dim, half = d / 2;
-  const size_t col = size_t(head) * d;
   if (p.bias != nullptr) {
-    a += p.bias[col + i];
-    b += p.bias[col + i + half];
+    a += bias.x;
+    b += bias.y;
   }
   __nv_bfloat16* dst;
   if (head < p.num_heads) {

@@ -14,6 +14,7 @@ namespace {
 
 using detail::AwaitPreviousKernel;
 using ops_internal::kThreads;
+using ops_internal::PairBias;
 using ops_internal::QkvRopePairAt;
 using ops_internal::RopeCosSin;
 using ops_internal::WarpSum;
@@ -107,7 +108,7 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
 
 // One block per row, d / 2 x g threads (g head lanes): the first d / 2 compute the row's pair
 // rotations once (fp64, RopeCosSin) for all of its heads; thread (i, l) then does pair i of
-// heads l, l + g, ... (QkvRopePairAt: the bits of QkvRopePair, which the GEMV epilogue runs).
+// heads l, l + g, ... (QkvRopePairAt, which the QKV GEMV's epilogue runs: the same bits).
 __global__ void QkvRopeKernel(const QkvRopeParams p) {
   __shared__ float2 rot[512];  // d / 2 <= 512
   AwaitPreviousKernel();
@@ -124,7 +125,7 @@ __global__ void QkvRopeKernel(const QkvRopeParams p) {
   const int total = p.num_heads + 2 * p.num_kv_heads;
   for (int head = lane; head < total; head += lanes) {
     const float* src = p.qkv + (size_t(r) * total + head) * p.head_dim;
-    QkvRopePairAt(p, r, head, i, src[i], src[i + half], cs_sn.x, cs_sn.y);
+    QkvRopePairAt(p, r, head, i, src[i], src[i + half], cs_sn.x, cs_sn.y, PairBias(p, head, i));
   }
 }
 
