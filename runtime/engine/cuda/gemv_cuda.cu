@@ -237,8 +237,13 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 //  * kEpiQkvRope (qkv): the RoPE pairs of every head; bf16 q, k, v with bias and RoPE at
 //    positions[0], as QkvRopeCuda does from y (QkvRopePairAt; rotation and cache page from
 //    QkvPairPrologue, before the wait).
+// The one-row QKV twin's fp64 RoPE code would take 62-80 registers, 4 blocks a multiprocessor:
+// the 7B qkv (576 blocks) then needs a second wave. It is held to kQkvRopeMinBlocks (48
+// registers; a few bytes spill at 2 loads a lane): H200, 7B one-row twin 13.80 -> 10.71 us,
+// 1.5B 5.04 -> 5.08 (6 blocks: 10.76 / 5.15; e2e 1.5B batch-1 dense 1-2% slower).
+constexpr int kQkvRopeMinBlocks = 5;
 template <int M, int R, int U, typename XT, int EPI = kEpiStore>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvRopeMinBlocks : 1)
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
                __nv_bfloat16* act, const QkvRopeParams rope) {
   __shared__ float part[kWarps][M][R];
