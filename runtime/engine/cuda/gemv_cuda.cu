@@ -235,8 +235,8 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 //  * kEpiSwiGlu (gate_up): gate row i at 2i, up row i at 2i + 1; act[m][i] = bf16(silu(gate) *
 //    up), as SiluMulCuda does from y;
 //  * kEpiQkvRope (qkv): the RoPE pairs of every head; bf16 q, k, v with bias and RoPE at
-//    positions[0], as QkvRopeCuda does from y (QkvRopePairAt; rotation and cache page from
-//    QkvPairPrologue, before the wait).
+//    positions[0], as QkvRopeCuda does from y (QkvRopePairAt; rotation, bias and cache page
+//    from QkvPairPrologue, before the wait).
 // The one-row QKV twin's fp64 RoPE code would take 62-80 registers, 4 blocks a multiprocessor:
 // the 7B qkv (576 blocks) then needs a second wave. It is held to kQkvRopeMinBlocks (48
 // registers; a few bytes spill at 2 loads a lane): H200, 7B one-row twin 13.80 -> 10.71 us,
@@ -258,8 +258,8 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
 #pragma unroll
     for (int r = 0; r < R; ++r) wv[u][r] = LoadW(wr[r] + (c + 32 * u), c + 32 * u < c1);
   }
-  // The QKV epilogue's rotation for this thread's pair (at most kWarps * R / 2 pairs a block:
-  // one a thread at most).
+  // The QKV epilogue's prologue (rotation, bias, cache page) for this thread's pair (at most
+  // kWarps * R / 2 pairs a block: one a thread at most).
   PairPrologue pro;
   if constexpr (EPI == kEpiQkvRope) {
     if (int(threadIdx.x) < groups * R / 2) {
@@ -484,8 +484,8 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
   load_batch();
-  // The QKV epilogue's rotation for this thread's first item (the loop below); later items, if
-  // any, compute theirs there.
+  // The QKV epilogue's prologue (rotation, bias, cache page) for this thread's first item (the
+  // loop below); later items, if any, compute theirs there.
   PairPrologue pro;
   if constexpr (EPI == kEpiQkvRope) {
     const int i = threadIdx.x, grp = i / (8 * rows), m = (i / 8) % rows;
