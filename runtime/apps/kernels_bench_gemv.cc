@@ -214,10 +214,10 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
             absl::StrFormat("GEMV %s %s rows %d: repeatable %d, max diff vs legacy %g (max |y| %g)",
                             s.model, s.matrix, rows, int(repeatable), max_diff, max_ref));
       }
-      if (!o.gemv_sweep) continue;
       // The model's fused twin of this matrix (gate_up: the SwiGLU epilogue; qkv: bias and RoPE),
       // which plans as the plain kernel does (one row: at most 4 warps a row) but has its own
-      // registers and epilogue.
+      // registers and epilogue: timed with the plan ("new_swiglu" / "new_qkv_rope") and, with
+      // --gemv-sweep, under every plan.
       const bool swiglu = std::strcmp(s.matrix, "gate_up") == 0;
       const bool qkv_rope = s.kv_heads > 0;
       auto time_twin = [&](const cuda::GemvOptions& opt) -> absl::StatusOr<double> {
@@ -246,6 +246,7 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
         EmitGemv(s, rows, swiglu ? "new_swiglu" : "new_qkv_rope", &plan, *t, bytes, ceiling,
                  *legacy, *cublas);
       }
+      if (!o.gemv_sweep) continue;
       // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv; the fused twin
       // too (its rows "sweep_swiglu" / "sweep_qkv_rope").
       for (int order : {1, 2}) {

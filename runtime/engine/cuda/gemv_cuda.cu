@@ -134,9 +134,9 @@ __device__ __forceinline__ int GemvWeightRow(int j, int n, int half) {
 
 // What the QKV epilogue of logical pair `pair` of input row r needs besides the sums: its
 // rotation (RopeCosSin; v heads and pairs past the matrix keep cos 1, sin 0, which their
-// epilogue ignores), its bias (PairBias) and, with the cache append, the row's page (KvPage;
-// else -1), whose 16 slot rows at the pair's two dims (the key append's summary reads them) are
-// prefetched into L1. The GEMVs compute it for their first epilogue item before
+// epilogue ignores), its bias (PairBias) and, with the cache append, the row's page for k and v
+// heads (KvPage; else -1); for k heads the page's 16 slot rows at the pair's two dims (the key
+// append's summary reads them) are prefetched into L1. The GEMVs compute it for their first epilogue item before
 // GridDependencyWait: the fp64 pow and sincos and the loads then overlap the weight loads and
 // the previous kernel instead of following the reduction. Positions and page tables come from
 // the host (the step's metadata), the bias is a weight, and the page's other keys were written
@@ -152,10 +152,10 @@ __device__ __forceinline__ PairPrologue QkvPairPrologue(const QkvRopeParams& rop
   if (pair >= pairs) return pp;
   const int half = rope.head_dim / 2, head = pair / half, i = pair % half;
   pp.bias = PairBias(rope, head, i);
-  const bool key = head >= rope.num_heads && head < rope.num_heads + rope.num_kv_heads;
-  if (key && rope.kv.k != nullptr) pp.page = KvPage(rope, r);
-  if (head < rope.num_heads + rope.num_kv_heads) RopeCosSin(rope, r, i, pp.cs, pp.sn);
-  if (pp.page >= 0) {
+  const bool rotated = head < rope.num_heads + rope.num_kv_heads;
+  if (head >= rope.num_heads && rope.kv.k != nullptr) pp.page = KvPage(rope, r);
+  if (rotated) RopeCosSin(rope, r, i, pp.cs, pp.sn);
+  if (pp.page >= 0 && rotated) {  // a k head
     const int32_t pos = rope.positions[r];
     const __nv_bfloat16* base =
         rope.kv.k + KvSlotOffset(rope, head - rope.num_heads, pp.page, pos - pos % kPageTokens);
