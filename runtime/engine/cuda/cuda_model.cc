@@ -37,6 +37,7 @@ CudaModel::~CudaModel() {
   DropGraphs();
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
   if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
+  if (tables_host_ != nullptr) cudaFreeHost(tables_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
   if (stage_host_ != nullptr) cudaFreeHost(stage_host_);
@@ -293,6 +294,20 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     meta_cap_ = n;
     changed = true;
   }
+  const size_t tables = plan.order.size() * size_t(plan.stride);
+  if (tables > tables_cap_) {
+    const size_t n = std::max<size_t>(tables * 2, 4096);
+    if (tables_host_ != nullptr) cudaFreeHost(tables_host_);
+    tables_host_ = nullptr;
+    tables_cap_ = 0;
+    tables_filled_.clear();
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMallocHost(&tables_host_, n * 4), "cudaMallocHost(page tables)"));
+    tables_dev_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(tables_dev_, DeviceAllocation::Create(n * 4, "page tables"));
+    tables_cap_ = n;
+    changed = true;
+  }
   if (plan.blocks_size > blocks_cap_) {
     const size_t n = std::max<size_t>(plan.blocks_size * 2, 4096);
     blocks_mem_ = DeviceAllocation();
@@ -401,7 +416,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     const bool append_in_gemv = qkv_epilogue && plan.nd == rows && !plan.sharded;
     if (append_in_gemv) {
       qp.kv = cache_->layer(l);
-      qp.page_table = meta + plan.o_tables + size_t(plan.ns) * plan.stride;  // ns == 0
+      qp.page_table = Tables(plan, size_t(plan.ns));  // ns == 0
       qp.page_table_stride = plan.stride;
       qp.num_keys = meta + plan.o_wk_keys + plan.ns;
     }
@@ -431,7 +446,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       wk.token_offsets = meta + plan.o_wk_off + plan.ns;  // absolute rows of k_ / v_
       wk.first_pos = meta + plan.o_wk_first + plan.ns;
       wk.num_keys = meta + plan.o_wk_keys + plan.ns;
-      wk.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+      wk.page_tables = Tables(plan, size_t(plan.ns));
       wk.page_table_stride = plan.stride;
       wk.max_tokens = plan.max_write_tokens;
       RESA_RETURN_IF_ERROR(WriteKvCuda(wk, stream_));
@@ -520,6 +535,48 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   return Mark(kMatmul);
 }
 
+const int32_t* CudaModel::Tables(const Plan& plan, size_t row) const {
+  return tables_dev_.as<int32_t>() + row * size_t(plan.stride);
+}
+
+// The host writes a mirror row only after the copies of the forward before have run: every
+// Forward synchronises its stream before it returns.
+absl::Status CudaModel::UploadTables(std::span<const ForwardChunk> chunks, const Plan& plan) {
+  const size_t stride = size_t(plan.stride), rows = plan.order.size();
+  if (stride != tables_stride_) {  // a new layout: no device row is known
+    tables_stride_ = stride;
+    tables_filled_.assign(tables_filled_.size(), kTableRowUnknown);
+  }
+  if (tables_filled_.size() < rows) tables_filled_.resize(rows, kTableRowUnknown);
+  int32_t* dev = tables_dev_.as<int32_t>();
+  for (size_t p = 0; p < rows; ++p) {
+    const std::vector<int32_t>& t = chunks[size_t(plan.order[p])].seq->page_table;
+    const size_t n = t.size();  // <= stride (Prepare)
+    int32_t* m = tables_host_ + p * stride;
+    size_t& filled = tables_filled_[p];
+    size_t lo = 0, hi = stride;
+    if (filled != kTableRowUnknown) {
+      // Usually the same table, or the same with pages appended: compare the common prefix
+      // (memcmp) and find where it first differs only when it does.
+      const size_t common = std::min(filled, n);
+      lo = common;
+      if (std::memcmp(m, t.data(), common * 4) != 0) {
+        lo = size_t(std::mismatch(m, m + common, t.data()).first - m);
+      }
+      hi = std::max(filled, n);
+    }
+    if (lo >= hi) continue;
+    if (lo < n) std::memcpy(m + lo, t.data() + lo, (n - lo) * 4);
+    if (hi > std::max(lo, n)) std::fill(m + std::max(lo, n), m + hi, 0);
+    filled = kTableRowUnknown;  // until the copy is enqueued
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(dev + p * stride + lo, m + lo, (hi - lo) * 4,
+                                                    cudaMemcpyHostToDevice, stream_),
+                                    "uploading page tables"));
+    filled = n;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* logits) {
   Plan plan;
   RESA_RETURN_IF_ERROR(Prepare(chunks, plan));
@@ -535,6 +592,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   if (plan.nl > 0) logits_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
   plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
   if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);
+  if (absl::Status st = UploadTables(chunks, plan); !st.ok()) return undo(st);
   std::memcpy(meta_host_, plan.meta.data(), plan.meta.size() * 4);
   absl::Status st = CudaStatus(cudaMemcpyAsync(meta_dev_.as<void>(), meta_host_,
                                                plan.meta.size() * 4, cudaMemcpyHostToDevice,

@@ -167,6 +167,11 @@ class CudaModel final : public ModelBackend {
   Launches BuildLaunches(const Plan& plan, int layer) const;
   absl::Status Prepare(std::span<const ForwardChunk> chunks, Plan& plan);
   absl::Status EnsureCapacity(const Plan& plan);
+  // Brings the device's page tables (tables_dev_) to the plan's chunks, copying only what
+  // changed since the last forward.
+  absl::Status UploadTables(std::span<const ForwardChunk> chunks, const Plan& plan);
+  // Row `row` (plan order) of the device's page tables.
+  const int32_t* Tables(const Plan& plan, size_t row) const;
   absl::Status Enqueue(const Plan& plan);
   absl::Status Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
                       float* y);
@@ -221,6 +226,16 @@ class CudaModel final : public ModelBackend {
   int32_t* meta_host_ = nullptr;
   DeviceAllocation meta_dev_, blocks_mem_;
   size_t blocks_cap_ = 0;
+  // Page tables [rows][stride] in plan order, zero past each table's pages. They stay on the
+  // device between forwards: tables_host_ (pinned) mirrors what was last sent, tables_filled_
+  // how many leading entries of each row may be non-zero (kTableRowUnknown: the device row is
+  // not known), for the layout tables_stride_. A decode step at 256K then copies a page id every
+  // 16 tokens a sequence instead of its whole table (64 KB) every step (UploadTables).
+  static constexpr size_t kTableRowUnknown = ~size_t(0);
+  DeviceAllocation tables_dev_;
+  int32_t* tables_host_ = nullptr;
+  size_t tables_cap_ = 0, tables_stride_ = 0;
+  std::vector<size_t> tables_filled_;
   // Selection hints [num_layers][hint_rows_][local KV heads] (SelectionHints()).
   DeviceAllocation hints_mem_;
   int64_t hint_rows_ = 0;

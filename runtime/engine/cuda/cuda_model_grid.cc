@@ -159,7 +159,7 @@ absl::Status CudaModel::WriteOwnedKv(const Plan& plan, int layer) {
     wk.token_offsets = meta + plan.o_sw_off;
     wk.first_pos = meta + plan.o_sw_first;
     wk.num_keys = meta + plan.o_sw_keys;
-    wk.page_tables = meta + plan.o_tables;
+    wk.page_tables = Tables(plan, 0);
     wk.page_table_stride = plan.stride;
     wk.table_index = meta + plan.o_sw_table;
     wk.max_tokens = kPageTokens;  // an entry stays within one block
@@ -200,7 +200,7 @@ absl::Status CudaModel::SelectAcrossRanks(const Plan& plan, int layer) {
     sp.batch = g.count;
     sp.num_heads = sel_heads;
     sp.num_keys = meta + plan.o_sel_keys + g.first;
-    sp.page_tables = meta + plan.o_tables + size_t(g.first) * plan.stride;
+    sp.page_tables = Tables(plan, size_t(g.first));
     sp.page_table_stride = plan.stride;
     sp.max_num_keys = g.max_keys;
     sp.sp_rank = shard.rank;

@@ -37,7 +37,7 @@ struct CudaModel::Plan {
   // int32 metadata, uploaded as one block; offsets into it.
   std::vector<int32_t> meta;
   size_t o_tokens = 0, o_pos = 0, o_wk_off = 0, o_wk_first = 0, o_wk_keys = 0, o_att_keys = 0,
-         o_ch_off = 0, o_ch_first = 0, o_tables = 0, o_logit = 0;
+         o_ch_off = 0, o_ch_first = 0, o_logit = 0;
   size_t workspace_bytes = 0;
   // The last layer of a forward whose chunks all ask for their last row's logits only
   // (LogitsMode::kLast; not under SP) runs on `keep` rows: the decode rows, then each chunk's

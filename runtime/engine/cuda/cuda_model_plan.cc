@@ -136,7 +136,6 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.o_att_keys = block(size_t(nchunks));
   plan.o_ch_off = block(size_t(plan.nc) + 1);
   plan.o_ch_first = block(size_t(plan.nc));
-  plan.o_tables = block(size_t(nchunks) * plan.stride);
   std::vector<int32_t> logit_rows;
   int64_t r = 0;
   std::vector<int64_t> first_row(chunks.size(), 0);
@@ -154,8 +153,6 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
       plan.meta[plan.o_tokens + r] = ch.tokens[t];
       plan.meta[plan.o_pos + r] = start + t;
     }
-    std::copy(ch.seq->page_table.begin(), ch.seq->page_table.end(),
-              plan.meta.begin() + int64_t(plan.o_tables + size_t(p) * plan.stride));
     if (p >= plan.nd + plan.ns) {
       const int q = p - plan.nd - plan.ns;
       plan.meta[plan.o_ch_off + q] = int32_t(r - n) - int32_t(plan.rows - plan.chunk_rows);
@@ -271,7 +268,7 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   L.dense.num_heads = lh;
   L.dense.scale = scale;
   L.dense.num_keys = meta + plan.o_att_keys + plan.ns;
-  L.dense.page_tables = meta + plan.o_tables + size_t(plan.ns) * plan.stride;
+  L.dense.page_tables = Tables(plan, size_t(plan.ns));
   L.dense.page_table_stride = plan.stride;
   L.dense.max_num_keys = plan.max_keys_dense;
   if (plan.reduce_last) {
@@ -296,7 +293,7 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     s.batch = g.count;
     s.num_heads = sel_heads;
     s.num_keys = meta + plan.o_att_keys + g.first;
-    s.page_tables = meta + plan.o_tables + size_t(g.first) * plan.stride;
+    s.page_tables = Tables(plan, size_t(g.first));
     s.page_table_stride = plan.stride;
     s.max_num_keys = g.max_keys;
     s.ratio = g.ratio;
@@ -333,7 +330,7 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
   L.chunk.num_chunks = plan.nc;
   L.chunk.row_offsets = meta + plan.o_ch_off;
   L.chunk.first_num_keys = meta + plan.o_ch_first;
-  L.chunk.page_tables = meta + plan.o_tables + first_chunk * plan.stride;
+  L.chunk.page_tables = Tables(plan, first_chunk);
   L.chunk.page_table_stride = plan.stride;
   L.chunk.total_rows = plan.chunk_rows;
   L.chunk.max_rows = plan.max_chunk_rows;

@@ -322,6 +322,55 @@ TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
 
 INSTANTIATE_TEST_SUITE_P(GemvMaxRows, BatchedGraphSteps, ::testing::Values(8, 0));
 
+// Page tables stay on the device between forwards and only what changed is copied
+// (UploadTables): a batch (graphs on) whose sequences end, start again on recycled pages, grow
+// past page boundaries and change places every step decodes as each sequence alone without
+// graphs (cuBLAS for every linear layer of both, as BatchedGraphSteps: within 1e-3). A stale
+// page id would put another sequence's K/V under a query, far outside that.
+TEST_F(CudaModelInvariants, PageTablesFollowSequencesThatComeAndGo) {
+  auto batched = Model(true, 512, 0), single = Model(false, 512, 0);
+  Decoder db(*batched), ds(*single);
+  const int vocab = batched->config().vocab_size;
+  const ResaOptions dense{DecodeMode::kDense, 0.1f, 16, 32};
+  const ResaOptions sparse{DecodeMode::kSparse, 0.25f, 4, 8};
+  auto start = [&](int len, int seed, const ResaOptions& o) {
+    std::vector<int32_t> prompt(len);
+    for (int i = 0; i < len; ++i) prompt[i] = (i * 29 + seed) % vocab;
+    return std::make_pair(db.Start(prompt, o).value(), ds.Start(prompt, o).value());
+  };
+  auto finish = [&](const std::pair<int, int>& ids) {
+    db.Finish(ids.first);
+    ds.Finish(ids.second);
+  };
+  std::vector<std::pair<int, int>> live = {start(300, 1, dense), start(250, 2, sparse),
+                                           start(45, 3, dense)};
+  double worst = 0.0;
+  for (int step = 0; step < 24; ++step) {
+    if (step == 6) {  // the sparse row ends; a shorter one takes its pages and its row
+      finish(live[1]);
+      live[1] = start(120, 4, sparse);
+    }
+    if (step == 12) {  // the first ends; a longer one takes its pages and more
+      finish(live[0]);
+      live[0] = start(420, 5, dense);
+    }
+    std::vector<Decoder::Feed> feeds;
+    for (size_t j = 0; j < live.size(); ++j) {
+      const auto& [b, s] = live[step % 2 == 0 ? j : live.size() - 1 - j];  // order flips
+      const int32_t t = ArgMax(ds.logits(s), vocab);
+      feeds.push_back({b, t});
+      Decoder::Feed f{s, t};
+      ASSERT_TRUE(ds.Step({&f, 1}).ok());
+    }
+    ASSERT_TRUE(db.Step(feeds).ok());
+    for (const auto& [b, s] : live) {
+      worst = std::max(worst, RelL2(db.logits(b), ds.logits(s), vocab));
+    }
+  }
+  EXPECT_LE(worst, 1e-3);
+  EXPECT_GT(batched->graphs_captured(), 0);
+}
+
 // Programmatic dependent launch changes when kernels start, never what they compute; the
 // epilogues of a single row's GEMVs give the unfused kernels' bits (SwiGLU in gate_up:
 // SiluMulCuda's; bias and RoPE in qkv: QkvRopeCuda's); selection hints change how the tail
