@@ -38,6 +38,7 @@ CudaModel::~CudaModel() {
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
   if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
   if (tables_host_ != nullptr) cudaFreeHost(tables_host_);
+  if (greedy_host_ != nullptr) cudaFreeHost(greedy_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
   if (stage_host_ != nullptr) cudaFreeHost(stage_host_);
@@ -280,6 +281,21 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     logits_host_ = nullptr;
     RESA_RETURN_IF_ERROR(CudaStatus(
         cudaMallocHost(&logits_host_, size_t(n) * c.vocab_size * 4), "cudaMallocHost(logits)"));
+    logits_cap_ = 0;
+    greedy_mem_ = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(
+        greedy_mem_,
+        DeviceAllocation::Create(size_t(n) * (sizeof(SampleRowSpec) + 4), "greedy sampling"));
+    if (greedy_host_ != nullptr) cudaFreeHost(greedy_host_);
+    greedy_host_ = nullptr;
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMallocHost(&greedy_host_, size_t(n) * 4), "cudaMallocHost(greedy ids)"));
+    std::vector<SampleRowSpec> specs(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) specs[size_t(r)].row = int32_t(r);
+    RESA_RETURN_IF_ERROR(
+        CudaStatus(cudaMemcpy(greedy_mem_.as<void>(), specs.data(),
+                              specs.size() * sizeof(SampleRowSpec), cudaMemcpyHostToDevice),
+                   "uploading greedy sampling rows"));
     logits_cap_ = n;
     changed = true;
   }
@@ -530,9 +546,27 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
                                       meta + (plan.reduce_last ? plan.o_logit_last : plan.o_logit),
                                       plan.nl, hid, xl_, stream_));
   RESA_RETURN_IF_ERROR(Mark(kElementwise));
-  if (tp_parallel()) return GatherLogits(plan);
-  RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
-  return Mark(kMatmul);
+  if (tp_parallel()) {
+    RESA_RETURN_IF_ERROR(GatherLogits(plan));
+  } else {
+    RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
+    RESA_RETURN_IF_ERROR(Mark(kMatmul));
+  }
+  return plan.greedy ? GreedyIds(plan) : absl::OkStatus();
+}
+
+absl::Status CudaModel::GreedyIds(const Plan& plan) {
+  SampleRowsParams sp;
+  sp.logits = dlogits_;
+  sp.vocab = config().vocab_size;
+  sp.specs = greedy_mem_.as<SampleRowSpec>();
+  sp.num_rows = plan.nl;
+  sp.tokens = reinterpret_cast<int32_t*>(greedy_mem_.as<char>() +
+                                         size_t(logits_cap_) * sizeof(SampleRowSpec));
+  RESA_RETURN_IF_ERROR(SampleRowsCuda(sp, stream_));
+  return CudaStatus(cudaMemcpyAsync(greedy_host_, sp.tokens, size_t(plan.nl) * 4,
+                                    cudaMemcpyDeviceToHost, stream_),
+                    "downloading greedy ids");
 }
 
 const int32_t* CudaModel::Tables(const Plan& plan, size_t row) const {
@@ -589,7 +623,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   if (plan.rows == 0) return absl::OkStatus();
   // The device's L2 fetch granularity (cuda_status.h), before the step's first kernel.
   if (absl::Status st = ApplyL2FetchGranularity(); !st.ok()) return undo(st);
-  if (plan.nl > 0) logits_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
+  if (plan.nl > 0) logits_rows_ = greedy_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
   plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
   if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);
   if (absl::Status st = UploadTables(chunks, plan); !st.ok()) return undo(st);
@@ -645,7 +679,10 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   if (logits != nullptr && plan.nl > 0) {
     std::memcpy(logits, logits_host_, size_t(plan.nl) * vocab * 4);
   }
-  if (plan.nl > 0) logits_rows_ = plan.nl;
+  if (plan.nl > 0) {
+    logits_rows_ = plan.nl;
+    greedy_rows_ = plan.greedy ? plan.nl : 0;
+  }
   for (size_t i = 0; i < chunks.size(); ++i) {
     chunks[i].seq->length =
         std::max(chunks[i].seq->length, plan.starts[i] + int32_t(chunks[i].tokens.size()));
@@ -668,6 +705,12 @@ absl::Status CudaModel::Sample(std::span<const RowSampling> rows, int32_t* token
       return absl::InvalidArgumentError(absl::StrCat("Sample: u must be in [0, 1), got ", r.u));
     }
     greedy &= r.params.temperature == 0.0f || r.params.top_k == 1;
+  }
+  greedy_hint_ = greedy;
+  if (greedy && greedy_rows_ > 0 && greedy_rows_ == logits_rows_) {  // Plan::greedy's ids
+    for (size_t i = 0; i < rows.size(); ++i) tokens[i] = greedy_host_[rows[i].row];
+    ++greedy_from_forward_;
+    return absl::OkStatus();
   }
   const size_t n = rows.size();
   const size_t spec_bytes = n * sizeof(SampleRowSpec);

@@ -124,7 +124,8 @@ class CudaModel final : public ModelBackend {
   const ModelConfig& config() const override { return weights_->config(); }
   absl::Status Forward(std::span<const ForwardChunk> chunks, float* logits) override;
   // One launch of SampleRowsCuda after the forward (not part of its graph), then a download of
-  // the ids and a synchronisation.
+  // the ids and a synchronisation. Greedy rows after a forward that already took the arg-max of
+  // its logits (below) read those ids: no launch, no wait.
   absl::Status Sample(std::span<const RowSampling> rows, int32_t* tokens) override;
   absl::Status CopySequence(const SequenceKv& from, SequenceKv& to) override;
   void Release(SequenceKv& seq) override { cache_->Release(seq); }
@@ -157,6 +158,8 @@ class CudaModel final : public ModelBackend {
   const DeviceKvCache& cache() const { return *cache_; }
   cudaStream_t stream() const { return stream_; }
   int graphs_captured() const;
+  // Sample calls answered from the forward's own greedy ids (no launch of their own).
+  int64_t greedy_samples_from_forward() const { return greedy_from_forward_; }
   // One line: device, weights and KV bytes, KV capacity in tokens and how it was sized.
   std::string Describe() const;
 
@@ -170,6 +173,8 @@ class CudaModel final : public ModelBackend {
   // Brings the device's page tables (tables_dev_) to the plan's chunks, copying only what
   // changed since the last forward.
   absl::Status UploadTables(std::span<const ForwardChunk> chunks, const Plan& plan);
+  // Plan::greedy: the arg-max of the plan's logits rows into greedy_host_ (enqueued).
+  absl::Status GreedyIds(const Plan& plan);
   // Row `row` (plan order) of the device's page tables.
   const int32_t* Tables(const Plan& plan, size_t row) const;
   absl::Status Enqueue(const Plan& plan);
@@ -240,6 +245,16 @@ class CudaModel final : public ModelBackend {
   DeviceAllocation hints_mem_;
   int64_t hint_rows_ = 0;
   float* logits_host_ = nullptr;  // pinned [logits_cap_][vocab]
+  // Greedy ids from the forward itself (Plan::greedy): while the last Sample call was all greedy
+  // (greedy_hint_), a forward with logits ends with SampleRowsCuda's arg-max of every logits row
+  // and the ids' download to greedy_host_, inside its graph, so the next Sample of greedy rows
+  // costs no launch and no synchronisation of its own (the same kernel: the same ids).
+  // greedy_mem_: SampleRowSpec[logits_cap_] (spec i: row i, greedy), then int32 ids.
+  bool greedy_hint_ = false;
+  int64_t greedy_rows_ = 0;  // rows of greedy_host_ that belong to the current logits
+  int64_t greedy_from_forward_ = 0;
+  DeviceAllocation greedy_mem_;
+  int32_t* greedy_host_ = nullptr;  // pinned [logits_cap_]
   int64_t logits_rows_ = 0;       // rows of dlogits_ the last forward with logits wrote
   // Sampling: pinned staging and device copies of the row specs and token ids for up to
   // sample_cap_ rows; the weights workspace [weights_rows_][vocab] for non-greedy rows.

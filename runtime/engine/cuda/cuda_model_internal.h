@@ -48,6 +48,7 @@ struct CudaModel::Plan {
   int32_t max_keys_last = 0;
   size_t o_keep = 0, o_last_keys = 0, o_logit_last = 0;
   bool graph = false;
+  bool greedy = false;  // the forward ends with its logits rows' greedy ids (CudaModel::Sample)
   std::vector<int64_t> key;
   std::vector<size_t> reserved_before;  // page-table sizes before this forward's reservations
   std::vector<int64_t> caller_row;       // by launch position: the row's index in caller order

@@ -181,6 +181,7 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     }
   }
   plan.nl = int(logit_rows.size());
+  plan.greedy = greedy_hint_ && plan.nl > 0;
   plan.o_logit = block(logit_rows.size());
   std::copy(logit_rows.begin(), logit_rows.end(), plan.meta.begin() + int64_t(plan.o_logit));
   // Chunks that all want only their last row's logits: the last layer attends, projects and
@@ -222,7 +223,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 ProgrammaticLaunch(),
                 SwiGluEpilogue(),
                 SelectionHints(),
-                L2FetchGranularity()};
+                L2FetchGranularity(),
+                plan.greedy};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);
