@@ -299,31 +299,29 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     logits_cap_ = n;
     changed = true;
   }
-  if (plan.meta.size() > meta_cap_) {
-    const size_t n = std::max<size_t>(plan.meta.size() * 2, 4096);
-    if (meta_host_ != nullptr) cudaFreeHost(meta_host_);
-    meta_host_ = nullptr;
-    RESA_RETURN_IF_ERROR(
-        CudaStatus(cudaMallocHost(&meta_host_, n * 4), "cudaMallocHost(step metadata)"));
-    meta_dev_ = DeviceAllocation();
-    RESA_ASSIGN_OR_RETURN(meta_dev_, DeviceAllocation::Create(n * 4, "step metadata"));
-    meta_cap_ = n;
+  // int32 buffers staged through pinned memory (step metadata, page tables): room for twice the
+  // need, at least 4096 entries.
+  auto grow_staged = [&](size_t need, size_t& cap, int32_t*& host, DeviceAllocation& dev,
+                         const char* what) -> absl::Status {
+    if (need <= cap) return absl::OkStatus();
+    const size_t n = std::max<size_t>(need * 2, 4096);
+    if (host != nullptr) cudaFreeHost(host);
+    host = nullptr;
+    cap = 0;
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&host, n * 4),
+                                    absl::StrCat("cudaMallocHost(", what, ")").c_str()));
+    dev = DeviceAllocation();
+    RESA_ASSIGN_OR_RETURN(dev, DeviceAllocation::Create(n * 4, what));
+    cap = n;
     changed = true;
-  }
-  const size_t tables = plan.order.size() * size_t(plan.stride);
-  if (tables > tables_cap_) {
-    const size_t n = std::max<size_t>(tables * 2, 4096);
-    if (tables_host_ != nullptr) cudaFreeHost(tables_host_);
-    tables_host_ = nullptr;
-    tables_cap_ = 0;
-    tables_filled_.clear();
-    RESA_RETURN_IF_ERROR(
-        CudaStatus(cudaMallocHost(&tables_host_, n * 4), "cudaMallocHost(page tables)"));
-    tables_dev_ = DeviceAllocation();
-    RESA_ASSIGN_OR_RETURN(tables_dev_, DeviceAllocation::Create(n * 4, "page tables"));
-    tables_cap_ = n;
-    changed = true;
-  }
+    return absl::OkStatus();
+  };
+  RESA_RETURN_IF_ERROR(
+      grow_staged(plan.meta.size(), meta_cap_, meta_host_, meta_dev_, "step metadata"));
+  const size_t tables_cap = tables_cap_;
+  RESA_RETURN_IF_ERROR(grow_staged(plan.order.size() * size_t(plan.stride), tables_cap_,
+                                   tables_host_, tables_dev_, "page tables"));
+  if (tables_cap_ != tables_cap) tables_filled_.clear();  // a new buffer: no row is known
   if (plan.blocks_size > blocks_cap_) {
     const size_t n = std::max<size_t>(plan.blocks_size * 2, 4096);
     blocks_mem_ = DeviceAllocation();
