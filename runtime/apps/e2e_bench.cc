@@ -44,6 +44,8 @@ struct E2eOptions {
   std::string chunk_kernel = "wgmma";
   // Selection threshold hints kept between steps: "on", "off" or "both", as --pdl.
   std::string selection_hints = "on";
+  // One-row steps' RMSNorms inside their GEMVs: "on", "off" or "both", as --pdl.
+  std::string fused_norms = "on";
   // L2 fetch granularities (bytes) to run every row with, in order; the targets use the last.
   std::vector<int> l2_fetch = {128};
   std::string python = "python3";
@@ -237,12 +239,13 @@ int RunE2e(const E2eOptions& o) {
     CudaTuning before = GetCudaTuning();
     ~RestoreTuning() { SetCudaTuning(before); }
   } restore_tuning;
-  // A variant: the process's settings with the five this bench varies, so that any other
+  // A variant: the process's settings with the six this bench varies, so that any other
   // switch keeps what the environment chose instead of CudaTuning's default.
-  auto make_variant = [&](bool pdl, bool swiglu, bool wgmma, bool hints, int l2) {
+  auto make_variant = [&](bool pdl, bool swiglu, bool norms, bool wgmma, bool hints, int l2) {
     CudaTuning t = restore_tuning.before;
     t.programmatic_launch = pdl;
     t.swiglu_epilogue = swiglu;
+    t.fused_norms = norms;
     t.wgmma_chunk = wgmma;
     t.selection_hints = hints;
     t.l2_fetch_bytes = l2;
@@ -254,10 +257,12 @@ int RunE2e(const E2eOptions& o) {
                                                              : "both";
   for (const bool pdl : settings(o.pdl)) {
     for (const bool swiglu : settings(o.swiglu_epilogue)) {
-      for (const bool wgmma : settings(chunk_on_off)) {
-        for (const bool hints : settings(o.selection_hints)) {
-          for (const int l2 : o.l2_fetch) {
-            variants.push_back(make_variant(pdl, swiglu, wgmma, hints, l2));
+      for (const bool norms : settings(o.fused_norms)) {
+        for (const bool wgmma : settings(chunk_on_off)) {
+          for (const bool hints : settings(o.selection_hints)) {
+            for (const int l2 : o.l2_fetch) {
+              variants.push_back(make_variant(pdl, swiglu, norms, wgmma, hints, l2));
+            }
           }
         }
       }
@@ -265,10 +270,11 @@ int RunE2e(const E2eOptions& o) {
   }
   auto variant_json = [](const CudaTuning& t) {
     return absl::StrFormat(
-        "\"pdl\":%s,\"swiglu_epilogue\":%s,\"chunk_kernel\":\"%s\",\"selection_hints\":%s,"
-        "\"l2_fetch\":%d",
+        "\"pdl\":%s,\"swiglu_epilogue\":%s,\"fused_norms\":%s,\"chunk_kernel\":\"%s\","
+        "\"selection_hints\":%s,\"l2_fetch\":%d",
         t.programmatic_launch ? "true" : "false", t.swiglu_epilogue ? "true" : "false",
-        t.wgmma_chunk ? "wgmma" : "mma", t.selection_hints ? "true" : "false", t.l2_fetch_bytes);
+        t.fused_norms ? "true" : "false", t.wgmma_chunk ? "wgmma" : "mma",
+        t.selection_hints ? "true" : "false", t.l2_fetch_bytes);
   };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
@@ -335,14 +341,15 @@ int RunE2e(const E2eOptions& o) {
   }
   // Table and targets (stderr), ratios against same-run baselines only.
   const CudaTuning main_variant =
-      make_variant(o.pdl != "off", o.swiglu_epilogue != "off", o.chunk_kernel != "mma",
-                   o.selection_hints != "off", o.l2_fetch.back());
+      make_variant(o.pdl != "off", o.swiglu_epilogue != "off", o.fused_norms != "off",
+                   o.chunk_kernel != "mma", o.selection_hints != "off", o.l2_fetch.back());
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
                   const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
           r.tuning.programmatic_launch == t.programmatic_launch &&
-          r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.wgmma_chunk == t.wgmma_chunk &&
+          r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.fused_norms == t.fused_norms &&
+          r.tuning.wgmma_chunk == t.wgmma_chunk &&
           r.tuning.selection_hints == t.selection_hints &&
           r.tuning.l2_fetch_bytes == t.l2_fetch_bytes) {
         return &r;
@@ -353,10 +360,10 @@ int RunE2e(const E2eOptions& o) {
   std::fprintf(stderr,
                "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
                "sequence, sampled on the device: %s)\n"
-               "| model | ctx | batch | mode | pdl | swiglu ep. | chunk | hints | L2 fetch | "
+               "| model | ctx | batch | mode | pdl | swiglu ep. | norms | chunk | hints | L2 fetch | "
                "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
                "vs torch |\n"
-               "|---|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+               "|---|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                *copy,
                o.sampling.temperature == 0.0f
                    ? "greedy"
@@ -367,11 +374,11 @@ int RunE2e(const E2eOptions& o) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
         stderr,
-        "| %s | %d | %d | %s | %s | %s | %s | %s | %d | %.3f | %.3f | %.2f | %.1f%% | %s | %s | "
-        "%s |\n",
+        "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %d | %.3f | %.3f | %.2f | %.1f%% | %s | "
+        "%s | %s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
         r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
-        r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms,
+        r.tuning.fused_norms ? "fused" : "kernel", r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms,
         r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
         dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
@@ -383,10 +390,10 @@ int RunE2e(const E2eOptions& o) {
   for (const Row& r : rows) {
     if (r.profile.empty()) continue;
     std::string line = absl::StrFormat(
-        "%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s chunk %-5s L2 fetch %d:", r.model, r.context,
-        r.batch, DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
-        r.tuning.swiglu_epilogue ? "on" : "off", r.tuning.wgmma_chunk ? "wgmma" : "mma",
-        r.tuning.l2_fetch_bytes);
+        "%s ctx %d b%d %-6s pdl %-3s swiglu ep. %-3s norms %-6s chunk %-5s L2 fetch %d:", r.model,
+        r.context, r.batch, DecodeModeName(r.mode), r.tuning.programmatic_launch ? "on" : "off",
+        r.tuning.swiglu_epilogue ? "on" : "off", r.tuning.fused_norms ? "fused" : "kernel",
+        r.tuning.wgmma_chunk ? "wgmma" : "mma", r.tuning.l2_fetch_bytes);
     double sum = 0;
     for (const auto& [group, ms] : r.profile) {
       absl::StrAppendFormat(&line, " %s %.3f", group, ms);
@@ -460,6 +467,12 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "SwiGLU activations and qkv writing q/k/v with bias and RoPE, and dense decode "
                 "rows' K/V into the cache (no SiluMul, QkvRope, WriteKv launches): on, off, or "
                 "both (each row twice, in the same run)")
+      ->check(CLI::IsMember({"on", "off", "both"}))
+      ->capture_default_str();
+  e->add_option("--fused-norms", o.fused_norms,
+                "One-row steps' RMSNorms inside their GEMVs (o_proj and down add into the "
+                "residual, qkv and gate_up scale by 1 / rms; no norm launches but the first "
+                "and last): on, off, or both (each row twice, off then on, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--chunk-kernel", o.chunk_kernel,

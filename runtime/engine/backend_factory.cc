@@ -66,6 +66,7 @@ CudaTuning GetCudaTuning() {
 #if RESA_HAVE_CUDA
   t.programmatic_launch = cuda::ProgrammaticLaunch();
   t.swiglu_epilogue = cuda::SwiGluEpilogue();
+  t.fused_norms = cuda::FusedNorms();
   t.wgmma_chunk = cuda::WgmmaChunkDefault();
   t.selection_hints = cuda::SelectionHints();
   t.l2_fetch_bytes = cuda::L2FetchGranularity();
@@ -77,6 +78,7 @@ void SetCudaTuning(const CudaTuning& tuning) {
 #if RESA_HAVE_CUDA
   cuda::SetProgrammaticLaunch(tuning.programmatic_launch);
   cuda::SetSwiGluEpilogue(tuning.swiglu_epilogue);
+  cuda::SetFusedNorms(tuning.fused_norms);
   cuda::SetWgmmaChunkDefault(tuning.wgmma_chunk);
   cuda::SetSelectionHints(tuning.selection_hints);
   cuda::SetL2FetchGranularity(tuning.l2_fetch_bytes);

@@ -54,6 +54,9 @@ struct CudaTuning {
   // A single decode row's GEMVs run their epilogues: SwiGLU in gate_up, bias and RoPE in qkv
   // (cuda_model.h).
   bool swiglu_epilogue = true;
+  // A single decode row's RMSNorms run inside its GEMVs (cuda_model.h, FusedNorms).
+  // RESA_CUDA_FUSED_NORMS=0 turns it off at start.
+  bool fused_norms = true;
   // Prefill and rectification chunks run on the wgmma attention kernel (sm_90; else the
   // mma.sync one). RESA_CUDA_CHUNK_KERNEL=mma turns it off at start.
   bool wgmma_chunk = true;

@@ -106,6 +106,9 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   EXPECT_EQ(start.programmatic_launch,
             !CudaBackendBuilt() || env == nullptr || std::strcmp(env, "0") != 0);
   EXPECT_TRUE(start.swiglu_epilogue);
+  const char* norms_env = std::getenv("RESA_CUDA_FUSED_NORMS");
+  EXPECT_EQ(start.fused_norms,
+            !CudaBackendBuilt() || norms_env == nullptr || std::strcmp(norms_env, "0") != 0);
   const char* chunk_env = std::getenv("RESA_CUDA_CHUNK_KERNEL");
   EXPECT_EQ(start.wgmma_chunk,
             !CudaBackendBuilt() || chunk_env == nullptr || std::strcmp(chunk_env, "mma") != 0);
@@ -113,17 +116,24 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   if (!CudaBackendBuilt() || l2_env == nullptr) {
     EXPECT_EQ(start.l2_fetch_bytes, 128);
   }
-  SetCudaTuning({false, false, false, true, 32});
+  SetCudaTuning({.programmatic_launch = false,
+                 .swiglu_epilogue = false,
+                 .fused_norms = false,
+                 .wgmma_chunk = false,
+                 .selection_hints = true,
+                 .l2_fetch_bytes = 32});
   const CudaTuning off = GetCudaTuning();
   EXPECT_EQ(off.programmatic_launch, CudaBackendBuilt() ? false : start.programmatic_launch);
   EXPECT_EQ(off.swiglu_epilogue, !CudaBackendBuilt());
+  EXPECT_EQ(off.fused_norms, CudaBackendBuilt() ? false : start.fused_norms);
   EXPECT_EQ(off.wgmma_chunk, !CudaBackendBuilt());
   EXPECT_EQ(off.l2_fetch_bytes, CudaBackendBuilt() ? 32 : 128);
-  SetCudaTuning({true, true, true, true, 1000});  // clamped to the limit's range
+  SetCudaTuning({.l2_fetch_bytes = 1000});  // clamped to the limit's range
   EXPECT_EQ(GetCudaTuning().l2_fetch_bytes, 128);
   SetCudaTuning(start);
   EXPECT_EQ(GetCudaTuning().programmatic_launch, start.programmatic_launch);
   EXPECT_EQ(GetCudaTuning().swiglu_epilogue, start.swiglu_epilogue);
+  EXPECT_EQ(GetCudaTuning().fused_norms, start.fused_norms);
   EXPECT_EQ(GetCudaTuning().wgmma_chunk, start.wgmma_chunk);
   EXPECT_EQ(GetCudaTuning().l2_fetch_bytes, start.l2_fetch_bytes);
 }

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -20,6 +22,11 @@ namespace {
 
 std::atomic<bool> swiglu_epilogue{true};
 std::atomic<bool> selection_hints{true};
+// On unless RESA_CUDA_FUSED_NORMS=0 at start.
+std::atomic<bool> fused_norms{[] {
+  const char* v = std::getenv("RESA_CUDA_FUSED_NORMS");
+  return v == nullptr || std::string(v) != "0";
+}()};
 
 constexpr int32_t kMaxPages = int32_t(1) << 22;
 constexpr const char* kProfileGroups[kGroups] = {"start", "matmul", "norm_rope_silu",
@@ -407,12 +414,24 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // last layer's output: its K/V depend only on its input, so it stops once they are written
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
   const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
+  // A one-row step runs its RMSNorms inside the GEMVs (FusedNorms(), RowNorm): o_proj and down
+  // add their sums into h and write the next norm's numerator g into x_, which qkv and gate_up
+  // read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
+  // all-reduce comes before the residual add) or SP.
+  const bool fuse_norms = rows == 1 && FusedNorms() && SwiGluEpilogue() && !plan.sharded &&
+                          !tp_parallel() && !plan.reduce_last && options_.gemv_max_rows >= 1 &&
+                          hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0;
+  const RowNorm row_norm{h_, hid, c.rms_norm_eps};
   for (int l = 0; l < c.num_layers; ++l) {
     const bool kv_only = kv_only_last && l == c.num_layers - 1;
     const DeviceLayerWeights& w = weights_->layer(l);
-    RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
-                                        c.rms_norm_eps, x_, stream_));
-    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    // Layer l > 0 of a fused step finds g of its input norm in x_ (the down GEMV before).
+    const bool norm_in_qkv = fuse_norms && l > 0;
+    if (!norm_in_qkv) {
+      RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
+                                          c.rms_norm_eps, x_, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    }
     QkvRopeParams qp;
     qp.qkv = qkv_;
     qp.bias = w.qkv_bias;
@@ -437,7 +456,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (qkv_epilogue) {
       // Bias and RoPE in the QKV GEMV's epilogue: the same bits, one launch less per layer (and
       // the two of WriteKvCuda with append_in_gemv).
-      RESA_RETURN_IF_ERROR(GemvQkvRopeBf16Cuda(w.qkv, x_, hid, qp, stream_));
+      RESA_RETURN_IF_ERROR(GemvQkvRopeBf16Cuda(w.qkv, x_, hid, qp, stream_, GemvOptions{},
+                                               norm_in_qkv ? row_norm : RowNorm{}));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else {
       RESA_RETURN_IF_ERROR(Linear(x_, w.qkv, rows, lq + 2 * lkv, hid, qkv_));
@@ -499,7 +519,10 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       if (plan.nc > 0 && !reduce) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kAttention));
     }
-    if (n <= options_.gemv_max_rows && lq % 8 == 0) {
+    if (fuse_norms) {
+      // h += o_proj, x_ = the post-attention norm's numerator (gate_up scales by 1 / rms).
+      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(w.o, attn_, hid, lq, h, w.post_norm, x_, stream_));
+    } else if (n <= options_.gemv_max_rows && lq % 8 == 0) {
       // The GEMV converts the fp32 attention output itself (one launch less per layer).
       RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, n, hid, lq, proj_, stream_));
     } else {
@@ -509,12 +532,15 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
     // Row-parallel projections: each TP rank holds a partial sum of the output.
     if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(n) * hid));
-    RESA_RETURN_IF_ERROR(
-        AddRmsNormCuda(h, proj_, w.post_norm, n, hid, c.rms_norm_eps, x_, stream_));
-    RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    if (!fuse_norms) {
+      RESA_RETURN_IF_ERROR(
+          AddRmsNormCuda(h, proj_, w.post_norm, n, hid, c.rms_norm_eps, x_, stream_));
+      RESA_RETURN_IF_ERROR(Mark(kElementwise));
+    }
     if (n <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
-      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_));
+      RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_,
+                                              GemvOptions{}, fuse_norms ? row_norm : RowNorm{}));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else if (n > options_.gemv_max_rows) {
       // Chunks: the GEMM rounds gate and up to bf16 (as the bf16 reference models do), half the
@@ -530,7 +556,13 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       RESA_RETURN_IF_ERROR(SiluMulCuda(gu_, n, li, act_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kElementwise));
     }
-    RESA_RETURN_IF_ERROR(Linear(act_, w.down, n, hid, li, proj_));
+    if (fuse_norms && l + 1 < c.num_layers) {
+      // h += down, x_ = the next layer's input norm numerator (its qkv scales by 1 / rms).
+      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(w.down, act_, hid, li, h_,
+                                                weights_->layer(l + 1).input_norm, x_, stream_));
+    } else {
+      RESA_RETURN_IF_ERROR(Linear(act_, w.down, n, hid, li, proj_));
+    }
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
     if (tp_parallel()) RESA_RETURN_IF_ERROR(AllReduceSum(*tp_, proj_, size_t(n) * hid));
   }
@@ -848,6 +880,8 @@ absl::StatusOr<double> MeasureGemmTflops(int n) {
 
 bool SwiGluEpilogue() { return swiglu_epilogue.load(std::memory_order_relaxed); }
 void SetSwiGluEpilogue(bool on) { swiglu_epilogue.store(on, std::memory_order_relaxed); }
+bool FusedNorms() { return fused_norms.load(std::memory_order_relaxed); }
+void SetFusedNorms(bool on) { fused_norms.store(on, std::memory_order_relaxed); }
 bool SelectionHints() { return selection_hints.load(std::memory_order_relaxed); }
 void SetSelectionHints(bool on) { selection_hints.store(on, std::memory_order_relaxed); }
 

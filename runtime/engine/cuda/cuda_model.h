@@ -91,6 +91,16 @@ absl::StatusOr<double> MeasureGemmTflops(int n);
 bool SwiGluEpilogue();
 void SetSwiGluEpilogue(bool on);
 
+// Whether a one-row step runs its RMSNorms inside its GEMVs (RowNorm, GemvResidualBf16Cuda):
+// o_proj and down add into the residual and write the next norm's numerator, qkv and gate_up
+// scale their sums by 1 / rms; two launches less a layer. Needs SwiGluEpilogue(); not under
+// TP or SP. Not bit for bit the norm kernel's path (the bf16 rounding of the GEMV input comes
+// before the 1 / rms scaling): within a bf16 step. Process-wide, on by default
+// (RESA_CUDA_FUSED_NORMS=0 turns it off at start); a switch for A/B runs (resa-bench e2e
+// --fused-norms both). Graphs are keyed by it.
+bool FusedNorms();
+void SetFusedNorms(bool on);
+
 // Whether the decode step's fused selections keep a threshold hint per (layer, row, KV head)
 // from one step to the next (SelectBlocksParams::hints): the same blocks, a shorter selection
 // tail when a row's top-n moves little between steps. Process-wide, on by default; a switch

@@ -222,6 +222,7 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 plan.max_keys_dense,
                 ProgrammaticLaunch(),
                 SwiGluEpilogue(),
+                FusedNorms(),
                 SelectionHints(),
                 L2FetchGranularity(),
                 plan.greedy};

@@ -285,6 +285,12 @@ TEST_F(CudaModelInvariants, ForkDecodesBitwiseLikeItsSource) {
 class BatchedGraphSteps : public CudaModelInvariants, public ::testing::WithParamInterface<int> {};
 
 TEST_P(BatchedGraphSteps, MatchSingleEagerSteps) {
+  // The single rows with the batches' norm kernels (FusedNormsStayWithinABf16Step covers those).
+  struct Restore {
+    bool norms = FusedNorms();
+    ~Restore() { SetFusedNorms(norms); }
+  } restore;
+  SetFusedNorms(false);
   auto batched = Model(true, 512, GetParam()), single = Model(false, 512, GetParam());
   Decoder db(*batched), ds(*single);
   const int vocab = batched->config().vocab_size;
@@ -378,12 +384,15 @@ TEST_F(CudaModelInvariants, PageTablesFollowSequencesThatComeAndGo) {
 // sparse and ReSA sequences and a single ReSA sequence (rectifications included) through graphs
 // give the same logits bits with the three switches off and the device's default fetch (64
 // bytes) and with all on and 128, on the GEMV path and cuBLAS. Each step puts the granularity
-// on the device.
+// on the device. The norms inside the GEMVs (FusedNorms), which round differently, stay off
+// (FusedNormsStayWithinABf16Step).
 TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
   struct Restore {
-    bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue(), hints = SelectionHints();
+    bool pdl = ProgrammaticLaunch(), swiglu = SwiGluEpilogue(), hints = SelectionHints(),
+         norms = FusedNorms();
     int l2 = L2FetchGranularity();
     ~Restore() {
+      SetFusedNorms(norms);
       SetProgrammaticLaunch(pdl);
       SetSwiGluEpilogue(swiglu);
       SetSelectionHints(hints);
@@ -391,6 +400,7 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
       EXPECT_TRUE(ApplyL2FetchGranularity().ok());
     }
   } restore;
+  SetFusedNorms(false);
   const int vocab = SmallQwen().vocab_size;
   const ResaOptions modes[] = {{DecodeMode::kResa, 0.25f, 4, 8},
                                {DecodeMode::kDense, 0.1f, 16, 32},
@@ -438,6 +448,66 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
             << i / batch << ", sequence " << i % batch;
       }
     }
+  }
+}
+
+// One-row steps with their RMSNorms inside the GEMVs (FusedNorms) against the norm kernels:
+// dense, sparse and ReSA sequences alone (eager: the selection trace keeps steps out of graphs),
+// teacher-forced with the same tokens (rectifications included). The fused step rounds each GEMV input to bf16 before its 1 / rms
+// scaling instead of after it, so the logits differ from the first step on (the fused path
+// ran) but stay within 1e-2 relative L2 up to the first step whose selections differ anywhere;
+// there a near-tie flipped a block of this random model (as between the CPU and the GPU,
+// TeacherForcedLogitsMatchTheCpu), and the selections must agree almost everywhere.
+TEST_F(CudaModelInvariants, FusedNormsStayWithinABf16Step) {
+  struct Restore {
+    bool norms = FusedNorms();
+    ~Restore() { SetFusedNorms(norms); }
+  } restore;
+  const int vocab = SmallQwen().vocab_size;
+  for (const ResaOptions& o : {ResaOptions{DecodeMode::kDense, 0.1f, 16, 32},
+                               ResaOptions{DecodeMode::kSparse, 0.25f, 4, 8},
+                               ResaOptions{DecodeMode::kResa, 0.25f, 4, 8}}) {
+    Selections sel[2];
+    auto kernels = Model(true), fused = Model(true);
+    kernels->set_selection_trace(Recorder(sel[0]));
+    fused->set_selection_trace(Recorder(sel[1]));
+    Decoder dk(*kernels), df(*fused);
+    std::vector<int32_t> prompt(700);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 13 + 5) % vocab);
+    SetFusedNorms(false);
+    const int a = dk.Start(prompt, o).value();
+    SetFusedNorms(true);
+    const int b = df.Start(prompt, o).value();
+    bool diverged = false, differ = false;
+    double worst = 0.0;
+    int64_t selections = 0, same = 0;
+    for (int step = 0; step < 24; ++step) {
+      sel[0].clear();
+      sel[1].clear();
+      const int32_t t = ArgMax(dk.logits(a), vocab);
+      Decoder::Feed fa{a, t}, fb{b, t};
+      SetFusedNorms(false);
+      ASSERT_TRUE(dk.Step({&fa, 1}).ok());
+      SetFusedNorms(true);
+      ASSERT_TRUE(df.Step({&fb, 1}).ok());
+      for (const auto& [key, blocks] : sel[0]) {
+        ++selections;
+        same += sel[1][key] == blocks;
+      }
+      diverged |= sel[0] != sel[1];
+      differ |= std::memcmp(dk.logits(a), df.logits(b), size_t(vocab) * 4) != 0;
+      if (!diverged) worst = std::max(worst, RelL2(df.logits(b), dk.logits(a), vocab));
+    }
+    EXPECT_LE(worst, 1e-2) << DecodeModeName(o.mode);
+    EXPECT_TRUE(differ) << DecodeModeName(o.mode) << ": the fused path did not run";
+    EXPECT_GE(same, selections * 8 / 10) << DecodeModeName(o.mode);
+    EXPECT_EQ(dk.report(a).rectifications, df.report(b).rectifications);
+    if (o.mode == DecodeMode::kResa) {
+      EXPECT_GT(df.report(b).rectifications, 0);
+    }
+    std::printf("[fused norms] %s: worst relative L2 %.3g; selections identical %lld of %lld\n",
+                DecodeModeName(o.mode), worst, static_cast<long long>(same),
+                static_cast<long long>(selections));
   }
 }
 

@@ -117,7 +117,45 @@ struct GemvWarp {
 
 // What a GEMV block does with its rows' sums: store y, or one of the fused epilogues, whose
 // output rows are logical: pairs (2i, 2i + 1) of weight rows meet in one block (GemvKernel).
-enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope };
+enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope, kEpiResidual };
+
+// The RMSNorm of a one-row step inside its GEMVs (GemvResidualBf16Cuda, RowNorm): a producer
+// (kEpiResidual: o_proj, down) adds its sums into the residual h and writes g = bf16(h *
+// next_w); a consumer (kEpiSwiGlu, kEpiQkvRope with norm.h set: gate_up, qkv) reads g as its x
+// and scales its sums by RowRmsInv(norm) before its epilogue.
+struct GemvNormArgs {
+  RowNorm norm;
+  const float* next_w = nullptr;
+  __nv_bfloat16* g = nullptr;
+};
+
+// One fp32 load through the read-only path (volatile: it stays after GridDependencyWait).
+__device__ __forceinline__ float LoadF32(const float* p) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+// A consumer's share of sum(h^2) (RowNorm): thread t adds h[t + kThreads i]^2 in i order, then
+// the warp's sum (WarpSum gives every lane the same bits) goes to slot[warp]; RowRmsInv adds the
+// kWarps slots in order. Every block of the grid gets the same bits.
+__device__ __forceinline__ void RowSquaresShare(const RowNorm& nm, int warp, int lane,
+                                                float* slot) {
+  float ss = 0.0f;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < nm.dim; i += kThreads) {
+    const float v = LoadF32(nm.h + i);
+    ss = fmaf(v, v, ss);
+  }
+  ss = WarpSum(ss);
+  if (lane == 0) slot[warp] = ss;
+}
+__device__ __forceinline__ float RowRmsInv(const RowNorm& nm, const float* slot) {
+  float ss = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) ss += slot[w];
+  return rsqrtf(ss / float(nm.dim) + nm.eps);
+}
 
 // The weight row of logical output row j of an n-row GEMV: with kEpiSwiGlu, gate row j / 2 for
 // even j and up row n / 2 + j / 2 for odd j; with kEpiQkvRope (head_dim d, half = d / 2), the
@@ -245,8 +283,12 @@ constexpr int kQkvRopeMinBlocks = 5;
 template <int M, int R, int U, typename XT, int EPI = kEpiStore>
 __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvRopeMinBlocks : 1)
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
-               __nv_bfloat16* act, const QkvRopeParams rope) {
+               __nv_bfloat16* act, const QkvRopeParams rope, const GemvNormArgs nf) {
+  static_assert(EPI != kEpiResidual || M == 1, "the residual epilogue takes one input row");
   __shared__ float part[kWarps][M][R];
+  __shared__ float squares[kWarps];
+  // A consumer of a RowNorm input (one row): its sums are scaled by the row's 1 / rms.
+  const bool normed = (EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1 && nf.norm.h != nullptr;
   const uint4* wr[R];
   float acc[M][R];
   const auto [warp, lane, groups, c0, c1] =
@@ -266,11 +308,29 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
       pro = QkvPairPrologue(rope, 0, ((blockIdx.x * groups * R) >> 1) + int(threadIdx.x), n >> 1);
     }
   }
+  // The residual epilogue's output row (one a thread for the first groups threads): its next
+  // norm weight, constant, before the wait; its residual after it.
+  float res_w = 0.0f, res_h = 0.0f;
+  int res_j = -1;
+  if constexpr (EPI == kEpiResidual) {
+    if (int(threadIdx.x) < groups * R) {
+      res_j = blockIdx.x * groups * R + int(threadIdx.x);
+      if (res_j < n) res_w = nf.next_w[res_j];
+    }
+  }
   GridDependencyWait();
   // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
   // v) launch only as it exits: launched early, its thread-block clusters found the SMs held by
   // this grid's blocks (GemvQkvRopeBf16Cuda).
   if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
+  if constexpr (EPI == kEpiResidual) {
+    if (res_j >= 0 && res_j < n) res_h = LoadF32(y + res_j);
+  }
+  if (normed) {  // h into L1 now; its squares are added after the weights (RowSquaresShare)
+    for (int i = int(threadIdx.x) * 32; i < nf.norm.dim; i += kThreads * 32) {
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(nf.norm.h + i));
+    }
+  }
   for (;;) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -295,8 +355,19 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
     }
   }
   StoreWarpSums<M, R>(acc, lane, part[warp]);
+  if (normed) RowSquaresShare(nf.norm, warp, lane, squares);
   __syncthreads();
-  if constexpr (EPI == kEpiSwiGlu) {
+  if constexpr (EPI == kEpiResidual) {
+    // h += the row sum (as AddRmsNormCuda adds the GEMV's y), g = bf16(h * next_w).
+    if (res_j >= 0 && res_j < n) {
+      float sum = 0.0f;
+      for (int s = 0; s < split; ++s) sum += part[int(threadIdx.x) * split + s][0][0];
+      const float hn = res_h + sum;
+      y[res_j] = hn;
+      nf.g[res_j] = __float2bfloat16(hn * res_w);
+    }
+  } else if constexpr (EPI == kEpiSwiGlu) {
+    const float inv = normed ? RowRmsInv(nf.norm, squares) : 1.0f;
     for (int i = threadIdx.x; i < groups * R / 2 * M; i += blockDim.x) {
       const int l = 2 * (i / M), m = i % M;  // the pair's gate row within the block
       const int j = blockIdx.x * groups * R + l;
@@ -304,6 +375,7 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
       float g = 0.0f, u = 0.0f;
       for (int s = 0; s < split; ++s) g += part[(l / R) * split + s][m][l % R];
       for (int s = 0; s < split; ++s) u += part[((l + 1) / R) * split + s][m][(l + 1) % R];
+      if (normed) g *= inv, u *= inv;
       act[size_t(m) * (n >> 1) + (j >> 1)] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
     }
   } else if constexpr (EPI == kEpiQkvRope) {
@@ -317,6 +389,10 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
       float a = 0.0f, b = 0.0f;
       for (int s = 0; s < split; ++s) a += part[(l / R) * split + s][0][l % R];
       for (int s = 0; s < split; ++s) b += part[((l + 1) / R) * split + s][0][(l + 1) % R];
+      if (normed) {
+        const float inv = RowRmsInv(nf.norm, squares);
+        a *= inv, b *= inv;
+      }
       const int pair = j >> 1;
       QkvRopePairAt(rope, 0, pair / half, pair % half, a, b, pro.cs, pro.sn, pro.bias, pro.page);
     }
@@ -552,24 +628,19 @@ __global__ void __launch_bounds__(kThreads)
 template <int M, typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __nv_bfloat16* w,
                              const XT* x, int n, int k, int split, float* y,
-                             __nv_bfloat16* act = nullptr, const QkvRopeParams& rope = {}) {
+                             __nv_bfloat16* act = nullptr, const QkvRopeParams& rope = {},
+                             const GemvNormArgs& nf = {}) {
   constexpr int R = GemvRowsPerWarp(M);
+  auto launch = [&](auto kernel) {
+    return cudaLaunchKernelEx(&cfg, kernel, w, x, n, k, split, y, act, rope, nf);
+  };
   if constexpr (M == 1) {
-    if (loads <= 2) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, EPI>, w, x, n, k, split, y, act,
-                                rope);
-    }
-    if (loads <= 4) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, EPI>, w, x, n, k, split, y, act,
-                                rope);
-    }
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 8, XT, EPI>, w, x, n, k, split, y, act, rope);
+    if (loads <= 2) return launch(GemvKernel<M, R, 2, XT, EPI>);
+    if (loads <= 4) return launch(GemvKernel<M, R, 4, XT, EPI>);
+    return launch(GemvKernel<M, R, 8, XT, EPI>);
   } else {
-    if (loads <= 2) {
-      return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 2, XT, EPI>, w, x, n, k, split, y, act,
-                                rope);
-    }
-    return cudaLaunchKernelEx(&cfg, GemvKernel<M, R, 4, XT, EPI>, w, x, n, k, split, y, act, rope);
+    if (loads <= 2) return launch(GemvKernel<M, R, 2, XT, EPI>);
+    return launch(GemvKernel<M, R, 4, XT, EPI>);
   }
 }
 
@@ -817,11 +888,20 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
   return absl::OkStatus();
 }
 
+absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
+  if (norm.h != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f))) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": a RowNorm input takes one row with dim > 0 and eps >= 0, got rows ",
+                                                   rows, " dim ", norm.dim, " eps ", norm.eps));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int inter,
                                 int k, __nv_bfloat16* act, cudaStream_t stream,
-                                const GemvOptions& options) {
+                                const GemvOptions& options, const RowNorm& norm) {
+  if (auto st = CheckRowNorm("GemvSwiGluBf16Cuda", norm, rows); !st.ok()) return st;
   if (rows < 1 || rows > kGemvMaxRows || inter <= 0 || k <= 0 || k % 8 != 0 || act == nullptr ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("GemvSwiGluBf16Cuda: bad shape rows ", rows,
@@ -838,14 +918,16 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
       plan.tensor_cores
           ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(plan, launch.cfg, w, x, rows, 2 * inter,
                                                            k, nullptr, act)
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
-                plan.loads_per_lane, launch.cfg, w, x, 2 * inter, k, plan.k_split, nullptr, act);
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(plan.loads_per_lane, launch.cfg, w, x,
+                                                           2 * inter, k, plan.k_split, nullptr, act,
+                                                           QkvRopeParams{}, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (SwiGLU epilogue)");
 }
 
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
-                                 const GemvOptions& options) {
+                                 const GemvOptions& options, const RowNorm& norm) {
+  if (auto st = CheckRowNorm("GemvQkvRopeBf16Cuda", norm, p.rows); !st.ok()) return st;
   if (p.rows < 1 || p.rows > kGemvMaxRows || p.num_heads <= 0 || p.num_kv_heads <= 0 ||
       p.head_dim <= 0 || p.head_dim % 2 != 0 || p.head_dim > 1024 || k <= 0 || k % 8 != 0 ||
       p.positions == nullptr || p.q == nullptr || p.k == nullptr || p.v == nullptr ||
@@ -879,14 +961,59 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
       plan.tensor_cores
           ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, launch.cfg, w, x, p.rows, n, k,
                                                             nullptr, nullptr, p)
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
-                plan.loads_per_lane, launch.cfg, w, x, n, k, plan.k_split, nullptr, nullptr, p);
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(plan.loads_per_lane, launch.cfg, w,
+                                                            x, n, k, plan.k_split, nullptr,
+                                                            nullptr, p, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,
                           cudaStream_t stream, const GemvOptions& options) {
   return LaunchGemv(w, x, rows, n, k, y, stream, options);
+}
+
+namespace {
+
+template <typename XT>
+absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int k, float* h,
+                                const float* next_w, __nv_bfloat16* g, cudaStream_t stream,
+                                const GemvOptions& options) {
+  if (n <= 0 || k <= 0 || k % 8 != 0 || h == nullptr || next_w == nullptr || g == nullptr ||
+      (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvResidualBf16Cuda: bad shape n ", n, " k ", k,
+                     " (k % 8 == 0, 16-byte aligned w and x, h, next_w and g set)"));
+  }
+  const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
+                        options.k_split == 4 || options.k_split == 8;
+  if (options.legacy || !split_ok || options.loads_per_lane < 0 || options.loads_per_lane > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvResidualBf16Cuda: bad options k_split ", options.k_split,
+                     " loads_per_lane ", options.loads_per_lane, " legacy ", options.legacy));
+  }
+  const GemvPlan plan = PlanGemv(1, n, k, options);
+  const GemvLaunch launch(plan, options, stream);
+  GemvNormArgs nf;
+  nf.next_w = next_w;
+  nf.g = g;
+  return CudaStatus(LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x,
+                                                          n, k, plan.k_split, h, nullptr,
+                                                          QkvRopeParams{}, nf),
+                    "launching the GEMV (residual epilogue)");
+}
+
+}  // namespace
+
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+                                  float* h, const float* next_w, __nv_bfloat16* g,
+                                  cudaStream_t stream, const GemvOptions& options) {
+  return LaunchGemvResidual(w, x, n, k, h, next_w, g, stream, options);
+}
+
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n, int k, float* h,
+                                  const float* next_w, __nv_bfloat16* g, cudaStream_t stream,
+                                  const GemvOptions& options) {
+  return LaunchGemvResidual(w, x, n, k, h, next_w, g, stream, options);
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,

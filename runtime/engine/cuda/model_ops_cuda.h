@@ -138,6 +138,31 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options);
 
+// The RMSNorm of a one-row decode step inside its GEMVs, so that it takes no launch of its own:
+// a GEMV whose input is given with a RowNorm reads x = g = bf16(h * w_norm) (the norm's output
+// before its 1 / rms, written by GemvResidualBf16Cuda) and scales its sums by rsqrt(mean(h^2) +
+// eps) before its epilogue, h being `dim` fp32 values (the residual row). Every block adds the
+// squares in the same order, so the GEMV is deterministic. Not bit for bit the GEMV of x =
+// bf16(RmsNorm(h) * w_norm) (AddRmsNormCuda): the bf16 rounding comes before the scaling, a
+// difference of the order of one bf16 step. One input row only.
+struct RowNorm {
+  const float* h = nullptr;  // nullptr: x is the GEMV's input as is
+  int dim = 0;
+  float eps = 0.0f;
+};
+
+// One-row o_proj / down with the residual add and the next norm's numerator in the epilogue:
+// h[j] += sum_k x[k] w[j][k] (the same fp32 sum as GemvBf16Cuda with `options`, added as
+// AddRmsNormCuda adds it), then g[j] = bf16(h[j] * next_w[j]), the input of a GEMV given a
+// RowNorm of h. w [n][k] bf16; x [k] bf16 or fp32 (as GemvBf16Cuda's); h, next_w [n] fp32;
+// g [n] bf16. options.legacy is refused.
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+                                  float* h, const float* next_w, __nv_bfloat16* g,
+                                  cudaStream_t stream, const GemvOptions& options = GemvOptions{});
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n, int k, float* h,
+                                  const float* next_w, __nv_bfloat16* g, cudaStream_t stream,
+                                  const GemvOptions& options = GemvOptions{});
+
 // The gate_up GEMV with SwiGLU in its epilogue: act[m][i] = bf16(silu(g_mi) * u_mi), g = w rows
 // [0, inter) . x[m], u = w rows [inter, 2 inter) . x[m] (w [2 inter][k], the gate_up weight; x
 // [rows][k] bf16, rows <= kGemvMaxRows; act [rows][inter] bf16). Bit for bit
@@ -145,10 +170,11 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int 
 // act), for every plan with k_split <= 4 at one row (a block holds whole gate/up pairs; an
 // automatic plan of 8 becomes 4) and every plan at more rows (a tensor-core tile holds 8
 // pairs): one launch and the fp32 gu round trip less. options.legacy is refused, and k_split 8
-// at one row and options.cuda_cores at more.
+// at one row and options.cuda_cores at more. With norm.h set (one row), x is a RowNorm input.
 absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int inter,
                                 int k, __nv_bfloat16* act, cudaStream_t stream,
-                                const GemvOptions& options = GemvOptions{});
+                                const GemvOptions& options = GemvOptions{},
+                                const RowNorm& norm = RowNorm{});
 
 // The QKV GEMV with the QKV epilogue fused: q, k, v = QkvRope of w . x, for p.rows <=
 // kGemvMaxRows (p.qkv is not used; w [(H + 2 Hkv) d][k], the qkv weight; x [p.rows][k] bf16).
@@ -162,10 +188,11 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // that kernel, which may read the new q, k and v, has the SMs to itself. p.positions and
 // p.page_table are read before the programmatic-dependent-launch wait (the RoPE angles and the
 // cache page are ready when the sums are): like w, they must not be written by the kernel
-// launched just before this one.
+// launched just before this one. With norm.h set (one row), x is a RowNorm input.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
-                                 const GemvOptions& options = GemvOptions{});
+                                 const GemvOptions& options = GemvOptions{},
+                                 const RowNorm& norm = RowNorm{});
 
 // out[r] = argmax_j logits[r][j] (ties to the lowest j; NaN never wins); logits fp32 [rows][n].
 absl::Status ArgmaxCuda(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);

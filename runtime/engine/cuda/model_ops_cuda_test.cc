@@ -551,6 +551,181 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
       absl::StatusCode::kInvalidArgument);
 }
 
+// The residual epilogue of one-row o_proj / down (the real shapes, fp32 and bf16 x, a small
+// shape; every one-row plan): h is bit for bit h + the plain GEMV's y with the same plan, g bit
+// for bit bf16(h * next_w); within fp32 rounding of the CPU twin. Bad arguments are refused.
+TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
+  struct Shape {
+    int n, k;
+    bool fp32_x;
+  };
+  for (const Shape s : {Shape{1536, 1536, true}, Shape{1536, 8960, false},
+                        Shape{3584, 3584, true}, Shape{3584, 18944, false},
+                        Shape{64, 128, false}}) {
+    const std::vector<float> w = Noise(size_t(s.n) * s.k, 81, 0.05f);
+    const std::vector<float> x = Noise(size_t(s.k), 82);
+    const std::vector<float> h0 = Noise(size_t(s.n), 83, 4.0f);
+    std::vector<float> nw = Noise(size_t(s.n), 84, 0.1f);
+    for (float& v : nw) v += 1.0f;
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x)), dg(size_t(s.n));
+    DeviceBuffer<float> dxf(x), dh(size_t(s.n)), dnw(nw), dy(size_t(s.n));
+    std::vector<GemvOptions> plans(1);
+    for (int split : {1, 2, 4, 8}) {
+      for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+    }
+    for (const GemvOptions& o : plans) {
+      dh.Upload(h0);
+      dg.Fill(0xff);
+      dy.Fill(0xff);
+      const absl::Status st =
+          s.fp32_x ? GemvResidualBf16Cuda(AsBf16(dw.get()), dxf.get(), s.n, s.k, dh.get(),
+                                          dnw.get(), AsBf16(dg.get()), nullptr, o)
+                   : GemvResidualBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), s.n, s.k, dh.get(),
+                                          dnw.get(), AsBf16(dg.get()), nullptr, o);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_TRUE((s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), 1, s.n, s.k, dy.get(),
+                                           nullptr, o)
+                            : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), 1, s.n, s.k,
+                                           dy.get(), nullptr, o))
+                      .ok());
+      const std::vector<float> h = dh.Download(), y = dy.Download(), g = Bf16ToFloat(dg.Download());
+      for (int j = 0; j < s.n; ++j) {
+        const float want_h = h0[size_t(j)] + y[size_t(j)];
+        ASSERT_EQ(h[size_t(j)], want_h) << "n " << s.n << " k " << s.k << " split " << o.k_split
+                                        << " loads " << o.loads_per_lane << " row " << j;
+        ASSERT_EQ(g[size_t(j)], ref::RoundBf16(want_h * nw[size_t(j)]))
+            << "n " << s.n << " k " << s.k << " split " << o.k_split << " row " << j;
+      }
+    }
+    std::vector<float> h = h0, g(size_t(s.n));
+    ref::GemvResidual(w.data(), x.data(), s.n, s.k, h.data(), nw.data(), g.data());
+    EXPECT_TRUE(AllClose(dh.Download().data(), h.data(), h.size(), kF32Sum)) << "n " << s.n;
+    EXPECT_TRUE(AllClose(Bf16ToFloat(dg.Download()).data(), g.data(), g.size(), kBf16Ulp))
+        << "n " << s.n;
+  }
+  DeviceBuffer<uint16_t> dw(size_t(64) * 64), dx(64), dg(64);
+  DeviceBuffer<float> dh(64), dnw(64);
+  const __nv_bfloat16 *w = AsBf16(dw.get()), *x = AsBf16(dx.get());
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);  // k % 8 != 0
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // no g
+  GemvOptions legacy;
+  legacy.legacy = true;
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr, legacy)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+// gate_up and qkv reading a RowNorm input (g = bf16(h * w_norm), sums scaled by 1 / rms(h)):
+// on every one-row plan, repeatable bit for bit and within a bf16 step of the CPU twins of that
+// contract (Gemv of g, scaled by RowRmsInv in fp64, then SiluMul / QkvRope), and within two
+// bf16 steps of the unfused path (AddRmsNormCuda, then the GEMV of its x). A RowNorm with more
+// than one row is refused.
+TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
+  constexpr Tolerance kTwin{1e-4, 8e-3};
+  constexpr Tolerance kUnfused{2e-3, 2e-2};
+  constexpr float kEps = 1e-6f;
+  for (const int k : {1536, 3584, 128}) {
+    std::vector<float> h = Noise(size_t(k), 91, 6.0f);
+    h[7] = 40.0f;  // an outlier channel, as residual streams have
+    std::vector<float> nw = Noise(size_t(k), 92, 0.2f);
+    for (float& v : nw) v += 1.0f;
+    std::vector<float> g(static_cast<size_t>(k));
+    for (int i = 0; i < k; ++i) g[size_t(i)] = ref::RoundBf16(h[size_t(i)] * nw[size_t(i)]);
+    const double inv = ref::RowRmsInv(h.data(), k, kEps);
+    DeviceBuffer<float> dh(h), dnw(nw), dh2(h);
+    DeviceBuffer<uint16_t> dg(testing::ToBf16(g)), dx(static_cast<size_t>(k));
+    ASSERT_TRUE(AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), 1, k, kEps, AsBf16(dx.get()), nullptr)
+                    .ok());
+    const RowNorm norm{dh.get(), k, kEps};
+    // SwiGLU.
+    {
+      const int inter = k == 128 ? 96 : k == 1536 ? 8960 : 18944;
+      const std::vector<float> w = Noise(size_t(2 * inter) * k, 93, 0.05f);
+      DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dact(static_cast<size_t>(inter)), dact2(static_cast<size_t>(inter)),
+          dref(static_cast<size_t>(inter));
+      ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, inter, k,
+                                     AsBf16(dref.get()), nullptr)
+                      .ok());
+      std::vector<float> gu(size_t(2 * inter)), act(static_cast<size_t>(inter));
+      ref::Gemv(w.data(), g.data(), 1, 2 * inter, k, gu.data());
+      for (float& v : gu) v = float(v * inv);
+      ref::SiluMul(gu.data(), 1, inter, act.data());
+      for (const GemvOptions& o : PairEpiloguePlans(1)) {
+        dact.Fill(0xff);
+        dact2.Fill(0xff);
+        for (auto* out : {&dact, &dact2}) {
+          ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 1, inter, k,
+                                         AsBf16(out->get()), nullptr, o, norm)
+                          .ok());
+        }
+        ASSERT_EQ(dact.Download(), dact2.Download()) << "k " << k << " split " << o.k_split;
+        const std::vector<float> got = Bf16ToFloat(dact.Download());
+        EXPECT_TRUE(AllClose(got.data(), act.data(), act.size(), kTwin))
+            << "k " << k << " split " << o.k_split << " loads " << o.loads_per_lane;
+        EXPECT_TRUE(AllClose(got.data(), Bf16ToFloat(dref.Download()).data(), act.size(), kUnfused))
+            << "k " << k << " split " << o.k_split;
+      }
+      EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 2, inter, k,
+                                   AsBf16(dact.get()), nullptr, GemvOptions{}, norm)
+                    .code(),
+                absl::StatusCode::kInvalidArgument);
+    }
+    // QKV with bias and RoPE.
+    {
+      const int heads = k == 3584 ? 28 : k == 1536 ? 12 : 2, kv_heads = k == 3584 ? 4 : 2,
+                d = k == 128 ? 32 : 128;
+      const int n = (heads + 2 * kv_heads) * d;
+      const std::vector<float> w = Noise(size_t(n) * k, 94, 0.05f);
+      const std::vector<float> bias = Noise(size_t(n), 95, 0.5f);
+      const std::vector<int32_t> pos = {262143};
+      DeviceBuffer<uint16_t> dw(testing::ToBf16(w));
+      DeviceBuffer<float> dbias(bias), dqkv(static_cast<size_t>(n));
+      DeviceBuffer<int32_t> dpos(pos);
+      const size_t nq = size_t(heads) * d, nk = size_t(kv_heads) * d;
+      DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk), q3(nq), k3(nk),
+          v3(nk);
+      auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& kk,
+                        DeviceBuffer<uint16_t>& v) {
+        return QkvRopeFor(1, heads, kv_heads, d, dqkv.get(), dbias.get(), dpos.get(), q, kk, v);
+      };
+      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), k, params(q3, k3, v3),
+                                      nullptr)
+                      .ok());
+      std::vector<float> qkv(static_cast<size_t>(n)), q(nq), kr(nk), v(nk);
+      ref::Gemv(w.data(), g.data(), 1, n, k, qkv.data());
+      for (float& x : qkv) x = float(x * inv);
+      ref::QkvRope(qkv.data(), bias.data(), pos.data(), 1, heads, kv_heads, d, 1e6f, q.data(),
+                   kr.data(), v.data());
+      for (const GemvOptions& o : PairEpiloguePlans(1)) {
+        for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
+        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k, params(q1, k1, v1),
+                                        nullptr, o, norm)
+                        .ok());
+        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k, params(q2, k2, v2),
+                                        nullptr, o, norm)
+                        .ok());
+        ASSERT_EQ(q1.Download(), q2.Download()) << "k " << k << " split " << o.k_split;
+        ASSERT_EQ(k1.Download(), k2.Download()) << "k " << k << " split " << o.k_split;
+        ASSERT_EQ(v1.Download(), v2.Download()) << "k " << k << " split " << o.k_split;
+        const std::string where = "k " + std::to_string(k) + " split " + std::to_string(o.k_split) +
+                                  " loads " + std::to_string(o.loads_per_lane);
+        for (auto [dev, want, unfused] :
+             {std::tuple{&q1, &q, &q3}, std::tuple{&k1, &kr, &k3}, std::tuple{&v1, &v, &v3}}) {
+          const std::vector<float> got = Bf16ToFloat(dev->Download());
+          EXPECT_TRUE(AllClose(got.data(), want->data(), want->size(), kTwin)) << where;
+          EXPECT_TRUE(AllClose(got.data(), Bf16ToFloat(unfused->Download()).data(), got.size(),
+                               kUnfused))
+              << where;
+        }
+      }
+    }
+  }
+}
+
 // The QKV GEMV's cache append (QkvRopeParams::kv) leaves the cache, summaries included, bit for
 // bit as the GEMV without it followed by WriteKvCuda: a fresh page (slot 0, over a stale
 // summary), mid-page and last-slot appends, and a rewrite inside a page with later valid keys.

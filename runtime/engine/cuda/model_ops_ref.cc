@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
 
@@ -67,6 +68,22 @@ void Gemv(const float* w, const float* x, int rows, int n, int k, float* y) {
       y[size_t(m) * n + j] = float(s);
     }
   }
+}
+
+void GemvResidual(const float* w, const float* x, int n, int k, float* h, const float* next_w,
+                  float* g) {
+  std::vector<float> y(static_cast<size_t>(n));
+  Gemv(w, x, 1, n, k, y.data());
+  for (int j = 0; j < n; ++j) {
+    h[j] += y[size_t(j)];
+    g[j] = RoundBf16(h[j] * next_w[j]);
+  }
+}
+
+double RowRmsInv(const float* h, int dim, float eps) {
+  double ss = 0.0;
+  for (int i = 0; i < dim; ++i) ss += double(h[i]) * h[i];
+  return 1.0 / std::sqrt(ss / dim + double(eps));
 }
 
 int32_t Argmax(const float* row, int n) {

@@ -23,6 +23,12 @@ void QkvRope(const float* qkv, const float* bias, const int32_t* positions, int 
 void SiluMul(const float* gu, int rows, int inter, float* act);
 // y[m][j] = sum_k x[m][k] w[j][k] in fp64.
 void Gemv(const float* w, const float* x, int rows, int n, int k, float* y);
+// GemvResidualBf16Cuda (one row): h[j] += (w . x)[j] (the fp64 sum rounded to fp32, then one
+// fp32 add), g[j] = bf16(h[j] * next_w[j]).
+void GemvResidual(const float* w, const float* x, int n, int k, float* h, const float* next_w,
+                  float* g);
+// A RowNorm input's scale: 1 / sqrt(mean(h^2) + eps), in fp64.
+double RowRmsInv(const float* h, int dim, float eps);
 // (value desc, index asc), NaN never wins.
 int32_t Argmax(const float* row, int n);
 // Whole-page min/max summaries, [pages][hkv][2][d] from k [pages][hkv][16][d].
