@@ -197,14 +197,15 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     const size_t sizes[] = {f32(rows * hid),    f32(rows * (lq + 2 * lkv)), f32(rows * lq),
                             f32(rows * hid),    f32(rows * 2 * li),        bf(rows * hid),
                             bf(rows * lq),      bf(rows * lkv),            bf(rows * lkv),
-                            bf(rows * lq),      bf(rows * li),             bf(rows * hid)};
+                            bf(rows * lq),      bf(rows * li),             bf(rows * hid),
+                            f32(kRowNormMaxSquares)};
     size_t total = 0;
     for (size_t s : sizes) total += s;
     act_mem_ = DeviceAllocation();
     RESA_ASSIGN_OR_RETURN(act_mem_, DeviceAllocation::Create(total, "activations"));
     char* p = act_mem_.as<char>();
-    void* ptrs[12];
-    for (int i = 0; i < 12; ++i) {
+    void* ptrs[13];
+    for (int i = 0; i < 13; ++i) {
       ptrs[i] = p;
       p += sizes[i];
     }
@@ -220,6 +221,7 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     attn_bf_ = static_cast<__nv_bfloat16*>(ptrs[9]);
     act_ = static_cast<__nv_bfloat16*>(ptrs[10]);
     xl_ = static_cast<__nv_bfloat16*>(ptrs[11]);
+    squares_ = static_cast<float*>(ptrs[12]);
     rows_cap_ = rows;
     changed = true;
   }
@@ -415,13 +417,16 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
   const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
   // A one-row step runs its RMSNorms inside the GEMVs (FusedNorms(), RowNorm): o_proj and down
-  // add their sums into h and write the next norm's numerator g into x_, which qkv and gate_up
-  // read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
-  // all-reduce comes before the residual add) or SP.
+  // add their sums into h and write the next norm's numerator g into x_ and their block sums of
+  // h^2 into squares_, which qkv and gate_up read and scale by 1 / rms. Two launches less a
+  // layer. Not with TP (the projections' all-reduce comes before the residual add) or SP.
+  const int o_squares = GemvResidualSquares(hid, lq), down_squares = GemvResidualSquares(hid, li);
   const bool fuse_norms = rows == 1 && FusedNorms() && SwiGluEpilogue() && !plan.sharded &&
                           !tp_parallel() && !plan.reduce_last && options_.gemv_max_rows >= 1 &&
-                          hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0;
-  const RowNorm row_norm{h_, hid, c.rms_norm_eps};
+                          hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0 &&
+                          std::max(o_squares, down_squares) <= kRowNormMaxSquares;
+  const RowNorm after_o{squares_, o_squares, hid, c.rms_norm_eps},
+      after_down{squares_, down_squares, hid, c.rms_norm_eps};
   for (int l = 0; l < c.num_layers; ++l) {
     const bool kv_only = kv_only_last && l == c.num_layers - 1;
     const DeviceLayerWeights& w = weights_->layer(l);
@@ -457,7 +462,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       // Bias and RoPE in the QKV GEMV's epilogue: the same bits, one launch less per layer (and
       // the two of WriteKvCuda with append_in_gemv).
       RESA_RETURN_IF_ERROR(GemvQkvRopeBf16Cuda(w.qkv, x_, hid, qp, stream_, GemvOptions{},
-                                               norm_in_qkv ? row_norm : RowNorm{}));
+                                               norm_in_qkv ? after_down : RowNorm{}));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else {
       RESA_RETURN_IF_ERROR(Linear(x_, w.qkv, rows, lq + 2 * lkv, hid, qkv_));
@@ -521,7 +526,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     }
     if (fuse_norms) {
       // h += o_proj, x_ = the post-attention norm's numerator (gate_up scales by 1 / rms).
-      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(w.o, attn_, hid, lq, h, w.post_norm, x_, stream_));
+      RESA_RETURN_IF_ERROR(
+          GemvResidualBf16Cuda(w.o, attn_, hid, lq, h, w.post_norm, x_, squares_, stream_));
     } else if (n <= options_.gemv_max_rows && lq % 8 == 0) {
       // The GEMV converts the fp32 attention output itself (one launch less per layer).
       RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, n, hid, lq, proj_, stream_));
@@ -540,7 +546,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (n <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
       RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_,
-                                              GemvOptions{}, fuse_norms ? row_norm : RowNorm{}));
+                                              GemvOptions{}, fuse_norms ? after_o : RowNorm{}));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else if (n > options_.gemv_max_rows) {
       // Chunks: the GEMM rounds gate and up to bf16 (as the bf16 reference models do), half the
@@ -558,8 +564,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     }
     if (fuse_norms && l + 1 < c.num_layers) {
       // h += down, x_ = the next layer's input norm numerator (its qkv scales by 1 / rms).
-      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(w.down, act_, hid, li, h_,
-                                                weights_->layer(l + 1).input_norm, x_, stream_));
+      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(
+          w.down, act_, hid, li, h_, weights_->layer(l + 1).input_norm, x_, squares_, stream_));
     } else {
       RESA_RETURN_IF_ERROR(Linear(act_, w.down, n, hid, li, proj_));
     }

@@ -235,6 +235,7 @@ class CudaModel final : public ModelBackend {
   float *h_ = nullptr, *qkv_ = nullptr, *attn_ = nullptr, *proj_ = nullptr, *gu_ = nullptr;
   __nv_bfloat16 *x_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *attn_bf_ = nullptr,
                 *act_ = nullptr, *xl_ = nullptr;
+  float* squares_ = nullptr;  // block sums of h^2 of a fused-norm step (RowNorm)
   float* dlogits_ = nullptr;
   // Step metadata: pinned host staging and its device copy (int32), selection output.
   size_t meta_cap_ = 0;

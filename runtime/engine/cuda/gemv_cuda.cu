@@ -16,6 +16,7 @@
 namespace resa::cuda {
 namespace {
 
+using detail::CpAsyncCommit;
 using detail::GridDependencyWait;
 using detail::LaunchDependents;
 using detail::Mma16816;
@@ -120,33 +121,35 @@ struct GemvWarp {
 enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope, kEpiResidual };
 
 // The RMSNorm of a one-row step inside its GEMVs (GemvResidualBf16Cuda, RowNorm): a producer
-// (kEpiResidual: o_proj, down) adds its sums into the residual h and writes g = bf16(h *
-// next_w); a consumer (kEpiSwiGlu, kEpiQkvRope with norm.h set: gate_up, qkv) reads g as its x
-// and scales its sums by RowRmsInv(norm) before its epilogue.
+// (kEpiResidual: o_proj, down) adds its sums into the residual h, writes g = bf16(h * next_w)
+// and its block's sum of h^2; a consumer (kEpiSwiGlu, kEpiQkvRope with norm.squares set:
+// gate_up, qkv) reads g as its x and scales its sums by RowRmsInv(norm) before its epilogue.
+// Neither holds a register more across its weight loop than the plain GEMV (that costs warps a
+// multiprocessor at 32 registers): what they read besides x goes to shared memory by cp.async,
+// issued before the loop, read after it.
 struct GemvNormArgs {
   RowNorm norm;
   const float* next_w = nullptr;
   __nv_bfloat16* g = nullptr;
+  float* squares = nullptr;
 };
 
-// One fp32 load through the read-only path (volatile: it stays after GridDependencyWait).
-__device__ __forceinline__ float LoadF32(const float* p) {
-  float v;
-  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
+// 4-byte cp.async (L1-allocating: the values are reused by no one, but .cg takes 16 bytes only).
+__device__ __forceinline__ void CpAsync4(void* smem, const float* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "l"(src));
 }
 
-// A consumer's share of sum(h^2) (RowNorm): thread t adds h[t + kThreads i]^2 in i order, then
-// the warp's sum (WarpSum gives every lane the same bits) goes to slot[warp]; RowRmsInv adds the
-// kWarps slots in order. Every block of the grid gets the same bits.
-__device__ __forceinline__ void RowSquaresShare(const RowNorm& nm, int warp, int lane,
-                                                float* slot) {
+// A consumer's share of sum(h^2) (RowNorm): thread t adds the producer's block sums t + kThreads
+// i (staged in shared memory by its own cp.async) in i order, then the warp's sum (WarpSum gives
+// every lane the same bits) goes to slot[warp]; RowRmsInv adds the kWarps slots in order.
+// Every block of the grid gets the same bits.
+__device__ __forceinline__ void RowSquaresShare(const RowNorm& nm, const float* staged, int warp,
+                                                int lane, float* slot) {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
   float ss = 0.0f;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < nm.dim; i += kThreads) {
-    const float v = LoadF32(nm.h + i);
-    ss = fmaf(v, v, ss);
-  }
+  for (int i = threadIdx.x; i < nm.count; i += kThreads) ss += staged[i];
   ss = WarpSum(ss);
   if (lane == 0) slot[warp] = ss;
 }
@@ -280,15 +283,27 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 // registers; a few bytes spill at 2 loads a lane): H200, 7B one-row twin 13.80 -> 10.71 us,
 // 1.5B 5.04 -> 5.08 (6 blocks: 10.76 / 5.15; e2e 1.5B batch-1 dense 1-2% slower).
 constexpr int kQkvRopeMinBlocks = 5;
+// The other one-row kernels at 2 loads a lane (the plans' default) stay at 32 registers, 8 blocks
+// a multiprocessor: the RowNorm code of gate_up and the residual epilogue would take 36-44.
+template <int M, int EPI, int U>
+constexpr int GemvMinBlocks() {
+  if (M != 1) return 1;
+  if (EPI == kEpiQkvRope) return kQkvRopeMinBlocks;
+  return U == 2 ? 8 : 1;
+}
 template <int M, int R, int U, typename XT, int EPI = kEpiStore>
-__global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvRopeMinBlocks : 1)
+__global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
                __nv_bfloat16* act, const QkvRopeParams rope, const GemvNormArgs nf) {
   static_assert(EPI != kEpiResidual || M == 1, "the residual epilogue takes one input row");
   __shared__ float part[kWarps][M][R];
   __shared__ float squares[kWarps];
-  // A consumer of a RowNorm input (one row): its sums are scaled by the row's 1 / rms.
-  const bool normed = (EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1 && nf.norm.h != nullptr;
+  // A consumer of a RowNorm input (one row): its sums are scaled by the row's 1 / rms; the
+  // producer's block sums of h^2 are staged here. A producer (kEpiResidual) stages the residual
+  // and next norm weight of its output rows.
+  constexpr bool kNormable = (EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1;
+  __shared__ float staged[kNormable ? kRowNormMaxSquares : EPI == kEpiResidual ? 2 * kWarps : 1];
+  const bool normed = kNormable && nf.norm.squares != nullptr;
   const uint4* wr[R];
   float acc[M][R];
   const auto [warp, lane, groups, c0, c1] =
@@ -308,15 +323,11 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
       pro = QkvPairPrologue(rope, 0, ((blockIdx.x * groups * R) >> 1) + int(threadIdx.x), n >> 1);
     }
   }
-  // The residual epilogue's output row (one a thread for the first groups threads): its next
-  // norm weight, constant, before the wait; its residual after it.
-  float res_w = 0.0f, res_h = 0.0f;
-  int res_j = -1;
+  // The residual epilogue's output row j (thread j - first row, in warp 0): its next norm
+  // weight, constant, staged before the wait, its residual after it.
   if constexpr (EPI == kEpiResidual) {
-    if (int(threadIdx.x) < groups * R) {
-      res_j = blockIdx.x * groups * R + int(threadIdx.x);
-      if (res_j < n) res_w = nf.next_w[res_j];
-    }
+    const int j = blockIdx.x * groups * R + int(threadIdx.x);
+    if (int(threadIdx.x) < groups * R && j < n) CpAsync4(&staged[kWarps + threadIdx.x], nf.next_w + j);
   }
   GridDependencyWait();
   // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
@@ -324,11 +335,16 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
   // this grid's blocks (GemvQkvRopeBf16Cuda).
   if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
   if constexpr (EPI == kEpiResidual) {
-    if (res_j >= 0 && res_j < n) res_h = LoadF32(y + res_j);
+    const int j = blockIdx.x * groups * R + int(threadIdx.x);
+    if (int(threadIdx.x) < groups * R && j < n) CpAsync4(&staged[threadIdx.x], y + j);
+    CpAsyncCommit();
   }
-  if (normed) {  // h into L1 now; its squares are added after the weights (RowSquaresShare)
-    for (int i = int(threadIdx.x) * 32; i < nf.norm.dim; i += kThreads * 32) {
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(nf.norm.h + i));
+  if constexpr (kNormable) {
+    if (normed) {
+      for (int i = threadIdx.x; i < nf.norm.count; i += kThreads) {
+        CpAsync4(&staged[i], nf.norm.squares + i);
+      }
+      CpAsyncCommit();
     }
   }
   for (;;) {
@@ -355,16 +371,28 @@ __global__ void __launch_bounds__(kThreads, EPI == kEpiQkvRope && M == 1 ? kQkvR
     }
   }
   StoreWarpSums<M, R>(acc, lane, part[warp]);
-  if (normed) RowSquaresShare(nf.norm, warp, lane, squares);
+  if constexpr (kNormable) {
+    if (normed) RowSquaresShare(nf.norm, staged, warp, lane, squares);
+  }
   __syncthreads();
   if constexpr (EPI == kEpiResidual) {
-    // h += the row sum (as AddRmsNormCuda adds the GEMV's y), g = bf16(h * next_w).
-    if (res_j >= 0 && res_j < n) {
-      float sum = 0.0f;
-      for (int s = 0; s < split; ++s) sum += part[int(threadIdx.x) * split + s][0][0];
-      const float hn = res_h + sum;
-      y[res_j] = hn;
-      nf.g[res_j] = __float2bfloat16(hn * res_w);
+    // h += the row sum (as AddRmsNormCuda adds the GEMV's y), g = bf16(h * next_w); lane 0 adds
+    // the rows' h^2 in row order into the block's sum.
+    if (warp == 0) {
+      const int rows = groups * R, j = blockIdx.x * rows + lane;
+      float sq = 0.0f;
+      if (lane < rows && j < n) {
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        float sum = 0.0f;
+        for (int s = 0; s < split; ++s) sum += part[lane * split + s][0][0];
+        const float hn = staged[lane] + sum;
+        y[j] = hn;
+        nf.g[j] = __float2bfloat16(hn * staged[kWarps + lane]);
+        sq = hn * hn;
+      }
+      float block_sum = 0.0f;
+      for (int l = 0; l < rows; ++l) block_sum += __shfl_sync(0xffffffffu, sq, l);
+      if (lane == 0) nf.squares[blockIdx.x] = block_sum;
     }
   } else if constexpr (EPI == kEpiSwiGlu) {
     const float inv = normed ? RowRmsInv(nf.norm, squares) : 1.0f;
@@ -889,9 +917,12 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
 }
 
 absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
-  if (norm.h != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f))) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": a RowNorm input takes one row with dim > 0 and eps >= 0, got rows ",
-                                                   rows, " dim ", norm.dim, " eps ", norm.eps));
+  if (norm.squares != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f) ||
+                                  norm.count < 1 || norm.count > kRowNormMaxSquares)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": a RowNorm input takes one row, dim > 0, eps >= 0 and 1..", kRowNormMaxSquares,
+        " block sums, got rows ", rows, " dim ", norm.dim, " eps ", norm.eps, " count ",
+        norm.count));
   }
   return absl::OkStatus();
 }
@@ -976,13 +1007,14 @@ namespace {
 
 template <typename XT>
 absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int k, float* h,
-                                const float* next_w, __nv_bfloat16* g, cudaStream_t stream,
-                                const GemvOptions& options) {
+                                const float* next_w, __nv_bfloat16* g, float* squares,
+                                cudaStream_t stream, const GemvOptions& options) {
   if (n <= 0 || k <= 0 || k % 8 != 0 || h == nullptr || next_w == nullptr || g == nullptr ||
+      squares == nullptr ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("GemvResidualBf16Cuda: bad shape n ", n, " k ", k,
-                     " (k % 8 == 0, 16-byte aligned w and x, h, next_w and g set)"));
+                     " (k % 8 == 0, 16-byte aligned w and x, h, next_w, g and squares set)"));
   }
   const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
                         options.k_split == 4 || options.k_split == 8;
@@ -996,6 +1028,7 @@ absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int 
   GemvNormArgs nf;
   nf.next_w = next_w;
   nf.g = g;
+  nf.squares = squares;
   return CudaStatus(LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x,
                                                           n, k, plan.k_split, h, nullptr,
                                                           QkvRopeParams{}, nf),
@@ -1004,16 +1037,20 @@ absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int 
 
 }  // namespace
 
+int GemvResidualSquares(int n, int k, const GemvOptions& options) {
+  return int(PlanGemv(1, n, k, options).blocks);
+}
+
 absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
-                                  float* h, const float* next_w, __nv_bfloat16* g,
+                                  float* h, const float* next_w, __nv_bfloat16* g, float* squares,
                                   cudaStream_t stream, const GemvOptions& options) {
-  return LaunchGemvResidual(w, x, n, k, h, next_w, g, stream, options);
+  return LaunchGemvResidual(w, x, n, k, h, next_w, g, squares, stream, options);
 }
 
 absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n, int k, float* h,
-                                  const float* next_w, __nv_bfloat16* g, cudaStream_t stream,
-                                  const GemvOptions& options) {
-  return LaunchGemvResidual(w, x, n, k, h, next_w, g, stream, options);
+                                  const float* next_w, __nv_bfloat16* g, float* squares,
+                                  cudaStream_t stream, const GemvOptions& options) {
+  return LaunchGemvResidual(w, x, n, k, h, next_w, g, squares, stream, options);
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,

@@ -553,7 +553,9 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
 
 // The residual epilogue of one-row o_proj / down (the real shapes, fp32 and bf16 x, a small
 // shape; every one-row plan): h is bit for bit h + the plain GEMV's y with the same plan, g bit
-// for bit bf16(h * next_w); within fp32 rounding of the CPU twin. Bad arguments are refused.
+// for bit bf16(h * next_w), and each block sum of h^2 bit for bit its rows' squares added in
+// row order (8 / k_split rows a block); within fp32 rounding of the CPU twin. Bad arguments are
+// refused.
 TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
   struct Shape {
     int n, k;
@@ -568,7 +570,7 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
     std::vector<float> nw = Noise(size_t(s.n), 84, 0.1f);
     for (float& v : nw) v += 1.0f;
     DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x)), dg(size_t(s.n));
-    DeviceBuffer<float> dxf(x), dh(size_t(s.n)), dnw(nw), dy(size_t(s.n));
+    DeviceBuffer<float> dxf(x), dh(size_t(s.n)), dnw(nw), dy(size_t(s.n)), dsq(size_t(s.n));
     std::vector<GemvOptions> plans(1);
     for (int split : {1, 2, 4, 8}) {
       for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
@@ -577,11 +579,12 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
       dh.Upload(h0);
       dg.Fill(0xff);
       dy.Fill(0xff);
+      dsq.Fill(0xff);
       const absl::Status st =
           s.fp32_x ? GemvResidualBf16Cuda(AsBf16(dw.get()), dxf.get(), s.n, s.k, dh.get(),
-                                          dnw.get(), AsBf16(dg.get()), nullptr, o)
+                                          dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o)
                    : GemvResidualBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), s.n, s.k, dh.get(),
-                                          dnw.get(), AsBf16(dg.get()), nullptr, o);
+                                          dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o);
       ASSERT_TRUE(st.ok()) << st;
       ASSERT_TRUE((s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), 1, s.n, s.k, dy.get(),
                                            nullptr, o)
@@ -596,6 +599,19 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
         ASSERT_EQ(g[size_t(j)], ref::RoundBf16(want_h * nw[size_t(j)]))
             << "n " << s.n << " k " << s.k << " split " << o.k_split << " row " << j;
       }
+      const int count = GemvResidualSquares(s.n, s.k, o);
+      const int per_block = 8 / PlanGemv(1, s.n, s.k, o).k_split;
+      ASSERT_EQ(count, (s.n + per_block - 1) / per_block);
+      const std::vector<float> sq = dsq.Download();
+      for (int b = 0; b < count; ++b) {
+        float want = 0.0f;
+        for (int j = b * per_block; j < std::min(s.n, (b + 1) * per_block); ++j) {
+          const float square = h[size_t(j)] * h[size_t(j)];
+          want += square;
+        }
+        ASSERT_EQ(sq[size_t(b)], want) << "n " << s.n << " k " << s.k << " split " << o.k_split
+                                       << " block " << b;
+      }
     }
     std::vector<float> h = h0, g(size_t(s.n));
     ref::GemvResidual(w.data(), x.data(), s.n, s.k, h.data(), nw.data(), g.data());
@@ -604,30 +620,45 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
         << "n " << s.n;
   }
   DeviceBuffer<uint16_t> dw(size_t(64) * 64), dx(64), dg(64);
-  DeviceBuffer<float> dh(64), dnw(64);
+  DeviceBuffer<float> dh(64), dnw(64), dsq(64);
   const __nv_bfloat16 *w = AsBf16(dw.get()), *x = AsBf16(dx.get());
-  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr)
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
+                                 nullptr)
                 .code(),
             absl::StatusCode::kInvalidArgument);  // k % 8 != 0
-  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), nullptr, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);  // no g
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), nullptr, dsq.get(), nullptr).code(),
+      absl::StatusCode::kInvalidArgument);  // no g
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr,
+                                 nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);  // no squares
   GemvOptions legacy;
   legacy.legacy = true;
-  EXPECT_EQ(
-      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr, legacy)
-          .code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
+                                 nullptr, legacy)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
-// gate_up and qkv reading a RowNorm input (g = bf16(h * w_norm), sums scaled by 1 / rms(h)):
-// on every one-row plan, repeatable bit for bit and within a bf16 step of the CPU twins of that
-// contract (Gemv of g, scaled by RowRmsInv in fp64, then SiluMul / QkvRope), and within two
-// bf16 steps of the unfused path (AddRmsNormCuda, then the GEMV of its x). A RowNorm with more
-// than one row is refused.
+// gate_up and qkv reading a RowNorm input (g = bf16(h * w_norm), sums scaled by 1 / rms(h),
+// sum(h^2) given as 37 block sums): on every one-row plan, repeatable bit for bit and within a
+// bf16 step of the CPU twins of that contract (Gemv of g, scaled by RowRmsInv in fp64, then
+// SiluMul / QkvRope), and within 1% relative L2 of the unfused path (AddRmsNormCuda, then the
+// GEMV of its x: the roundings differ, 0.4% measured on such rows). A RowNorm with more than
+// one row or too many block sums is refused.
 TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
   constexpr Tolerance kTwin{1e-4, 8e-3};
-  constexpr Tolerance kUnfused{2e-3, 2e-2};
+  constexpr double kUnfusedRelL2 = 1e-2;
   constexpr float kEps = 1e-6f;
+  auto rel_l2 = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      den += double(b[i]) * b[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+  };
   for (const int k : {1536, 3584, 128}) {
     std::vector<float> h = Noise(size_t(k), 91, 6.0f);
     h[7] = 40.0f;  // an outlier channel, as residual streams have
@@ -636,11 +667,14 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
     std::vector<float> g(static_cast<size_t>(k));
     for (int i = 0; i < k; ++i) g[size_t(i)] = ref::RoundBf16(h[size_t(i)] * nw[size_t(i)]);
     const double inv = ref::RowRmsInv(h.data(), k, kEps);
-    DeviceBuffer<float> dh(h), dnw(nw), dh2(h);
+    constexpr int kBlocks = 37;
+    std::vector<float> sq(kBlocks, 0.0f);
+    for (int i = 0; i < k; ++i) sq[size_t(i % kBlocks)] += h[size_t(i)] * h[size_t(i)];
+    DeviceBuffer<float> dsq(sq), dnw(nw), dh2(h);
     DeviceBuffer<uint16_t> dg(testing::ToBf16(g)), dx(static_cast<size_t>(k));
     ASSERT_TRUE(AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), 1, k, kEps, AsBf16(dx.get()), nullptr)
                     .ok());
-    const RowNorm norm{dh.get(), k, kEps};
+    const RowNorm norm{dsq.get(), kBlocks, k, kEps};
     // SwiGLU.
     {
       const int inter = k == 128 ? 96 : k == 1536 ? 8960 : 18944;
@@ -666,11 +700,17 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
         const std::vector<float> got = Bf16ToFloat(dact.Download());
         EXPECT_TRUE(AllClose(got.data(), act.data(), act.size(), kTwin))
             << "k " << k << " split " << o.k_split << " loads " << o.loads_per_lane;
-        EXPECT_TRUE(AllClose(got.data(), Bf16ToFloat(dref.Download()).data(), act.size(), kUnfused))
+        EXPECT_LE(rel_l2(got, Bf16ToFloat(dref.Download())), kUnfusedRelL2)
             << "k " << k << " split " << o.k_split;
       }
       EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 2, inter, k,
                                    AsBf16(dact.get()), nullptr, GemvOptions{}, norm)
+                    .code(),
+                absl::StatusCode::kInvalidArgument);
+      RowNorm many = norm;
+      many.count = kRowNormMaxSquares + 1;
+      EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 1, inter, k,
+                                   AsBf16(dact.get()), nullptr, GemvOptions{}, many)
                     .code(),
                 absl::StatusCode::kInvalidArgument);
     }
@@ -717,9 +757,7 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
              {std::tuple{&q1, &q, &q3}, std::tuple{&k1, &kr, &k3}, std::tuple{&v1, &v, &v3}}) {
           const std::vector<float> got = Bf16ToFloat(dev->Download());
           EXPECT_TRUE(AllClose(got.data(), want->data(), want->size(), kTwin)) << where;
-          EXPECT_TRUE(AllClose(got.data(), Bf16ToFloat(unfused->Download()).data(), got.size(),
-                               kUnfused))
-              << where;
+          EXPECT_LE(rel_l2(got, Bf16ToFloat(unfused->Download())), kUnfusedRelL2) << where;
         }
       }
     }
