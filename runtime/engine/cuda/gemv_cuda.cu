@@ -283,13 +283,13 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 // registers; a few bytes spill at 2 loads a lane): H200, 7B one-row twin 13.80 -> 10.71 us,
 // 1.5B 5.04 -> 5.08 (6 blocks: 10.76 / 5.15; e2e 1.5B batch-1 dense 1-2% slower).
 constexpr int kQkvRopeMinBlocks = 5;
-// The other one-row kernels at 2 loads a lane (the plans' default) stay at 32 registers, 8 blocks
-// a multiprocessor: the RowNorm code of gate_up and the residual epilogue would take 36-44.
+// The SwiGLU and residual one-row kernels at 2 loads a lane (the plans' default) stay at 32
+// registers, 8 blocks a multiprocessor, as the plain one: their RowNorm code would take 36-44.
 template <int M, int EPI, int U>
 constexpr int GemvMinBlocks() {
   if (M != 1) return 1;
   if (EPI == kEpiQkvRope) return kQkvRopeMinBlocks;
-  return U == 2 ? 8 : 1;
+  return U == 2 && EPI != kEpiStore ? 8 : 1;
 }
 template <int M, int R, int U, typename XT, int EPI = kEpiStore>
 __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))

@@ -606,7 +606,8 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
       for (int b = 0; b < count; ++b) {
         float want = 0.0f;
         for (int j = b * per_block; j < std::min(s.n, (b + 1) * per_block); ++j) {
-          const float square = h[size_t(j)] * h[size_t(j)];
+          // volatile: the host compiler must not contract the add into an FMA.
+          const volatile float square = h[size_t(j)] * h[size_t(j)];
           want += square;
         }
         ASSERT_EQ(sq[size_t(b)], want) << "n " << s.n << " k " << s.k << " split " << o.k_split
