@@ -291,19 +291,27 @@ constexpr int GemvMinBlocks() {
   if (EPI == kEpiQkvRope) return kQkvRopeMinBlocks;
   return U == 2 && EPI != kEpiStore ? 8 : 1;
 }
-template <int M, int R, int U, typename XT, int EPI = kEpiStore>
+// NORM: a RowNorm consumer (its own instantiation, so that the plain epilogue kernels keep
+// their code and registers).
+template <int M, int R, int U, typename XT, int EPI = kEpiStore, bool NORM = false>
 __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
                __nv_bfloat16* act, const QkvRopeParams rope, const GemvNormArgs nf) {
   static_assert(EPI != kEpiResidual || M == 1, "the residual epilogue takes one input row");
+  static_assert(!NORM || ((EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1),
+                "RowNorm inputs: the one-row SwiGLU and QKV kernels");
   __shared__ float part[kWarps][M][R];
   __shared__ float squares[kWarps];
   // A consumer of a RowNorm input (one row): its sums are scaled by the row's 1 / rms; the
   // producer's block sums of h^2 are staged here. A producer (kEpiResidual) stages the residual
   // and next norm weight of its output rows.
-  constexpr bool kNormable = (EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1;
-  __shared__ float staged[kNormable ? kRowNormMaxSquares : EPI == kEpiResidual ? 2 * kWarps : 1];
-  const bool normed = kNormable && nf.norm.squares != nullptr;
+  // (The block sums take dynamic shared memory, norm.count floats, only when there are some:
+  // a static array would cost the plain launches the shared memory too.)
+  constexpr bool kNormable = NORM;
+  extern __shared__ float dynamic_staged[];
+  __shared__ float residual_staged[EPI == kEpiResidual ? 2 * kWarps : 1];
+  float* staged = kNormable ? dynamic_staged : residual_staged;
+  constexpr bool normed = NORM;
   const uint4* wr[R];
   float acc[M][R];
   const auto [warp, lane, groups, c0, c1] =
@@ -662,6 +670,13 @@ cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __n
   auto launch = [&](auto kernel) {
     return cudaLaunchKernelEx(&cfg, kernel, w, x, n, k, split, y, act, rope, nf);
   };
+  if constexpr (M == 1 && (EPI == kEpiSwiGlu || EPI == kEpiQkvRope)) {
+    if (nf.norm.squares != nullptr) {
+      if (loads <= 2) return launch(GemvKernel<M, R, 2, XT, EPI, true>);
+      if (loads <= 4) return launch(GemvKernel<M, R, 4, XT, EPI, true>);
+      return launch(GemvKernel<M, R, 8, XT, EPI, true>);
+    }
+  }
   if constexpr (M == 1) {
     if (loads <= 2) return launch(GemvKernel<M, R, 2, XT, EPI>);
     if (loads <= 4) return launch(GemvKernel<M, R, 4, XT, EPI>);
@@ -916,6 +931,12 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
   return absl::OkStatus();
 }
 
+// A launch of a RowNorm consumer: the dynamic shared memory its block sums are staged in.
+cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& norm) {
+  cfg.dynamicSmemBytes = norm.squares != nullptr ? size_t(norm.count) * sizeof(float) : 0;
+  return cfg;
+}
+
 absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
   if (norm.squares != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f) ||
                                   norm.count < 1 || norm.count > kRowNormMaxSquares)) {
@@ -949,9 +970,9 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
       plan.tensor_cores
           ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(plan, launch.cfg, w, x, rows, 2 * inter,
                                                            k, nullptr, act)
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(plan.loads_per_lane, launch.cfg, w, x,
-                                                           2 * inter, k, plan.k_split, nullptr, act,
-                                                           QkvRopeParams{}, GemvNormArgs{norm});
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
+                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, 2 * inter, k,
+                plan.k_split, nullptr, act, QkvRopeParams{}, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (SwiGLU epilogue)");
 }
 
@@ -992,9 +1013,9 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
       plan.tensor_cores
           ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, launch.cfg, w, x, p.rows, n, k,
                                                             nullptr, nullptr, p)
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(plan.loads_per_lane, launch.cfg, w,
-                                                            x, n, k, plan.k_split, nullptr,
-                                                            nullptr, p, GemvNormArgs{norm});
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
+                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, n, k,
+                plan.k_split, nullptr, nullptr, p, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
