@@ -349,27 +349,27 @@ int RunE2e(const E2eOptions& o) {
       if (r.model == model && r.context == ctx && r.batch == batch && r.mode == mode &&
           r.tuning.programmatic_launch == t.programmatic_launch &&
           r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.fused_norms == t.fused_norms &&
-          r.tuning.wgmma_chunk == t.wgmma_chunk &&
-          r.tuning.selection_hints == t.selection_hints &&
+          r.tuning.wgmma_chunk == t.wgmma_chunk && r.tuning.selection_hints == t.selection_hints &&
           r.tuning.l2_fetch_bytes == t.l2_fetch_bytes) {
         return &r;
       }
     }
     return nullptr;
   };
-  std::fprintf(stderr,
-               "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
-               "sequence, sampled on the device: %s)\n"
-               "| model | ctx | batch | mode | pdl | swiglu ep. | norms | chunk | hints | L2 fetch | "
-               "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
-               "vs torch |\n"
-               "|---|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-               *copy,
-               o.sampling.temperature == 0.0f
-                   ? "greedy"
-                   : absl::StrFormat("temperature %g, top_k %d, top_p %g", o.sampling.temperature,
-                                     o.sampling.top_k, o.sampling.top_p)
-                         .c_str());
+  std::fprintf(
+      stderr,
+      "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
+      "sequence, sampled on the device: %s)\n"
+      "| model | ctx | batch | mode | pdl | swiglu ep. | norms | chunk | hints | L2 fetch | "
+      "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
+      "vs torch |\n"
+      "|---|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+      *copy,
+      o.sampling.temperature == 0.0f
+          ? "greedy"
+          : absl::StrFormat("temperature %g, top_k %d, top_p %g", o.sampling.temperature,
+                            o.sampling.top_k, o.sampling.top_p)
+                .c_str());
   for (const Row& r : rows) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
@@ -378,9 +378,9 @@ int RunE2e(const E2eOptions& o) {
         "%s | %s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
         r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
-        r.tuning.fused_norms ? "fused" : "kernel", r.tuning.wgmma_chunk ? "wgmma" : "mma", HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms,
-        r.bound_ms, r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
-        dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
+        r.tuning.fused_norms ? "fused" : "kernel", r.tuning.wgmma_chunk ? "wgmma" : "mma",
+        HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms, r.bound_ms, r.ms / r.bound_ms,
+        100.0 * r.rect_ms / r.ms, dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
   }

@@ -194,10 +194,12 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     const int64_t hid = c.hidden_size, li = ts.inter_size;
     auto f32 = [](int64_t n) { return size_t((n * 4 + 255) / 256 * 256); };
     auto bf = [](int64_t n) { return size_t((n * 2 + 255) / 256 * 256); };
-    const size_t sizes[] = {f32(rows * hid),    f32(rows * (lq + 2 * lkv)), f32(rows * lq),
-                            f32(rows * hid),    f32(rows * 2 * li),        bf(rows * hid),
-                            bf(rows * lq),      bf(rows * lkv),            bf(rows * lkv),
-                            bf(rows * lq),      bf(rows * li),             bf(rows * hid),
+    const size_t sizes[] = {f32(rows * hid),        f32(rows * (lq + 2 * lkv)),
+                            f32(rows * lq),         f32(rows * hid),
+                            f32(rows * 2 * li),     bf(rows * hid),
+                            bf(rows * lq),          bf(rows * lkv),
+                            bf(rows * lkv),         bf(rows * lq),
+                            bf(rows * li),          bf(rows * hid),
                             f32(kRowNormMaxSquares)};
     size_t total = 0;
     for (size_t s : sizes) total += s;

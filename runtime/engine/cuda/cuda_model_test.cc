@@ -453,11 +453,12 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
 
 // One-row steps with their RMSNorms inside the GEMVs (FusedNorms) against the norm kernels:
 // dense, sparse and ReSA sequences alone (eager: the selection trace keeps steps out of graphs),
-// teacher-forced with the same tokens (rectifications included). The fused step rounds each GEMV input to bf16 before its 1 / rms
-// scaling instead of after it, so the logits differ from the first step on (the fused path
-// ran) but stay within 1e-2 relative L2 up to the first step whose selections differ anywhere;
-// there a near-tie flipped a block of this random model (as between the CPU and the GPU,
-// TeacherForcedLogitsMatchTheCpu), and the selections must agree almost everywhere.
+// teacher-forced with the same tokens (rectifications included). The fused step rounds each GEMV
+// input to bf16 before its 1 / rms scaling instead of after it, so the logits differ from the first
+// step on (the fused path ran) but stay within 1e-2 relative L2 up to the first step whose
+// selections differ anywhere; there a near-tie flipped a block of this random model (as between the
+// CPU and the GPU, TeacherForcedLogitsMatchTheCpu), and the selections must agree almost
+// everywhere.
 TEST_F(CudaModelInvariants, FusedNormsStayWithinABf16Step) {
   struct Restore {
     bool norms = FusedNorms();

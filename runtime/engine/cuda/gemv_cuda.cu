@@ -335,7 +335,8 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
   // weight, constant, staged before the wait, its residual after it.
   if constexpr (EPI == kEpiResidual) {
     const int j = blockIdx.x * groups * R + int(threadIdx.x);
-    if (int(threadIdx.x) < groups * R && j < n) CpAsync4(&staged[kWarps + threadIdx.x], nf.next_w + j);
+    if (int(threadIdx.x) < groups * R && j < n)
+      CpAsync4(&staged[kWarps + threadIdx.x], nf.next_w + j);
   }
   GridDependencyWait();
   // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
@@ -940,10 +941,10 @@ cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& nor
 absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
   if (norm.squares != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f) ||
                                   norm.count < 1 || norm.count > kRowNormMaxSquares)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ": a RowNorm input takes one row, dim > 0, eps >= 0 and 1..", kRowNormMaxSquares,
-        " block sums, got rows ", rows, " dim ", norm.dim, " eps ", norm.eps, " count ",
-        norm.count));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": a RowNorm input takes one row, dim > 0, eps >= 0 and 1..",
+                     kRowNormMaxSquares, " block sums, got rows ", rows, " dim ", norm.dim, " eps ",
+                     norm.eps, " count ", norm.count));
   }
   return absl::OkStatus();
 }
@@ -1009,13 +1010,12 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
     return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaError_t err =
-      plan.tensor_cores
-          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, launch.cfg, w, x, p.rows, n, k,
-                                                            nullptr, nullptr, p)
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
-                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, n, k,
-                plan.k_split, nullptr, nullptr, p, GemvNormArgs{norm});
+  const cudaError_t err = plan.tensor_cores
+                              ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(
+                                    plan, launch.cfg, w, x, p.rows, n, k, nullptr, nullptr, p)
+                              : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
+                                    plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x,
+                                    n, k, plan.k_split, nullptr, nullptr, p, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
@@ -1050,10 +1050,10 @@ absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int 
   nf.next_w = next_w;
   nf.g = g;
   nf.squares = squares;
-  return CudaStatus(LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x,
-                                                          n, k, plan.k_split, h, nullptr,
-                                                          QkvRopeParams{}, nf),
-                    "launching the GEMV (residual epilogue)");
+  return CudaStatus(
+      LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x, n, k,
+                                            plan.k_split, h, nullptr, QkvRopeParams{}, nf),
+      "launching the GEMV (residual epilogue)");
 }
 
 }  // namespace

@@ -561,9 +561,8 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
     int n, k;
     bool fp32_x;
   };
-  for (const Shape s : {Shape{1536, 1536, true}, Shape{1536, 8960, false},
-                        Shape{3584, 3584, true}, Shape{3584, 18944, false},
-                        Shape{64, 128, false}}) {
+  for (const Shape s : {Shape{1536, 1536, true}, Shape{1536, 8960, false}, Shape{3584, 3584, true},
+                        Shape{3584, 18944, false}, Shape{64, 128, false}}) {
     const std::vector<float> w = Noise(size_t(s.n) * s.k, 81, 0.05f);
     const std::vector<float> x = Noise(size_t(s.k), 82);
     const std::vector<float> h0 = Noise(size_t(s.n), 83, 4.0f);
@@ -586,11 +585,11 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
                    : GemvResidualBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), s.n, s.k, dh.get(),
                                           dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o);
       ASSERT_TRUE(st.ok()) << st;
-      ASSERT_TRUE((s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), 1, s.n, s.k, dy.get(),
-                                           nullptr, o)
-                            : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), 1, s.n, s.k,
-                                           dy.get(), nullptr, o))
-                      .ok());
+      ASSERT_TRUE(
+          (s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), 1, s.n, s.k, dy.get(), nullptr, o)
+                    : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), 1, s.n, s.k, dy.get(),
+                                   nullptr, o))
+              .ok());
       const std::vector<float> h = dh.Download(), y = dy.Download(), g = Bf16ToFloat(dg.Download());
       for (int j = 0; j < s.n; ++j) {
         const float want_h = h0[size_t(j)] + y[size_t(j)];
@@ -610,8 +609,8 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
           const volatile float square = h[size_t(j)] * h[size_t(j)];
           want += square;
         }
-        ASSERT_EQ(sq[size_t(b)], want) << "n " << s.n << " k " << s.k << " split " << o.k_split
-                                       << " block " << b;
+        ASSERT_EQ(sq[size_t(b)], want)
+            << "n " << s.n << " k " << s.k << " split " << o.k_split << " block " << b;
       }
     }
     std::vector<float> h = h0, g(size_t(s.n));
@@ -623,17 +622,17 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
   DeviceBuffer<uint16_t> dw(size_t(64) * 64), dx(64), dg(64);
   DeviceBuffer<float> dh(64), dnw(64), dsq(64);
   const __nv_bfloat16 *w = AsBf16(dw.get()), *x = AsBf16(dx.get());
-  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
-                                 nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);  // k % 8 != 0
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);  // k % 8 != 0
   EXPECT_EQ(
       GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), nullptr, dsq.get(), nullptr).code(),
       absl::StatusCode::kInvalidArgument);  // no g
-  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr,
-                                 nullptr)
-                .code(),
-            absl::StatusCode::kInvalidArgument);  // no squares
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);  // no squares
   GemvOptions legacy;
   legacy.legacy = true;
   EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
@@ -673,15 +672,15 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
     for (int i = 0; i < k; ++i) sq[size_t(i % kBlocks)] += h[size_t(i)] * h[size_t(i)];
     DeviceBuffer<float> dsq(sq), dnw(nw), dh2(h);
     DeviceBuffer<uint16_t> dg(testing::ToBf16(g)), dx(static_cast<size_t>(k));
-    ASSERT_TRUE(AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), 1, k, kEps, AsBf16(dx.get()), nullptr)
-                    .ok());
+    ASSERT_TRUE(
+        AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), 1, k, kEps, AsBf16(dx.get()), nullptr).ok());
     const RowNorm norm{dsq.get(), kBlocks, k, kEps};
     // SwiGLU.
     {
       const int inter = k == 128 ? 96 : k == 1536 ? 8960 : 18944;
       const std::vector<float> w = Noise(size_t(2 * inter) * k, 93, 0.05f);
-      DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dact(static_cast<size_t>(inter)), dact2(static_cast<size_t>(inter)),
-          dref(static_cast<size_t>(inter));
+      DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dact(static_cast<size_t>(inter)),
+          dact2(static_cast<size_t>(inter)), dref(static_cast<size_t>(inter));
       ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, inter, k,
                                      AsBf16(dref.get()), nullptr)
                       .ok());
@@ -717,8 +716,10 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
     }
     // QKV with bias and RoPE.
     {
-      const int heads = k == 3584 ? 28 : k == 1536 ? 12 : 2, kv_heads = k == 3584 ? 4 : 2,
-                d = k == 128 ? 32 : 128;
+      const int heads = k == 3584   ? 28
+                        : k == 1536 ? 12
+                                    : 2,
+                kv_heads = k == 3584 ? 4 : 2, d = k == 128 ? 32 : 128;
       const int n = (heads + 2 * kv_heads) * d;
       const std::vector<float> w = Noise(size_t(n) * k, 94, 0.05f);
       const std::vector<float> bias = Noise(size_t(n), 95, 0.5f);
@@ -727,15 +728,14 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
       DeviceBuffer<float> dbias(bias), dqkv(static_cast<size_t>(n));
       DeviceBuffer<int32_t> dpos(pos);
       const size_t nq = size_t(heads) * d, nk = size_t(kv_heads) * d;
-      DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk), q3(nq), k3(nk),
-          v3(nk);
+      DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk), q3(nq), k3(nk), v3(nk);
       auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& kk,
                         DeviceBuffer<uint16_t>& v) {
         return QkvRopeFor(1, heads, kv_heads, d, dqkv.get(), dbias.get(), dpos.get(), q, kk, v);
       };
-      ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), k, params(q3, k3, v3),
-                                      nullptr)
-                      .ok());
+      ASSERT_TRUE(
+          GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), k, params(q3, k3, v3), nullptr)
+              .ok());
       std::vector<float> qkv(static_cast<size_t>(n)), q(nq), kr(nk), v(nk);
       ref::Gemv(w.data(), g.data(), 1, n, k, qkv.data());
       for (float& x : qkv) x = float(x * inv);
