@@ -422,11 +422,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // add their sums into h and write the next norm's numerator g into x_ and their block sums of
   // h^2 into squares_, which qkv and gate_up read and scale by 1 / rms. Two launches less a
   // layer. Not with TP (the projections' all-reduce comes before the residual add) or SP.
-  const int o_squares = GemvResidualSquares(hid, lq), down_squares = GemvResidualSquares(hid, li);
-  const bool fuse_norms = rows == 1 && FusedNorms() && SwiGluEpilogue() && !plan.sharded &&
-                          !tp_parallel() && !plan.reduce_last && options_.gemv_max_rows >= 1 &&
-                          hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0 &&
-                          std::max(o_squares, down_squares) <= kRowNormMaxSquares;
+  const bool one_row_gemvs = rows == 1 && FusedNorms() && SwiGluEpilogue() && !plan.sharded &&
+                             !tp_parallel() && !plan.reduce_last && options_.gemv_max_rows >= 1 &&
+                             hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0;
+  const int o_squares = one_row_gemvs ? GemvResidualSquares(hid, lq) : 0,
+            down_squares = one_row_gemvs ? GemvResidualSquares(hid, li) : 0;
+  const bool fuse_norms = one_row_gemvs && std::max(o_squares, down_squares) <= kRowNormMaxSquares;
   const RowNorm after_o{squares_, o_squares, hid, c.rms_norm_eps},
       after_down{squares_, down_squares, hid, c.rms_norm_eps};
   for (int l = 0; l < c.num_layers; ++l) {

@@ -302,16 +302,12 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
                 "RowNorm inputs: the one-row SwiGLU and QKV kernels");
   __shared__ float part[kWarps][M][R];
   __shared__ float squares[kWarps];
-  // A consumer of a RowNorm input (one row): its sums are scaled by the row's 1 / rms; the
-  // producer's block sums of h^2 are staged here. A producer (kEpiResidual) stages the residual
-  // and next norm weight of its output rows.
-  // (The block sums take dynamic shared memory, norm.count floats, only when there are some:
-  // a static array would cost the plain launches the shared memory too.)
-  constexpr bool kNormable = NORM;
+  // A RowNorm consumer stages the producer's norm.count block sums of h^2 in dynamic shared
+  // memory (none for the plain launches); a producer (kEpiResidual) the residual and next norm
+  // weight of its output rows.
   extern __shared__ float dynamic_staged[];
   __shared__ float residual_staged[EPI == kEpiResidual ? 2 * kWarps : 1];
-  float* staged = kNormable ? dynamic_staged : residual_staged;
-  constexpr bool normed = NORM;
+  float* staged = NORM ? dynamic_staged : residual_staged;
   const uint4* wr[R];
   float acc[M][R];
   const auto [warp, lane, groups, c0, c1] =
@@ -348,13 +344,11 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
     if (int(threadIdx.x) < groups * R && j < n) CpAsync4(&staged[threadIdx.x], y + j);
     CpAsyncCommit();
   }
-  if constexpr (kNormable) {
-    if (normed) {
-      for (int i = threadIdx.x; i < nf.norm.count; i += kThreads) {
-        CpAsync4(&staged[i], nf.norm.squares + i);
-      }
-      CpAsyncCommit();
+  if constexpr (NORM) {
+    for (int i = threadIdx.x; i < nf.norm.count; i += kThreads) {
+      CpAsync4(&staged[i], nf.norm.squares + i);
     }
+    CpAsyncCommit();
   }
   for (;;) {
 #pragma unroll
@@ -380,9 +374,7 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
     }
   }
   StoreWarpSums<M, R>(acc, lane, part[warp]);
-  if constexpr (kNormable) {
-    if (normed) RowSquaresShare(nf.norm, staged, warp, lane, squares);
-  }
+  if constexpr (NORM) RowSquaresShare(nf.norm, staged, warp, lane, squares);
   __syncthreads();
   if constexpr (EPI == kEpiResidual) {
     // h += the row sum (as AddRmsNormCuda adds the GEMV's y), g = bf16(h * next_w); lane 0 adds
@@ -404,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
       if (lane == 0) nf.squares[blockIdx.x] = block_sum;
     }
   } else if constexpr (EPI == kEpiSwiGlu) {
-    const float inv = normed ? RowRmsInv(nf.norm, squares) : 1.0f;
+    const float inv = NORM ? RowRmsInv(nf.norm, squares) : 1.0f;
     for (int i = threadIdx.x; i < groups * R / 2 * M; i += blockDim.x) {
       const int l = 2 * (i / M), m = i % M;  // the pair's gate row within the block
       const int j = blockIdx.x * groups * R + l;
@@ -412,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
       float g = 0.0f, u = 0.0f;
       for (int s = 0; s < split; ++s) g += part[(l / R) * split + s][m][l % R];
       for (int s = 0; s < split; ++s) u += part[((l + 1) / R) * split + s][m][(l + 1) % R];
-      if (normed) g *= inv, u *= inv;
+      if constexpr (NORM) g *= inv, u *= inv;
       act[size_t(m) * (n >> 1) + (j >> 1)] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
     }
   } else if constexpr (EPI == kEpiQkvRope) {
@@ -426,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
       float a = 0.0f, b = 0.0f;
       for (int s = 0; s < split; ++s) a += part[(l / R) * split + s][0][l % R];
       for (int s = 0; s < split; ++s) b += part[((l + 1) / R) * split + s][0][(l + 1) % R];
-      if (normed) {
+      if constexpr (NORM) {
         const float inv = RowRmsInv(nf.norm, squares);
         a *= inv, b *= inv;
       }
