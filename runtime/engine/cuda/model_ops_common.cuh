@@ -1,5 +1,5 @@
 // Device pieces shared by the CUDA backend's element-wise ops (model_ops_cuda.cu) and its decode
-// GEMVs (gemv_cuda.cu): the block size, a warp sum, and the QKV epilogue of one RoPE pair
+// GEMVs (gemv_kernels.cuh): the block size, a warp sum, and the QKV epilogue of one RoPE pair
 // (QkvRopeKernel and the QKV GEMV's fused epilogue share it, so both give the same bits).
 // Internal to those two files.
 #pragma once
