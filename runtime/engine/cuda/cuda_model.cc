@@ -418,16 +418,18 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // last layer's output: its K/V depend only on its input, so it stops once they are written
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
   const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
-  // A one-row step runs its RMSNorms inside the GEMVs (FusedNorms(), RowNorm): o_proj and down
-  // add their sums into h and write the next norm's numerator g into x_ and their block sums of
-  // h^2 into squares_, which qkv and gate_up read and scale by 1 / rms. Two launches less a
-  // layer. Not with TP (the projections' all-reduce comes before the residual add) or SP.
-  const bool one_row_gemvs = rows == 1 && FusedNorms() && SwiGluEpilogue() && !plan.sharded &&
-                             !tp_parallel() && !plan.reduce_last && options_.gemv_max_rows >= 1 &&
-                             hid % 8 == 0 && lq % 8 == 0 && li % 8 == 0;
-  const int o_squares = one_row_gemvs ? GemvResidualSquares(hid, lq) : 0,
-            down_squares = one_row_gemvs ? GemvResidualSquares(hid, li) : 0;
-  const bool fuse_norms = one_row_gemvs && std::max(o_squares, down_squares) <= kRowNormMaxSquares;
+  // A decode step whose linear layers all run the GEMVs (rows <= gemv_max_rows) runs its
+  // RMSNorms inside them (FusedNorms(), RowNorm): o_proj and down add their sums into h and write
+  // the next norm's numerator g into x_ and their block sums of h^2 into squares_, which qkv and
+  // gate_up read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
+  // all-reduce comes before the residual add) or SP.
+  const bool gemv_step = rows <= options_.gemv_max_rows && FusedNorms() && SwiGluEpilogue() &&
+                         !plan.sharded && !tp_parallel() && !plan.reduce_last && hid % 8 == 0 &&
+                         lq % 8 == 0 && li % 8 == 0;
+  const int o_squares = gemv_step ? GemvResidualSquares(rows, hid, lq) : 0,
+            down_squares = gemv_step ? GemvResidualSquares(rows, hid, li) : 0;
+  const bool fuse_norms =
+      gemv_step && int64_t(rows) * std::max(o_squares, down_squares) <= kRowNormMaxSquares;
   const RowNorm after_o{squares_, o_squares, hid, c.rms_norm_eps},
       after_down{squares_, down_squares, hid, c.rms_norm_eps};
   for (int l = 0; l < c.num_layers; ++l) {
@@ -530,7 +532,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (fuse_norms) {
       // h += o_proj, x_ = the post-attention norm's numerator (gate_up scales by 1 / rms).
       RESA_RETURN_IF_ERROR(
-          GemvResidualBf16Cuda(w.o, attn_, hid, lq, h, w.post_norm, x_, squares_, stream_));
+          GemvResidualBf16Cuda(w.o, attn_, n, hid, lq, h, w.post_norm, x_, squares_, stream_));
     } else if (n <= options_.gemv_max_rows && lq % 8 == 0) {
       // The GEMV converts the fp32 attention output itself (one launch less per layer).
       RESA_RETURN_IF_ERROR(GemvBf16Cuda(w.o, attn_, n, hid, lq, proj_, stream_));
@@ -567,8 +569,9 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     }
     if (fuse_norms && l + 1 < c.num_layers) {
       // h += down, x_ = the next layer's input norm numerator (its qkv scales by 1 / rms).
-      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(
-          w.down, act_, hid, li, h_, weights_->layer(l + 1).input_norm, x_, squares_, stream_));
+      RESA_RETURN_IF_ERROR(GemvResidualBf16Cuda(w.down, act_, n, hid, li, h_,
+                                                weights_->layer(l + 1).input_norm, x_, squares_,
+                                                stream_));
     } else {
       RESA_RETURN_IF_ERROR(Linear(act_, w.down, n, hid, li, proj_));
     }
@@ -581,14 +584,19 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   const int last_rows = plan.reduce_last ? plan.keep : rows;
   RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_last, proj_, weights_->final_norm(), last_rows, hid,
                                       c.rms_norm_eps, x_, stream_));
-  RESA_RETURN_IF_ERROR(GatherRowsCuda(x_,
-                                      meta + (plan.reduce_last ? plan.o_logit_last : plan.o_logit),
-                                      plan.nl, hid, xl_, stream_));
+  // The logits rows: every row in order (decode steps) reads x_ as it is; else gathered.
+  const __nv_bfloat16* xl = x_;
+  if (!plan.logits_all_rows) {
+    RESA_RETURN_IF_ERROR(GatherRowsCuda(
+        x_, meta + (plan.reduce_last ? plan.o_logit_last : plan.o_logit), plan.nl, hid, xl_,
+        stream_));
+    xl = xl_;
+  }
   RESA_RETURN_IF_ERROR(Mark(kElementwise));
   if (tp_parallel()) {
-    RESA_RETURN_IF_ERROR(GatherLogits(plan));
+    RESA_RETURN_IF_ERROR(GatherLogits(plan, xl));
   } else {
-    RESA_RETURN_IF_ERROR(Linear(xl_, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
+    RESA_RETURN_IF_ERROR(Linear(xl, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
   }
   return plan.greedy ? GreedyIds(plan) : absl::OkStatus();

@@ -91,7 +91,8 @@ absl::StatusOr<double> MeasureGemmTflops(int n);
 bool SwiGluEpilogue();
 void SetSwiGluEpilogue(bool on);
 
-// Whether a one-row step runs its RMSNorms inside its GEMVs (RowNorm, GemvResidualBf16Cuda):
+// Whether a decode step of 1-8 rows (up to CudaModelOptions::gemv_max_rows) runs its RMSNorms
+// inside its GEMVs (RowNorm, GemvResidualBf16Cuda):
 // o_proj and down add into the residual and write the next norm's numerator, qkv and gate_up
 // scale their sums by 1 / rms; two launches less a layer. Needs SwiGluEpilogue(); not under
 // TP or SP. Not bit for bit the norm kernel's path (the bf16 rounding of the GEMV input comes
@@ -209,7 +210,7 @@ class CudaModel final : public ModelBackend {
   absl::Status SelectAcrossRanks(const Plan& plan, int layer);
   absl::Status MergeAcrossRanks(const Plan& plan);
   // Vocab-parallel logits: the local rows, then [nl][vocab] in dlogits_ on every TP rank.
-  absl::Status GatherLogits(const Plan& plan);
+  absl::Status GatherLogits(const Plan& plan, const __nv_bfloat16* xl);
   // Waits for the work device communicators enqueued (under their timeouts).
   absl::Status SyncCommunicators();
   void DropGraphs();

@@ -296,14 +296,14 @@ absl::Status CudaModel::MergeAcrossRanks(const Plan& plan) {
   return Mark(kAttention);
 }
 
-absl::Status CudaModel::GatherLogits(const Plan& plan) {
+absl::Status CudaModel::GatherLogits(const Plan& plan, const __nv_bfloat16* xl) {
   const ModelConfig& c = config();
   const TpShard& ts = weights_->shard();
   const int nl = plan.nl, chunk = ts.vocab_chunk;
   // Local rows [nl][vocab_size] packed at the front of dlogits_, sent as nl * chunk floats.
   if (ts.vocab_size > 0) {
     RESA_RETURN_IF_ERROR(
-        Linear(xl_, weights_->lm_head(), nl, ts.vocab_size, c.hidden_size, dlogits_));
+        Linear(xl, weights_->lm_head(), nl, ts.vocab_size, c.hidden_size, dlogits_));
   }
   RESA_RETURN_IF_ERROR(Mark(kMatmul));
   RESA_RETURN_IF_ERROR(

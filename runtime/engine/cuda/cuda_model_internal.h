@@ -49,6 +49,9 @@ struct CudaModel::Plan {
   size_t o_keep = 0, o_last_keys = 0, o_logit_last = 0;
   bool graph = false;
   bool greedy = false;  // the forward ends with its logits rows' greedy ids (CudaModel::Sample)
+  // The logits rows are all rows in order (decode steps): the lm_head reads the final norm's
+  // output as it is, no gather.
+  bool logits_all_rows = false;
   std::vector<int64_t> key;
   std::vector<size_t> reserved_before;  // page-table sizes before this forward's reservations
   std::vector<int64_t> caller_row;       // by launch position: the row's index in caller order

@@ -212,6 +212,10 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
       plan.meta[plan.o_logit_last + j] = compact[size_t(logit_rows[size_t(j)])];
     }
   }
+  plan.logits_all_rows = !plan.reduce_last && int64_t(plan.nl) == plan.rows;
+  for (int j = 0; j < plan.nl && plan.logits_all_rows; ++j) {
+    plan.logits_all_rows = logit_rows[size_t(j)] == j;
+  }
   if (plan.sharded) PrepareSharded(chunks, plan);
 
   if (plan.graph) {
@@ -225,7 +229,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 FusedNorms(),
                 SelectionHints(),
                 L2FetchGranularity(),
-                plan.greedy};
+                plan.greedy,
+                plan.logits_all_rows};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -108,12 +110,12 @@ class CudaModelTest : public testing::CudaTest,
   std::unique_ptr<CudaModel> gpu_;
 };
 
-// Selections of one step, (layer, KV head) -> blocks, from either backend's trace.
-using Selections = std::map<std::pair<int, int>, std::vector<int32_t>>;
+// Selections of one step, (layer, KV head, row) -> blocks, from either backend's trace.
+using Selections = std::map<std::tuple<int, int, int64_t>, std::vector<int32_t>>;
 
 SelectionTrace Recorder(Selections& into) {
-  return [&into](int layer, int kv_head, int64_t, std::span<const int32_t> blocks) {
-    into[{layer, kv_head}].assign(blocks.begin(), blocks.end());
+  return [&into](int layer, int kv_head, int64_t row, std::span<const int32_t> blocks) {
+    into[{layer, kv_head, row}].assign(blocks.begin(), blocks.end());
   };
 }
 
@@ -157,7 +159,8 @@ TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
     for (const auto& [key, blocks] : cs) {
       ++selections;
       const std::vector<int32_t>& g = gs[key];
-      ASSERT_EQ(blocks.size(), g.size()) << "layer " << key.first << " head " << key.second;
+      ASSERT_EQ(blocks.size(), g.size())
+          << "layer " << std::get<0>(key) << " head " << std::get<1>(key);
       const int d = Differing(blocks, g);
       same += d == 0;
       differing_blocks += d;
@@ -451,63 +454,78 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
   }
 }
 
-// One-row steps with their RMSNorms inside the GEMVs (FusedNorms) against the norm kernels:
-// dense, sparse and ReSA sequences alone (eager: the selection trace keeps steps out of graphs),
-// teacher-forced with the same tokens (rectifications included). The fused step rounds each GEMV
-// input to bf16 before its 1 / rms scaling instead of after it, so the logits differ from the first
-// step on (the fused path ran) but stay within 1e-2 relative L2 up to the first step whose
-// selections differ anywhere; there a near-tie flipped a block of this random model (as between the
-// CPU and the GPU, TeacherForcedLogitsMatchTheCpu), and the selections must agree almost
-// everywhere.
+// Steps with their RMSNorms inside the GEMVs (FusedNorms) against the norm kernels: dense, sparse
+// and ReSA sequences alone (the one-row kernels) and the three in one batch (the tensor-core
+// GEMVs), eager (the selection trace keeps steps out of graphs), teacher-forced with the same
+// tokens (rectifications included). The fused step rounds each GEMV input to bf16 before its
+// 1 / rms scaling instead of after it, so the logits differ from the first step on (the fused
+// path ran) but stay within 1e-2 relative L2 up to the first step whose selections differ
+// anywhere; there a near-tie flipped a block of this random model (as between the CPU and the
+// GPU, TeacherForcedLogitsMatchTheCpu), and the selections must agree almost everywhere.
 TEST_F(CudaModelInvariants, FusedNormsStayWithinABf16Step) {
   struct Restore {
     bool norms = FusedNorms();
     ~Restore() { SetFusedNorms(norms); }
   } restore;
   const int vocab = SmallQwen().vocab_size;
-  for (const ResaOptions& o : {ResaOptions{DecodeMode::kDense, 0.1f, 16, 32},
-                               ResaOptions{DecodeMode::kSparse, 0.25f, 4, 8},
-                               ResaOptions{DecodeMode::kResa, 0.25f, 4, 8}}) {
+  const ResaOptions dense{DecodeMode::kDense, 0.1f, 16, 32},
+      sparse{DecodeMode::kSparse, 0.25f, 4, 8}, resa{DecodeMode::kResa, 0.25f, 4, 8};
+  for (const std::vector<ResaOptions>& batch :
+       {std::vector<ResaOptions>{dense}, std::vector<ResaOptions>{sparse},
+        std::vector<ResaOptions>{resa}, std::vector<ResaOptions>{dense, sparse, resa}}) {
+    std::string name;
+    for (const ResaOptions& o : batch) name += std::string(DecodeModeName(o.mode)) + " ";
     Selections sel[2];
     auto kernels = Model(true), fused = Model(true);
     kernels->set_selection_trace(Recorder(sel[0]));
     fused->set_selection_trace(Recorder(sel[1]));
     Decoder dk(*kernels), df(*fused);
-    std::vector<int32_t> prompt(700);
-    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 13 + 5) % vocab);
-    SetFusedNorms(false);
-    const int a = dk.Start(prompt, o).value();
-    SetFusedNorms(true);
-    const int b = df.Start(prompt, o).value();
+    std::vector<int> a, b;
+    for (size_t s = 0; s < batch.size(); ++s) {
+      std::vector<int32_t> prompt(700 + 150 * s);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 13 + 5 + s) % vocab);
+      SetFusedNorms(false);
+      a.push_back(dk.Start(prompt, batch[s]).value());
+      SetFusedNorms(true);
+      b.push_back(df.Start(prompt, batch[s]).value());
+    }
     bool diverged = false, differ = false;
     double worst = 0.0;
     int64_t selections = 0, same = 0;
     for (int step = 0; step < 24; ++step) {
       sel[0].clear();
       sel[1].clear();
-      const int32_t t = ArgMax(dk.logits(a), vocab);
-      Decoder::Feed fa{a, t}, fb{b, t};
+      std::vector<Decoder::Feed> fa, fb;
+      for (size_t s = 0; s < batch.size(); ++s) {
+        const int32_t t = ArgMax(dk.logits(a[s]), vocab);
+        fa.push_back({a[s], t});
+        fb.push_back({b[s], t});
+      }
       SetFusedNorms(false);
-      ASSERT_TRUE(dk.Step({&fa, 1}).ok());
+      ASSERT_TRUE(dk.Step(fa).ok());
       SetFusedNorms(true);
-      ASSERT_TRUE(df.Step({&fb, 1}).ok());
+      ASSERT_TRUE(df.Step(fb).ok());
       for (const auto& [key, blocks] : sel[0]) {
         ++selections;
         same += sel[1][key] == blocks;
       }
       diverged |= sel[0] != sel[1];
-      differ |= std::memcmp(dk.logits(a), df.logits(b), size_t(vocab) * 4) != 0;
-      if (!diverged) worst = std::max(worst, RelL2(df.logits(b), dk.logits(a), vocab));
+      for (size_t s = 0; s < batch.size(); ++s) {
+        differ |= std::memcmp(dk.logits(a[s]), df.logits(b[s]), size_t(vocab) * 4) != 0;
+        if (!diverged) worst = std::max(worst, RelL2(df.logits(b[s]), dk.logits(a[s]), vocab));
+      }
     }
-    EXPECT_LE(worst, 1e-2) << DecodeModeName(o.mode);
-    EXPECT_TRUE(differ) << DecodeModeName(o.mode) << ": the fused path did not run";
-    EXPECT_GE(same, selections * 8 / 10) << DecodeModeName(o.mode);
-    EXPECT_EQ(dk.report(a).rectifications, df.report(b).rectifications);
-    if (o.mode == DecodeMode::kResa) {
-      EXPECT_GT(df.report(b).rectifications, 0);
+    EXPECT_LE(worst, 1e-2) << name;
+    EXPECT_TRUE(differ) << name << ": the fused path did not run";
+    EXPECT_GE(same, selections * 8 / 10) << name;
+    for (size_t s = 0; s < batch.size(); ++s) {
+      EXPECT_EQ(dk.report(a[s]).rectifications, df.report(b[s]).rectifications) << name;
+      if (batch[s].mode == DecodeMode::kResa) {
+        EXPECT_GT(df.report(b[s]).rectifications, 0) << name;
+      }
     }
     std::printf("[fused norms] %s: worst relative L2 %.3g; selections identical %lld of %lld\n",
-                DecodeModeName(o.mode), worst, static_cast<long long>(same),
+                name.c_str(), worst, static_cast<long long>(same),
                 static_cast<long long>(selections));
   }
 }

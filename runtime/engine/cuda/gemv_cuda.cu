@@ -54,22 +54,35 @@ cudaError_t LaunchGemvKernel(int loads, const cudaLaunchConfig_t& cfg, const __n
   }
 }
 
-// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8).
-template <bool INTERLEAVE, typename XT, int EPI>
+// Dispatch of GemvMmaKernel over k steps per load batch (2, 4, 8); NORM: a RowNorm consumer.
+template <bool INTERLEAVE, typename XT, int EPI, bool NORM>
 cudaError_t LaunchGemvMmaSteps(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
                                const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
-                               float* y, __nv_bfloat16* act, const QkvRopeParams& rope) {
+                               float* y, __nv_bfloat16* act, const QkvRopeParams& rope,
+                               const GemvNormArgs& nf) {
   const int u = plan.loads_per_lane, s = plan.k_split;
-  if (u <= 2) {
-    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<2, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
-                              act, rope);
+  auto launch = [&](auto kernel) {
+    return cudaLaunchKernelEx(&cfg, kernel, w, x, rows, n, k, s, y, act, rope, nf);
+  };
+  if (u <= 2) return launch(GemvMmaKernel<2, XT, EPI, INTERLEAVE, NORM>);
+  if (u <= 4) return launch(GemvMmaKernel<4, XT, EPI, INTERLEAVE, NORM>);
+  return launch(GemvMmaKernel<8, XT, EPI, INTERLEAVE, NORM>);
+}
+
+// ... over RowNorm inputs (the SwiGLU and QKV epilogues) ...
+template <bool INTERLEAVE, typename XT, int EPI>
+cudaError_t LaunchGemvMmaNorm(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
+                              const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
+                              float* y, __nv_bfloat16* act, const QkvRopeParams& rope,
+                              const GemvNormArgs& nf) {
+  if constexpr (EPI == kEpiSwiGlu || EPI == kEpiQkvRope) {
+    if (nf.norm.squares != nullptr) {
+      return LaunchGemvMmaSteps<INTERLEAVE, XT, EPI, true>(plan, cfg, w, x, rows, n, k, y, act,
+                                                           rope, nf);
+    }
   }
-  if (u <= 4) {
-    return cudaLaunchKernelEx(&cfg, GemvMmaKernel<4, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
-                              act, rope);
-  }
-  return cudaLaunchKernelEx(&cfg, GemvMmaKernel<8, XT, EPI, INTERLEAVE>, w, x, rows, n, k, s, y,
-                            act, rope);
+  return LaunchGemvMmaSteps<INTERLEAVE, XT, EPI, false>(plan, cfg, w, x, rows, n, k, y, act, rope,
+                                                        nf);
 }
 
 // ... and over the k order: interleaved batches for bf16 x only (with fp32 x, two MMAs a step,
@@ -78,13 +91,13 @@ template <typename XT, int EPI = kEpiStore>
 cudaError_t LaunchGemvMmaKernel(const GemvPlan& plan, const cudaLaunchConfig_t& cfg,
                                 const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
                                 float* y, __nv_bfloat16* act = nullptr,
-                                const QkvRopeParams& rope = {}) {
+                                const QkvRopeParams& rope = {}, const GemvNormArgs& nf = {}) {
   if constexpr (std::is_same_v<XT, __nv_bfloat16>) {
     if (plan.interleave) {
-      return LaunchGemvMmaSteps<true, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope);
+      return LaunchGemvMmaNorm<true, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope, nf);
     }
   }
-  return LaunchGemvMmaSteps<false, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope);
+  return LaunchGemvMmaNorm<false, XT, EPI>(plan, cfg, w, x, rows, n, k, y, act, rope, nf);
 }
 
 // The launch configuration of a GEMV plan (PDL per GemvOptions::overlap_previous and
@@ -298,19 +311,22 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
   return absl::OkStatus();
 }
 
-// A launch of a RowNorm consumer: the dynamic shared memory its block sums are staged in.
-cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& norm) {
-  cfg.dynamicSmemBytes = norm.squares != nullptr ? size_t(norm.count) * sizeof(float) : 0;
+// A launch of a RowNorm consumer: the dynamic shared memory its block sums (`rows` rows of
+// them) are staged in.
+cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& norm, int rows) {
+  cfg.dynamicSmemBytes =
+      norm.squares != nullptr ? size_t(rows) * size_t(norm.count) * sizeof(float) : 0;
   return cfg;
 }
 
 absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
-  if (norm.squares != nullptr && (rows != 1 || norm.dim <= 0 || !(norm.eps >= 0.0f) ||
-                                  norm.count < 1 || norm.count > kRowNormMaxSquares)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, ": a RowNorm input takes one row, dim > 0, eps >= 0 and 1..",
-                     kRowNormMaxSquares, " block sums, got rows ", rows, " dim ", norm.dim, " eps ",
-                     norm.eps, " count ", norm.count));
+  if (norm.squares != nullptr &&
+      (norm.dim <= 0 || !(norm.eps >= 0.0f) || norm.count < 1 ||
+       int64_t(rows) * norm.count > kRowNormMaxSquares)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": a RowNorm input takes dim > 0, eps >= 0 and 1.. block sums a row, at most ",
+        kRowNormMaxSquares, " over its rows, got rows ", rows, " dim ", norm.dim, " eps ",
+        norm.eps, " count ", norm.count));
   }
   return absl::OkStatus();
 }
@@ -335,10 +351,11 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
   const GemvLaunch launch(plan, options, stream);
   const cudaError_t err =
       plan.tensor_cores
-          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(plan, launch.cfg, w, x, rows, 2 * inter,
-                                                           k, nullptr, act)
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(
+                plan, WithRowNormStaging(launch.cfg, norm, rows), w, x, rows, 2 * inter, k,
+                nullptr, act, QkvRopeParams{}, GemvNormArgs{norm})
           : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
-                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, 2 * inter, k,
+                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm, 1), w, x, 2 * inter, k,
                 plan.k_split, nullptr, act, QkvRopeParams{}, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (SwiGLU epilogue)");
 }
@@ -376,12 +393,14 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
     return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaError_t err = plan.tensor_cores
-                              ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(
-                                    plan, launch.cfg, w, x, p.rows, n, k, nullptr, nullptr, p)
-                              : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
-                                    plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x,
-                                    n, k, plan.k_split, nullptr, nullptr, p, GemvNormArgs{norm});
+  const cudaLaunchConfig_t cfg = WithRowNormStaging(launch.cfg, norm, p.rows);
+  const cudaError_t err =
+      plan.tensor_cores
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, cfg, w, x, p.rows, n, k, nullptr,
+                                                            nullptr, p, GemvNormArgs{norm})
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(plan.loads_per_lane, cfg, w, x, n, k,
+                                                            plan.k_split, nullptr, nullptr, p,
+                                                            GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
@@ -393,51 +412,58 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int 
 namespace {
 
 template <typename XT>
-absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int n, int k, float* h,
-                                const float* next_w, __nv_bfloat16* g, float* squares,
+absl::Status LaunchGemvResidual(const __nv_bfloat16* w, const XT* x, int rows, int n, int k,
+                                float* h, const float* next_w, __nv_bfloat16* g, float* squares,
                                 cudaStream_t stream, const GemvOptions& options) {
-  if (n <= 0 || k <= 0 || k % 8 != 0 || h == nullptr || next_w == nullptr || g == nullptr ||
-      squares == nullptr ||
+  if (rows < 1 || rows > kGemvMaxRows || n <= 0 || k <= 0 || k % 8 != 0 || h == nullptr ||
+      next_w == nullptr || g == nullptr || squares == nullptr ||
       (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GemvResidualBf16Cuda: bad shape n ", n, " k ", k,
-                     " (k % 8 == 0, 16-byte aligned w and x, h, next_w, g and squares set)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GemvResidualBf16Cuda: bad shape rows ", rows, " n ", n, " k ", k, " (rows 1..",
+        kGemvMaxRows, ", k % 8 == 0, 16-byte aligned w and x, h, next_w, g and squares set)"));
   }
   const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
                         options.k_split == 4 || options.k_split == 8;
-  if (options.legacy || !split_ok || options.loads_per_lane < 0 || options.loads_per_lane > 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GemvResidualBf16Cuda: bad options k_split ", options.k_split,
-                     " loads_per_lane ", options.loads_per_lane, " legacy ", options.legacy));
+  if (options.legacy || (options.cuda_cores && rows > 1) || !split_ok ||
+      options.loads_per_lane < 0 || options.loads_per_lane > 8 || options.k_order < 0 ||
+      options.k_order > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GemvResidualBf16Cuda: bad options k_split ", options.k_split, " loads_per_lane ",
+        options.loads_per_lane, " k_order ", options.k_order, " legacy ", options.legacy,
+        " cuda_cores ", options.cuda_cores, " (batches: the tensor-core kernel)"));
   }
-  const GemvPlan plan = PlanGemv(1, n, k, options);
+  const GemvPlan plan = PlanGemv(rows, n, k, options);
   const GemvLaunch launch(plan, options, stream);
   GemvNormArgs nf;
   nf.next_w = next_w;
   nf.g = g;
   nf.squares = squares;
-  return CudaStatus(
-      LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x, n, k,
-                                            plan.k_split, h, nullptr, QkvRopeParams{}, nf),
-      "launching the GEMV (residual epilogue)");
+  const cudaError_t err =
+      plan.tensor_cores
+          ? LaunchGemvMmaKernel<XT, kEpiResidual>(plan, launch.cfg, w, x, rows, n, k, h, nullptr,
+                                                  QkvRopeParams{}, nf)
+          : LaunchGemvKernel<1, XT, kEpiResidual>(plan.loads_per_lane, launch.cfg, w, x, n, k,
+                                                  plan.k_split, h, nullptr, QkvRopeParams{}, nf);
+  return CudaStatus(err, "launching the GEMV (residual epilogue)");
 }
 
 }  // namespace
 
-int GemvResidualSquares(int n, int k, const GemvOptions& options) {
-  return int(PlanGemv(1, n, k, options).blocks);
+int GemvResidualSquares(int rows, int n, int k, const GemvOptions& options) {
+  return int(PlanGemv(rows, n, k, options).blocks);
 }
 
-absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n,
+                                  int k, float* h, const float* next_w, __nv_bfloat16* g,
+                                  float* squares, cudaStream_t stream,
+                                  const GemvOptions& options) {
+  return LaunchGemvResidual(w, x, rows, n, k, h, next_w, g, squares, stream, options);
+}
+
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                                   float* h, const float* next_w, __nv_bfloat16* g, float* squares,
                                   cudaStream_t stream, const GemvOptions& options) {
-  return LaunchGemvResidual(w, x, n, k, h, next_w, g, squares, stream, options);
-}
-
-absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n, int k, float* h,
-                                  const float* next_w, __nv_bfloat16* g, float* squares,
-                                  cudaStream_t stream, const GemvOptions& options) {
-  return LaunchGemvResidual(w, x, n, k, h, next_w, g, squares, stream, options);
+  return LaunchGemvResidual(w, x, rows, n, k, h, next_w, g, squares, stream, options);
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,

@@ -557,13 +557,30 @@ __device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], cons
 // time. Dead steps (past the slice or k) load zeros. Partial tiles meet in shared memory and
 // are added in slice order, so the result does not depend on timing; the epilogues are
 // GemvKernel's, for `rows` input rows.
-template <int U, typename XT, int EPI = kEpiStore, bool INTERLEAVE = false>
+// Fused norms (GemvNormArgs, as GemvKernel's, one set of block sums per input row):
+//  * kEpiResidual: h[m][j] += the sum, g[m][j] = bf16(h * next_w[j]), and each row's sum of the
+//    new h^2 over the block's output rows (in row order) into squares[m * gridDim.x + block];
+//    next_w is staged by cp.async before GridDependencyWait, the residual after it, both
+//    before the loop;
+//  * NORM (kEpiSwiGlu, kEpiQkvRope): the rows x norm.count block sums staged by cp.async in
+//    dynamic shared memory before the loop, row m's sums scaled by RowRmsInv of its own.
+template <int U, typename XT, int EPI = kEpiStore, bool INTERLEAVE = false, bool NORM = false>
 __global__ void __launch_bounds__(kThreads)
     GemvMmaKernel(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, int split, float* y,
-                  __nv_bfloat16* act, const QkvRopeParams rope) {
+                  __nv_bfloat16* act, const QkvRopeParams rope, const GemvNormArgs nf) {
   static_assert(U % 2 == 0, "x is read in groups of two or four steps");
+  static_assert(!NORM || EPI == kEpiSwiGlu || EPI == kEpiQkvRope,
+                "RowNorm inputs: the SwiGLU and QKV kernels");
   constexpr int XG = U < 4 ? U : 4;
+  constexpr bool kResidual = EPI == kEpiResidual;
   __shared__ float part[kWarps][kMmaTileRows][8];
+  // kEpiResidual: the residual of the block's outputs (slot i of the epilogue's loop), then the
+  // squares of the new values in place; the next norm's weights of its rows.
+  __shared__ float res_staged[kResidual ? kWarps * kMmaTileRows * 8 : 1];
+  __shared__ float w_staged[kResidual ? kWarps * kMmaTileRows : 1];
+  // NORM: the block sums, and each warp's share of every row's sum of them.
+  extern __shared__ float norm_staged[];
+  __shared__ float norm_slots[kWarps][NORM ? 8 : 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int groups = kWarps / split, gg = warp / split, slice = warp % split;
   const int tile = blockIdx.x * groups + gg;
@@ -597,9 +614,33 @@ __global__ void __launch_bounds__(kThreads)
     if (grp < groups)
       pro = QkvPairPrologue(rope, m, (blockIdx.x * groups + grp) * 8 + i % 8, n >> 1);
   }
+  if constexpr (kResidual) {
+    for (int i = threadIdx.x; i < groups * kMmaTileRows; i += blockDim.x) {
+      const int j = blockIdx.x * groups * kMmaTileRows + i;
+      if (j < n) CpAsync4(&w_staged[i], nf.next_w + j);
+    }
+  }
   GridDependencyWait();
   // As GemvKernel: an appending QKV GEMV lets the next kernel launch only as it exits.
   if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
+  if constexpr (kResidual) {
+    for (int i = threadIdx.x; i < groups * kMmaTileRows * rows; i += blockDim.x) {
+      const int grp = i / (kMmaTileRows * rows), m = (i / kMmaTileRows) % rows,
+                r = i % kMmaTileRows;
+      const int j = (blockIdx.x * groups + grp) * kMmaTileRows + r;
+      if (j < n) CpAsync4(&res_staged[i], y + size_t(m) * n + j);
+    }
+    CpAsyncCommit();
+  }
+  if constexpr (NORM) {
+    // Thread t copies (and later adds) sums t + kThreads i of each row: its own copies only.
+    for (int m = 0; m < rows; ++m) {
+      for (int i = threadIdx.x; i < nf.norm.count; i += kThreads) {
+        CpAsync4(&norm_staged[m * nf.norm.count + i], nf.norm.squares + m * nf.norm.count + i);
+      }
+    }
+    CpAsyncCommit();
+  }
   const bool xrow = g < rows;
   const XT* xr = x + size_t(xrow ? g : 0) * k;
   float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -624,13 +665,53 @@ __global__ void __launch_bounds__(kThreads)
   part[warp][g][2 * t + 1] = acc0[1] + acc1[1];
   part[warp][g + 8][2 * t] = acc0[2] + acc1[2];
   part[warp][g + 8][2 * t + 1] = acc0[3] + acc1[3];
+  // Before the barrier: the next norm's weights were staged by other threads.
+  if constexpr (kResidual) asm volatile("cp.async.wait_all;\n" ::: "memory");
+  if constexpr (NORM) {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    for (int m = 0; m < rows; ++m) {
+      float ss = 0.0f;
+      for (int i = threadIdx.x; i < nf.norm.count; i += kThreads) {
+        ss += norm_staged[m * nf.norm.count + i];
+      }
+      ss = WarpSum(ss);
+      if (lane == 0) norm_slots[warp][m] = ss;
+    }
+  }
   __syncthreads();
   auto sum = [&](int grp, int r, int m) {
     float v = 0.0f;
     for (int q = 0; q < split; ++q) v += part[grp * split + q][r][m];
     return v;
   };
-  if constexpr (EPI == kEpiStore) {
+  if constexpr (kResidual) {
+    // Slot i: h += the sum (as AddRmsNormCuda adds the GEMV's y), g = bf16(h * next_w), the
+    // slot then holds h^2; thread m < rows adds its row's squares in output-row order.
+    for (int i = threadIdx.x; i < groups * kMmaTileRows * rows; i += blockDim.x) {
+      const int grp = i / (kMmaTileRows * rows), m = (i / kMmaTileRows) % rows,
+                r = i % kMmaTileRows;
+      const int j = (blockIdx.x * groups + grp) * kMmaTileRows + r;
+      float sq = 0.0f;
+      if (j < n) {
+        const float hn = res_staged[i] + sum(grp, r, m);
+        y[size_t(m) * n + j] = hn;
+        nf.g[size_t(m) * n + j] = __float2bfloat16(hn * w_staged[grp * kMmaTileRows + r]);
+        sq = hn * hn;
+      }
+      res_staged[i] = sq;
+    }
+    __syncthreads();
+    if (int(threadIdx.x) < rows) {
+      const int m = threadIdx.x;
+      float block_sum = 0.0f;
+      for (int grp = 0; grp < groups; ++grp) {
+        for (int r = 0; r < kMmaTileRows; ++r) {
+          block_sum += res_staged[grp * kMmaTileRows * rows + m * kMmaTileRows + r];
+        }
+      }
+      nf.squares[size_t(m) * gridDim.x + blockIdx.x] = block_sum;
+    }
+  } else if constexpr (EPI == kEpiStore) {
     for (int i = threadIdx.x; i < groups * kMmaTileRows * rows; i += blockDim.x) {
       const int grp = i / (kMmaTileRows * rows), m = (i / kMmaTileRows) % rows,
                 r = i % kMmaTileRows;
@@ -643,7 +724,15 @@ __global__ void __launch_bounds__(kThreads)
       const int grp = i / (8 * rows), m = (i / 8) % rows, r = i % 8;
       const int p = (blockIdx.x * groups + grp) * 8 + r;
       if (p >= pairs) continue;
-      const float a = sum(grp, r, m), b = sum(grp, r + 8, m);
+      float a = sum(grp, r, m), b = sum(grp, r + 8, m);
+      if constexpr (NORM) {
+        // Row m's 1 / rms: the warps' shares added in warp order, the same bits in every block.
+        float ss = 0.0f;
+#pragma unroll
+        for (int q = 0; q < kWarps; ++q) ss += norm_slots[q][m];
+        const float inv = rsqrtf(ss / float(nf.norm.dim) + nf.norm.eps);
+        a *= inv, b *= inv;
+      }
       if constexpr (EPI == kEpiSwiGlu) {
         act[size_t(m) * pairs + p] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
       } else {

@@ -138,34 +138,37 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options);
 
-// The RMSNorm of a one-row decode step inside its GEMVs, so that it takes no launch of its own:
-// a GEMV whose input is given with a RowNorm reads x = g = bf16(h * w_norm) (the norm's output
-// before its 1 / rms) and scales its sums by rsqrt(sum(h^2) / dim + eps) before its epilogue,
-// both written by the GemvResidualBf16Cuda before it: g, and sum(h^2) as `count` block sums
-// (`squares`). Every block adds those in the same order, so the GEMV is deterministic. Not bit
-// for bit the GEMV of x = bf16(RmsNorm(h) * w_norm) (AddRmsNormCuda): the bf16 rounding comes
-// before the scaling instead of after it (measured on random rows: 0.4% relative L2 of the
-// gate_up activations). One input row only.
+// The RMSNorms of a decode step of 1-8 rows inside its GEMVs, so that they take no launch of
+// their own: a GEMV whose input is given with a RowNorm reads x = g = bf16(h * w_norm) (the
+// norm's output before its 1 / rms) and scales row m's sums by rsqrt(sum(h_m^2) / dim + eps)
+// before its epilogue, both written by the GemvResidualBf16Cuda before it: g, and each row's
+// sum(h_m^2) as `count` block sums (`squares`, row m's at [m count, (m + 1) count)). Every
+// block adds those in the same order, so the GEMV is deterministic. Not bit for bit the GEMV
+// of x = bf16(RmsNorm(h) * w_norm) (AddRmsNormCuda): the bf16 rounding comes before the scaling
+// instead of after it (measured on random rows: 0.4% relative L2 of the gate_up activations).
+// At most kRowNormMaxSquares block sums over all rows.
 inline constexpr int kRowNormMaxSquares = 2048;
 struct RowNorm {
   const float* squares = nullptr;  // nullptr: x is the GEMV's input as is
-  int count = 0;                   // 1..kRowNormMaxSquares
+  int count = 0;                   // block sums a row; rows * count <= kRowNormMaxSquares
   int dim = 0;
   float eps = 0.0f;
 };
 
-// One-row o_proj / down with the residual add and the next norm's inputs in the epilogue:
-// h[j] += sum_k x[k] w[j][k] (the same fp32 sum as GemvBf16Cuda with `options`, added as
-// AddRmsNormCuda adds it), g[j] = bf16(h[j] * next_w[j]), and squares[b] = the sum of the new
-// h[j]^2 over block b's rows, for b < GemvResidualSquares(n, k, options): a RowNorm of h for the
-// next GEMV. w [n][k] bf16; x [k] bf16 or fp32 (as GemvBf16Cuda's); h, next_w [n] fp32; g [n]
-// bf16. options.legacy is refused.
-int GemvResidualSquares(int n, int k, const GemvOptions& options = GemvOptions{});
-absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+// o_proj / down of 1-8 rows with the residual add and the next norm's inputs in the epilogue:
+// h[m][j] += sum_k x[m][k] w[j][k] (the same fp32 sum as GemvBf16Cuda with `options`, added as
+// AddRmsNormCuda adds it), g[m][j] = bf16(h[m][j] * next_w[j]), and squares[m * count + b] =
+// the sum of the new h[m][j]^2 over block b's output rows (in row order), for b < count =
+// GemvResidualSquares(rows, n, k, options): a RowNorm of h for the next GEMV. w [n][k] bf16;
+// x [rows][k] bf16 or fp32 (as GemvBf16Cuda's); h, g [rows][n] (fp32, bf16); next_w [n] fp32.
+// options.legacy is refused, and options.cuda_cores at more than one row.
+int GemvResidualSquares(int rows, int n, int k, const GemvOptions& options = GemvOptions{});
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n,
+                                  int k, float* h, const float* next_w, __nv_bfloat16* g,
+                                  float* squares, cudaStream_t stream,
+                                  const GemvOptions& options = GemvOptions{});
+absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                                   float* h, const float* next_w, __nv_bfloat16* g, float* squares,
-                                  cudaStream_t stream, const GemvOptions& options = GemvOptions{});
-absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n, int k, float* h,
-                                  const float* next_w, __nv_bfloat16* g, float* squares,
                                   cudaStream_t stream, const GemvOptions& options = GemvOptions{});
 
 // The gate_up GEMV with SwiGLU in its epilogue: act[m][i] = bf16(silu(g_mi) * u_mi), g = w rows
@@ -175,7 +178,7 @@ absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int n,
 // act), for every plan with k_split <= 4 at one row (a block holds whole gate/up pairs; an
 // automatic plan of 8 becomes 4) and every plan at more rows (a tensor-core tile holds 8
 // pairs): one launch and the fp32 gu round trip less. options.legacy is refused, and k_split 8
-// at one row and options.cuda_cores at more. With norm.h set (one row), x is a RowNorm input.
+// at one row and options.cuda_cores at more. With norm.squares set, x is a RowNorm input.
 absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int inter,
                                 int k, __nv_bfloat16* act, cudaStream_t stream,
                                 const GemvOptions& options = GemvOptions{},
@@ -193,7 +196,7 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // that kernel, which may read the new q, k and v, has the SMs to itself. p.positions and
 // p.page_table are read before the programmatic-dependent-launch wait (the RoPE angles and the
 // cache page are ready when the sums are): like w, they must not be written by the kernel
-// launched just before this one. With norm.h set (one row), x is a RowNorm input.
+// launched just before this one. With norm.squares set, x is a RowNorm input.
 absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int k,
                                  const QkvRopeParams& p, cudaStream_t stream,
                                  const GemvOptions& options = GemvOptions{},

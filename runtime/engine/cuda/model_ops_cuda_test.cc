@@ -551,11 +551,11 @@ TEST_F(CudaOpsTest, GemvQkvRopeEqualsGemvThenQkvRope) {
       absl::StatusCode::kInvalidArgument);
 }
 
-// The residual epilogue of one-row o_proj / down (the real shapes, fp32 and bf16 x, a small
-// shape; every one-row plan): h is bit for bit h + the plain GEMV's y with the same plan, g bit
-// for bit bf16(h * next_w), and each block sum of h^2 bit for bit its rows' squares added in
-// row order (8 / k_split rows a block); within fp32 rounding of the CPU twin. Bad arguments are
-// refused.
+// The residual epilogue of o_proj / down (the real shapes, fp32 and bf16 x, a small shape; 1,
+// 3 and 8 rows, every plan): h is bit for bit h + the plain GEMV's y with the same plan, g bit
+// for bit bf16(h * next_w), and each row's block sums of h^2 bit for bit its block's output rows'
+// squares added in row order (8 / k_split rows a block at one row, 16 x 8 / k_split on the
+// tensor cores); within fp32 rounding of the CPU twin. Bad arguments are refused.
 TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
   struct Shape {
     int n, k;
@@ -564,93 +564,119 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
   for (const Shape s : {Shape{1536, 1536, true}, Shape{1536, 8960, false}, Shape{3584, 3584, true},
                         Shape{3584, 18944, false}, Shape{64, 128, false}}) {
     const std::vector<float> w = Noise(size_t(s.n) * s.k, 81, 0.05f);
-    const std::vector<float> x = Noise(size_t(s.k), 82);
-    const std::vector<float> h0 = Noise(size_t(s.n), 83, 4.0f);
+    const std::vector<float> x = Noise(size_t(kGemvMaxRows) * s.k, 82);
+    const std::vector<float> h0 = Noise(size_t(kGemvMaxRows) * s.n, 83, 4.0f);
     std::vector<float> nw = Noise(size_t(s.n), 84, 0.1f);
     for (float& v : nw) v += 1.0f;
-    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x)), dg(size_t(s.n));
-    DeviceBuffer<float> dxf(x), dh(size_t(s.n)), dnw(nw), dy(size_t(s.n)), dsq(size_t(s.n));
-    std::vector<GemvOptions> plans(1);
-    for (int split : {1, 2, 4, 8}) {
-      for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
-    }
-    for (const GemvOptions& o : plans) {
-      dh.Upload(h0);
-      dg.Fill(0xff);
-      dy.Fill(0xff);
-      dsq.Fill(0xff);
-      const absl::Status st =
-          s.fp32_x ? GemvResidualBf16Cuda(AsBf16(dw.get()), dxf.get(), s.n, s.k, dh.get(),
-                                          dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o)
-                   : GemvResidualBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), s.n, s.k, dh.get(),
-                                          dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o);
-      ASSERT_TRUE(st.ok()) << st;
-      ASSERT_TRUE(
-          (s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), 1, s.n, s.k, dy.get(), nullptr, o)
-                    : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), 1, s.n, s.k, dy.get(),
-                                   nullptr, o))
-              .ok());
-      const std::vector<float> h = dh.Download(), y = dy.Download(), g = Bf16ToFloat(dg.Download());
-      for (int j = 0; j < s.n; ++j) {
-        const float want_h = h0[size_t(j)] + y[size_t(j)];
-        ASSERT_EQ(h[size_t(j)], want_h) << "n " << s.n << " k " << s.k << " split " << o.k_split
-                                        << " loads " << o.loads_per_lane << " row " << j;
-        ASSERT_EQ(g[size_t(j)], ref::RoundBf16(want_h * nw[size_t(j)]))
-            << "n " << s.n << " k " << s.k << " split " << o.k_split << " row " << j;
+    const size_t out = size_t(kGemvMaxRows) * s.n;
+    DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dxb(testing::ToBf16(x)), dg(out);
+    DeviceBuffer<float> dxf(x), dh(out), dnw(nw), dy(out), dsq(out);
+    for (const int rows : {1, 3, 8}) {
+      std::vector<GemvOptions> plans = PairEpiloguePlans(rows);
+      if (rows == 1) {
+        for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, 8, u, false});
       }
-      const int count = GemvResidualSquares(s.n, s.k, o);
-      const int per_block = 8 / PlanGemv(1, s.n, s.k, o).k_split;
-      ASSERT_EQ(count, (s.n + per_block - 1) / per_block);
-      const std::vector<float> sq = dsq.Download();
-      for (int b = 0; b < count; ++b) {
-        float want = 0.0f;
-        for (int j = b * per_block; j < std::min(s.n, (b + 1) * per_block); ++j) {
-          // volatile: the host compiler must not contract the add into an FMA.
-          const volatile float square = h[size_t(j)] * h[size_t(j)];
-          want += square;
+      const std::vector<float> h_in(h0.begin(), h0.begin() + int64_t(rows) * s.n);
+      for (const GemvOptions& o : plans) {
+        const std::string where = "n " + std::to_string(s.n) + " k " + std::to_string(s.k) +
+                                  " rows " + std::to_string(rows) + " split " +
+                                  std::to_string(o.k_split) + " loads " +
+                                  std::to_string(o.loads_per_lane) + " order " +
+                                  std::to_string(o.k_order);
+        dh.Upload(h_in);
+        dg.Fill(0xff);
+        dy.Fill(0xff);
+        dsq.Fill(0xff);
+        const absl::Status st =
+            s.fp32_x ? GemvResidualBf16Cuda(AsBf16(dw.get()), dxf.get(), rows, s.n, s.k, dh.get(),
+                                            dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr, o)
+                     : GemvResidualBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), rows, s.n, s.k,
+                                            dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
+                                            nullptr, o);
+        ASSERT_TRUE(st.ok()) << st << " " << where;
+        ASSERT_TRUE((s.fp32_x ? GemvBf16Cuda(AsBf16(dw.get()), dxf.get(), rows, s.n, s.k,
+                                             dy.get(), nullptr, o)
+                              : GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dxb.get()), rows, s.n, s.k,
+                                             dy.get(), nullptr, o))
+                        .ok());
+        const std::vector<float> h = dh.Download(), y = dy.Download(),
+                                 g = Bf16ToFloat(dg.Download());
+        for (size_t i = 0; i < h_in.size(); ++i) {
+          const float want_h = h_in[i] + y[i];
+          ASSERT_EQ(h[i], want_h) << where << " element " << i;
+          ASSERT_EQ(g[i], ref::RoundBf16(want_h * nw[i % size_t(s.n)])) << where << " element " << i;
         }
-        ASSERT_EQ(sq[size_t(b)], want)
-            << "n " << s.n << " k " << s.k << " split " << o.k_split << " block " << b;
+        const GemvPlan plan = PlanGemv(rows, s.n, s.k, o);
+        const int count = GemvResidualSquares(rows, s.n, s.k, o);
+        const int per_block = (plan.tensor_cores ? 16 : 1) * (8 / plan.k_split);
+        ASSERT_EQ(count, (s.n + per_block - 1) / per_block) << where;
+        const std::vector<float> sq = dsq.Download();
+        for (int m = 0; m < rows; ++m) {
+          for (int b = 0; b < count; ++b) {
+            float want = 0.0f;
+            for (int j = b * per_block; j < std::min(s.n, (b + 1) * per_block); ++j) {
+              // volatile: the host compiler must not contract the add into an FMA.
+              const volatile float square = h[size_t(m) * s.n + j] * h[size_t(m) * s.n + j];
+              want += square;
+            }
+            ASSERT_EQ(sq[size_t(m) * count + b], want) << where << " row " << m << " block " << b;
+          }
+        }
       }
+      std::vector<float> h = h_in, g(h_in.size());
+      for (int m = 0; m < rows; ++m) {
+        ref::GemvResidual(w.data(), x.data() + size_t(m) * s.k, s.n, s.k,
+                          h.data() + size_t(m) * s.n, nw.data(), g.data() + size_t(m) * s.n);
+      }
+      std::vector<float> got_h = dh.Download(), got_g = Bf16ToFloat(dg.Download());
+      got_h.resize(h.size());
+      got_g.resize(g.size());
+      EXPECT_TRUE(AllClose(got_h.data(), h.data(), h.size(), kF32Sum))
+          << "n " << s.n << " rows " << rows;
+      EXPECT_TRUE(AllClose(got_g.data(), g.data(), g.size(), kBf16Ulp))
+          << "n " << s.n << " rows " << rows;
     }
-    std::vector<float> h = h0, g(size_t(s.n));
-    ref::GemvResidual(w.data(), x.data(), s.n, s.k, h.data(), nw.data(), g.data());
-    EXPECT_TRUE(AllClose(dh.Download().data(), h.data(), h.size(), kF32Sum)) << "n " << s.n;
-    EXPECT_TRUE(AllClose(Bf16ToFloat(dg.Download()).data(), g.data(), g.size(), kBf16Ulp))
-        << "n " << s.n;
   }
   DeviceBuffer<uint16_t> dw(size_t(64) * 64), dx(64), dg(64);
   DeviceBuffer<float> dh(64), dnw(64), dsq(64);
   const __nv_bfloat16 *w = AsBf16(dw.get()), *x = AsBf16(dx.get());
+  __nv_bfloat16* g = AsBf16(dg.get());
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 1, 64, 60, dh.get(), dnw.get(), g, dsq.get(), nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // k % 8 != 0
   EXPECT_EQ(
-      GemvResidualBf16Cuda(w, x, 64, 60, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(), nullptr)
-          .code(),
-      absl::StatusCode::kInvalidArgument);  // k % 8 != 0
-  EXPECT_EQ(
-      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), nullptr, dsq.get(), nullptr).code(),
+      GemvResidualBf16Cuda(w, x, 1, 64, 64, dh.get(), dnw.get(), nullptr, dsq.get(), nullptr).code(),
       absl::StatusCode::kInvalidArgument);  // no g
-  EXPECT_EQ(
-      GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), nullptr, nullptr)
-          .code(),
-      absl::StatusCode::kInvalidArgument);  // no squares
-  GemvOptions legacy;
+  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 1, 64, 64, dh.get(), dnw.get(), g, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // no squares
+  for (int rows : {0, kGemvMaxRows + 1}) {
+    EXPECT_EQ(
+        GemvResidualBf16Cuda(w, x, rows, 64, 64, dh.get(), dnw.get(), g, dsq.get(), nullptr).code(),
+        absl::StatusCode::kInvalidArgument);
+  }
+  GemvOptions legacy, cuda_cores;
   legacy.legacy = true;
-  EXPECT_EQ(GemvResidualBf16Cuda(w, x, 64, 64, dh.get(), dnw.get(), AsBf16(dg.get()), dsq.get(),
-                                 nullptr, legacy)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  cuda_cores.cuda_cores = true;
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 1, 64, 64, dh.get(), dnw.get(), g, dsq.get(), nullptr, legacy)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      GemvResidualBf16Cuda(w, x, 2, 64, 32, dh.get(), dnw.get(), g, dsq.get(), nullptr, cuda_cores)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
-// gate_up and qkv reading a RowNorm input (g = bf16(h * w_norm), sums scaled by 1 / rms(h),
-// sum(h^2) given as 37 block sums): on every one-row plan, repeatable bit for bit and within a
-// bf16 step of the CPU twins of that contract (Gemv of g, scaled by RowRmsInv in fp64, then
-// SiluMul / QkvRope), and within 1% relative L2 of the unfused path (AddRmsNormCuda, then the
-// GEMV of its x: the roundings differ, 0.4% measured on such rows). A RowNorm with more than
-// one row or too many block sums is refused.
+// gate_up and qkv reading a RowNorm input (g = bf16(h * w_norm), row m's sums scaled by
+// 1 / rms(h_m), each row's sum(h^2) given as 37 block sums), at 1 and 3 rows: on every plan,
+// repeatable bit for bit and within a bf16 step of the CPU twins of that contract (Gemv of g,
+// scaled by RowRmsInv in fp64, then SiluMul / QkvRope), and within 1% relative L2 of the
+// unfused path (AddRmsNormCuda, then the GEMV of its x: the roundings differ, 0.4% measured on
+// such rows). A RowNorm with more block sums than kRowNormMaxSquares over its rows is refused.
 TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
   constexpr Tolerance kTwin{1e-4, 8e-3};
   constexpr double kUnfusedRelL2 = 1e-2;
   constexpr float kEps = 1e-6f;
+  constexpr int kBlocks = 37;
   auto rel_l2 = [](const std::vector<float>& a, const std::vector<float>& b) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -660,105 +686,123 @@ TEST_F(CudaOpsTest, RowNormInputsScaleTheSumsByTheRowRms) {
     return std::sqrt(num / std::max(den, 1e-30));
   };
   for (const int k : {1536, 3584, 128}) {
-    std::vector<float> h = Noise(size_t(k), 91, 6.0f);
-    h[7] = 40.0f;  // an outlier channel, as residual streams have
-    std::vector<float> nw = Noise(size_t(k), 92, 0.2f);
-    for (float& v : nw) v += 1.0f;
-    std::vector<float> g(static_cast<size_t>(k));
-    for (int i = 0; i < k; ++i) g[size_t(i)] = ref::RoundBf16(h[size_t(i)] * nw[size_t(i)]);
-    const double inv = ref::RowRmsInv(h.data(), k, kEps);
-    constexpr int kBlocks = 37;
-    std::vector<float> sq(kBlocks, 0.0f);
-    for (int i = 0; i < k; ++i) sq[size_t(i % kBlocks)] += h[size_t(i)] * h[size_t(i)];
-    DeviceBuffer<float> dsq(sq), dnw(nw), dh2(h);
-    DeviceBuffer<uint16_t> dg(testing::ToBf16(g)), dx(static_cast<size_t>(k));
-    ASSERT_TRUE(
-        AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), 1, k, kEps, AsBf16(dx.get()), nullptr).ok());
-    const RowNorm norm{dsq.get(), kBlocks, k, kEps};
-    // SwiGLU.
-    {
-      const int inter = k == 128 ? 96 : k == 1536 ? 8960 : 18944;
-      const std::vector<float> w = Noise(size_t(2 * inter) * k, 93, 0.05f);
-      DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dact(static_cast<size_t>(inter)),
-          dact2(static_cast<size_t>(inter)), dref(static_cast<size_t>(inter));
-      ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, inter, k,
-                                     AsBf16(dref.get()), nullptr)
-                      .ok());
-      std::vector<float> gu(size_t(2 * inter)), act(static_cast<size_t>(inter));
-      ref::Gemv(w.data(), g.data(), 1, 2 * inter, k, gu.data());
-      for (float& v : gu) v = float(v * inv);
-      ref::SiluMul(gu.data(), 1, inter, act.data());
-      for (const GemvOptions& o : PairEpiloguePlans(1)) {
-        dact.Fill(0xff);
-        dact2.Fill(0xff);
-        for (auto* out : {&dact, &dact2}) {
-          ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 1, inter, k,
-                                         AsBf16(out->get()), nullptr, o, norm)
-                          .ok());
-        }
-        ASSERT_EQ(dact.Download(), dact2.Download()) << "k " << k << " split " << o.k_split;
-        const std::vector<float> got = Bf16ToFloat(dact.Download());
-        EXPECT_TRUE(AllClose(got.data(), act.data(), act.size(), kTwin))
-            << "k " << k << " split " << o.k_split << " loads " << o.loads_per_lane;
-        EXPECT_LE(rel_l2(got, Bf16ToFloat(dref.Download())), kUnfusedRelL2)
-            << "k " << k << " split " << o.k_split;
+    for (const int rows : {1, 3}) {
+      std::vector<float> h = Noise(size_t(rows) * k, 91 + rows, 6.0f);
+      for (int m = 0; m < rows; ++m) {
+        h[size_t(m) * k + 7 + m] = 40.0f / float(m + 1);  // an outlier channel a row
       }
-      EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 2, inter, k,
-                                   AsBf16(dact.get()), nullptr, GemvOptions{}, norm)
-                    .code(),
-                absl::StatusCode::kInvalidArgument);
-      RowNorm many = norm;
-      many.count = kRowNormMaxSquares + 1;
-      EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), 1, inter, k,
-                                   AsBf16(dact.get()), nullptr, GemvOptions{}, many)
-                    .code(),
-                absl::StatusCode::kInvalidArgument);
-    }
-    // QKV with bias and RoPE.
-    {
-      const int heads = k == 3584   ? 28
-                        : k == 1536 ? 12
-                                    : 2,
-                kv_heads = k == 3584 ? 4 : 2, d = k == 128 ? 32 : 128;
-      const int n = (heads + 2 * kv_heads) * d;
-      const std::vector<float> w = Noise(size_t(n) * k, 94, 0.05f);
-      const std::vector<float> bias = Noise(size_t(n), 95, 0.5f);
-      const std::vector<int32_t> pos = {262143};
-      DeviceBuffer<uint16_t> dw(testing::ToBf16(w));
-      DeviceBuffer<float> dbias(bias), dqkv(static_cast<size_t>(n));
-      DeviceBuffer<int32_t> dpos(pos);
-      const size_t nq = size_t(heads) * d, nk = size_t(kv_heads) * d;
-      DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk), q3(nq), k3(nk), v3(nk);
-      auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& kk,
-                        DeviceBuffer<uint16_t>& v) {
-        return QkvRopeFor(1, heads, kv_heads, d, dqkv.get(), dbias.get(), dpos.get(), q, kk, v);
-      };
+      std::vector<float> nw = Noise(size_t(k), 92, 0.2f);
+      for (float& v : nw) v += 1.0f;
+      std::vector<float> g(h.size()), sq(size_t(rows) * kBlocks, 0.0f);
+      std::vector<double> inv(static_cast<size_t>(rows));
+      for (int m = 0; m < rows; ++m) {
+        const float* hm = h.data() + size_t(m) * k;
+        inv[size_t(m)] = ref::RowRmsInv(hm, k, kEps);
+        for (int i = 0; i < k; ++i) {
+          g[size_t(m) * k + i] = ref::RoundBf16(hm[i] * nw[size_t(i)]);
+          sq[size_t(m) * kBlocks + size_t(i % kBlocks)] += hm[i] * hm[i];
+        }
+      }
+      DeviceBuffer<float> dsq(sq), dnw(nw), dh2(h);
+      DeviceBuffer<uint16_t> dg(testing::ToBf16(g)), dx(h.size());
       ASSERT_TRUE(
-          GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), k, params(q3, k3, v3), nullptr)
+          AddRmsNormCuda(dh2.get(), nullptr, dnw.get(), rows, k, kEps, AsBf16(dx.get()), nullptr)
               .ok());
-      std::vector<float> qkv(static_cast<size_t>(n)), q(nq), kr(nk), v(nk);
-      ref::Gemv(w.data(), g.data(), 1, n, k, qkv.data());
-      for (float& x : qkv) x = float(x * inv);
-      ref::QkvRope(qkv.data(), bias.data(), pos.data(), 1, heads, kv_heads, d, 1e6f, q.data(),
-                   kr.data(), v.data());
-      for (const GemvOptions& o : PairEpiloguePlans(1)) {
-        for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
-        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k, params(q1, k1, v1),
-                                        nullptr, o, norm)
+      const RowNorm norm{dsq.get(), kBlocks, k, kEps};
+      // SwiGLU.
+      {
+        const int inter = k == 128 ? 96 : k == 1536 ? 8960 : 18944;
+        const size_t na = size_t(rows) * inter;
+        const std::vector<float> w = Noise(size_t(2 * inter) * k, 93, 0.05f);
+        DeviceBuffer<uint16_t> dw(testing::ToBf16(w)), dact(na), dact2(na), dref(na);
+        ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), rows, inter, k,
+                                       AsBf16(dref.get()), nullptr)
                         .ok());
-        ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k, params(q2, k2, v2),
-                                        nullptr, o, norm)
-                        .ok());
-        ASSERT_EQ(q1.Download(), q2.Download()) << "k " << k << " split " << o.k_split;
-        ASSERT_EQ(k1.Download(), k2.Download()) << "k " << k << " split " << o.k_split;
-        ASSERT_EQ(v1.Download(), v2.Download()) << "k " << k << " split " << o.k_split;
-        const std::string where = "k " + std::to_string(k) + " split " + std::to_string(o.k_split) +
-                                  " loads " + std::to_string(o.loads_per_lane);
-        for (auto [dev, want, unfused] :
-             {std::tuple{&q1, &q, &q3}, std::tuple{&k1, &kr, &k3}, std::tuple{&v1, &v, &v3}}) {
-          const std::vector<float> got = Bf16ToFloat(dev->Download());
-          EXPECT_TRUE(AllClose(got.data(), want->data(), want->size(), kTwin)) << where;
-          EXPECT_LE(rel_l2(got, Bf16ToFloat(unfused->Download())), kUnfusedRelL2) << where;
+        std::vector<float> act(na);
+        for (int m = 0; m < rows; ++m) {
+          std::vector<float> gu(size_t(2 * inter));
+          ref::Gemv(w.data(), g.data() + size_t(m) * k, 1, 2 * inter, k, gu.data());
+          for (float& v : gu) v = float(v * inv[size_t(m)]);
+          ref::SiluMul(gu.data(), 1, inter, act.data() + size_t(m) * inter);
+        }
+        for (const GemvOptions& o : PairEpiloguePlans(rows)) {
+          const std::string where = "k " + std::to_string(k) + " rows " + std::to_string(rows) +
+                                    " split " + std::to_string(o.k_split) + " loads " +
+                                    std::to_string(o.loads_per_lane) + " order " +
+                                    std::to_string(o.k_order);
+          dact.Fill(0xff);
+          dact2.Fill(0xff);
+          for (auto* out : {&dact, &dact2}) {
+            ASSERT_TRUE(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), rows, inter, k,
+                                           AsBf16(out->get()), nullptr, o, norm)
+                            .ok());
+          }
+          ASSERT_EQ(dact.Download(), dact2.Download()) << where;
+          const std::vector<float> got = Bf16ToFloat(dact.Download());
+          EXPECT_TRUE(AllClose(got.data(), act.data(), act.size(), kTwin)) << where;
+          EXPECT_LE(rel_l2(got, Bf16ToFloat(dref.Download())), kUnfusedRelL2) << where;
+        }
+        RowNorm many = norm;
+        many.count = kRowNormMaxSquares / rows + 1;
+        EXPECT_EQ(GemvSwiGluBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), rows, inter, k,
+                                     AsBf16(dact.get()), nullptr, GemvOptions{}, many)
+                      .code(),
+                  absl::StatusCode::kInvalidArgument);
+      }
+      // QKV with bias and RoPE.
+      {
+        const int heads = k == 3584   ? 28
+                          : k == 1536 ? 12
+                                      : 2,
+                  kv_heads = k == 3584 ? 4 : 2, d = k == 128 ? 32 : 128;
+        const int n = (heads + 2 * kv_heads) * d;
+        const std::vector<float> w = Noise(size_t(n) * k, 94, 0.05f);
+        const std::vector<float> bias = Noise(size_t(n), 95, 0.5f);
+        std::vector<int32_t> pos;
+        for (int m = 0; m < rows; ++m) pos.push_back(262143 - 1001 * m);
+        DeviceBuffer<uint16_t> dw(testing::ToBf16(w));
+        DeviceBuffer<float> dbias(bias), dqkv(size_t(rows) * n);
+        DeviceBuffer<int32_t> dpos(pos);
+        const size_t nq = size_t(rows) * heads * d, nk = size_t(rows) * kv_heads * d;
+        DeviceBuffer<uint16_t> q1(nq), k1(nk), v1(nk), q2(nq), k2(nk), v2(nk), q3(nq), k3(nk),
+            v3(nk);
+        auto params = [&](DeviceBuffer<uint16_t>& q, DeviceBuffer<uint16_t>& kk,
+                          DeviceBuffer<uint16_t>& v) {
+          return QkvRopeFor(rows, heads, kv_heads, d, dqkv.get(), dbias.get(), dpos.get(), q, kk,
+                            v);
+        };
+        ASSERT_TRUE(
+            GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), k, params(q3, k3, v3), nullptr)
+                .ok());
+        std::vector<float> qkv(size_t(rows) * n), q(nq), kr(nk), v(nk);
+        for (int m = 0; m < rows; ++m) {
+          float* row = qkv.data() + size_t(m) * n;
+          ref::Gemv(w.data(), g.data() + size_t(m) * k, 1, n, k, row);
+          for (int j = 0; j < n; ++j) row[j] = float(row[j] * inv[size_t(m)]);
+        }
+        ref::QkvRope(qkv.data(), bias.data(), pos.data(), rows, heads, kv_heads, d, 1e6f, q.data(),
+                     kr.data(), v.data());
+        for (const GemvOptions& o : PairEpiloguePlans(rows)) {
+          for (auto* b : {&q1, &k1, &v1, &q2, &k2, &v2}) b->Fill(0xff);
+          ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k,
+                                          params(q1, k1, v1), nullptr, o, norm)
+                          .ok());
+          ASSERT_TRUE(GemvQkvRopeBf16Cuda(AsBf16(dw.get()), AsBf16(dg.get()), k,
+                                          params(q2, k2, v2), nullptr, o, norm)
+                          .ok());
+          const std::string where = "k " + std::to_string(k) + " rows " + std::to_string(rows) +
+                                    " split " + std::to_string(o.k_split) + " loads " +
+                                    std::to_string(o.loads_per_lane) + " order " +
+                                    std::to_string(o.k_order);
+          ASSERT_EQ(q1.Download(), q2.Download()) << where;
+          ASSERT_EQ(k1.Download(), k2.Download()) << where;
+          ASSERT_EQ(v1.Download(), v2.Download()) << where;
+          for (auto [dev, want, unfused] :
+               {std::tuple{&q1, &q, &q3}, std::tuple{&k1, &kr, &k3}, std::tuple{&v1, &v, &v3}}) {
+            const std::vector<float> got = Bf16ToFloat(dev->Download());
+            EXPECT_TRUE(AllClose(got.data(), want->data(), want->size(), kTwin)) << where;
+            EXPECT_LE(rel_l2(got, Bf16ToFloat(unfused->Download())), kUnfusedRelL2) << where;
+          }
         }
       }
     }
