@@ -477,14 +477,14 @@ __global__ void __launch_bounds__(kThreads)
 // conversions) on each weight at 8 rows and runs issue-bound.
 constexpr int kMmaTileRows = 16;
 
-// The weight row behind row r (0..15) of 16-row tile `tile` of an n-row GEMV: kEpiStore row
-// 16 tile + r; the pair epilogues put the first rows of pairs 8 tile .. 8 tile + 7 in rows
+// The weight row behind row r (0..15) of 16-row tile `tile` of an n-row GEMV: kEpiStore and
+// kEpiResidual row 16 tile + r; the pair epilogues put the first rows of pairs 8 tile .. 8 tile + 7 in rows
 // 0..7 and their second rows in 8..15, so a lane's accumulators c0 and c2 are one pair:
 // kEpiSwiGlu gate row p and up row n / 2 + p; kEpiQkvRope the RoPE pair (i, i + half) of a
 // head. Rows past the end read the last valid row (computed, dropped).
 template <int EPI>
 __device__ __forceinline__ int MmaTileWeightRow(int tile, int r, int n, int half) {
-  if constexpr (EPI == kEpiStore) {
+  if constexpr (EPI == kEpiStore || EPI == kEpiResidual) {
     const int j = tile * kMmaTileRows + r;
     return j < n ? j : n - 1;
   } else {
