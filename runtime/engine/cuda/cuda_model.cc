@@ -405,6 +405,12 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
   return gemm_->Linear(x, w, rows, n, k, y, stream_);
 }
 
+// Rows up to which a GEMV step fuses its norms. H200 (docs/cuda_backend.md, run 33), e2e ms per
+// step, norm kernels -> fused, 32K / 256K: 2 rows 1.5B dense -1.6% / -0.8%, ReSA -2.2% / -1.7%,
+// 7B -0.2-0.4%; but 4 rows +0.4-2% and 8 rows +1-9% (1.5B 32K ReSA 2.28 -> 2.49): on the tensor
+// cores the fused GEMVs cost more than the two norm launches they save.
+constexpr int kFusedNormMaxRows = 2;
+
 absl::Status CudaModel::Enqueue(const Plan& plan) {
   const ModelConfig& c = config();
   const TpShard& ts = weights_->shard();
@@ -418,12 +424,13 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // last layer's output: its K/V depend only on its input, so it stops once they are written
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
   const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
-  // A decode step whose linear layers all run the GEMVs (rows <= gemv_max_rows) runs its
+  // A step of up to kFusedNormMaxRows rows whose linear layers all run the GEMVs runs its
   // RMSNorms inside them (FusedNorms(), RowNorm): o_proj and down add their sums into h and write
   // the next norm's numerator g into x_ and their block sums of h^2 into squares_, which qkv and
   // gate_up read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
   // all-reduce comes before the residual add) or SP.
-  const bool gemv_step = rows <= options_.gemv_max_rows && FusedNorms() && SwiGluEpilogue() &&
+  const bool gemv_step = rows <= std::min(options_.gemv_max_rows, kFusedNormMaxRows) &&
+                         FusedNorms() && SwiGluEpilogue() &&
                          !plan.sharded && !tp_parallel() && !plan.reduce_last && hid % 8 == 0 &&
                          lq % 8 == 0 && li % 8 == 0;
   const int o_squares = gemv_step ? GemvResidualSquares(rows, hid, lq) : 0,

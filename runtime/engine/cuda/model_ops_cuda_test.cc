@@ -633,7 +633,8 @@ TEST_F(CudaOpsTest, GemvResidualAddsIntoTheResidualAndWritesTheNormInput) {
       got_g.resize(g.size());
       EXPECT_TRUE(AllClose(got_h.data(), h.data(), h.size(), kF32Sum))
           << "n " << s.n << " rows " << rows;
-      EXPECT_TRUE(AllClose(got_g.data(), g.data(), g.size(), kBf16Ulp))
+      // g: a bf16 step of h * next_w, plus h's fp32-sum error where h nearly cancels.
+      EXPECT_TRUE(AllClose(got_g.data(), g.data(), g.size(), Tolerance{1e-4, 8e-3}))
           << "n " << s.n << " rows " << rows;
     }
   }
