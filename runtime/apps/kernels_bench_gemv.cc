@@ -135,6 +135,23 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
           !st.ok())
         return st;
     }
+    // The fused-norm twins' extra inputs: the next norm's weights, g [rows][n], and block sums
+    // of h^2 (a RowNorm input: kRowNormMaxSquares ones, at most).
+    DevMem next_w, g_out, squares;
+    if (auto st = next_w.Alloc(size_t(s.n) * 4); !st.ok()) return st;
+    if (auto st = g_out.Alloc(size_t(max_rows) * s.n * 2); !st.ok()) return st;
+    if (auto st = squares.Alloc(size_t(cuda::kRowNormMaxSquares) * 4); !st.ok()) return st;
+    {
+      const std::vector<float> ones(std::max<size_t>(size_t(s.n), cuda::kRowNormMaxSquares), 1.0f);
+      if (auto st = Cuda(cudaMemcpy(next_w.p, ones.data(), next_w.bytes, cudaMemcpyHostToDevice),
+                         "next_w");
+          !st.ok())
+        return st;
+      if (auto st = Cuda(cudaMemcpy(squares.p, ones.data(), squares.bytes, cudaMemcpyHostToDevice),
+                         "squares");
+          !st.ok())
+        return st;
+    }
     auto wi = [&](int i) { return w.as<__nv_bfloat16>() + size_t(i % copies) * s.n * s.k; };
     auto gemv = [&](int i, int rows, const cuda::GemvOptions& opt, float* out, cudaStream_t st) {
       return s.fp32_x
@@ -220,12 +237,15 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
       // --gemv-sweep, under every plan.
       const bool swiglu = std::strcmp(s.matrix, "gate_up") == 0;
       const bool qkv_rope = s.kv_heads > 0;
-      auto time_twin = [&](const cuda::GemvOptions& opt) -> absl::StatusOr<double> {
+      // With `norm` set, the twin reads a RowNorm input (the model's fused norms): count block
+      // sums a row as the producer before it would write (GemvResidualSquares of o / down).
+      auto time_twin = [&](const cuda::GemvOptions& opt,
+                           const cuda::RowNorm& norm = {}) -> absl::StatusOr<double> {
         return TimeUs(
             [&](int i, cudaStream_t st) {
               if (swiglu) {
                 return cuda::GemvSwiGluBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), rows, s.n / 2, s.k,
-                                                act.as<__nv_bfloat16>(), st, opt);
+                                                act.as<__nv_bfloat16>(), st, opt, norm);
               }
               cuda::QkvRopeParams rp;
               rp.rows = rows;
@@ -236,7 +256,8 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
               rp.q = act.as<__nv_bfloat16>();
               rp.k = rp.q + size_t(rows) * rp.num_heads * kGemvHeadDim;
               rp.v = rp.k + size_t(rows) * s.kv_heads * kGemvHeadDim;
-              return cuda::GemvQkvRopeBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), s.k, rp, st, opt);
+              return cuda::GemvQkvRopeBf16Cuda(wi(i), xb.as<__nv_bfloat16>(), s.k, rp, st, opt,
+                                               norm);
             },
             o.gemv_iters);
       };
@@ -245,6 +266,31 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
         if (!t.ok()) return t.status();
         EmitGemv(s, rows, swiglu ? "new_swiglu" : "new_qkv_rope", &plan, *t, bytes, ceiling,
                  *legacy, *cublas);
+        // (Block sums of o_proj's plan, hidden x hidden; down's, hidden x inter, are as many.)
+        const cuda::RowNorm norm{squares.as<float>(), cuda::GemvResidualSquares(rows, s.k, s.k),
+                                 s.k, 1e-6f};
+        if (int64_t(rows) * norm.count <= cuda::kRowNormMaxSquares) {
+          auto tn = time_twin(new_opt, norm);
+          if (!tn.ok()) return tn.status();
+          EmitGemv(s, rows, swiglu ? "new_swiglu_norm" : "new_qkv_rope_norm", &plan, *tn, bytes,
+                   ceiling, *legacy, *cublas);
+        }
+      }
+      // o_proj and down: the residual epilogue of the fused norms (h += the sums, g, block sums).
+      if (std::strcmp(s.matrix, "o") == 0 || std::strcmp(s.matrix, "down") == 0) {
+        auto t = TimeUs(
+            [&](int i, cudaStream_t st) {
+              __nv_bfloat16* g = g_out.as<__nv_bfloat16>();
+              return s.fp32_x ? cuda::GemvResidualBf16Cuda(wi(i), xf.as<float>(), rows, s.n, s.k,
+                                                           y.as<float>(), next_w.as<float>(), g,
+                                                           squares.as<float>(), st, new_opt)
+                              : cuda::GemvResidualBf16Cuda(
+                                    wi(i), xb.as<__nv_bfloat16>(), rows, s.n, s.k, y.as<float>(),
+                                    next_w.as<float>(), g, squares.as<float>(), st, new_opt);
+            },
+            o.gemv_iters);
+        if (!t.ok()) return t.status();
+        EmitGemv(s, rows, "new_residual", &plan, *t, bytes, ceiling, *legacy, *cublas);
       }
       if (!o.gemv_sweep) continue;
       // Every (k split, loads per lane) the kernel offers, to calibrate PlanGemv; the fused twin
