@@ -406,10 +406,11 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
 }
 
 // Rows up to which a GEMV step fuses its norms. H200 (docs/cuda_backend.md, run 33), e2e ms per
-// step, norm kernels -> fused, 32K / 256K: 2 rows 1.5B dense -1.6% / -0.8%, ReSA -2.2% / -1.7%,
-// 7B -0.2-0.4%; but 4 rows +0.4-2% and 8 rows +1-9% (1.5B 32K ReSA 2.28 -> 2.49): on the tensor
-// cores the fused GEMVs cost more than the two norm launches they save.
-constexpr int kFusedNormMaxRows = 2;
+// step, norm kernels -> fused, 32K / 256K: 2 rows 1.5B dense -2.4% / -0.8%, ReSA -2.8% / -1.4%,
+// 7B -1.0-1.1%; 4 rows 1.5B -0.7-1.9%, 7B 0-1.3%; 8 rows from -0.5% (1.5B 32K dense) to +1.8%
+// (1.5B 32K ReSA): at 8 rows the gate_up GEMV's RowNorm tail (4.3 us of 20.4) costs about what
+// the two norm launches save.
+constexpr int kFusedNormMaxRows = 4;
 
 absl::Status CudaModel::Enqueue(const Plan& plan) {
   const ModelConfig& c = config();
