@@ -311,11 +311,10 @@ absl::Status PairEpiloguePlan(const char* name, int rows, int n, int k, const Ge
   return absl::OkStatus();
 }
 
-// A launch of a RowNorm consumer: the dynamic shared memory its block sums (`rows` rows of
-// them) are staged in.
-cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& norm, int rows) {
-  cfg.dynamicSmemBytes =
-      norm.squares != nullptr ? size_t(rows) * size_t(norm.count) * sizeof(float) : 0;
+// A one-row launch of a RowNorm consumer: the dynamic shared memory its block sums are staged
+// in (the tensor-core kernel stages none).
+cudaLaunchConfig_t WithRowNormStaging(cudaLaunchConfig_t cfg, const RowNorm& norm) {
+  cfg.dynamicSmemBytes = norm.squares != nullptr ? size_t(norm.count) * sizeof(float) : 0;
   return cfg;
 }
 
@@ -351,11 +350,11 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
   const GemvLaunch launch(plan, options, stream);
   const cudaError_t err =
       plan.tensor_cores
-          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(
-                plan, WithRowNormStaging(launch.cfg, norm, rows), w, x, rows, 2 * inter, k,
-                nullptr, act, QkvRopeParams{}, GemvNormArgs{norm})
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiSwiGlu>(plan, launch.cfg, w, x, rows,
+                                                           2 * inter, k, nullptr, act,
+                                                           QkvRopeParams{}, GemvNormArgs{norm})
           : LaunchGemvKernel<1, __nv_bfloat16, kEpiSwiGlu>(
-                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm, 1), w, x, 2 * inter, k,
+                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, 2 * inter, k,
                 plan.k_split, nullptr, act, QkvRopeParams{}, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (SwiGLU epilogue)");
 }
@@ -393,14 +392,13 @@ absl::Status GemvQkvRopeBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x,
     return st;
   }
   const GemvLaunch launch(plan, options, stream);
-  const cudaLaunchConfig_t cfg = WithRowNormStaging(launch.cfg, norm, p.rows);
   const cudaError_t err =
       plan.tensor_cores
-          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, cfg, w, x, p.rows, n, k, nullptr,
-                                                            nullptr, p, GemvNormArgs{norm})
-          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(plan.loads_per_lane, cfg, w, x, n, k,
-                                                            plan.k_split, nullptr, nullptr, p,
-                                                            GemvNormArgs{norm});
+          ? LaunchGemvMmaKernel<__nv_bfloat16, kEpiQkvRope>(plan, launch.cfg, w, x, p.rows, n, k,
+                                                            nullptr, nullptr, p, GemvNormArgs{norm})
+          : LaunchGemvKernel<1, __nv_bfloat16, kEpiQkvRope>(
+                plan.loads_per_lane, WithRowNormStaging(launch.cfg, norm), w, x, n, k,
+                plan.k_split, nullptr, nullptr, p, GemvNormArgs{norm});
   return CudaStatus(err, "launching the GEMV (QKV epilogue)");
 }
 
