@@ -44,7 +44,8 @@ struct E2eOptions {
   std::string chunk_kernel = "wgmma";
   // Selection threshold hints kept between steps: "on", "off" or "both", as --pdl.
   std::string selection_hints = "on";
-  // RMSNorms of steps of 1-4 rows inside their GEMVs: "on", "off" or "both", as --pdl.
+  // RMSNorms of GEMV steps (up to --gemv-max-rows rows) inside their GEMVs: "on", "off" or
+  // "both", as --pdl.
   std::string fused_norms = "on";
   // L2 fetch granularities (bytes) to run every row with, in order; the targets use the last.
   std::vector<int> l2_fetch = {128};
@@ -470,7 +471,8 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--fused-norms", o.fused_norms,
-                "RMSNorms of steps of 1-4 rows inside their GEMVs (o_proj and down add into the "
+                "RMSNorms of steps of up to --gemv-max-rows rows inside their GEMVs (o_proj and "
+                "down add into the "
                 "residual, qkv and gate_up scale by 1 / rms; no norm launches but the first "
                 "and last): on, off, or both (each row twice, off then on, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))

@@ -405,13 +405,6 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
   return gemm_->Linear(x, w, rows, n, k, y, stream_);
 }
 
-// Rows up to which a GEMV step fuses its norms. H200 (docs/cuda_backend.md, run 33), e2e ms per
-// step, norm kernels -> fused, 32K / 256K: 2 rows 1.5B dense -2.4% / -0.8%, ReSA -2.8% / -1.4%,
-// 7B -1.0-1.1%; 4 rows 1.5B -0.7-1.9%, 7B 0-1.3%; 8 rows from -0.5% (1.5B 32K dense) to +1.8%
-// (1.5B 32K ReSA): at 8 rows the gate_up GEMV's RowNorm tail (4.3 us of 20.4) costs about what
-// the two norm launches save.
-constexpr int kFusedNormMaxRows = 4;
-
 absl::Status CudaModel::Enqueue(const Plan& plan) {
   const ModelConfig& c = config();
   const TpShard& ts = weights_->shard();
@@ -425,13 +418,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // last layer's output: its K/V depend only on its input, so it stops once they are written
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
   const bool kv_only_last = plan.nl == 0 && plan.ns == 0;
-  // A step of up to kFusedNormMaxRows rows whose linear layers all run the GEMVs runs its
-  // RMSNorms inside them (FusedNorms(), RowNorm): o_proj and down add their sums into h and write
-  // the next norm's numerator g into x_ and their block sums of h^2 into squares_, which qkv and
-  // gate_up read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
+  // A step whose linear layers all run the GEMVs (rows <= gemv_max_rows) runs its RMSNorms
+  // inside them (FusedNorms(), RowNorm): o_proj and down add their sums into h and write the next
+  // norm's numerator g into x_ and their block sums of h^2 into squares_, which qkv and gate_up
+  // read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
   // all-reduce comes before the residual add) or SP.
-  const bool gemv_step = rows <= std::min(options_.gemv_max_rows, kFusedNormMaxRows) &&
-                         FusedNorms() && SwiGluEpilogue() &&
+  const bool gemv_step = rows <= options_.gemv_max_rows && FusedNorms() && SwiGluEpilogue() &&
                          !plan.sharded && !tp_parallel() && !plan.reduce_last && hid % 8 == 0 &&
                          lq % 8 == 0 && li % 8 == 0;
   const int o_squares = gemv_step ? GemvResidualSquares(rows, hid, lq) : 0,

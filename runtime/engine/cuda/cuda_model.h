@@ -91,8 +91,8 @@ absl::StatusOr<double> MeasureGemmTflops(int n);
 bool SwiGluEpilogue();
 void SetSwiGluEpilogue(bool on);
 
-// Whether a step of 1-4 rows (within CudaModelOptions::gemv_max_rows) runs its RMSNorms inside
-// its GEMVs (RowNorm, GemvResidualBf16Cuda; 8 rows measured no faster with them):
+// Whether a step of up to CudaModelOptions::gemv_max_rows rows (8) runs its RMSNorms inside its
+// GEMVs (RowNorm, GemvResidualBf16Cuda):
 // o_proj and down add into the residual and write the next norm's numerator, qkv and gate_up
 // scale their sums by 1 / rms; two launches less a layer. Needs SwiGluEpilogue(); not under
 // TP or SP. Not bit for bit the norm kernel's path (the bf16 rounding of the GEMV input comes

@@ -455,8 +455,8 @@ TEST_F(CudaModelInvariants, TuningSwitchesDoNotChangeBits) {
 }
 
 // Steps with their RMSNorms inside the GEMVs (FusedNorms) against the norm kernels: dense, sparse
-// and ReSA sequences alone (the one-row kernels) and a dense and a ReSA one in a batch (the
-// tensor-core GEMVs), eager (the selection trace keeps steps out of graphs), teacher-forced with the same
+// and ReSA sequences alone (the one-row kernels) and the three in one batch (the tensor-core
+// GEMVs), eager (the selection trace keeps steps out of graphs), teacher-forced with the same
 // tokens (rectifications included). The fused step rounds each GEMV input to bf16 before its
 // 1 / rms scaling instead of after it, so the logits differ from the first step on (the fused
 // path ran) but stay within 1e-2 relative L2 up to the first step whose selections differ
@@ -472,7 +472,7 @@ TEST_F(CudaModelInvariants, FusedNormsStayWithinABf16Step) {
       sparse{DecodeMode::kSparse, 0.25f, 4, 8}, resa{DecodeMode::kResa, 0.25f, 4, 8};
   for (const std::vector<ResaOptions>& batch :
        {std::vector<ResaOptions>{dense}, std::vector<ResaOptions>{sparse},
-        std::vector<ResaOptions>{resa}, std::vector<ResaOptions>{dense, resa}}) {
+        std::vector<ResaOptions>{resa}, std::vector<ResaOptions>{dense, sparse, resa}}) {
     std::string name;
     for (const ResaOptions& o : batch) name += std::string(DecodeModeName(o.mode)) + " ";
     Selections sel[2];
