@@ -120,13 +120,14 @@ struct GemvWarp {
 // output rows are logical: pairs (2i, 2i + 1) of weight rows meet in one block (GemvKernel).
 enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope, kEpiResidual };
 
-// The RMSNorm of a one-row step inside its GEMVs (GemvResidualBf16Cuda, RowNorm): a producer
+// The RMSNorms of a GEMV step inside its GEMVs (GemvResidualBf16Cuda, RowNorm): a producer
 // (kEpiResidual: o_proj, down) adds its sums into the residual h, writes g = bf16(h * next_w)
-// and its block's sum of h^2; a consumer (kEpiSwiGlu, kEpiQkvRope with norm.squares set:
-// gate_up, qkv) reads g as its x and scales its sums by RowRmsInv(norm) before its epilogue.
-// Neither holds a register more across its weight loop than the plain GEMV (that costs warps a
-// multiprocessor at 32 registers): what they read besides x goes to shared memory by cp.async,
-// issued before the loop, read after it.
+// and its block's sum of h^2 for each input row; a consumer (kEpiSwiGlu, kEpiQkvRope with
+// norm.squares set: gate_up, qkv) reads g as its x and scales each row's sums by that row's
+// 1 / rms before its epilogue. In the one-row kernel neither holds a register more across its
+// weight loop than the plain GEMV (that costs warps a multiprocessor at 32 registers): what they
+// read besides x goes to shared memory by cp.async, issued before the loop, read after it
+// (GemvMmaKernel: its own comment).
 struct GemvNormArgs {
   RowNorm norm;
   const float* next_w = nullptr;
@@ -478,8 +479,8 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kMmaTileRows = 16;
 
 // The weight row behind row r (0..15) of 16-row tile `tile` of an n-row GEMV: kEpiStore and
-// kEpiResidual row 16 tile + r; the pair epilogues put the first rows of pairs 8 tile .. 8 tile + 7 in rows
-// 0..7 and their second rows in 8..15, so a lane's accumulators c0 and c2 are one pair:
+// kEpiResidual row 16 tile + r; the pair epilogues put the first rows of pairs 8 tile .. 8 tile
+// + 7 in rows 0..7 and their second rows in 8..15, so a lane's accumulators c0 and c2 are one pair:
 // kEpiSwiGlu gate row p and up row n / 2 + p; kEpiQkvRope the RoPE pair (i, i + half) of a
 // head. Rows past the end read the last valid row (computed, dropped).
 template <int EPI>
@@ -565,8 +566,8 @@ __device__ __forceinline__ void MmaStep(float (&acc0)[4], float (&acc1)[4], cons
 //  * NORM (kEpiSwiGlu, kEpiQkvRope): warp m < rows computes row m's 1 / rms from its block sums
 //    after GridDependencyWait, with the first weight batch in flight, and it scales that row's
 //    sums. (Staged in shared memory and added after the loop instead, as the one-row kernel
-//    does, the 1.5B gate_up at 8 rows took 20.3 us against the plain SwiGLU twin's 16.2 on the
-//    H200; with every warp adding every row there, 24.2.)
+//    does, the 1.5B gate_up at 8 rows took 20.4 us against the plain SwiGLU twin's 16.0 on the
+//    H200; with every warp adding every row there, 24.2; this way 17.8.)
 template <int U, typename XT, int EPI = kEpiStore, bool INTERLEAVE = false, bool NORM = false>
 __global__ void __launch_bounds__(kThreads)
     GemvMmaKernel(const __nv_bfloat16* w, const XT* x, int rows, int n, int k, int split, float* y,
