@@ -51,10 +51,10 @@ struct CudaTuning {
   // Programmatic dependent launch of the step's kernels (kernels/cuda/launch.h; each kernel
   // scheduled while the one before it ends). RESA_CUDA_PDL=0 turns it off at start.
   bool programmatic_launch = true;
-  // A single decode row's GEMVs run their epilogues: SwiGLU in gate_up, bias and RoPE in qkv
-  // (cuda_model.h).
+  // The decode GEMVs (steps of up to 8 rows) run their epilogues: SwiGLU in gate_up, bias and
+  // RoPE in qkv (cuda_model.h).
   bool swiglu_epilogue = true;
-  // A single decode row's RMSNorms run inside its GEMVs (cuda_model.h, FusedNorms).
+  // The RMSNorms of those steps run inside their GEMVs (cuda_model.h, FusedNorms).
   // RESA_CUDA_FUSED_NORMS=0 turns it off at start.
   bool fused_norms = true;
   // Prefill and rectification chunks run on the wgmma attention kernel (sm_90; else the
