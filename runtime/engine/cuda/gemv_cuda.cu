@@ -323,9 +323,11 @@ absl::Status CheckRowNorm(const char* name, const RowNorm& norm, int rows) {
       (norm.dim <= 0 || !(norm.eps >= 0.0f) || norm.count < 1 ||
        int64_t(rows) * norm.count > kRowNormMaxSquares)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        name, ": a RowNorm input takes dim > 0, eps >= 0 and 1.. block sums a row, at most ",
-        kRowNormMaxSquares, " over its rows, got rows ", rows, " dim ", norm.dim, " eps ",
-        norm.eps, " count ", norm.count));
+        name,
+        ": a RowNorm input takes dim > 0, eps >= 0 and at least one block sum a row, at "
+        "most ",
+        kRowNormMaxSquares, " over its rows, got rows ", rows, " dim ", norm.dim, " eps ", norm.eps,
+        " count ", norm.count));
   }
   return absl::OkStatus();
 }
