@@ -26,7 +26,7 @@ struct E2eOptions {
   std::vector<int> contexts = {32768, 131072, 262144};
   std::vector<int> batches = {1, 8};
   std::vector<std::string> modes = {"dense", "sparse", "resa"};
-  int steps = 64;  // timed decode steps per row (after a warm-up of rectify_every + 4)
+  int steps = 64;  // timed decode steps per row (after a warm-up of 2 rectify_every + 4)
   std::string device = "cuda";
   float sparse_ratio = 0.1f;
   int min_blocks = 16;
@@ -132,7 +132,7 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   std::vector<int> ids;
   // The context starts short of `ctx` by the steps this row decodes: every step attends to at
   // most ctx keys (at 256K the selection stays on its shared-memory path, <= 16384 blocks).
-  const int warm = o.rectify_every + 4;
+  const int warm = 2 * o.rectify_every + 4;
   const int start = ctx - (warm + o.steps + (o.profile ? o.rectify_every : 0));
   if (start < kPageTokens) return absl::InvalidArgumentError("context shorter than the steps");
   for (int b = 0; b < batch; ++b) {
@@ -142,7 +142,8 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
     if (!id.ok()) return id.status();
     ids.push_back(*id);
   }
-  // The warm-up runs a first rectification (buffers reach their size) and captures the graphs.
+  // The warm-up runs two rectifications (buffers reach their size; the first pass of a shape
+  // runs eagerly, the second is captured) and captures the decode graphs.
   std::vector<Decoder::Feed> feeds(batch);
   std::vector<Sampler> samplers;
   std::vector<RowSampling> draws(batch);

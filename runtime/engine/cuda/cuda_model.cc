@@ -707,6 +707,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
       }
     } else {
       st = CudaStatus(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+      if (st.ok() && plan.nc > 0) ++chunk_graph_replays_;
     }
   } else {
     st = Enqueue(plan);

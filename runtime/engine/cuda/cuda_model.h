@@ -11,8 +11,10 @@
 // gate_up -> SiluMul -> down (chunks: gate_up rounded to bf16 by the GEMM, as the bf16
 // reference models compute it; decode rows: the GEMV's fp32 sums). Decode-only batches of <= 8 rows
 // run as CUDA graphs, one per shape key (rows of each kind, sparse options, context bucket of 4096
-// tokens); the step's host metadata (tokens, positions, page tables) goes to a fixed device buffer
-// before launch.
+// tokens), and so do rectification passes (forwards of at most 64 chunks of at most 64 tokens
+// that ask for no logits; keyed by chunks, rows and the longest chunk's context bucket); the
+// forward's host metadata (tokens, positions, page tables) goes to a fixed device buffer before
+// launch. A shape runs eagerly when first seen and is captured when seen again.
 //
 // Sparse decode rows are exactly those of the CPU backend (a row is sparse iff n < M). The
 // selection on the GPU scores bf16 summaries of bf16 keys; the CPU scores fp32 ones, so the two
@@ -68,7 +70,9 @@ struct CudaModelOptions {
   // weights, keeping `reserve_bytes` for activations and workspaces.
   int32_t kv_pages = 0;
   uint64_t reserve_bytes = uint64_t(3) << 30;
-  bool graphs = true;  // capture decode steps of <= 8 rows in CUDA graphs
+  // Capture decode steps of <= 8 rows and rectification passes (forwards of short chunks, no
+  // logits) in CUDA graphs, one per shape and context bucket (cuda_model.h, top).
+  bool graphs = true;
   // Linear layers of up to this many rows (<= kGemvMaxRows) use GemvBf16Cuda (one row on the
   // CUDA cores, batches on the tensor cores, with the SwiGLU and QKV epilogues fused), larger
   // ones cuBLASLt (LtGemm). 8: on the H200 (`resa-bench e2e --gemv-max-rows 1` vs 8, same call) the
@@ -171,6 +175,8 @@ class CudaModel final : public ModelBackend {
   int graphs_captured() const;
   // Sample calls answered from the forward's own greedy ids (no launch of their own).
   int64_t greedy_samples_from_forward() const { return greedy_from_forward_; }
+  // Chunk forwards (rectification passes) replayed from a captured graph.
+  int64_t chunk_graph_replays() const { return chunk_graph_replays_; }
   // One line: device, weights and KV bytes, KV capacity in tokens and how it was sized.
   std::string Describe() const;
 
@@ -265,6 +271,7 @@ class CudaModel final : public ModelBackend {
   bool greedy_hint_ = false;
   int64_t greedy_rows_ = 0;  // rows of greedy_host_ that belong to the current logits
   int64_t greedy_from_forward_ = 0;
+  int64_t chunk_graph_replays_ = 0;
   DeviceAllocation greedy_mem_;
   int32_t* greedy_host_ = nullptr;  // pinned [logits_cap_]
   int64_t logits_rows_ = 0;       // rows of dlogits_ the last forward with logits wrote

@@ -19,6 +19,10 @@ namespace resa::cuda {
 namespace {
 
 constexpr int32_t kContextBucket = 4096;  // graph keys round context lengths up to this
+// Chunk forwards captured in graphs: at most this many chunks of at most this many tokens
+// (rectification passes; prefill chunks, longer and rarer at one shape, run eagerly).
+constexpr size_t kGraphChunkTokens = 64;
+constexpr int kGraphMaxChunks = 64;
 
 int32_t RoundUp(int32_t x, int32_t m) { return (x + m - 1) / m * m; }
 
@@ -72,8 +76,23 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.order.insert(plan.order.end(), chunk.begin(), chunk.end());
   const int nchunks = int(plan.order.size());
   plan.sharded = sp_parallel();
-  plan.graph = options_.graphs && !profiling_ && !trace_ && plan.nc == 0 && plan.rows > 0 &&
-               plan.rows <= kGemvMaxRows && !tp_parallel() && !sp_parallel();
+  // CUDA graphs: decode steps of up to kGemvMaxRows rows, and forwards of short chunks alone
+  // that ask for no logits (rectification passes: ReSA's f = 32 tokens of each due sequence,
+  // every f steps). Those run about 11 launches a layer, many of them short (GEMMs and
+  // element-wise kernels of 32 rows), so eagerly the host's launches pace them.
+#ifdef RESA_NO_CHUNK_GRAPHS
+  bool short_chunks_only = false;
+#else
+  bool short_chunks_only = plan.nc > 0 && plan.nd == 0 && plan.ns == 0;
+#endif
+  for (int i : chunk) {
+    short_chunks_only = short_chunks_only && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens &&
+                        chunks[size_t(i)].logits == LogitsMode::kNone;
+  }
+  plan.graph = options_.graphs && !profiling_ && !trace_ && plan.rows > 0 && !tp_parallel() &&
+               !sp_parallel() &&
+               ((plan.nc == 0 && plan.rows <= kGemvMaxRows) ||
+                (short_chunks_only && plan.nc <= kGraphMaxChunks));
 
   // Shapes.
   size_t max_table = 1;
@@ -95,8 +114,11 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     plan.max_chunk_rows = std::max(plan.max_chunk_rows, n);
     plan.chunk_rows += n;
   }
-  if (plan.graph) plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
-  int32_t max_keys_all = plan.max_keys_dense;
+  if (plan.graph) {
+    plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
+    if (plan.nc > 0) plan.max_keys_chunk = ContextBucket(plan.max_keys_chunk);
+  }
+  int32_t max_keys_all = std::max(plan.max_keys_dense, plan.max_keys_chunk);
   for (int p = 0; p < plan.ns;) {
     Plan::Group g{sparse[p].first.first, sparse[p].first.second, p, 0, 0, 0, 0, 0};
     while (p < plan.ns && sparse[p].first == std::make_pair(g.ratio, g.min_blocks)) {
@@ -230,7 +252,12 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 SelectionHints(),
                 L2FetchGranularity(),
                 plan.greedy,
-                plan.logits_all_rows};
+                plan.logits_all_rows,
+                plan.nc,
+                plan.rows,
+                plan.max_chunk_rows,
+                plan.max_keys_chunk,
+                plan.nc > 0 && WgmmaChunkDefault()};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);
