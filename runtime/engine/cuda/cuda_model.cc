@@ -680,7 +680,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
                                                stream_),
                                "uploading step metadata");
   if (!st.ok()) return undo(st);
-  if (plan.graph) {
+  if (plan.graph && graph_capture_) {
     auto it = graphs_.find(plan.key);
     if (it == graphs_.end()) {
       // First sight of this shape: run eagerly (one-time kernel setup happens outside any

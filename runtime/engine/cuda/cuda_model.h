@@ -177,6 +177,9 @@ class CudaModel final : public ModelBackend {
   int64_t greedy_samples_from_forward() const { return greedy_from_forward_; }
   // Chunk forwards (rectification passes) replayed from a captured graph.
   int64_t chunk_graph_replays() const { return chunk_graph_replays_; }
+  // Off: forwards planned for graphs run their launches eagerly instead, the bits a replay must
+  // reproduce (tests, debugging). On by default.
+  void set_graph_capture(bool on) { graph_capture_ = on; }
   // One line: device, weights and KV bytes, KV capacity in tokens and how it was sized.
   std::string Describe() const;
 
@@ -272,6 +275,7 @@ class CudaModel final : public ModelBackend {
   int64_t greedy_rows_ = 0;  // rows of greedy_host_ that belong to the current logits
   int64_t greedy_from_forward_ = 0;
   int64_t chunk_graph_replays_ = 0;
+  bool graph_capture_ = true;
   DeviceAllocation greedy_mem_;
   int32_t* greedy_host_ = nullptr;  // pinned [logits_cap_]
   int64_t logits_rows_ = 0;       // rows of dlogits_ the last forward with logits wrote

@@ -76,23 +76,24 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.order.insert(plan.order.end(), chunk.begin(), chunk.end());
   const int nchunks = int(plan.order.size());
   plan.sharded = sp_parallel();
-  // CUDA graphs: decode steps of up to kGemvMaxRows rows, and forwards of short chunks alone
-  // that ask for no logits (rectification passes: ReSA's f = 32 tokens of each due sequence,
-  // every f steps). Those run about 11 launches a layer, many of them short (GEMMs and
-  // element-wise kernels of 32 rows), so eagerly the host's launches pace them.
-#ifdef RESA_NO_CHUNK_GRAPHS
-  bool short_chunks_only = false;
-#else
-  bool short_chunks_only = plan.nc > 0 && plan.nd == 0 && plan.ns == 0;
-#endif
+  // Rectification passes: forwards of short chunks alone that ask for no logits (ReSA's f = 32
+  // tokens of each due sequence, every f steps). They plan their chunk attention for the
+  // longest chunk's context bucket (ContextBucket), with or without graphs, so that a pass gives
+  // the same bits whether it runs eagerly or from a graph captured at another position.
+  bool rectification = plan.nc > 0 && plan.nd == 0 && plan.ns == 0 && plan.nc <= kGraphMaxChunks;
   for (int i : chunk) {
-    short_chunks_only = short_chunks_only && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens &&
-                        chunks[size_t(i)].logits == LogitsMode::kNone;
+    rectification = rectification && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens &&
+                    chunks[size_t(i)].logits == LogitsMode::kNone;
   }
+#ifdef RESA_NO_CHUNK_GRAPHS
+  const bool chunk_graph = false;
+#else
+  const bool chunk_graph = rectification;
+#endif
+  // CUDA graphs: decode steps of up to kGemvMaxRows rows, and rectification passes (about 11
+  // launches a layer, most of them short at 32 rows: eagerly the host's launches pace them).
   plan.graph = options_.graphs && !profiling_ && !trace_ && plan.rows > 0 && !tp_parallel() &&
-               !sp_parallel() &&
-               ((plan.nc == 0 && plan.rows <= kGemvMaxRows) ||
-                (short_chunks_only && plan.nc <= kGraphMaxChunks));
+               !sp_parallel() && ((plan.nc == 0 && plan.rows <= kGemvMaxRows) || chunk_graph);
 
   // Shapes.
   size_t max_table = 1;
@@ -114,10 +115,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     plan.max_chunk_rows = std::max(plan.max_chunk_rows, n);
     plan.chunk_rows += n;
   }
-  if (plan.graph) {
-    plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
-    if (plan.nc > 0) plan.max_keys_chunk = ContextBucket(plan.max_keys_chunk);
-  }
+  if (plan.graph) plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
+  if (rectification) plan.max_keys_chunk = ContextBucket(plan.max_keys_chunk);
   int32_t max_keys_all = std::max(plan.max_keys_dense, plan.max_keys_chunk);
   for (int p = 0; p < plan.ns;) {
     Plan::Group g{sparse[p].first.first, sparse[p].first.second, p, 0, 0, 0, 0, 0};

@@ -381,52 +381,53 @@ TEST_F(CudaModelInvariants, PageTablesFollowSequencesThatComeAndGo) {
 }
 
 // Rectification passes run as CUDA graphs too (a shape's first pass eagerly, its second
-// captured, later ones replayed), keyed by their chunks and context bucket: two ReSA sequences
-// three steps apart (so each pass is one chunk of 8 tokens, and both share the key while both
-// are in the 4096-token bucket), the longer one crossing into the next bucket, decode as each
-// alone without graphs (cuBLAS for every linear layer of both, as BatchedGraphSteps: within
-// 1e-3). A replay that kept the positions, tokens or page table of the pass it was captured from
-// would rewrite the wrong K/V, far outside that.
+// captured, later ones replayed), keyed by their chunks and context bucket, and a replay gives
+// the bits of the same launches run eagerly (set_graph_capture(false): the same plans). Two ReSA
+// sequences three steps apart (so each pass is one chunk of 8 tokens, and both share the key
+// while both are in the 4096-token bucket), the longer one crossing into the next bucket; every
+// step's logits compared bit for bit. A replay that kept the positions, tokens or page table of
+// the pass it was captured from would rewrite other K/V; one planned for the previous bucket
+// would miss keys.
 TEST_F(CudaModelInvariants, RectificationPassesReplayGraphs) {
-  auto batched = Model(true, 1024, 0), single = Model(false, 1024, 0);
-  Decoder db(*batched), ds(*single);
-  const int vocab = batched->config().vocab_size;
-  const ResaOptions resa{DecodeMode::kResa, 0.25f, 4, 8};
-  const int lens[] = {4070, 700};
-  std::vector<int> ib, is;
-  for (int s = 0; s < 2; ++s) {
-    std::vector<int32_t> prompt(lens[s]);
-    for (int i = 0; i < lens[s]; ++i) prompt[size_t(i)] = (i * 37 + 11 * s) % vocab;
-    ib.push_back(db.Start(prompt, resa).value());
-    is.push_back(ds.Start(prompt, resa).value());
-  }
-  double worst = 0.0;
-  for (int step = 0; step < 44; ++step) {
-    std::vector<Decoder::Feed> feeds;
+  for (int gemv_max_rows : {8, 0}) {
+    auto graphs = Model(true, 1024, gemv_max_rows), eager = Model(true, 1024, gemv_max_rows);
+    eager->set_graph_capture(false);
+    Decoder dg(*graphs), de(*eager);
+    const int vocab = graphs->config().vocab_size;
+    const ResaOptions resa{DecodeMode::kResa, 0.25f, 4, 8};
+    const int lens[] = {4070, 700};
+    std::vector<int> ig, ie;
     for (int s = 0; s < 2; ++s) {
-      if (s == 1 && step < 3) continue;  // the second sequence starts three steps later
-      const int32_t t = ArgMax(ds.logits(is[s]), vocab);
-      feeds.push_back({ib[s], t});
-      Decoder::Feed f{is[s], t};
-      ASSERT_TRUE(ds.Step({&f, 1}).ok());
+      std::vector<int32_t> prompt(lens[s]);
+      for (int i = 0; i < lens[s]; ++i) prompt[size_t(i)] = (i * 37 + 11 * s) % vocab;
+      ig.push_back(dg.Start(prompt, resa).value());
+      ie.push_back(de.Start(prompt, resa).value());
     }
-    ASSERT_TRUE(db.Step(feeds).ok());
-    for (int s = 0; s < 2; ++s) {
-      worst = std::max(worst, RelL2(db.logits(ib[s]), ds.logits(is[s]), vocab));
+    for (int step = 0; step < 44; ++step) {
+      std::vector<Decoder::Feed> fg, fe;
+      for (int s = 0; s < 2; ++s) {
+        if (s == 1 && step < 3) continue;  // the second sequence starts three steps later
+        const int32_t t = ArgMax(de.logits(ie[s]), vocab);
+        fg.push_back({ig[s], t});
+        fe.push_back({ie[s], t});
+      }
+      ASSERT_TRUE(dg.Step(fg).ok());
+      ASSERT_TRUE(de.Step(fe).ok());
+      for (int s = 0; s < 2; ++s) {
+        ASSERT_EQ(0, std::memcmp(dg.logits(ig[s]), de.logits(ie[s]), size_t(vocab) * 4))
+            << "gemv_max_rows " << gemv_max_rows << ", step " << step << ", sequence " << s;
+      }
     }
+    for (int s = 0; s < 2; ++s) EXPECT_EQ(dg.report(ig[s]).rectifications, 5);
+    // Passes after steps 8 (eager), 11 (captured), 16, 19, 24, 27 (replays), then 32 (the longer
+    // sequence in the next bucket), 35, 40 and 43: more replays unless the new bucket's larger
+    // workspace dropped the graphs.
+    EXPECT_GE(graphs->chunk_graph_replays(), 4);
+    EXPECT_EQ(eager->chunk_graph_replays(), 0);
+    EXPECT_EQ(eager->graphs_captured(), 0);
+    std::printf("[rectification graphs] gemv_max_rows %d: %lld replays, logits bitwise equal\n",
+                gemv_max_rows, static_cast<long long>(graphs->chunk_graph_replays()));
   }
-  EXPECT_LE(worst, 1e-3);
-  for (int s = 0; s < 2; ++s) {
-    EXPECT_EQ(db.report(ib[s]).rectifications, ds.report(is[s]).rectifications);
-    EXPECT_EQ(db.report(ib[s]).rectifications, 5);
-  }
-  // Passes after steps 8 (eager), 11 (captured), 16, 19, 24, 27 (replays), then 32 (the longer
-  // sequence in the next bucket), 35, 40 and 43: more replays unless the new bucket's larger
-  // workspace dropped the graphs.
-  EXPECT_GE(batched->chunk_graph_replays(), 4);
-  EXPECT_EQ(single->chunk_graph_replays(), 0);
-  std::printf("[rectification graphs] %lld replays, worst relative L2 %.2e\n",
-              static_cast<long long>(batched->chunk_graph_replays()), worst);
 }
 
 // Programmatic dependent launch changes when kernels start, never what they compute; the
