@@ -19,8 +19,9 @@ namespace resa::cuda {
 namespace {
 
 constexpr int32_t kContextBucket = 4096;  // graph keys round context lengths up to this
-// Chunk forwards captured in graphs: at most this many chunks of at most this many tokens
-// (rectification passes; prefill chunks, longer and rarer at one shape, run eagerly).
+// Short chunk forwards: at most this many chunks of at most this many tokens, alone in their
+// forward (rectification passes). They plan for their context bucket and, when they ask for no
+// logits, run as graphs; prefill chunks (longer, rarer at one shape) run eagerly.
 constexpr size_t kGraphChunkTokens = 64;
 constexpr int kGraphMaxChunks = 64;
 
@@ -76,22 +77,25 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   plan.order.insert(plan.order.end(), chunk.begin(), chunk.end());
   const int nchunks = int(plan.order.size());
   plan.sharded = sp_parallel();
-  // Rectification passes: forwards of short chunks alone that ask for no logits (ReSA's f = 32
-  // tokens of each due sequence, every f steps). They plan their chunk attention for the
-  // longest chunk's context bucket (ContextBucket), with or without graphs, so that a pass gives
-  // the same bits whether it runs eagerly or from a graph captured at another position.
-  bool rectification = plan.nc > 0 && plan.nd == 0 && plan.ns == 0 && plan.nc <= kGraphMaxChunks;
+  // Forwards of short chunks alone (rectification passes: ReSA's f = 32 tokens of each due
+  // sequence, every f steps, no logits) plan their chunk attention for the longest chunk's
+  // context bucket (ContextBucket), with or without graphs and whatever logits they ask for, so
+  // that the same tokens give the same bits eagerly, from a graph captured at another position,
+  // or with logits.
+  bool short_chunks = plan.nc > 0 && plan.nd == 0 && plan.ns == 0 && plan.nc <= kGraphMaxChunks;
+  bool no_logits = true;
   for (int i : chunk) {
-    rectification = rectification && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens &&
-                    chunks[size_t(i)].logits == LogitsMode::kNone;
+    short_chunks = short_chunks && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens;
+    no_logits = no_logits && chunks[size_t(i)].logits == LogitsMode::kNone;
   }
 #ifdef RESA_NO_CHUNK_GRAPHS
   const bool chunk_graph = false;
 #else
-  const bool chunk_graph = rectification;
+  const bool chunk_graph = short_chunks && no_logits;
 #endif
-  // CUDA graphs: decode steps of up to kGemvMaxRows rows, and rectification passes (about 11
-  // launches a layer, most of them short at 32 rows: eagerly the host's launches pace them).
+  // CUDA graphs: decode steps of up to kGemvMaxRows rows, and short chunks without logits
+  // (rectification passes: about 11 launches a layer, most of them short at 32 rows, so that
+  // eagerly the host's launches pace them).
   plan.graph = options_.graphs && !profiling_ && !trace_ && plan.rows > 0 && !tp_parallel() &&
                !sp_parallel() && ((plan.nc == 0 && plan.rows <= kGemvMaxRows) || chunk_graph);
 
@@ -116,7 +120,7 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     plan.chunk_rows += n;
   }
   if (plan.graph) plan.max_keys_dense = ContextBucket(plan.max_keys_dense);
-  if (rectification) plan.max_keys_chunk = ContextBucket(plan.max_keys_chunk);
+  if (short_chunks) plan.max_keys_chunk = ContextBucket(plan.max_keys_chunk);
   int32_t max_keys_all = std::max(plan.max_keys_dense, plan.max_keys_chunk);
   for (int p = 0; p < plan.ns;) {
     Plan::Group g{sparse[p].first.first, sparse[p].first.second, p, 0, 0, 0, 0, 0};
