@@ -88,11 +88,7 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
     short_chunks = short_chunks && chunks[size_t(i)].tokens.size() <= kGraphChunkTokens;
     no_logits = no_logits && chunks[size_t(i)].logits == LogitsMode::kNone;
   }
-#ifdef RESA_NO_CHUNK_GRAPHS
-  const bool chunk_graph = false;
-#else
   const bool chunk_graph = short_chunks && no_logits;
-#endif
   // CUDA graphs: decode steps of up to kGemvMaxRows rows, and short chunks without logits
   // (rectification passes: about 11 launches a layer, most of them short at 32 rows, so that
   // eagerly the host's launches pace them).
