@@ -9,11 +9,16 @@ bin="$1/bin"; model="$2"; prompt="$3"; out="${4:-/tmp/compare_devices}"; shift 4
 mkdir -p "$out"
 status=0
 for mode in dense sparse resa; do
+  failed=0
   for device in cpu cuda; do
     "$bin/resa" generate -m "$model" -f "$prompt" --device $device --mode $mode -n 64 \
       --min-blocks 4 "$@" > "$out/$mode.$device.txt" 2> "$out/$mode.$device.err" ||
-      { echo "$mode $device: resa generate failed"; tail -3 "$out/$mode.$device.err"; status=1; }
+      { echo "$mode $device: resa generate failed"; tail -3 "$out/$mode.$device.err"; status=1; failed=1; }
   done
+  if [ $failed -ne 0 ]; then
+    echo "$mode: not compared (a generation failed)"
+    continue
+  fi
   grep -h "^\[$mode\]" "$out/$mode.cuda.err" "$out/$mode.cpu.err" 2>/dev/null | sed 's/^/  /'
   python3 - "$out/$mode.cpu.txt" "$out/$mode.cuda.txt" "$mode" <<'EOF'
 import sys

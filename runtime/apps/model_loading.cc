@@ -20,8 +20,8 @@ namespace resa {
 
 namespace {
 constexpr ModelAlias kAliases[] = {
-    {"default", "SmolLM2-135M-Instruct.Q4_1.gguf", "./scripts/fetch_model.sh"},
-    {"smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", "./scripts/fetch_model.sh"},
+    {"default", kDefaultModelFile, "./scripts/fetch_model.sh"},
+    {"smollm2-135m", kDefaultModelFile, "./scripts/fetch_model.sh"},
     {"qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
      "./scripts/fetch_qwen_coder.sh"},
 };
@@ -32,18 +32,6 @@ const ModelAlias* FindModelAlias(const std::string& name) {
     if (name == a.name) return &a;
   }
   return nullptr;
-}
-
-std::string ModelCacheDir() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  std::string base;
-  if (xdg != nullptr && *xdg != '\0') {
-    base = xdg;
-  } else {
-    const char* home = std::getenv("HOME");
-    base = absl::StrCat(home != nullptr ? home : ".", "/.cache");
-  }
-  return base + "/resa/models";
 }
 
 absl::StatusOr<std::string> ResolveModelPath(const std::string& spec) {

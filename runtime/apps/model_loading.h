@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/engine/cpu_weights.h"
+#include "runtime/model/model_cache.h"  // ModelCacheDir, the default model's file
 #include "runtime/model/weight_source.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -19,9 +20,6 @@ struct ModelAlias {
   const char* fetch_hint;  // command that fetches it
 };
 const ModelAlias* FindModelAlias(const std::string& name);
-
-// ${XDG_CACHE_HOME:-$HOME/.cache}/resa/models
-std::string ModelCacheDir();
 
 // "default" or another alias -> its cached file (NotFound with the fetch command when absent);
 // anything else is taken as a path and must exist.

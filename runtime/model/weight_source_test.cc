@@ -20,6 +20,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/model/gguf.h"
 #include "runtime/model/gguf_writer.h"
+#include "runtime/model/model_cache.h"
 #include "runtime/model/safetensors.h"
 
 namespace resa {
@@ -558,17 +559,8 @@ TEST(OpenWeightSource, BadPaths) {
 
 // ---- the real default model --------------------------------------------------------------------
 
-std::string ModelCacheDir() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  const char* home = std::getenv("HOME");
-  const std::string base = xdg != nullptr && *xdg != '\0' ? xdg
-                           : home != nullptr              ? std::string(home) + "/.cache"
-                                                          : std::string();
-  return base + "/resa/models";
-}
-
 TEST(RealModel, SmolLm2Q4_1) {
-  const std::string path = ModelCacheDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  const std::string path = DefaultModelPath();
   if (access(path.c_str(), R_OK) != 0) {
     GTEST_SKIP() << "default model not found at " << path
                  << " (install it with the README's setup command)";

@@ -18,6 +18,7 @@
 #include "runtime/core/mapped_file.h"
 #include "runtime/model/gguf.h"
 #include "runtime/model/gguf_writer.h"
+#include "runtime/model/model_cache.h"
 #include "runtime/tokenizer/test_util.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/tokenizer/unicode.h"
@@ -165,18 +166,6 @@ TEST(FromGguf, MetadataErrors) {
 }
 
 // ---------------------------------------------------------------- the default model
-
-std::string DefaultModelPath() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  const char* home = std::getenv("HOME");
-  std::string base;
-  if (xdg != nullptr && *xdg != '\0') {
-    base = xdg;
-  } else if (home != nullptr) {
-    base = std::string(home) + "/.cache";
-  }
-  return base + "/resa/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 std::string SourceDir() {
   const char* env = std::getenv("RESA_SOURCE_DIR");

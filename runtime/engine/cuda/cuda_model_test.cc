@@ -1,18 +1,20 @@
 // The CUDA backend against the CPU backend through the same Decoder (one policy, two backends)
 // on synthetic random-weight models (head_dim 64 Llama with tied embeddings: the default model's
-// shapes; head_dim 128 Qwen2 with QKV bias: the R1-Distill shapes scaled down), and GPU-only
-// invariants (fork, batching, graphs).
+// shapes; head_dim 128 Qwen2 with QKV bias: the R1-Distill shapes scaled down) and on the default
+// model itself when it is in the model cache, and GPU-only invariants (fork, batching, graphs).
 //
 // Tolerance: the CPU runs with the same bf16-rounded weights (fp32 activations and KV); the GPU
 // keeps the residual stream in fp32 but rounds matrix inputs and K/V to bf16. Per step,
 // ||gpu - cpu||_2 / ||cpu||_2 <= kLogitsRelL2. Greedy tokens must agree until a step where the
-// CPU's own logits of the two candidates are within kTieLogits of each other.
+// CPU's own logits of the two candidates are within kTieLogits of each other, or until the two
+// backends selected different blocks (ExpectGreedyAgreement).
 #include "runtime/engine/cuda/cuda_model.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iterator>
 #include <map>
 #include <string>
@@ -29,6 +31,8 @@
 #include "runtime/engine/generate.h"
 #include "runtime/engine/sampler.h"
 #include "runtime/engine/synthetic_model.h"
+#include "runtime/model/model_cache.h"
+#include "runtime/model/weight_source.h"
 
 namespace resa::cuda {
 namespace {
@@ -65,8 +69,11 @@ double RelL2(const float* got, const float* ref, int n) {
 class CudaModelTest : public testing::CudaTest,
                       public ::testing::WithParamInterface<std::tuple<std::string, std::string>> {
  protected:
-  void Load(const ModelConfig& config) {
-    source_ = MakeSyntheticWeights(config, 11);
+  void Load(const ModelConfig& config) { Load(MakeSyntheticWeights(config, 11)); }
+  // Both backends over `source`'s weights, rounded to bf16 for the CPU too.
+  void Load(std::unique_ptr<WeightSource> source) {
+    source_ = std::move(source);
+    const ModelConfig& config = source_->config();
     auto w = LoadCpuWeights(*source_);
     ASSERT_TRUE(w.ok()) << w.status();
     weights_ = std::move(*w);
@@ -193,18 +200,21 @@ TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
 
 // Free-running greedy decoding: the same tokens until a near-tie of the CPU's logits, or, in
 // sparse modes, until a step after the backends' selections first differed.
-TEST_P(CudaModelTest, GreedyTokensMatchTheCpu) {
-  ASSERT_NO_FATAL_FAILURE(Load(Config()));
-  const int vocab = weights_->config.vocab_size;
+// Greedy decode of `prompt` on both backends, the CPU's token fed to both each step: the tokens
+// must agree until a step where the CPU's logits of the two candidates are within kTieLogits, or
+// until the backends have selected different blocks (fp32 scores on the CPU, bf16 summaries on
+// the GPU: one near-tie there changes what a row attends to). Prints how far they agreed.
+void ExpectGreedyAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel& gpu_model,
+                           const std::vector<int32_t>& prompt, const ResaOptions& options,
+                           int steps, const std::string& label) {
+  const int vocab = cpu_model.config().vocab_size;
   Selections cs, gs;
-  cpu_->set_selection_trace(Recorder(cs));
-  gpu_->set_selection_trace(Recorder(gs));
-  Decoder cpu(*cpu_, *cache_), gpu(*gpu_);
-  const std::vector<int32_t> prompt = Prompt(300);
-  const int a = cpu.Start(prompt, Options(), 512).value();
-  const int b = gpu.Start(prompt, Options(), 512).value();
+  cpu_model.set_selection_trace(Recorder(cs));
+  gpu_model.set_selection_trace(Recorder(gs));
+  Decoder cpu(cpu_model, cache), gpu(gpu_model);
+  const int a = cpu.Start(prompt, options, 512).value();
+  const int b = gpu.Start(prompt, options, 512).value();
   int same = 0;
-  const int steps = 32;
   bool selections_diverged = false;
   for (; same < steps; ++same) {
     const int32_t ta = ArgMax(cpu.logits(a), vocab), tb = ArgMax(gpu.logits(b), vocab);
@@ -223,9 +233,16 @@ TEST_P(CudaModelTest, GreedyTokensMatchTheCpu) {
     ASSERT_TRUE(gpu.Step({&fb, 1}).ok());
     selections_diverged |= cs != gs;
   }
-  std::printf("[greedy] %s %s: %d of %d tokens identical%s\n", std::get<0>(GetParam()).c_str(),
-              std::get<1>(GetParam()).c_str(), same, steps,
+  std::printf("[greedy] %s: %d of %d tokens identical%s\n", label.c_str(), same, steps,
               selections_diverged ? " (selections differed on the way)" : "");
+  cpu_model.set_selection_trace(nullptr);
+  gpu_model.set_selection_trace(nullptr);
+}
+
+TEST_P(CudaModelTest, GreedyTokensMatchTheCpu) {
+  ASSERT_NO_FATAL_FAILURE(Load(Config()));
+  ExpectGreedyAgreement(*cpu_, *cache_, *gpu_, Prompt(300), Options(), 32,
+                        std::get<0>(GetParam()) + " " + std::get<1>(GetParam()));
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -237,6 +254,32 @@ INSTANTIATE_TEST_SUITE_P(
       for (char& ch : n) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
       return n;
     });
+
+// The default model itself (SmolLM2-135M-Instruct, Q4_1; scripts/fetch_model.sh puts it in the
+// model cache, and the test is skipped when it is not there), its weights rounded to bf16 for
+// both backends as above, a 1,700-token prompt (107 blocks: sparse steps keep 11) and the options
+// of scripts/compare_devices.sh (at least 4 blocks, f = 32), 64 greedy steps.
+class DefaultModelTest : public CudaModelTest {};
+
+TEST_P(DefaultModelTest, GreedyTokensMatchTheCpu) {
+  const std::string path = DefaultModelPath();
+  if (!std::filesystem::exists(path)) {
+    GTEST_SKIP() << "default model not found at " << path << " (scripts/fetch_model.sh)";
+  }
+  auto source = OpenWeightSource(path);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_NO_FATAL_FAILURE(Load(std::move(*source)));
+  ResaOptions o;
+  o.mode = ParseDecodeMode(std::get<1>(GetParam())).value();
+  o.min_blocks = 4;
+  ExpectGreedyAgreement(*cpu_, *cache_, *gpu_, Prompt(1700), o, 64,
+                        "default model " + std::get<1>(GetParam()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DefaultModelTest,
+                         ::testing::Combine(::testing::Values("smollm2-135m-q4_1"),
+                                            ::testing::Values("dense", "sparse", "resa")),
+                         [](const auto& info) { return std::get<1>(info.param); });
 
 class CudaModelInvariants : public testing::CudaTest {
  protected:
