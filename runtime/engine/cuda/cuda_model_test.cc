@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iterator>
@@ -33,6 +34,7 @@
 #include "runtime/engine/synthetic_model.h"
 #include "runtime/model/model_cache.h"
 #include "runtime/model/weight_source.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace resa::cuda {
 namespace {
@@ -138,16 +140,19 @@ int Differing(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
 // block changes a random model's attention a lot; so logits are held to the tolerance up to the
 // first step whose selections differ anywhere, and the selections themselves must agree almost
 // everywhere (a wrong score or top-n would disagree on most of them).
-TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
-  ASSERT_NO_FATAL_FAILURE(Load(Config()));
-  const int vocab = weights_->config.vocab_size;
+// Teacher forcing: the CPU's greedy token fed to both backends each step; logits within
+// kLogitsRelL2 after the prefill and at every step until the first selection difference, and the
+// selections themselves alike (see above). Prints the worst error and how alike they were.
+void ExpectTeacherForcedAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel& gpu_model,
+                                  const std::vector<int32_t>& prompt, const ResaOptions& options,
+                                  int steps, const std::string& label) {
+  const int vocab = cpu_model.config().vocab_size;
   Selections cs, gs;
-  cpu_->set_selection_trace(Recorder(cs));
-  gpu_->set_selection_trace(Recorder(gs));
-  Decoder cpu(*cpu_, *cache_), gpu(*gpu_);
-  const std::vector<int32_t> prompt = Prompt(300);
-  auto a = cpu.Start(prompt, Options(), 128);
-  auto b = gpu.Start(prompt, Options(), 128);
+  cpu_model.set_selection_trace(Recorder(cs));
+  gpu_model.set_selection_trace(Recorder(gs));
+  Decoder cpu(cpu_model, cache), gpu(gpu_model);
+  auto a = cpu.Start(prompt, options, 128);
+  auto b = gpu.Start(prompt, options, 128);
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(b.ok()) << b.status();
   double worst = RelL2(gpu.logits(*b), cpu.logits(*a), vocab);
@@ -155,7 +160,7 @@ TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
   int64_t selections = 0, same = 0, differing_blocks = 0;
   int checked_steps = 0;
   bool selections_diverged = false;
-  for (int step = 0; step < 20; ++step) {
+  for (int step = 0; step < steps; ++step) {
     cs.clear();
     gs.clear();
     const int32_t t = ArgMax(cpu.logits(*a), vocab);
@@ -182,7 +187,7 @@ TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
   }
   EXPECT_EQ(cpu.report(*a).sparse_steps, gpu.report(*b).sparse_steps);
   EXPECT_EQ(cpu.report(*a).rectifications, gpu.report(*b).rectifications);
-  if (Options().mode != DecodeMode::kDense) {
+  if (options.mode != DecodeMode::kDense) {
     EXPECT_GT(selections, 0);
     // Measured: 72-86% identical (flips at near-ties, more once earlier flips changed the
     // hidden states); a wrong score or top-n would leave few identical.
@@ -191,11 +196,19 @@ TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
     // A near-tie swaps a block or two, not the selection.
     EXPECT_LE(differing_blocks, std::max<int64_t>(1, selections - same) * 2);
   }
-  std::printf("[logits] %s %s: worst relative L2 error %.3g over prefill + %d steps; "
-              "selections identical %lld of %lld (%lld blocks differ)\n",
-              std::get<0>(GetParam()).c_str(), std::get<1>(GetParam()).c_str(), worst,
-              checked_steps, static_cast<long long>(same), static_cast<long long>(selections),
-              static_cast<long long>(differing_blocks));
+  std::printf(
+      "[logits] %s: worst relative L2 error %.3g over prefill + %d steps; "
+      "selections identical %lld of %lld (%lld blocks differ)\n",
+      label.c_str(), worst, checked_steps, static_cast<long long>(same),
+      static_cast<long long>(selections), static_cast<long long>(differing_blocks));
+  cpu_model.set_selection_trace(nullptr);
+  gpu_model.set_selection_trace(nullptr);
+}
+
+TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
+  ASSERT_NO_FATAL_FAILURE(Load(Config()));
+  ExpectTeacherForcedAgreement(*cpu_, *cache_, *gpu_, Prompt(300), Options(), 20,
+                               std::get<0>(GetParam()) + " " + std::get<1>(GetParam()));
 }
 
 // Free-running greedy decoding: the same tokens until a near-tie of the CPU's logits, or, in
@@ -255,25 +268,48 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
-// The default model itself (SmolLM2-135M-Instruct, Q4_1; scripts/fetch_model.sh puts it in the
-// model cache, and the test is skipped when it is not there), its weights rounded to bf16 for
-// both backends as above, a 1,700-token prompt (107 blocks: sparse steps keep 11) and the options
-// of scripts/compare_devices.sh (at least 4 blocks, f = 32), 64 greedy steps.
+// The default model itself (SmolLM2-135M-Instruct, Q4_1, from the model cache:
+// scripts/fetch_model.sh), its weights rounded to bf16 for both backends as above. The prompt is
+// a paragraph of English repeated 16 times (1,696 tokens, 106 blocks: sparse steps keep 11),
+// with the options of scripts/compare_devices.sh (at least 4 blocks, f = 32): teacher-forced
+// logits over 40 steps and greedy tokens over 64. A manual check for now: it runs only with
+// RESA_DEFAULT_MODEL_TEST=1, since its tolerances (the synthetic models') are not yet confirmed
+// on this model's logits, which reach about 35.
+constexpr char kParagraph[] =
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small "
+    "brass lantern and a notebook full of weather observations. From the gallery at the top he "
+    "could see the fishing boats returning to the harbour, the gulls circling above the "
+    "breakwater, and the long shadow of the headland stretching across the bay. He wrote down "
+    "the direction of the wind, the height of the waves and the colour of the sky, then lit the "
+    "great lamp and listened to the slow turning of its gears until the first stars appeared.\n";
+
 class DefaultModelTest : public CudaModelTest {};
 
-TEST_P(DefaultModelTest, GreedyTokensMatchTheCpu) {
+TEST_P(DefaultModelTest, MatchesTheCpu) {
+  if (const char* on = std::getenv("RESA_DEFAULT_MODEL_TEST"); on == nullptr || *on != '1') {
+    GTEST_SKIP() << "a manual check: RESA_DEFAULT_MODEL_TEST=1 runs it (needs the default model, "
+                    "scripts/fetch_model.sh)";
+  }
   const std::string path = DefaultModelPath();
   if (!std::filesystem::exists(path)) {
     GTEST_SKIP() << "default model not found at " << path << " (scripts/fetch_model.sh)";
   }
   auto source = OpenWeightSource(path);
   ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_NE((*source)->gguf(), nullptr);
+  auto tok = Tokenizer::FromGguf(*(*source)->gguf());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string text;
+  for (int i = 0; i < 16; ++i) text += kParagraph;
+  auto ids = (*tok)->Encode(text, EncodeOptions{.add_bos = (*tok)->add_bos_token()});
+  ASSERT_TRUE(ids.ok()) << ids.status();
   ASSERT_NO_FATAL_FAILURE(Load(std::move(*source)));
   ResaOptions o;
   o.mode = ParseDecodeMode(std::get<1>(GetParam())).value();
   o.min_blocks = 4;
-  ExpectGreedyAgreement(*cpu_, *cache_, *gpu_, Prompt(1700), o, 64,
-                        "default model " + std::get<1>(GetParam()));
+  const std::string label = "default model " + std::get<1>(GetParam());
+  ExpectTeacherForcedAgreement(*cpu_, *cache_, *gpu_, *ids, o, 40, label);
+  ExpectGreedyAgreement(*cpu_, *cache_, *gpu_, *ids, o, 64, label);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, DefaultModelTest,
