@@ -3,7 +3,6 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
