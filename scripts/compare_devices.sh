@@ -3,6 +3,9 @@
 # modes: prints whether each mode's texts are identical and, if not, how many characters agree.
 # The CPU backend runs the model in fp32 (GGUF weights dequantised), the GPU backend in bf16, so
 # long generations may part at a near-tie of the logits; the engine tests bound the logits gap.
+# Sparse and ReSA texts part sooner: the weights' bf16 rounding alone changes a few block
+# selections (on the CPU, fp32 vs bf16-rounded weights: docs/cuda_backend.md, "The default model
+# on both backends").
 #   usage: scripts/compare_devices.sh BUILD_DIR MODEL PROMPT_FILE [OUT_DIR] [extra resa generate flags]
 set -uo pipefail
 bin="$1/bin"; model="$2"; prompt="$3"; out="${4:-/tmp/compare_devices}"; shift 4 2>/dev/null || shift $#
