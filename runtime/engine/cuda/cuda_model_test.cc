@@ -128,6 +128,26 @@ SelectionTrace Recorder(Selections& into) {
   };
 }
 
+// Both backends' selections recorded while it lives (into cpu and gpu), the traces cleared when
+// it goes, also when an assertion returns early.
+struct TracedSelections {
+  TracedSelections(CpuModel& c, CudaModel& g) : cpu_model(c), gpu_model(g) {
+    cpu_model.set_selection_trace(Recorder(cpu));
+    gpu_model.set_selection_trace(Recorder(gpu));
+  }
+  ~TracedSelections() {
+    cpu_model.set_selection_trace(nullptr);
+    gpu_model.set_selection_trace(nullptr);
+  }
+  void Clear() {
+    cpu.clear();
+    gpu.clear();
+  }
+  CpuModel& cpu_model;
+  CudaModel& gpu_model;
+  Selections cpu, gpu;
+};
+
 // Blocks of `a` missing from `b` (both ascending, same size).
 int Differing(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   std::vector<int32_t> d;
@@ -147,9 +167,8 @@ void ExpectTeacherForcedAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel
                                   const std::vector<int32_t>& prompt, const ResaOptions& options,
                                   int steps, const std::string& label) {
   const int vocab = cpu_model.config().vocab_size;
-  Selections cs, gs;
-  cpu_model.set_selection_trace(Recorder(cs));
-  gpu_model.set_selection_trace(Recorder(gs));
+  TracedSelections traced(cpu_model, gpu_model);
+  Selections &cs = traced.cpu, &gs = traced.gpu;
   Decoder cpu(cpu_model, cache), gpu(gpu_model);
   auto a = cpu.Start(prompt, options, 128);
   auto b = gpu.Start(prompt, options, 128);
@@ -161,8 +180,7 @@ void ExpectTeacherForcedAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel
   int checked_steps = 0;
   bool selections_diverged = false;
   for (int step = 0; step < steps; ++step) {
-    cs.clear();
-    gs.clear();
+    traced.Clear();
     const int32_t t = ArgMax(cpu.logits(*a), vocab);
     Decoder::Feed fa{*a, t}, fb{*b, t};
     ASSERT_TRUE(cpu.Step({&fa, 1}).ok());
@@ -201,8 +219,6 @@ void ExpectTeacherForcedAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel
       "selections identical %lld of %lld (%lld blocks differ)\n",
       label.c_str(), worst, checked_steps, static_cast<long long>(same),
       static_cast<long long>(selections), static_cast<long long>(differing_blocks));
-  cpu_model.set_selection_trace(nullptr);
-  gpu_model.set_selection_trace(nullptr);
 }
 
 TEST_P(CudaModelTest, TeacherForcedLogitsMatchTheCpu) {
@@ -221,9 +237,8 @@ void ExpectGreedyAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel& gpu_m
                            const std::vector<int32_t>& prompt, const ResaOptions& options,
                            int steps, const std::string& label) {
   const int vocab = cpu_model.config().vocab_size;
-  Selections cs, gs;
-  cpu_model.set_selection_trace(Recorder(cs));
-  gpu_model.set_selection_trace(Recorder(gs));
+  TracedSelections traced(cpu_model, gpu_model);
+  Selections &cs = traced.cpu, &gs = traced.gpu;
   Decoder cpu(cpu_model, cache), gpu(gpu_model);
   const int a = cpu.Start(prompt, options, 512).value();
   const int b = gpu.Start(prompt, options, 512).value();
@@ -239,8 +254,7 @@ void ExpectGreedyAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel& gpu_m
       }
       break;
     }
-    cs.clear();
-    gs.clear();
+    traced.Clear();
     Decoder::Feed fa{a, ta}, fb{b, tb};
     ASSERT_TRUE(cpu.Step({&fa, 1}).ok());
     ASSERT_TRUE(gpu.Step({&fb, 1}).ok());
@@ -248,8 +262,6 @@ void ExpectGreedyAgreement(CpuModel& cpu_model, KvCache& cache, CudaModel& gpu_m
   }
   std::printf("[greedy] %s: %d of %d tokens identical%s\n", label.c_str(), same, steps,
               selections_diverged ? " (selections differed on the way)" : "");
-  cpu_model.set_selection_trace(nullptr);
-  gpu_model.set_selection_trace(nullptr);
 }
 
 TEST_P(CudaModelTest, GreedyTokensMatchTheCpu) {
