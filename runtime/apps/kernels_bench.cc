@@ -31,6 +31,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/selection_cuda.h"
+#include "kernels/cuda/sync_probe.h"
 #include "nlohmann/json.hpp"
 #endif
 #include "runtime/apps/kernels_bench_internal.h"
@@ -566,6 +567,42 @@ void Target(const std::string& what, bool met, const std::string& figure) {
   std::fprintf(stderr, "  [%s] %s: %s\n", met ? "MET " : "MISS", what.c_str(), figure.c_str());
 }
 
+// --sync: what one phase of a grid-wide dependency chain costs as a kernel boundary and as a
+// grid barrier (sync_probe.h), each checked against the C++ twin before it is reported.
+int RunSyncBench(const KernelsBenchOptions& o, const cudaDeviceProp& prop) {
+  int failures = 0;
+  for (int per_sm : o.sync_blocks_per_sm) {
+    const int blocks = per_sm * prop.multiProcessorCount;
+    auto res = cuda::RunSyncProbe({blocks, 256, o.sync_phases, 5});
+    if (!res.ok()) {
+      std::fprintf(stderr, "resa-bench kernels --sync: %s\n",
+                   std::string(res.status().message()).c_str());
+      std::printf("{\"bench\":\"sync\",\"blocks\":%d,\"error\":%s}\n", blocks,
+                  nlohmann::json(std::string(res.status().message())).dump().c_str());
+      ++failures;
+      continue;
+    }
+    const std::vector<int32_t> want = cuda::SyncProbeReference(blocks, o.sync_phases);
+    const bool ok = res->chain == want && res->chain_plain == want &&
+                    (res->barrier_skipped || res->barrier == want);
+    if (!ok) ++failures;
+    std::printf(
+        "{\"bench\":\"sync\",\"blocks\":%d,\"blocks_per_sm\":%d,\"threads\":256,"
+        "\"phases\":%d,\"us_per_phase\":{\"kernel_chain_pdl\":%.3f,\"kernel_chain\":%.3f,"
+        "\"grid_barrier\":%s},\"matches_twin\":%s}\n",
+        blocks, per_sm, o.sync_phases, res->chain_us, res->chain_plain_us,
+        res->barrier_skipped ? "null" : absl::StrFormat("%.3f", res->barrier_us).c_str(),
+        ok ? "true" : "false");
+    std::fprintf(stderr,
+                 "  sync %4d blocks (%d an SM): kernel boundary %.2f us (PDL) / %.2f us (plain), "
+                 "grid barrier %s us%s\n",
+                 blocks, per_sm, res->chain_us, res->chain_plain_us,
+                 res->barrier_skipped ? "-" : absl::StrFormat("%.2f", res->barrier_us).c_str(),
+                 ok ? "" : "  VALUES DIFFER FROM THE TWIN");
+  }
+  return failures == 0 ? 0 : 1;
+}
+
 int RunKernelsBench(const KernelsBenchOptions& o) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -575,6 +612,7 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
   }
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
+  if (o.sync) return RunSyncBench(o, prop);
   cuda::SetProgrammaticLaunch(o.pdl);
   cuda::SetL2FetchGranularity(o.l2_fetch);
   if (absl::Status st = cuda::ApplyL2FetchGranularity(); !st.ok()) {
@@ -731,6 +769,18 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--gemv", o->gemv,
               "Decode GEMV shapes (old kernel, new kernel, cuBLAS) instead of the attention "
               "kernels");
+  k->add_flag("--sync", o->sync,
+              "What one phase of a grid-wide dependency chain costs as a kernel boundary (CUDA "
+              "graph, with and without PDL) and as a grid barrier in one persistent kernel, "
+              "instead of the attention kernels");
+  k->add_option("--sync-blocks-per-sm", o->sync_blocks_per_sm,
+                "With --sync: grid sizes, in 256-thread blocks a multiprocessor")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  k->add_option("--sync-phases", o->sync_phases, "With --sync: phases of the chain")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   k->add_flag("--pdl", o->pdl,
               "Launch every kernel with programmatic dependent launch (default: off, each kernel "
               "timed alone)");

@@ -45,6 +45,12 @@ struct KernelsBenchOptions {
   bool pdl = false;
   // The device's L2 fetch granularity in bytes while timing (as the CUDA model sets it).
   int l2_fetch = 128;
+  // --sync: the sync probe (kernels/cuda/sync_probe.h) instead of the attention kernels: one
+  // phase of a grid-wide dependency chain as a kernel boundary (graph, with and without PDL)
+  // and as a grid barrier, at these blocks a multiprocessor (256 threads each).
+  bool sync = false;
+  std::vector<int> sync_blocks_per_sm = {1, 2, 4, 8};
+  int sync_phases = 2000;
 };
 
 #if RESA_KERNELS_BENCH_CUDA

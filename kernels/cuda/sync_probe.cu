@@ -1,0 +1,231 @@
+// Kernel boundaries against grid barriers (sync_probe.h).
+#include "kernels/cuda/sync_probe.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/launch.h"
+
+// Returns the status of expr when it is not OK.
+#define SYNC_PROBE_TRY(expr)                     \
+  do {                                           \
+    if (absl::Status st_ = (expr); !st_.ok()) {  \
+      return st_;                                \
+    }                                            \
+  } while (0)
+
+namespace resa::cuda {
+namespace {
+
+// One phase, block b: out[b] = in[(b + 1) % blocks] + 1, read after the previous kernel (PDL).
+__global__ void ChainPhaseKernel(const int32_t* in, int32_t* out, int blocks) {
+  detail::AwaitPreviousKernel();
+  if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(in + (blockIdx.x + 1) % blocks) + 1;
+}
+
+// Grid barrier of resident blocks: count arrivals; the last resets the count and bumps the
+// generation, the others wait for the bump. bar[0] = count, bar[1] = generation.
+__device__ __forceinline__ void GridBarrier(unsigned* bar, unsigned blocks) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned gen;
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(gen) : "l"(bar + 1) : "memory");
+    __threadfence();
+    if (atomicAdd(bar, 1u) == blocks - 1) {
+      bar[0] = 0;
+      asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(bar + 1), "r"(gen + 1) : "memory");
+    } else {
+      unsigned now = gen;
+      while (now == gen) {
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(bar + 1) : "memory");
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// Every phase in one kernel (cooperative launch: all blocks resident), buffers a and b in turn.
+__global__ void BarrierPhasesKernel(int32_t* a, int32_t* b, int blocks, int phases,
+                                    unsigned* bar) {
+  for (int p = 0; p < phases; ++p) {
+    const int32_t* in = (p % 2 == 0) ? a : b;
+    int32_t* out = (p % 2 == 0) ? b : a;
+    if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(in + (blockIdx.x + 1) % blocks) + 1;
+    GridBarrier(bar, unsigned(blocks));
+  }
+}
+
+struct Buffers {
+  int32_t* a = nullptr;
+  int32_t* b = nullptr;
+  unsigned* bar = nullptr;
+  ~Buffers() {
+    (void)cudaFree(a);
+    (void)cudaFree(b);
+    (void)cudaFree(bar);
+  }
+};
+
+absl::Status Reset(const Buffers& buf, int blocks, cudaStream_t stream) {
+  std::vector<int32_t> init(static_cast<size_t>(blocks));
+  for (int i = 0; i < blocks; ++i) init[size_t(i)] = i;
+  SYNC_PROBE_TRY(CudaStatus(cudaMemcpyAsync(buf.a, init.data(), init.size() * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream),
+                   "sync probe: uploading the initial values"));
+  SYNC_PROBE_TRY(CudaStatus(cudaMemsetAsync(buf.bar, 0, 2 * sizeof(unsigned), stream),
+                   "sync probe: zeroing the barrier"));
+  SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: cudaStreamSynchronize"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> Result(const Buffers& buf, int blocks, int phases) {
+  std::vector<int32_t> v(static_cast<size_t>(blocks));
+  const int32_t* src = phases % 2 == 0 ? buf.a : buf.b;
+  SYNC_PROBE_TRY(CudaStatus(cudaMemcpy(v.data(), src, v.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
+                   "sync probe: reading the values back"));
+  return v;
+}
+
+// Times `run` (whole chains from the initial values) `repeats` times after one warm-up; the
+// values of the last run are what `run` leaves. Returns the best µs a phase (0 without repeats).
+template <typename Run>
+absl::StatusOr<double> TimeRuns(const Buffers& buf, const SyncProbeParams& p, cudaStream_t stream,
+                                Run run) {
+  SYNC_PROBE_TRY(Reset(buf, p.blocks, stream));
+  SYNC_PROBE_TRY(run());
+  SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: warm-up"));
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  SYNC_PROBE_TRY(CudaStatus(cudaEventCreate(&e0), "cudaEventCreate"));
+  SYNC_PROBE_TRY(CudaStatus(cudaEventCreate(&e1), "cudaEventCreate"));
+  double best = 0.0;
+  absl::Status st;
+  for (int r = 0; r < p.repeats && st.ok(); ++r) {
+    st.Update(Reset(buf, p.blocks, stream));
+    if (!st.ok()) break;
+    (void)cudaEventRecord(e0, stream);
+    st.Update(run());
+    (void)cudaEventRecord(e1, stream);
+    if (st.ok()) st.Update(CudaStatus(cudaEventSynchronize(e1), "sync probe: timed run"));
+    float ms = 0.0f;
+    if (st.ok()) st.Update(CudaStatus(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime"));
+    const double us = double(ms) * 1e3 / p.phases;
+    if (st.ok() && (r == 0 || us < best)) best = us;
+  }
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
+  if (!st.ok()) return st;
+  if (p.repeats == 0) {  // the values of one untimed run
+    SYNC_PROBE_TRY(Reset(buf, p.blocks, stream));
+    SYNC_PROBE_TRY(run());
+    SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: run"));
+  }
+  return best;
+}
+
+}  // namespace
+
+std::vector<int32_t> SyncProbeReference(int blocks, int phases) {
+  std::vector<int32_t> v(size_t(std::max(blocks, 0)));
+  for (int i = 0; i < blocks; ++i) v[size_t(i)] = i;
+  std::vector<int32_t> next(v.size());
+  for (int p = 0; p < phases; ++p) {
+    for (int i = 0; i < blocks; ++i) next[size_t(i)] = v[size_t((i + 1) % blocks)] + 1;
+    v.swap(next);
+  }
+  return v;
+}
+
+absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
+  if (p.blocks < 1 || p.phases < 1 || p.repeats < 0 || p.threads < 32 || p.threads > 1024 ||
+      p.threads % 32 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RunSyncProbe: blocks ", p.blocks, " threads ", p.threads, " phases ", p.phases,
+        " repeats ", p.repeats, " (blocks >= 1, threads 32-1024 in warps, phases >= 1, "
+        "repeats >= 0)"));
+  }
+  Buffers buf;
+  SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.a, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
+  SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.b, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
+  SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.bar, 2 * sizeof(unsigned)), "sync probe: cudaMalloc"));
+  cudaStream_t stream = nullptr;
+  SYNC_PROBE_TRY(CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+                   "sync probe: cudaStreamCreate"));
+  SyncProbeResult res;
+  absl::Status st;
+  // The chains, captured once each into a graph (as the model's decode step is).
+  for (int pdl = 1; pdl >= 0 && st.ok(); --pdl) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    st.Update(CudaStatus(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+                    "sync probe: cudaStreamBeginCapture"));
+    if (st.ok()) {
+      LaunchOptions lo;
+      lo.overlap = pdl == 1;
+      const bool was = ProgrammaticLaunch();
+      SetProgrammaticLaunch(true);
+      for (int ph = 0; ph < p.phases && st.ok(); ++ph) {
+        const int32_t* in = ph % 2 == 0 ? buf.a : buf.b;
+        int32_t* out = ph % 2 == 0 ? buf.b : buf.a;
+        st.Update(CudaStatus(LaunchKernel(ChainPhaseKernel, dim3(p.blocks), dim3(p.threads), 0, stream,
+                                     lo, in, out, p.blocks),
+                        "sync probe: launching ChainPhaseKernel"));
+      }
+      SetProgrammaticLaunch(was);
+      const absl::Status end =
+          CudaStatus(cudaStreamEndCapture(stream, &graph), "sync probe: cudaStreamEndCapture");
+      if (st.ok()) st = end;
+    }
+    if (st.ok()) {
+      st.Update(CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "sync probe: cudaGraphInstantiate"));
+    }
+    if (st.ok()) {
+      auto t = TimeRuns(buf, p, stream, [&] {
+        return CudaStatus(cudaGraphLaunch(exec, stream), "sync probe: cudaGraphLaunch");
+      });
+      if (!t.ok()) st = t.status();
+      auto v = st.ok() ? Result(buf, p.blocks, p.phases)
+                       : absl::StatusOr<std::vector<int32_t>>(st);
+      if (st.ok() && !v.ok()) st = v.status();
+      if (st.ok()) {
+        (pdl == 1 ? res.chain : res.chain_plain) = *std::move(v);
+        (pdl == 1 ? res.chain_us : res.chain_plain_us) = *t;
+      }
+    }
+    if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+  }
+  // The persistent kernel: only if every block can be resident (else a barrier would hang).
+  int per_sm = 0;
+  if (st.ok()) {
+    st.Update(CudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, BarrierPhasesKernel,
+                                                                  p.threads, 0),
+                    "sync probe: occupancy"));
+  }
+  if (st.ok() && int64_t(per_sm) * MultiprocessorCount() < p.blocks) res.barrier_skipped = true;
+  if (st.ok() && !res.barrier_skipped) {
+    int blocks = p.blocks, phases = p.phases;
+    void* args[] = {&buf.a, &buf.b, &blocks, &phases, &buf.bar};
+    auto t = TimeRuns(buf, p, stream, [&] {
+      return CudaStatus(cudaLaunchCooperativeKernel(BarrierPhasesKernel, dim3(p.blocks),
+                                                    dim3(p.threads), args, 0, stream),
+                        "sync probe: launching BarrierPhasesKernel");
+    });
+    if (!t.ok()) st = t.status();
+    if (st.ok()) {
+      auto v = Result(buf, p.blocks, p.phases);
+      if (!v.ok()) st = v.status();
+      if (st.ok()) res.barrier = *std::move(v), res.barrier_us = *t;
+    }
+  }
+  (void)cudaStreamDestroy(stream);
+  if (!st.ok()) return st;
+  return res;
+}
+
+}  // namespace resa::cuda
+
+#undef SYNC_PROBE_TRY

@@ -1,0 +1,46 @@
+// What one grid-wide dependency costs on the GPU: the same chain of phases run as a chain of
+// kernels (one kernel a phase, with or without programmatic dependent launch, replayed from a
+// CUDA graph) and as one persistent kernel with a grid barrier between phases. A batch-1 decode
+// layer is such a chain (qkv -> attention -> o_proj -> gate_up -> down, each needing all of the
+// one before), so the difference is what a persistent layer kernel could save a boundary
+// (docs/kernels.md, "Sync probe").
+//
+// Phase p (0-based) of block b: out[b] = in[(b + 1) % blocks] + 1, where in is what phase p - 1
+// wrote (phase 0 reads init[b] = b), so every block depends on another block's previous phase;
+// SyncProbeReference is the plain C++ twin. Device pointers are internal; results come back to
+// the host.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace resa::cuda {
+
+struct SyncProbeParams {
+  int blocks = 0;       // >= 1; the barrier run needs them all resident at once
+  int threads = 256;    // per block, 32-1024, a multiple of 32
+  int phases = 0;       // >= 1
+  int repeats = 1;      // timed replays (after one untimed warm-up); 0: run once, no timing
+};
+
+struct SyncProbeResult {
+  // Values of every block after the last phase.
+  std::vector<int32_t> chain;        // kernels launched with PDL
+  std::vector<int32_t> chain_plain;  // kernels launched without PDL
+  std::vector<int32_t> barrier;      // one kernel, grid barriers
+  // Microseconds a phase (total device time of a replay / phases, best of the repeats); 0 when
+  // repeats == 0.
+  double chain_us = 0.0, chain_plain_us = 0.0, barrier_us = 0.0;
+  // The barrier run could not keep every block resident (cooperative launch refused): its
+  // values and time are empty / 0.
+  bool barrier_skipped = false;
+};
+
+// The values after `phases` phases, as every mechanism must produce them.
+std::vector<int32_t> SyncProbeReference(int blocks, int phases);
+
+absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p);
+
+}  // namespace resa::cuda
