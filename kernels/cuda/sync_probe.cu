@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,36 +28,117 @@ __global__ void ChainPhaseKernel(const int32_t* in, int32_t* out, int blocks) {
   if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(in + (blockIdx.x + 1) % blocks) + 1;
 }
 
-// Grid barrier of resident blocks: count arrivals; the last resets the count and bumps the
-// generation, the others wait for the bump. bar[0] = count, bar[1] = generation.
-__device__ __forceinline__ void GridBarrier(unsigned* bar, unsigned blocks) {
+constexpr int kProbeCluster = 8;
+
+__device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// GridBarrierKind::kGeneration. bar[0] = count, bar[1] = generation.
+__device__ __forceinline__ void GenerationBarrier(unsigned* bar, unsigned blocks) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    unsigned gen;
-    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(gen) : "l"(bar + 1) : "memory");
+    const unsigned gen = LoadAcquire(bar + 1);
     __threadfence();
     if (atomicAdd(bar, 1u) == blocks - 1) {
       bar[0] = 0;
       asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(bar + 1), "r"(gen + 1) : "memory");
     } else {
-      unsigned now = gen;
-      while (now == gen) {
-        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(bar + 1) : "memory");
+      while (LoadAcquire(bar + 1) == gen) {
       }
     }
   }
   __syncthreads();
 }
 
-// Every phase in one kernel (cooperative launch: all blocks resident), buffers a and b in turn.
+// GridBarrierKind::kCounter (and the global part of kCluster): arrive, then wait for target.
+__device__ __forceinline__ void CounterArriveWait(unsigned* counter, unsigned target) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+  while (LoadAcquire(counter) < target) {
+  }
+}
+
+template <GridBarrierKind KIND>
+__device__ __forceinline__ void Barrier(unsigned* bar, unsigned blocks, unsigned phase) {
+  if constexpr (KIND == GridBarrierKind::kGeneration) {
+    GenerationBarrier(bar, blocks);
+  } else if constexpr (KIND == GridBarrierKind::kCounter) {
+    __syncthreads();
+    if (threadIdx.x == 0) CounterArriveWait(bar, (phase + 1) * blocks);
+    __syncthreads();
+  } else {
+    // Every CTA of the cluster has written its phase (release), then the cluster's first CTA
+    // meets the other clusters, then the cluster waits for it (acquire).
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                     : "memory");
+    unsigned rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    if (rank == 0 && threadIdx.x == 0) {
+      CounterArriveWait(bar, (phase + 1) * (blocks / kProbeCluster));
+    }
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                     : "memory");
+  }
+}
+
+// Every phase in one kernel (all blocks resident), buffers a and b in turn.
+template <GridBarrierKind KIND>
 __global__ void BarrierPhasesKernel(int32_t* a, int32_t* b, int blocks, int phases,
                                     unsigned* bar) {
   for (int p = 0; p < phases; ++p) {
     const int32_t* in = (p % 2 == 0) ? a : b;
     int32_t* out = (p % 2 == 0) ? b : a;
     if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(in + (blockIdx.x + 1) % blocks) + 1;
-    GridBarrier(bar, unsigned(blocks));
+    Barrier<KIND>(bar, unsigned(blocks), unsigned(p));
   }
+}
+
+// A cooperative launch of the kind's kernel (clusters of kProbeCluster for kCluster); skipped
+// (false in *fits) when the grid cannot be resident at once.
+template <GridBarrierKind KIND>
+cudaError_t LaunchBarrierPhases(int blocks, int threads, int phases, int32_t* a, int32_t* b,
+                                unsigned* bar, cudaStream_t stream, bool* fits) {
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  unsigned n = 1;
+  if constexpr (KIND == GridBarrierKind::kCluster) {
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = kProbeCluster;
+    attr[1].val.clusterDim.y = 1;
+    attr[1].val.clusterDim.z = 1;
+    n = 2;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(blocks));
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  if (fits != nullptr) {
+    *fits = false;
+    if (KIND == GridBarrierKind::kCluster && blocks % kProbeCluster != 0) return cudaSuccess;
+    int resident = 0;
+    cudaError_t err;
+    if constexpr (KIND == GridBarrierKind::kCluster) {
+      cudaLaunchConfig_t q = cfg;
+      q.attrs = attr + 1;
+      q.numAttrs = 1;
+      err = cudaOccupancyMaxActiveClusters(&resident, BarrierPhasesKernel<KIND>, &q);
+      resident *= kProbeCluster;
+    } else {
+      int per_sm = 0;
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, BarrierPhasesKernel<KIND>,
+                                                          threads, 0);
+      resident = per_sm * MultiprocessorCount();
+    }
+    if (err != cudaSuccess) return err;
+    *fits = resident >= blocks;
+    return cudaSuccess;
+  }
+  return cudaLaunchKernelEx(&cfg, BarrierPhasesKernel<KIND>, a, b, blocks, phases, bar);
 }
 
 struct Buffers {
@@ -128,6 +210,18 @@ absl::StatusOr<double> TimeRuns(const Buffers& buf, const SyncProbeParams& p, cu
 
 }  // namespace
 
+const char* GridBarrierName(GridBarrierKind kind) {
+  switch (kind) {
+    case GridBarrierKind::kGeneration:
+      return "generation";
+    case GridBarrierKind::kCounter:
+      return "counter";
+    case GridBarrierKind::kCluster:
+      return "cluster";
+  }
+  return "?";
+}
+
 std::vector<int32_t> SyncProbeReference(int blocks, int phases) {
   std::vector<int32_t> v(size_t(std::max(blocks, 0)));
   for (int i = 0; i < blocks; ++i) v[size_t(i)] = i;
@@ -198,29 +292,38 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
     if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
     if (graph != nullptr) (void)cudaGraphDestroy(graph);
   }
-  // The persistent kernel: only if every block can be resident (else a barrier would hang).
-  int per_sm = 0;
-  if (st.ok()) {
-    st.Update(CudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, BarrierPhasesKernel,
-                                                                  p.threads, 0),
-                    "sync probe: occupancy"));
-  }
-  if (st.ok() && int64_t(per_sm) * MultiprocessorCount() < p.blocks) res.barrier_skipped = true;
-  if (st.ok() && !res.barrier_skipped) {
-    int blocks = p.blocks, phases = p.phases;
-    void* args[] = {&buf.a, &buf.b, &blocks, &phases, &buf.bar};
+  // The persistent kernels: only if every block can be resident (else a barrier would hang).
+  auto persistent = [&](auto kind_tag) {
+    constexpr GridBarrierKind kKind = decltype(kind_tag)::value;
+    SyncProbeResult::Barrier& out = res.barriers[int(kKind)];
+    bool fits = false;
+    st.Update(CudaStatus(LaunchBarrierPhases<kKind>(p.blocks, p.threads, p.phases, buf.a, buf.b,
+                                                    buf.bar, stream, &fits),
+                         "sync probe: occupancy of BarrierPhasesKernel"));
+    out.skipped = !fits;
+    if (!st.ok() || out.skipped) return;
     auto t = TimeRuns(buf, p, stream, [&] {
-      return CudaStatus(cudaLaunchCooperativeKernel(BarrierPhasesKernel, dim3(p.blocks),
-                                                    dim3(p.threads), args, 0, stream),
+      return CudaStatus(LaunchBarrierPhases<kKind>(p.blocks, p.threads, p.phases, buf.a, buf.b,
+                                                   buf.bar, stream, nullptr),
                         "sync probe: launching BarrierPhasesKernel");
     });
-    if (!t.ok()) st = t.status();
-    if (st.ok()) {
-      auto v = Result(buf, p.blocks, p.phases);
-      if (!v.ok()) st = v.status();
-      if (st.ok()) res.barrier = *std::move(v), res.barrier_us = *t;
+    if (!t.ok()) {
+      st.Update(t.status());
+      return;
     }
+    auto v = Result(buf, p.blocks, p.phases);
+    if (!v.ok()) {
+      st.Update(v.status());
+      return;
+    }
+    out.values = *std::move(v);
+    out.us = *t;
+  };
+  if (st.ok()) {
+    persistent(std::integral_constant<GridBarrierKind, GridBarrierKind::kGeneration>{});
   }
+  if (st.ok()) persistent(std::integral_constant<GridBarrierKind, GridBarrierKind::kCounter>{});
+  if (st.ok()) persistent(std::integral_constant<GridBarrierKind, GridBarrierKind::kCluster>{});
   (void)cudaStreamDestroy(stream);
   if (!st.ok()) return st;
   return res;

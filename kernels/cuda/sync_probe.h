@@ -1,6 +1,6 @@
 // What one grid-wide dependency costs on the GPU: the same chain of phases run as a chain of
 // kernels (one kernel a phase, with or without programmatic dependent launch, replayed from a
-// CUDA graph) and as one persistent kernel with a grid barrier between phases. A batch-1 decode
+// CUDA graph) and as one persistent kernel with a grid barrier (of three kinds) between phases. A batch-1 decode
 // layer is such a chain (qkv -> attention -> o_proj -> gate_up -> down, each needing all of the
 // one before), so the difference is what a persistent layer kernel could save a boundary
 // (docs/kernels.md, "Sync probe").
@@ -25,17 +25,34 @@ struct SyncProbeParams {
   int repeats = 1;      // timed replays (after one untimed warm-up); 0: run once, no timing
 };
 
+// How the persistent kernel's blocks wait for each other between phases (thread 0 of a block
+// does the global part; the block waits for it at a CTA barrier):
+//  * kGeneration: an atomic arrival; the last to arrive resets the count and bumps a generation
+//    word that the others spin on (acquire loads);
+//  * kCounter: a fire-and-forget release add to a counter that only grows, and an acquire spin
+//    until it reaches (phase + 1) x blocks (no last-arriver step);
+//  * kCluster: 8-CTA thread-block clusters meet at the hardware cluster barrier, and one CTA a
+//    cluster takes part in a kCounter barrier over the clusters (blocks a multiple of 8).
+enum class GridBarrierKind { kGeneration, kCounter, kCluster };
+inline constexpr int kGridBarrierKinds = 3;
+const char* GridBarrierName(GridBarrierKind kind);
+
 struct SyncProbeResult {
   // Values of every block after the last phase.
   std::vector<int32_t> chain;        // kernels launched with PDL
   std::vector<int32_t> chain_plain;  // kernels launched without PDL
-  std::vector<int32_t> barrier;      // one kernel, grid barriers
   // Microseconds a phase (total device time of a replay / phases, best of the repeats); 0 when
   // repeats == 0.
-  double chain_us = 0.0, chain_plain_us = 0.0, barrier_us = 0.0;
-  // The barrier run could not keep every block resident (cooperative launch refused): its
-  // values and time are empty / 0.
-  bool barrier_skipped = false;
+  double chain_us = 0.0, chain_plain_us = 0.0;
+  // One persistent kernel (cooperative launch: every block resident), one entry a
+  // GridBarrierKind. skipped: the launch could not keep every block resident (or kCluster's
+  // blocks are not a multiple of 8); its values are then empty and its time 0.
+  struct Barrier {
+    std::vector<int32_t> values;
+    double us = 0.0;
+    bool skipped = false;
+  };
+  Barrier barriers[kGridBarrierKinds];
 };
 
 // The values after `phases` phases, as every mechanism must produce them.
