@@ -1,6 +1,4 @@
 // Kernel boundaries against grid barriers (sync_probe.h).
-#include "kernels/cuda/sync_probe.h"
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -10,13 +8,14 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/sync_probe.h"
 
 // Returns the status of expr when it is not OK.
-#define SYNC_PROBE_TRY(expr)                     \
-  do {                                           \
-    if (absl::Status st_ = (expr); !st_.ok()) {  \
-      return st_;                                \
-    }                                            \
+#define SYNC_PROBE_TRY(expr)                    \
+  do {                                          \
+    if (absl::Status st_ = (expr); !st_.ok()) { \
+      return st_;                               \
+    }                                           \
   } while (0)
 
 namespace resa::cuda {
@@ -71,22 +70,23 @@ __device__ __forceinline__ void Barrier(unsigned* bar, unsigned blocks, unsigned
   } else {
     // Every CTA of the cluster has written its phase (release), then the cluster's first CTA
     // meets the other clusters, then the cluster waits for it (acquire).
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                     : "memory");
+    asm volatile(
+        "barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+            : "memory");
     unsigned rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     if (rank == 0 && threadIdx.x == 0) {
       CounterArriveWait(bar, (phase + 1) * (blocks / kProbeCluster));
     }
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                     : "memory");
+    asm volatile(
+        "barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+            : "memory");
   }
 }
 
 // Every phase in one kernel (all blocks resident), buffers a and b in turn.
 template <GridBarrierKind KIND>
-__global__ void BarrierPhasesKernel(int32_t* a, int32_t* b, int blocks, int phases,
-                                    unsigned* bar) {
+__global__ void BarrierPhasesKernel(int32_t* a, int32_t* b, int blocks, int phases, unsigned* bar) {
   for (int p = 0; p < phases; ++p) {
     const int32_t* in = (p % 2 == 0) ? a : b;
     int32_t* out = (p % 2 == 0) ? b : a;
@@ -156,10 +156,10 @@ absl::Status Reset(const Buffers& buf, int blocks, cudaStream_t stream) {
   std::vector<int32_t> init(static_cast<size_t>(blocks));
   for (int i = 0; i < blocks; ++i) init[size_t(i)] = i;
   SYNC_PROBE_TRY(CudaStatus(cudaMemcpyAsync(buf.a, init.data(), init.size() * sizeof(int32_t),
-                                   cudaMemcpyHostToDevice, stream),
-                   "sync probe: uploading the initial values"));
+                                            cudaMemcpyHostToDevice, stream),
+                            "sync probe: uploading the initial values"));
   SYNC_PROBE_TRY(CudaStatus(cudaMemsetAsync(buf.bar, 0, 2 * sizeof(unsigned), stream),
-                   "sync probe: zeroing the barrier"));
+                            "sync probe: zeroing the barrier"));
   SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: cudaStreamSynchronize"));
   return absl::OkStatus();
 }
@@ -167,8 +167,9 @@ absl::Status Reset(const Buffers& buf, int blocks, cudaStream_t stream) {
 absl::StatusOr<std::vector<int32_t>> Result(const Buffers& buf, int blocks, int phases) {
   std::vector<int32_t> v(static_cast<size_t>(blocks));
   const int32_t* src = phases % 2 == 0 ? buf.a : buf.b;
-  SYNC_PROBE_TRY(CudaStatus(cudaMemcpy(v.data(), src, v.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
-                   "sync probe: reading the values back"));
+  SYNC_PROBE_TRY(
+      CudaStatus(cudaMemcpy(v.data(), src, v.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
+                 "sync probe: reading the values back"));
   return v;
 }
 
@@ -236,18 +237,21 @@ std::vector<int32_t> SyncProbeReference(int blocks, int phases) {
 absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
   if (p.blocks < 1 || p.phases < 1 || p.repeats < 0 || p.threads < 32 || p.threads > 1024 ||
       p.threads % 32 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "RunSyncProbe: blocks ", p.blocks, " threads ", p.threads, " phases ", p.phases,
-        " repeats ", p.repeats, " (blocks >= 1, threads 32-1024 in warps, phases >= 1, "
-        "repeats >= 0)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunSyncProbe: blocks ", p.blocks, " threads ", p.threads, " phases ",
+                     p.phases, " repeats ", p.repeats,
+                     " (blocks >= 1, threads 32-1024 in warps, phases >= 1, "
+                     "repeats >= 0)"));
   }
   Buffers buf;
-  SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.a, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
-  SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.b, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
+  SYNC_PROBE_TRY(
+      CudaStatus(cudaMalloc(&buf.a, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
+  SYNC_PROBE_TRY(
+      CudaStatus(cudaMalloc(&buf.b, size_t(p.blocks) * sizeof(int32_t)), "sync probe: cudaMalloc"));
   SYNC_PROBE_TRY(CudaStatus(cudaMalloc(&buf.bar, 2 * sizeof(unsigned)), "sync probe: cudaMalloc"));
   cudaStream_t stream = nullptr;
   SYNC_PROBE_TRY(CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
-                   "sync probe: cudaStreamCreate"));
+                            "sync probe: cudaStreamCreate"));
   SyncProbeResult res;
   absl::Status st;
   // The chains, captured once each into a graph (as the model's decode step is).
@@ -255,7 +259,7 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     st.Update(CudaStatus(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
-                    "sync probe: cudaStreamBeginCapture"));
+                         "sync probe: cudaStreamBeginCapture"));
     if (st.ok()) {
       LaunchOptions lo;
       lo.overlap = pdl == 1;
@@ -264,9 +268,9 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
       for (int ph = 0; ph < p.phases && st.ok(); ++ph) {
         const int32_t* in = ph % 2 == 0 ? buf.a : buf.b;
         int32_t* out = ph % 2 == 0 ? buf.b : buf.a;
-        st.Update(CudaStatus(LaunchKernel(ChainPhaseKernel, dim3(p.blocks), dim3(p.threads), 0, stream,
-                                     lo, in, out, p.blocks),
-                        "sync probe: launching ChainPhaseKernel"));
+        st.Update(CudaStatus(LaunchKernel(ChainPhaseKernel, dim3(p.blocks), dim3(p.threads), 0,
+                                          stream, lo, in, out, p.blocks),
+                             "sync probe: launching ChainPhaseKernel"));
       }
       SetProgrammaticLaunch(was);
       const absl::Status end =
@@ -274,15 +278,15 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
       if (st.ok()) st = end;
     }
     if (st.ok()) {
-      st.Update(CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "sync probe: cudaGraphInstantiate"));
+      st.Update(
+          CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "sync probe: cudaGraphInstantiate"));
     }
     if (st.ok()) {
       auto t = TimeRuns(buf, p, stream, [&] {
         return CudaStatus(cudaGraphLaunch(exec, stream), "sync probe: cudaGraphLaunch");
       });
       if (!t.ok()) st = t.status();
-      auto v = st.ok() ? Result(buf, p.blocks, p.phases)
-                       : absl::StatusOr<std::vector<int32_t>>(st);
+      auto v = st.ok() ? Result(buf, p.blocks, p.phases) : absl::StatusOr<std::vector<int32_t>>(st);
       if (st.ok() && !v.ok()) st = v.status();
       if (st.ok()) {
         (pdl == 1 ? res.chain : res.chain_plain) = *std::move(v);

@@ -1,8 +1,8 @@
 // What one grid-wide dependency costs on the GPU: the same chain of phases run as a chain of
 // kernels (one kernel a phase, with or without programmatic dependent launch, replayed from a
-// CUDA graph) and as one persistent kernel with a grid barrier (of three kinds) between phases. A batch-1 decode
-// layer is such a chain (qkv -> attention -> o_proj -> gate_up -> down, each needing all of the
-// one before), so the difference is what a persistent layer kernel could save a boundary
+// CUDA graph) and as one persistent kernel with a grid barrier (of three kinds) between phases. A
+// batch-1 decode layer is such a chain (qkv -> attention -> o_proj -> gate_up -> down, each needing
+// all of the one before), so the difference is what a persistent layer kernel could save a boundary
 // (docs/kernels.md, "Sync probe").
 //
 // Phase p (0-based) of block b: out[b] = in[(b + 1) % blocks] + 1, where in is what phase p - 1
@@ -19,10 +19,10 @@
 namespace resa::cuda {
 
 struct SyncProbeParams {
-  int blocks = 0;       // >= 1; the barrier run needs them all resident at once
-  int threads = 256;    // per block, 32-1024, a multiple of 32
-  int phases = 0;       // >= 1
-  int repeats = 1;      // timed replays (after one untimed warm-up); 0: run once, no timing
+  int blocks = 0;     // >= 1; the barrier run needs them all resident at once
+  int threads = 256;  // per block, 32-1024, a multiple of 32
+  int phases = 0;     // >= 1
+  int repeats = 1;    // timed replays (after one untimed warm-up); 0: run once, no timing
 };
 
 // How the persistent kernel's blocks wait for each other between phases (thread 0 of a block

@@ -589,10 +589,9 @@ int RunSyncBench(const KernelsBenchOptions& o, const cudaDeviceProp& prop) {
       const auto& b = res->barriers[k];
       const char* name = cuda::GridBarrierName(cuda::GridBarrierKind(k));
       if (!b.skipped) ok = ok && b.values == want;
-      absl::StrAppend(&barriers, ",\"grid_barrier_", name, "\":",
-                      b.skipped ? "null" : absl::StrFormat("%.3f", b.us));
-      absl::StrAppend(&line, ", ", name, " ",
-                      b.skipped ? "-" : absl::StrFormat("%.2f", b.us));
+      absl::StrAppend(&barriers, ",\"grid_barrier_", name,
+                      "\":", b.skipped ? "null" : absl::StrFormat("%.3f", b.us));
+      absl::StrAppend(&line, ", ", name, " ", b.skipped ? "-" : absl::StrFormat("%.2f", b.us));
     }
     if (!ok) ++failures;
     std::printf(
@@ -776,10 +775,11 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--gemv", o->gemv,
               "Decode GEMV shapes (old kernel, new kernel, cuBLAS) instead of the attention "
               "kernels");
-  k->add_flag("--sync", o->sync,
-              "What one phase of a grid-wide dependency chain costs as a kernel boundary (CUDA "
-              "graph, with and without PDL) and as a grid barrier (three kinds) in one persistent kernel, "
-              "instead of the attention kernels");
+  k->add_flag(
+      "--sync", o->sync,
+      "What one phase of a grid-wide dependency chain costs as a kernel boundary (CUDA "
+      "graph, with and without PDL) and as a grid barrier (three kinds) in one persistent kernel, "
+      "instead of the attention kernels");
   k->add_option("--sync-blocks-per-sm", o->sync_blocks_per_sm,
                 "With --sync: grid sizes, in 256-thread blocks a multiprocessor")
       ->delimiter(',')
