@@ -95,51 +95,56 @@ __global__ void BarrierPhasesKernel(int32_t* a, int32_t* b, int blocks, int phas
   }
 }
 
-// A cooperative launch of the kind's kernel (clusters of kProbeCluster for kCluster); skipped
-// (false in *fits) when the grid cannot be resident at once.
+// The cooperative launch of the kind's kernel (clusters of kProbeCluster for kCluster).
 template <GridBarrierKind KIND>
-cudaError_t LaunchBarrierPhases(int blocks, int threads, int phases, int32_t* a, int32_t* b,
-                                unsigned* bar, cudaStream_t stream, bool* fits) {
+struct BarrierLaunch {
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  unsigned n = 1;
-  if constexpr (KIND == GridBarrierKind::kCluster) {
+  cudaLaunchConfig_t cfg = {};
+  BarrierLaunch(int blocks, int threads, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
     attr[1].id = cudaLaunchAttributeClusterDimension;
     attr[1].val.clusterDim.x = kProbeCluster;
     attr[1].val.clusterDim.y = 1;
     attr[1].val.clusterDim.z = 1;
-    n = 2;
+    cfg.gridDim = dim3(unsigned(blocks));
+    cfg.blockDim = dim3(unsigned(threads));
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = KIND == GridBarrierKind::kCluster ? 2 : 1;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(blocks));
-  cfg.blockDim = dim3(unsigned(threads));
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  if (fits != nullptr) {
+  BarrierLaunch(const BarrierLaunch&) = delete;
+
+  // Whether every block can be resident at once (else the barrier would never open).
+  cudaError_t Fits(bool* fits) const {
     *fits = false;
-    if (KIND == GridBarrierKind::kCluster && blocks % kProbeCluster != 0) return cudaSuccess;
     int resident = 0;
-    cudaError_t err;
     if constexpr (KIND == GridBarrierKind::kCluster) {
+      if (cfg.gridDim.x % kProbeCluster != 0) return cudaSuccess;
+      cudaLaunchAttribute shape = attr[1];  // the cluster shape alone
       cudaLaunchConfig_t q = cfg;
-      q.attrs = attr + 1;
+      q.attrs = &shape;
       q.numAttrs = 1;
-      err = cudaOccupancyMaxActiveClusters(&resident, BarrierPhasesKernel<KIND>, &q);
+      const cudaError_t err =
+          cudaOccupancyMaxActiveClusters(&resident, BarrierPhasesKernel<KIND>, &q);
+      if (err != cudaSuccess) return err;
       resident *= kProbeCluster;
     } else {
       int per_sm = 0;
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, BarrierPhasesKernel<KIND>,
-                                                          threads, 0);
+      const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, BarrierPhasesKernel<KIND>, int(cfg.blockDim.x), 0);
+      if (err != cudaSuccess) return err;
       resident = per_sm * MultiprocessorCount();
     }
-    if (err != cudaSuccess) return err;
-    *fits = resident >= blocks;
+    *fits = resident >= int(cfg.gridDim.x);
     return cudaSuccess;
   }
-  return cudaLaunchKernelEx(&cfg, BarrierPhasesKernel<KIND>, a, b, blocks, phases, bar);
-}
+
+  cudaError_t Launch(int32_t* a, int32_t* b, int phases, unsigned* bar) const {
+    return cudaLaunchKernelEx(&cfg, BarrierPhasesKernel<KIND>, a, b, int(cfg.gridDim.x), phases,
+                              bar);
+  }
+};
 
 struct Buffers {
   int32_t* a = nullptr;
@@ -173,19 +178,19 @@ absl::StatusOr<std::vector<int32_t>> Result(const Buffers& buf, int blocks, int 
   return v;
 }
 
-// Times `run` (whole chains from the initial values) `repeats` times after one warm-up; the
-// values of the last run are what `run` leaves. Returns the best µs a phase (0 without repeats).
+// Runs `run` (a whole chain from the initial values) once untimed, then `repeats` times timed;
+// the buffers hold the last run's values. Returns the best µs a phase (0 without repeats).
 template <typename Run>
 absl::StatusOr<double> TimeRuns(const Buffers& buf, const SyncProbeParams& p, cudaStream_t stream,
                                 Run run) {
   SYNC_PROBE_TRY(Reset(buf, p.blocks, stream));
   SYNC_PROBE_TRY(run());
-  SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: warm-up"));
+  SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: untimed run"));
+  if (p.repeats == 0) return 0.0;
   cudaEvent_t e0 = nullptr, e1 = nullptr;
-  SYNC_PROBE_TRY(CudaStatus(cudaEventCreate(&e0), "cudaEventCreate"));
-  SYNC_PROBE_TRY(CudaStatus(cudaEventCreate(&e1), "cudaEventCreate"));
+  absl::Status st = CudaStatus(cudaEventCreate(&e0), "cudaEventCreate");
+  if (st.ok()) st.Update(CudaStatus(cudaEventCreate(&e1), "cudaEventCreate"));
   double best = 0.0;
-  absl::Status st;
   for (int r = 0; r < p.repeats && st.ok(); ++r) {
     st.Update(Reset(buf, p.blocks, stream));
     if (!st.ok()) break;
@@ -198,14 +203,9 @@ absl::StatusOr<double> TimeRuns(const Buffers& buf, const SyncProbeParams& p, cu
     const double us = double(ms) * 1e3 / p.phases;
     if (st.ok() && (r == 0 || us < best)) best = us;
   }
-  (void)cudaEventDestroy(e0);
-  (void)cudaEventDestroy(e1);
+  if (e0 != nullptr) (void)cudaEventDestroy(e0);
+  if (e1 != nullptr) (void)cudaEventDestroy(e1);
   if (!st.ok()) return st;
-  if (p.repeats == 0) {  // the values of one untimed run
-    SYNC_PROBE_TRY(Reset(buf, p.blocks, stream));
-    SYNC_PROBE_TRY(run());
-    SYNC_PROBE_TRY(CudaStatus(cudaStreamSynchronize(stream), "sync probe: run"));
-  }
   return best;
 }
 
@@ -300,15 +300,13 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
   auto persistent = [&](auto kind_tag) {
     constexpr GridBarrierKind kKind = decltype(kind_tag)::value;
     SyncProbeResult::Barrier& out = res.barriers[int(kKind)];
+    const BarrierLaunch<kKind> launch(p.blocks, p.threads, stream);
     bool fits = false;
-    st.Update(CudaStatus(LaunchBarrierPhases<kKind>(p.blocks, p.threads, p.phases, buf.a, buf.b,
-                                                    buf.bar, stream, &fits),
-                         "sync probe: occupancy of BarrierPhasesKernel"));
+    st.Update(CudaStatus(launch.Fits(&fits), "sync probe: occupancy of BarrierPhasesKernel"));
     out.skipped = !fits;
     if (!st.ok() || out.skipped) return;
     auto t = TimeRuns(buf, p, stream, [&] {
-      return CudaStatus(LaunchBarrierPhases<kKind>(p.blocks, p.threads, p.phases, buf.a, buf.b,
-                                                   buf.bar, stream, nullptr),
+      return CudaStatus(launch.Launch(buf.a, buf.b, p.phases, buf.bar),
                         "sync probe: launching BarrierPhasesKernel");
     });
     if (!t.ok()) {
