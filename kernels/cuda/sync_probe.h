@@ -3,7 +3,7 @@
 // CUDA graph) and as one persistent kernel with a grid barrier (of three kinds) between phases. A
 // batch-1 decode layer is such a chain (qkv -> attention -> o_proj -> gate_up -> down, each needing
 // all of the one before), so the difference is what a persistent layer kernel could save a boundary
-// (docs/kernels.md, "Sync probe").
+// (`resa-bench kernels --sync`; docs/kernels.md, "Benchmark").
 //
 // Phase p (0-based) of block b: out[b] = in[(b + 1) % blocks] + 1, where in is what phase p - 1
 // wrote (phase 0 reads init[b] = b), so every block depends on another block's previous phase;
