@@ -573,7 +573,7 @@ int RunSyncBench(const KernelsBenchOptions& o, const cudaDeviceProp& prop) {
   int failures = 0;
   for (int per_sm : o.sync_blocks_per_sm) {
     const int blocks = per_sm * prop.multiProcessorCount;
-    auto res = cuda::RunSyncProbe({blocks, 256, o.sync_phases, 5});
+    auto res = cuda::RunSyncProbe({blocks, o.sync_threads, o.sync_phases, 5});
     if (!res.ok()) {
       std::fprintf(stderr, "resa-bench kernels --sync: %s\n",
                    std::string(res.status().message()).c_str());
@@ -595,15 +595,16 @@ int RunSyncBench(const KernelsBenchOptions& o, const cudaDeviceProp& prop) {
     }
     if (!ok) ++failures;
     std::printf(
-        "{\"bench\":\"sync\",\"blocks\":%d,\"blocks_per_sm\":%d,\"threads\":256,"
+        "{\"bench\":\"sync\",\"blocks\":%d,\"blocks_per_sm\":%d,\"threads\":%d,"
         "\"phases\":%d,\"us_per_phase\":{\"kernel_chain_pdl\":%.3f,\"kernel_chain\":%.3f%s},"
         "\"matches_twin\":%s}\n",
-        blocks, per_sm, o.sync_phases, res->chain_us, res->chain_plain_us, barriers.c_str(),
+        blocks, per_sm, o.sync_threads, o.sync_phases, res->chain_us, res->chain_plain_us,
+        barriers.c_str(),
         ok ? "true" : "false");
     std::fprintf(stderr,
-                 "  sync %4d blocks (%d an SM), us a phase: kernel boundary %.2f (PDL) / %.2f "
-                 "(plain); grid barrier%s%s\n",
-                 blocks, per_sm, res->chain_us, res->chain_plain_us, line.c_str(),
+                 "  sync %4d blocks of %d (%d an SM), us a phase: kernel boundary %.2f (PDL) / "
+                 "%.2f (plain); grid barrier%s%s\n",
+                 blocks, o.sync_threads, per_sm, res->chain_us, res->chain_plain_us, line.c_str(),
                  ok ? "" : "  VALUES DIFFER FROM THE TWIN");
   }
   return failures == 0 ? 0 : 1;
@@ -781,10 +782,15 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
       "graph, with and without PDL) and as a grid barrier (three kinds) in one persistent kernel, "
       "instead of the attention kernels");
   k->add_option("--sync-blocks-per-sm", o->sync_blocks_per_sm,
-                "With --sync: grid sizes, in 256-thread blocks a multiprocessor")
+                "With --sync: grid sizes, in blocks a multiprocessor")
       ->delimiter(',')
       ->capture_default_str()
-      ->check(CLI::Range(1, 8));
+      ->check(CLI::Range(1, 32));
+  k->add_option("--sync-threads", o->sync_threads,
+                "With --sync: threads a block (a multiple of 32; blocks x threads a "
+                "multiprocessor at most 2048 for the barrier runs)")
+      ->capture_default_str()
+      ->check(CLI::Range(32, 1024));
   k->add_option("--sync-phases", o->sync_phases, "With --sync: phases of the chain")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));

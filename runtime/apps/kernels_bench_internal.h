@@ -47,9 +47,10 @@ struct KernelsBenchOptions {
   int l2_fetch = 128;
   // --sync: the sync probe (kernels/cuda/sync_probe.h) instead of the attention kernels: one
   // phase of a grid-wide dependency chain as a kernel boundary (graph, with and without PDL)
-  // and as a grid barrier, at these blocks a multiprocessor (256 threads each).
+  // and as a grid barrier, at these blocks a multiprocessor of sync_threads threads.
   bool sync = false;
   std::vector<int> sync_blocks_per_sm = {1, 2, 4, 8};
+  int sync_threads = 256;
   int sync_phases = 2000;
 };
 
