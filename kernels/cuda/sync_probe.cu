@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
-#include "kernels/cuda/launch.h"
 #include "kernels/cuda/sync_probe.h"
 
 // Returns the status of expr when it is not OK.
@@ -261,18 +260,22 @@ absl::StatusOr<SyncProbeResult> RunSyncProbe(const SyncProbeParams& p) {
     st.Update(CudaStatus(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
                          "sync probe: cudaStreamBeginCapture"));
     if (st.ok()) {
-      LaunchOptions lo;
-      lo.overlap = pdl == 1;
-      const bool was = ProgrammaticLaunch();
-      SetProgrammaticLaunch(true);
+      // PDL asked for explicitly, whatever ProgrammaticLaunch() says for the model's kernels.
+      cudaLaunchAttribute attr;
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(unsigned(p.blocks));
+      cfg.blockDim = dim3(unsigned(p.threads));
+      cfg.stream = stream;
+      cfg.attrs = &attr;
+      cfg.numAttrs = pdl == 1 ? 1 : 0;
       for (int ph = 0; ph < p.phases && st.ok(); ++ph) {
         const int32_t* in = ph % 2 == 0 ? buf.a : buf.b;
         int32_t* out = ph % 2 == 0 ? buf.b : buf.a;
-        st.Update(CudaStatus(LaunchKernel(ChainPhaseKernel, dim3(p.blocks), dim3(p.threads), 0,
-                                          stream, lo, in, out, p.blocks),
+        st.Update(CudaStatus(cudaLaunchKernelEx(&cfg, ChainPhaseKernel, in, out, p.blocks),
                              "sync probe: launching ChainPhaseKernel"));
       }
-      SetProgrammaticLaunch(was);
       const absl::Status end =
           CudaStatus(cudaStreamEndCapture(stream, &graph), "sync probe: cudaStreamEndCapture");
       if (st.ok()) st = end;
