@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
 #if RESA_KERNELS_BENCH_CUDA
 #include <cuda_runtime.h>
 
@@ -25,7 +29,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
@@ -125,24 +128,39 @@ using kernels_bench::FillRandomBf16;
 using kernels_bench::TimeUs;
 #endif
 
-#if RESA_KERNELS_BENCH_CUDA
-
-using cuda::kPageTokens;
-
 struct ModelShape {
   std::string name;
   int hq, hkv, d;
 };
 
+constexpr const char* kShapeHelp = "1.5B, 7B, or HQ-HKV-D with D 64 or 128, e.g. 6-1-128";
+
+// A named model shape, or any "HQ-HKV-D" (query heads, KV heads, head dim 64 or 128), e.g.
+// 6-1-128: the 1.5B shape's GQA group with one KV head a sequence, which at twice the batch
+// reads the same bytes with each sequence's pages holding one head.
 bool ShapeFor(const std::string& name, ModelShape* s) {
-  if (name == "1.5B")
+  if (name == "1.5B") {
     *s = {name, 12, 2, 128};  // DeepSeek-R1-Distill-Qwen-1.5B
-  else if (name == "7B")
+    return true;
+  }
+  if (name == "7B") {
     *s = {name, 28, 4, 128};  // DeepSeek-R1-Distill-Qwen-7B
-  else
+    return true;
+  }
+  std::vector<std::string> parts = absl::StrSplit(name, '-');
+  int hq = 0, hkv = 0, d = 0;
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &hq) || !absl::SimpleAtoi(parts[1], &hkv) ||
+      !absl::SimpleAtoi(parts[2], &d)) {
     return false;
+  }
+  if (hkv < 1 || hq < hkv || hq % hkv != 0 || hq > 256 || (d != 64 && d != 128)) return false;
+  *s = {name, hq, hkv, d};
   return true;
 }
+
+#if RESA_KERNELS_BENCH_CUDA
+
+using cuda::kPageTokens;
 
 // Device-to-device copy, bytes read + written per second (the ceiling the kernels compare to).
 // Timed eagerly: a copy captured in a graph becomes a copy-engine node (about 2.7 TB/s on the
@@ -650,7 +668,8 @@ int RunKernelsBench(const KernelsBenchOptions& o) {
   for (const auto& name : o.models) {
     ModelShape s;
     if (!ShapeFor(name, &s)) {
-      std::fprintf(stderr, "resa-bench kernels: unknown model shape %s (1.5B, 7B)\n", name.c_str());
+      std::fprintf(stderr, "resa-bench kernels: unknown model shape %s (%s)\n", name.c_str(),
+                   kShapeHelp);
       return 1;
     }
     for (int ctx : o.contexts) {
@@ -755,9 +774,17 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<KernelsBenchOptions>();
   CLI::App* k =
       app.add_subcommand("kernels", "CUDA attention kernels vs copy ceiling and PyTorch SDPA");
-  k->add_option("--models", o->models, "Model shapes (1.5B, 7B)")
+  k->add_option("--models", o->models,
+                "Model shapes: 1.5B, 7B, or HQ-HKV-D (query heads, KV heads, head dim)")
       ->delimiter(',')
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            ModelShape s;
+            return ShapeFor(v, &s) ? std::string()
+                                   : absl::StrCat("unknown shape ", v, " (", kShapeHelp, ")");
+          },
+          "SHAPE"));
   k->add_option("--contexts", o->contexts, "Context lengths")
       ->delimiter(',')
       ->capture_default_str();

@@ -46,6 +46,11 @@ if "$bench" kernels --help 2>&1 | grep -q -- "--gemv-rows"; then
 else
   echo "skip kernels: this resa-bench has no --gemv (built without CUDA)"
 fi
+parses kernels-models-shape "$bench" kernels --models 1.5B,6-1-128 --contexts 4096 --batches 1 \
+  --no-sdpa --prefill-tokens 0 --iters 2
+refused kernels-models-group "--models" "$bench" kernels --models 5-2-128
+refused kernels-models-head-dim "--models" "$bench" kernels --models 8-2-96
+refused kernels-models-name "--models" "$bench" kernels --models 1.5B,7b
 refused e2e-unknown-flag "--bogus" "$bench" e2e --bogus
 refused e2e-l2-fetch-range "--l2-fetch" "$bench" e2e --l2-fetch 64,200
 refused e2e-top-p-range "--top-p" "$bench" e2e --top-p 1.5
