@@ -21,6 +21,7 @@ metrics+=,launch__shared_mem_per_block_dynamic,launch__shared_mem_per_block_stat
 metrics+=,sm__warps_active.avg.per_cycle_active,dram__bytes_read.sum
 metrics+=,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_requests_srcunit_tex_op_read.sum
 metrics+=,lts__throughput.avg.pct_of_peak_sustained_elapsed
+ncu_args=(--csv --print-units base --clock-control none --metrics "$metrics")
 csv="$out/ncu_vs_sdpa.csv"
 : >"$csv"
 for shape in "${shapes[@]}"; do
@@ -31,15 +32,15 @@ for shape in "${shapes[@]}"; do
     *) heads=${model//-/:} ;;
   esac
   # Ours: the dense decode launches after the bench's warm-up replays (2 skipped).
-  timeout 180 ncu --csv --print-units base --clock-control none --metrics "$metrics" -k regex:DecodeKernel \
-    --launch-skip 2 --launch-count 1 "$bench" kernels --models "$model" --contexts "$ctx" \
+  timeout 180 ncu "${ncu_args[@]}" -k regex:DecodeKernel --launch-skip 2 --launch-count 1 \
+    "$bench" kernels --models "$model" --contexts "$ctx" \
     --batches "$batch" --no-sdpa --iters 2 --prefill-tokens 0 2>"$out/ncu_vs_sdpa.log" |
     sed -n '/^"ID"/,$p' | sed "s/^/\"ours $shape\",/" >>"$csv" ||
     echo "ncu_vs_sdpa: ours $shape failed (see $out/ncu_vs_sdpa.log)" >&2
   # SDPA: its attention kernel and the reduction after it, past the warm-up calls.
-  timeout 180 ncu --csv --print-units base --clock-control none --metrics "$metrics" -k regex:'sdpa|flash|reduction' \
-    --launch-skip 2 --launch-count 2 python3 "$here/sdpa_baseline.py" \
-    --shape "$model:$heads:$ctx:$batch" --iters 2 2>>"$out/ncu_vs_sdpa.log" |
+  timeout 180 ncu "${ncu_args[@]}" -k regex:'sdpa|flash|reduction' --launch-skip 2 \
+    --launch-count 2 python3 "$here/sdpa_baseline.py" --shape "$model:$heads:$ctx:$batch" \
+    --iters 2 2>>"$out/ncu_vs_sdpa.log" |
     sed -n '/^"ID"/,$p' | sed "s/^/\"sdpa $shape\",/" >>"$csv" ||
     echo "ncu_vs_sdpa: sdpa $shape failed (see $out/ncu_vs_sdpa.log)" >&2
 done
@@ -65,11 +66,13 @@ def num(m, k):
     except ValueError:
         return float("nan")
 
-print("| run | kernel | us | grid | warps/SM | regs | smem KB | DRAM MB | DRAM % peak | L2 req/KB | L2 % peak |")
+print("| run | kernel | us | grid | warps/SM | regs | smem KB | DRAM MB | DRAM % peak | "
+      "L2 req/KB | L2 % peak |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for key, m in rows.items():
     name = names[key].split("(")[0].replace("void ", "")[:48]
-    smem = (num(m, "launch__shared_mem_per_block_dynamic") + num(m, "launch__shared_mem_per_block_static")) / 1024
+    smem = (num(m, "launch__shared_mem_per_block_dynamic") +
+            num(m, "launch__shared_mem_per_block_static")) / 1024
     dram = num(m, "dram__bytes_read.sum")
     req = num(m, "lts__t_requests_srcunit_tex_op_read.sum")
     print(f"| {key[0]} | {name} | {num(m, 'gpu__time_duration.sum') / 1e3:.1f} | "
