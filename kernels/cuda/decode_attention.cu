@@ -2,11 +2,18 @@
 //
 // Grid: x = split of the sequence's block list, y = (KV head, chunk of <= 8 query heads of its
 // group), z = sequence. A CTA of 8 warps streams its split's pages; each warp takes every 8th page
-// and keeps its own online-softmax state, and the CTA merges its warps in shared memory. Splits
-// are grouped into thread-block clusters of up to 8 CTAs along x: the cluster's first CTA merges
-// the cluster's states through distributed shared memory (no global round trip), and when a
-// sequence has several clusters the last leader to arrive (atomic counter) merges their partials.
-// One launch does it all, and the serial tail is one small merge of <= 32 partials.
+// and keeps its own online-softmax state, and the CTA merges its warps in shared memory. Then, by
+// the number of splits a row needs:
+//  * <= kMaxClusters (batch 8, short contexts): every CTA writes its partial and the last CTA of
+//    the row to arrive (atomic counter) folds them, in the same launch.
+//  * more, dense rows (batch 1-4 at long context): one wave of CTAs without clusters, each writes
+//    its partial, and DecodeMergeKernel, launched next (PDL), folds a row's partials with many
+//    threads a head. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1
+//    1.5B 256K 72.3 -> 70.7 us, 32K 18.9 -> 17.5; 7B 256K 132.5 -> 129.3, 32K 25.9 -> 25.3.
+//  * more, sparse rows: splits grouped into thread-block clusters of up to 8 CTAs along x: the
+//    cluster's first CTA merges the cluster's states through distributed shared memory, and the
+//    last leader to arrive folds the clusters' partials (<= 32). The merge kernel measured no
+//    faster here: the ReSA step (selection, then sparse decode) 1.0 us slower at 7B 256K.
 //
 // Tensor cores without shared-memory staging: every warp loads a whole 16-token page straight
 // into registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
@@ -65,6 +72,7 @@ struct DecodePlan {
   int pages_per_split = 0;
   int max_splits = 0;  // grid.x, a multiple of cluster
   int cluster = 1;
+  bool merge_kernel = false;  // the split partials are folded by DecodeMergeKernel
   size_t o_offset = 0, lse_offset = 0, bytes = 0;
 };
 
@@ -78,6 +86,7 @@ struct DecodeArgs {
   float* ws_o;    // [batch][y][max_clusters][8][head_dim], normalised partial O
   float* ws_lse;  // [batch][y][max_clusters][8], natural log
   int* counters;  // [batch][y], at the front of the workspace
+  int merge_kernel;  // 1: CTAs only write their partials; DecodeMergeKernel folds them
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -115,8 +124,9 @@ int ClusterCapacityCtas(int head_dim) {
 }
 
 // Splits per row fill one wave of kCtasPerSm CTAs per SM over all rows. Rows that need more
-// than kMaxClusters splits (batch 1-2 at long context) group them into 8-CTA clusters, sized
-// by the cluster capacity so that they too run in one wave.
+// than kMaxClusters splits (batch 1-4 at long context) leave the fold to DecodeMergeKernel
+// (dense) or group the splits into 8-CTA clusters, sized by the cluster capacity so that they
+// too run in one wave (sparse).
 DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   DecodePlan plan;
   const int hkv = p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1;
@@ -128,7 +138,10 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   const int64_t rows = int64_t(p.batch) * hkv * plan.head_chunks;
   int64_t s0 = rows > 0 ? int64_t(MultiprocessorCount()) * kCtasPerSm / rows : 1;
   int64_t cluster = 1;
-  if (s0 > kMaxClusters) {
+  if (s0 > kMaxClusters && p.blocks == nullptr) {
+    plan.merge_kernel = true;
+    s0 = s0 > kMaxSplits ? kMaxSplits : s0;
+  } else if (s0 > kMaxClusters) {
     cluster = kMaxCluster;
     s0 = ClusterCapacityCtas(p.kv.head_dim) / rows / cluster * cluster;
     s0 = s0 > kMaxSplits ? kMaxSplits : (s0 < cluster ? cluster : s0);
@@ -149,6 +162,45 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   plan.lse_offset = plan.o_offset + AlignUp(slots * p.kv.head_dim * sizeof(float));
   plan.bytes = plan.lse_offset + AlignUp(slots * sizeof(float));
   return plan;
+}
+
+// Online fold of the partials q = first, first + step, ... (< n) of query head hh, dims
+// [d, d + 4), from the slots (slot0 + q) * kHeadsPerCta + hh of the workspace (normalised O and
+// natural-log LSE), kFold loads in flight at a time: the running max mx (log2 units), the
+// denominator den and the weighted sum num.
+__device__ __forceinline__ void FoldPartials(const DecodeArgs& a, int head_dim, size_t slot0, int hh,
+                                             int d, int first, int step, int n, float& mx,
+                                             float& den, float4& num) {
+  for (int q0 = first; q0 < n; q0 += step * kFold) {
+    float lse[kFold];
+    float4 vq[kFold];
+#pragma unroll
+    for (int j = 0; j < kFold; ++j) {
+      const int q = q0 + j * step;
+      const size_t slot = (slot0 + q) * kHeadsPerCta + hh;
+      if (q < n) {
+        lse[j] = __ldcg(a.ws_lse + slot) * kLog2e;
+        vq[j] = __ldcg(reinterpret_cast<const float4*>(a.ws_o + slot * head_dim + d));
+      }
+    }
+    float cm = mx;  // running max over the partials so far
+#pragma unroll
+    for (int j = 0; j < kFold; ++j) {
+      if (q0 + j * step < n) cm = fmaxf(cm, lse[j]);
+    }
+    if (cm == -INFINITY) continue;    // every partial so far is empty
+    const float sc = exp2f(mx - cm);  // 0 while mx is -inf
+    den *= sc, num.x *= sc, num.y *= sc, num.z *= sc, num.w *= sc;
+    mx = cm;
+#pragma unroll
+    for (int j = 0; j < kFold; ++j) {
+      if (q0 + j * step < n) {
+        const float wt = exp2f(lse[j] - cm);
+        den += wt;
+        num.x += wt * vq[j].x, num.y += wt * vq[j].y, num.z += wt * vq[j].z, num.w += wt * vq[j].w;
+      }
+    }
+  }
 }
 
 template <int D>
@@ -381,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
         if (d == 0) a.ws_lse[slot] = lse;
       }
     }
-    if (nclusters > 1) {
+    if (nclusters > 1 && !a.merge_kernel) {
       // The leaders' partials are published by one fence (thread 0, after the CTA barrier),
       // and the last leader acquires them all the same way.
       __syncthreads();
@@ -401,36 +453,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
           const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
           float mx = -INFINITY, den = 0.0f;
           float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          for (int q0 = 0; q0 < nclusters; q0 += kFold) {
-            float lse[kFold];
-            float4 vq[kFold];
-#pragma unroll
-            for (int j = 0; j < kFold; ++j) {
-              const size_t slot = (slot0 + q0 + j) * kHeadsPerCta + hh;
-              if (q0 + j < nclusters) {
-                lse[j] = __ldcg(a.ws_lse + slot) * kLog2e;
-                vq[j] = __ldcg(reinterpret_cast<const float4*>(a.ws_o + slot * D + d));
-              }
-            }
-            float cm = mx;  // running max over the partials so far
-#pragma unroll
-            for (int j = 0; j < kFold; ++j) {
-              if (q0 + j < nclusters) cm = fmaxf(cm, lse[j]);
-            }
-            if (cm == -INFINITY) continue;    // every partial so far is empty
-            const float sc = exp2f(mx - cm);  // 0 while mx is -inf
-            den *= sc, num.x *= sc, num.y *= sc, num.z *= sc, num.w *= sc;
-            mx = cm;
-#pragma unroll
-            for (int j = 0; j < kFold; ++j) {
-              if (q0 + j < nclusters) {
-                const float wt = exp2f(lse[j] - cm);
-                den += wt;
-                num.x += wt * vq[j].x, num.y += wt * vq[j].y, num.z += wt * vq[j].z,
-                    num.w += wt * vq[j].w;
-              }
-            }
-          }
+          FoldPartials(a, D, slot0, hh, d, 0, 1, nclusters, mx, den, num);
           float* out = p.out + (out_head + hh) * D + d;
           if (den > 0.0f) {
             out[0] = num.x / den, out[1] = num.y / den, out[2] = num.z / den, out[3] = num.w / den;
@@ -445,6 +468,59 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     }
   }
   cluster.sync();  // keep every CTA's shared memory alive until its leader has read it
+}
+
+// Folds the split partials of DecodeKernel in merge-kernel mode: one CTA per (query head, row of
+// heads, sequence); thread (g, d4) folds partials g, g + G, ... of dims 4 d4 + [0, 4), then the
+// G groups combine in shared memory. Rows of one split were written by the decode itself.
+template <int D>
+__global__ void __launch_bounds__(256) DecodeMergeKernel(const DecodeArgs a) {
+  constexpr int kD4 = D / 4;
+  constexpr int G = 256 / kD4;
+  __shared__ float s_m[G], s_den[G];
+  __shared__ float4 s_num[G][kD4];
+  const DecodeAttentionParams& p = a.p;
+  const int hh = blockIdx.x, y = blockIdx.y, b = blockIdx.z;
+  const int h = y / a.head_chunks;
+  const int head_lo = h * a.group + (y % a.head_chunks) * kHeadsPerCta;
+  const int nh = min(kHeadsPerCta, (h + 1) * a.group - head_lo);
+  detail::AwaitPreviousKernel();
+  if (hh >= nh) return;
+  const bool sparse = p.blocks != nullptr;
+  const int32_t num_keys = p.num_keys[b];
+  const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
+  const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
+  if (splits == 1) return;
+  const int tid = threadIdx.x, d4 = tid % kD4, g = tid / kD4;
+  const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
+  float mx = -INFINITY, den = 0.0f;
+  float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  FoldPartials(a, D, slot0, hh, 4 * d4, g, G, splits, mx, den, num);
+  if (d4 == 0) s_m[g] = mx, s_den[g] = den;
+  s_num[g][d4] = num;
+  __syncthreads();
+  if (g != 0) return;
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < G; ++k) m_all = fmaxf(m_all, s_m[k]);
+  float den_all = 0.0f;
+  float4 n = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (m_all != -INFINITY) {
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      const float wt = exp2f(s_m[k] - m_all);  // 0 for an empty group
+      const float4 v = s_num[k][d4];
+      den_all += wt * s_den[k];
+      n.x += wt * v.x, n.y += wt * v.y, n.z += wt * v.z, n.w += wt * v.w;
+    }
+  }
+  const size_t out_head = size_t(b) * p.num_heads + head_lo + hh;
+  float4* out = reinterpret_cast<float4*>(p.out + out_head * D) + d4;
+  *out = den_all > 0.0f ? make_float4(n.x / den_all, n.y / den_all, n.z / den_all, n.w / den_all)
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (d4 == 0 && p.lse_ln != nullptr) {
+    p.lse_ln[out_head] = den_all > 0.0f ? (m_all + log2f(den_all)) * kLn2 : -INFINITY;
+  }
 }
 
 absl::Status Validate(const DecodeAttentionParams& p) {
@@ -492,6 +568,7 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   a.pages_per_split = plan.pages_per_split;
   a.max_clusters = plan.max_splits / plan.cluster;
   a.scale_log2 = p.scale * kLog2e;
+  a.merge_kernel = plan.merge_kernel ? 1 : 0;
   char* ws = static_cast<char*>(p.workspace);
   a.ws_o = reinterpret_cast<float*>(ws + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(ws + plan.lse_offset);
@@ -503,6 +580,13 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   const cudaError_t err = LaunchKernel(p.kv.head_dim == 64 ? DecodeKernel<64> : DecodeKernel<128>,
                                        grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
+  if (plan.merge_kernel && plan.max_splits > 1) {
+    const dim3 mgrid(kHeadsPerCta, p.kv.num_kv_heads * plan.head_chunks, p.batch);
+    const cudaError_t merr =
+        LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64> : DecodeMergeKernel<128>, mgrid,
+                     dim3(256), 0, stream, {}, a);
+    if (auto st = CudaStatus(merr, "cudaLaunchKernelEx(DecodeMergeKernel)"); !st.ok()) return st;
+  }
   return CheckLaunch(p.blocks != nullptr ? "DecodeKernel (sparse)" : "DecodeKernel (dense)");
 }
 
