@@ -77,8 +77,7 @@ void AddSparseFlags(CLI::App& cmd, float& sparse_ratio, int& min_blocks, int& re
       ->capture_default_str();
 }
 
-absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
-                                               const Tokenizer& tok) {
+absl::StatusOr<std::string> ReadPrompt(const GenerateCommandOptions& o) {
   std::string prompt = o.prompt;
   if (!o.prompt_file.empty()) {
     std::ifstream in(o.prompt_file, std::ios::binary);
@@ -93,6 +92,11 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
   if (prompt.empty()) {
     return absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH");
   }
+  return prompt;
+}
+
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
+                                               const std::string& prompt, const Tokenizer& tok) {
   absl::StatusOr<std::vector<int32_t>> ids;
   if (o.chat) {
     // The prompt and system text are content: special-token strings in them stay text.
@@ -126,9 +130,15 @@ int Fail(const absl::Status& st) {
 int RunGenerate(const GenerateCommandOptions& o) {
   SamplingParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
   if (absl::Status st = sampling.Validate(); !st.ok()) return Fail(st);
-  if (o.prompt.empty() && o.prompt_file.empty()) {
-    return Fail(absl::InvalidArgumentError("no prompt: pass --prompt TEXT or --prompt-file PATH"));
-  }
+  // Everything that can be checked without the model is checked before it loads.
+  auto prompt = ReadPrompt(o);
+  if (!prompt.ok()) return Fail(prompt.status());
+  auto device = ParseDevice(o.device);
+  if (!device.ok()) return Fail(device.status());
+  auto mode = ParseDecodeMode(o.mode);
+  if (!mode.ok()) return Fail(mode.status());
+  const ResaOptions resa{*mode, o.sparse_ratio, o.min_blocks, o.rectify_every};
+  if (absl::Status st = resa.Validate(); !st.ok()) return Fail(st);
   const int threads = ConfigureThreads(o.threads);
 
   LoadOptions lo;
@@ -137,10 +147,8 @@ int RunGenerate(const GenerateCommandOptions& o) {
   if (!model.ok()) return Fail(model.status());
   const ModelConfig& cfg = model->weights->config;
   const Tokenizer& tok = *model->tokenizer;
-  auto ids = PromptIds(o, tok);
+  auto ids = PromptIds(o, *prompt, tok);
   if (!ids.ok()) return Fail(ids.status());
-  auto device = ParseDevice(o.device);
-  if (!device.ok()) return Fail(device.status());
   const int32_t pages = (o.ctx + kPageTokens - 1) / kPageTokens;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<CpuModel> cpu;
@@ -162,10 +170,7 @@ int RunGenerate(const GenerateCommandOptions& o) {
   go.prefill_chunk = o.prefill_chunk;
   go.sampling = sampling;
   go.stop_ids = tok.StopIds();
-  auto mode = ParseDecodeMode(o.mode);
-  if (!mode.ok()) return Fail(mode.status());
-  go.resa = ResaOptions{*mode, o.sparse_ratio, o.min_blocks, o.rectify_every};
-  if (absl::Status st = go.resa.Validate(); !st.ok()) return Fail(st);
+  go.resa = resa;
   StreamDecoder stream(tok);
   auto on_token = [&](int32_t t) {
     std::string piece = stream.Push(t);

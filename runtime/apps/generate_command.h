@@ -45,9 +45,14 @@ void AddSparseFlags(CLI::App& cmd, float& sparse_ratio, int& min_blocks, int& re
 // threads, ReSA) on `cmd`.
 void AddGenerationFlags(CLI::App& cmd, GenerateCommandOptions& options);
 
-// The prompt as token ids: --prompt or --prompt-file, rendered with the chat template under
-// --chat, encoded, and checked to leave room in --ctx. Errors name the flag.
+// The prompt text: --prompt or the contents of --prompt-file (missing, unreadable or empty
+// files are errors that name the flag). Cheap: call it before loading the model.
+absl::StatusOr<std::string> ReadPrompt(const GenerateCommandOptions& options);
+
+// The prompt text as token ids: rendered with the chat template under --chat, encoded, and
+// checked to leave room in --ctx. Errors name the flag.
 absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& options,
+                                               const std::string& prompt,
                                                const Tokenizer& tokenizer);
 
 // Registers the subcommand; `run` is set to the function that executes it (exit code).

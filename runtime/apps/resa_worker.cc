@@ -89,11 +89,15 @@ absl::Status OpenModel(const WorkerOptions& o, Rank& r) {
   if (absl::StartsWith(o.gen.model, "synthetic:")) {
     return absl::InvalidArgumentError("resa-worker needs a model with a tokenizer");
   }
+  std::string text;  // a standalone worker's prompt, read before the model opens
+  if (o.coordinator.empty()) {
+    RESA_ASSIGN_OR_RETURN(text, ReadPrompt(o.gen));
+  }
   RESA_ASSIGN_OR_RETURN(std::string path, ResolveModelPath(o.gen.model));
   RESA_ASSIGN_OR_RETURN(r.source, OpenWeightSource(path));
   RESA_ASSIGN_OR_RETURN(r.tokenizer, LoadTokenizer(*r.source));
   if (o.coordinator.empty()) {
-    RESA_ASSIGN_OR_RETURN(r.prompt, PromptIds(o.gen, *r.tokenizer));
+    RESA_ASSIGN_OR_RETURN(r.prompt, PromptIds(o.gen, text, *r.tokenizer));
   }
   return absl::OkStatus();
 }

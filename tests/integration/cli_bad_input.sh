@@ -32,7 +32,17 @@ expect_error bad-temperature "--temperature" "$resa" generate --model "$work/x.g
 expect_error bad-top-p "--top-p" "$resa" generate --model "$work/x.gguf" -p hi --top-p 1.5
 expect_error no-prompt "prompt" "$resa" generate --model "$work/x.gguf"
 expect_error unknown-flag "--bogus" "$resa" generate --bogus
+# Checked before the model is looked up or loaded: these fail the same with or without a model.
 expect_error missing-prompt-file "nothere.txt" "$resa" generate --prompt-file "$work/nothere.txt"
+: >"$work/empty-prompt.txt"
+expect_error empty-prompt-file "is empty" "$resa" generate --model "$work/x.gguf" \
+  --prompt-file "$work/empty-prompt.txt"
+expect_error bad-device "--device: tpu not in" "$resa" generate --model "$work/x.gguf" \
+  -p hi --device tpu
+expect_error bad-mode "--mode: fast not in" "$resa" generate \
+  --model "$work/x.gguf" -p hi --mode fast
+expect_error bad-sparse-ratio "--sparse-ratio" "$resa" generate --model "$work/x.gguf" -p hi \
+  --sparse-ratio 0
 if [ -f "$model" ]; then
   head -c 5000000 "$model" >"$work/truncated.gguf"
   expect_error truncated "truncated.gguf" "$resa" generate --model "$work/truncated.gguf" -p hi
