@@ -473,10 +473,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 // Folds the split partials of DecodeKernel in merge-kernel mode: one CTA per (query head, row of
 // heads, sequence); thread (g, d4) folds partials g, g + G, ... of dims 4 d4 + [0, 4), then the
 // G groups combine in shared memory. Rows of one split were written by the decode itself.
-template <int D>
-__global__ void __launch_bounds__(256) DecodeMergeKernel(const DecodeArgs a) {
+template <int D, int NT>
+__global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
   constexpr int kD4 = D / 4;
-  constexpr int G = 256 / kD4;
+  constexpr int G = NT / kD4;
   __shared__ float s_m[G], s_den[G];
   __shared__ float4 s_num[G][kD4];
   const DecodeAttentionParams& p = a.p;
@@ -582,9 +582,16 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
   if (plan.merge_kernel && plan.max_splits > 1) {
     const dim3 mgrid(kHeadsPerCta, p.kv.num_kv_heads * plan.head_chunks, p.batch);
-    const cudaError_t merr =
-        LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64> : DecodeMergeKernel<128>, mgrid,
-                     dim3(256), 0, stream, {}, a);
+    // 512 threads when 256 would need a second round of kFold loads a thread (H200, run 39,
+    // batch 1: 1.5B 128K 40.4 -> 39.7 us, 256K 69.4 -> 68.9; at <= 128 splits 256 is faster,
+    // 1.5B 32K 17.4 vs 17.6, 7B 32K 25.4 vs 25.8).
+    const bool wide = plan.max_splits > 256 / (p.kv.head_dim / 4) * kFold;
+    const cudaError_t merr = wide ? LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64, 512>
+                                                                     : DecodeMergeKernel<128, 512>,
+                                                 mgrid, dim3(512), 0, stream, {}, a)
+                                  : LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64, 256>
+                                                                     : DecodeMergeKernel<128, 256>,
+                                                 mgrid, dim3(256), 0, stream, {}, a);
     if (auto st = CudaStatus(merr, "cudaLaunchKernelEx(DecodeMergeKernel)"); !st.ok()) return st;
   }
   return CheckLaunch(p.blocks != nullptr ? "DecodeKernel (sparse)" : "DecodeKernel (dense)");
