@@ -4,12 +4,12 @@
 // group), z = sequence. A CTA of 8 warps streams its split's pages; each warp takes every 8th page
 // and keeps its own online-softmax state, and the CTA merges its warps in shared memory. Then, by
 // the number of splits a row needs:
-//  * <= kMaxClusters (batch 8, short contexts): every CTA writes its partial and the last CTA of
-//    the row to arrive (atomic counter) folds them, in the same launch.
-//  * more, dense rows (batch 1-4 at long context): one wave of CTAs without clusters, each writes
-//    its partial, and DecodeMergeKernel, launched next (PDL), folds a row's partials with many
-//    threads a head. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1
-//    1.5B 256K 72.3 -> 70.7 us, 32K 18.9 -> 17.5; 7B 256K 132.5 -> 129.3, 32K 25.9 -> 25.3.
+//  * <= kMaxClusters (launches of many rows, e.g. batch 8): every CTA writes its partial and the
+//    last CTA of the row to arrive (atomic counter) folds them, in the same launch.
+//  * more, dense rows (batch 1-4): one wave of CTAs without clusters, each writes its partial,
+//    and DecodeMergeKernel, launched next (PDL), folds a row's partials with many threads a
+//    head. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1 1.5B 256K
+//    71.4 -> 69.7 us, 32K 18.9 -> 17.5; 7B 256K 136.4 -> 127.2, 32K 26.4 -> 25.5.
 //  * more, sparse rows: splits grouped into thread-block clusters of up to 8 CTAs along x: the
 //    cluster's first CTA merges the cluster's states through distributed shared memory, and the
 //    last leader to arrive folds the clusters' partials (<= 32). The merge kernel measured no
