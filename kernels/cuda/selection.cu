@@ -14,13 +14,14 @@
 // and ranked directly when few. The output is every block with key > T and the lowest-numbered
 // blocks with key == T, in ascending order: (score desc, block asc) exactly as TopBlocks,
 // without any sort (the tail: select_tail.cuh). With threshold hints carried between decode
-// steps (SelectBlocksParams::hints; batch-1-like launches of rows >= 128K tokens), the scoring
+// steps (SelectBlocksParams::hints; launches of up to 16 rows of >= 128K tokens), the scoring
 // CTAs also flag and count the blocks scoring above the hint, and the tail ranks only those when
 // they suffice (CandidateTail). Figures and the cost split: docs/kernels.md, "Fused selection".
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
@@ -588,6 +589,22 @@ absl::Status ValidateKv(const PagedKvCuda& kv, const char* who) {
   return absl::OkStatus();
 }
 
+// Latency-kernel launches of up to this many rows use their hints (rows of 8193-16385 blocks):
+// kHintRows, or RESA_CUDA_SELECT_HINT_ROWS at start (A/B runs). H200, 256K: batch 1 (2-4 rows),
+// selection alone, 19.4 -> 16.9 us at 1.5B and 24.4 -> 21.7 at 7B (run 18); 1.5B batch 8 (16
+// rows, run 40) 51.8 -> 49.7 us, e2e sparse 4.443 / 4.427 -> 4.336 / 4.340 ms a step, ReSA
+// 5.201 / 5.151 -> 5.051 / 5.052. At 32 rows (7B batch 8) the kernel bench gained 1.5 us
+// (86.6 -> 85.1) but the e2e steps lost (sparse 9.191 / 9.238 -> 9.317 / 9.324 ms, ReSA 11.229 /
+// 11.221 -> 11.246 / 11.276), so those launches keep the whole tail.
+constexpr int kHintRows = 16;
+int HintRows() {
+  static const int n = [] {
+    const char* v = std::getenv("RESA_CUDA_SELECT_HINT_ROWS");
+    return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : kHintRows;
+  }();
+  return n;
+}
+
 }  // namespace
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p) { return PlanSelect(p).bytes; }
@@ -647,12 +664,10 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
     a.keys_in_smem = false;
     a.wide_chunk = kSelChunk;
-    // Hints only for a few rows long enough to gain (H200 run 18, 256K, selection alone: batch
-    // 1 19.4 -> 16.9 us at 1.5B and 24.4 -> 21.7 at 7B; batch 8, 16-32 rows, measured 54 -> 64
-    // and 89 -> 118 us: the flags of every chunk cost more than the tail saves); the other
-    // launches run the kernel without the hint code.
+    // Hints only for rows long enough to gain, in launches of up to HintRows() rows; the other
+    // launches run the kernel without the hint code (HintRows has the figures).
     const bool hints =
-        p.hints != nullptr && rows <= kFewRows && plan.max_blocks - 1 >= kMinHintBlocks;
+        p.hints != nullptr && rows <= HintRows() && plan.max_blocks - 1 >= kMinHintBlocks;
     if (hints) {
       a.flags = reinterpret_cast<uint8_t*>(static_cast<char*>(p.workspace) + plan.flags_offset);
       a.cand_counts = reinterpret_cast<uint32_t*>(a.counters + rows);

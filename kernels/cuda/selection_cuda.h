@@ -78,12 +78,12 @@ struct SelectBlocksParams {
   // Optional, in/out [batch][num_kv_heads]: a threshold hint per row, carried from one decode
   // step to the next (fp32 bits of a score divided by the pooled query's L1 norm; zeroed device
   // memory to start; the workspace is larger with it). The output never depends on it: any
-  // value gives the same blocks. A close one makes the tail cheaper: in the latency kernel (few
-  // rows), for rows of 8193 to 16385 blocks that keep 1 < n < M, when at least n - 1 and at most
-  // 4096 of the row's blocks [0, M - 1) score >= hint x norm, only those are ranked (no sweep
-  // over every key); otherwise the whole tail runs. Either way the kernel stores the hint
-  // above which about 1.25 (n - 1) + 32 of this step's scores lie, for the next step. Other
-  // rows leave it as it is.
+  // value gives the same blocks. A close one makes the tail cheaper: in launches of up to 16 rows
+  // (batch x KV heads) on the latency kernel, for rows of 8193 to 16385 blocks that keep 1 < n < M,
+  // when at least n - 1 and at most 4096 of the row's blocks [0, M - 1) score >= hint x norm, only
+  // those are ranked (no sweep over every key); otherwise the whole tail runs. Either way the
+  // kernel stores the hint above which about 1.25 (n - 1) + 32 of this step's scores lie, for the
+  // next step. Other rows leave it as it is.
   uint32_t* hints = nullptr;
 };
 

@@ -100,6 +100,9 @@ std::vector<SelectCase> SelectCases() {
                    3,
                    0.1f,
                    100});
+  // 10 rows, the longest 8193 blocks: the latency kernel with 3 chunks a CTA and a hint for
+  // that row (launches of up to 16 rows use them).
+  cases.push_back({"long_few", {131073, 17, 4097, 33, 1}, 128, 7, 0.1f, 100});
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
   cases.push_back({"all_tied", {4097, 20000, 17}, 64, 3, 0.1f, 0});  // order decides everything
   return cases;
@@ -223,8 +226,8 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
     }
   }
   // Spread scores (few ties): an identical step's hints leave few enough candidates, so every
-  // row of 8193-16385 blocks (here on the latency kernel: <= 8 rows) ranks only those.
-  if (tc.name == "spread") {
+  // row of 8193-16385 blocks (here on the latency kernel: <= 16 rows) ranks only those.
+  if (tc.name == "spread" || tc.name == "long_few") {
     EXPECT_GT(hinted_rows, 0);
     EXPECT_EQ(hinted_repeat, hinted_rows) << "rows that took the hinted tail";
   }
