@@ -203,6 +203,17 @@ __device__ __forceinline__ void FoldPartials(const DecodeArgs& a, int head_dim, 
   }
 }
 
+// The pages row b reads (its selected blocks, or every page of its num_keys keys) and the
+// splits they take: DecodeKernel and DecodeMergeKernel must agree on both. Called after the
+// PDL wait (num_blocks comes from the selection just before).
+__device__ __forceinline__ int32_t RowPages(const DecodeArgs& a, bool sparse, int b,
+                                            int32_t num_keys) {
+  return sparse ? a.p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
+}
+__device__ __forceinline__ int RowSplits(const DecodeArgs& a, int32_t pages) {
+  return max(1, (pages + a.pages_per_split - 1) / a.pages_per_split);
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
   namespace cg = cooperative_groups;
@@ -248,8 +259,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   if (!p.q_from_previous_kernel) stage_q();
   detail::AwaitPreviousKernel();
   if (p.q_from_previous_kernel) stage_q();
-  const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
-  const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
+  const int32_t nblk = RowPages(a, sparse, b, num_keys);
+  const int splits = RowSplits(a, nblk);
   const int32_t i0 = blockIdx.x * a.pages_per_split;
   const int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
@@ -486,10 +497,7 @@ __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
   const int nh = min(kHeadsPerCta, (h + 1) * a.group - head_lo);
   detail::AwaitPreviousKernel();
   if (hh >= nh) return;
-  const bool sparse = p.blocks != nullptr;
-  const int32_t num_keys = p.num_keys[b];
-  const int32_t nblk = sparse ? p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
-  const int splits = max(1, (nblk + a.pages_per_split - 1) / a.pages_per_split);
+  const int splits = RowSplits(a, RowPages(a, p.blocks != nullptr, b, p.num_keys[b]));
   if (splits == 1) return;
   const int tid = threadIdx.x, d4 = tid % kD4, g = tid / kD4;
   const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;

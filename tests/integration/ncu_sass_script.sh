@@ -26,8 +26,10 @@ refused() {  # name, message fragment, arguments...
 
 # The stand-in ncu: `-o REP` makes REP.ncu-rep; `-i REP --page source` prints the table: a
 # 32-lane load of whole lines (16 sectors) executed 100 times, one of half lines (8) 50 times.
+# With NCU_ARGS_LOG set it appends each command line there.
 cat >"$work/bin/ncu" <<'NCU'
 #!/usr/bin/env bash
+[ -n "${NCU_ARGS_LOG:-}" ] && echo "$*" >>"$NCU_ARGS_LOG"
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) : >"$2.ncu-rep"; exit 0 ;;
@@ -74,5 +76,17 @@ else
     ok "summary lists loads only"
   fi
 fi
+# SDPA's capture runs the baseline on the model's heads (model_heads.sh): named and HQ-HKV-D.
+for shape in 7B:32768:8=7B:28:4:128:32768:8 8-2-64:4096:1=8-2-64:8:2:64:4096:1; do
+  log="$work/ncu_args_${shape%%=*}"
+  : >"$log"
+  NCU_ARGS_LOG="$log" PATH="$work/bin:$PATH" OUT="$work/out" bash "$script" sdpa "${shape%%=*}" \
+    >/dev/null 2>&1
+  if grep -qF -- "--shape ${shape#*=} " "$log"; then
+    ok "sdpa capture of ${shape%%=*}: --shape ${shape#*=}"
+  else
+    fail "sdpa capture of ${shape%%=*}: no '--shape ${shape#*=}' in: $(head -1 "$log")"
+  fi
+done
 echo "$passed passed, $fails failed"
 [ $fails -eq 0 ]

@@ -23,11 +23,8 @@ command -v ncu >/dev/null || { echo "ncu_sass: ncu not found" >&2; exit 1; }
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
-case "$model" in
-  1.5B) heads=12:2:128 ;;
-  7B) heads=28:4:128 ;;
-  *) heads=${model//-/:} ;;
-esac
+source "$here/model_heads.sh"
+heads=$(model_heads "$model")
 rep="$out/ncu_sass_$who"
 args=(--set full --import-source no --launch-count 1 -f -o "$rep")
 case "$who" in

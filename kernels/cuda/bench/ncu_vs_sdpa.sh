@@ -16,6 +16,7 @@ mkdir -p "$out"
 command -v ncu >/dev/null || { echo "ncu_vs_sdpa: ncu not found" >&2; exit 1; }
 [ -x "$bench" ] || { echo "ncu_vs_sdpa: $bench is not an executable" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
+source "$here/model_heads.sh"
 metrics=gpu__time_duration.sum,launch__grid_size,launch__block_size,launch__registers_per_thread
 metrics+=,launch__shared_mem_per_block_dynamic,launch__shared_mem_per_block_static
 metrics+=,sm__warps_active.avg.per_cycle_active,dram__bytes_read.sum
@@ -26,11 +27,7 @@ csv="$out/ncu_vs_sdpa.csv"
 : >"$csv"
 for shape in "${shapes[@]}"; do
   IFS=: read -r model ctx batch <<<"$shape"
-  case "$model" in
-    1.5B) heads=12:2:128 ;;
-    7B) heads=28:4:128 ;;
-    *) heads=${model//-/:} ;;
-  esac
+  heads=$(model_heads "$model")
   # Ours: the dense decode launches after the bench's warm-up replays (2 skipped).
   timeout 180 ncu "${ncu_args[@]}" -k regex:DecodeKernel --launch-skip 2 --launch-count 1 \
     "$bench" kernels --models "$model" --contexts "$ctx" \
