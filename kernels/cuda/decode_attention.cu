@@ -256,16 +256,37 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       *reinterpret_cast<uint4*>(sq + hh * D + ch * 8) = w;
     }
   };
-  if (!p.q_from_previous_kernel) stage_q();
-  detail::AwaitPreviousKernel();
-  if (p.q_from_previous_kernel) stage_q();
-  const int32_t nblk = RowPages(a, sparse, b, num_keys);
-  const int splits = RowSplits(a, nblk);
-  const int32_t i0 = blockIdx.x * a.pages_per_split;
-  const int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
+  // Page ids (and valid-token counts) of the split are gathered into shared memory a round at a
+  // time, so the page loop issues its K/V loads without the block-list -> page-table chain.
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   const int32_t* list =
       sparse ? p.blocks + (size_t(b) * p.kv.num_kv_heads + h) * p.blocks_stride : nullptr;
+  auto stage_ids = [&](int32_t r0, int32_t r1) {
+    for (int32_t i = r0 + tid; i < r1; i += kThreads) {
+      const int32_t blk = sparse ? list[i] : i;
+      s_page[i - r0] = table[blk];
+      s_valid[i - r0] = uint8_t(max(0, min(kPageTokens, num_keys - blk * kPageTokens)));
+    }
+  };
+  // A dense row's pages follow from num_keys alone, so its split and first round of ids are
+  // staged before the wait (the page table is the host's); a sparse row's come from the
+  // selection just before. H200, e2e dense steps, same call, two rounds: batch 1 1.5B 32K
+  // 1.477 / 1.477 -> 1.466 / 1.467 ms, 256K 2.926 / 2.933 -> 2.915 / 2.915, 7B 32K 4.107 /
+  // 4.110 -> 4.098 / 4.098; 7B 256K and batch 8 within the spread. Each warp's first page
+  // prefetched into L2 here as well was mixed (1.5B 0.1-0.5% faster, 7B 0.4-0.7% slower).
+  int32_t nblk = sparse ? 0 : RowPages(a, false, b, num_keys);
+  int splits = RowSplits(a, nblk);
+  const int32_t i0 = blockIdx.x * a.pages_per_split;
+  int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
+  if (!sparse) stage_ids(i0, min(i1, i0 + kIdsPerRound));
+  if (!p.q_from_previous_kernel) stage_q();
+  detail::AwaitPreviousKernel();
+  if (p.q_from_previous_kernel) stage_q();
+  if (sparse) {
+    nblk = RowPages(a, true, b, num_keys);
+    splits = RowSplits(a, nblk);
+    i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
+  }
   __syncthreads();
 
   const size_t head_stride = size_t(kPageTokens) * D;
@@ -276,16 +297,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 #pragma unroll
   for (int i = 0; i < E; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
 
-  // Page ids (and valid-token counts) of the split are gathered into shared memory a round at a
-  // time, so the page loop issues its K/V loads without the block-list -> page-table chain.
   for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
     const int32_t r1 = min(i1, r0 + kIdsPerRound);
     __syncthreads();  // the previous round's ids are consumed
-    for (int32_t i = r0 + tid; i < r1; i += kThreads) {
-      const int32_t blk = sparse ? list[i] : i;
-      s_page[i - r0] = table[blk];
-      s_valid[i - r0] = uint8_t(max(0, min(kPageTokens, num_keys - blk * kPageTokens)));
-    }
+    if (sparse || r0 != i0) stage_ids(r0, r1);
     __syncthreads();
     for (int32_t i = r0 + warp; i < r1; i += kWarps) {
       const int32_t page = s_page[i - r0];

@@ -336,10 +336,13 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
       CpAsync4(&staged[kWarps + threadIdx.x], nf.next_w + j);
   }
   GridDependencyWait();
-  // An appending QKV GEMV lets the next kernel (the decode attention, which reads its q, k and
-  // v) launch only as it exits: launched early, its thread-block clusters found the SMs held by
-  // this grid's blocks (GemvQkvRopeBf16Cuda).
-  if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
+  // The next kernel may launch now, the appending QKV GEMV's too: its dense decode (no thread-
+  // block clusters since the decode's merge kernel) sits in its own wait on free SMs, having
+  // staged what it can (H200, e2e dense batch 1, same call, HEAD -> early: 1.5B 32K 1.491 /
+  // 1.489 -> 1.474 / 1.478 ms, 256K 2.939 / 2.933 -> 2.919 / 2.926; 7B 32K 4.125 / 4.127 ->
+  // 4.111 / 4.113, 256K unchanged. With the decode's 8-CTA clusters of runs 17-38 it was up
+  // to 24% slower: docs/cuda_backend.md, run 17).
+  LaunchDependents();
   if constexpr (EPI == kEpiResidual) {
     const int j = blockIdx.x * groups * R + int(threadIdx.x);
     if (int(threadIdx.x) < groups * R && j < n) CpAsync4(&staged[threadIdx.x], y + j);
@@ -625,8 +628,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   GridDependencyWait();
-  // As GemvKernel: an appending QKV GEMV lets the next kernel launch only as it exits.
-  if (EPI != kEpiQkvRope || rope.kv.k == nullptr) LaunchDependents();
+  LaunchDependents();  // as GemvKernel, the appending QKV GEMV's too
   if constexpr (kResidual) {
     for (int i = threadIdx.x; i < groups * kMmaTileRows * rows; i += blockDim.x) {
       const int grp = i / (kMmaTileRows * rows), m = (i / kMmaTileRows) % rows,

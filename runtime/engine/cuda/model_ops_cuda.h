@@ -191,9 +191,9 @@ absl::Status GemvSwiGluBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, 
 // of each RoPE pair; an automatic plan of 8 becomes 4) and every plan at more rows: one launch
 // and the fp32 qkv round trip less. options.legacy is refused, and k_split 8 at one row and
 // options.cuda_cores at more. With p.kv set it also appends every row's k and v to the cache
-// (QkvRopeParams; p.page_table_stride > 0 for more than one row), in place of WriteKvCuda; it
-// then lets the next kernel launch only as it exits (not early, as the other GEMVs do), so
-// that kernel, which may read the new q, k and v, has the SMs to itself. p.positions and
+// (QkvRopeParams; p.page_table_stride > 0 for more than one row), in place of WriteKvCuda.
+// Like the other GEMVs it lets the next kernel launch early (after its own wait); that kernel
+// reads the new q, k and v only after its wait. p.positions and
 // p.page_table are read before the programmatic-dependent-launch wait (the RoPE angles and the
 // cache page are ready when the sums are): like w, they must not be written by the kernel
 // launched just before this one. With norm.squares set, x is a RowNorm input.
