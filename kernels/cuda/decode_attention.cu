@@ -204,8 +204,8 @@ __device__ __forceinline__ void FoldPartials(const DecodeArgs& a, int head_dim, 
 }
 
 // The pages row b reads (its selected blocks, or every page of its num_keys keys) and the
-// splits they take: DecodeKernel and DecodeMergeKernel must agree on both. Called after the
-// PDL wait (num_blocks comes from the selection just before).
+// splits they take: DecodeKernel and DecodeMergeKernel must agree on both. For a sparse row only
+// after the PDL wait (num_blocks comes from the selection just before).
 __device__ __forceinline__ int32_t RowPages(const DecodeArgs& a, bool sparse, int b,
                                             int32_t num_keys) {
   return sparse ? a.p.num_blocks[b] : (num_keys + kPageTokens - 1) / kPageTokens;
