@@ -68,6 +68,15 @@ struct DecodeAttentionParams {
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
 
+// Whether DecodeAttentionCuda(p) can be scheduled while `busy_sms` SMs are each held by a CTA of
+// the kernel before it (SelectBlocksParams::early_dependents) without losing time: always for
+// launches without thread-block clusters (a CTA that finds no room starts as those SMs free up,
+// as it would without the overlap); for clustered launches (sparse rows at batch 1-4 and long
+// context) only when the grid plus one cluster per busy SM fits the device's cluster capacity,
+// since a busy SM can leave no room in its GPC for a cluster, which then waits for a whole
+// cluster of the same launch to finish. Host only; reads no device memory.
+bool DecodeAttentionFitsBeside(const DecodeAttentionParams& p, int busy_sms);
+
 // Which kernel ChunkAttentionCuda runs (ChunkAttentionParams::kernel): kMmaSync (any device),
 // kWgmma (sm_90: 2 or 3 warpgroups that all load and compute) or kWgmmaWs (sm_90: 2 consumer
 // warpgroups fed by a producer warpgroup through mbarriers); kAuto picks (docs/kernels.md).

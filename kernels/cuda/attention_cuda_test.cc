@@ -526,5 +526,35 @@ TEST_F(MergeCudaTest, RejectsBadArguments) {
   EXPECT_EQ(ChunkAttentionCuda(c, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
+class DecodePlacementTest : public CudaTest {};
+
+// DecodeAttentionFitsBeside: launches without thread-block clusters (dense rows; sparse rows of
+// batch 8) fit beside any number of busy SMs; a clustered one (sparse, batch 1, 256K) fits
+// beside none, not beside all of them, and beside fewer whenever it fits beside more.
+TEST_F(DecodePlacementTest, FitsBesideBusySms) {
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  DecodeAttentionParams p;
+  p.kv.num_kv_heads = 4;
+  p.kv.head_dim = 128;
+  p.num_heads = 28;
+  p.batch = 1;
+  p.page_table_stride = 16384;
+  p.max_num_keys = 262144;
+  for (const int busy : {0, 1, 4, sms}) EXPECT_TRUE(DecodeAttentionFitsBeside(p, busy)) << busy;
+  p.blocks = reinterpret_cast<const int32_t*>(&p);  // sizing only: never read
+  p.max_num_blocks = p.blocks_stride = NumSelectedBlocks(16384, 0.1f, 16);
+  EXPECT_TRUE(DecodeAttentionFitsBeside(p, 0));
+  EXPECT_FALSE(DecodeAttentionFitsBeside(p, sms));
+  bool fits_fewer = true;
+  for (int busy = 0; busy <= sms; ++busy) {
+    const bool fits = DecodeAttentionFitsBeside(p, busy);
+    EXPECT_TRUE(fits_fewer || !fits) << "fits beside " << busy << " busy SMs, not fewer";
+    fits_fewer = fits;
+  }
+  p.batch = 8;
+  for (const int busy : {0, 1, 32, sms}) EXPECT_TRUE(DecodeAttentionFitsBeside(p, busy)) << busy;
+}
+
 }  // namespace
 }  // namespace resa::cuda

@@ -7,8 +7,8 @@
 //  * <= kMaxClusters (launches of many rows, e.g. batch 8): every CTA writes its partial and the
 //    last CTA of the row to arrive (atomic counter) folds them, in the same launch.
 //  * more, dense rows (batch 1-4): one wave of CTAs without clusters, each writes its partial,
-//    and DecodeMergeKernel, launched next (PDL), folds a row's partials with many threads a
-//    head. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1 1.5B 256K
+//    and DecodeMergeKernel, launched next (PDL), folds a row's partials, a CTA per quarter of a
+//    head's dims. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1 1.5B 256K
 //    71.4 -> 69.7 us, 32K 18.9 -> 17.5; 7B 256K 136.4 -> 127.2, 32K 26.4 -> 25.5.
 //  * more, sparse rows: splits grouped into thread-block clusters of up to 8 CTAs along x: the
 //    cluster's first CTA merges the cluster's states through distributed shared memory, and the
@@ -28,6 +28,7 @@
 // The query heads of a GQA group share every K/V byte read; K/V are read exactly once.
 #include <cooperative_groups.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -496,17 +497,18 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   cluster.sync();  // keep every CTA's shared memory alive until its leader has read it
 }
 
-// Folds the split partials of DecodeKernel in merge-kernel mode: one CTA per (query head, row of
-// heads, sequence); thread (g, d4) folds partials g, g + G, ... of dims 4 d4 + [0, 4), then the
-// G groups combine in shared memory. Rows of one split were written by the decode itself.
-template <int D, int NT>
+// Folds the split partials of DecodeKernel in merge-kernel mode: one CTA per (query head, slice
+// of D / S dims, row of heads, sequence); thread (g, d4) folds partials g, g + G, ... of dims
+// 4 d4 + [0, 4) of its slice, then the G groups combine in shared memory. Rows of one split
+// were written by the decode itself.
+template <int D, int NT, int S>
 __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
-  constexpr int kD4 = D / 4;
+  constexpr int kD4 = D / 4 / S;
   constexpr int G = NT / kD4;
   __shared__ float s_m[G], s_den[G];
   __shared__ float4 s_num[G][kD4];
   const DecodeAttentionParams& p = a.p;
-  const int hh = blockIdx.x, y = blockIdx.y, b = blockIdx.z;
+  const int hh = blockIdx.x / S, slice = blockIdx.x % S, y = blockIdx.y, b = blockIdx.z;
   const int h = y / a.head_chunks;
   const int head_lo = h * a.group + (y % a.head_chunks) * kHeadsPerCta;
   const int nh = min(kHeadsPerCta, (h + 1) * a.group - head_lo);
@@ -514,13 +516,13 @@ __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
   if (hh >= nh) return;
   const int splits = RowSplits(a, RowPages(a, p.blocks != nullptr, b, p.num_keys[b]));
   if (splits == 1) return;
-  const int tid = threadIdx.x, d4 = tid % kD4, g = tid / kD4;
+  const int tid = threadIdx.x, d4 = slice * kD4 + tid % kD4, g = tid / kD4;
   const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
   float mx = -INFINITY, den = 0.0f;
   float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   FoldPartials(a, D, slot0, hh, 4 * d4, g, G, splits, mx, den, num);
-  if (d4 == 0) s_m[g] = mx, s_den[g] = den;
-  s_num[g][d4] = num;
+  if (tid % kD4 == 0) s_m[g] = mx, s_den[g] = den;
+  s_num[g][tid % kD4] = num;
   __syncthreads();
   if (g != 0) return;
   float m_all = -INFINITY;
@@ -532,7 +534,7 @@ __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
 #pragma unroll
     for (int k = 0; k < G; ++k) {
       const float wt = exp2f(s_m[k] - m_all);  // 0 for an empty group
-      const float4 v = s_num[k][d4];
+      const float4 v = s_num[k][tid % kD4];
       den_all += wt * s_den[k];
       n.x += wt * v.x, n.y += wt * v.y, n.z += wt * v.z, n.w += wt * v.w;
     }
@@ -577,6 +579,14 @@ absl::Status Validate(const DecodeAttentionParams& p) {
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p) { return PlanDecode(p).bytes; }
 
+bool DecodeAttentionFitsBeside(const DecodeAttentionParams& p, int busy_sms) {
+  const DecodePlan plan = PlanDecode(p);
+  if (plan.cluster == 1) return true;
+  const int64_t ctas =
+      int64_t(plan.max_splits) * std::max(p.kv.num_kv_heads, 1) * plan.head_chunks * p.batch;
+  return ctas + int64_t(std::max(busy_sms, 0)) * plan.cluster <= ClusterCapacityCtas(p.kv.head_dim);
+}
+
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream) {
   if (auto st = Validate(p); !st.ok()) return st;
   const DecodePlan plan = PlanDecode(p);
@@ -604,17 +614,16 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
                                        grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
   if (plan.merge_kernel && plan.max_splits > 1) {
-    const dim3 mgrid(kHeadsPerCta, p.kv.num_kv_heads * plan.head_chunks, p.batch);
-    // 512 threads when 256 would need a second round of kFold loads a thread (H200, run 39,
-    // batch 1: 1.5B 128K 40.4 -> 39.7 us, 256K 69.4 -> 68.9; at <= 128 splits 256 is faster,
-    // 1.5B 32K 17.4 vs 17.6, 7B 32K 25.4 vs 25.8).
-    const bool wide = plan.max_splits > 256 / (p.kv.head_dim / 4) * kFold;
-    const cudaError_t merr = wide ? LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64, 512>
-                                                                     : DecodeMergeKernel<128, 512>,
-                                                 mgrid, dim3(512), 0, stream, {}, a)
-                                  : LaunchKernel(p.kv.head_dim == 64 ? DecodeMergeKernel<64, 256>
-                                                                     : DecodeMergeKernel<128, 256>,
-                                                 mgrid, dim3(256), 0, stream, {}, a);
+    // Four slices of the head dims a (head, row): 4x the CTAs of 1/4 the threads, 16 groups of
+    // partials each, so more SMs read the partials in parallel (H200, run 41, batch 1, against
+    // one CTA of 256 or 512 threads a head: 1.5B 32K 17.5 -> 17.0 us, 256K 69.2 -> 68.3; 7B 32K
+    // 25.4 -> 24.8, 256K 127.1 -> 126.3; 8 slices measured the same as 4).
+    constexpr int kSlices = 4;
+    const dim3 mgrid(kHeadsPerCta * kSlices, p.kv.num_kv_heads * plan.head_chunks, p.batch);
+    const bool d64 = p.kv.head_dim == 64;
+    const cudaError_t merr = LaunchKernel(
+        d64 ? DecodeMergeKernel<64, 64, kSlices> : DecodeMergeKernel<128, 128, kSlices>, mgrid,
+        dim3(d64 ? 64 : 128), 0, stream, {}, a);
     if (auto st = CudaStatus(merr, "cudaLaunchKernelEx(DecodeMergeKernel)"); !st.ok()) return st;
   }
   return CheckLaunch(p.blocks != nullptr ? "DecodeKernel (sparse)" : "DecodeKernel (dense)");

@@ -11,11 +11,13 @@
 //     decode kernel's query staging, each documented at its wait);
 //   * it calls LaunchDependents() after that wait, so the next kernel can be scheduled early in
 //     turn (at most one kernel runs ahead: its blocks trigger only after their own wait), or
-//     never, and the next kernel is scheduled as its blocks exit (the selection kernels: the
-//     sparse decode after them measured ~8 us per layer slower when scheduled during them; the
-//     batch-1 QKV GEMV that appends K/V: the dense decode after it, whose thread-block clusters
-//     then find the SMs held by the GEMV's blocks, measured 0.1-0.8 ms a step slower; a trigger
-//     after the GEMV's main loop, only the epilogue left, as much: 1.5B 256K 3.13 -> 3.97 ms).
+//     later (the selection's latency kernel after its scoring, when the caller asks:
+//     SelectBlocksParams::early_dependents), or never, and the next kernel is scheduled as its
+//     blocks exit (the selection kernels otherwise: the sparse decode after them measured ~8 us
+//     per layer slower when scheduled during the scoring; the batch-1 QKV GEMV that appends
+//     K/V: the dense decode after it, whose thread-block clusters then find the SMs held by the
+//     GEMV's blocks, measured 0.1-0.8 ms a step slower; a trigger after the GEMV's main loop,
+//     only the epilogue left, as much: 1.5B 256K 3.13 -> 3.97 ms).
 // Kernels of other libraries (cuBLAS, NCCL) and copies are ordinary stream work: the kernel
 // after them starts when they end, as without PDL.
 #pragma once

@@ -84,6 +84,7 @@ struct SelectArgs {
   uint32_t* cand_counts;
   bool keys_in_smem;  // SelectWideKernel: the tail stages the keys in dynamic shared memory
   int wide_chunk;     // SelectWideKernel: blocks a CTA scores (a multiple of kSelChunk)
+  bool early_trigger = false;  // SelectKernel: SelectBlocksParams::early_dependents
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -264,13 +265,14 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   __shared__ float s_q[D];
   __shared__ TailSmem s;
   __shared__ int s_last;
-  // No early trigger: the sparse decode after it measured slower when scheduled while the
-  // selection runs (docs/cuda_backend.md), so it is scheduled as this kernel's blocks exit.
-  // The wait comes after the first chunk's summary loads are issued (below): num_keys, the page
-  // table and the summaries of every page but the current one are written by the host before the
-  // step or by kernels two or more launches back, which PDL has completed (at most one kernel
-  // runs ahead: launch.h); the current page's summary may be read before or after
-  // WriteCurrentToken, its block scores +inf either way.
+  // The next kernel is scheduled as this kernel's blocks exit or, with a.early_trigger, once
+  // every CTA has scored (before step 4; never earlier: the sparse decode scheduled during the
+  // scoring measured ~8 us per layer slower, docs/cuda_backend.md). The wait comes after the
+  // first chunk's summary loads are issued (below): num_keys, the page table and the summaries
+  // of every page but the current one are written by the host before the step or by kernels two
+  // or more launches back, which PDL has completed (at most one kernel runs ahead: launch.h);
+  // the current page's summary may be read before or after WriteCurrentToken, its block scores
+  // +inf either way.
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
@@ -412,6 +414,9 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   if (use_hint && lane == 0 && warp_cands != 0) {
     atomicAdd(a.cand_counts + row, warp_cands);  // result unused: a reduction, no round trip
   }
+  // After its wait and its last write but the tail's: the rows' last CTAs, one a row, rank
+  // while the sparse decode's CTAs are placed on the SMs the others leave.
+  if (a.early_trigger) detail::LaunchDependents();
   // 4. Arrival: the last CTA of this (sequence, head) selects, the keys in registers when they fit.
   // With a hint, from the hint's candidates when there are enough and not too many; either way it
   // leaves the next step's hint: the score above which about need * 5 / 4 + 32 keys lie now,
@@ -449,7 +454,9 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   __shared__ TailSmem s;
   __shared__ int s_last;
   // No early trigger: the sparse decode after it measured slower when scheduled while the
-  // selection runs (docs/cuda_backend.md), so it is scheduled as this kernel's blocks exit.
+  // selection runs (docs/cuda_backend.md), and after the scoring too (H200, run 41, 1.5B 32K
+  // batch 8, selection then sparse decode 33.0 -> 37.6 us), so it is scheduled as this kernel's
+  // blocks exit.
   detail::GridDependencyWait();
 
   const SelectBlocksParams& p = a.p;
@@ -662,6 +669,7 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
     // One wave: at most (SMs / rows) CTAs per row, each looping over its chunks.
     const int sms = MultiprocessorCount();
     const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
+    a.early_trigger = p.early_dependents;
     a.keys_in_smem = false;
     a.wide_chunk = kSelChunk;
     // Hints only for rows long enough to gain, in launches of up to HintRows() rows; the other

@@ -85,6 +85,15 @@ struct SelectBlocksParams {
   // kernel stores the hint above which about 1.25 (n - 1) + 32 of this step's scores lie, for the
   // next step. Other rows leave it as it is.
   uint32_t* hints = nullptr;
+
+  // Let the next kernel on the stream (the sparse decode of these blocks) be scheduled once every
+  // CTA has scored its blocks, while the last CTA of each row (batch x num_kv_heads, a whole SM
+  // each) still ranks them, instead of as the selection's CTAs exit. Only the latency kernel
+  // (launches of few rows) does; same results either way. Set it when the next kernel fits
+  // beside those CTAs (DecodeAttentionFitsBeside): H200, run 41, batch 1, per layer selection
+  // then sparse decode, 1.5B 256K 36.4 -> 35.2 us, 7B 32K 21.5 -> 20.7; 7B 256K, whose 8-CTA
+  // clusters then do not all find room, 49.1 -> 52.8.
+  bool early_dependents = false;
 };
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);

@@ -184,7 +184,9 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   // Runs 0-1 without hints (the second checks that the counters were reset); then with hints,
   // which must not change a single id whatever they hold: zero (every score >= 0 a candidate),
   // the hints run 2 left (the next step's hints of an identical step), all ones (NaN: no
-  // candidate), each row's threshold (ties at it), its bits + 1 and - 1 (one ulp off).
+  // candidate), each row's threshold (ties at it), its bits + 1 and - 1 (one ulp off). Odd runs
+  // let the next kernel be scheduled after the scoring (early_dependents), which must not change
+  // an id either.
   const char* kHintNames[] = {"none",
                               "none",
                               "zero",
@@ -200,6 +202,7 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   int64_t hinted_repeat = 0;
   for (int rep = 0; rep < 8; ++rep) {
     p.hints = rep < 2 ? nullptr : dhints.get();
+    p.early_dependents = rep % 2 == 1;  // scheduling only: the same ids
     std::vector<uint32_t> h = exact_hint;
     if (rep == 2) dhints.Fill(0);
     if (rep == 4) dhints.Fill(0xff);
@@ -220,7 +223,8 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
                                      want[b].begin() + size_t(h + 1) * n);
         const std::vector<int32_t> gv(got.begin() + (size_t(b) * hkv + h) * p.blocks_stride,
                                       got.begin() + (size_t(b) * hkv + h) * p.blocks_stride + n);
-        ASSERT_EQ(gv, w) << "run " << rep << " (hints: " << kHintNames[rep] << ") sequence " << b
+        ASSERT_EQ(gv, w) << "run " << rep << " (hints: " << kHintNames[rep]
+                         << ", early dependents: " << p.early_dependents << ") sequence " << b
                          << " (len " << tc.lens[b] << ") head " << h;
       }
     }

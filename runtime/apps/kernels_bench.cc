@@ -487,10 +487,12 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   // The step as the model's decode runs it: per layer the hinted selection (one hint shared by
   // the layers, as resa_step_hinted) and then the sparse decode of its blocks, back to back with
   // programmatic dependent launch (the model's default; the rows above time each kernel alone,
-  // a launch gap each, unless --pdl). The rectification chunk as above.
+  // a launch gap each, unless --pdl), the decode scheduled during the selection's tail when the
+  // model would (SelectBlocksParams::early_dependents). The rectification chunk as above.
   {
     const bool pdl_before = cuda::ProgrammaticLaunch();
     cuda::SetProgrammaticLaunch(true);
+    sel.early_dependents = cuda::DecodeAttentionFitsBeside(sp, batch * hkv);
     cudaMemset(hints.p, 0, size_t(layers) * batch * hkv * 4);
     auto pair = TimeUs(
         [&](int i, cudaStream_t st) {
@@ -506,6 +508,7 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
         },
         o.iters);
     cuda::SetProgrammaticLaunch(pdl_before);
+    sel.early_dependents = false;
     if (!pair.ok()) return pair.status();
     Emit(rows, "resa_step_chained", s, ctx, batch, *pair + *rect / 32.0,
          sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);

@@ -337,7 +337,6 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     s.blocks_stride = g.bstride;
     s.hints =
         hints == nullptr || hints == hint_dummy ? hints : hints + size_t(g.first) * ts.num_kv_heads;
-    L.select.push_back(s);
     DecodeAttentionParams d = L.dense;
     d.q = q_ == nullptr ? nullptr : q_ + size_t(g.first) * lq;
     d.out = out_at(g.first);
@@ -350,6 +349,10 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     d.num_blocks = s.num_blocks;
     d.blocks_stride = g.bstride;
     d.max_num_blocks = g.bstride;
+    // The sparse decode is scheduled while the selection's rows rank, one CTA a row, when its
+    // CTAs fit beside them.
+    s.early_dependents = DecodeAttentionFitsBeside(d, g.count * kv.num_kv_heads);
+    L.select.push_back(s);
     L.sparse.push_back(d);
   }
   const size_t first_chunk = size_t(plan.nd + plan.ns);
