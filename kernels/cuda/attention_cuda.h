@@ -68,13 +68,22 @@ struct DecodeAttentionParams {
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
 
+// How sparse rows that need more splits than a row's last CTA folds (batch 1-4 at long context)
+// merge them: false (the default), by DecodeMergeKernel, as dense rows do; true, in 8-CTA
+// thread-block clusters (distributed shared memory, then the last cluster leader folds). The
+// launches differ in grid and workspace: set it before sizing workspaces. Same results within
+// the tolerance, not bit for bit. RESA_CUDA_SPARSE_CLUSTERS=1 in the environment sets true at
+// start (A/B runs).
+bool DecodeSparseClusters();
+void SetDecodeSparseClusters(bool on);
+
 // Whether DecodeAttentionCuda(p) can be scheduled while `busy_sms` SMs are each held by a CTA of
 // the kernel before it (SelectBlocksParams::early_dependents) without losing time: always for
 // launches without thread-block clusters (a CTA that finds no room starts as those SMs free up,
 // as it would without the overlap); for clustered launches (sparse rows at batch 1-4 and long
-// context) only when the grid plus one cluster per busy SM fits the device's cluster capacity,
-// since a busy SM can leave no room in its GPC for a cluster, which then waits for a whole
-// cluster of the same launch to finish. Host only; reads no device memory.
+// context with DecodeSparseClusters()) only when the grid plus one cluster per busy SM fits the
+// device's cluster capacity, since a busy SM can leave no room in its GPC for a cluster, which then
+// waits for a whole cluster of the same launch to finish. Host only; reads no device memory.
 bool DecodeAttentionFitsBeside(const DecodeAttentionParams& p, int busy_sms);
 
 // Which kernel ChunkAttentionCuda runs (ChunkAttentionParams::kernel): kMmaSync (any device),

@@ -86,6 +86,18 @@ std::vector<DecodeCase> DecodeCases() {
   return cases;
 }
 
+// Restores DecodeSparseClusters() on scope exit, whichever way a test leaves.
+class SparseClustersRestorer {
+ public:
+  SparseClustersRestorer() : saved_(DecodeSparseClusters()) {}
+  ~SparseClustersRestorer() { SetDecodeSparseClusters(saved_); }
+  SparseClustersRestorer(const SparseClustersRestorer&) = delete;
+  SparseClustersRestorer& operator=(const SparseClustersRestorer&) = delete;
+
+ private:
+  bool saved_;
+};
+
 class DecodeAttentionTest : public CudaTest, public ::testing::WithParamInterface<DecodeCase> {};
 
 TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
@@ -164,24 +176,35 @@ TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
     p.blocks_stride = stride;
     p.max_num_blocks = *std::max_element(num_blocks.begin(), num_blocks.end());
   }
-  DeviceBuffer<char> ws(DecodeAttentionWorkspaceBytes(p));
-  ws.Fill(0);
-  p.workspace = ws.get();
-  p.workspace_bytes = ws.size();
-  // Twice: the second launch checks that the split counters were left at zero, and stages the
-  // query heads after the PDL wait (q_from_previous_kernel), which must not change a bit.
-  std::vector<float> first, first_lse;
-  for (int rep = 0; rep < 2; ++rep) {
-    p.q_from_previous_kernel = rep == 1;
-    ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
-    const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
-    EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16)) << "rep " << rep;
-    EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16)) << "rep " << rep;
-    if (rep == 0) {
-      first = got, first_lse = got_lse;
-    } else {
-      EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * 4), 0);
-      EXPECT_EQ(std::memcmp(got_lse.data(), first_lse.data(), got_lse.size() * 4), 0);
+  // Sparse rows both ways of merging their splits (DecodeSparseClusters): the merge kernel (the
+  // default) and 8-CTA clusters.
+  const SparseClustersRestorer restore;
+  for (const bool clusters :
+       tc.sparse ? std::vector<bool>{false, true} : std::vector<bool>{DecodeSparseClusters()}) {
+    SetDecodeSparseClusters(clusters);
+    DeviceBuffer<char> ws(DecodeAttentionWorkspaceBytes(p));
+    ws.Fill(0);
+    p.workspace = ws.get();
+    p.workspace_bytes = ws.size();
+    // Twice: the second launch checks that the split counters were left at zero, and stages
+    // the query heads after the PDL wait (q_from_previous_kernel), which must not change a bit.
+    std::vector<float> first, first_lse;
+    for (int rep = 0; rep < 2; ++rep) {
+      p.q_from_previous_kernel = rep == 1;
+      dout.Fill(0xff);
+      dlse.Fill(0xff);
+      ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());
+      const std::vector<float> got = dout.Download(), got_lse = dlse.Download();
+      EXPECT_TRUE(AllClose(got.data(), want.data(), want.size(), kBF16))
+          << "rep " << rep << " clusters " << clusters;
+      EXPECT_TRUE(AllClose(got_lse.data(), want_lse.data(), want_lse.size(), kBF16))
+          << "rep " << rep << " clusters " << clusters;
+      if (rep == 0) {
+        first = got, first_lse = got_lse;
+      } else {
+        EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * 4), 0);
+        EXPECT_EQ(std::memcmp(got_lse.data(), first_lse.data(), got_lse.size() * 4), 0);
+      }
     }
   }
 }
@@ -529,8 +552,9 @@ TEST_F(MergeCudaTest, RejectsBadArguments) {
 class DecodePlacementTest : public CudaTest {};
 
 // DecodeAttentionFitsBeside: launches without thread-block clusters (dense rows; sparse rows of
-// batch 8) fit beside any number of busy SMs; a clustered one (sparse, batch 1, 256K) fits
-// beside none, not beside all of them, and beside fewer whenever it fits beside more.
+// batch 8; by default every sparse row) fit beside any number of busy SMs; a clustered one
+// (sparse, batch 1, 256K, with DecodeSparseClusters) fits beside none, not beside all of them,
+// and beside fewer whenever it fits beside more.
 TEST_F(DecodePlacementTest, FitsBesideBusySms) {
   int sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
@@ -544,6 +568,10 @@ TEST_F(DecodePlacementTest, FitsBesideBusySms) {
   for (const int busy : {0, 1, 4, sms}) EXPECT_TRUE(DecodeAttentionFitsBeside(p, busy)) << busy;
   p.blocks = reinterpret_cast<const int32_t*>(&p);  // sizing only: never read
   p.max_num_blocks = p.blocks_stride = NumSelectedBlocks(16384, 0.1f, 16);
+  const SparseClustersRestorer restore;
+  SetDecodeSparseClusters(false);
+  for (const int busy : {0, 1, 4, sms}) EXPECT_TRUE(DecodeAttentionFitsBeside(p, busy)) << busy;
+  SetDecodeSparseClusters(true);
   EXPECT_TRUE(DecodeAttentionFitsBeside(p, 0));
   EXPECT_FALSE(DecodeAttentionFitsBeside(p, sms));
   bool fits_fewer = true;

@@ -10,10 +10,14 @@
 //    and DecodeMergeKernel, launched next (PDL), folds a row's partials, a CTA per quarter of a
 //    head's dims. H200, run 39, against the 8-CTA clusters below: dense decode at batch 1 1.5B 256K
 //    71.4 -> 69.7 us, 32K 18.9 -> 17.5; 7B 256K 136.4 -> 127.2, 32K 26.4 -> 25.5.
-//  * more, sparse rows: splits grouped into thread-block clusters of up to 8 CTAs along x: the
-//    cluster's first CTA merges the cluster's states through distributed shared memory, and the
-//    last leader to arrive folds the clusters' partials (<= 32). The merge kernel measured no
-//    faster here: the ReSA step (selection, then sparse decode) 1.0 us slower at 7B 256K.
+//  * more, sparse rows: the same, DecodeMergeKernel, with as few pages a split as fill one wave
+//    (at least one a warp). H200, run 42, e2e ReSA batch 1 against the 8-CTA clusters below
+//    (three rounds, same call): 1.5B 32K 1.621-1.642 -> 1.558-1.573 ms, 256K 2.086-2.096 ->
+//    2.043-2.054; 7B 32K 4.270-4.289 -> 4.230-4.255, 256K 5.187-5.198 -> 5.138-5.168.
+//  * with SetDecodeSparseClusters(true), sparse rows instead group their splits into
+//    thread-block clusters of up to 8 CTAs along x: the cluster's first CTA merges the cluster's
+//    states through distributed shared memory, and the last leader to arrive folds the clusters'
+//    partials (<= 32).
 //
 // Tensor cores without shared-memory staging: every warp loads a whole 16-token page straight
 // into registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
@@ -32,6 +36,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
@@ -55,12 +61,15 @@ constexpr int kMaxClusters = kMaxSplits / kMaxCluster;  // partials the last CTA
 // round trip (H200 run 24: batch-1 decode 0.4-0.8 us faster than 8 at a time, batch 8 alike).
 constexpr int kFold = 16;
 constexpr int kMinPagesPerSplit = kWarps;
-// Sparse rows (batch 1-4 at long context, where a split would hold 1-2 selected pages per warp)
-// take at least this many pages a split: fewer partials to merge. `resa-bench kernels` sweep of
-// 20-64 at batch 1 (H200): 28 best or equal at 32K-256K for both shapes (1.5B 256K 24.0 -> 22.1
+// Sparse rows whose partials are folded inside the launch (by the last CTA or the last cluster
+// leader: batch 8, and batch 1-4 with DecodeSparseClusters) take at least this many pages a
+// split: fewer partials to merge. Rows folded by DecodeMergeKernel take kMinPagesPerSplit
+// (H200 run 42, e2e ReSA batch 1, three contexts, two rounds: 8 best or tied against 12 and
+// 16 at 32K and 256K, 16 about 1% ahead at 1.5B 128K; docs/kernels.md). `resa-bench kernels` sweep
+// of 20-64 at batch 1 (H200): 28 best or equal at 32K-256K for both shapes (1.5B 256K 24.0 -> 22.1
 // us, 7B 32K 17.1 -> 14.8 us); batch 8 splits are longer already.
 constexpr int kMinSparsePagesPerSplit = 28;
-// Launches of at most kFewSparseRows rows (batch 1-4 at 2 KV heads) take 16: H200 run 18,
+// Clustered launches of at most kFewSparseRows rows (batch 1-4 at 2 KV heads) take 16: H200 run 18,
 // batch 1, 28 -> 16, kernel bench 1.5B 32K / 128K / 256K 12.5 / 14.8 / 18.4 -> 11.2 / 12.6 /
 // 16.8 us, 7B 12.6 / 18.0 / 22.9 -> 11.4 / 16.6 / 22.9; e2e 1.5B sparse and ReSA 1.4-3.9%
 // faster, 7B within +-0.7%. Run 16 had 16 for every launch: batch 8 at 32K got slower.
@@ -95,6 +104,14 @@ size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 template <int D>
 __global__ void DecodeKernel(const DecodeArgs a);
 
+std::atomic<bool>& SparseClustersFlag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("RESA_CUDA_SPARSE_CLUSTERS");
+    return v != nullptr && std::string_view(v) == "1";
+  }()};
+  return flag;
+}
+
 // CTAs of 8-CTA clusters that can be resident at once (GPC granularity makes this less than
 // 2 per SM); cached per head dim.
 int ClusterCapacityCtas(int head_dim) {
@@ -125,9 +142,9 @@ int ClusterCapacityCtas(int head_dim) {
 }
 
 // Splits per row fill one wave of kCtasPerSm CTAs per SM over all rows. Rows that need more
-// than kMaxClusters splits (batch 1-4 at long context) leave the fold to DecodeMergeKernel
-// (dense) or group the splits into 8-CTA clusters, sized by the cluster capacity so that they
-// too run in one wave (sparse).
+// than kMaxClusters splits (batch 1-4 at long context) leave the fold to DecodeMergeKernel, or,
+// sparse rows with SetDecodeSparseClusters(true), group the splits into 8-CTA clusters, sized
+// by the cluster capacity so that they too run in one wave.
 DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   DecodePlan plan;
   const int hkv = p.kv.num_kv_heads > 0 ? p.kv.num_kv_heads : 1;
@@ -139,7 +156,8 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   const int64_t rows = int64_t(p.batch) * hkv * plan.head_chunks;
   int64_t s0 = rows > 0 ? int64_t(MultiprocessorCount()) * kCtasPerSm / rows : 1;
   int64_t cluster = 1;
-  if (s0 > kMaxClusters && p.blocks == nullptr) {
+  const bool sparse = p.blocks != nullptr;
+  if (s0 > kMaxClusters && !(sparse && DecodeSparseClusters())) {
     plan.merge_kernel = true;
     s0 = s0 > kMaxSplits ? kMaxSplits : s0;
   } else if (s0 > kMaxClusters) {
@@ -152,7 +170,9 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
   pps = pps < kMinPagesPerSplit ? kMinPagesPerSplit : pps;
   const int64_t min_sparse =
       rows <= kFewSparseRows ? kMinSparsePagesPerSplitFew : kMinSparsePagesPerSplit;
-  if (p.blocks != nullptr && pps < min_sparse) pps = min_sparse;
+  // The sparse minimum keeps the last CTA's (or leader's) fold short; the merge kernel folds a
+  // row's partials in parallel, so its rows only fill the wave.
+  if (sparse && pps < min_sparse && !plan.merge_kernel) pps = min_sparse;
   plan.pages_per_split = int(pps);
   const int64_t splits = max_blocks > 0 ? (max_blocks + pps - 1) / pps : 1;
   plan.cluster = int(splits < cluster ? splits : cluster);
@@ -576,6 +596,9 @@ absl::Status Validate(const DecodeAttentionParams& p) {
 }
 
 }  // namespace
+
+bool DecodeSparseClusters() { return SparseClustersFlag().load(std::memory_order_relaxed); }
+void SetDecodeSparseClusters(bool on) { SparseClustersFlag().store(on, std::memory_order_relaxed); }
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p) { return PlanDecode(p).bytes; }
 

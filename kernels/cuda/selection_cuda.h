@@ -91,8 +91,8 @@ struct SelectBlocksParams {
   // each) still ranks them, instead of as the selection's CTAs exit. Only the latency kernel
   // (launches of few rows) does; same results either way. Set it when the next kernel fits
   // beside those CTAs (DecodeAttentionFitsBeside): H200, run 41, batch 1, per layer selection
-  // then sparse decode, 1.5B 256K 36.4 -> 35.2 us, 7B 32K 21.5 -> 20.7; 7B 256K, whose 8-CTA
-  // clusters then do not all find room, 49.1 -> 52.8.
+  // then sparse decode, 1.5B 256K 36.4 -> 35.2 us, 7B 32K 21.5 -> 20.7; 7B 256K with the 8-CTA
+  // clusters of DecodeSparseClusters, which then do not all find room, 49.1 -> 52.8.
   bool early_dependents = false;
 };
 

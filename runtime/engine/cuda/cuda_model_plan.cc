@@ -256,7 +256,8 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 plan.rows,
                 plan.max_chunk_rows,
                 plan.max_keys_chunk,
-                plan.nc > 0 && WgmmaChunkDefault()};
+                plan.nc > 0 && WgmmaChunkDefault(),
+                DecodeSparseClusters()};
     for (const Plan::Group& g : plan.groups) {
       uint32_t bits;
       std::memcpy(&bits, &g.ratio, 4);
