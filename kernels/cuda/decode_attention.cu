@@ -481,17 +481,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       }
     }
     if (nclusters > 1 && !a.merge_kernel) {
-      // The leaders' partials are published by one fence (thread 0, after the CTA barrier),
-      // and the last leader acquires them all the same way.
+      // The leaders' partials are published by one release-acquire atomic (thread 0, after
+      // the CTA barrier), and the last leader acquires them all the same way.
       __syncthreads();
       int* counter = a.counters + size_t(b) * gridDim.y + y;
       if (tid == 0) {
-        __threadfence();
-        const bool last = atomicAdd(counter, 1) == nclusters - 1;
-        if (last) {
-          *counter = 0;  // ready for the next launch
-          __threadfence();
-        }
+        const bool last = detail::AtomicAddAcqRel(counter, 1) == nclusters - 1;
+        if (last) *counter = 0;  // ready for the next launch (a later kernel: no fence)
         sm_last = last;
       }
       __syncthreads();

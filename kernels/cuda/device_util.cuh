@@ -59,6 +59,20 @@ __device__ __forceinline__ uint4 LoadStream(const void* p) {
   return r;
 }
 
+// atomicAdd at GPU scope with release and acquire semantics (PTX atom.acq_rel): after a CTA
+// barrier, one thread's call publishes every store of the CTA made before the barrier (release
+// is cumulative) and, in the CTA that sees the last arrival, makes the others' visible to the
+// loads after the next barrier. In SASS one MEMBAR.ALL.GPU before the atomic and an L1
+// invalidate after it, where __threadfence() is a MEMBAR.SC.GPU.
+__device__ __forceinline__ int AtomicAddAcqRel(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n"
+               : "=r"(old)
+               : "l"(p), "r"(v)
+               : "memory");
+  return old;
+}
+
 // 2^x on the SFU alone (ex2.approx.ftz: no denormal handling; 2^-inf = 0).
 __device__ __forceinline__ float Exp2Approx(float x) {
   float y;

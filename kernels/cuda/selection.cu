@@ -210,17 +210,19 @@ __device__ __forceinline__ float QuestBound(const __nv_bfloat16* summary, int pa
 }
 
 // Arrival after this CTA's keys are stored: true in the last of the row's n_ctas CTAs, which
-// then sees every key. The counter resets itself.
+// then sees every key. One release-acquire atomic after the CTA barrier publishes this CTA's
+// keys and flags and, in the last CTA, acquires everyone's (the tail reads them from L2); the
+// counter resets itself for the next launch, a later kernel, so no fence follows. (Until run
+// 43: a __threadfence(), MEMBAR.SC.GPU, in every thread before the barrier and another in the
+// last CTA after the reset; docs/kernels.md has the A/B.)
 __device__ __forceinline__ bool ArriveLast(const SelectArgs& a, int b, int h, int n_ctas,
                                            int* s_last) {
-  __threadfence();
   __syncthreads();
   int* counter = a.counters + size_t(b) * a.p.kv.num_kv_heads + h;
-  if (threadIdx.x == 0) *s_last = atomicAdd(counter, 1) == n_ctas - 1;
+  if (threadIdx.x == 0) *s_last = detail::AtomicAddAcqRel(counter, 1) == n_ctas - 1;
   __syncthreads();
   if (!*s_last) return false;
   if (threadIdx.x == 0) *counter = 0;
-  __threadfence();
   return true;
 }
 
