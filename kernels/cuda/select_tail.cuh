@@ -1,8 +1,8 @@
 // The selection's tail on the GPU: the exact top-n of one (sequence, KV head) row's block keys
 // (order-preserving uint32 images of the scores), run by the row's last CTA of 512 threads in
-// the fused selection kernels (selection.cu). 11-bit radix passes over key - min find the
-// threshold T; the pivot bin's keys are compacted and, when few, ranked directly; the output is
-// every block with key > T and the lowest-numbered blocks with key == T, in ascending order,
+// the fused selection kernels (selection.cu). Radix passes over key - min find the threshold
+// T; the pivot bin's keys are compacted and narrowed until few enough to rank directly; the output
+// is every block with key > T and the lowest-numbered blocks with key == T, in ascending order,
 // without any sort. Two forms: the keys in registers (RegisterTail, <= kMaxRegKeys keys) or read
 // from L2 / shared memory in loops (StridedTail). Costs and their split: docs/kernels.md.
 #pragma once
@@ -15,9 +15,11 @@ constexpr int kSelThreads = 512;  // the selection kernels' CTA; the tail needs 
 constexpr int kSelWarps = kSelThreads / 32;
 constexpr int kRegKeys = 32;                         // keys per thread in the register tail
 constexpr int kMaxRegKeys = kSelThreads * kRegKeys;  // 16384: 256K tokens
-constexpr int kRadixBins = 2048;
 constexpr int kMaxCandidates = 4096;  // keys of the pivot bin kept after the first pass
-constexpr int kDirectRank = 256;      // candidates ranked by comparison instead of radix passes
+constexpr int kRadixBits = 11;        // digit of a pass over the keys
+constexpr int kCandDigitBits = 8;     // digit of a pass over the compacted candidates
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int kDirectRank = 128;  // candidates ranked by comparison instead of radix passes
 static_assert(2 * kDirectRank <= kSelThreads && kDirectRank + 32 <= kMaxCandidates,
               "RankCandidates: two threads a candidate, list padded to a multiple of 32");
 
@@ -66,31 +68,88 @@ __device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t x) {
 }
 
 // Exclusive prefix sum over the CTA (512 threads); returns this thread's offset, *total the sum.
+// One barrier: the caller orders it after any earlier scan's reads of s_warp (a barrier between
+// the two) and must not write s_warp before every thread has returned. s_warp 16-byte aligned.
 __device__ inline uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint32_t* s_warp) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const uint32_t x = WarpInclusiveScan(v);
-  __syncthreads();  // s_warp may still be read by a previous scan
   if (lane == 31) s_warp[warp] = x;
   __syncthreads();
-  if (warp == 0) {
-    const uint32_t w = WarpInclusiveScan(lane < kSelWarps ? s_warp[lane] : 0u);
-    if (lane < kSelWarps) s_warp[lane] = w;  // inclusive warp totals
+  uint32_t before = 0, all = 0;
+#pragma unroll
+  for (int w4 = 0; w4 < kSelWarps / 4; ++w4) {
+    const uint4 t = reinterpret_cast<const uint4*>(s_warp)[w4];
+    const uint32_t tw[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      before += 4 * w4 + j < warp ? tw[j] : 0u;
+      all += tw[j];
+    }
   }
-  __syncthreads();
-  *total = s_warp[kSelWarps - 1];
-  return (warp > 0 ? s_warp[warp - 1] : 0u) + x - v;
+  *total = all;
+  return before + x - v;
 }
+
+// Phases of the candidate tail (CandidateTail), for its cost split (docs/kernels.md, "Fused
+// selection"). Built with RESA_SELECT_TAIL_STAMPS defined (CMake option of the same name),
+// thread 0 reads its clock where each phase ends, at a CTA barrier or just after one, and adds
+// the cycles since the last mark to g_tail_phase_cycles[phase] (one copy per translation unit:
+// selection.cu reads its own, SelectTailPhaseCycles); without it the marks compile to nothing.
+enum TailPhase : int {
+  kPhaseCount,    // the candidate count and flag words (from the tail's start)
+  kPhaseScan,     // scan of the words' popcounts
+  kPhaseIds,      // candidate ids into shared memory
+  kPhaseGather,   // their keys from L2, and their range
+  kPhaseHist,     // the first radix pass's histogram
+  kPhasePivot,    // its pivot bin (FindPivotBin)
+  kPhaseCompact,  // the pivot bin's keys compacted
+  kPhaseNarrow,   // passes over the compacted candidates and the direct rank, to the threshold
+  kPhaseBitmaps,  // bitmaps of keys above and at the threshold
+  kPhaseOutScan,  // scan of their counts
+  kPhaseStores,   // the ids stored (to a CTA barrier)
+  kTailPhases
+};
+#ifdef RESA_SELECT_TAIL_STAMPS
+namespace {
+__device__ unsigned long long g_tail_phase_cycles[kTailPhases + 1];  // + tails counted
+}  // namespace
+#endif
 
 // Shared state of the selection tail.
 struct alignas(16) TailSmem {
   uint32_t hist[kRadixBins];
   uint32_t cand[kMaxCandidates];
-  uint32_t warp[kSelWarps];
+  alignas(16) uint32_t warp[kSelWarps];  // BlockExclusiveScan reads it as uint4
   uint32_t spare[32];  // WarpHistAdd's no-op adds
   uint32_t digit, above, ncand, kmin, kmax;
   uint32_t hint_digit;  // FindPivotBin's bin of hint_rank (the next step's hint)
   uint32_t hint_total;  // CandidateTail: the row's candidate count
+#ifdef RESA_SELECT_TAIL_STAMPS
+  long long clock_last;  // thread 0's clock at the last mark
+#endif
 };
+
+// Phase clock: StartClock at the tail's start, then Mark(s, phase) where `phase` ends (thread 0
+// acts; every thread may call them).
+__device__ __forceinline__ void StartClock(TailSmem& s) {
+#ifdef RESA_SELECT_TAIL_STAMPS
+  if (threadIdx.x == 0) s.clock_last = clock64();
+#else
+  (void)s;
+#endif
+}
+__device__ __forceinline__ void Mark(TailSmem& s, TailPhase phase) {
+#ifdef RESA_SELECT_TAIL_STAMPS
+  if (threadIdx.x == 0) {
+    const long long t = clock64();
+    atomicAdd(&g_tail_phase_cycles[phase], (unsigned long long)(t - s.clock_last));
+    if (phase == kPhaseStores) atomicAdd(&g_tail_phase_cycles[kTailPhases], 1ull);
+    s.clock_last = clock64();  // the atomics' issue is not the next phase's
+  }
+#else
+  (void)s, (void)phase;
+#endif
+}
 
 // After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
 // remaining-th largest value goes to s.digit, the count above it to s.above; when hint_rank > 0,
@@ -98,26 +157,36 @@ struct alignas(16) TailSmem {
 // fewer values). Ends synchronised.
 __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
                                     uint32_t hint_rank = 0) {
+  static_assert(kRadixBins <= 4 * kSelThreads, "FindPivotBin: at most 4 bins a thread");
   const int tid = threadIdx.x;
-  // Thread t owns descending bin positions [t * per, (t + 1) * per).
+  // Thread t owns descending bin positions [t * per, (t + 1) * per), per <= 4 (bins a power of
+  // two), their counts read once into registers: 2048 bins as one 16-byte load a thread
+  // (conflict-free; four 4-byte loads at a stride of four words were 4-way bank conflicts).
   const int per = (bins + kSelThreads - 1) / kSelThreads;
-  uint32_t local = 0;
-  for (int j = 0; j < per; ++j) {
-    const int pos = tid * per + j;
-    if (pos < bins) local += s.hist[bins - 1 - pos];
+  uint32_t c[4];
+  if (per == 4) {
+    const uint4 h = reinterpret_cast<const uint4*>(s.hist)[bins / 4 - 1 - tid];
+    c[0] = h.w, c[1] = h.z, c[2] = h.y, c[3] = h.x;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int pos = tid * per + j;
+      c[j] = j < per && pos < bins ? s.hist[bins - 1 - pos] : 0u;
+    }
   }
   uint32_t total;
-  uint32_t above = BlockExclusiveScan(local, &total, s.warp);
-  for (int j = 0; j < per; ++j) {
+  uint32_t above = BlockExclusiveScan((c[0] + c[1]) + (c[2] + c[3]), &total, s.warp);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
     const int pos = tid * per + j;
-    if (pos >= bins) break;
-    const uint32_t cnt = s.hist[bins - 1 - pos];
-    if (above < remaining && remaining <= above + cnt) {
-      s.digit = uint32_t(bins - 1 - pos);
-      s.above = above;
+    if (j < per && pos < bins) {
+      if (above < remaining && remaining <= above + c[j]) {
+        s.digit = uint32_t(bins - 1 - pos);
+        s.above = above;
+      }
+      if (above < hint_rank && hint_rank <= above + c[j]) s.hint_digit = uint32_t(bins - 1 - pos);
+      above += c[j];
     }
-    if (above < hint_rank && hint_rank <= above + cnt) s.hint_digit = uint32_t(bins - 1 - pos);
-    above += cnt;
   }
   __syncthreads();
 }
@@ -168,15 +237,19 @@ __device__ inline void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t rema
 
 // Selection over keys v = key - kmin of blocks [0, mo). Returns T - kmin, the value of the
 // need-th largest; *remaining becomes the number of keys equal to T to keep (lowest blocks
-// first), after every key above T. FOR_KEYS(fn) calls fn(v, valid) for every key of this thread
-// and must be called by all 32 lanes of every warp in lockstep (warp collectives inside fn).
-// When hint_rank > 0, *hint_out becomes the lower edge (v) of the first pass's bin holding the
-// hint_rank-th largest key, so at least hint_rank keys are >= kmin + *hint_out (0 when there are
-// fewer keys): the next decode step's hint (CandidateTail).
+// first), after every key above T. Passes over the keys take 11-bit digits until the pivot bin
+// holds at most kMaxCandidates keys, which are then compacted into s.cand; passes over those
+// take 8-bit digits, and once the pivot bin holds at most kDirectRank keys one warp moves them
+// to the front of s.cand (in order, in place) and RankCandidates ranks them. FOR_KEYS(fn) calls
+// fn(v, valid) for every key of this thread and must be called by all 32 lanes of every warp in
+// lockstep (warp collectives inside fn). When hint_rank > 0, *hint_out becomes the lower edge (v)
+// of the first pass's bin holding the hint_rank-th largest key, so at least hint_rank keys are >=
+// kmin + *hint_out (0 when there are fewer keys): the next decode step's hint (CandidateTail). With
+// `marks`, the phase clock's marks kPhaseHist to kPhaseNarrow.
 template <typename ForKeys>
 __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_out,
                                        ForKeys for_keys, uint32_t hint_rank = 0,
-                                       uint32_t* hint_out = nullptr) {
+                                       uint32_t* hint_out = nullptr, bool marks = false) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t kmin = s.kmin, kmax = s.kmax;
   const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
@@ -185,9 +258,12 @@ __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* rem
   if (tid == 0) s.hint_digit = 0;  // read after the first pass's barriers
   bool use_cand = false;
   uint32_t ncand = 0;
+  int hi = top_bits;
 #pragma unroll 1
-  for (int hi = top_bits; hi > 0; hi -= 11) {
-    const int lo = hi > 11 ? hi - 11 : 0;
+  while (hi > 0) {
+    // Passes over the compacted candidates take narrower digits: a 256-bin histogram is cheap to
+    // scan, and the pivot bin it leaves is small enough to rank directly.
+    const int lo = max(hi - (use_cand ? kCandDigitBits : kRadixBits), 0);
     const int bins = 1 << (hi - lo);
     // s.hist is zero here: cleared by the caller before the first pass, after the others below.
     if (use_cand) {
@@ -203,17 +279,19 @@ __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* rem
     }
     __syncthreads();
     const bool first_pass = hi == top_bits;
+    if (marks && first_pass) Mark(s, kPhaseHist);
     FindPivotBin(s, bins, remaining, first_pass ? hint_rank : 0u);
+    if (marks && first_pass) Mark(s, kPhasePivot);
     if (first_pass && hint_out != nullptr) *hint_out = s.hint_digit << lo;
     const uint32_t digit = s.digit;
+    const uint32_t pivot = s.hist[digit];  // values in the pivot bin
     remaining -= s.above;
     prefix |= digit << lo;
     mask |= uint32_t(bins - 1) << lo;
-    if (!use_cand && lo > 0) ncand = s.hist[digit];
     __syncthreads();  // s.hist / s.digit / s.above are rewritten next
     if (lo == 0) break;
     for (int i = tid; i < bins; i += kSelThreads) s.hist[i] = 0;
-    if (!use_cand && ncand <= uint32_t(kMaxCandidates)) {  // keep only the pivot bin's values
+    if (!use_cand && pivot <= uint32_t(kMaxCandidates)) {  // keep only the pivot bin's values
       // Two sweeps: count this lane's matches, then one atomic per warp and plain stores.
       uint32_t mine = 0;
       for_keys([&](uint32_t v, bool ok) { mine += uint32_t(ok & ((v & mask) == prefix)); });
@@ -227,16 +305,39 @@ __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* rem
         at += uint32_t(keep);
       });
       use_cand = true;
-      __syncthreads();
-      if (ncand <= uint32_t(kDirectRank)) {
-        RankCandidates(s, ncand, remaining);
-        prefix = s.digit;
-        remaining -= s.above;
-        break;
+      ncand = pivot;
+    } else if (use_cand && pivot <= uint32_t(kDirectRank)) {
+      // Warp 0 compacts the pivot bin's candidates in place, in order (each chunk of 32 is read
+      // before any of it is overwritten; writes land below the chunk's end).
+      if (warp == 0) {
+        uint32_t kept = 0;
+        for (uint32_t base = 0; base < ncand; base += 32) {
+          const uint32_t i = base + lane;
+          const uint32_t v = i < ncand ? s.cand[i] : 0u;
+          const bool keep = (i < ncand) & ((v & mask) == prefix);
+          const uint32_t ballot = __ballot_sync(0xffffffffu, keep);
+          __syncwarp();
+          SharedStoreIf(s.cand + kept + __popc(ballot & ((1u << lane) - 1u)), v, keep);
+          kept += uint32_t(__popc(ballot));
+        }
       }
+      ncand = pivot;
+    } else {
+      __syncthreads();
+      hi = lo;
+      continue;
     }
     __syncthreads();
+    if (marks && first_pass) Mark(s, kPhaseCompact);
+    if (ncand <= uint32_t(kDirectRank)) {
+      RankCandidates(s, ncand, remaining);
+      prefix = s.digit;
+      remaining -= s.above;
+      break;
+    }
+    hi = lo;
   }
+  if (marks) Mark(s, kPhaseNarrow);
   *remaining_out = remaining;
   return prefix;
 }
@@ -441,6 +542,7 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
                                      uint32_t* count, int32_t mo, uint32_t need, int32_t* out,
                                      uint32_t hint_rank, uint32_t* hint_out) {
   const int tid = threadIdx.x, lane = tid % 32;
+  StartClock(s);
   const int words = (mo + 31) / 32;                             // <= kSelThreads
   const uint32_t word = tid < words ? __ldcg(bits + tid) : 0u;  // in flight with the count
   if (tid == 0) {
@@ -449,11 +551,14 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
   }
   __syncthreads();
   if (s.hint_total < need || s.hint_total > uint32_t(kMaxHintCandidates)) return false;
+  Mark(s, kPhaseCount);
   uint32_t total;
   uint32_t at = BlockExclusiveScan(uint32_t(__popc(word)), &total, s.warp);
+  Mark(s, kPhaseScan);
   if (total != s.hint_total) return false;  // never (same ballots); keeps s.cand in bounds
   for (uint32_t w = word; w != 0; w &= w - 1) s.cand[at++] = 32 * tid + __ffs(w) - 1;
   __syncthreads();
+  Mark(s, kPhaseIds);
   uint32_t key[kCandRegs], id[kCandRegs];
 #pragma unroll
   for (int k = 0; k < kCandRegs; ++k) {
@@ -470,12 +575,16 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
     if (tid + kSelThreads * k < total) kmin = min(kmin, key[k]), kmax = max(kmax, key[k]);
   }
   kmin = BlockKeyRange(s, lane, kmin, kmax);  // starts with a barrier: s.cand is free after it
+  Mark(s, kPhaseGather);
   auto for_keys = [&](auto fn) {
 #pragma unroll
-    for (int k = 0; k < kCandRegs; ++k) fn(key[k] - kmin, tid + kSelThreads * k < total);
+    for (int k = 0; k < kCandRegs; ++k) {
+      if (uint32_t(kSelThreads * k) >= total) break;  // CTA-uniform: no thread has slot k
+      fn(key[k] - kmin, tid + kSelThreads * k < total);
+    }
   };
   uint32_t remaining, hint_v;
-  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v);
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v, true);
   *hint_out = kmin + hint_v;
 
   // Bitmaps: s.hist[w] bit i = key of block 32 w + i > T, s.hist[kSelThreads + w] = key == T.
@@ -485,18 +594,21 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
   __syncthreads();
 #pragma unroll
   for (int k = 0; k < kCandRegs; ++k) {
+    if (uint32_t(kSelThreads * k) >= total) break;
     const bool ok = tid + kSelThreads * k < total;
     if (ok && key[k] >= T) {
       atomicOr(&s.hist[(key[k] > T ? 0 : kSelThreads) + id[k] / 32], 1u << (id[k] % 32));
     }
   }
   __syncthreads();
+  Mark(s, kPhaseBitmaps);
   // Ascending output: thread t writes the blocks of word t, after the packed (greater, equal)
   // counts of the words before it.
   const uint32_t gt = s.hist[tid], eq = s.hist[kSelThreads + tid];
   uint32_t unused;
   const uint32_t x =
       BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
+  Mark(s, kPhaseOutScan);
   uint32_t tie = x & 0xffffu;
   uint32_t pos = (x >> 16) + min(tie, remaining);
   for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
@@ -505,6 +617,10 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
     if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
     tie += uint32_t(is_eq);
   }
+#ifdef RESA_SELECT_TAIL_STAMPS
+  __syncthreads();  // the stores issued by every thread
+#endif
+  Mark(s, kPhaseStores);
   return true;
 }
 

@@ -628,6 +628,25 @@ absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts() {
   return SelectionHintCounts{int64_t(c[0]), int64_t(c[1])};
 }
 
+absl::StatusOr<SelectTailPhases> ReadSelectTailPhases() {
+  SelectTailPhases r;
+#ifdef RESA_SELECT_TAIL_STAMPS
+  static constexpr const char* kNames[select_tail::kTailPhases] = {
+      "count",   "scan",   "ids",     "gather",   "hist",  "pivot",
+      "compact", "narrow", "bitmaps", "out_scan", "stores"};
+  unsigned long long c[select_tail::kTailPhases + 1] = {};
+  if (auto st = CudaStatus(cudaMemcpyFromSymbol(c, select_tail::g_tail_phase_cycles, sizeof(c)),
+                           "reading the selection tail's phase clock");
+      !st.ok()) {
+    return st;
+  }
+  r.names.assign(kNames, kNames + select_tail::kTailPhases);
+  r.cycles.assign(c, c + select_tail::kTailPhases);
+  r.tails = c[select_tail::kTailPhases];
+#endif
+  return r;
+}
+
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) {
   if (auto st = ValidateKv(p.kv, "SelectBlocksCuda"); !st.ok()) return st;
   if (p.q == nullptr || p.num_keys == nullptr || p.page_tables == nullptr || p.blocks == nullptr ||

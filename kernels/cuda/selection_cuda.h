@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -106,6 +107,17 @@ struct SelectionHintCounts {
   int64_t whole_tail = 0;
 };
 absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts();
+
+// Clock cycles the candidate tail (rows selected from their hint's candidates) spent in each of
+// its phases since the process started, summed over rows, on the current device; `names` and
+// `cycles` are empty unless the library was built with RESA_SELECT_TAIL_STAMPS (CMake option),
+// a diagnostic that costs a few clock reads and atomics a row.
+struct SelectTailPhases {
+  std::vector<const char*> names;  // count, scan, ids, gather, hist, pivot, compact, ...
+  std::vector<uint64_t> cycles;    // one a name
+  uint64_t tails = 0;              // rows counted
+};
+absl::StatusOr<SelectTailPhases> ReadSelectTailPhases();
 
 // Sequence parallelism: the scores of the blocks one SP rank holds, for the exchange across ranks
 // that picks the global top-n (parallel/sp_attention.h, SelectBlocksAcrossRanks). Row b's page

@@ -405,9 +405,11 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
     }
     cudaDeviceSynchronize();
     auto before = cuda::ReadSelectionHintCounts();
+    auto phases_before = cuda::ReadSelectTailPhases();
     auto us = TimeUs(hinted, o.iters);
     if (!us.ok()) return us.status();
     auto after = cuda::ReadSelectionHintCounts();
+    auto phases_after = cuda::ReadSelectTailPhases();
     const char* name = per_layer ? "fused_select_hint_repeat" : "fused_select_hint_other_layer";
     Emit(rows, name, s, ctx, batch, *us, sel_bytes, ceiling, sdpa.topk_us);
     if (!per_layer) hinted_other_us = *us;
@@ -418,6 +420,20 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
           name, s.name.c_str(), ctx, batch,
           static_cast<long long>(after->from_candidates - before->from_candidates),
           static_cast<long long>(after->whole_tail - before->whole_tail));
+    }
+    // Built with RESA_SELECT_TAIL_STAMPS: the candidate tail's mean cycles a row, by phase.
+    if (phases_before.ok() && phases_after.ok() && !phases_after->cycles.empty() &&
+        phases_after->tails > phases_before->tails) {
+      const double rows = double(phases_after->tails - phases_before->tails);
+      std::string fields;
+      for (size_t i = 0; i < phases_after->cycles.size(); ++i) {
+        absl::StrAppendFormat(&fields, "%s\"%s\":%.0f", i == 0 ? "" : ",", phases_after->names[i],
+                              double(phases_after->cycles[i] - phases_before->cycles[i]) / rows);
+      }
+      std::printf(
+          "{\"bench\":\"kernels\",\"kernel\":\"%s_tail_phases\",\"model\":\"%s\","
+          "\"context\":%d,\"batch\":%d,\"rows\":%.0f,\"cycles\":{%s}}\n",
+          name, s.name.c_str(), ctx, batch, rows, fields.c_str());
     }
   }
   cudaDeviceSynchronize();  // the sparse decode reads the selection of every layer

@@ -1,0 +1,192 @@
+// The selection tail on chosen keys (select_tail_probe.h).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <memory>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/select_tail.cuh"
+#include "kernels/cuda/select_tail_probe.h"
+
+namespace resa::cuda {
+namespace {
+
+using select_tail::kMaxRegKeys;
+using select_tail::kRadixBins;
+using select_tail::kSelThreads;
+using select_tail::TailSmem;
+
+// One CTA, set up as SelectRow (selection.cu) leaves it for the tail: s.hist zero, s.kmin /
+// s.kmax / s.ncand initialised, no barrier after. info[0] = hint key, info[1] = 1 when the
+// candidate tail ran.
+template <SelectTailForm kForm>
+__global__ void __launch_bounds__(kSelThreads, 1)
+    SelectTailProbeKernel(const uint32_t* keys, const uint32_t* bits, uint32_t* count, int32_t mo,
+                          uint32_t need, uint32_t hint_rank, int32_t* out, uint32_t* info) {
+  extern __shared__ uint4 s_dyn[];  // kStridedShared: the keys
+  __shared__ TailSmem s;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < kRadixBins; i += kSelThreads) s.hist[i] = 0;
+  if (tid == 0) s.kmin = 0xffffffffu, s.kmax = 0, s.ncand = 0;
+  uint32_t hint = 0;
+  bool hinted = false;
+  if constexpr (kForm == SelectTailForm::kRegister) {
+    select_tail::RegisterTail(s, keys, mo, need, out, hint_rank, &hint);
+  } else if constexpr (kForm == SelectTailForm::kStrided) {
+    select_tail::StridedTail(s, keys, nullptr, mo, need, out);
+  } else if constexpr (kForm == SelectTailForm::kStridedShared) {
+    select_tail::StridedTail(s, keys, reinterpret_cast<uint32_t*>(s_dyn), mo, need, out);
+  } else {
+    hinted = select_tail::CandidateTail(s, keys, bits, count, mo, need, out, hint_rank, &hint);
+    if (!hinted) select_tail::RegisterTail(s, keys, mo, need, out, hint_rank, &hint);
+  }
+  if (tid == 0) info[0] = hint, info[1] = uint32_t(hinted);
+}
+
+struct CudaFree {
+  void operator()(void* p) const { cudaFree(p); }
+};
+template <typename T>
+using DevicePtr = std::unique_ptr<T, CudaFree>;
+
+template <typename T>
+absl::StatusOr<DevicePtr<T>> DeviceCopy(const std::vector<T>& host, size_t n) {
+  T* p = nullptr;
+  absl::Status st = CudaStatus(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)),
+                               "select tail probe: cudaMalloc");
+  if (!st.ok()) return st;
+  DevicePtr<T> d(p);
+  st.Update(CudaStatus(cudaMemset(p, 0, std::max<size_t>(n, 1) * sizeof(T)),
+                       "select tail probe: cudaMemset"));
+  if (st.ok() && !host.empty()) {
+    st.Update(
+        CudaStatus(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+                   "select tail probe: cudaMemcpy"));
+  }
+  if (!st.ok()) return st;
+  return d;
+}
+
+}  // namespace
+
+const char* SelectTailFormName(SelectTailForm form) {
+  switch (form) {
+    case SelectTailForm::kRegister:
+      return "register";
+    case SelectTailForm::kStrided:
+      return "strided";
+    case SelectTailForm::kStridedShared:
+      return "strided_shared";
+    case SelectTailForm::kCandidate:
+      return "candidate";
+  }
+  return "unknown";
+}
+
+std::vector<int32_t> SelectTailReference(const std::vector<uint32_t>& keys, uint32_t need) {
+  std::vector<int32_t> ids(keys.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  need = std::min<uint32_t>(need, uint32_t(keys.size()));
+  std::partial_sort(ids.begin(), ids.begin() + need, ids.end(), [&](int32_t a, int32_t b) {
+    return keys[size_t(a)] != keys[size_t(b)] ? keys[size_t(a)] > keys[size_t(b)] : a < b;
+  });
+  ids.resize(need);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p) {
+  const size_t mo = p.keys.size();
+  const bool in_registers =
+      p.form != SelectTailForm::kStrided;  // kStridedShared: shared memory of mo keys
+  if (mo < 2 || p.need < 1 || p.need >= mo || (in_registers && mo > size_t(kMaxRegKeys)) ||
+      mo > size_t(1) << 24) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RunSelectTailCuda: ", mo, " keys, need ", p.need, ", form ", SelectTailFormName(p.form),
+        " (2 <= keys, 1 <= need < keys; at most ", kMaxRegKeys, " keys but for ",
+        SelectTailFormName(SelectTailForm::kStrided), ")"));
+  }
+  // Candidate flags: bit i % 32 of word i / 32 for block i with key >= candidate_key.
+  const size_t words = (mo + 31) / 32;
+  std::vector<uint32_t> bits(words, 0u), count(1, 0u);
+  for (size_t i = 0; i < mo; ++i) {
+    if (p.keys[i] >= p.candidate_key) bits[i / 32] |= 1u << (i % 32), ++count[0];
+  }
+  // Padded to whole 16-byte groups (the strided form reads uint4s).
+  auto d_keys = DeviceCopy(p.keys, (mo + 3) / 4 * 4);
+  if (!d_keys.ok()) return d_keys.status();
+  auto d_bits = DeviceCopy(bits, words);
+  if (!d_bits.ok()) return d_bits.status();
+  auto d_count = DeviceCopy(count, 1);
+  if (!d_count.ok()) return d_count.status();
+  auto d_out = DeviceCopy(std::vector<int32_t>(mo, -1), mo);
+  if (!d_out.ok()) return d_out.status();
+  auto d_info = DeviceCopy(std::vector<uint32_t>{}, 2);
+  if (!d_info.ok()) return d_info.status();
+
+  const int32_t n = int32_t(mo);
+  size_t smem = 0;
+  auto args = [&](auto kernel) {
+    kernel<<<1, kSelThreads, smem>>>(d_keys->get(), d_bits->get(), d_count->get(), n, p.need,
+                                     p.hint_rank, d_out->get(), d_info->get());
+  };
+  switch (p.form) {
+    case SelectTailForm::kRegister:
+      args(SelectTailProbeKernel<SelectTailForm::kRegister>);
+      break;
+    case SelectTailForm::kStrided:
+      args(SelectTailProbeKernel<SelectTailForm::kStrided>);
+      break;
+    case SelectTailForm::kStridedShared: {
+      smem = (mo + 3) / 4 * 16;
+      absl::Status st =
+          CudaStatus(cudaFuncSetAttribute(SelectTailProbeKernel<SelectTailForm::kStridedShared>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                     "select tail probe: cudaFuncSetAttribute");
+      if (!st.ok()) return st;
+      args(SelectTailProbeKernel<SelectTailForm::kStridedShared>);
+      break;
+    }
+    case SelectTailForm::kCandidate:
+      args(SelectTailProbeKernel<SelectTailForm::kCandidate>);
+      break;
+  }
+  if (absl::Status st = CheckLaunch("SelectTailProbeKernel"); !st.ok()) return st;
+  if (absl::Status st =
+          CudaStatus(cudaDeviceSynchronize(), "select tail probe: cudaDeviceSynchronize");
+      !st.ok()) {
+    return st;
+  }
+  SelectTailResult res;
+  std::vector<int32_t> out(mo);
+  uint32_t info[2] = {0, 0}, left = 0;
+  absl::Status st =
+      CudaStatus(cudaMemcpy(out.data(), d_out->get(), mo * sizeof(int32_t), cudaMemcpyDeviceToHost),
+                 "select tail probe: cudaMemcpy");
+  st.Update(CudaStatus(cudaMemcpy(info, d_info->get(), sizeof(info), cudaMemcpyDeviceToHost),
+                       "select tail probe: cudaMemcpy"));
+  st.Update(CudaStatus(cudaMemcpy(&left, d_count->get(), sizeof(left), cudaMemcpyDeviceToHost),
+                       "select tail probe: cudaMemcpy"));
+  if (!st.ok()) return st;
+  // The candidate tail resets its count for the next launch whether it runs or declines; the
+  // ids past need must be untouched.
+  if (p.form == SelectTailForm::kCandidate && left != 0) {
+    return absl::InternalError(
+        absl::StrCat("select tail probe: candidate count left at ", left, ", not reset to 0"));
+  }
+  for (size_t i = p.need; i < mo; ++i) {
+    if (out[i] != -1) {
+      return absl::InternalError(absl::StrCat("select tail probe: wrote out[", i, "] = ", out[i],
+                                              " past the ", p.need, " selected"));
+    }
+  }
+  out.resize(p.need);
+  res.ids = std::move(out);
+  res.hint_key = info[0];
+  res.from_candidates = info[1] != 0;
+  return res;
+}
+
+}  // namespace resa::cuda

@@ -1,0 +1,44 @@
+// The selection tail (select_tail.cuh) on keys the caller chooses: one CTA of 512 threads runs
+// one form of the tail over them, as the fused selection's last CTA of a row does, and the ids
+// come back to the host. The fused selection's own tests reach the tail only through scores of
+// real queries and summaries, which decide its path (how many radix passes, how large the pivot
+// bins, whether the candidates are ranked directly); here keys are built to take each path on
+// purpose. SelectTailReference is the plain C++ twin. Device memory is internal.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace resa::cuda {
+
+enum class SelectTailForm {
+  kRegister,       // RegisterTail: keys in registers, mo <= 16384
+  kStrided,        // StridedTail, keys read from L2 in every sweep
+  kStridedShared,  // StridedTail, keys staged in shared memory (mo <= 16384)
+  kCandidate,      // CandidateTail from the keys >= candidate_key; RegisterTail when it declines
+};
+const char* SelectTailFormName(SelectTailForm form);
+
+struct SelectTailProbe {
+  std::vector<uint32_t> keys;  // mo >= 2 keys (order-preserving images of the scores)
+  uint32_t need = 0;           // 1 <= need < mo
+  SelectTailForm form = SelectTailForm::kRegister;
+  // kRegister / kCandidate: the rank whose first-pass bin edge comes back as hint_key (0: none).
+  uint32_t hint_rank = 0;
+  uint32_t candidate_key = 0;  // kCandidate: blocks with key >= this are flagged as candidates
+};
+
+struct SelectTailResult {
+  std::vector<int32_t> ids;      // the need selected blocks, ascending
+  uint32_t hint_key = 0;         // with hint_rank > 0: at least hint_rank keys are >= it
+  bool from_candidates = false;  // kCandidate: CandidateTail ran (did not decline)
+};
+
+absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p);
+
+// The need largest keys, ties to the lowest-numbered blocks, in ascending block order.
+std::vector<int32_t> SelectTailReference(const std::vector<uint32_t>& keys, uint32_t need);
+
+}  // namespace resa::cuda
