@@ -94,7 +94,7 @@ __device__ inline uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint3
 // selection"). Built with RESA_SELECT_TAIL_STAMPS defined (CMake option of the same name),
 // thread 0 reads its clock where each phase ends, at a CTA barrier or just after one, and adds
 // the cycles since the last mark to g_tail_phase_cycles[phase] (one copy per translation unit:
-// selection.cu reads its own, SelectTailPhaseCycles); without it the marks compile to nothing.
+// selection.cu reads its own, ReadSelectTailPhases); without it the marks compile to nothing.
 enum TailPhase : int {
   kPhaseCount,    // the candidate count and flag words (from the tail's start)
   kPhaseScan,     // scan of the words' popcounts
