@@ -99,9 +99,9 @@ std::vector<int32_t> SelectTailReference(const std::vector<uint32_t>& keys, uint
 
 absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p) {
   const size_t mo = p.keys.size();
-  const bool in_registers =
-      p.form != SelectTailForm::kStrided;  // kStridedShared: shared memory of mo keys
-  if (mo < 2 || p.need < 1 || p.need >= mo || (in_registers && mo > size_t(kMaxRegKeys)) ||
+  // Every form but the strided one from L2 holds the keys in registers or shared memory.
+  const bool bounded = p.form != SelectTailForm::kStrided;
+  if (mo < 2 || p.need < 1 || p.need >= mo || (bounded && mo > size_t(kMaxRegKeys)) ||
       mo > size_t(1) << 24) {
     return absl::InvalidArgumentError(absl::StrCat(
         "RunSelectTailCuda: ", mo, " keys, need ", p.need, ", form ", SelectTailFormName(p.form),
@@ -128,16 +128,16 @@ absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p) {
 
   const int32_t n = int32_t(mo);
   size_t smem = 0;
-  auto args = [&](auto kernel) {
+  auto launch = [&](auto kernel) {
     kernel<<<1, kSelThreads, smem>>>(d_keys->get(), d_bits->get(), d_count->get(), n, p.need,
                                      p.hint_rank, d_out->get(), d_info->get());
   };
   switch (p.form) {
     case SelectTailForm::kRegister:
-      args(SelectTailProbeKernel<SelectTailForm::kRegister>);
+      launch(SelectTailProbeKernel<SelectTailForm::kRegister>);
       break;
     case SelectTailForm::kStrided:
-      args(SelectTailProbeKernel<SelectTailForm::kStrided>);
+      launch(SelectTailProbeKernel<SelectTailForm::kStrided>);
       break;
     case SelectTailForm::kStridedShared: {
       smem = (mo + 3) / 4 * 16;
@@ -146,11 +146,11 @@ absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p) {
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                      "select tail probe: cudaFuncSetAttribute");
       if (!st.ok()) return st;
-      args(SelectTailProbeKernel<SelectTailForm::kStridedShared>);
+      launch(SelectTailProbeKernel<SelectTailForm::kStridedShared>);
       break;
     }
     case SelectTailForm::kCandidate:
-      args(SelectTailProbeKernel<SelectTailForm::kCandidate>);
+      launch(SelectTailProbeKernel<SelectTailForm::kCandidate>);
       break;
   }
   if (absl::Status st = CheckLaunch("SelectTailProbeKernel"); !st.ok()) return st;
