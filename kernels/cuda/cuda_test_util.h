@@ -109,55 +109,136 @@ inline const __nv_bfloat16* AsBf16(const uint16_t* p) {
   return reinterpret_cast<const __nv_bfloat16*>(p);
 }
 
-// Sequences of the given lengths in one page pool, pages shuffled across sequences. Host fp32
-// (the CPU twin's view) and device bf16 hold the same values; unused slots of the device pool
-// are NaN so any kernel that reads past a sequence's end fails loudly.
+// Index of summary element (page, h, part, i) in the CPU layout [num_pages][hkv][2][d]
+// (kernels/cpu/paged_kv.h; part 0 = min, 1 = max).
+inline size_t CpuSummaryIndex(int32_t page, int h, int part, int i, int hkv, int d) {
+  return ((size_t(page) * hkv + h) * 2 + part) * d + i;
+}
+
+// A summary pool in the CPU layout (fp32 holding bf16 values, num_pages = size / (hkv * 2 * d)
+// pages) as bf16 bits in the device layout of paged_kv_cuda.h (SummaryIndex),
+// SummaryPoolElems(num_pages) elements: the same values, so kernels' device summaries compare
+// bit for bit with it. The slots of the pages that round the pool up to a whole group are NaN.
+inline std::vector<uint16_t> ToDeviceSummary(const std::vector<float>& summary, int hkv, int d) {
+  const int32_t num_pages = int32_t(summary.size() / (size_t(hkv) * 2 * d));
+  std::vector<uint16_t> out(SummaryPoolElems(num_pages, hkv, d), 0x7fc0);
+  for (int32_t page = 0; page < num_pages; ++page) {
+    for (int h = 0; h < hkv; ++h) {
+      for (int part = 0; part < 2; ++part) {
+        for (int i = 0; i < d; ++i) {
+          out[SummaryIndex(page, h, part, i, hkv, d)] =
+              ToBf16(summary[CpuSummaryIndex(page, h, part, i, hkv, d)]);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Element (page, h, part, i) of a device-layout summary pool (bf16 bits, e.g. downloaded).
+inline float DeviceSummary(const std::vector<uint16_t>& bits, int32_t page, int h, int part, int i,
+                           int hkv, int d) {
+  return FromBf16(bits[SummaryIndex(page, h, part, i, hkv, d)]);
+}
+
+// The first num_pages pages of a device-layout summary pool (bf16 bits) in the CPU layout
+// [num_pages][hkv][2][d], fp32.
+inline std::vector<float> FromDeviceSummary(const std::vector<uint16_t>& bits, int32_t num_pages,
+                                            int hkv, int d) {
+  std::vector<float> out(size_t(num_pages) * hkv * 2 * d);
+  for (int32_t page = 0; page < num_pages; ++page) {
+    for (int h = 0; h < hkv; ++h) {
+      for (int part = 0; part < 2; ++part) {
+        for (int i = 0; i < d; ++i) {
+          out[CpuSummaryIndex(page, h, part, i, hkv, d)] =
+              DeviceSummary(bits, page, h, part, i, hkv, d);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// How BuildCache lays sequences' blocks on pages.
+//   kShuffled: pages shuffled across sequences, so a sequence's 64 consecutive blocks (almost)
+//              never fill one aligned summary group: the selection's general (slow) path.
+//   kGrouped:  each sequence takes whole aligned groups of kSummaryGroup pages, its block j on
+//              page kSummaryGroup * group(j / kSummaryGroup) + j % kSummaryGroup, the groups
+//              shuffled across sequences (as DeviceKvCache hands pages out): the fast path.
+enum class PageOrder { kShuffled, kGrouped };
+
+inline const char* PageOrderName(PageOrder order) {
+  return order == PageOrder::kGrouped ? "grouped" : "shuffled";
+}
+
+// Sequences of the given lengths in one page pool (pages laid out by a PageOrder). Host fp32
+// (the CPU twin's view, CPU summary layout) and device bf16 (device summary layout,
+// paged_kv_cuda.h) hold the same values; unused slots of the device K/V pools and the summaries
+// of pages no sequence's table holds are NaN, so any kernel that reads past a sequence's end
+// fails loudly.
 struct TestCache {
   int hkv = 0, d = 0;
   std::vector<int32_t> lens;
   int page_table_stride = 0;
   std::vector<int32_t> page_tables;  // [seq][stride]
-  std::vector<float> k, v, summary;  // host pools
+  std::vector<float> k, v, summary;  // host pools; summary [num_pages][hkv][2][d]
   PagedKvLayer cpu;
+  // Device pools; dsummary [num_pages / 16][hkv][2][d][16] (SummaryPoolElems elements).
   DeviceBuffer<uint16_t> dk, dv, dsummary;
   DeviceBuffer<int32_t> dtables, dlens;
 
   PagedKvCuda gpu() const {
-    return PagedKvCuda{AsBf16(dk.get()),
-                       AsBf16(dv.get()),
-                       AsBf16(dsummary.get()),
-                       hkv,
-                       d,
-                       int32_t(dk.size() / (size_t(hkv) * kPageTokens * d))};
+    return PagedKvCuda{AsBf16(dk.get()), AsBf16(dv.get()), AsBf16(dsummary.get()), hkv, d,
+                       num_pages()};
   }
+  int32_t num_pages() const { return int32_t(dk.size() / (size_t(hkv) * kPageTokens * d)); }
   int32_t max_len() const { return *std::max_element(lens.begin(), lens.end()); }
   const int32_t* table(size_t s) const { return page_tables.data() + s * page_table_stride; }
 };
 
-// `value(rng)` draws each K/V element; written_upto[s] (default: all) tokens are written.
+// `value(rng)` draws each K/V element; written_upto[s] (default: all) tokens are written. Each
+// sequence's table holds ceil(len / 16) + extra_pages pages; with kGrouped the pool also has
+// the unused pages that complete each sequence's last group.
 template <typename Draw>
 void BuildCache(TestCache& c, int hkv, int d, const std::vector<int32_t>& lens, uint32_t seed,
-                Draw draw, const std::vector<int32_t>* written_upto = nullptr,
-                int extra_pages = 1) {
+                Draw draw, const std::vector<int32_t>* written_upto = nullptr, int extra_pages = 1,
+                PageOrder order = PageOrder::kShuffled) {
   c.hkv = hkv;
   c.d = d;
   c.lens = lens;
   std::mt19937 rng(seed);
-  int32_t max_pages = 1, total_pages = 0;
+  int32_t max_pages = 1, total_pages = 0, total_groups = 0;
+  std::vector<int32_t> seq_pages;
   for (int32_t len : lens) {
     const int32_t pages = (len + kPageTokens - 1) / kPageTokens + extra_pages;
+    seq_pages.push_back(pages);
     max_pages = std::max(max_pages, pages);
     total_pages += pages;
+    total_groups += (pages + kSummaryGroup - 1) / kSummaryGroup;
   }
   c.page_table_stride = max_pages;
-  std::vector<int32_t> perm(total_pages);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
   c.page_tables.assign(size_t(lens.size()) * max_pages, 0);
-  int32_t next = 0;
-  for (size_t s = 0; s < lens.size(); ++s) {
-    const int32_t pages = (lens[s] + kPageTokens - 1) / kPageTokens + extra_pages;
-    for (int32_t i = 0; i < pages; ++i) c.page_tables[s * max_pages + i] = perm[next++];
+  if (order == PageOrder::kShuffled) {
+    std::vector<int32_t> perm(total_pages);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    int32_t next = 0;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      for (int32_t i = 0; i < seq_pages[s]; ++i) c.page_tables[s * max_pages + i] = perm[next++];
+    }
+  } else {
+    total_pages = total_groups * kSummaryGroup;
+    std::vector<int32_t> perm(total_groups);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    int32_t next = 0;  // the sequence's first group in perm
+    for (size_t s = 0; s < lens.size(); ++s) {
+      for (int32_t i = 0; i < seq_pages[s]; ++i) {
+        c.page_tables[s * max_pages + i] =
+            perm[next + i / kSummaryGroup] * kSummaryGroup + i % kSummaryGroup;
+      }
+      next += (seq_pages[s] + kSummaryGroup - 1) / kSummaryGroup;
+    }
   }
   const size_t page_elems = size_t(hkv) * kPageTokens * d;
   c.k.assign(size_t(total_pages) * page_elems, 0.0f);
@@ -182,12 +263,27 @@ void BuildCache(TestCache& c, int hkv, int d, const std::vector<int32_t>& lens, 
       }
     }
   }
+  // Device summaries: the host ones (zero for unwritten pages of a table, as on the host), NaN
+  // for pages no table holds.
+  std::vector<bool> used(size_t(total_pages), false);
+  for (size_t s = 0; s < lens.size(); ++s) {
+    for (int32_t i = 0; i < seq_pages[s]; ++i) used[size_t(c.table(s)[i])] = true;
+  }
+  std::vector<uint16_t> hs = ToDeviceSummary(c.summary, hkv, d);
+  for (int32_t page = 0; page < total_pages; ++page) {
+    if (used[size_t(page)]) continue;
+    for (int h = 0; h < hkv; ++h) {
+      for (int part = 0; part < 2; ++part) {
+        for (int i = 0; i < d; ++i) hs[SummaryIndex(page, h, part, i, hkv, d)] = 0x7fc0;
+      }
+    }
+  }
   c.dk.Resize(hk.size());
   c.dk.Upload(hk);
   c.dv.Resize(hv.size());
   c.dv.Upload(hv);
-  c.dsummary.Resize(c.summary.size());
-  c.dsummary.Upload(ToBf16(c.summary));
+  c.dsummary.Resize(hs.size());
+  c.dsummary.Upload(hs);
   c.dtables.Resize(c.page_tables.size());
   c.dtables.Upload(c.page_tables);
   c.dlens.Resize(lens.size());

@@ -3,20 +3,22 @@
 // Two fused kernels, chosen by the number of (sequence, KV head) rows and their length:
 //  * SelectKernel (<= kFewRows rows, or <= kFewLongRows of >= 128K tokens): one CTA per SM,
 //    each looping over chunks of 256 blocks with all of a chunk's summary loads in flight and
-//    the next chunk prefetched into L2; the last CTA of a row selects with the keys in
+//    the next chunk's issued before it is scored; the last CTA of a row selects with the keys in
 //    registers (<= 16384 blocks, spread over all warps whatever the length) or in L2;
 //  * SelectWideKernel (more rows: throughput): one CTA per 1-4 chunks, 2 CTAs per SM; the last
 //    CTA of a row stages the keys in shared memory (or reads L2) and selects there.
-// In both, the CTA whose chunk holds the current block writes the new token's K/V and widens
-// that page's summary (its score is +inf whatever the summary says, so no CTA waits for it);
-// scores become order-preserving uint32 keys; block M - 1 is kept and the threshold T of the
-// other n - 1 is found by 11-bit radix passes over key - min, the pivot bin's keys compacted
-// and ranked directly when few. The output is every block with key > T and the lowest-numbered
-// blocks with key == T, in ascending order: (score desc, block asc) exactly as TopBlocks,
-// without any sort (the tail: select_tail.cuh). With threshold hints carried between decode
-// steps (SelectBlocksParams::hints; launches of up to 16 rows of >= 128K tokens), the scoring
-// CTAs also flag and count the blocks scoring above the hint, and the tail ranks only those when
-// they suffice (CandidateTail). Figures and the cost split: docs/kernels.md, "Fused selection".
+// Scores read one summary part a dimension (max where the pooled query is >= 0, else min: the
+// bound's larger product), whole 128-byte lines of an aligned summary group (GroupPartials). In
+// both, the CTA whose chunk holds the current block writes the new token's K/V and widens that
+// page's summary (its score is +inf whatever the summary says, so no CTA waits for it); scores
+// become order-preserving uint32 keys; block M - 1 is kept and the threshold T of the other n - 1
+// is found by 11-bit radix passes over key - min, the pivot bin's keys compacted and ranked
+// directly when few. The output is every block with key > T and the lowest-numbered blocks with key
+// == T, in ascending order: (score desc, block asc) exactly as TopBlocks, without any sort (the
+// tail: select_tail.cuh). With threshold hints carried between decode steps
+// (SelectBlocksParams::hints; launches of up to 16 rows of >= 128K tokens), the scoring CTAs also
+// flag and count the blocks scoring above the hint, and the tail ranks only those when they suffice
+// (CandidateTail). Figures and the cost split: docs/kernels.md, "Fused selection".
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -43,9 +45,8 @@ using select_tail::RegisterTail;
 using select_tail::StridedTail;
 using select_tail::TailSmem;
 
-constexpr int kSelGroups = kSelThreads / 4;       // 4-lane groups, one block each per round
-constexpr int kSelRounds = 2;                      // blocks per group, all loads in flight
-constexpr int kSelChunk = kSelGroups * kSelRounds;  // 256 blocks scored per CTA
+constexpr int kSelChunk = 256;  // blocks a CTA scores at once: 4 summary groups
+constexpr unsigned kFullMask = 0xffffffffu;
 // Chunks a throughput-kernel CTA scores at most: with many rows and long contexts a CTA takes
 // up to 4 chunks (its fixed costs, the pooled query and the arrival, paid once per 1024 blocks)
 // so that the grid comes closer to one wave of 2 CTAs per SM; short rows keep one chunk a CTA.
@@ -134,14 +135,15 @@ __device__ __forceinline__ void WriteCurrentToken(const SelectBlocksParams& p, i
   const __nv_bfloat16 k = p.k_new[src];
   p.kv.k[dst] = k;
   p.kv.v[dst] = p.v_new[src];
-  __nv_bfloat16* sm = p.kv.summary + (size_t(pg) * hkv + h) * 2 * D;
+  __nv_bfloat16* mn = p.kv.summary + SummaryIndex(pg, h, 0, tid, hkv, D);
+  __nv_bfloat16* mx = p.kv.summary + SummaryIndex(pg, h, 1, tid, hkv, D);
   if (slot == 0) {
-    sm[tid] = k;
-    sm[D + tid] = k;
+    *mn = k;
+    *mx = k;
   } else {
     const float kf = __bfloat162float(k);
-    if (kf < __bfloat162float(sm[tid])) sm[tid] = k;
-    if (kf > __bfloat162float(sm[D + tid])) sm[D + tid] = k;
+    if (kf < __bfloat162float(*mn)) *mn = k;
+    if (kf > __bfloat162float(*mx)) *mx = k;
   }
 }
 
@@ -165,48 +167,168 @@ __device__ __forceinline__ void PooledQuery(const SelectArgs& a, int b, int h, f
   PooledQuery<D>(a.p.q, a.p.num_heads, a.group, b, h, s_q);
 }
 
-// This lane's pooled-query slice for QuestBound: qv[i][e] = s_q[8 part + 32 i + e].
+// Summary scoring: the whole CTA scores a chunk of kSelChunk = 256 blocks [c0, c0 + 256) of a
+// row at a time (c0 a multiple of 256; local blocks under sequence parallelism), 4 aligned groups
+// of 64 blocks (kSummaryGroup, paged_kv_cuda.h). Warp w takes group w / 4 and the dims
+// (D / 4) (w % 4) + [0, D / 4); lane l the group's blocks 8 (l % 8) + [0, 8) and the dims
+// d0 + [0, kLaneDims), d0 = (D / 4) (w % 4) + kLaneDims (l / 8), kLaneDims = D / 16. Per dim one
+// 16-byte load: the 8 blocks' max where the pooled query is >= 0, their min where it is < 0.
+// That is the Quest bound's larger product, max(q mx, q mn) = q (q >= 0 ? mx : mn), exactly in
+// fp32 (rounding is monotone); the 8 lanes of a dim read its whole 128-byte line of the part
+// needed, so half the summary bytes move. Order of the sums, one copy for every kernel so their
+// scores are bit-equal: each lane folds its dims in order with fmaf, a reduce-scatter over the
+// warp's 4 dim slices (xor 16, then 8) leaves two blocks' partials a lane, the group's 4 warps
+// put theirs in shared memory (GroupPartials), and ChunkBound adds the 4 in warp order.
+constexpr int kChunkGroups = kSelChunk / kSummaryGroup;
+static_assert(kSelChunk % kSummaryGroup == 0 && kSelWarps == 4 * kChunkGroups,
+              "4 warps a summary group of a chunk");
+
 template <int D>
-__device__ __forceinline__ void LoadQuerySlice(const float* s_q, int part, float (&qv)[D / 32][8]) {
+struct SummaryLane {
+  static constexpr int kLaneDims = D / 16;
+  // First dim of the lane's slice.
+  __device__ static int FirstDim(int warp, int lane) {
+    return (D / 4) * (warp % 4) + kLaneDims * (lane / 8);
+  }
+};
+
+// A chunk's partial bounds: [warp][block of the warp's group].
+struct ChunkPartials {
+  float v[kSelWarps][kSummaryGroup];
+};
+
+// Pages of the warp's group blocks g0 + lane and g0 + 32 + lane, -1 from block `limit` on.
+struct GroupPages {
+  int32_t lo, hi;
+};
+__device__ __forceinline__ GroupPages LoadGroupPages(const int32_t* table, int32_t limit,
+                                                     int32_t g0, int lane) {
+  return {g0 + lane < limit ? __ldg(table + g0 + lane) : -1,
+          g0 + 32 + lane < limit ? __ldg(table + g0 + 32 + lane) : -1};
+}
+
+// The first page of the aligned summary group holding the warp's blocks, in order, or -1 when
+// they are placed otherwise (DeviceKvCache hands out whole groups; other placements take the
+// per-page path of LoadGroup). Pages -1 past the row's end.
+__device__ __forceinline__ int32_t AlignedGroupBase(GroupPages pg, int lane) {
+  const int32_t base = __shfl_sync(kFullMask, pg.lo, 0);
+  const bool in_place =
+      (pg.lo < 0 || pg.lo == base + lane) && (pg.hi < 0 || pg.hi == base + 32 + lane);
+  return __all_sync(kFullMask, in_place) && base >= 0 && base % kSummaryGroup == 0 ? base : -1;
+}
+
+// The lane's loads: v[e] = the summary part ((parts >> e) & 1: 0 min, 1 max) of dim
+// FirstDim + e for its 8 blocks, block 8 (lane % 8) + j in bf16 j; 0 for blocks without a page.
+// Warp-uniform `base`: one 16-byte load a dim from the aligned group, else 8 two-byte loads.
+template <int D>
+__device__ __forceinline__ void LoadGroup(const PagedKvCuda& kv, int h, int32_t base, GroupPages pg,
+                                          int warp, int lane, uint32_t parts,
+                                          uint4 (&v)[SummaryLane<D>::kLaneDims]) {
+  constexpr int KD = SummaryLane<D>::kLaneDims;
+  const int so = lane % 8, d0 = SummaryLane<D>::FirstDim(warp, lane);
+  const int hkv = kv.num_kv_heads;
+  if (base >= 0) {
+    const __nv_bfloat16* mn = kv.summary + SummaryIndex(base + 8 * so, h, 0, d0, hkv, D);
+    const __nv_bfloat16* mx = mn + D * kSummaryGroup;
 #pragma unroll
-  for (int i = 0; i < D / 32; ++i) {
+    for (int e = 0; e < KD; ++e) {
+      v[e] = detail::LoadStream(((parts >> e) & 1 ? mx : mn) + e * kSummaryGroup);
+    }
+    return;
+  }
+  // Block j's bits enter at the top and move down 16 bits a block: block j ends in bf16 j.
 #pragma unroll
-    for (int e = 0; e < 8; ++e) qv[i][e] = s_q[8 * part + 32 * i + e];
+  for (int e = 0; e < KD; ++e) v[e] = make_uint4(0, 0, 0, 0);
+#pragma unroll 1
+  for (int j = 0; j < 8; ++j) {
+    const int slot = 8 * so + j;
+    const int32_t lo = __shfl_sync(kFullMask, pg.lo, slot % 32);
+    const int32_t hi = __shfl_sync(kFullMask, pg.hi, slot % 32);
+    const int32_t page = slot < 32 ? lo : hi;
+    const unsigned short* mn = reinterpret_cast<const unsigned short*>(kv.summary) +
+                               SummaryIndex(page < 0 ? 0 : page, h, 0, d0, hkv, D);
+    const unsigned short* mx = mn + D * kSummaryGroup;
+#pragma unroll
+    for (int e = 0; e < KD; ++e) {
+      const uint32_t bits =
+          page < 0 ? 0u : uint32_t(__ldg(((parts >> e) & 1 ? mx : mn) + e * kSummaryGroup));
+      v[e].x = __funnelshift_r(v[e].x, v[e].y, 16);
+      v[e].y = __funnelshift_r(v[e].y, v[e].z, 16);
+      v[e].z = __funnelshift_r(v[e].z, v[e].w, 16);
+      v[e].w = __funnelshift_r(v[e].w, bits, 16);
+    }
   }
 }
 
-// Quest bound sum_d max(q_d * max_d, q_d * min_d) of one block, 4 lanes per block: lane `part`
-// (lane % 4) reads dims 8 part + 32 i + [0, 8) of the min and max rows with 16-byte loads, sums
-// them in a fixed order, and QuadSum adds the 4 partials. `summary` is the block's (page, KV
-// head) summary row, or null for a lane group without a block (it contributes 0). All 32 lanes
-// call. The one copy of this arithmetic: SelectWideKernel and ScoreBlocksKernel give bit-equal
-// scores (SelectKernel does the same operations in the same order from shared memory).
+// The parts of the lane's dims: bit e set where the pooled query's dim FirstDim + e is >= 0 (the
+// max).
 template <int D>
-__device__ __forceinline__ float QuestBound(const __nv_bfloat16* summary, int part,
-                                            const float (&qv)[D / 32][8]) {
-  constexpr int KI = D / 32;
-  float acc = 0.0f;
-  if (summary != nullptr) {
-    const __nv_bfloat16* sm = summary + 8 * part;
-    uint4 mn[KI], mx[KI];
+__device__ __forceinline__ uint32_t LaneParts(const float* s_q, int warp, int lane) {
+  const int d0 = SummaryLane<D>::FirstDim(warp, lane);
+  uint32_t parts = 0;
 #pragma unroll
-    for (int i = 0; i < KI; ++i) {
-      mn[i] = detail::LoadStream(sm + 32 * i);
-      mx[i] = detail::LoadStream(sm + D + 32 * i);
-    }
+  for (int e = 0; e < SummaryLane<D>::kLaneDims; ++e) {
+    parts |= uint32_t(s_q[d0 + e] >= 0.0f) << e;
+  }
+  return parts;
+}
+
+// The warp's partial bounds (its dim slice) of its group's 64 blocks from LoadGroup's v and the
+// pooled query s_q (shared memory) into sp.v[warp]. All 32 lanes call; ChunkBound reads them
+// after a CTA barrier.
+template <int D>
+__device__ __forceinline__ void GroupPartials(const uint4 (&v)[SummaryLane<D>::kLaneDims],
+                                              const float* s_q, int warp, int lane,
+                                              ChunkPartials& sp) {
+  constexpr int KD = SummaryLane<D>::kLaneDims;
+  const float* qd = s_q + SummaryLane<D>::FirstDim(warp, lane);
+  float acc[8];
 #pragma unroll
-    for (int i = 0; i < KI; ++i) {
-      const uint32_t wn[4] = {mn[i].x, mn[i].y, mn[i].z, mn[i].w};
-      const uint32_t wx[4] = {mx[i].x, mx[i].y, mx[i].z, mx[i].w};
+  for (int j = 0; j < 8; ++j) acc[j] = 0.0f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float q0 = qv[i][2 * e], q1 = qv[i][2 * e + 1];
-        acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
-        acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
-      }
+  for (int e = 0; e < KD; ++e) {
+    const uint32_t w[4] = {v[e].x, v[e].y, v[e].z, v[e].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      acc[2 * j] = fmaf(qd[e], detail::Bf16Lo(w[j]), acc[2 * j]);
+      acc[2 * j + 1] = fmaf(qd[e], detail::Bf16Hi(w[j]), acc[2 * j + 1]);
     }
   }
-  return detail::QuadSum(acc);
+  float a4[4];
+  const bool up16 = lane & 16, up8 = lane & 8;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float send = up16 ? acc[k] : acc[k + 4];
+    a4[k] = (up16 ? acc[k + 4] : acc[k]) + __shfl_xor_sync(kFullMask, send, 16);
+  }
+  float2 a2;
+  {
+    const float send0 = up8 ? a4[0] : a4[2], send1 = up8 ? a4[1] : a4[3];
+    a2.x = (up8 ? a4[2] : a4[0]) + __shfl_xor_sync(kFullMask, send0, 8);
+    a2.y = (up8 ? a4[3] : a4[1]) + __shfl_xor_sync(kFullMask, send1, 8);
+  }
+  // Lane l now holds blocks 8 (l % 8) + 4 up16 + 2 up8 + {0, 1} of the group.
+  const int slot = 8 * (lane % 8) + 4 * int(up16) + 2 * int(up8);
+  *reinterpret_cast<float2*>(&sp.v[warp][slot]) = a2;
+}
+
+// The bound of chunk block t < kSelChunk once every warp's GroupPartials are in.
+__device__ __forceinline__ float ChunkBound(const ChunkPartials& sp, int t) {
+  const int w = 4 * (t / kSummaryGroup), slot = t % kSummaryGroup;
+  return ((sp.v[w][slot] + sp.v[w + 1][slot]) + sp.v[w + 2][slot]) + sp.v[w + 3][slot];
+}
+
+// One chunk's partials with the parts chosen by the query (the throughput and SP kernels); the
+// caller synchronises the CTA before ChunkBound.
+template <int D>
+__device__ __forceinline__ void ChunkPartialsOf(const PagedKvCuda& kv, const int32_t* table,
+                                                int32_t limit, int32_t c0, int h, int warp,
+                                                int lane, uint32_t parts, const float* s_q,
+                                                ChunkPartials& sp) {
+  const GroupPages pg = LoadGroupPages(table, limit, c0 + kSummaryGroup * (warp / 4), lane);
+  uint4 v[SummaryLane<D>::kLaneDims];
+  LoadGroup<D>(kv, h, AlignedGroupBase(pg, lane), pg, warp, lane, parts, v);
+  GroupPartials<D>(v, s_q, warp, lane, sp);
 }
 
 // Arrival after this CTA's keys are stored: true in the last of the row's n_ctas CTAs, which
@@ -259,40 +381,40 @@ __device__ __forceinline__ void SelectRow(const SelectArgs& a, int b, int h, int
 
 // Latency kernel (few rows: batch x KV heads <= kFewRows, or <= kFewLongRows long ones). Grid
 // (CTAs per row, KV head, sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ...
-// (all of its summary loads for a chunk in flight at once, the next chunk prefetched into L2
-// meanwhile), so a row longer than one wave of chunks needs no second wave. The last CTA selects
-// with the keys in registers (<= 16384 blocks) or in L2.
+// (all of its summary loads for a chunk in flight at once, the next chunk's loads issued before
+// this one is scored), so a row longer than one wave of chunks needs no second wave. The last
+// CTA selects with the keys in registers (<= 16384 blocks) or in L2.
 template <int D, bool HINTS>
 __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs a) {
   __shared__ float s_q[D];
+  __shared__ ChunkPartials s_part[2];
   __shared__ TailSmem s;
   __shared__ int s_last;
   // The next kernel is scheduled as this kernel's blocks exit or, with a.early_trigger, once
-  // every CTA has scored (before step 4; never earlier: the sparse decode scheduled during the
+  // every CTA has scored (before step 6; never earlier: the sparse decode scheduled during the
   // scoring measured ~8 us per layer slower, docs/cuda_backend.md). The wait comes after the
-  // first chunk's summary loads are issued (below): num_keys, the page table and the summaries
-  // of every page but the current one are written by the host before the step or by kernels two
-  // or more launches back, which PDL has completed (at most one kernel runs ahead: launch.h);
-  // the current page's summary may be read before or after WriteCurrentToken, its block scores
-  // +inf either way.
+  // first two chunks' page ids are loaded: num_keys and the page table are the host's. The
+  // summaries are read after the pooled query (the sign of each of its dims picks the part);
+  // those of every page but the current one are written by kernels two or more launches back,
+  // which PDL has completed (at most one kernel runs ahead: launch.h), and the current page's
+  // may be read before or after WriteCurrentToken, its block scores +inf either way. (Until the
+  // grouped summary layout, both parts of the first chunk were loaded before the wait; with one
+  // part read after it, H200 e2e steps at 256K batch 8 are 10-12% faster, at 32K batch 1 2%
+  // slower: docs/kernels.md, run 45.)
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
   const int b = blockIdx.z, h = blockIdx.y;
   const int tid = threadIdx.x;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
-  const size_t summary_stride = size_t(2) * D;
-  constexpr int KI = D / 32;
-  const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
-  // Group `sub` of warp w scores blocks first + r * 128 + 8 w + sub of each chunk. The first
-  // chunk's page ids are loaded together with num_keys (inside the table row, checked against
-  // the length afterwards).
-  int32_t blk[kSelRounds], page[kSelRounds];
-#pragma unroll
-  for (int r = 0; r < kSelRounds; ++r) {
-    blk[r] = int32_t(blockIdx.x) * kSelChunk + r * kSelGroups + warp * 8 + sub;
-    page[r] = blk[r] < p.page_table_stride ? __ldg(table + blk[r]) : -1;
-  }
+  constexpr int KD = SummaryLane<D>::kLaneDims;
+  const int warp = tid / 32, lane = tid % 32;
+  // Warp w reads its dim slice of group w / 4 of each of its chunks (GroupPartials). The first
+  // chunk's page ids are loaded together with num_keys (inside the table row, checked against the
+  // length afterwards).
+  const int32_t gw = kSummaryGroup * (warp / 4);  // the warp's group in a chunk
+  GroupPages pg =
+      LoadGroupPages(table, p.page_table_stride, int32_t(blockIdx.x) * kSelChunk + gw, lane);
   const int32_t num_keys = p.num_keys[b];
   const int32_t M = (num_keys + kPageTokens - 1) / kPageTokens;
   const int n_chunks = (M + kSelChunk - 1) / kSelChunk;
@@ -304,10 +426,10 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   if (int(blockIdx.x) >= n_ctas) return;  // reads nothing an earlier kernel writes
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
   // With hints (rows of kMinHintBlocks to kMaxRegKeys + 1 blocks that keep some but not all),
-  // each warp also flags its blocks whose key is >= the row's hint key, one byte per 8
-  // consecutive blocks, and counts them, for CandidateTail. A hint is stored as a score over
-  // the pooled query's L1 norm: scores are positively homogeneous in the query, so a query that
-  // only changed its scale keeps its threshold's rank.
+  // each warp also flags its blocks whose key is >= the row's hint key, one bit a block, and
+  // counts them, for CandidateTail. A hint is stored as a score over the pooled query's L1
+  // norm: scores are positively homogeneous in the query, so a query that only changed its
+  // scale keeps its threshold's rank.
   const int32_t n_sel = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
   const bool use_hint =
       HINTS && M - 1 >= kMinHintBlocks && M - 1 <= kMaxRegKeys && n_sel > 1 && n_sel < M;
@@ -316,110 +438,91 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   uint32_t hint = 0, warp_cands = 0;  // warp_cands: this warp's candidates (lane 0)
   float q_norm = 0.0f;
 
-#pragma unroll 1
-  for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
-    const int32_t first = chunk * kSelChunk;
-    const int32_t end = min(M, first + kSelChunk);
-    // 1. Scores, loads first; lane `part` owns dims 8 part + 32 i + [0, 8) of the min and max
-    // rows.
-#pragma unroll
-    for (int r = 0; r < kSelRounds; ++r) {
-      blk[r] = first + r * kSelGroups + warp * 8 + sub;
-      if (blk[r] >= end) page[r] = -1;
-    }
-    uint4 mn[kSelRounds][KI], mx[kSelRounds][KI];
-#pragma unroll
-    for (int r = 0; r < kSelRounds; ++r) {
-      if (page[r] >= 0) {
-        const __nv_bfloat16* sm =
-            p.kv.summary + (size_t(page[r]) * hkv + h) * summary_stride + 8 * part;
-#pragma unroll
-        for (int i = 0; i < KI; ++i) {
-          mn[r][i] = detail::LoadStream(sm + 32 * i);
-          mx[r][i] = detail::LoadStream(sm + D + 32 * i);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < KI; ++i) mn[r][i] = mx[r][i] = make_uint4(0, 0, 0, 0);
-      }
-    }
-    // This CTA's next chunk: page ids now, its summary rows into L2 (one 128-byte line a lane)
-    // while this chunk is scored.
-    const int next = chunk + int(gridDim.x);
-#pragma unroll
-    for (int r = 0; r < kSelRounds; ++r) {
-      const int32_t bl = next * kSelChunk + r * kSelGroups + warp * 8 + sub;
-      page[r] = next < n_chunks && bl < M ? __ldg(table + bl) : -1;
-      if (page[r] >= 0 && part * 128 < int(summary_stride * sizeof(__nv_bfloat16))) {
-        const char* line = reinterpret_cast<const char*>(
-            p.kv.summary + (size_t(page[r]) * hkv + h) * summary_stride);
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(line + part * 128));
-      }
+  // 1. The first chunk's pages (its summary loads wait for the pooled query, the previous
+  // kernel's: which part each dim needs depends on its sign) and the next chunk's page ids.
+  {
+    const int32_t g0 = int32_t(blockIdx.x) * kSelChunk + gw;
+    if (g0 + lane >= M) pg.lo = -1;
+    if (g0 + 32 + lane >= M) pg.hi = -1;
+  }
+  uint4 v[KD];
+  uint32_t parts = 0;
+  {
+    const GroupPages first_pg = pg;
+    const int next = int(blockIdx.x + gridDim.x);
+    if (next < n_chunks) {
+      pg = LoadGroupPages(table, M, next * kSelChunk + gw, lane);
     }
     // The previous kernel's results (q, k_new, v_new; the keys workspace) from here on.
+    detail::GridDependencyWait();
     float hint_ratio = 0.0f;
-    if (chunk == int(blockIdx.x)) {
-      detail::GridDependencyWait();
-      if (use_hint) hint_ratio = __uint_as_float(__ldcg(p.hints + row));
-    }
-    // 2. The current token. The summary loads above may see its page before or after: its block
-    // scores +inf either way.
-    if (p.k_new != nullptr && chunk == (M - 1) / kSelChunk && tid < D) {
+    if (use_hint) hint_ratio = __uint_as_float(__ldcg(p.hints + row));
+    // 2. The current token, when this CTA holds it (its chunk's turn may come later in the loop,
+    // but the summary loads may see the page before or after the write either way: its block
+    // scores +inf).
+    const int cur_chunk = (M - 1) / kSelChunk;
+    if (p.k_new != nullptr && cur_chunk % int(gridDim.x) == int(blockIdx.x) && tid < D) {
       WriteCurrentToken<D>(p, b, h, num_keys);
     }
-    // 3. Pooled query (once; the first chunk's loads are in flight meanwhile), and with a hint
-    // its L1 norm (every warp the same butterfly sum, so every CTA the same bits) and the key.
-    if (chunk == int(blockIdx.x)) {
-      PooledQuery<D>(a, b, h, s_q);
-      if (use_hint) {
-        float l1 = 0.0f;
+    // 3. Pooled query, and with a hint its L1 norm (every warp the same butterfly sum, so every
+    // CTA the same bits) and the key.
+    PooledQuery<D>(a, b, h, s_q);
+    if (use_hint) {
+      float l1 = 0.0f;
 #pragma unroll
-        for (int i = 0; i < D / 32; ++i) l1 += fabsf(s_q[lane + 32 * i]);
+      for (int i = 0; i < D / 32; ++i) l1 += fabsf(s_q[lane + 32 * i]);
 #pragma unroll
-        for (int o = 16; o > 0; o /= 2) l1 += __shfl_xor_sync(0xffffffffu, l1, o);
-        q_norm = l1;
-        hint = OrderedKey(hint_ratio * q_norm);
-      }
+      for (int o = 16; o > 0; o /= 2) l1 += __shfl_xor_sync(kFullMask, l1, o);
+      q_norm = l1;
+      hint = OrderedKey(hint_ratio * q_norm);
     }
+    parts = LaneParts<D>(s_q, warp, lane);
+    LoadGroup<D>(p.kv, h, AlignedGroupBase(first_pg, lane), first_pg, warp, lane, parts, v);
+  }
+
+  int buf = 0;
+#pragma unroll 1
+  for (int chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
+    const int32_t c0 = chunk * kSelChunk;
+    // 4. The next chunk's summaries (now the query's parts only) and the page ids of the one
+    // after, in flight while this chunk is scored.
+    const int next = chunk + int(gridDim.x);
+    uint4 vn[KD];
+    if (next < n_chunks) {  // CTA-uniform
+      LoadGroup<D>(p.kv, h, AlignedGroupBase(pg, lane), pg, warp, lane, parts, vn);
+      const int after = next + int(gridDim.x);
+      if (after < n_chunks) pg = LoadGroupPages(table, M, after * kSelChunk + gw, lane);
+    } else {
 #pragma unroll
-    for (int r = 0; r < kSelRounds; ++r) {
-      float acc = 0.0f;
-#pragma unroll
-      for (int i = 0; i < KI; ++i) {
-        const uint32_t wn[4] = {mn[r][i].x, mn[r][i].y, mn[r][i].z, mn[r][i].w};
-        const uint32_t wx[4] = {mx[r][i].x, mx[r][i].y, mx[r][i].z, mx[r][i].w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float q0 = s_q[8 * part + 32 * i + 2 * e], q1 = s_q[8 * part + 32 * i + 2 * e + 1];
-          acc += fmaxf(q0 * detail::Bf16Lo(wx[e]), q0 * detail::Bf16Lo(wn[e]));
-          acc += fmaxf(q1 * detail::Bf16Hi(wx[e]), q1 * detail::Bf16Hi(wn[e]));
-        }
-      }
-      acc = detail::QuadSum(acc);
-      const uint32_t key = OrderedKey(blk[r] == M - 1 ? INFINITY : acc);
-      if (part == 0 && blk[r] < end) gkeys[blk[r]] = key;
+      for (int e = 0; e < KD; ++e) vn[e] = make_uint4(0, 0, 0, 0);
+    }
+    // 5. Scores: the warps' partials, then block c0 + t from thread t < 256 (warps 0-7).
+    GroupPartials<D>(v, s_q, warp, lane, s_part[buf]);
+    __syncthreads();
+    if (tid < kSelChunk) {  // warp-uniform
+      const int32_t blk = c0 + tid;
+      const uint32_t key = OrderedKey(blk == M - 1 ? INFINITY : ChunkBound(s_part[buf], tid));
+      if (blk < M) gkeys[blk] = key;
       if (use_hint) {  // CTA-uniform
-        // Lane 4 j holds block first + r * kSelGroups + 8 warp + j: bit j of the warp's byte.
-        const uint32_t m =
-            __ballot_sync(0xffffffffu, part == 0 && blk[r] < end && blk[r] != M - 1 && key >= hint);
+        // Lane i holds block c0 + 32 warp + i: the warp's flag word.
+        const uint32_t m = __ballot_sync(kFullMask, blk < M - 1 && key >= hint);
         if (lane == 0) {
-          uint32_t byte = 0;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) byte |= ((m >> (4 * j)) & 1u) << j;
-          flags[(first + r * kSelGroups) / 8 + warp] = uint8_t(byte);
+          *reinterpret_cast<uint32_t*>(flags + c0 / 8 + 4 * warp) = m;
           warp_cands += uint32_t(__popc(m));
         }
       }
     }
+    buf ^= 1;  // the next chunk's partials go to the other buffer: one barrier a chunk
+#pragma unroll
+    for (int e = 0; e < KD; ++e) v[e] = vn[e];
   }
-
   if (use_hint && lane == 0 && warp_cands != 0) {
     atomicAdd(a.cand_counts + row, warp_cands);  // result unused: a reduction, no round trip
   }
   // After its wait and its last write but the tail's: the rows' last CTAs, one a row, rank
   // while the sparse decode's CTAs are placed on the SMs the others leave.
   if (a.early_trigger) detail::LaunchDependents();
-  // 4. Arrival: the last CTA of this (sequence, head) selects, the keys in registers when they fit.
+  // 6. Arrival: the last CTA of this (sequence, head) selects, the keys in registers when they fit.
   // With a hint, from the hint's candidates when there are enough and not too many; either way it
   // leaves the next step's hint: the score above which about need * 5 / 4 + 32 keys lie now,
   // over the query's L1 norm.
@@ -453,6 +556,7 @@ template <int D>
 __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectArgs a) {
   extern __shared__ uint4 s_keys4[];  // [key_stride] keys when a.keys_in_smem
   __shared__ float s_q[D];
+  __shared__ ChunkPartials s_part[2];
   __shared__ TailSmem s;
   __shared__ int s_last;
   // No early trigger: the sparse decode after it measured slower when scheduled while the
@@ -471,24 +575,25 @@ __global__ void __launch_bounds__(kSelThreads, 2) SelectWideKernel(const SelectA
   if (M == 0) return SelectNoBlocks(p, b, h);
   if (chunk >= n_ctas) return;
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
-  const size_t summary_stride = size_t(2) * D;
   if (p.k_new != nullptr && chunk == (M - 1) / a.wide_chunk && tid < D) {
     WriteCurrentToken<D>(p, b, h, num_keys);
   }
   PooledQuery<D>(a, b, h, s_q);
 
-  // Scores: 4 lanes per block (QuestBound), the pooled query in registers.
-  const int warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
-  float qv[D / 32][8];
-  LoadQuerySlice<D>(s_q, part, qv);
+  // Scores: a chunk of 256 blocks at a time (GroupPartials, ChunkBound), the query's dims in
+  // registers.
+  const int warp = tid / 32, lane = tid % 32;
+  const uint32_t parts = LaneParts<D>(s_q, warp, lane);
   uint32_t* gkeys = a.keys + (size_t(b) * hkv + h) * a.key_stride;
   const int32_t end = min(M, (chunk + 1) * a.wide_chunk);
-  for (int32_t base = chunk * a.wide_chunk + warp * 8; base < end; base += kSelWarps * 8) {
-    const int32_t blk = base + sub;
-    const float acc = QuestBound<D>(
-        blk < end ? p.kv.summary + (size_t(table[blk]) * hkv + h) * summary_stride : nullptr, part,
-        qv);
-    if (part == 0 && blk < end) gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : acc);
+  int buf = 0;
+  for (int32_t c0 = chunk * a.wide_chunk; c0 < end; c0 += kSelChunk, buf ^= 1) {
+    ChunkPartialsOf<D>(p.kv, table, end, c0, h, warp, lane, parts, s_q, s_part[buf]);
+    __syncthreads();
+    const int32_t blk = c0 + tid;
+    if (tid < kSelChunk && blk < end) {
+      gkeys[blk] = OrderedKey(blk == M - 1 ? INFINITY : ChunkBound(s_part[buf], tid));
+    }
   }
 
   SelectRow(a, b, h, hkv, n_ctas, M, s, &s_last, [&](int32_t n, int32_t* out) {
@@ -504,11 +609,12 @@ __host__ __device__ __forceinline__ int32_t LocalBlockCount(int32_t num_blocks, 
 }
 
 // Quest scores of one SP rank's blocks: grid (chunk of kSelChunk local blocks, KV head,
-// sequence), 512 threads, the scoring loop of SelectWideKernel (QuestBound) without the top-n.
+// sequence), 512 threads, the scoring of SelectWideKernel (ChunkPartialsOf) without the top-n.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads, 2)
     ScoreBlocksKernel(const ScoreBlocksParams p, int group) {
   __shared__ float s_q[D];
+  __shared__ ChunkPartials s_part;
   detail::AwaitPreviousKernel();
   const int hkv = p.kv.num_kv_heads;
   const int b = blockIdx.z, h = blockIdx.y;
@@ -522,16 +628,13 @@ __global__ void __launch_bounds__(kSelThreads, 2)
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
   PooledQuery<D>(p.q, p.num_heads, group, b, h, s_q);
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, sub = lane / 4, part = lane % 4;
-  float qv[D / 32][8];
-  LoadQuerySlice<D>(s_q, part, qv);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t parts = LaneParts<D>(s_q, warp, lane);
   float* out = p.scores + (size_t(b) * hkv + h) * p.scores_stride;
-  for (int32_t base = begin + warp * 8; base < end; base += kSelWarps * 8) {
-    const int32_t j = base + sub;
-    const float acc = QuestBound<D>(
-        j < end ? p.kv.summary + (size_t(table[j]) * hkv + h) * 2 * D : nullptr, part, qv);
-    if (part == 0 && j < end) out[j] = j == current ? INFINITY : acc;
-  }
+  ChunkPartialsOf<D>(p.kv, table, end, begin, h, warp, lane, parts, s_q, s_part);
+  __syncthreads();
+  const int32_t j = begin + tid;
+  if (tid < kSelChunk && j < end) out[j] = j == current ? INFINITY : ChunkBound(s_part, tid);
 }
 
 // Page table row of WriteKvParams entry s.
@@ -572,7 +675,6 @@ __global__ void RecomputeSummaryKernel(const WriteKvParams p) {
   const int valid = min(kPageTokens, p.num_keys[s] - blk * kPageTokens);
   const int32_t page = p.page_tables[TableRow(p, s) * p.page_table_stride + blk];
   const __nv_bfloat16* kp = p.kv.k + (size_t(page) * hkv + h) * kPageTokens * D;
-  __nv_bfloat16* sm = p.kv.summary + (size_t(page) * hkv + h) * 2 * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float mn = INFINITY, mx = -INFINITY;
     for (int t = 0; t < valid; ++t) {
@@ -580,8 +682,8 @@ __global__ void RecomputeSummaryKernel(const WriteKvParams p) {
       mn = fminf(mn, x);
       mx = fmaxf(mx, x);
     }
-    sm[d] = __float2bfloat16(mn);  // +-inf are exact in bf16
-    sm[D + d] = __float2bfloat16(mx);
+    p.kv.summary[SummaryIndex(page, h, 0, d, hkv, D)] = __float2bfloat16(mn);  // +-inf exact
+    p.kv.summary[SummaryIndex(page, h, 1, d, hkv, D)] = __float2bfloat16(mx);
   }
 }
 

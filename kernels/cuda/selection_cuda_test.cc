@@ -22,6 +22,7 @@ namespace {
 using testing::BuildCache;
 using testing::CudaTest;
 using testing::DeviceBuffer;
+using testing::PageOrder;
 using testing::TestCache;
 using testing::ToBf16;
 
@@ -63,12 +64,30 @@ struct SelectCase {
   int group;
   float ratio;
   int key_range = 2;  // keys drawn from [-key_range, key_range]; 0: every score ties
+  PageOrder order = PageOrder::kShuffled;
 };
+
+// "_grouped" for PageOrder::kGrouped (the selection's fast path), nothing for kShuffled.
+std::string OrderSuffix(PageOrder order) { return order == PageOrder::kGrouped ? "_grouped" : ""; }
+
+// The cases, then each again with grouped pages: both the selection's general path (pages
+// shuffled) and its fast path (a sequence's 64 blocks on one aligned summary group) are
+// compared with the CPU twin.
+template <typename Case>
+std::vector<Case> WithBothPageOrders(std::vector<Case> cases) {
+  const size_t n = cases.size();
+  for (size_t i = 0; i < n; ++i) {
+    Case c = cases[i];
+    c.order = PageOrder::kGrouped;
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
 
 std::string SelectName(const ::testing::TestParamInfo<SelectCase>& info) {
   const SelectCase& c = info.param;
   return c.name + "_d" + std::to_string(c.d) + "_g" + std::to_string(c.group) + "_r" +
-         std::to_string(int(c.ratio * 100));
+         std::to_string(int(c.ratio * 100)) + OrderSuffix(c.order);
 }
 
 std::vector<SelectCase> SelectCases() {
@@ -105,7 +124,7 @@ std::vector<SelectCase> SelectCases() {
   cases.push_back({"long_few", {131073, 17, 4097, 33, 1}, 128, 7, 0.1f, 100});
   cases.push_back({"half", {4097, 5000, 161 * 16}, 128, 6, 0.5f});
   cases.push_back({"all_tied", {4097, 20000, 17}, 64, 3, 0.1f, 0});  // order decides everything
-  return cases;
+  return WithBothPageOrders(std::move(cases));
 }
 
 class SelectBlocksTest : public CudaTest, public ::testing::WithParamInterface<SelectCase> {};
@@ -117,7 +136,8 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
   std::vector<int32_t> before(batch);
   for (int b = 0; b < batch; ++b) before[b] = tc.lens[b] - 1;
   TestCache cache;
-  BuildCache(cache, hkv, d, tc.lens, 5, SmallInts(-tc.key_range, tc.key_range), &before);
+  BuildCache(cache, hkv, d, tc.lens, 5, SmallInts(-tc.key_range, tc.key_range), &before, 1,
+             tc.order);
 
   std::mt19937 rng(6);
   std::uniform_int_distribution<int> small(-3, 3);
@@ -235,19 +255,22 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
     EXPECT_GT(hinted_rows, 0);
     EXPECT_EQ(hinted_repeat, hinted_rows) << "rows that took the hinted tail";
   }
-  // The fused write left K, V and the summary exactly as WriteTokenKv did.
+  // The fused write left K, V and the summary exactly as WriteTokenKv did (the summary
+  // compared in the device layout).
   const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
-                              gs = cache.dsummary.Download();
+                              gs = cache.dsummary.Download(),
+                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
   for (int b = 0; b < batch; ++b) {
     const int32_t pos = tc.lens[b] - 1, page = cache.table(b)[pos / kPageTokens];
     for (int h = 0; h < hkv; ++h) {
       const size_t kv_off = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * d;
-      const size_t s_off = (size_t(page) * hkv + h) * 2 * d;
       for (int i = 0; i < d; ++i) {
         ASSERT_EQ(gk[kv_off + i], ToBf16(cache.k[kv_off + i]));
         ASSERT_EQ(gv[kv_off + i], ToBf16(cache.v[kv_off + i]));
-        ASSERT_EQ(gs[s_off + i], ToBf16(cache.summary[s_off + i])) << "min, dim " << i;
-        ASSERT_EQ(gs[s_off + d + i], ToBf16(cache.summary[s_off + d + i])) << "max, dim " << i;
+        const size_t lo = SummaryIndex(page, h, 0, i, hkv, d),
+                     hi = SummaryIndex(page, h, 1, i, hkv, d);
+        ASSERT_EQ(gs[lo], want_s[lo]) << "min, dim " << i;
+        ASSERT_EQ(gs[hi], want_s[hi]) << "max, dim " << i;
       }
     }
   }
@@ -301,7 +324,8 @@ TEST_P(WriteKvTest, EqualsWriteTokenKvThenRecomputeSummary) {
   p.max_tokens = 50;
   ASSERT_TRUE(WriteKvCuda(p, nullptr).ok());
   const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
-                              gs = cache.dsummary.Download();
+                              gs = cache.dsummary.Download(),
+                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
   for (size_t s = 0; s < lens.size(); ++s) {
     for (int32_t pos = 0; pos < lens[s]; ++pos) {
       const int32_t page = cache.table(s)[pos / kPageTokens];
@@ -315,9 +339,14 @@ TEST_P(WriteKvTest, EqualsWriteTokenKvThenRecomputeSummary) {
     }
     for (int32_t blk = 0; blk * kPageTokens < lens[s]; ++blk) {
       const int32_t page = cache.table(s)[blk];
-      for (size_t i = 0; i < size_t(hkv) * 2 * d; ++i) {
-        const size_t off = size_t(page) * hkv * 2 * d + i;
-        ASSERT_EQ(gs[off], ToBf16(cache.summary[off])) << "seq " << s << " block " << blk;
+      for (int h = 0; h < hkv; ++h) {
+        for (int part = 0; part < 2; ++part) {
+          for (int i = 0; i < d; ++i) {
+            const size_t off = SummaryIndex(page, h, part, i, hkv, d);
+            ASSERT_EQ(gs[off], want_s[off]) << "seq " << s << " block " << blk << " head " << h
+                                            << " part " << part << " dim " << i;
+          }
+        }
       }
     }
   }
@@ -376,7 +405,8 @@ TEST_P(WriteKvTest, EntriesSharingATableRow) {
   p.table_index = dindex.get();
   ASSERT_TRUE(WriteKvCuda(p, nullptr).ok());
   const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
-                              gs = cache.dsummary.Download();
+                              gs = cache.dsummary.Download(),
+                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
   for (size_t s = 0; s < lens.size(); ++s) {
     for (int32_t pos = 0; pos < lens[s]; ++pos) {
       const int32_t page = cache.table(s)[pos / kPageTokens];
@@ -390,9 +420,14 @@ TEST_P(WriteKvTest, EntriesSharingATableRow) {
     }
     for (int32_t blk = 0; blk * kPageTokens < lens[s]; ++blk) {
       const int32_t page = cache.table(s)[blk];
-      for (size_t i = 0; i < size_t(hkv) * 2 * d; ++i) {
-        const size_t off = size_t(page) * hkv * 2 * d + i;
-        ASSERT_EQ(gs[off], ToBf16(cache.summary[off])) << "seq " << s << " block " << blk;
+      for (int h = 0; h < hkv; ++h) {
+        for (int part = 0; part < 2; ++part) {
+          for (int i = 0; i < d; ++i) {
+            const size_t off = SummaryIndex(page, h, part, i, hkv, d);
+            ASSERT_EQ(gs[off], want_s[off]) << "seq " << s << " block " << blk << " head " << h
+                                            << " part " << part << " dim " << i;
+          }
+        }
       }
     }
   }
@@ -448,10 +483,12 @@ struct ScoreCase {
   std::vector<int32_t> lens;
   int d;
   int group;
+  PageOrder order = PageOrder::kShuffled;
 };
 
 std::string ScoreName(const ::testing::TestParamInfo<ScoreCase>& info) {
-  return "d" + std::to_string(info.param.d) + "_g" + std::to_string(info.param.group);
+  return "d" + std::to_string(info.param.d) + "_g" + std::to_string(info.param.group) +
+         OrderSuffix(info.param.order);
 }
 
 class ScoreBlocksTest : public CudaTest, public ::testing::WithParamInterface<ScoreCase> {};
@@ -462,7 +499,7 @@ TEST_P(ScoreBlocksTest, EqualsCpuScoresOfEveryRank) {
   const ScoreCase& tc = GetParam();
   const int hkv = 2, g = tc.group, d = tc.d, batch = int(tc.lens.size());
   TestCache cache;
-  BuildCache(cache, hkv, d, tc.lens, 15, SmallInts(-2, 2));
+  BuildCache(cache, hkv, d, tc.lens, 15, SmallInts(-2, 2), nullptr, 1, tc.order);
   std::mt19937 rng(16);
   std::vector<float> q, pooled;
   IntegerQueries(batch, hkv, g, d, rng, &q, &pooled);
@@ -507,7 +544,7 @@ std::vector<ScoreCase> ScoreCases() {
   for (int d : {64, 128}) {
     for (int g : {3, 6, 7}) cases.push_back({{1, 15, 16, 17, 4097, 131090, 300}, d, g});
   }
-  return cases;
+  return WithBothPageOrders(std::move(cases));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ScoreBlocksTest, ::testing::ValuesIn(ScoreCases()), ScoreName);
@@ -515,7 +552,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ScoreBlocksTest, ::testing::ValuesIn(ScoreCases
 // Random (non-integer) bf16 data: the host top-n of the sp_size 1 scores by (score desc, block
 // asc) is exactly what SelectBlocksCuda selects, on its latency path (<= 8 rows) and its wide
 // path (> 8 rows); and every rank of 2 and 3 gives the sp_size 1 scores of its blocks, bit for
-// bit (N ranks equal one rank).
+// bit (N ranks equal one rank). Both page orders (the selection's general and fast paths).
 class ScoreBlocksCudaTest : public CudaTest {};
 
 TEST_F(ScoreBlocksCudaTest, TopOfScoresIsTheFusedSelection) {
@@ -528,68 +565,73 @@ TEST_F(ScoreBlocksCudaTest, TopOfScoresIsTheFusedSelection) {
       {{131090, 4097, 17}, 128, 7},                    // 6 rows: SelectKernel
       {{1, 17, 4097, 33000, 70001, 262144}, 64, 6},    // 12 rows: SelectWideKernel
       {{300001, 16, 5000, 20000, 161 * 16}, 128, 3}};  // 10 rows, keys past 16384 blocks
-  for (const Shape& sh : shapes) {
-    const int batch = int(sh.lens.size()), hq = hkv * sh.g;
-    TestCache cache;
-    BuildCache(
-        cache, hkv, sh.d, sh.lens, 17,
-        [nd = std::normal_distribution<float>()](std::mt19937& rng) mutable { return nd(rng); });
-    const std::vector<float> q = testing::RandomBf16Values(size_t(batch) * hq * sh.d, 18);
-    DeviceBuffer<uint16_t> dq(ToBf16(q));
-    int stride = 0;
-    const std::vector<float> scores = GpuScores(cache, dq, hq, 0, 1, &stride);
+  for (PageOrder order : {PageOrder::kShuffled, PageOrder::kGrouped}) {
+    for (const Shape& sh : shapes) {
+      SCOPED_TRACE(std::string("pages ") + testing::PageOrderName(order) + ", " +
+                   std::to_string(sh.lens.size()) + " sequences");
+      const int batch = int(sh.lens.size()), hq = hkv * sh.g;
+      TestCache cache;
+      BuildCache(
+          cache, hkv, sh.d, sh.lens, 17,
+          [nd = std::normal_distribution<float>()](std::mt19937& rng) mutable { return nd(rng); },
+          nullptr, 1, order);
+      const std::vector<float> q = testing::RandomBf16Values(size_t(batch) * hq * sh.d, 18);
+      DeviceBuffer<uint16_t> dq(ToBf16(q));
+      int stride = 0;
+      const std::vector<float> scores = GpuScores(cache, dq, hq, 0, 1, &stride);
 
-    SelectBlocksParams p;
-    p.kv = cache.gpu();
-    p.q = testing::AsBf16(dq.get());
-    p.batch = batch;
-    p.num_heads = hq;
-    p.num_keys = cache.dlens.get();
-    p.page_tables = cache.dtables.get();
-    p.page_table_stride = cache.page_table_stride;
-    p.max_num_keys = cache.max_len();
-    p.ratio = 0.1f;
-    p.min_blocks = 16;
-    p.blocks_stride =
-        NumSelectedBlocksCuda((p.max_num_keys + kPageTokens - 1) / kPageTokens, p.ratio, 16);
-    DeviceBuffer<int32_t> dblocks(size_t(batch) * hkv * p.blocks_stride), dnum(batch);
-    p.blocks = dblocks.get();
-    p.num_blocks = dnum.get();
-    DeviceBuffer<char> ws(SelectBlocksWorkspaceBytes(p));
-    ws.Fill(0);
-    p.workspace = ws.get();
-    p.workspace_bytes = ws.size();
-    ASSERT_TRUE(SelectBlocksCuda(p, nullptr).ok());
-    const std::vector<int32_t> got = dblocks.Download(), got_n = dnum.Download();
-    for (int b = 0; b < batch; ++b) {
-      const int32_t m = (sh.lens[b] + kPageTokens - 1) / kPageTokens;
-      const int32_t n = NumSelectedBlocks(m, p.ratio, 16);
-      ASSERT_EQ(got_n[b], n) << "sequence " << b;
-      for (int h = 0; h < hkv; ++h) {
-        const float* row = scores.data() + (size_t(b) * hkv + h) * stride;
-        ASSERT_EQ(row[m - 1], std::numeric_limits<float>::infinity());
-        std::vector<int32_t> ids(m);
-        std::iota(ids.begin(), ids.end(), 0);
-        std::stable_sort(ids.begin(), ids.end(),
-                         [&](int32_t x, int32_t y) { return row[x] > row[y]; });
-        ids.resize(n);
-        std::sort(ids.begin(), ids.end());
-        const std::vector<int32_t> sel(got.begin() + (size_t(b) * hkv + h) * p.blocks_stride,
-                                       got.begin() + (size_t(b) * hkv + h) * p.blocks_stride + n);
-        ASSERT_EQ(sel, ids) << "sequence " << b << " (len " << sh.lens[b] << ") head " << h;
+      SelectBlocksParams p;
+      p.kv = cache.gpu();
+      p.q = testing::AsBf16(dq.get());
+      p.batch = batch;
+      p.num_heads = hq;
+      p.num_keys = cache.dlens.get();
+      p.page_tables = cache.dtables.get();
+      p.page_table_stride = cache.page_table_stride;
+      p.max_num_keys = cache.max_len();
+      p.ratio = 0.1f;
+      p.min_blocks = 16;
+      p.blocks_stride =
+          NumSelectedBlocksCuda((p.max_num_keys + kPageTokens - 1) / kPageTokens, p.ratio, 16);
+      DeviceBuffer<int32_t> dblocks(size_t(batch) * hkv * p.blocks_stride), dnum(batch);
+      p.blocks = dblocks.get();
+      p.num_blocks = dnum.get();
+      DeviceBuffer<char> ws(SelectBlocksWorkspaceBytes(p));
+      ws.Fill(0);
+      p.workspace = ws.get();
+      p.workspace_bytes = ws.size();
+      ASSERT_TRUE(SelectBlocksCuda(p, nullptr).ok());
+      const std::vector<int32_t> got = dblocks.Download(), got_n = dnum.Download();
+      for (int b = 0; b < batch; ++b) {
+        const int32_t m = (sh.lens[b] + kPageTokens - 1) / kPageTokens;
+        const int32_t n = NumSelectedBlocks(m, p.ratio, 16);
+        ASSERT_EQ(got_n[b], n) << "sequence " << b;
+        for (int h = 0; h < hkv; ++h) {
+          const float* row = scores.data() + (size_t(b) * hkv + h) * stride;
+          ASSERT_EQ(row[m - 1], std::numeric_limits<float>::infinity());
+          std::vector<int32_t> ids(m);
+          std::iota(ids.begin(), ids.end(), 0);
+          std::stable_sort(ids.begin(), ids.end(),
+                           [&](int32_t x, int32_t y) { return row[x] > row[y]; });
+          ids.resize(n);
+          std::sort(ids.begin(), ids.end());
+          const std::vector<int32_t> sel(got.begin() + (size_t(b) * hkv + h) * p.blocks_stride,
+                                         got.begin() + (size_t(b) * hkv + h) * p.blocks_stride + n);
+          ASSERT_EQ(sel, ids) << "sequence " << b << " (len " << sh.lens[b] << ") head " << h;
+        }
       }
-    }
-    for (int size : {2, 3}) {
-      for (int rank = 0; rank < size; ++rank) {
-        int lstride = 0;
-        const std::vector<float> local = GpuScores(cache, dq, hq, rank, size, &lstride);
-        for (int b = 0; b < batch; ++b) {
-          for (int h = 0; h < hkv; ++h) {
-            for (int32_t j = 0; j < LocalBlocks(sh.lens[b], rank, size); ++j) {
-              ASSERT_TRUE(SameBits(local[(size_t(b) * hkv + h) * lstride + j],
-                                   scores[(size_t(b) * hkv + h) * stride + j * size + rank]))
-                  << "sp " << rank << "/" << size << " sequence " << b << " head " << h
-                  << " local block " << j;
+      for (int size : {2, 3}) {
+        for (int rank = 0; rank < size; ++rank) {
+          int lstride = 0;
+          const std::vector<float> local = GpuScores(cache, dq, hq, rank, size, &lstride);
+          for (int b = 0; b < batch; ++b) {
+            for (int h = 0; h < hkv; ++h) {
+              for (int32_t j = 0; j < LocalBlocks(sh.lens[b], rank, size); ++j) {
+                ASSERT_TRUE(SameBits(local[(size_t(b) * hkv + h) * lstride + j],
+                                     scores[(size_t(b) * hkv + h) * stride + j * size + rank]))
+                    << "sp " << rank << "/" << size << " sequence " << b << " head " << h
+                    << " local block " << j;
+              }
             }
           }
         }

@@ -33,6 +33,7 @@
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/paged_kv_cuda.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "kernels/cuda/sync_probe.h"
 #include "nlohmann/json.hpp"
@@ -270,22 +271,29 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
                         double ceiling, const SdpaResult& sdpa, std::vector<Row>& rows) {
   const int d = s.d, hkv = s.hkv, hq = s.hq;
   const int32_t pages_per_seq = ctx / kPageTokens + 1;  // room for the decode token
+  // Each sequence's pages start on a summary group (paged_kv_cuda.h), as DeviceKvCache hands
+  // them out: the selection reads its summaries on the fast path.
+  const int32_t seq_pages =
+      (pages_per_seq + cuda::kSummaryGroup - 1) / cuda::kSummaryGroup * cuda::kSummaryGroup;
   const double kv_layer = 2.0 * batch * double(ctx) * hkv * d * 2;
   const int layers = std::max(2, int(std::ceil(o.rotate_bytes / kv_layer)));
-  const size_t pages = size_t(layers) * batch * pages_per_seq;
+  const size_t pages = size_t(layers) * batch * seq_pages;
   const size_t page_bytes = size_t(hkv) * kPageTokens * d * 2;
   DevMem k, v, summary, tables, lens, q, out, lse, ws, qchunk, ochunk, blocks, nblocks, knew, vnew;
   for (auto [mem, n] : {std::pair{&k, pages * page_bytes},
                         {&v, pages * page_bytes},
-                        {&summary, pages * hkv * 2 * d * 2}}) {
+                        {&summary, cuda::SummaryPoolElems(int64_t(pages), hkv, d) * 2}}) {
     if (auto st = mem->Alloc(n); !st.ok()) return st;
     if (auto st = FillRandomBf16(mem->p, n, 2); !st.ok()) return st;
   }
-  // Page tables [layer][batch][pages_per_seq], pages contiguous per sequence.
-  std::vector<int32_t> h_tables(pages);
-  for (size_t i = 0; i < pages; ++i) h_tables[i] = int32_t(i);
-  if (auto st = tables.Alloc(pages * 4); !st.ok()) return st;
-  cudaMemcpy(tables.p, h_tables.data(), pages * 4, cudaMemcpyHostToDevice);
+  // Page tables [layer][batch][pages_per_seq], pages contiguous per sequence from a group start.
+  const size_t table_entries = size_t(layers) * batch * pages_per_seq;
+  std::vector<int32_t> h_tables(table_entries);
+  for (size_t i = 0; i < table_entries; ++i) {
+    h_tables[i] = int32_t(i / pages_per_seq * seq_pages + i % pages_per_seq);
+  }
+  if (auto st = tables.Alloc(table_entries * 4); !st.ok()) return st;
+  cudaMemcpy(tables.p, h_tables.data(), table_entries * 4, cudaMemcpyHostToDevice);
   std::vector<int32_t> h_lens(batch, ctx);
   if (auto st = lens.Alloc(batch * 4); !st.ok()) return st;
   cudaMemcpy(lens.p, h_lens.data(), batch * 4, cudaMemcpyHostToDevice);
@@ -383,7 +391,8 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
   }
   auto sel_us = TimeUs(select, o.iters);
   if (!sel_us.ok()) return sel_us.status();
-  const double sel_bytes = double(batch) * m_blocks * hkv * 2 * d * 2;  // bf16 min/max rows
+  // What the bound needs: one of min or max a dim (the query's sign picks it), bf16.
+  const double sel_bytes = double(batch) * m_blocks * hkv * d * 2;
   Emit(rows, "fused_select", s, ctx, batch, *sel_us, sel_bytes, ceiling, sdpa.topk_us);
   // With threshold hints (SelectBlocksParams::hints), two bounds on what they save: each layer
   // keeping its own hint, so every launch repeats its layer's previous one (the best case), and

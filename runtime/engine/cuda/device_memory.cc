@@ -11,6 +11,9 @@
 namespace resa::cuda {
 namespace {
 
+static_assert(PageAllocator::kGroupPages == kSummaryGroup,
+              "DeviceKvCache allocates pages in the groups of the summary layout");
+
 size_t Align(size_t x) { return (x + 255) & ~size_t(255); }
 
 }  // namespace
@@ -245,7 +248,7 @@ absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const Model
   cache->shard_ = shard.blocks;
   const size_t page_elems = size_t(hkv) * kPageTokens * c.head_dim;
   const size_t kv_bytes = Align(size_t(num_pages) * page_elems * 2);
-  const size_t sum_bytes = Align(size_t(num_pages) * hkv * 2 * c.head_dim * 2);
+  const size_t sum_bytes = Align(SummaryPoolElems(num_pages, hkv, c.head_dim) * 2);
   for (int l = 0; l < c.num_layers; ++l) {
     RESA_ASSIGN_OR_RETURN(
         DeviceAllocation a,
@@ -256,9 +259,7 @@ absl::StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(const Model
         reinterpret_cast<__nv_bfloat16*>(base + 2 * kv_bytes), hkv, c.head_dim, num_pages});
     cache->mem_.push_back(std::move(a));
   }
-  cache->free_.resize(size_t(num_pages));
-  // Popped from the back: pages are handed out in ascending order.
-  for (int32_t i = 0; i < num_pages; ++i) cache->free_[size_t(i)] = num_pages - 1 - i;
+  cache->pages_ = PageAllocator(num_pages);
   return cache;
 }
 
@@ -273,21 +274,18 @@ absl::Status DeviceKvCache::Reserve(SequenceKv& seq, int32_t length) {
   const size_t need = size_t((blocks + shard_.size - 1) / shard_.size);
   if (need <= seq.page_table.size()) return absl::OkStatus();
   const size_t more = need - seq.page_table.size();
-  if (more > free_.size()) {
+  if (more > size_t(pages_.free_pages())) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("device KV cache full: ", length, " positions need ", more,
-                     " more pages, ", free_.size(), " of ", num_pages_, " free"));
+        absl::StrCat("device KV cache full: ", length, " positions need ", more, " more pages, ",
+                     pages_.free_pages(), " of ", num_pages_, " free"));
   }
-  for (size_t i = 0; i < more; ++i) {
-    seq.page_table.push_back(free_.back());
-    free_.pop_back();
-  }
+  for (size_t i = 0; i < more; ++i) seq.page_table.push_back(pages_.Take(seq.page_table));
   return absl::OkStatus();
 }
 
 void DeviceKvCache::ShrinkPages(SequenceKv& seq, size_t num_pages) {
   while (seq.page_table.size() > num_pages) {
-    free_.push_back(seq.page_table.back());
+    pages_.Free(seq.page_table.back());
     seq.page_table.pop_back();
   }
 }

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cuda/paged_kv_cuda.h"
 #include "runtime/engine/cpu_weights.h"
+#include "runtime/engine/cuda/page_allocator.h"
 #include "runtime/engine/kv_cache.h"
 #include "runtime/engine/tp_shard.h"
 #include "runtime/model/model_config.h"
@@ -111,8 +112,14 @@ class DeviceWeights {
 };
 
 // The paged KV cache in device memory: per layer, K and V [pages][hkv][16][d] bf16 and
-// summaries [pages][hkv][2][d] bf16 (kernels/cuda/paged_kv_cuda.h); the page allocator and the
-// sequences' page tables stay on the host (SequenceKv, as the CPU cache).
+// summaries [pages / 64][hkv][2][d][64] bf16 (kernels/cuda/paged_kv_cuda.h, rounded up to whole
+// groups of 64 pages); the page allocator and the sequences' page tables stay on the host
+// (SequenceKv, as the CPU cache).
+//
+// Pages are handed out in aligned groups of 64 (PageAllocator): local blocks 64k .. 64k + 63 of a
+// sequence usually sit on pages 64g .. 64g + 63 in order, where the selection reads the group's
+// summaries as whole 128-byte lines of the parts it needs (half the bytes); any other assignment
+// stays correct, on a slower path.
 //
 // Under TP x SP (KvShard, kv_cache.h) a rank holds its KV heads only and, of every sequence, the
 // blocks its SequenceShard owns: page_table[j] is the page of logical block shard.GlobalBlock(j),
@@ -129,7 +136,7 @@ class DeviceKvCache {
   PagedKvCuda layer(int l) const { return layers_[l]; }
   const SequenceShard& shard() const { return shard_; }
   int32_t num_pages() const { return num_pages_; }
-  int32_t free_pages() const { return int32_t(free_.size()); }
+  int32_t free_pages() const { return pages_.free_pages(); }
   // Positions a sequence can hold: every page of the pool on each of the S ranks.
   int32_t max_tokens() const { return num_pages_ * shard_.size * kPageTokens; }
   uint64_t bytes() const;
@@ -145,7 +152,7 @@ class DeviceKvCache {
   SequenceShard shard_;
   std::vector<DeviceAllocation> mem_;  // per layer: k, v, summary in one allocation
   std::vector<PagedKvCuda> layers_;
-  std::vector<int32_t> free_;
+  PageAllocator pages_{0};
 };
 
 }  // namespace resa::cuda

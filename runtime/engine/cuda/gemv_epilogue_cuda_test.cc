@@ -514,8 +514,8 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
       const size_t page = size_t(cs.kv_heads) * kPageTokens * cs.d;
       const std::vector<uint16_t> k0 = testing::ToBf16(Noise(pages * page, 84)),
                                   v0 = testing::ToBf16(Noise(pages * page, 85)),
-                                  s0 = testing::ToBf16(
-                                      Noise(pages * size_t(cs.kv_heads) * 2 * cs.d, 86));
+                                  s0 = testing::ToBf16(  // device layout (SummaryIndex)
+                                      Noise(SummaryPoolElems(pages, cs.kv_heads, cs.d), 86));
       DeviceBuffer<uint16_t> kc1(k0), vc1(v0), sc1(s0), kc2(k0), vc2(v0), sc2(s0);
       DeviceBuffer<uint16_t> q1(size_t(rows) * cs.heads * cs.d),
           k1(size_t(rows) * cs.kv_heads * cs.d), v1(k1.size()), q2(q1.size()), k2(k1.size()),

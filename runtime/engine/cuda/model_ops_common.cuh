@@ -36,8 +36,9 @@ __device__ __forceinline__ int32_t KvPage(const QkvRopeParams& p, int r) {
 // The cache append of one RoPE pair (i, i + d/2) of key head h of row r (QkvRopeParams::kv):
 // stores it in its slot and recomputes those two dims of the page summary from the page's
 // num_keys-valid slots in slot order, the new key taken from registers: the same fminf / fmaxf
-// sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. All 2 x 15 loads of the
-// other slots are issued together (one round trip).
+// sequence as WriteKvCuda's RecomputeSummaryKernel, so the same bits. The summary is in the
+// device layout (SummaryIndex, paged_kv_cuda.h). All 2 x 15 loads of the other slots are issued
+// together (one round trip).
 // page: row r's page for positions[r] (KvPage).
 __device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int h, int i,
                                               __nv_bfloat16 ka, __nv_bfloat16 kb, int32_t page) {
@@ -63,11 +64,12 @@ __device__ __forceinline__ void AppendKeyPair(const QkvRopeParams& p, int r, int
       mnb = fminf(mnb, b), mxb = fmaxf(mxb, b);
     }
   }
-  __nv_bfloat16* sm = p.kv.summary + (size_t(page) * p.num_kv_heads + h) * 2 * d;
-  sm[i] = __float2bfloat16(mna);
-  sm[d + i] = __float2bfloat16(mxa);
-  sm[i + half] = __float2bfloat16(mnb);
-  sm[d + i + half] = __float2bfloat16(mxb);
+  const int hkv = p.num_kv_heads;
+  __nv_bfloat16* sm = p.kv.summary;
+  sm[SummaryIndex(page, h, 0, i, hkv, d)] = __float2bfloat16(mna);
+  sm[SummaryIndex(page, h, 1, i, hkv, d)] = __float2bfloat16(mxa);
+  sm[SummaryIndex(page, h, 0, i + half, hkv, d)] = __float2bfloat16(mnb);
+  sm[SummaryIndex(page, h, 1, i + half, hkv, d)] = __float2bfloat16(mxb);
 }
 
 // The NeoX RoPE rotation of pair i at positions[r]: the angle pos * theta^(-2i/d) in fp64,

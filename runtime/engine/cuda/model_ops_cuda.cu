@@ -273,11 +273,12 @@ __global__ void FillUniformKernel(T* out, int64_t n, uint64_t seed, float scale,
   }
 }
 
-// grid (pages, hkv), d threads.
+// grid (pages, hkv), d threads; summary in the device layout (SummaryIndex).
 __global__ void SummarizePagesKernel(const __nv_bfloat16* k, int hkv, int d,
                                      __nv_bfloat16* summary) {
-  const size_t ph = size_t(blockIdx.x) * hkv + blockIdx.y;
-  const __nv_bfloat16* kp = k + ph * 16 * d;
+  const int32_t page = int32_t(blockIdx.x);
+  const int h = int(blockIdx.y);
+  const __nv_bfloat16* kp = k + (size_t(page) * hkv + h) * 16 * d;
   const int i = threadIdx.x;
   float lo = __bfloat162float(kp[i]), hi = lo;
   for (int t = 1; t < 16; ++t) {
@@ -285,17 +286,29 @@ __global__ void SummarizePagesKernel(const __nv_bfloat16* k, int hkv, int d,
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
   }
-  summary[ph * 2 * d + i] = __float2bfloat16(lo);
-  summary[ph * 2 * d + d + i] = __float2bfloat16(hi);
+  summary[SummaryIndex(page, h, 0, i, hkv, d)] = __float2bfloat16(lo);
+  summary[SummaryIndex(page, h, 1, i, hkv, d)] = __float2bfloat16(hi);
 }
 
-// grid (n, 3): y = 0 K, 1 V, 2 summary; 16-byte copies.
+// grid (n, 3): y = 0 K, 1 V (16-byte copies of a page's contiguous run), 2 summary (element
+// copies: a page's summary is strided in its group, SummaryIndex).
 __global__ void CopyPagesKernel(PagedKvCuda kv, const int32_t* src, const int32_t* dst) {
   const int i = blockIdx.x;
-  const size_t elems = size_t(kv.num_kv_heads) * kv.head_dim * (blockIdx.y < 2 ? kPageTokens : 2);
-  const __nv_bfloat16* base = blockIdx.y == 0 ? kv.k : blockIdx.y == 1 ? kv.v : kv.summary;
-  const uint4* from = reinterpret_cast<const uint4*>(base + size_t(src[i]) * elems);
-  uint4* to = reinterpret_cast<uint4*>(const_cast<__nv_bfloat16*>(base) + size_t(dst[i]) * elems);
+  const int32_t from_page = src[i], to_page = dst[i];
+  const int hkv = kv.num_kv_heads, d = kv.head_dim;
+  if (blockIdx.y == 2) {
+    // j = (h * 2 + part) * d + dim, the CPU order of one page's summary.
+    for (int j = threadIdx.x; j < hkv * 2 * d; j += blockDim.x) {
+      const int dim = j % d, part = (j / d) % 2, h = j / (2 * d);
+      kv.summary[SummaryIndex(to_page, h, part, dim, hkv, d)] =
+          kv.summary[SummaryIndex(from_page, h, part, dim, hkv, d)];
+    }
+    return;
+  }
+  const size_t elems = size_t(hkv) * d * kPageTokens;
+  const __nv_bfloat16* base = blockIdx.y == 0 ? kv.k : kv.v;
+  const uint4* from = reinterpret_cast<const uint4*>(base + size_t(from_page) * elems);
+  uint4* to = reinterpret_cast<uint4*>(const_cast<__nv_bfloat16*>(base) + size_t(to_page) * elems);
   for (size_t j = threadIdx.x; j < elems / 8; j += blockDim.x) to[j] = from[j];
 }
 

@@ -43,11 +43,12 @@ struct QkvRopeParams {
   __nv_bfloat16* v = nullptr;
 
   // Optional, GemvQkvRopeBf16Cuda only (QkvRopeCuda refuses it): with kv.k set, each row's k
-  // and v also go to their slot of the paged cache and the page's summary is recomputed, as
-  // WriteKvCuda does for runs of one token at positions[r] (bit for bit): row r (a sequence of
-  // its own: rows share no page) writes page page_table[r * page_table_stride + positions[r] /
-  // 16], slot positions[r] % 16, with num_keys[r] (> positions[r]) keys valid. Device pointers;
-  // page_table_stride may be 0 for one row.
+  // and v also go to their slot of the paged cache and the page's summary (device layout,
+  // paged_kv_cuda.h) is recomputed, as WriteKvCuda does for runs of one token at positions[r]
+  // (bit for bit): row r (a sequence of its own: rows share no page) writes page
+  // page_table[r * page_table_stride + positions[r] / 16], slot positions[r] % 16, with
+  // num_keys[r] (> positions[r]) keys valid. Device pointers; page_table_stride may be 0 for one
+  // row.
   PagedKvCuda kv;
   const int32_t* page_table = nullptr;
   const int32_t* num_keys = nullptr;
@@ -211,14 +212,18 @@ absl::Status FillUniformBf16Cuda(__nv_bfloat16* out, int64_t n, uint64_t seed, f
 absl::Status FillUniformF32Cuda(float* out, int64_t n, uint64_t seed, float scale, float offset,
                                 cudaStream_t stream);
 
-// Summaries of whole pages: summary[page][h][0][:] = min over the page's 16 keys, [1] = max
-// (k [pages][hkv][16][d], summary [pages][hkv][2][d], bf16), for pages [0, num_pages). Used to
-// summarise synthetic contexts; live pages are kept by the selection kernels themselves.
+// Summaries of whole pages: for pages [0, num_pages), part 0 of (page, h) = min over the page's
+// 16 keys, part 1 = max (k [pages][hkv][16][d] bf16; summary bf16 in the device layout of
+// paged_kv_cuda.h, element SummaryIndex(page, h, part, i), a pool of at least
+// SummaryPoolElems(num_pages) elements; slots of pages >= num_pages of the last group are left
+// as they are). Used to summarise synthetic contexts; live pages are kept by the selection
+// kernels themselves.
 absl::Status SummarizePagesCuda(const __nv_bfloat16* k, int64_t num_pages, int num_kv_heads,
                                 int head_dim, __nv_bfloat16* summary, cudaStream_t stream);
 
-// Copies pages src[i] -> dst[i] (K, V and summary of every KV head) for i < n within one
-// layer's pool; src and dst device arrays of n page ids, disjoint page sets.
+// Copies pages src[i] -> dst[i] (K, V and summary of every KV head; the summary in the device
+// layout of paged_kv_cuda.h) for i < n within one layer's pool; src and dst device arrays of n
+// page ids, disjoint page sets.
 absl::Status CopyPagesCuda(const PagedKvCuda& kv, const int32_t* src, const int32_t* dst, int n,
                            cudaStream_t stream);
 

@@ -2,6 +2,7 @@
 #include "runtime/engine/cuda/model_ops_cuda.h"
 
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -377,31 +378,69 @@ TEST_P(ArgmaxTest, TiesGoToTheLowestIndex) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, ArgmaxTest, ::testing::Values(1, 31, 1000, 151936));
 
-TEST_F(CudaOpsTest, SummarizeAndCopyPagesAreExact) {
-  const int pages = 9, hkv = 2, d = 64;
-  const PagedKvCuda shape{nullptr, nullptr, nullptr, hkv, d};
-  const std::vector<float> k = Noise(pages * shape.page_elems(), 10);
-  const std::vector<float> v = Noise(k.size(), 11);
-  DeviceBuffer<uint16_t> dk(testing::ToBf16(k)), dv(testing::ToBf16(v));
-  DeviceBuffer<uint16_t> ds(pages * shape.summary_page_elems());
-  ds.Fill(0xff);
-  ASSERT_TRUE(SummarizePagesCuda(AsBf16(dk.get()), pages, hkv, d, AsBf16(ds.get()), nullptr).ok());
-  std::vector<float> s(ds.size());
-  ref::SummarizePages(k.data(), pages, hkv, d, s.data());
-  EXPECT_TRUE(AllClose(Bf16ToFloat(ds.Download()).data(), s.data(), s.size(), {0, 0}));
-  // Pages 0, 4 -> 7, 2.
-  DeviceBuffer<int32_t> src(std::vector<int32_t>{0, 4}), dst(std::vector<int32_t>{7, 2});
-  const PagedKvCuda kv{AsBf16(dk.get()), AsBf16(dv.get()), AsBf16(ds.get()), hkv, d};
-  ASSERT_TRUE(CopyPagesCuda(kv, src.get(), dst.get(), 2, nullptr).ok());
-  const std::vector<uint16_t> k2 = dk.Download(), s2 = ds.Download();
-  const std::vector<uint16_t> k1 = testing::ToBf16(k);
-  const size_t pe = shape.page_elems(), se = shape.summary_page_elems();
-  for (size_t i = 0; i < pe; ++i) {
-    ASSERT_EQ(k2[7 * pe + i], k1[0 * pe + i]);
-    ASSERT_EQ(k2[2 * pe + i], k1[4 * pe + i]);
-    ASSERT_EQ(k2[3 * pe + i], k1[3 * pe + i]);  // untouched
+// The summary slots of pages [pages, the end of their group) still hold the 0xff fill.
+void ExpectPastPagesUntouched(const std::vector<uint16_t>& summary, int pages, int hkv, int d) {
+  for (int page = pages; page % kSummaryGroup != 0; ++page) {
+    for (int h = 0; h < hkv; ++h) {
+      for (int part = 0; part < 2; ++part) {
+        for (int i = 0; i < d; ++i) {
+          ASSERT_EQ(summary[SummaryIndex(page, h, part, i, hkv, d)], 0xffff)
+              << "page " << page << " head " << h << " part " << part << " dim " << i;
+        }
+      }
+    }
   }
-  for (size_t i = 0; i < se; ++i) ASSERT_EQ(s2[7 * se + i], s2[0 * se + i]);
+}
+
+// Summaries in the device layout (paged_kv_cuda.h) equal the CPU-layout reference; page counts
+// of a partial last group (9, 37: its other slots stay untouched) and of whole groups (32).
+// Copies within a group and across groups move K, V and the (strided) summary of a page.
+TEST_F(CudaOpsTest, SummarizeAndCopyPagesAreExact) {
+  const int hkv = 2, d = 64;
+  const PagedKvCuda shape{nullptr, nullptr, nullptr, hkv, d};
+  for (int pages : {9, 32, 37}) {
+    SCOPED_TRACE("pages " + std::to_string(pages));
+    const std::vector<float> k = Noise(pages * shape.page_elems(), 10);
+    const std::vector<float> v = Noise(k.size(), 11);
+    DeviceBuffer<uint16_t> dk(testing::ToBf16(k)), dv(testing::ToBf16(v));
+    DeviceBuffer<uint16_t> ds(SummaryPoolElems(pages, hkv, d));
+    ds.Fill(0xff);
+    ASSERT_TRUE(
+        SummarizePagesCuda(AsBf16(dk.get()), pages, hkv, d, AsBf16(ds.get()), nullptr).ok());
+    std::vector<float> s(size_t(pages) * shape.summary_page_elems());
+    ref::SummarizePages(k.data(), pages, hkv, d, s.data());
+    const std::vector<uint16_t> s1 = ds.Download();
+    EXPECT_TRUE(
+        AllClose(testing::FromDeviceSummary(s1, pages, hkv, d).data(), s.data(), s.size(), {0, 0}));
+    ExpectPastPagesUntouched(s1, pages, hkv, d);
+    // Pages 0 -> 7, 4 -> 2 (within the first group), pages - 1 -> 1 (across groups, but for 9).
+    const std::vector<int32_t> from = {0, 4, pages - 1}, to = {7, 2, 1};
+    DeviceBuffer<int32_t> src(from), dst(to);
+    const PagedKvCuda kv{AsBf16(dk.get()), AsBf16(dv.get()), AsBf16(ds.get()), hkv, d};
+    ASSERT_TRUE(CopyPagesCuda(kv, src.get(), dst.get(), int(from.size()), nullptr).ok());
+    const std::vector<uint16_t> k2 = dk.Download(), v2 = dv.Download(), s2 = ds.Download();
+    const std::vector<uint16_t> k1 = testing::ToBf16(k), v1 = testing::ToBf16(v);
+    const size_t pe = shape.page_elems();
+    std::vector<int32_t> now(pages);  // the page whose contents each page holds after the copy
+    for (int page = 0; page < pages; ++page) now[page] = page;
+    for (size_t c = 0; c < from.size(); ++c) now[to[c]] = from[c];
+    for (int page = 0; page < pages; ++page) {
+      for (size_t i = 0; i < pe; ++i) {
+        ASSERT_EQ(k2[page * pe + i], k1[now[page] * pe + i]) << "K of page " << page;
+        ASSERT_EQ(v2[page * pe + i], v1[now[page] * pe + i]) << "V of page " << page;
+      }
+      for (int h = 0; h < hkv; ++h) {
+        for (int part = 0; part < 2; ++part) {
+          for (int i = 0; i < d; ++i) {
+            ASSERT_EQ(s2[SummaryIndex(page, h, part, i, hkv, d)],
+                      s1[SummaryIndex(now[page], h, part, i, hkv, d)])
+                << "summary of page " << page << " head " << h << " part " << part << " dim " << i;
+          }
+        }
+      }
+    }
+    ExpectPastPagesUntouched(s2, pages, hkv, d);
+  }
 }
 
 TEST_F(CudaOpsTest, UniformFillIsDeterministicAndInRange) {
