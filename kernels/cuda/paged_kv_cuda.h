@@ -63,9 +63,6 @@ struct PagedKvCuda {
   size_t page_elems() const { return size_t(num_kv_heads) * kPageTokens * head_dim; }
   // Summary elements of one page (strided in the pool: SummaryIndex).
   size_t summary_page_elems() const { return size_t(num_kv_heads) * 2 * head_dim; }
-  __host__ __device__ size_t summary_index(int32_t page, int h, int part, int d) const {
-    return SummaryIndex(page, h, part, d, num_kv_heads, head_dim);
-  }
 };
 
 }  // namespace resa::cuda

@@ -278,6 +278,39 @@ TEST_P(SelectBlocksTest, EqualsCpuTopBlocksExactly) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectBlocksTest, ::testing::ValuesIn(SelectCases()), SelectName);
 
+// After a write: the device K, V and summaries (device layout) of every sequence's first
+// lens[s] tokens equal the CPU twin's, bit for bit.
+void ExpectCacheEqualsTwin(const TestCache& cache, const std::vector<int32_t>& lens) {
+  const int hkv = cache.hkv, d = cache.d;
+  const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
+                              gs = cache.dsummary.Download(),
+                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
+  for (size_t s = 0; s < lens.size(); ++s) {
+    for (int32_t pos = 0; pos < lens[s]; ++pos) {
+      const int32_t page = cache.table(s)[pos / kPageTokens];
+      for (int h = 0; h < hkv; ++h) {
+        const size_t off = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * d;
+        for (int i = 0; i < d; ++i) {
+          ASSERT_EQ(gk[off + i], ToBf16(cache.k[off + i])) << "seq " << s << " pos " << pos;
+          ASSERT_EQ(gv[off + i], ToBf16(cache.v[off + i])) << "seq " << s << " pos " << pos;
+        }
+      }
+    }
+    for (int32_t blk = 0; blk * kPageTokens < lens[s]; ++blk) {
+      const int32_t page = cache.table(s)[blk];
+      for (int h = 0; h < hkv; ++h) {
+        for (int part = 0; part < 2; ++part) {
+          for (int i = 0; i < d; ++i) {
+            const size_t off = SummaryIndex(page, h, part, i, hkv, d);
+            ASSERT_EQ(gs[off], want_s[off]) << "seq " << s << " block " << blk << " head " << h
+                                            << " part " << part << " dim " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 class WriteKvTest : public CudaTest, public ::testing::WithParamInterface<int> {};
 
 // Appends (prefill chunks) and overwrites of the last 32 tokens (rectification) in one launch.
@@ -323,33 +356,7 @@ TEST_P(WriteKvTest, EqualsWriteTokenKvThenRecomputeSummary) {
   p.page_table_stride = cache.page_table_stride;
   p.max_tokens = 50;
   ASSERT_TRUE(WriteKvCuda(p, nullptr).ok());
-  const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
-                              gs = cache.dsummary.Download(),
-                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
-  for (size_t s = 0; s < lens.size(); ++s) {
-    for (int32_t pos = 0; pos < lens[s]; ++pos) {
-      const int32_t page = cache.table(s)[pos / kPageTokens];
-      for (int h = 0; h < hkv; ++h) {
-        const size_t off = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * d;
-        for (int i = 0; i < d; ++i) {
-          ASSERT_EQ(gk[off + i], ToBf16(cache.k[off + i])) << "seq " << s << " pos " << pos;
-          ASSERT_EQ(gv[off + i], ToBf16(cache.v[off + i])) << "seq " << s << " pos " << pos;
-        }
-      }
-    }
-    for (int32_t blk = 0; blk * kPageTokens < lens[s]; ++blk) {
-      const int32_t page = cache.table(s)[blk];
-      for (int h = 0; h < hkv; ++h) {
-        for (int part = 0; part < 2; ++part) {
-          for (int i = 0; i < d; ++i) {
-            const size_t off = SummaryIndex(page, h, part, i, hkv, d);
-            ASSERT_EQ(gs[off], want_s[off]) << "seq " << s << " block " << blk << " head " << h
-                                            << " part " << part << " dim " << i;
-          }
-        }
-      }
-    }
-  }
+  ExpectCacheEqualsTwin(cache, lens);
 }
 
 // table_index: two entries (separated runs, one of them spanning a page the other touches) of
@@ -404,33 +411,7 @@ TEST_P(WriteKvTest, EntriesSharingATableRow) {
   p.max_tokens = 210;
   p.table_index = dindex.get();
   ASSERT_TRUE(WriteKvCuda(p, nullptr).ok());
-  const std::vector<uint16_t> gk = cache.dk.Download(), gv = cache.dv.Download(),
-                              gs = cache.dsummary.Download(),
-                              want_s = testing::ToDeviceSummary(cache.summary, hkv, d);
-  for (size_t s = 0; s < lens.size(); ++s) {
-    for (int32_t pos = 0; pos < lens[s]; ++pos) {
-      const int32_t page = cache.table(s)[pos / kPageTokens];
-      for (int h = 0; h < hkv; ++h) {
-        const size_t off = ((size_t(page) * hkv + h) * kPageTokens + pos % kPageTokens) * d;
-        for (int i = 0; i < d; ++i) {
-          ASSERT_EQ(gk[off + i], ToBf16(cache.k[off + i])) << "seq " << s << " pos " << pos;
-          ASSERT_EQ(gv[off + i], ToBf16(cache.v[off + i])) << "seq " << s << " pos " << pos;
-        }
-      }
-    }
-    for (int32_t blk = 0; blk * kPageTokens < lens[s]; ++blk) {
-      const int32_t page = cache.table(s)[blk];
-      for (int h = 0; h < hkv; ++h) {
-        for (int part = 0; part < 2; ++part) {
-          for (int i = 0; i < d; ++i) {
-            const size_t off = SummaryIndex(page, h, part, i, hkv, d);
-            ASSERT_EQ(gs[off], want_s[off]) << "seq " << s << " block " << blk << " head " << h
-                                            << " part " << part << " dim " << i;
-          }
-        }
-      }
-    }
-  }
+  ExpectCacheEqualsTwin(cache, lens);
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, WriteKvTest, ::testing::Values(64, 128));
