@@ -121,6 +121,16 @@ __device__ __forceinline__ float KeyScore(uint32_t key) {
 // fast as the hinted one (H200, first version: 32K batch 1 10.4 us whole, 12.6 us hinted; 128K
 // 14.5 / 14.0).
 constexpr int32_t kMinHintBlocks = 8192;
+// Launches of the latency kernel with at most this many blocks over all their rows (batch x KV
+// heads x a row's blocks: 1.5B 128K batch 1 is 16384, 7B 128K batch 1 32768) load both summary
+// parts of a one-chunk CTA's chunk before the PDL wait, beside the previous kernel, and keep the
+// query's part of each dim once the pooled query is known; other launches load the query's part
+// after it (half the bytes). H200, run 46, e2e batch 1 with both parts early for rows of up to
+// 8192 blocks, two rounds, git HEAD -> early, ms a step: 1.5B ReSA 32K 1.583 / 1.585 -> 1.565 /
+// 1.552, 128K 1.826 / 1.825 -> 1.810 / 1.822; 7B ReSA 32K 4.222 / 4.221 -> 4.213 / 4.215, 128K
+// 4.599 / 4.616 -> 4.634 / 4.625 (slower: 16.8 MB of lines beside the 7B QKV GEMV), hence the
+// limit. Run 45 had measured both parts early at 256K 0.5-1% slower (docs/kernels.md).
+constexpr int64_t kBothPartsEarlyLaunchBlocks = 16384;
 
 // The current token: K/V into its slot, key folded into its page's summary. Threads [0, D).
 template <int D>
@@ -397,10 +407,9 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   // summaries are read after the pooled query (the sign of each of its dims picks the part);
   // those of every page but the current one are written by kernels two or more launches back,
   // which PDL has completed (at most one kernel runs ahead: launch.h), and the current page's
-  // may be read before or after WriteCurrentToken, its block scores +inf either way. (Until the
-  // grouped summary layout, both parts of the first chunk were loaded before the wait; with one
-  // part read after it, H200 e2e steps at 256K batch 8 are 10-12% faster, at 32K batch 1 2%
-  // slower: docs/kernels.md, run 45.)
+  // may be read before or after WriteCurrentToken, its block scores +inf either way. CTAs of
+  // one chunk of a small launch (kBothPartsEarlyLaunchBlocks) load both parts of it before the
+  // wait.
 
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
@@ -453,6 +462,17 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     if (next < n_chunks) {
       pg = LoadGroupPages(table, M, next * kSelChunk + gw, lane);
     }
+    // A CTA of one chunk of a small launch loads both parts of it before the wait (the loads
+    // overlap the previous kernel) and keeps the query's part of each dim after the pooled query
+    // (CTA-uniform; either way the same values).
+    const bool both_early =
+        next >= n_chunks && int64_t(M) * gridDim.y * gridDim.z <= kBothPartsEarlyLaunchBlocks;
+    uint4 v_max[KD];
+    if (both_early) {
+      const int32_t base = AlignedGroupBase(first_pg, lane);
+      LoadGroup<D>(p.kv, h, base, first_pg, warp, lane, 0u, v);
+      LoadGroup<D>(p.kv, h, base, first_pg, warp, lane, ~0u, v_max);
+    }
     // The previous kernel's results (q, k_new, v_new; the keys workspace) from here on.
     detail::GridDependencyWait();
     float hint_ratio = 0.0f;
@@ -477,7 +497,14 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       hint = OrderedKey(hint_ratio * q_norm);
     }
     parts = LaneParts<D>(s_q, warp, lane);
-    LoadGroup<D>(p.kv, h, AlignedGroupBase(first_pg, lane), first_pg, warp, lane, parts, v);
+    if (both_early) {
+#pragma unroll
+      for (int e = 0; e < KD; ++e) {
+        if ((parts >> e) & 1u) v[e] = v_max[e];
+      }
+    } else {
+      LoadGroup<D>(p.kv, h, AlignedGroupBase(first_pg, lane), first_pg, warp, lane, parts, v);
+    }
   }
 
   int buf = 0;
