@@ -2,8 +2,9 @@
 //
 // Grid: x = split of the sequence's block list, y = (KV head, chunk of <= 8 query heads of its
 // group), z = sequence. A CTA of 8 warps streams its split's pages; each warp takes every 8th page
-// and keeps its own online-softmax state, and the CTA merges its warps in shared memory. Then, by
-// the number of splits a row needs:
+// and keeps its own online-softmax state, and the CTA merges its warps in shared memory; a CTA
+// that is not in a bigger cluster writes its normalised result (the row's output, or its split's
+// partial) straight from that merge. Then, by the number of splits a row needs:
 //  * <= kMaxClusters (launches of many rows, e.g. batch 8): every CTA writes its partial and the
 //    last CTA of the row to arrive (atomic counter) folds them, in the same launch.
 //  * more, dense rows (batch 1-4): one wave of CTAs without clusters, each writes its partial,
@@ -18,6 +19,11 @@
 //    thread-block clusters of up to 8 CTAs along x: the cluster's first CTA merges the cluster's
 //    states through distributed shared memory, and the last leader to arrive folds the clusters'
 //    partials (<= 32).
+// The chains after the PDL waits are short (H200, run 47, e2e batch 1, git HEAD's build and this
+// in one call, three rounds, means: 1.5B 256K dense 2.916 -> 2.887 ms, ReSA 1.981 -> 1.961, 32K
+// dense 1.476 -> 1.443; 7B 256K ReSA 4.896 -> 4.876): a sparse row's block count and first ids
+// load together, the merge kernel reads the row's size before its wait, and a one-CTA cluster
+// skips the shared-memory round and the two cluster barriers of the leader's merge.
 //
 // Tensor cores without shared-memory staging: every warp loads a whole 16-token page straight
 // into registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
@@ -304,9 +310,29 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   detail::AwaitPreviousKernel();
   if (p.q_from_previous_kernel) stage_q();
   if (sparse) {
+    // The row's block count and the split's first round of block ids are loaded together (the
+    // ids as far as the list's capacity, max_num_blocks; those past the count are not used), so
+    // the page-table loads follow one round trip after the wait instead of two.
+    constexpr int kIdsPerThread = kIdsPerRound / kThreads;
+    const int32_t cap = min(i0 + min(a.pages_per_split, kIdsPerRound), p.max_num_blocks);
+    int32_t blk[kIdsPerThread];
+#pragma unroll
+    for (int u = 0; u < kIdsPerThread; ++u) {
+      const int32_t i = i0 + tid + u * kThreads;
+      blk[u] = i < cap ? list[i] : 0;
+    }
     nblk = RowPages(a, true, b, num_keys);
     splits = RowSplits(a, nblk);
     i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
+    const int32_t r1 = min(i1, i0 + kIdsPerRound);
+#pragma unroll
+    for (int u = 0; u < kIdsPerThread; ++u) {
+      const int32_t i = i0 + tid + u * kThreads;
+      if (i < r1) {
+        s_page[i - i0] = table[blk[u]];
+        s_valid[i - i0] = uint8_t(max(0, min(kPageTokens, num_keys - blk[u] * kPageTokens)));
+      }
+    }
   }
   __syncthreads();
 
@@ -321,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
     const int32_t r1 = min(i1, r0 + kIdsPerRound);
     __syncthreads();  // the previous round's ids are consumed
-    if (sparse || r0 != i0) stage_ids(r0, r1);
+    if (r0 != i0) stage_ids(r0, r1);  // the first round is staged above
     __syncthreads();
     for (int32_t i = r0 + warp; i < r1; i += kWarps) {
       const int32_t page = s_page[i - r0];
@@ -399,7 +425,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   }
   l = detail::QuadSum(l);
 
-  // Warps -> CTA state (c_m, c_l, c_o), in shared memory for the cluster leader.
+  // Warps -> CTA state. In a cluster of one CTA (every launch but the clustered sparse rows)
+  // the warp merge writes this CTA's normalised result itself; in a bigger cluster it leaves
+  // (c_m, c_l, c_o) in shared memory for the cluster leader.
   if (c == 0) sm_m[warp][r] = m, sm_l[warp][r] = l;
   auto dim_of = [&](int u) { return 64 * (u / 8) + 8 * r + (u % 8); };
 #pragma unroll
@@ -409,6 +437,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     sm_o[warp][2 * c][dim_of(E + i)] = o[i][2];
     sm_o[warp][2 * c + 1][dim_of(E + i)] = o[i][3];
   }
+  const int csize = int(cluster.num_blocks());
+  const int ci = blockIdx.x / csize;
+  const int nclusters = (splits + csize - 1) / csize;
+  const bool leader = cluster.block_rank() == 0 && ci < nclusters;
+  const size_t out_head = size_t(b) * p.num_heads + head_lo;
+  const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
   __syncthreads();
   for (int idx = tid; idx < kHeadsPerCta * D; idx += kThreads) {
     const int hh = idx / D, d = idx % D;
@@ -424,93 +458,106 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
         num += wt * sm_o[w][hh][d];
       }
     }
-    c_o[hh][d] = num;
-    if (d == 0) c_m[hh] = mx, c_l[hh] = den;
+    if (csize > 1) {
+      c_o[hh][d] = num;
+      if (d == 0) c_m[hh] = mx, c_l[hh] = den;
+    } else if (leader && hh < nh) {
+      // The same values as the leader's merge of one state below (its weight is exactly 1).
+      const float ov = den > 0.0f ? num / den : 0.0f;
+      const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+      if (nclusters == 1) {
+        p.out[(out_head + hh) * D + d] = ov;
+        if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
+      } else {
+        const size_t slot = (slot0 + ci) * kHeadsPerCta + hh;
+        a.ws_o[slot * D + d] = ov;
+        if (d == 0) a.ws_lse[slot] = lse;
+      }
+    }
   }
-  cluster.sync();
 
   // Cluster leader: merge the cluster's CTAs through distributed shared memory. Every thread
   // reads all the states it needs at once (one round trip, no barrier between the weights and
   // the sums): the batch-1 rows have only a few pages a warp, so the merges' latencies are a
   // visible share of the kernel.
-  const int csize = int(cluster.num_blocks());
-  const int ci = blockIdx.x / csize;
-  const int nclusters = (splits + csize - 1) / csize;
-  if (cluster.block_rank() == 0 && ci < nclusters) {
-    const size_t out_head = size_t(b) * p.num_heads + head_lo;
-    const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
-    for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
-      const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
-      float mq[kMaxCluster], lq[kMaxCluster];
-      float4 vq[kMaxCluster];
+  if (csize > 1) {
+    cluster.sync();
+    if (leader) {
+      for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
+        const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
+        float mq[kMaxCluster], lq[kMaxCluster];
+        float4 vq[kMaxCluster];
 #pragma unroll
-      for (int q = 0; q < kMaxCluster; ++q) {
-        if (q < csize) {
-          mq[q] = *cluster.map_shared_rank(&c_m[hh], q);
-          lq[q] = *cluster.map_shared_rank(&c_l[hh], q);
-          vq[q] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&c_o[hh][d], q));
+        for (int q = 0; q < kMaxCluster; ++q) {
+          if (q < csize) {
+            mq[q] = *cluster.map_shared_rank(&c_m[hh], q);
+            lq[q] = *cluster.map_shared_rank(&c_l[hh], q);
+            vq[q] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&c_o[hh][d], q));
+          }
         }
-      }
-      float mx = -INFINITY;
+        float mx = -INFINITY;
 #pragma unroll
-      for (int q = 0; q < kMaxCluster; ++q) {
-        if (q < csize) mx = fmaxf(mx, mq[q]);
-      }
-      float den = 0.0f;
-      float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int q = 0; q < kMaxCluster; ++q) {
-        if (q < csize) {
-          const float wt = mx == -INFINITY ? 0.0f : exp2f(mq[q] - mx);
-          den += wt * lq[q];
-          num.x += wt * vq[q].x, num.y += wt * vq[q].y, num.z += wt * vq[q].z,
-              num.w += wt * vq[q].w;
+        for (int q = 0; q < kMaxCluster; ++q) {
+          if (q < csize) mx = fmaxf(mx, mq[q]);
         }
-      }
-      const float4 ov = den > 0.0f ? make_float4(num.x / den, num.y / den, num.z / den, num.w / den)
-                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
-      if (nclusters == 1) {
-        float* out = p.out + (out_head + hh) * D + d;
-        out[0] = ov.x, out[1] = ov.y, out[2] = ov.z, out[3] = ov.w;
-        if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
-      } else {
-        const size_t slot = (slot0 + ci) * kHeadsPerCta + hh;
-        *reinterpret_cast<float4*>(a.ws_o + slot * D + d) = ov;
-        if (d == 0) a.ws_lse[slot] = lse;
-      }
-    }
-    if (nclusters > 1 && !a.merge_kernel) {
-      // The leaders' partials are published by one release-acquire atomic (thread 0, after
-      // the CTA barrier), and the last leader acquires them all the same way.
-      __syncthreads();
-      int* counter = a.counters + size_t(b) * gridDim.y + y;
-      if (tid == 0) {
-        const bool last = detail::AtomicAddAcqRel(counter, 1) == nclusters - 1;
-        if (last) *counter = 0;  // ready for the next launch (a later kernel: no fence)
-        sm_last = last;
-      }
-      __syncthreads();
-      if (sm_last) {  // last leader: fold the <= 32 cluster partials of this row, kFold at a time
-        for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
-          const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
-          float mx = -INFINITY, den = 0.0f;
-          float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          FoldPartials(a, D, slot0, hh, d, 0, 1, nclusters, mx, den, num);
+        float den = 0.0f;
+        float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int q = 0; q < kMaxCluster; ++q) {
+          if (q < csize) {
+            const float wt = mx == -INFINITY ? 0.0f : exp2f(mq[q] - mx);
+            den += wt * lq[q];
+            num.x += wt * vq[q].x, num.y += wt * vq[q].y, num.z += wt * vq[q].z,
+                num.w += wt * vq[q].w;
+          }
+        }
+        const float4 ov = den > 0.0f
+                              ? make_float4(num.x / den, num.y / den, num.z / den, num.w / den)
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+        if (nclusters == 1) {
           float* out = p.out + (out_head + hh) * D + d;
-          if (den > 0.0f) {
-            out[0] = num.x / den, out[1] = num.y / den, out[2] = num.z / den, out[3] = num.w / den;
-          } else {
-            out[0] = out[1] = out[2] = out[3] = 0.0f;
-          }
-          if (d == 0 && p.lse_ln != nullptr) {
-            p.lse_ln[out_head + hh] = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
-          }
+          out[0] = ov.x, out[1] = ov.y, out[2] = ov.z, out[3] = ov.w;
+          if (d == 0 && p.lse_ln != nullptr) p.lse_ln[out_head + hh] = lse;
+        } else {
+          const size_t slot = (slot0 + ci) * kHeadsPerCta + hh;
+          *reinterpret_cast<float4*>(a.ws_o + slot * D + d) = ov;
+          if (d == 0) a.ws_lse[slot] = lse;
         }
       }
     }
   }
-  cluster.sync();  // keep every CTA's shared memory alive until its leader has read it
+  if (leader && nclusters > 1 && !a.merge_kernel) {
+    // The leaders' partials are published by one release-acquire atomic (thread 0, after the
+    // CTA barrier), and the last leader acquires them all the same way.
+    __syncthreads();
+    int* counter = a.counters + size_t(b) * gridDim.y + y;
+    if (tid == 0) {
+      const bool last = detail::AtomicAddAcqRel(counter, 1) == nclusters - 1;
+      if (last) *counter = 0;  // ready for the next launch (a later kernel: no fence)
+      sm_last = last;
+    }
+    __syncthreads();
+    if (sm_last) {  // last leader: fold the <= 32 cluster partials of this row, kFold at a time
+      for (int idx = tid; idx < nh * D / 4; idx += kThreads) {
+        const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
+        float mx = -INFINITY, den = 0.0f;
+        float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        FoldPartials(a, D, slot0, hh, d, 0, 1, nclusters, mx, den, num);
+        float* out = p.out + (out_head + hh) * D + d;
+        if (den > 0.0f) {
+          out[0] = num.x / den, out[1] = num.y / den, out[2] = num.z / den, out[3] = num.w / den;
+        } else {
+          out[0] = out[1] = out[2] = out[3] = 0.0f;
+        }
+        if (d == 0 && p.lse_ln != nullptr) {
+          p.lse_ln[out_head + hh] = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+        }
+      }
+    }
+  }
+  // Keep every CTA's shared memory alive until its leader has read it.
+  if (csize > 1) cluster.sync();
 }
 
 // Folds the split partials of DecodeKernel in merge-kernel mode: one CTA per (query head, slice
@@ -528,9 +575,11 @@ __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
   const int h = y / a.head_chunks;
   const int head_lo = h * a.group + (y % a.head_chunks) * kHeadsPerCta;
   const int nh = min(kHeadsPerCta, (h + 1) * a.group - head_lo);
+  // The row's size before the wait: num_keys and a sparse row's num_blocks were written two or
+  // more launches back (the host or QkvRope; the selection before the decode), which has landed
+  // once this kernel is scheduled (launch.h), so the fold's loads follow the wait directly.
+  const int splits = hh < nh ? RowSplits(a, RowPages(a, p.blocks != nullptr, b, p.num_keys[b])) : 1;
   detail::AwaitPreviousKernel();
-  if (hh >= nh) return;
-  const int splits = RowSplits(a, RowPages(a, p.blocks != nullptr, b, p.num_keys[b]));
   if (splits == 1) return;
   const int tid = threadIdx.x, d4 = slice * kD4 + tid % kD4, g = tid / kD4;
   const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
