@@ -30,6 +30,7 @@
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/select_tail.cuh"
 #include "kernels/cuda/selection_cuda.h"
+#include "kernels/cuda/timeline.cuh"
 
 namespace resa::cuda {
 namespace {
@@ -411,6 +412,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   // one chunk of a small launch (kBothPartsEarlyLaunchBlocks) load both parts of it before the
   // wait.
 
+  timeline::Stamp(kTlSelectEntry);
   const SelectBlocksParams& p = a.p;
   const int hkv = p.kv.num_kv_heads;
   const int b = blockIdx.z, h = blockIdx.y;
@@ -475,6 +477,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     }
     // The previous kernel's results (q, k_new, v_new; the keys workspace) from here on.
     detail::GridDependencyWait();
+    timeline::Stamp(kTlSelectWaited);
     float hint_ratio = 0.0f;
     if (use_hint) hint_ratio = __uint_as_float(__ldcg(p.hints + row));
     // 2. The current token, when this CTA holds it (its chunk's turn may come later in the loop,
@@ -573,6 +576,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       atomicAdd(&g_hint_counts[hinted ? 0 : 1], 1ull);
     }
   });
+  timeline::Stamp(kTlSelectEnd);
 }
 
 // Throughput kernel (many rows): grid (a.wide_chunk blocks, KV head, sequence), 512
@@ -775,6 +779,24 @@ absl::StatusOr<SelectTailPhases> ReadSelectTailPhases() {
 #endif
   return r;
 }
+
+namespace detail {
+absl::Status ResetSelectTimeline() {
+#ifdef RESA_KERNEL_TIMELINE
+  return timeline::ResetStamps();
+#else
+  return absl::OkStatus();
+#endif
+}
+absl::Status ReadSelectTimeline(uint64_t (*stamps)[2]) {
+#ifdef RESA_KERNEL_TIMELINE
+  return timeline::ReadStamps(stamps);
+#else
+  (void)stamps;
+  return absl::OkStatus();
+#endif
+}
+}  // namespace detail
 
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) {
   if (auto st = ValidateKv(p.kv, "SelectBlocksCuda"); !st.ok()) return st;

@@ -36,6 +36,7 @@
 #include "kernels/cuda/paged_kv_cuda.h"
 #include "kernels/cuda/selection_cuda.h"
 #include "kernels/cuda/sync_probe.h"
+#include "kernels/cuda/timeline.h"
 #include "nlohmann/json.hpp"
 #endif
 #include "runtime/apps/kernels_bench_internal.h"
@@ -264,6 +265,63 @@ struct ChunkVariant {
 size_t ChunkWorkspaceBytesMma(cuda::ChunkAttentionParams cp) {
   cp.kernel = cuda::ChunkKernel::kMmaSync;
   return cuda::ChunkAttentionWorkspaceBytes(cp);
+}
+
+// One launch chain at a time under the kernel timeline (timeline.h): per phase, the median
+// over the rounds of its earliest and latest CTA's stamp in µs from the reference phase's
+// earliest (or, ref_last, latest) stamp, as one JSON line (from the decode's first entry when no
+// CTA stamped the reference).
+absl::Status EmitTimeline(const char* name, const ModelShape& s, int ctx, int batch,
+                          const std::function<absl::Status(cudaStream_t)>& chain,
+                          cuda::TimelinePhase ref, bool ref_last) {
+  constexpr int kRounds = 15;
+  cudaStream_t stream;
+  if (auto st = Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream"); !st.ok())
+    return st;
+  std::vector<std::vector<double>> first(cuda::kTlPhases), last(cuda::kTlPhases);
+  std::vector<const char*> names;
+  absl::Status status;
+  for (int round = -2; round < kRounds && status.ok(); ++round) {  // two warm-up rounds
+    status = Cuda(cudaDeviceSynchronize(), "timeline sync");
+    if (status.ok()) status = cuda::ResetKernelTimeline();
+    if (status.ok()) status = chain(stream);
+    if (status.ok()) status = Cuda(cudaStreamSynchronize(stream), "timeline chain");
+    if (!status.ok()) break;
+    auto t = cuda::ReadKernelTimeline();
+    if (!t.ok()) {
+      status = t.status();
+      break;
+    }
+    if (round < 0) continue;
+    names = t->names;
+    // A chain without the reference phase (the selection's throughput kernel is not stamped)
+    // is timed from the decode's first entry.
+    if (t->last[ref] == 0) ref = cuda::kTlDecodeEntry, ref_last = false;
+    const uint64_t r0 = ref_last ? t->last[ref] : t->first[ref];
+    for (int i = 0; i < cuda::kTlPhases; ++i) {
+      if (t->last[i] == 0) continue;  // no CTA reached it
+      first[i].push_back((double(t->first[i]) - double(r0)) * 1e-3);
+      last[i].push_back((double(t->last[i]) - double(r0)) * 1e-3);
+    }
+  }
+  cudaStreamDestroy(stream);
+  if (!status.ok()) return status;
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::string fields;
+  for (int i = 0; i < cuda::kTlPhases; ++i) {
+    if (first[i].empty()) continue;
+    absl::StrAppendFormat(&fields, "%s\"%s\":[%.2f,%.2f]", fields.empty() ? "" : ",", names[i],
+                          median(first[i]), median(last[i]));
+  }
+  std::printf(
+      "{\"bench\":\"kernels\",\"kernel\":\"%s\",\"model\":\"%s\",\"context\":%d,"
+      "\"batch\":%d,\"reference\":\"%s %s\",\"us_first_last\":{%s}}\n",
+      name, s.name.c_str(), ctx, batch, names[ref], ref_last ? "last" : "first", fields.c_str());
+  std::fflush(stdout);
+  return absl::OkStatus();
 }
 
 // All kernels of one (model, context, batch) problem.
@@ -537,6 +595,33 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
     if (!pair.ok()) return pair.status();
     Emit(rows, "resa_step_chained", s, ctx, batch, *pair + *rect / 32.0,
          sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
+  }
+  // Built with RESA_KERNEL_TIMELINE: the dense decode (with its merge) and the ReSA step (hinted
+  // selection, sparse decode, merge) one chain at a time with PDL, as the model runs them.
+  if (auto probe = cuda::ReadKernelTimeline(); probe.ok() && !probe->names.empty()) {
+    const bool pdl_before = cuda::ProgrammaticLaunch();
+    cuda::SetProgrammaticLaunch(true);
+    dp.page_tables = table_of(0);
+    auto dense_chain = [&](cudaStream_t st) { return cuda::DecodeAttentionCuda(dp, st); };
+    absl::Status r = EmitTimeline("dense_decode_timeline", s, ctx, batch, dense_chain,
+                                  cuda::kTlDecodeEntry, false);
+    sel.early_dependents = cuda::DecodeAttentionFitsBeside(sp, batch * hkv);
+    auto resa_chain = [&](cudaStream_t st) {
+      sel.hints = hints.as<uint32_t>();
+      absl::Status q = select(0, st);
+      sel.hints = nullptr;
+      if (!q.ok()) return q;
+      sp.page_tables = table_of(0);
+      sp.blocks = blocks.as<int32_t>();
+      sp.num_blocks = nblocks.as<int32_t>();
+      return cuda::DecodeAttentionCuda(sp, st);
+    };
+    if (r.ok()) {
+      r = EmitTimeline("resa_step_timeline", s, ctx, batch, resa_chain, cuda::kTlSelectEnd, true);
+    }
+    sel.early_dependents = false;
+    cuda::SetProgrammaticLaunch(pdl_before);
+    if (!r.ok()) return r;
   }
   return absl::OkStatus();
 }
