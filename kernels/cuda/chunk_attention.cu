@@ -391,12 +391,18 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
 // kMergeWarps(num_splits) warps per (row, head) w: every warp reads all splits' lse (lane s
 // takes s, s + 32, ...) and reduces the maximum and the denominator, then warp j sums the
 // weighted O of splits j, j + W, ... with 8 splits' 16-byte slices in flight (lane l owns dims
-// [l * D / 32, (l + 1) * D / 32)), and the CTA adds the W partial sums in warp order. A
-// (row, head) thus waits on about four memory round trips; the first version (one warp walking
-// every split for each 32 dims, one load at a time) took tens of microseconds at 66 splits.
-// Empty splits (lse = -inf, O never written) weigh nothing; all empty gives O = 0, lse = -inf.
+// [l * D / 32, (l + 1) * D / 32)), and the CTA adds the W partial sums in warp order. The lse of
+// the first kMergeLsePerLane * 32 splits and each warp's first 8 slices are loaded together, before
+// any arithmetic (one memory round trip for up to 64 splits at 8 warps); until run 48 the
+// maximum, the denominator and the slices were three rounds of loads one after another (7.6 us
+// a launch of a 32-token chunk at 1.5B 256K batch 1, 66 splits, against 6.1 now; ncu:
+// docs/cuda_backend.md, run 48). The
+// first version (one warp walking every split for each 32 dims, one load at a time) took tens of
+// microseconds at 66 splits. Empty splits (lse = -inf, O never written) weigh nothing; all empty
+// gives O = 0, lse = -inf.
 constexpr int kMergeMaxWarps = 8;
 constexpr int kMergeSplitsPerWarp = 8;
+constexpr int kMergeLsePerLane = 4;
 
 int MergeWarps(int num_splits) {
   const int w = (num_splits + kMergeSplitsPerWarp - 1) / kMergeSplitsPerWarp;
@@ -412,31 +418,50 @@ __global__ void __launch_bounds__(32 * kMergeMaxWarps)
   __shared__ float part[kMergeMaxWarps][D];
   const size_t w = blockIdx.x;
   const int lane = threadIdx.x, warp = threadIdx.y, warps = blockDim.y;
+  // Warp `warp`'s splits warp + k warps of round s0 (lse -inf past the end).
+  auto load_round = [&](int s0, float(&lse)[kMergeSplitsPerWarp], Vec(&o)[kMergeSplitsPerWarp]) {
+#pragma unroll
+    for (int k = 0; k < kMergeSplitsPerWarp; ++k) {
+      const int s = s0 + k * warps;
+      lse[k] = -INFINITY;
+      if (s < num_splits) {
+        lse[k] = ws_lse[size_t(s) * n + w];
+        o[k] = reinterpret_cast<const Vec*>(ws_o + (size_t(s) * n + w) * D)[lane];
+      }
+    }
+  };
+  float lse[kMergeSplitsPerWarp];
+  Vec o[kMergeSplitsPerWarp] = {};
+  float lane_lse[kMergeLsePerLane];
+#pragma unroll
+  for (int q = 0; q < kMergeLsePerLane; ++q) {
+    const int s = lane + 32 * q;
+    lane_lse[q] = s < num_splits ? ws_lse[size_t(s) * n + w] : -INFINITY;
+  }
+  load_round(warp, lse, o);
   float mx = -INFINITY;
-  for (int s = lane; s < num_splits; s += 32) mx = fmaxf(mx, ws_lse[size_t(s) * n + w]);
-  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+#pragma unroll
+  for (int q = 0; q < kMergeLsePerLane; ++q) mx = fmaxf(mx, lane_lse[q]);
+  for (int s = lane + 32 * kMergeLsePerLane; s < num_splits; s += 32) {
+    mx = fmaxf(mx, ws_lse[size_t(s) * n + w]);
+  }
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   float den = 0.0f;
   if (mx != -INFINITY) {
-    for (int s = lane; s < num_splits; s += 32) {
-      const float lse = ws_lse[size_t(s) * n + w];
-      den += lse == -INFINITY ? 0.0f : expf(lse - mx);
+#pragma unroll
+    for (int q = 0; q < kMergeLsePerLane; ++q) {
+      den += lane_lse[q] == -INFINITY ? 0.0f : expf(lane_lse[q] - mx);
     }
-    for (int o = 16; o > 0; o /= 2) den += __shfl_xor_sync(0xffffffffu, den, o);
+    for (int s = lane + 32 * kMergeLsePerLane; s < num_splits; s += 32) {
+      const float l = ws_lse[size_t(s) * n + w];
+      den += l == -INFINITY ? 0.0f : expf(l - mx);
+    }
+    for (int off = 16; off > 0; off /= 2) den += __shfl_xor_sync(0xffffffffu, den, off);
   }
   float acc[V] = {};
   if (den > 0.0f) {
     for (int s0 = warp; s0 < num_splits; s0 += warps * kMergeSplitsPerWarp) {
-      float lse[kMergeSplitsPerWarp];
-      Vec o[kMergeSplitsPerWarp] = {};
-#pragma unroll
-      for (int k = 0; k < kMergeSplitsPerWarp; ++k) {
-        const int s = s0 + k * warps;
-        lse[k] = -INFINITY;
-        if (s < num_splits) {
-          lse[k] = ws_lse[size_t(s) * n + w];
-          o[k] = reinterpret_cast<const Vec*>(ws_o + (size_t(s) * n + w) * D)[lane];
-        }
-      }
+      if (s0 != warp) load_round(s0, lse, o);
 #pragma unroll
       for (int k = 0; k < kMergeSplitsPerWarp; ++k) {
         if (lse[k] == -INFINITY) continue;
