@@ -396,10 +396,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) ChunkKernelMma(const Chu
 // any arithmetic (one memory round trip for up to 64 splits at 8 warps); until run 48 the
 // maximum, the denominator and the slices were three rounds of loads one after another (7.6 us
 // a launch of a 32-token chunk at 1.5B 256K batch 1, 66 splits, against 6.1 now; ncu:
-// docs/cuda_backend.md, run 48). The
-// first version (one warp walking every split for each 32 dims, one load at a time) took tens of
-// microseconds at 66 splits. Empty splits (lse = -inf, O never written) weigh nothing; all empty
-// gives O = 0, lse = -inf.
+// docs/cuda_backend.md, run 48). The first version (one warp walking every split for each 32
+// dims, one load at a time) took tens of microseconds at 66 splits. Empty splits (lse = -inf, O
+// never written) weigh nothing; all empty gives O = 0, lse = -inf.
 constexpr int kMergeMaxWarps = 8;
 constexpr int kMergeSplitsPerWarp = 8;
 constexpr int kMergeLsePerLane = 4;
