@@ -422,10 +422,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   // inside them (FusedNorms(), RowNorm): o_proj and down add their sums into h and write the next
   // norm's numerator g into x_ and their block sums of h^2 into squares_, which qkv and gate_up
   // read and scale by 1 / rms. Two launches less a layer. Not with TP (the projections'
-  // all-reduce comes before the residual add) or SP.
+  // all-reduce comes before the residual add) or SP. Whether the forward asks for logits does
+  // not change it, so that a chunk gives the same K/V either way (a Plan::reduce_last forward
+  // runs its last layer's o_proj and gate_up fused on the kept rows).
   const bool gemv_step = rows <= options_.gemv_max_rows && FusedNorms() && SwiGluEpilogue() &&
-                         !plan.sharded && !tp_parallel() && !plan.reduce_last && hid % 8 == 0 &&
-                         lq % 8 == 0 && li % 8 == 0;
+                         !plan.sharded && !tp_parallel() && hid % 8 == 0 && lq % 8 == 0 &&
+                         li % 8 == 0;
   const int o_squares = gemv_step ? GemvResidualSquares(rows, hid, lq) : 0,
             down_squares = gemv_step ? GemvResidualSquares(rows, hid, li) : 0;
   const bool fuse_norms =
@@ -529,6 +531,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       if (plan.nc > 0 && !reduce) RESA_RETURN_IF_ERROR(ChunkAttentionCuda(L.chunk, stream_));
       RESA_RETURN_IF_ERROR(Mark(kAttention));
     }
+    // The kept rows of a reduced last layer may plan their GEMVs otherwise (one row: the
+    // CUDA-core kernel), so their block sums are counted for n rows.
+    const RowNorm after_o_n =
+        reduce && fuse_norms
+            ? RowNorm{squares_, GemvResidualSquares(n, hid, lq), hid, c.rms_norm_eps}
+            : after_o;
     if (fuse_norms) {
       // h += o_proj, x_ = the post-attention norm's numerator (gate_up scales by 1 / rms).
       RESA_RETURN_IF_ERROR(
@@ -551,7 +559,7 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (n <= options_.gemv_max_rows && hid % 8 == 0 && SwiGluEpilogue()) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
       RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_,
-                                              GemvOptions{}, fuse_norms ? after_o : RowNorm{}));
+                                              GemvOptions{}, fuse_norms ? after_o_n : RowNorm{}));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else if (n > options_.gemv_max_rows) {
       // Chunks: the GEMM rounds gate and up to bf16 (as the bf16 reference models do), half the
