@@ -31,6 +31,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/tensor_map.h"
 
 namespace resa::cuda {
 namespace {
@@ -481,20 +482,6 @@ __global__ void __launch_bounds__(32 * kMergeMaxWarps)
     out[w * D + t] = den > 0.0f ? sum / den : 0.0f;
   }
   if (tid == 0 && lse_ln != nullptr) lse_ln[w] = den > 0.0f ? mx + logf(den) : -INFINITY;
-}
-
-// cuTensorMapEncodeTiled from the driver (no link against libcuda), or null.
-PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                             cudaEnableDefault, &q);
-    return err == cudaSuccess && q == cudaDriverEntryPointSuccess
-               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f)
-               : nullptr;
-  }();
-  return fn;
 }
 
 // The TMA maps of ChunkArgs over kv's K and V pools.

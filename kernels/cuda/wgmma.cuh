@@ -1,6 +1,6 @@
 // Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors and the shapes the chunk
-// attention kernels use, plus the mbarrier, TMA and setmaxnreg helpers of the wgmma kernels.
-// All 128 threads of a warpgroup execute each wgmma call together.
+// attention kernels and the skinny GEMM use, plus the mbarrier, TMA and setmaxnreg helpers of the
+// wgmma kernels. All 128 threads of a warpgroup execute each wgmma call together.
 //
 // Accumulators (m64nN, fp32, N / 2 registers per thread): thread t of the warpgroup, warp w = t /
 // 32, lane = 4 * g + c holds d[4 * j + e] = D[16 * w + g + 8 * (e / 2)][8 * j + 2 * c + e % 2], the
@@ -67,6 +67,21 @@ __device__ __forceinline__ void WgmmaWait() {
 }
 __device__ __forceinline__ void FenceOperand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
 __device__ __forceinline__ void FenceOperand(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+
+// d (+)= A B, m64n32k16: A (64 x 16) and B (16 x 32) K-major in shared memory; accumulate = 0
+// overwrites d.
+__device__ __forceinline__ void WgmmaSS64x32(float (&d)[16], uint64_t a, uint64_t b,
+                                             int accumulate) {
+#if RESA_HAVE_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"
+      : RESA_WGMMA_F8(d, 0), RESA_WGMMA_F8(d, 8)
+      : "l"(a), "l"(b), "r"(accumulate));
+#endif
+}
 
 // d (+)= A B, m64n64k16: A (64 x 16) and B (16 x 64) K-major in shared memory; accumulate = 0
 // overwrites d.
@@ -188,6 +203,17 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* map, int c0,
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
       "[%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
       "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+#endif
+}
+// The same for a 2-D tensor map: the box at (c0, c1).
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const void* map, int c0, int c1,
+                                          uint32_t bar) {
+#if RESA_HAVE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+      "[%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 #endif
 }

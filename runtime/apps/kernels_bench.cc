@@ -945,10 +945,17 @@ void AddKernelsBenchCommand(CLI::App& app, int& exit_code) {
   k->add_flag("--gemv-sweep", o->gemv_sweep,
               "With --gemv: every k split x loads per lane x k order too, the fused twins (SwiGLU, "
               "QKV-RoPE) of gate_up and qkv included");
-  k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8)")
+  k->add_option("--gemv-rows", o->gemv_rows, "With --gemv: input rows (1-8; 0 skips the GEMVs)")
       ->capture_default_str()
       ->delimiter(',')
-      ->check(CLI::Range(1, 8));
+      ->check(CLI::Range(0, 8));
+  k->add_option("--skinny-rows", o->skinny_rows,
+                "With --gemv: chunk rows (1-64) at which SkinnyGemm, the GEMM of short chunks "
+                "(a batch-1 rectification pass: 32 rows), is timed against cuBLAS; 0 skips it, "
+                "and --gemv-rows 0 skips the GEMV section")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(CLI::Range(0, 64));
   k->add_option("--gemv-matrices", o->gemv_matrices,
                 "With --gemv: only these matrices (qkv, o, gate_up, down, lm_head)")
       ->delimiter(',')

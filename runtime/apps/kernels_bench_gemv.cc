@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/engine/cuda/model_ops_cuda.h"
+#include "runtime/engine/cuda/skinny_gemm.h"
 
 namespace resa::kernels_bench {
 namespace {
@@ -82,20 +83,32 @@ void EmitGemv(const GemvShape& s, int rows, const std::string& kernel, const cud
   std::fflush(stdout);
 }
 
+// A cuBLAS handle with a 32 MB workspace, as CudaModel sets one up.
+struct BenchCublas {
+  cublasHandle_t handle = nullptr;
+  DevMem ws;
+  BenchCublas() = default;
+  BenchCublas(const BenchCublas&) = delete;
+  BenchCublas& operator=(const BenchCublas&) = delete;
+  ~BenchCublas() {
+    if (handle != nullptr) cublasDestroy(handle);
+  }
+  absl::Status Init() {
+    if (auto st = Cublas(cublasCreate(&handle), "cublasCreate"); !st.ok()) return st;
+    if (auto st = ws.Alloc(size_t(32) << 20); !st.ok()) return st;
+    return Cublas(cublasSetWorkspace(handle, ws.p, ws.bytes), "workspace");
+  }
+};
+
 // Every decode GEMV shape at rows 1, 2, 4, 8: the previous kernel (legacy), the new one, the new
 // one with programmatic dependent launch (back-to-back GEMVs overlap), and cuBLAS (cublasGemmEx
 // bf16 -> fp32 as CudaModel::Linear calls it; bf16 x also for o_proj, whose fp32-x GEMV has no
 // cuBLAS twin) in the same run. Launches rotate over copies of the weights totalling at least
 // --gemv-rotate-bytes, so each streams from HBM as in the real model.
 absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector<GemvRow>& table) {
-  cublasHandle_t handle;
-  if (auto st = Cublas(cublasCreate(&handle), "cublasCreate"); !st.ok()) return st;
-  std::unique_ptr<cublasContext, cublasStatus_t (*)(cublasHandle_t)> owner(handle, cublasDestroy);
-  DevMem cublas_ws;
-  if (auto st = cublas_ws.Alloc(size_t(32) << 20); !st.ok()) return st;
-  if (auto st = Cublas(cublasSetWorkspace(handle, cublas_ws.p, cublas_ws.bytes), "workspace");
-      !st.ok())
-    return st;
+  BenchCublas blas;
+  if (auto st = blas.Init(); !st.ok()) return st;
+  cublasHandle_t handle = blas.handle;
   const int max_rows = *std::max_element(o.gemv_rows.begin(), o.gemv_rows.end());
   for (const GemvShape& s : kGemvShapes) {
     if (std::find(o.models.begin(), o.models.end(), s.model) == o.models.end()) continue;
@@ -321,30 +334,224 @@ absl::Status BenchGemv(const KernelsBenchOptions& o, double ceiling, std::vector
   return absl::OkStatus();
 }
 
+struct SkinnyRow {
+  std::string model, matrix;
+  int rows;
+  double skinny_us, cublas_us, bytes;
+  double best_us = 0;  // the best unit shape (SkinnyGemmParams::k_sub, tile_rows)
+  double swiglu_us = 0, cublas_silu_us = 0,
+         swiglu_k128_us = 0;  // gate_up: the SwiGLU output against GEMM + SiluMul
+};
+
+// --skinny-rows: the linear layers of short chunks (a batch-1 rectification pass has 32 rows) on
+// SkinnyGemm against cublasGemmEx (bf16 in, fp32 out) in the same run, weights rotated as above;
+// for gate_up also SkinnyGemm's SwiGLU output against cuBLAS (bf16 out) + SiluMulCuda, the two
+// ways CudaModel runs that layer. Checks that SkinnyGemm repeats bit for bit and agrees with
+// cuBLAS to summation-order rounding.
+absl::Status BenchSkinny(const KernelsBenchOptions& o, double ceiling,
+                         std::vector<SkinnyRow>& table) {
+  auto skinny = cuda::SkinnyGemm::Create();
+  if (!skinny.ok()) {
+    std::printf("{\"bench\":\"skinny\",\"skipped\":\"%s\"}\n",
+                std::string(skinny.status().message()).c_str());
+    return absl::OkStatus();
+  }
+  BenchCublas blas;
+  if (auto st = blas.Init(); !st.ok()) return st;
+  cublasHandle_t handle = blas.handle;
+  const int max_rows = *std::max_element(o.skinny_rows.begin(), o.skinny_rows.end());
+  for (const GemvShape& s : kGemvShapes) {
+    if (std::find(o.models.begin(), o.models.end(), s.model) == o.models.end()) continue;
+    if (std::strcmp(s.matrix, "lm_head") == 0) continue;  // not in a rectification pass
+    if (!o.gemv_matrices.empty() && std::find(o.gemv_matrices.begin(), o.gemv_matrices.end(),
+                                              s.matrix) == o.gemv_matrices.end()) {
+      continue;
+    }
+    const size_t wbytes = size_t(s.n) * s.k * 2;
+    const int copies = std::max(2, int(std::ceil(o.gemv_rotate_bytes / double(wbytes))));
+    DevMem w, x, y, y2, gu, act;
+    if (auto st = w.Alloc(copies * wbytes); !st.ok()) return st;
+    if (auto st = FillRandomBf16(w.p, w.bytes, 21); !st.ok()) return st;
+    if (auto st = x.Alloc(size_t(max_rows) * s.k * 2); !st.ok()) return st;
+    if (auto st = FillRandomBf16(x.p, x.bytes, 22); !st.ok()) return st;
+    if (auto st = y.Alloc(size_t(max_rows) * s.n * 4); !st.ok()) return st;
+    if (auto st = y2.Alloc(y.bytes); !st.ok()) return st;
+    if (auto st = gu.Alloc(size_t(max_rows) * s.n * 2); !st.ok()) return st;
+    if (auto st = act.Alloc(size_t(max_rows) * s.n); !st.ok()) return st;
+    auto wi = [&](int i) { return w.as<__nv_bfloat16>() + size_t(i % copies) * s.n * s.k; };
+    const bool gate_up = std::strcmp(s.matrix, "gate_up") == 0;
+    for (int rows : o.skinny_rows) {
+      auto run = [&](int i, float* out, __nv_bfloat16* a, cudaStream_t st, int k_sub = 0,
+                     int tile_rows = 0) {
+        cuda::SkinnyGemmParams p;
+        p.x = x.as<__nv_bfloat16>();
+        p.w = wi(i);
+        p.rows = rows, p.n = s.n, p.k = s.k, p.y = out, p.act = a;
+        p.k_sub = k_sub, p.tile_rows = tile_rows;
+        return (*skinny)->Run(p, st);
+      };
+      const float one = 1.0f, zero = 0.0f;
+      auto cublas_gemm = [&](int i, void* out, cudaDataType_t type, cudaStream_t st) {
+        if (auto e = Cublas(cublasSetStream(handle, st), "cublasSetStream"); !e.ok()) return e;
+        return Cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, s.n, rows, s.k, &one, wi(i),
+                                   CUDA_R_16BF, s.k, x.p, CUDA_R_16BF, s.k, &zero, out, type, s.n,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx");
+      };
+      auto t_skinny = TimeUs(
+          [&](int i, cudaStream_t st) { return run(i, y.as<float>(), nullptr, st); }, o.gemv_iters);
+      if (!t_skinny.ok()) return t_skinny.status();
+      auto t_cublas =
+          TimeUs([&](int i, cudaStream_t st) { return cublas_gemm(i, y.p, CUDA_R_32F, st); },
+                 o.gemv_iters);
+      if (!t_cublas.ok()) return t_cublas.status();
+      SkinnyRow row{s.model,   s.matrix,
+                    rows,      *t_skinny,
+                    *t_cublas, double(wbytes) + double(rows) * s.k * 2 + double(rows) * s.n * 4};
+      // The unit shapes (k slices a unit x tile rows) besides the default.
+      std::vector<std::tuple<int, int, double>> variants;
+      for (int k_sub : {2, 4}) {
+        for (int tile_rows : {64, 128}) {
+          auto t = TimeUs(
+              [&](int i, cudaStream_t st) {
+                return run(i, y.as<float>(), nullptr, st, k_sub, tile_rows);
+              },
+              o.gemv_iters);
+          if (!t.ok()) return t.status();
+          variants.emplace_back(k_sub, tile_rows, *t);
+          row.best_us = row.best_us > 0 ? std::min(row.best_us, *t) : *t;
+        }
+      }
+      if (gate_up) {
+        auto t_swiglu = TimeUs(
+            [&](int i, cudaStream_t st) { return run(i, nullptr, act.as<__nv_bfloat16>(), st); },
+            o.gemv_iters);
+        if (!t_swiglu.ok()) return t_swiglu.status();
+        auto t_swiglu2 = TimeUs(
+            [&](int i, cudaStream_t st) { return run(i, nullptr, act.as<__nv_bfloat16>(), st, 2); },
+            o.gemv_iters);
+        if (!t_swiglu2.ok()) return t_swiglu2.status();
+        row.swiglu_k128_us = *t_swiglu2;
+        auto t_silu = TimeUs(
+            [&](int i, cudaStream_t st) {
+              if (auto e = cublas_gemm(i, gu.p, CUDA_R_16BF, st); !e.ok()) return e;
+              return cuda::SiluMulCuda(gu.as<__nv_bfloat16>(), rows, s.n / 2,
+                                       act.as<__nv_bfloat16>(), st);
+            },
+            o.gemv_iters);
+        if (!t_silu.ok()) return t_silu.status();
+        row.swiglu_us = *t_swiglu;
+        row.cublas_silu_us = *t_silu;
+      }
+      // Checks on weight copy 0.
+      const size_t ny = size_t(rows) * s.n;
+      std::vector<float> a(ny), b(ny), c(ny);
+      for (auto [out, host, mine] : {std::tuple{y.as<float>(), &a, true},
+                                     {y2.as<float>(), &b, true},
+                                     {y2.as<float>(), &c, false}}) {
+        cudaMemset(out, 0xff, ny * 4);
+        if (auto st =
+                mine ? run(0, out, nullptr, nullptr) : cublas_gemm(0, out, CUDA_R_32F, nullptr);
+            !st.ok())
+          return st;
+        if (auto st = Cuda(cudaMemcpy(host->data(), out, ny * 4, cudaMemcpyDeviceToHost), "y");
+            !st.ok())
+          return st;
+      }
+      const bool repeatable = std::memcmp(a.data(), b.data(), ny * 4) == 0;
+      double max_diff = 0, max_ref = 0;
+      for (size_t i = 0; i < ny; ++i) {
+        max_diff = std::max(max_diff, double(std::fabs(a[i] - c[i])));
+        max_ref = std::max(max_ref, double(std::fabs(c[i])));
+      }
+      auto emit = [&](const char* kernel, double us, double vs) {
+        const double tbps = row.bytes / (us * 1e-6) / 1e12;
+        std::printf(
+            "{\"bench\":\"skinny\",\"model\":\"%s\",\"matrix\":\"%s\",\"n\":%d,\"k\":%d,"
+            "\"rows\":%d,\"kernel\":\"%s\",\"time_us\":%.3f,\"bytes\":%.0f,\"TBps\":%.3f,"
+            "\"copy_ceiling_TBps\":%.3f,\"ratio_to_copy_ceiling\":%.3f,\"speedup_vs_cublas\":%.3f,"
+            "\"repeatable\":%s,\"max_rel_diff_vs_cublas\":%.3g}\n",
+            s.model, s.matrix, s.n, s.k, rows, kernel, us, row.bytes, tbps, ceiling, tbps / ceiling,
+            vs / us, repeatable ? "true" : "false", max_diff / std::max(max_ref, 1e-30));
+        std::fflush(stdout);
+      };
+      emit("skinny", row.skinny_us, row.cublas_us);
+      for (const auto& [k_sub, tile_rows, us] : variants) {
+        emit(absl::StrFormat("skinny_k%d_rows%d", 64 * k_sub, tile_rows).c_str(), us,
+             row.cublas_us);
+      }
+      emit("cublas", row.cublas_us, row.cublas_us);
+      if (gate_up) {
+        emit("skinny_swiglu", row.swiglu_us, row.cublas_silu_us);
+        emit("skinny_swiglu_k128", row.swiglu_k128_us, row.cublas_silu_us);
+        emit("cublas_silu_mul", row.cublas_silu_us, row.cublas_silu_us);
+      }
+      table.push_back(row);
+      if (!repeatable || max_diff > 1e-3 * max_ref) {
+        return absl::InternalError(absl::StrFormat(
+            "SkinnyGemm %s %s rows %d: repeatable %d, max diff vs cuBLAS %g (max |y| %g)", s.model,
+            s.matrix, rows, int(repeatable), max_diff, max_ref));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunGemvBench(const KernelsBenchOptions& o, double ceiling) {
   std::vector<GemvRow> table;
-  const absl::Status st = BenchGemv(o, ceiling, table);
-  std::fprintf(
-      stderr,
-      "\nGEMV (us per launch, graph of %d back-to-back launches; TB/s and share of the "
-      "%.2f TB/s copy ceiling for the new kernel)\n"
-      "| model | matrix | rows | legacy | CUDA cores | new | new+PDL | cuBLAS | new TB/s | "
-      "new/ceil | PDL/ceil | x legacy | x cuBLAS |\n"
-      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-      o.gemv_iters, ceiling);
-  for (const GemvRow& r : table) {
-    const double tb = r.bytes / (r.new_us * 1e-6) / 1e12;
-    const double tp = r.bytes / (r.pdl_us * 1e-6) / 1e12;
+  // A 0 in a row list skips that section.
+  auto wanted = [](std::vector<int> rows) {
+    rows.erase(std::remove(rows.begin(), rows.end(), 0), rows.end());
+    return rows;
+  };
+  KernelsBenchOptions run = o;
+  run.gemv_rows = wanted(o.gemv_rows);
+  run.skinny_rows = wanted(o.skinny_rows);
+  absl::Status st = run.gemv_rows.empty() ? absl::OkStatus() : BenchGemv(run, ceiling, table);
+  std::vector<SkinnyRow> skinny;
+  if (st.ok() && !run.skinny_rows.empty()) st = BenchSkinny(run, ceiling, skinny);
+  if (!skinny.empty()) {
     std::fprintf(
         stderr,
-        "| %s | %s | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | "
-        "%.2f |\n",
-        r.model.c_str(), r.matrix.c_str(), r.rows, r.legacy_us,
-        r.rows > 1 ? absl::StrFormat("%.2f", r.cores_us).c_str() : "-", r.new_us, r.pdl_us,
-        r.cublas_us, tb, 100 * tb / ceiling, 100 * tp / ceiling, r.legacy_us / r.new_us,
-        r.cublas_us / r.new_us);
+        "\nShort chunks (us per launch; TB/s share of the %.2f TB/s copy ceiling)\n"
+        "| model | matrix | rows | SkinnyGemm | best unit | cuBLAS | x cuBLAS | skinny/ceil | "
+        "SwiGLU out | cuBLAS + SiluMul | x |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        ceiling);
+    for (const SkinnyRow& r : skinny) {
+      const double tb = r.bytes / (r.skinny_us * 1e-6) / 1e12;
+      std::fprintf(
+          stderr, "| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.0f%% | %s | %s | %s |\n",
+          r.model.c_str(), r.matrix.c_str(), r.rows, r.skinny_us, r.best_us, r.cublas_us,
+          r.cublas_us / r.skinny_us, 100 * tb / ceiling,
+          r.swiglu_us > 0 ? absl::StrFormat("%.2f", r.swiglu_us).c_str() : "-",
+          r.swiglu_us > 0 ? absl::StrFormat("%.2f", r.cublas_silu_us).c_str() : "-",
+          r.swiglu_us > 0 ? absl::StrFormat("%.2f", r.cublas_silu_us / r.swiglu_us).c_str() : "-");
+    }
+  }
+  if (!table.empty()) {
+    std::fprintf(
+        stderr,
+        "\nGEMV (us per launch, graph of %d back-to-back launches; TB/s and share of the "
+        "%.2f TB/s copy ceiling for the new kernel)\n"
+        "| model | matrix | rows | legacy | CUDA cores | new | new+PDL | cuBLAS | new TB/s | "
+        "new/ceil | PDL/ceil | x legacy | x cuBLAS |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.gemv_iters, ceiling);
+    for (const GemvRow& r : table) {
+      const double tb = r.bytes / (r.new_us * 1e-6) / 1e12;
+      const double tp = r.bytes / (r.pdl_us * 1e-6) / 1e12;
+      std::fprintf(
+          stderr,
+          "| %s | %s | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | "
+          "%.2f |\n",
+          r.model.c_str(), r.matrix.c_str(), r.rows, r.legacy_us,
+          r.rows > 1 ? absl::StrFormat("%.2f", r.cores_us).c_str() : "-", r.new_us, r.pdl_us,
+          r.cublas_us, tb, 100 * tb / ceiling, 100 * tp / ceiling, r.legacy_us / r.new_us,
+          r.cublas_us / r.new_us);
+    }
   }
   if (!st.ok()) {
     std::fprintf(stderr, "resa-bench kernels --gemv: %s\n", std::string(st.message()).c_str());

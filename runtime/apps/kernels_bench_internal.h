@@ -36,6 +36,7 @@ struct KernelsBenchOptions {
   bool gemv = false;
   bool gemv_sweep = false;  // also every (k split, loads per lane) of the new kernel
   std::vector<int> gemv_rows = {1, 2, 4, 8};
+  std::vector<int> skinny_rows = {32};     // --gemv: SkinnyGemm against cuBLAS at these rows
   std::vector<std::string> gemv_matrices;  // empty: every matrix (qkv, o, gate_up, down, lm_head)
   int gemv_iters = 200;
   double gemv_rotate_bytes = 256e6;  // weight copies per shape (L2 is 60 MB)

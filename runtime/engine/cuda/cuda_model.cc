@@ -139,6 +139,10 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Dev
   RESA_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&m->stream_, cudaStreamNonBlocking),
                                   "cudaStreamCreate"));
   RESA_ASSIGN_OR_RETURN(m->gemm_, LtGemm::Create(size_t(32) << 20));
+  if (options.skinny_gemm) {
+    // Not an error where it cannot run (another architecture): those layers stay on cuBLASLt.
+    if (auto skinny = SkinnyGemm::Create(); skinny.ok()) m->skinny_ = std::move(*skinny);
+  }
   if (options.gemv_max_rows < 0 || options.gemv_max_rows > kGemvMaxRows) {
     return absl::InvalidArgumentError(absl::StrCat("gemv_max_rows must be in [0, ", kGemvMaxRows,
                                                    "], got ", options.gemv_max_rows));
@@ -402,7 +406,18 @@ absl::Status CudaModel::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, i
   if (rows <= options_.gemv_max_rows && k % 8 == 0) {
     return GemvBf16Cuda(w, x, rows, n, k, y, stream_);
   }
+  if (UseSkinny(x, w, rows, n, k, false)) {
+    SkinnyGemmParams p;
+    p.x = x, p.w = w, p.rows = rows, p.n = n, p.k = k, p.y = y;
+    return skinny_->Run(p, stream_);
+  }
   return gemm_->Linear(x, w, rows, n, k, y, stream_);
+}
+
+bool CudaModel::UseSkinny(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
+                          bool swiglu) const {
+  return skinny_ != nullptr && SkinnyGemm::Supported(rows, n, k, swiglu) &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 absl::Status CudaModel::Enqueue(const Plan& plan) {
@@ -560,6 +575,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
       // SwiGLU in the gate_up GEMV's epilogue: the same bits, one launch less per layer.
       RESA_RETURN_IF_ERROR(GemvSwiGluBf16Cuda(w.gate_up, x_, n, li, hid, act_, stream_,
                                               GemvOptions{}, fuse_norms ? after_o_n : RowNorm{}));
+      RESA_RETURN_IF_ERROR(Mark(kMatmul));
+    } else if (n > options_.gemv_max_rows && UseSkinny(x_, w.gate_up, n, 2 * li, hid, true)) {
+      // Short chunks: the SwiGLU product from the GEMM's fp32 accumulators, no gate / up buffer.
+      SkinnyGemmParams p;
+      p.x = x_, p.w = w.gate_up, p.rows = n, p.n = 2 * li, p.k = hid, p.act = act_;
+      RESA_RETURN_IF_ERROR(skinny_->Run(p, stream_));
       RESA_RETURN_IF_ERROR(Mark(kMatmul));
     } else if (n > options_.gemv_max_rows) {
       // Chunks: the GEMM rounds gate and up to bf16 (as the bf16 reference models do), half the
@@ -902,6 +923,14 @@ absl::StatusOr<double> MeasureGemmTflops(int n) {
   if (stop != nullptr) cudaEventDestroy(stop);
   RESA_RETURN_IF_ERROR(st);
   return 2.0 * double(n) * n * n / (best_ms * 1e-3) / 1e12;
+}
+
+bool SkinnyGemmDefault() {
+  static const bool on = [] {
+    const char* v = std::getenv("RESA_CUDA_SKINNY_GEMM");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
 }
 
 bool SwiGluEpilogue() { return swiglu_epilogue.load(std::memory_order_relaxed); }

@@ -57,6 +57,7 @@
 #include "runtime/engine/cuda/device_memory.h"
 #include "runtime/engine/cuda/lt_gemm.h"
 #include "runtime/engine/cuda/sampling_cuda.h"
+#include "runtime/engine/cuda/skinny_gemm.h"
 #include "runtime/engine/model_backend.h"
 
 namespace resa::cuda {
@@ -64,6 +65,10 @@ namespace resa::cuda {
 // Keys of positions [0, num_keys) an SP rank holds: its blocks packed into one local sequence
 // (local block j = logical block j * S + rank; only the sequence's last block can be partial).
 int32_t LocalKeys(const SequenceShard& shard, int32_t num_keys);
+
+// The default of CudaModelOptions::skinny_gemm: off unless RESA_CUDA_SKINNY_GEMM=1 in the
+// environment (A/B runs of one binary).
+bool SkinnyGemmDefault();
 
 struct CudaModelOptions {
   // KV pages (16 tokens each); 0 sizes the cache from the device's free memory after the
@@ -79,6 +84,11 @@ struct CudaModelOptions {
   // tensor-core GEMV makes batch-8 steps 1-10% faster than cuBLAS (1.5B 32K ReSA 2.684 ->
   // 2.459 ms, 7B 256K 12.374 -> 12.058).
   int gemv_max_rows = 8;  // kGemvMaxRows
+  // Linear layers of gemv_max_rows + 1 to SkinnyGemm::kMaxRows (64) rows (a batch-1
+  // rectification pass has 32) on SkinnyGemm, with gate_up writing the SwiGLU product, when the
+  // device is an sm_90 one; otherwise, and for more rows, cuBLASLt. Off by default: on the H200
+  // it measured level with cuBLASLt end to end (docs/cuda_backend.md, run 50).
+  bool skinny_gemm = SkinnyGemmDefault();
 };
 
 // The bf16 GEMM rate (TFLOP/s) of an n x n x n product through CudaModel's GEMM (LtGemm: bf16
@@ -200,6 +210,10 @@ class CudaModel final : public ModelBackend {
   absl::Status Enqueue(const Plan& plan);
   absl::Status Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
                       float* y);
+  // Whether a linear layer of > gemv_max_rows rows runs on skinny_ (SkinnyGemm::Supported and
+  // 16-byte aligned operands).
+  bool UseSkinny(const __nv_bfloat16* x, const __nv_bfloat16* w, int rows, int n, int k,
+                 bool swiglu) const;
   // cuda_model_grid.cc: the distributed steps.
   bool tp_parallel() const { return tp_ != nullptr && tp_->size() > 1; }
   bool sp_parallel() const { return sp_ != nullptr && sp_->size() > 1; }
@@ -236,6 +250,7 @@ class CudaModel final : public ModelBackend {
   Communicator* sp_host_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> gemm_;  // linear layers of > gemv_max_rows rows
+  std::unique_ptr<SkinnyGemm> skinny_;  // ... of up to 64 of them, when on and on sm_90
   std::string sizing_;  // how the KV capacity was chosen
   bool pool_filled_ = false;
 
