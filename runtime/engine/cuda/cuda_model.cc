@@ -428,7 +428,11 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   const int rows = int(plan.rows);
   const int32_t* meta = meta_dev_.as<int32_t>();
   RESA_RETURN_IF_ERROR(Mark(kStart));
-  RESA_RETURN_IF_ERROR(EmbedCuda(weights_->embed(), meta + plan.o_tokens, rows, hid, h_, stream_));
+  // The embedding rows and the first layer's input norm, one launch (the bits of the two).
+  RESA_RETURN_IF_ERROR(EmbedRmsNormCuda(weights_->embed(), meta + plan.o_tokens, rows, hid,
+                                        weights_->layer(0).input_norm, c.rms_norm_eps, h_, x_,
+                                        stream_));
+  RESA_RETURN_IF_ERROR(Mark(kElementwise));
   // With no logits asked for (a rectification pass, a non-final prefill chunk), nothing reads the
   // last layer's output: its K/V depend only on its input, so it stops once they are written
   // (CpuModel::Forward does the same). Sparse rows, which write theirs in the selection, keep it.
@@ -452,11 +456,12 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   for (int l = 0; l < c.num_layers; ++l) {
     const bool kv_only = kv_only_last && l == c.num_layers - 1;
     const DeviceLayerWeights& w = weights_->layer(l);
-    // Layer l > 0 of a fused step finds g of its input norm in x_ (the down GEMV before).
+    // Layer l > 0 of a fused step finds g of its input norm in x_ (the down GEMV before); layer
+    // 0's x_ is EmbedRmsNormCuda's.
     const bool norm_in_qkv = fuse_norms && l > 0;
-    if (!norm_in_qkv) {
-      RESA_RETURN_IF_ERROR(AddRmsNormCuda(h_, l == 0 ? nullptr : proj_, w.input_norm, rows, hid,
-                                          c.rms_norm_eps, x_, stream_));
+    if (!norm_in_qkv && l > 0) {
+      RESA_RETURN_IF_ERROR(
+          AddRmsNormCuda(h_, proj_, w.input_norm, rows, hid, c.rms_norm_eps, x_, stream_));
       RESA_RETURN_IF_ERROR(Mark(kElementwise));
     }
     QkvRopeParams qp;
@@ -625,13 +630,27 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
   if (tp_parallel()) {
     RESA_RETURN_IF_ERROR(GatherLogits(plan, xl));
   } else {
-    RESA_RETURN_IF_ERROR(Linear(xl, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
+    if (plan.greedy_key) {
+      RESA_RETURN_IF_ERROR(GemvArgMaxBf16Cuda(weights_->lm_head(), xl, c.vocab_size, hid, dlogits_,
+                                              ArgMaxSlot(plan), stream_));
+    } else {
+      RESA_RETURN_IF_ERROR(Linear(xl, weights_->lm_head(), plan.nl, c.vocab_size, hid, dlogits_));
+    }
     RESA_RETURN_IF_ERROR(Mark(kMatmul));
   }
   return plan.greedy ? GreedyIds(plan) : absl::OkStatus();
 }
 
+uint64_t* CudaModel::ArgMaxSlot(const Plan& plan) const {
+  return reinterpret_cast<uint64_t*>(meta_dev_.as<int32_t>() + plan.o_argmax);
+}
+
 absl::Status CudaModel::GreedyIds(const Plan& plan) {
+  if (plan.greedy_key) {  // the lm_head GEMV's key; Forward reads the id from it
+    return CudaStatus(cudaMemcpyAsync(greedy_host_, ArgMaxSlot(plan), sizeof(uint64_t),
+                                      cudaMemcpyDeviceToHost, stream_),
+                      "downloading the greedy key");
+  }
   SampleRowsParams sp;
   sp.logits = dlogits_;
   sp.vocab = config().vocab_size;
@@ -755,6 +774,11 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   if (!st.ok()) return undo(st);
   if (logits != nullptr && plan.nl > 0) {
     std::memcpy(logits, logits_host_, size_t(plan.nl) * vocab * 4);
+  }
+  if (plan.greedy_key) {
+    uint64_t key;
+    std::memcpy(&key, greedy_host_, sizeof(key));
+    greedy_host_[0] = ArgMaxKeyId(key);
   }
   if (plan.nl > 0) {
     logits_rows_ = plan.nl;

@@ -203,8 +203,11 @@ class CudaModel final : public ModelBackend {
   // Brings the device's page tables (tables_dev_) to the plan's chunks, copying only what
   // changed since the last forward.
   absl::Status UploadTables(std::span<const ForwardChunk> chunks, const Plan& plan);
-  // Plan::greedy: the arg-max of the plan's logits rows into greedy_host_ (enqueued).
+  // Plan::greedy: the arg-max of the plan's logits rows into greedy_host_ (enqueued; with
+  // Plan::greedy_key the lm_head GEMV's key, which Forward turns into the id).
   absl::Status GreedyIds(const Plan& plan);
+  // Plan::greedy_key: the device slot of the lm_head GEMV's arg-max key (in the step metadata).
+  uint64_t* ArgMaxSlot(const Plan& plan) const;
   // Row `row` (plan order) of the device's page tables.
   const int32_t* Tables(const Plan& plan, size_t row) const;
   absl::Status Enqueue(const Plan& plan);

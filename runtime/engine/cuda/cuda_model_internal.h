@@ -49,6 +49,11 @@ struct CudaModel::Plan {
   size_t o_keep = 0, o_last_keys = 0, o_logit_last = 0;
   bool graph = false;
   bool greedy = false;  // the forward ends with its logits rows' greedy ids (CudaModel::Sample)
+  // Greedy with one logits row and the lm_head on the one-row GEMV (not TP): the GEMV takes the
+  // arg-max itself (GemvArgMaxBf16Cuda) into the zeroed uint64 at meta offset o_argmax, and the
+  // forward downloads that key instead of running an arg-max kernel.
+  bool greedy_key = false;
+  size_t o_argmax = 0;
   // The logits rows are all rows in order (decode steps): the lm_head reads the final norm's
   // output as it is, no gather.
   bool logits_all_rows = false;

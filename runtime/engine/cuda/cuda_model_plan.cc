@@ -203,6 +203,9 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
   }
   plan.nl = int(logit_rows.size());
   plan.greedy = greedy_hint_ && plan.nl > 0;
+  plan.greedy_key = plan.greedy && plan.nl == 1 && !tp_parallel() && options_.gemv_max_rows >= 1 &&
+                    config().hidden_size % 8 == 0;
+  if (plan.greedy_key) plan.o_argmax = block(2);  // zeroed: below every element's key
   plan.o_logit = block(logit_rows.size());
   std::copy(logit_rows.begin(), logit_rows.end(), plan.meta.begin() + int64_t(plan.o_logit));
   // Chunks that all want only their last row's logits: the last layer attends, projects and

@@ -834,46 +834,53 @@ TEST_F(CudaModelInvariants, DeviceSamplingInGenerateEqualsHostSampling) {
 // last Sample call was all greedy) read those ids. They equal the host arg-max of the step's
 // logits, through graphs and rectifications, with mixed and partial Sample calls in between
 // (a mixed call launches the sampler and turns the forward's arg-max off for the next step).
+// Three sequences (the arg-max kernel after the lm_head) and one (Plan::greedy_key: the lm_head
+// GEMV's own arg-max).
 TEST_F(CudaModelInvariants, GreedyIdsFromTheForwardEqualTheHostArgMax) {
   auto m = Model(true);
-  Decoder dec(*m);
   const int vocab = m->config().vocab_size;
   const ResaOptions modes[] = {{DecodeMode::kDense, 0.1f, 16, 32},
                                {DecodeMode::kSparse, 0.25f, 4, 8},
                                {DecodeMode::kResa, 0.25f, 4, 8}};
-  std::vector<int> ids;
-  for (int s = 0; s < 3; ++s) {
-    std::vector<int32_t> prompt(100 + 150 * s);
-    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 19 + s) % vocab);
-    ids.push_back(dec.Start(prompt, modes[s]).value());
-  }
   const SamplingParams greedy{0.0f, 0, 1.0f, 0}, hot{0.8f, 40, 0.9f, 1};
-  std::vector<int32_t> next = {1, 2, 3};
-  int checked = 0;
-  for (int step = 0; step < 20; ++step) {
-    std::vector<Decoder::Feed> feeds;
-    for (int s = 0; s < 3; ++s) feeds.push_back({ids[size_t(s)], next[size_t(s)]});
-    ASSERT_TRUE(dec.Step(feeds).ok());  // host logits on: dec.logits() hold the same rows
-    std::vector<RowSampling> rows;
-    for (int s = 0; s < 3; ++s) {
-      if (step % 5 == 4 && s != 1) continue;  // a partial call: row 1 alone
-      rows.push_back(RowSampling{s, step % 5 == 2 && s == 0 ? hot : greedy, 0.25});
+  for (const int nseq : {3, 1}) {
+    SCOPED_TRACE(::testing::Message() << nseq << " sequences");
+    const int64_t from_forward = m->greedy_samples_from_forward();
+    Decoder dec(*m);
+    std::vector<int> ids;
+    for (int s = 0; s < nseq; ++s) {
+      const int mode = nseq == 1 ? 2 : s;  // one sequence: ReSA (rectifications in the loop)
+      std::vector<int32_t> prompt(100 + 150 * mode);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 19 + s) % vocab);
+      ids.push_back(dec.Start(prompt, modes[mode]).value());
     }
-    std::vector<int32_t> got(rows.size());
-    ASSERT_TRUE(m->Sample(rows, got.data()).ok());
-    for (size_t j = 0; j < rows.size(); ++j) {
-      const int s = rows[j].row;
-      const int32_t want = ArgMax(dec.logits(ids[size_t(s)]), vocab);
-      if (rows[j].params.temperature == 0.0f) {
-        EXPECT_EQ(got[j], want) << "step " << step << " row " << s;
-        ++checked;
+    std::vector<int32_t> next = {1, 2, 3};
+    int checked = 0;
+    for (int step = 0; step < 20; ++step) {
+      std::vector<Decoder::Feed> feeds;
+      for (int s = 0; s < nseq; ++s) feeds.push_back({ids[size_t(s)], next[size_t(s)]});
+      ASSERT_TRUE(dec.Step(feeds).ok());  // host logits on: dec.logits() hold the same rows
+      std::vector<RowSampling> rows;
+      for (int s = 0; s < nseq; ++s) {
+        if (step % 5 == 4 && s != 1 && nseq > 1) continue;  // a partial call: row 1 alone
+        rows.push_back(RowSampling{s, step % 5 == 2 && s == 0 ? hot : greedy, 0.25});
       }
-      next[size_t(s)] = got[j];
+      std::vector<int32_t> got(rows.size());
+      ASSERT_TRUE(m->Sample(rows, got.data()).ok());
+      for (size_t j = 0; j < rows.size(); ++j) {
+        const int s = rows[j].row;
+        const int32_t want = ArgMax(dec.logits(ids[size_t(s)]), vocab);
+        if (rows[j].params.temperature == 0.0f) {
+          EXPECT_EQ(got[j], want) << "step " << step << " row " << s;
+          ++checked;
+        }
+        next[size_t(s)] = got[j];
+      }
     }
+    EXPECT_GT(checked, nseq == 1 ? 15 : 40);
+    EXPECT_GE(m->greedy_samples_from_forward() - from_forward, nseq == 1 ? 10 : 8);
+    EXPECT_GT(dec.report(ids[size_t(nseq - 1)]).rectifications, 0);
   }
-  EXPECT_GT(checked, 40);
-  EXPECT_GE(m->greedy_samples_from_forward(), 8);
-  EXPECT_GT(dec.report(ids[2]).rectifications, 0);
 }
 
 // A batch caller: one Sampler per sequence, rows in feed order, several parameter sets in one

@@ -18,6 +18,7 @@ using gemv_internal::GemvKernel;
 using gemv_internal::GemvMmaKernel;
 using gemv_internal::GemvNormArgs;
 using gemv_internal::GemvRowsPerWarp;
+using gemv_internal::kEpiArgMax;
 using gemv_internal::kEpiQkvRope;
 using gemv_internal::kEpiResidual;
 using gemv_internal::kEpiStore;
@@ -469,6 +470,32 @@ absl::Status GemvResidualBf16Cuda(const __nv_bfloat16* w, const float* x, int ro
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int rows, int n, int k,
                           float* y, cudaStream_t stream) {
   return LaunchGemv(w, x, rows, n, k, y, stream, GemvOptions{});
+}
+
+absl::Status GemvArgMaxBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+                                float* y, uint64_t* argmax, cudaStream_t stream,
+                                const GemvOptions& options) {
+  if (n <= 0 || k <= 0 || k % 8 != 0 || y == nullptr || argmax == nullptr ||
+      (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(argmax) % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GemvArgMaxBf16Cuda: bad shape n ", n, " k ", k,
+        " (k % 8 == 0, 16-byte aligned w and x, y set, argmax set and 8-byte aligned)"));
+  }
+  const bool split_ok = options.k_split == 0 || options.k_split == 1 || options.k_split == 2 ||
+                        options.k_split == 4 || options.k_split == 8;
+  if (options.legacy || !split_ok || options.loads_per_lane < 0 || options.loads_per_lane > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GemvArgMaxBf16Cuda: bad options k_split ", options.k_split,
+                     " loads_per_lane ", options.loads_per_lane, " legacy ", options.legacy));
+  }
+  const GemvPlan plan = PlanGemv(1, n, k, options);  // the one-row CUDA-core kernel
+  const GemvLaunch launch(plan, options, stream);
+  GemvNormArgs nf;
+  nf.argmax = reinterpret_cast<unsigned long long*>(argmax);
+  const cudaError_t err = LaunchGemvKernel<1, __nv_bfloat16, kEpiArgMax>(
+      plan.loads_per_lane, launch.cfg, w, x, n, k, plan.k_split, y, nullptr, QkvRopeParams{}, nf);
+  return CudaStatus(err, "launching the GEMV (arg-max epilogue)");
 }
 
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k, float* y,

@@ -1,6 +1,9 @@
 // The GEMV's fused epilogues against the unfused kernels and the CPU twins: SwiGLU (gate_up),
 // bias and RoPE with the cache append (qkv), the residual add with the next norm's inputs (o_proj,
-// down) and RowNorm inputs (gate_up, qkv), at one row (CUDA cores) and batches (tensor cores).
+// down) and RowNorm inputs (gate_up, qkv), at one row (CUDA cores) and batches (tensor cores);
+// the greedy arg-max of the one-row GEMV (lm_head).
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -10,6 +13,7 @@
 #include "runtime/engine/cuda/model_ops_cuda.h"
 #include "runtime/engine/cuda/model_ops_ref.h"
 #include "runtime/engine/cuda/model_ops_test_util.h"
+#include "runtime/engine/sampler.h"
 
 namespace resa::cuda {
 namespace {
@@ -596,6 +600,91 @@ TEST_F(CudaOpsTest, GemvQkvRopeAppendEqualsWriteKv) {
   DeviceBuffer<float> dqkv(128);
   p.qkv = dqkv.get();
   EXPECT_EQ(QkvRopeCuda(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The arg-max in the one-row GEMV's epilogue (the lm_head of a greedy batch-1 step): y bit for
+// bit the plain GEMV's with the same plan, and the key's id the CPU twin's arg-max of that y
+// (sampler.h ArgMax): the largest value, ties to the lower id, NaN never winning, a row of NaN
+// id 0; a key already in the slot above every element's is kept. Real lm_head widths and small
+// ones, automatic and explicit plans.
+TEST_F(CudaOpsTest, GemvArgMaxTakesTheGreedyIdOfItsOutput) {
+  struct Shape {
+    int n, k;
+  };
+  std::vector<GemvOptions> plans(1);  // automatic
+  for (int split : {1, 2, 4, 8}) {
+    for (int u : {2, 4, 8}) plans.push_back(GemvOptions{false, split, u, false});
+  }
+  DeviceBuffer<uint64_t> slot(1);
+  auto run = [&](const DeviceBuffer<uint16_t>& dw, const DeviceBuffer<uint16_t>& dx, int n, int k,
+                 DeviceBuffer<float>& dy, const GemvOptions& o) -> int32_t {
+    slot.Upload({0});
+    EXPECT_TRUE(GemvArgMaxBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), n, k, dy.get(), slot.get(),
+                                   nullptr, o)
+                    .ok());
+    return ArgMaxKeyId(slot.Download()[0]);
+  };
+  for (const Shape s : {Shape{151936, 128}, Shape{152064, 64}, Shape{5000, 1536}, Shape{17, 64},
+                        Shape{1000, 3584}}) {
+    std::vector<float> w = Noise(size_t(s.n) * s.k, 71, 0.05f);
+    const std::vector<float> x = Noise(size_t(s.k), 72);
+    // Two equal rows above all others (a tie: the lower id wins), the lower in a later block
+    // than row 0 of the grid, and a NaN row (never wins).
+    const int lo = s.n / 2 + 1, hi = s.n - 1, nan_row = s.n > 3 ? s.n / 3 : 0;
+    for (int i = 0; i < s.k; ++i) {
+      const float v = x[size_t(i)] >= 0.0f ? 0.5f : -0.5f;
+      w[size_t(lo) * s.k + i] = v;
+      w[size_t(hi) * s.k + i] = v;
+    }
+    std::vector<uint16_t> wb = testing::ToBf16(w);
+    if (nan_row != lo && nan_row != hi) wb[size_t(nan_row) * s.k + 3] = 0x7fc0;
+    DeviceBuffer<uint16_t> dw(wb), dx(testing::ToBf16(x));
+    DeviceBuffer<float> dy(size_t(s.n)), dy2(size_t(s.n));
+    for (const GemvOptions& o : plans) {
+      dy.Fill(0xff);
+      const int32_t id = run(dw, dx, s.n, s.k, dy, o);
+      ASSERT_TRUE(
+          GemvBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), 1, s.n, s.k, dy2.get(), nullptr, o)
+              .ok());
+      const std::vector<float> y = dy.Download();
+      std::vector<uint32_t> a(y.size()), b(y.size());
+      std::memcpy(a.data(), y.data(), a.size() * 4);
+      std::memcpy(b.data(), dy2.Download().data(), b.size() * 4);
+      ASSERT_EQ(a, b) << "n " << s.n << " k " << s.k << " split " << o.k_split << " loads "
+                      << o.loads_per_lane;
+      EXPECT_EQ(id, ArgMax(y.data(), s.n)) << "n " << s.n << " split " << o.k_split;
+      EXPECT_EQ(id, lo) << "n " << s.n << " split " << o.k_split;
+      if (s.n > 3) {
+        EXPECT_TRUE(std::isnan(y[size_t(nan_row)]));
+      }
+    }
+    // A row of NaN: id 0, as the twin.
+    DeviceBuffer<uint16_t> dnan(std::vector<uint16_t>(size_t(s.k), 0x7fc0));
+    EXPECT_EQ(run(dw, dnan, s.n, s.k, dy, GemvOptions{}), 0);
+    EXPECT_EQ(ArgMax(dy.Download().data(), s.n), 0);
+    // A slot that already holds a larger key keeps it.
+    slot.Upload({~uint64_t(0) - 5});
+    ASSERT_TRUE(GemvArgMaxBf16Cuda(AsBf16(dw.get()), AsBf16(dx.get()), s.n, s.k, dy.get(),
+                                   slot.get(), nullptr)
+                    .ok());
+    EXPECT_EQ(slot.Download()[0], ~uint64_t(0) - 5);
+  }
+  // Refused: a bad shape, an unaligned or missing slot, the legacy kernel.
+  DeviceBuffer<uint16_t> dw(size_t(64) * 64), dx(64);
+  DeviceBuffer<float> dy(64);
+  DeviceBuffer<uint64_t> two(2);
+  GemvOptions legacy;
+  legacy.legacy = true;
+  const __nv_bfloat16 *w = AsBf16(dw.get()), *x = AsBf16(dx.get());
+  EXPECT_EQ(GemvArgMaxBf16Cuda(w, x, 64, 60, dy.get(), slot.get(), nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GemvArgMaxBf16Cuda(w, x, 64, 64, dy.get(), nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  uint64_t* unaligned = reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(two.get()) + 4);
+  EXPECT_EQ(GemvArgMaxBf16Cuda(w, x, 64, 64, dy.get(), unaligned, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GemvArgMaxBf16Cuda(w, x, 64, 64, dy.get(), slot.get(), nullptr, legacy).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
+#include "runtime/engine/cuda/argmax_key.cuh"
 #include "runtime/engine/cuda/model_ops_common.cuh"
 #include "runtime/engine/cuda/model_ops_cuda.h"
 
@@ -117,8 +118,9 @@ struct GemvWarp {
 };
 
 // What a GEMV block does with its rows' sums: store y, or one of the fused epilogues, whose
-// output rows are logical: pairs (2i, 2i + 1) of weight rows meet in one block (GemvKernel).
-enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope, kEpiResidual };
+// output rows are logical: pairs (2i, 2i + 1) of weight rows meet in one block (GemvKernel);
+// kEpiArgMax stores y and folds the block's arg-max into GemvNormArgs::argmax.
+enum GemvEpilogue : int { kEpiStore, kEpiSwiGlu, kEpiQkvRope, kEpiResidual, kEpiArgMax };
 
 // The RMSNorms of a GEMV step inside its GEMVs (GemvResidualBf16Cuda, RowNorm): a producer
 // (kEpiResidual: o_proj, down) adds its sums into the residual h, writes g = bf16(h * next_w)
@@ -133,6 +135,8 @@ struct GemvNormArgs {
   const float* next_w = nullptr;
   __nv_bfloat16* g = nullptr;
   float* squares = nullptr;
+  // kEpiArgMax (GemvArgMaxBf16Cuda): the arg-max key of y (argmax_key.cuh), atomicMax'd.
+  unsigned long long* argmax = nullptr;
 };
 
 // 4-byte cp.async (L1-allocating: the values are reused by no one, but .cg takes 16 bytes only).
@@ -284,8 +288,8 @@ __device__ __forceinline__ void StoreWarpSums(const float (&acc)[M][R], int lane
 // registers; a few bytes spill at 2 loads a lane): H200, 7B one-row twin 13.80 -> 10.71 us,
 // 1.5B 5.04 -> 5.08 (6 blocks: 10.76 / 5.15; e2e 1.5B batch-1 dense 1-2% slower).
 constexpr int kQkvRopeMinBlocks = 5;
-// The SwiGLU and residual one-row kernels at 2 loads a lane (the plans' default) stay at 32
-// registers, 8 blocks a multiprocessor, as the plain one: their RowNorm code would take 36-44.
+// The SwiGLU, residual and arg-max one-row kernels at 2 loads a lane (the plans' default) stay at
+// 32 registers, 8 blocks a multiprocessor, as the plain one: their RowNorm code would take 36-44.
 template <int M, int EPI, int U>
 constexpr int GemvMinBlocks() {
   if (M != 1) return 1;
@@ -299,6 +303,8 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
     GemvKernel(const __nv_bfloat16* w, const XT* x, int n, int k, int split, float* y,
                __nv_bfloat16* act, const QkvRopeParams rope, const GemvNormArgs nf) {
   static_assert(EPI != kEpiResidual || M == 1, "the residual epilogue takes one input row");
+  static_assert(EPI != kEpiArgMax || (M == 1 && kWarps * R <= 32),
+                "the arg-max epilogue: one input row, a block's rows in one warp");
   static_assert(!NORM || ((EPI == kEpiSwiGlu || EPI == kEpiQkvRope) && M == 1),
                 "RowNorm inputs: the one-row SwiGLU and QKV kernels");
   __shared__ float part[kWarps][M][R];
@@ -428,6 +434,29 @@ __global__ void __launch_bounds__(kThreads, (GemvMinBlocks<M, EPI, U>()))
       }
       const int pair = j >> 1;
       QkvRopePairAt(rope, 0, pair / half, pair % half, a, b, pro.cs, pro.sn, pro.bias, pro.page);
+    }
+  } else if constexpr (EPI == kEpiArgMax) {
+    // y as StoreRowSums stores it (lane i: row i of the block), then the block's largest key
+    // (a butterfly of 64-bit maxima) goes into the slot, by an atomic only when it is larger
+    // than what the slot already holds: most of the grid's blocks write nothing.
+    if (warp == 0) {
+      uint64_t best = 0;
+      const int gg = lane / R, r = lane % R;
+      const int j = (blockIdx.x * groups + gg) * R + r;
+      if (lane < groups * R && j < n) {
+        float sum = 0.0f;
+        for (int s = 0; s < split; ++s) sum += part[gg * split + s][0][r];
+        y[j] = sum;
+        best = argmax_internal::ArgMaxEntry(sum, j);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const uint64_t other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+      }
+      if (lane == 0 && best > *static_cast<volatile unsigned long long*>(nf.argmax)) {
+        atomicMax(nf.argmax, static_cast<unsigned long long>(best));
+      }
     }
   } else {
     StoreRowSums<M, R>(part, groups, split, n, y);

@@ -38,9 +38,12 @@ __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* tokens, i
 // row is read once and the norm weights, constant, are loaded before the PDL wait (V = 0: any
 // dim, by loops that read h and w again after the reduction). Both give the same bits: each
 // thread adds its squares in element order and the block reduction is the same.
-template <int V>
+// EMBED (EmbedRmsNormCuda): the row is the embedding row of tokens[r] (bf16, widened), stored to
+// h, in place of h + add: the bits of EmbedKernel and then this kernel with add = null.
+template <int V, bool EMBED = false>
 __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int dim, float eps,
-                                 __nv_bfloat16* x) {
+                                 __nv_bfloat16* x, const __nv_bfloat16* table,
+                                 const int32_t* tokens) {
   __shared__ float partial[32];
   const size_t base = size_t(blockIdx.x) * dim;
   float wv[V > 0 ? V : 1], hv[V > 0 ? V : 1];
@@ -52,20 +55,28 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
     }
   }
   AwaitPreviousKernel();
+  const __nv_bfloat16* e = nullptr;
+  if constexpr (EMBED) e = table + size_t(tokens[blockIdx.x]) * dim;
   float ss = 0.0f;
   if constexpr (V > 0) {
     float av[V];  // every load issued before the first store (add may alias h)
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = threadIdx.x + 512 * k;
-      hv[k] = i < dim ? h[base + i] : 0.0f;
-      av[k] = add != nullptr && i < dim ? add[base + i] : 0.0f;
+      if constexpr (EMBED) {
+        hv[k] = i < dim ? __bfloat162float(e[i]) : 0.0f;
+      } else {
+        hv[k] = i < dim ? h[base + i] : 0.0f;
+        av[k] = add != nullptr && i < dim ? add[base + i] : 0.0f;
+      }
     }
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = threadIdx.x + 512 * k;
       if (i < dim) {
-        if (add != nullptr) {
+        if (EMBED) {
+          h[base + i] = hv[k];
+        } else if (add != nullptr) {
           hv[k] += av[k];
           h[base + i] = hv[k];
         }
@@ -74,10 +85,16 @@ __global__ void AddRmsNormKernel(float* h, const float* add, const float* w, int
     }
   } else {
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-      float v = h[base + i];
-      if (add != nullptr) {
-        v += add[base + i];
+      float v;
+      if constexpr (EMBED) {
+        v = __bfloat162float(e[i]);
         h[base + i] = v;
+      } else {
+        v = h[base + i];
+        if (add != nullptr) {
+          v += add[base + i];
+          h[base + i] = v;
+        }
       }
       ss += v * v;
     }
@@ -331,17 +348,39 @@ absl::Status EmbedCuda(const __nv_bfloat16* table, const int32_t* tokens, int ro
                     "launching EmbedKernel");
 }
 
+namespace {
+
+template <bool EMBED>
+absl::Status LaunchRmsNorm(float* h, const float* add, const float* weight, int rows, int dim,
+                           float eps, __nv_bfloat16* x, const __nv_bfloat16* table,
+                           const int32_t* tokens, cudaStream_t stream) {
+  auto kernel = dim <= 512 * 2   ? AddRmsNormKernel<2, EMBED>
+                : dim <= 512 * 4 ? AddRmsNormKernel<4, EMBED>
+                : dim <= 512 * 8 ? AddRmsNormKernel<8, EMBED>
+                                 : AddRmsNormKernel<0, EMBED>;
+  return CudaStatus(LaunchKernel(kernel, dim3(unsigned(rows)), dim3(512), 0, stream, {}, h, add,
+                                 weight, dim, eps, x, table, tokens),
+                    "launching AddRmsNormKernel");
+}
+
+}  // namespace
+
 absl::Status AddRmsNormCuda(float* h, const float* add, const float* weight, int rows, int dim,
                             float eps, __nv_bfloat16* x, cudaStream_t stream) {
   if (rows < 0 || dim <= 0) return absl::InvalidArgumentError("AddRmsNormCuda: bad shape");
   if (rows == 0) return absl::OkStatus();
-  auto kernel = dim <= 512 * 2   ? AddRmsNormKernel<2>
-                : dim <= 512 * 4 ? AddRmsNormKernel<4>
-                : dim <= 512 * 8 ? AddRmsNormKernel<8>
-                                 : AddRmsNormKernel<0>;
-  return CudaStatus(LaunchKernel(kernel, dim3(unsigned(rows)), dim3(512), 0, stream, {}, h, add,
-                                 weight, dim, eps, x),
-                    "launching AddRmsNormKernel");
+  return LaunchRmsNorm<false>(h, add, weight, rows, dim, eps, x, nullptr, nullptr, stream);
+}
+
+absl::Status EmbedRmsNormCuda(const __nv_bfloat16* table, const int32_t* tokens, int rows, int dim,
+                              const float* weight, float eps, float* h, __nv_bfloat16* x,
+                              cudaStream_t stream) {
+  if (rows < 0 || dim <= 0) return absl::InvalidArgumentError("EmbedRmsNormCuda: bad shape");
+  if (rows == 0) return absl::OkStatus();
+  if (table == nullptr || tokens == nullptr || weight == nullptr || h == nullptr || x == nullptr) {
+    return absl::InvalidArgumentError("EmbedRmsNormCuda: null pointer");
+  }
+  return LaunchRmsNorm<true>(h, nullptr, weight, rows, dim, eps, x, table, tokens, stream);
 }
 
 absl::Status QkvRopeCuda(const QkvRopeParams& p, cudaStream_t stream) {

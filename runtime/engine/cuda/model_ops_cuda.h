@@ -28,6 +28,12 @@ absl::Status EmbedCuda(const __nv_bfloat16* table, const int32_t* tokens, int ro
 absl::Status AddRmsNormCuda(float* h, const float* add, const float* weight, int rows, int dim,
                             float eps, __nv_bfloat16* x, cudaStream_t stream);
 
+// EmbedCuda and then AddRmsNormCuda(add = null) in one launch, with the same bits: h[r] = the
+// embedding row of tokens[r], x[r] = bf16(h[r] * inv_rms * w). The first layer's input norm.
+absl::Status EmbedRmsNormCuda(const __nv_bfloat16* table, const int32_t* tokens, int rows, int dim,
+                              const float* weight, float eps, float* h, __nv_bfloat16* x,
+                              cudaStream_t stream);
+
 // The QKV epilogue: qkv fp32 [rows][(H + 2 Hkv) d] (q heads, then k heads, then v heads), plus
 // bias fp32 [(H + 2 Hkv) d] when set; q and k rotated by NeoX RoPE at positions[r] (angle
 // pos * theta^(-2i/d) computed in fp64, as the CPU RopeNeox); written as bf16 q [rows][H][d],
@@ -138,6 +144,18 @@ absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int ro
                           float* y, cudaStream_t stream, const GemvOptions& options);
 absl::Status GemvBf16Cuda(const __nv_bfloat16* w, const float* x, int rows, int n, int k,
                           float* y, cudaStream_t stream, const GemvOptions& options);
+
+// The one-row GEMV with the greedy arg-max of its output (the lm_head of a greedy batch-1 step,
+// in place of an arg-max kernel after it): y as GemvBf16Cuda(w, x, 1, n, k, y, options) stores
+// it (the same bits), and *argmax = max(*argmax, max over j of key(y[j], j)), where key orders
+// by value, then by the lower id; NaN never wins and -0 ties +0 (the CPU twin's arg-max). The
+// caller zeroes *argmax (8-byte aligned, device memory) before the launch and reads the id with
+// ArgMaxKeyId; a row of NaN gives id 0. options.legacy is refused.
+absl::Status GemvArgMaxBf16Cuda(const __nv_bfloat16* w, const __nv_bfloat16* x, int n, int k,
+                                float* y, uint64_t* argmax, cudaStream_t stream,
+                                const GemvOptions& options = GemvOptions{});
+// The id held by a GemvArgMaxBf16Cuda key (its low 32 bits hold ~id).
+inline int32_t ArgMaxKeyId(uint64_t key) { return int32_t(~uint32_t(key)); }
 
 // The RMSNorms of a decode step of 1-8 rows inside its GEMVs, so that they take no launch of
 // their own: a GEMV whose input is given with a RowNorm reads x = g = bf16(h * w_norm) (the

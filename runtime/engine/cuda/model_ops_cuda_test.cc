@@ -49,6 +49,28 @@ TEST_P(ModelOpsTest, EmbedAndAddRmsNorm) {
   std::vector<float> h(size_t(rows) * dim), x(h.size());
   ref::Embed(table.data(), tokens.data(), rows, dim, h.data());
   ASSERT_TRUE(AllClose(dh.Download().data(), h.data(), h.size(), {0, 0}));
+
+  // EmbedRmsNormCuda: the bits of EmbedCuda and then AddRmsNormCuda without an add.
+  DeviceBuffer<float> dh1(size_t(rows) * dim), dh2(size_t(rows) * dim);
+  DeviceBuffer<uint16_t> dx1(size_t(rows) * dim), dx2(size_t(rows) * dim);
+  dh2.Fill(0xff);
+  dx2.Fill(0xff);
+  ASSERT_TRUE(EmbedCuda(AsBf16(dtable.get()), dtokens.get(), rows, dim, dh1.get(), nullptr).ok());
+  ASSERT_TRUE(
+      AddRmsNormCuda(dh1.get(), nullptr, dw.get(), rows, dim, 1e-6f, AsBf16(dx1.get()), nullptr)
+          .ok());
+  ASSERT_TRUE(EmbedRmsNormCuda(AsBf16(dtable.get()), dtokens.get(), rows, dim, dw.get(), 1e-6f,
+                               dh2.get(), AsBf16(dx2.get()), nullptr)
+                  .ok());
+  EXPECT_EQ(dh2.Download(), dh1.Download());
+  EXPECT_EQ(dx2.Download(), dx1.Download());
+  std::vector<float> x0(h.size()), h0 = h;
+  ref::AddRmsNorm(h0.data(), nullptr, w.data(), rows, dim, 1e-6f, x0.data());
+  EXPECT_TRUE(AllClose(Bf16ToFloat(dx2.Download()).data(), x0.data(), x0.size(), kBf16Ulp));
+  EXPECT_FALSE(EmbedRmsNormCuda(AsBf16(dtable.get()), dtokens.get(), rows, dim, dw.get(), 1e-6f,
+                                dh2.get(), nullptr, nullptr)
+                   .ok());
+
   ASSERT_TRUE(AddRmsNormCuda(dh.get(), dadd.get(), dw.get(), rows, dim, 1e-6f,
                              AsBf16(dx.get()), nullptr)
                   .ok());

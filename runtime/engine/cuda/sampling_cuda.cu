@@ -9,12 +9,16 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/launch.h"
+#include "runtime/engine/cuda/argmax_key.cuh"
 #include "runtime/engine/cuda/sampling_cuda.h"
 
 namespace resa::cuda {
 namespace {
 
 namespace cg = cooperative_groups;
+using argmax_internal::ArgMaxStep;
+using argmax_internal::FromKey;
+using argmax_internal::Key;
 
 constexpr int kMaxCluster = 8;  // CTAs a row in a portable cluster (kWideCluster: 16)
 constexpr int kThreads = 1024;
@@ -28,27 +32,11 @@ constexpr int kItems = kCap / kThreads;  // sorted positions a thread
 // weights for the passes after the first (vocab 151,936 in 8 slices: 18,996).
 constexpr int kSliceMax = 19456;
 
-// Order-preserving key: a larger logit has a larger key. -0 counts as +0 (the CPU's == ties
-// them); NaN gets key 0, below -inf, so it never wins (the CPU twin's arg-max skips NaN).
-__device__ __forceinline__ uint32_t Key(float v) {
-  if (v != v) return 0u;
-  uint32_t b = v == 0.0f ? 0u : __float_as_uint(v);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-__device__ __forceinline__ float FromKey(uint32_t k) {
-  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
 // The CPU twin's weight, bit for bit up to exp's last-ulp (float(l - m), fp64 exp, float).
 // Below -104 the fp32 rounding of exp is 0 (exp(-104) < 2^-150), so exp is skipped there.
 __device__ __forceinline__ float Weight(float l, float m, float t) {
   const double d = double(l - m) / double(t);
   return d < -104.0 ? 0.0f : float(exp(d));
-}
-
-// The larger of `best` and element j (value v) in the arg-max order: (key, -id).
-__device__ __forceinline__ uint64_t ArgMaxStep(uint64_t best, float v, int j) {
-  const uint64_t x = (uint64_t(Key(v)) << 32) | uint64_t(~uint32_t(j));
-  return x > best ? x : best;
 }
 
 // This thread's share of the arg-max of row[lo, hi) (0 when it holds nothing). A 16-byte-aligned
