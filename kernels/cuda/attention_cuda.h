@@ -63,19 +63,9 @@ struct DecodeAttentionParams {
   // one writes q (the batch-1 QKV GEMV that also appends K/V): q is then read after the wait.
   // Same results either way.
   bool q_from_previous_kernel = false;
-
-  // Speculative sparse rows (SelectBlocksParams::spec): the buffer the selection of these rows
-  // wrote, and its SpeculationSlots. A row whose selection attended to all of its blocks is
-  // left to DecodeMergeKernel, which folds the selection's partial states; other rows are read
-  // as without. Needs DecodeAttentionCanSpeculate(p).
-  const void* spec_buffer = nullptr;
-  int spec_slots = 0;
 };
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);
-// Whether p's launch can take the selection's speculative partials (spec_buffer): sparse rows
-// whose splits DecodeMergeKernel folds (no clusters), groups of at most 8 query heads. Host only.
-bool DecodeAttentionCanSpeculate(const DecodeAttentionParams& p);
 absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t stream);
 
 // How sparse rows that need more splits than a row's last CTA folds (batch 1-4 at long context)

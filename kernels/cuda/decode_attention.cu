@@ -26,13 +26,16 @@
 // skips the shared-memory round and the two cluster barriers of the leader's merge.
 //
 // Tensor cores without shared-memory staging: every warp loads a whole 16-token page straight
-// into registers and feeds mma.m16n8k16 from them (decode_page.cuh, shared with the selection's
-// speculative attention). The query heads of a GQA group share every K/V byte read; K/V are read
-// exactly once.
-//
-// Speculative sparse rows (DecodeAttentionParams::spec_buffer): a row whose selection attended to
-// all of its blocks (a count of partials > 0) is left to DecodeMergeKernel, which folds the
-// selection's partials instead of this kernel's.
+// into registers with 16-byte streaming loads and feeds mma.m16n8k16 from them.
+//  * S = Q K^T with A = Q (rows = the group's query heads, padded to 16) and B = K^T (n = 8
+//    tokens, two n-tiles per page). The reduction index d may be permuted freely as long as Q
+//    and K use the same permutation, so each lane loads 16 contiguous bytes of its K row and the
+//    matching 16 bytes of q: lane (r, c) = (lane / 4, lane % 4) holds dims 8c + 32s + [0, 8).
+//  * O^T = V^T P^T with A = V^T (m = 16 dims, k = 16 tokens) and B = P^T, whose fragment is
+//    exactly the S accumulator of the same lane (the FlashAttention-2 register reuse). The m
+//    (dim) index is permuted too: lane r owns dims 64j + 8r + [0, 8), loaded as 16-byte rows of
+//    tokens 2c, 2c+1, 2c+8, 2c+9 and paired with byte permutes.
+// The query heads of a GQA group share every K/V byte read; K/V are read exactly once.
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -44,10 +47,8 @@
 
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/cuda/decode_page.cuh"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
-#include "kernels/cuda/speculation.h"
 #include "kernels/cuda/timeline.cuh"
 
 namespace resa::cuda {
@@ -58,8 +59,7 @@ using detail::kLog2e;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kHeadsPerCta = decode_page::kHeads;  // query heads of one group per CTA
-static_assert(kHeadsPerCta == kSpecHeads, "the selection's partials use the decode's layout");
+constexpr int kHeadsPerCta = 8;  // the MMA's n for P^T: query heads of one group per CTA
 constexpr int kCtasPerSm = 2;
 constexpr int kMaxCluster = 8;   // portable thread-block cluster size
 constexpr int kMaxSplits = 256;  // per (sequence, head chunk); so <= 32 clusters to merge
@@ -104,11 +104,6 @@ struct DecodeArgs {
   float* ws_lse;  // [batch][y][max_clusters][8], natural log
   int* counters;  // [batch][y], at the front of the workspace
   int merge_kernel;  // 1: CTAs only write their partials; DecodeMergeKernel folds them
-  // Speculative rows (p.spec_buffer; speculation.h), else null: a row's count of selection
-  // partials and the partials [rows][spec_slots][kHeadsPerCta] (O: x head_dim).
-  const int32_t* spec_counts;
-  const float* spec_lse;
-  const float* spec_o;
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -198,12 +193,12 @@ DecodePlan PlanDecode(const DecodeAttentionParams& p) {
 }
 
 // Online fold of the partials q = first, first + step, ... (< n) of query head hh, dims
-// [d, d + 4), from the slots (slot0 + q) * kHeadsPerCta + hh of ws_o / ws_lse (normalised O and
-// natural-log LSE: the workspace's, or the selection's speculative partials), kFold loads in
-// flight at a time: the running max mx (log2 units), the denominator den and the weighted sum num.
-__device__ __forceinline__ void FoldPartials(const float* ws_o, const float* ws_lse, int head_dim,
-                                             size_t slot0, int hh, int d, int first, int step,
-                                             int n, float& mx, float& den, float4& num) {
+// [d, d + 4), from the slots (slot0 + q) * kHeadsPerCta + hh of the workspace (normalised O and
+// natural-log LSE), kFold loads in flight at a time: the running max mx (log2 units), the
+// denominator den and the weighted sum num.
+__device__ __forceinline__ void FoldPartials(const DecodeArgs& a, int head_dim, size_t slot0, int hh,
+                                             int d, int first, int step, int n, float& mx,
+                                             float& den, float4& num) {
   for (int q0 = first; q0 < n; q0 += step * kFold) {
     float lse[kFold];
     float4 vq[kFold];
@@ -212,8 +207,8 @@ __device__ __forceinline__ void FoldPartials(const float* ws_o, const float* ws_
       const int q = q0 + j * step;
       const size_t slot = (slot0 + q) * kHeadsPerCta + hh;
       if (q < n) {
-        lse[j] = __ldcg(ws_lse + slot) * kLog2e;
-        vq[j] = __ldcg(reinterpret_cast<const float4*>(ws_o + slot * head_dim + d));
+        lse[j] = __ldcg(a.ws_lse + slot) * kLog2e;
+        vq[j] = __ldcg(reinterpret_cast<const float4*>(a.ws_o + slot * head_dim + d));
       }
     }
     float cm = mx;  // running max over the partials so far
@@ -250,7 +245,9 @@ __device__ __forceinline__ int RowSplits(const DecodeArgs& a, int32_t pages) {
 template <int D>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
   namespace cg = cooperative_groups;
-  constexpr int E = decode_page::WarpState<D>::E;  // m-tiles of O^T
+  constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
+  constexpr int VJ = D / 64;  // 16-byte V loads per token row per lane
+  constexpr int E = D / 16;   // m-tiles of O^T
   __shared__ __align__(16) __nv_bfloat16 sq[kHeadsPerCta * D];
   __shared__ float sm_m[kWarps][kHeadsPerCta], sm_l[kWarps][kHeadsPerCta];
   __shared__ __align__(16) float sm_o[kWarps][kHeadsPerCta][D];
@@ -292,12 +289,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   // Page ids (and valid-token counts) of the split are gathered into shared memory a round at a
   // time, so the page loop issues its K/V loads without the block-list -> page-table chain.
   const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
-  const size_t list_row = size_t(b) * p.kv.num_kv_heads + h;
-  const int32_t* list = sparse ? p.blocks + list_row * p.blocks_stride : nullptr;
-  // A speculative row whose selection attended to all of its blocks (count > 0) is the merge
-  // kernel's alone.
-  const bool spec = sparse && a.spec_counts != nullptr;
-  int32_t spec_n = 0;
+  const int32_t* list =
+      sparse ? p.blocks + (size_t(b) * p.kv.num_kv_heads + h) * p.blocks_stride : nullptr;
   auto stage_ids = [&](int32_t r0, int32_t r1) {
     for (int32_t i = r0 + tid; i < r1; i += kThreads) {
       const int32_t blk = sparse ? list[i] : i;
@@ -332,8 +325,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
       const int32_t i = i0 + tid + u * kThreads;
       blk[u] = i < cap ? list[i] : 0;
     }
-    if (spec) spec_n = a.spec_counts[list_row];
-    if (spec_n > 0) return;  // CTA-uniform
     nblk = RowPages(a, true, b, num_keys);
     splits = RowSplits(a, nblk);
     i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
@@ -352,7 +343,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
 
   const size_t head_stride = size_t(kPageTokens) * D;
   const size_t page_stride = size_t(p.kv.num_kv_heads) * head_stride;
-  decode_page::WarpState<D> st;
+  float m = -INFINITY;  // running max of head r, log2 units
+  float l = 0.0f;       // this lane's share of head r's denominator
+  float o[E][4];
+#pragma unroll
+  for (int i = 0; i < E; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+
   for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
     const int32_t r1 = min(i1, r0 + kIdsPerRound);
     __syncthreads();  // the previous round's ids are consumed
@@ -360,20 +356,85 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
     __syncthreads();
     for (int32_t i = r0 + warp; i < r1; i += kWarps) {
       const int32_t page = s_page[i - r0];
-      decode_page::AttendPage<D>(sq, p.kv.k + page * page_stride + h * head_stride,
-                                 p.kv.v + page * page_stride + h * head_stride, s_valid[i - r0],
-                                 a.scale_log2, st);
+      const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
+      const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
+      uint4 kr[2][KS];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+          kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+        }
+      }
+      uint32_t vw[4][4 * VJ];  // token rows 2c, 2c+1, 2c+8, 2c+9; dims 64j + 8r + [0, 8)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
+#pragma unroll
+        for (int j = 0; j < VJ; ++j) {
+          const uint4 w = detail::LoadStream(vp + tok * D + 64 * j + 8 * r);
+          vw[t][4 * j] = w.x, vw[t][4 * j + 1] = w.y, vw[t][4 * j + 2] = w.z,
+                    vw[t][4 * j + 3] = w.w;
+        }
+      }
+
+      float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int s = 0; s < KS; ++s) {
+        const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
+        detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
+        detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
+        detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
+        detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
+      }
+      // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
+      const int valid = s_valid[i - r0];
+      float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
+                    s1[1] * a.scale_log2};
+      if (valid < kPageTokens) {
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
+          if (tok >= valid) {
+            x[t] = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < 4 * VJ; ++w) vw[t][w] = 0u;  // stale slots may hold NaN bits
+          }
+        }
+      }
+      const float page_max = detail::QuadMax(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])));
+      const float m_new = fmaxf(m, page_max);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float corr = exp2f(m - m_use);
+      float pr[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) pr[t] = exp2f(x[t] - m_use);
+      l = l * corr + (pr[0] + pr[1]) + (pr[2] + pr[3]);
+      m = m_new;
+      // O^T columns are heads 2c and 2c+1, whose states live in lanes 8c and 8c+4.
+      const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * c);
+      const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
+      const uint32_t pb0 = detail::PackBf16(pr[0], pr[1]);
+      const uint32_t pb1 = detail::PackBf16(pr[2], pr[3]);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        o[i][0] *= corr_a, o[i][1] *= corr_b, o[i][2] *= corr_a, o[i][3] *= corr_b;
+        const int u0 = i, u1 = E + i;  // this lane's dim slots for rows r and r + 8 of m-tile i
+        const uint32_t a0 = detail::PairHalves(vw[0][u0 / 2], vw[1][u0 / 2], u0 & 1);
+        const uint32_t a1 = detail::PairHalves(vw[0][u1 / 2], vw[1][u1 / 2], u1 & 1);
+        const uint32_t a2 = detail::PairHalves(vw[2][u0 / 2], vw[3][u0 / 2], u0 & 1);
+        const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
+        detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
+      }
     }
   }
-  const float m = st.m;
-  const float l = detail::QuadSum(st.l);
-  const auto& o = st.o;
+  l = detail::QuadSum(l);
 
   // Warps -> CTA state. In a cluster of one CTA (every launch but the clustered sparse rows)
   // the warp merge writes this CTA's normalised result itself; in a bigger cluster it leaves
   // (c_m, c_l, c_o) in shared memory for the cluster leader.
   if (c == 0) sm_m[warp][r] = m, sm_l[warp][r] = l;
-  auto dim_of = [&](int u) { return decode_page::DimOf(u, r); };
+  auto dim_of = [&](int u) { return 64 * (u / 8) + 8 * r + (u % 8); };
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     sm_o[warp][2 * c][dim_of(i)] = o[i][0];
@@ -504,7 +565,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
         const int hh = idx / (D / 4), d = idx % (D / 4) * 4;
         float mx = -INFINITY, den = 0.0f;
         float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        FoldPartials(a.ws_o, a.ws_lse, D, slot0, hh, d, 0, 1, nclusters, mx, den, num);
+        FoldPartials(a, D, slot0, hh, d, 0, 1, nclusters, mx, den, num);
         float* out = p.out + (out_head + hh) * D + d;
         if (den > 0.0f) {
           out[0] = num.x / den, out[1] = num.y / den, out[2] = num.z / den, out[3] = num.w / den;
@@ -540,25 +601,16 @@ __global__ void __launch_bounds__(NT) DecodeMergeKernel(const DecodeArgs a) {
   // The row's size before the wait: num_keys and a sparse row's num_blocks were written two or
   // more launches back (the host or QkvRope; the selection before the decode), which has landed
   // once this kernel is scheduled (launch.h), so the fold's loads follow the wait directly.
-  // A speculative row's count of selection partials likewise (the selection two launches back;
-  // one head chunk a KV head: y = h).
   timeline::Stamp(kTlMergeEntry);
   const int splits = hh < nh ? RowSplits(a, RowPages(a, p.blocks != nullptr, b, p.num_keys[b])) : 1;
-  const size_t row = size_t(b) * p.kv.num_kv_heads + h;
-  const int spec_n = hh < nh && a.spec_counts != nullptr ? a.spec_counts[row] : 0;
   detail::AwaitPreviousKernel();
   timeline::Stamp(kTlMergeWaited);
-  if (splits == 1 && spec_n == 0) return;
+  if (splits == 1) return;
   const int tid = threadIdx.x, d4 = slice * kD4 + tid % kD4, g = tid / kD4;
   const size_t slot0 = (size_t(b) * gridDim.y + y) * a.max_clusters;
   float mx = -INFINITY, den = 0.0f;
   float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if (spec_n > 0) {  // the selection's partials: the decode left this row alone
-    FoldPartials(a.spec_o, a.spec_lse, D, row * p.spec_slots, hh, 4 * d4, g, G, spec_n, mx, den,
-                 num);
-  } else {
-    FoldPartials(a.ws_o, a.ws_lse, D, slot0, hh, 4 * d4, g, G, splits, mx, den, num);
-  }
+  FoldPartials(a, D, slot0, hh, 4 * d4, g, G, splits, mx, den, num);
   if (tid % kD4 == 0) s_m[g] = mx, s_den[g] = den;
   s_num[g][tid % kD4] = num;
   __syncthreads();
@@ -611,11 +663,6 @@ absl::Status Validate(const DecodeAttentionParams& p) {
     return absl::InvalidArgumentError(
         "DecodeAttentionCuda: sparse rows need num_blocks, blocks_stride >= max_num_blocks");
   }
-  if (p.spec_buffer != nullptr && (p.spec_slots <= 0 || !DecodeAttentionCanSpeculate(p))) {
-    return absl::InvalidArgumentError(
-        "DecodeAttentionCuda: spec_buffer needs spec_slots > 0 and a launch that can speculate "
-        "(DecodeAttentionCanSpeculate)");
-  }
   return absl::OkStatus();
 }
 
@@ -639,8 +686,7 @@ absl::StatusOr<KernelTimeline> ReadKernelTimeline() {
   static constexpr const char* kNames[kTlPhases] = {
       "select_entry",  "select_waited", "select_end",    "decode_entry",
       "decode_waited", "decode_staged", "decode_looped", "decode_written",
-      "decode_exit",   "merge_entry",   "merge_waited",  "merge_exit",
-      "select_scored", "select_tail",   "spec_staged",   "spec_looped"};
+      "decode_exit",   "merge_entry",   "merge_waited",  "merge_exit"};
   uint64_t stamps[kTlPhases][2];
   for (auto& st : stamps) st[0] = ~uint64_t{0}, st[1] = 0;
   if (auto st = timeline::ReadStamps(stamps); !st.ok()) return st;
@@ -649,14 +695,6 @@ absl::StatusOr<KernelTimeline> ReadKernelTimeline() {
   for (const auto& st : stamps) r.first.push_back(st[0]), r.last.push_back(st[1]);
 #endif
   return r;
-}
-
-bool DecodeAttentionCanSpeculate(const DecodeAttentionParams& p) {
-  if (p.blocks == nullptr || p.kv.num_kv_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0) {
-    return false;
-  }
-  const DecodePlan plan = PlanDecode(p);
-  return plan.merge_kernel && plan.cluster == 1 && plan.head_chunks == 1;
 }
 
 bool DecodeAttentionFitsBeside(const DecodeAttentionParams& p, int busy_sms) {
@@ -686,17 +724,6 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   a.ws_o = reinterpret_cast<float*>(ws + plan.o_offset);
   a.ws_lse = reinterpret_cast<float*>(ws + plan.lse_offset);
   a.counters = reinterpret_cast<int*>(ws);
-  a.spec_counts = nullptr;
-  a.spec_lse = a.spec_o = nullptr;
-  const bool spec = p.spec_buffer != nullptr;
-  if (spec) {
-    const SpeculationLayout lay = SpeculationLayoutOf(int64_t(p.batch) * p.kv.num_kv_heads,
-                                                      p.spec_slots, p.blocks_stride, p.kv.head_dim);
-    const char* buf = static_cast<const char*>(p.spec_buffer);
-    a.spec_counts = reinterpret_cast<const int32_t*>(buf + lay.counts);
-    a.spec_lse = reinterpret_cast<const float*>(buf + lay.lse);
-    a.spec_o = reinterpret_cast<const float*>(buf + lay.o);
-  }
   if (int64_t(p.batch) * p.kv.num_kv_heads * plan.head_chunks > kWorkspaceCounters) {
     return absl::InvalidArgumentError("DecodeAttentionCuda: batch x heads exceeds the counters");
   }
@@ -704,7 +731,7 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
   const cudaError_t err = LaunchKernel(p.kv.head_dim == 64 ? DecodeKernel<64> : DecodeKernel<128>,
                                        grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
-  if (plan.merge_kernel && (plan.max_splits > 1 || spec)) {
+  if (plan.merge_kernel && plan.max_splits > 1) {
     // Four slices of the head dims a (head, row): 4x the CTAs of 1/4 the threads, 16 groups of
     // partials each, so more SMs read the partials in parallel (H200, run 41, batch 1, against
     // one CTA of 256 or 512 threads a head: 1.5B 32K 17.5 -> 17.0 us, 256K 69.2 -> 68.3; 7B 32K

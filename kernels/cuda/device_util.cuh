@@ -73,19 +73,6 @@ __device__ __forceinline__ int AtomicAddAcqRel(int* p, int v) {
   return old;
 }
 
-// A GPU-scope release store and acquire load (PTX st.release / ld.acquire): after a CTA
-// barrier, one thread's release store publishes every store of the CTA made before the barrier;
-// a thread whose acquire load sees it, followed by a CTA barrier, makes them visible to its CTA's
-// loads from L2 (__ldcg).
-__device__ __forceinline__ void StoreRelease(uint32_t* p, uint32_t v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint32_t LoadAcquire(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 // 2^x on the SFU alone (ex2.approx.ftz: no denormal handling; 2^-inf = 0).
 __device__ __forceinline__ float Exp2Approx(float x) {
   float y;

@@ -123,7 +123,6 @@ struct alignas(16) TailSmem {
   uint32_t spare[32];  // WarpHistAdd's no-op adds
   uint32_t digit, above, ncand, kmin, kmax;
   uint32_t hint_digit;  // FindPivotBin's bin of hint_rank (the next step's hint)
-  uint32_t upper_digit;  // FindPivotBin's bin of upper_rank (the next step's upper hint)
   uint32_t hint_total;  // CandidateTail: the row's candidate count
 #ifdef RESA_SELECT_TAIL_STAMPS
   long long clock_last;  // thread 0's clock at the last mark
@@ -154,11 +153,10 @@ __device__ __forceinline__ void Mark(TailSmem& s, TailPhase phase) {
 
 // After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
 // remaining-th largest value goes to s.digit, the count above it to s.above; when hint_rank > 0,
-// the bin holding the hint_rank-th largest goes to s.hint_digit, and when upper_rank > 0 the bin
-// holding the upper_rank-th largest to s.upper_digit (each left as it was when there are fewer
-// values). Ends synchronised.
+// the bin holding the hint_rank-th largest goes to s.hint_digit (left as it was when there are
+// fewer values). Ends synchronised.
 __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
-                                    uint32_t hint_rank = 0, uint32_t upper_rank = 0) {
+                                    uint32_t hint_rank = 0) {
   static_assert(kRadixBins <= 4 * kSelThreads, "FindPivotBin: at most 4 bins a thread");
   const int tid = threadIdx.x;
   // Thread t owns descending bin positions [t * per, (t + 1) * per), per <= 4 (bins a power of
@@ -187,9 +185,6 @@ __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
         s.above = above;
       }
       if (above < hint_rank && hint_rank <= above + c[j]) s.hint_digit = uint32_t(bins - 1 - pos);
-      if (above < upper_rank && upper_rank <= above + c[j]) {
-        s.upper_digit = uint32_t(bins - 1 - pos);
-      }
       above += c[j];
     }
   }
@@ -249,23 +244,18 @@ __device__ inline void RankCandidates(TailSmem& s, uint32_t ncand, uint32_t rema
 // fn(v, valid) for every key of this thread and must be called by all 32 lanes of every warp in
 // lockstep (warp collectives inside fn). When hint_rank > 0, *hint_out becomes the lower edge (v)
 // of the first pass's bin holding the hint_rank-th largest key, so at least hint_rank keys are >=
-// kmin + *hint_out (0 when there are fewer keys): the next decode step's hint (CandidateTail).
-// When upper_rank > 0, *upper_out becomes the upper edge (v, 64 bits: it may be 2^32) of the first
-// pass's bin holding the upper_rank-th largest key, so fewer than upper_rank keys are >= kmin +
-// *upper_out (0 when there are fewer keys): the next step's upper hint (speculative attention,
-// selection.cu). With `marks`, the phase clock's marks kPhaseHist to kPhaseNarrow.
+// kmin + *hint_out (0 when there are fewer keys): the next decode step's hint (CandidateTail). With
+// `marks`, the phase clock's marks kPhaseHist to kPhaseNarrow.
 template <typename ForKeys>
 __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* remaining_out,
                                        ForKeys for_keys, uint32_t hint_rank = 0,
-                                       uint32_t* hint_out = nullptr, bool marks = false,
-                                       uint32_t upper_rank = 0, uint64_t* upper_out = nullptr) {
+                                       uint32_t* hint_out = nullptr, bool marks = false) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t kmin = s.kmin, kmax = s.kmax;
   const int top_bits = kmax > kmin ? 32 - __clz(kmax - kmin) : 0;
   uint32_t prefix = 0, mask = 0, remaining = need;
   if (hint_out != nullptr) *hint_out = 0;
-  if (upper_out != nullptr) *upper_out = 0;
-  if (tid == 0) s.hint_digit = 0, s.upper_digit = 0xffffffffu;  // read after the first pass
+  if (tid == 0) s.hint_digit = 0;  // read after the first pass's barriers
   bool use_cand = false;
   uint32_t ncand = 0;
   int hi = top_bits;
@@ -290,12 +280,9 @@ __device__ inline uint32_t RadixSelect(TailSmem& s, uint32_t need, uint32_t* rem
     __syncthreads();
     const bool first_pass = hi == top_bits;
     if (marks && first_pass) Mark(s, kPhaseHist);
-    FindPivotBin(s, bins, remaining, first_pass ? hint_rank : 0u, first_pass ? upper_rank : 0u);
+    FindPivotBin(s, bins, remaining, first_pass ? hint_rank : 0u);
     if (marks && first_pass) Mark(s, kPhasePivot);
     if (first_pass && hint_out != nullptr) *hint_out = s.hint_digit << lo;
-    if (first_pass && upper_out != nullptr && s.upper_digit != 0xffffffffu) {
-      *upper_out = (uint64_t(s.upper_digit) + 1) << lo;
-    }
     const uint32_t digit = s.digit;
     const uint32_t pivot = s.hist[digit];  // values in the pivot bin
     remaining -= s.above;
@@ -452,13 +439,6 @@ __device__ inline void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t*
   }
 }
 
-// The absolute key of RadixSelect's *upper_out (relative to kmin), clamped to 32 bits; 0 for none.
-__device__ __forceinline__ uint32_t UpperKey(uint32_t kmin, uint64_t upper_v) {
-  if (upper_v == 0) return 0u;
-  const uint64_t k = uint64_t(kmin) + upper_v;
-  return k > 0xffffffffull ? 0xffffffffu : uint32_t(k);
-}
-
 // The same selection for mo <= kMaxRegKeys with the keys in registers. Warp w owns the segment
 // [w seg, (w + 1) seg), seg = mo / 16 rounded up to 128, so every warp holds a share of the keys
 // whatever the length (a short row costs a few slots per thread, not 32 on two warps); slot q
@@ -467,8 +447,7 @@ __device__ __forceinline__ uint32_t UpperKey(uint32_t kmin, uint64_t upper_v) {
 // hint_rank / hint_out as in RadixSelect (*hint_out a key, not key - min).
 __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys, int32_t mo,
                                              uint32_t need, int32_t* out, uint32_t hint_rank = 0,
-                                             uint32_t* hint_out = nullptr, uint32_t upper_rank = 0,
-                                             uint32_t* upper_out = nullptr) {
+                                             uint32_t* hint_out = nullptr) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
   const int32_t wbase = warp * seg;
@@ -500,11 +479,8 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
     }
   };
   uint32_t remaining, hint_v;
-  uint64_t upper_v;
-  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v, false,
-                                        upper_rank, &upper_v);
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v);
   if (hint_out != nullptr) *hint_out = kmin + hint_v;
-  if (upper_out != nullptr) *upper_out = UpperKey(kmin, upper_v);
 
   // Ascending output: packed (greater << 16 | equal) counts, prefix-summed in block order
   // (warp, slot, lane, element); counts <= 16384 fit 16 bits.
@@ -543,24 +519,6 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
   }
 }
 
-// The speculative attention's part of the hinted tail (selection.cu, SelectBlocksParams::spec).
-// In: u_key, the row's upper hint key (the scoring CTAs attended to every block of their chunks
-// with key >= u_key); upper_rank, the rank whose first-pass bin gives the next upper hint; marks,
-// one byte an output position, or null; own_cta / ctas / chunk_blocks: block i was scored by CTA
-// (i / chunk_blocks) % ctas, and own_cta (the tail's CTA) attended to none. Out: threshold, the
-// key T; upper_next, the next step's upper hint key (0 for none). With marks, marks[j] = 1 iff
-// output block j has key >= u_key and was scored by another CTA (j < n - 1: the caller marks the
-// last, block M - 1). Only when u_key > T are those exactly the blocks the other CTAs attended to.
-struct TailSpeculation {
-  uint32_t u_key = 0xffffffffu;
-  uint32_t upper_rank = 0;
-  uint8_t* marks = nullptr;
-  int own_cta = 0, ctas = 1;
-  uint32_t chunk_blocks = 256;
-  uint32_t threshold = 0;
-  uint32_t upper_next = 0;
-};
-
 // Candidates of the hinted tail: keys >= the row's hint, at most kCandRegs a thread.
 constexpr int kCandRegs = 8;
 constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
@@ -582,8 +540,7 @@ constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
 // and s.kmin / s.kmax / s.ncand initialised on entry.
 __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const uint32_t* bits,
                                      uint32_t* count, int32_t mo, uint32_t need, int32_t* out,
-                                     uint32_t hint_rank, uint32_t* hint_out,
-                                     TailSpeculation* spec = nullptr) {
+                                     uint32_t hint_rank, uint32_t* hint_out) {
   const int tid = threadIdx.x, lane = tid % 32;
   StartClock(s);
   const int words = (mo + 31) / 32;                             // <= kSelThreads
@@ -627,24 +584,13 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
     }
   };
   uint32_t remaining, hint_v;
-  uint64_t upper_v;
-  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v, true,
-                                        spec != nullptr ? spec->upper_rank : 0u, &upper_v);
+  const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v, true);
   *hint_out = kmin + hint_v;
-  uint8_t* marks = nullptr;
-  if (spec != nullptr) {
-    spec->threshold = T;
-    spec->upper_next = UpperKey(kmin, upper_v);
-    marks = spec->marks;
-  }
 
-  // Bitmaps: s.hist[w] bit i = key of block 32 w + i > T, s.hist[kSelThreads + w] = key == T;
-  // with marks, s.hist[2 kSelThreads + w] = key >= spec->u_key and the block's chunk scored by
-  // another CTA (TailSpeculation).
-  static_assert(3 * kSelThreads <= kRadixBins, "three bitmap words a thread in s.hist");
+  // Bitmaps: s.hist[w] bit i = key of block 32 w + i > T, s.hist[kSelThreads + w] = key == T.
+  static_assert(2 * kSelThreads <= kRadixBins, "two bitmap words a thread in s.hist");
   s.hist[tid] = 0;
   s.hist[kSelThreads + tid] = 0;
-  if (marks != nullptr) s.hist[2 * kSelThreads + tid] = 0;
   __syncthreads();
 #pragma unroll
   for (int k = 0; k < kCandRegs; ++k) {
@@ -653,17 +599,12 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
     if (ok && key[k] >= T) {
       atomicOr(&s.hist[(key[k] > T ? 0 : kSelThreads) + id[k] / 32], 1u << (id[k] % 32));
     }
-    if (marks != nullptr && ok && key[k] >= spec->u_key &&
-        int(id[k] / spec->chunk_blocks % spec->ctas) != spec->own_cta) {
-      atomicOr(&s.hist[2 * kSelThreads + id[k] / 32], 1u << (id[k] % 32));
-    }
   }
   __syncthreads();
   Mark(s, kPhaseBitmaps);
   // Ascending output: thread t writes the blocks of word t, after the packed (greater, equal)
   // counts of the words before it.
   const uint32_t gt = s.hist[tid], eq = s.hist[kSelThreads + tid];
-  const uint32_t cert = marks != nullptr ? s.hist[2 * kSelThreads + tid] : 0u;
   uint32_t unused;
   const uint32_t x =
       BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
@@ -673,10 +614,7 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
   for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
     const int i = __ffs(w) - 1;
     const bool is_eq = (eq >> i) & 1u;
-    if (!is_eq || tie < remaining) {
-      if (marks != nullptr) marks[pos] = uint8_t((cert >> i) & 1u);
-      out[pos++] = 32 * tid + i;
-    }
+    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
     tie += uint32_t(is_eq);
   }
 #ifdef RESA_SELECT_TAIL_STAMPS

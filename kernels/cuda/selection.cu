@@ -26,12 +26,10 @@
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/cuda/decode_page.cuh"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/select_tail.cuh"
 #include "kernels/cuda/selection_cuda.h"
-#include "kernels/cuda/speculation.h"
 #include "kernels/cuda/timeline.cuh"
 
 namespace resa::cuda {
@@ -47,7 +45,6 @@ using select_tail::kSelWarps;
 using select_tail::RegisterTail;
 using select_tail::StridedTail;
 using select_tail::TailSmem;
-using select_tail::TailSpeculation;
 
 constexpr int kSelChunk = 256;  // blocks a CTA scores at once: 4 summary groups
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -72,9 +69,9 @@ struct SelectPlan {
   size_t flags_offset = 0, flag_stride = 0;
 };
 
-// Rows selected from their hint's candidates / by the whole tail, rows whose speculative
-// partials were published / dropped, since the process started (SelectionHintCounts).
-__device__ unsigned long long g_hint_counts[4];
+// Rows selected from their hint's candidates / by the whole tail, since the process started
+// (SelectionHintCounts).
+__device__ unsigned long long g_hint_counts[2];
 
 struct SelectArgs {
   SelectBlocksParams p;
@@ -90,18 +87,6 @@ struct SelectArgs {
   bool keys_in_smem;  // SelectWideKernel: the tail stages the keys in dynamic shared memory
   int wide_chunk;     // SelectWideKernel: blocks a CTA scores (a multiple of kSelChunk)
   bool early_trigger = false;  // SelectKernel: SelectBlocksParams::early_dependents
-  // SelectKernel<D, true, true>: the speculative attention (SelectBlocksParams::spec), its
-  // buffer's parts (speculation.h), the softmax scale times log2(e), and the rank of the next
-  // upper hint in thousandths of n - 1.
-  int32_t* spec_counts = nullptr;
-  uint32_t* spec_gens = nullptr;
-  int32_t* spec_pub = nullptr;
-  uint8_t* spec_marks = nullptr;
-  float* spec_lse = nullptr;
-  float* spec_o = nullptr;
-  int spec_slots = 0;
-  float spec_scale_log2 = 0.0f;
-  uint32_t spec_permille = 0;
 };
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
@@ -367,7 +352,6 @@ __device__ __forceinline__ bool ArriveLast(const SelectArgs& a, int b, int h, in
                                            int* s_last) {
   __syncthreads();
   int* counter = a.counters + size_t(b) * a.p.kv.num_kv_heads + h;
-  timeline::Stamp(kTlSelectScored);
   if (threadIdx.x == 0) *s_last = detail::AtomicAddAcqRel(counter, 1) == n_ctas - 1;
   __syncthreads();
   if (!*s_last) return false;
@@ -386,18 +370,12 @@ __device__ __forceinline__ void SelectNoBlocks(const SelectBlocksParams& p, int 
 // M - 1 last and, when n > 1, pick(n, out) selects need = n - 1 of the blocks [0, M - 1), with
 // s.hist zero and s.kmin / s.kmax / s.ncand initialised. hkv is the caller's p.kv.num_kv_heads,
 // read before the arrival's fences (read here, after them, it would be loaded again).
-// on_last() runs in the last CTA right after the arrival, not_last() in every other CTA.
-struct NoOp {
-  __device__ void operator()() const {}
-};
-template <typename Pick, typename OnLast = NoOp, typename NotLast = NoOp>
+template <typename Pick>
 __device__ __forceinline__ void SelectRow(const SelectArgs& a, int b, int h, int hkv, int n_ctas,
-                                          int32_t M, TailSmem& s, int* s_last, Pick pick,
-                                          OnLast on_last = {}, NotLast not_last = {}) {
+                                          int32_t M, TailSmem& s, int* s_last, Pick pick) {
   const SelectBlocksParams& p = a.p;
   const int tid = threadIdx.x;
-  if (!ArriveLast(a, b, h, n_ctas, s_last)) return not_last();
-  on_last();
+  if (!ArriveLast(a, b, h, n_ctas, s_last)) return;
   const int32_t n = NumSelectedBlocksCuda(M, p.ratio, p.min_blocks);
   int32_t* out = p.blocks + (size_t(b) * hkv + h) * p.blocks_stride;
   if (h == 0 && tid == 0) p.num_blocks[b] = n;
@@ -412,246 +390,17 @@ __device__ __forceinline__ void SelectRow(const SelectArgs& a, int b, int h, int
   pick(n, out);
 }
 
-// Speculative attention (SelectBlocksParams::spec): chunks a CTA may score (the host takes
-// launches whose rows need at most this many a CTA).
-constexpr int kSpecChunks = 4;
-constexpr int kSpecWarps = 8;  // warps a partial state's merge takes (the decode's CTA)
-constexpr uint32_t kMaxFiniteKey = 0xff7fffffu;  // OrderedKey(FLT_MAX)
-static_assert(kSelWarps == 2 * kSpecWarps, "the attention's warps fold in pairs");
-
-// Shared memory of the scoring and the tail (SelectKernel) ...
-struct SelectSmem {
-  TailSmem s;
-  ChunkPartials part[2];
-};
-// ... and of the speculative attention's merge, which a CTA runs when it is not the row's last,
-// after its arrival: it takes their place (a union) once they are no longer read. First warps
-// 8-15 leave their states (lane-major) for warps 0-7 (`pair`), then warps 0-7 merge as the
-// decode kernel's warps (`merge`).
-template <int D>
-struct SpecPairSmem {
-  float o[kSpecWarps][D / 4][32];  // WarpState::o flattened, [warp - 8][element][lane]
-  float m[kSpecWarps][32], l[kSpecWarps][32];
-};
-template <int D>
-struct SpecMergeSmem {
-  float o[kSpecWarps][kSpecHeads][D];
-  float m[kSpecWarps][kSpecHeads], l[kSpecWarps][kSpecHeads];
-  float wt[kSpecHeads][kSpecWarps];
-  float cm[kSpecHeads], cl[kSpecHeads];
-};
-template <int D, bool SPEC>
-union SelectUnion {
-  SelectSmem sel;
-};
-template <int D>
-union SelectUnion<D, true> {
-  SelectSmem sel;
-  SpecPairSmem<D> pair;
-  SpecMergeSmem<D> merge;
-};
-// The rest of the speculative attention's shared memory (empty without it).
-template <int D, bool SPEC>
-struct SpecSmem {};
-template <int D>
-struct SpecSmem<D, true> {
-  __nv_bfloat16 sq[kSpecHeads * D];      // the group's query heads, rows past the group zero
-  uint32_t cert[kSpecChunks][8];         // per chunk: bit t of word w, block 32 w + t attended
-  uint32_t word_off[32];                 // exclusive prefix of the words' popcounts
-  alignas(16) uint32_t scan[kSelWarps];  // BlockExclusiveScan's warp totals
-  int32_t page[kSelThreads * 2];         // pages to attend to, in order
-  uint8_t valid[kSelThreads * 2];        // and their valid tokens
-  int32_t npages;
-  int32_t pub;  // the tail's publication (speculation.h)
-};
-static_assert(kSpecChunks * 256 <= 2 * kSelThreads, "the flagged blocks fit the page list");
-
-// The row's speculative attention in a CTA that is not its last (SelectKernel, SPEC): attends
-// to the blocks flagged in sp.cert over its n_loc chunks (chunk blockIdx.x + j gridDim.x, j <
-// n_loc), each of the 16 warps a page at a time (decode_page::AttendPage, as the decode kernel),
-// while the last CTA ranks; then waits for the tail's publication (gens[row] past g0) and takes
-// its share of the output list: with the flagged blocks all selected, the unmarked blocks of its
-// share (the tail's own chunks' and those under the upper hint); otherwise, its whole share, the
-// flagged blocks' states dropped. The shares split the n output blocks over the n_ctas - 1 CTAs
-// other than the tail's. The warps' states fold in pairs, then as the decode's warps, into one
-// normalised partial state in slot (row, blockIdx.x). Called by all threads.
-template <int D>
-__device__ __noinline__ void SpecAttend(const SelectArgs& a, int b, int h, size_t row, int n_loc,
-                                        int32_t num_keys, int32_t n, int n_ctas, uint32_t g0,
-                                        SpecSmem<D, true>& sp, SelectUnion<D, true>& u) {
-  using decode_page::DimOf;
-  using decode_page::WarpState;
-  constexpr int E = WarpState<D>::E;
-  const SelectBlocksParams& p = a.p;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, r = lane / 4, c = lane % 4;
-  const int nh = a.group;
-  const int32_t* table = p.page_tables + size_t(b) * p.page_table_stride;
-  const size_t head_stride = size_t(kPageTokens) * D;
-  const size_t page_stride = size_t(p.kv.num_kv_heads) * head_stride;
-  for (int idx = tid; idx < kSpecHeads * D / 8; idx += kSelThreads) {
-    const int hh = idx / (D / 8), ch = idx % (D / 8);
-    uint4 w = make_uint4(0, 0, 0, 0);
-    if (hh < nh) {
-      w = *reinterpret_cast<const uint4*>(p.q + (size_t(b) * p.num_heads + h * nh + hh) * D +
-                                          ch * 8);
-    }
-    *reinterpret_cast<uint4*>(sp.sq + hh * D + ch * 8) = w;
-  }
-  if (warp == 0) {
-    const uint32_t w = lane < 8 * n_loc ? sp.cert[lane / 8][lane % 8] : 0u;
-    const uint32_t cnt = uint32_t(__popc(w));
-    const uint32_t incl = select_tail::WarpInclusiveScan(cnt);
-    sp.word_off[lane] = incl - cnt;
-    if (lane == 31) sp.npages = int32_t(incl);
-  }
-  __syncthreads();
-  for (int t = tid; t < 256 * n_loc; t += kSelThreads) {
-    const int wi = t / 32, bit = t % 32;
-    const uint32_t w = sp.cert[wi / 8][wi % 8];
-    if ((w >> bit) & 1u) {
-      const int pos = int(sp.word_off[wi]) + __popc(w & ((1u << bit) - 1u));
-      const int32_t blk =
-          (int32_t(blockIdx.x) + (wi / 8) * int32_t(gridDim.x)) * kSelChunk + (wi % 8) * 32 + bit;
-      sp.page[pos] = __ldg(table + blk);
-      sp.valid[pos] = uint8_t(min(kPageTokens, num_keys - blk * kPageTokens));
-    }
-  }
-  __syncthreads();
-  timeline::Stamp(kTlSpecStaged);
-  WarpState<D> st;
-  auto attend = [&] {
-    for (int i = warp; i < sp.npages; i += kSelWarps) {
-      const int32_t page = sp.page[i];
-      decode_page::AttendPage<D>(sp.sq, p.kv.k + page * page_stride + h * head_stride,
-                                 p.kv.v + page * page_stride + h * head_stride, sp.valid[i],
-                                 a.spec_scale_log2, st);
-    }
-  };
-  attend();
-  // The tail's publication: its output list and marks, after gens[row] moves past g0.
-  if (tid == 0) {
-    const uint32_t* gen = a.spec_gens + row;
-    while (detail::LoadAcquire(gen) == g0) __nanosleep(64);
-    sp.pub = __ldcg(a.spec_pub + row);
-  }
-  __syncthreads();  // also: every warp is through the flagged pages (sp.page is rewritten)
-  const bool valid = sp.pub & 1;
-  const int tail_cta = sp.pub >> 1;
-  if (!valid) st = WarpState<D>{};  // the flagged blocks were not all selected: start over
-  const int waiter = int(blockIdx.x) - (int(blockIdx.x) > tail_cta ? 1 : 0);
-  const int32_t lo = int32_t(int64_t(n) * waiter / (n_ctas - 1));
-  const int32_t hi = int32_t(int64_t(n) * (waiter + 1) / (n_ctas - 1));
-  const int32_t* out = p.blocks + row * size_t(p.blocks_stride);
-  const uint8_t* marks = a.spec_marks + row * size_t(p.blocks_stride);
-  for (int32_t r0 = lo; r0 < hi; r0 += kSelThreads) {
-    const int32_t i = r0 + tid;
-    const bool in = i < hi;
-    const int32_t blk = in ? __ldcg(out + i) : 0;
-    const bool take = in && (!valid || __ldcg(marks + i) == 0);
-    uint32_t total;
-    const uint32_t at = select_tail::BlockExclusiveScan(uint32_t(take), &total, sp.scan);
-    if (take) {
-      sp.page[at] = __ldg(table + blk);
-      sp.valid[at] = uint8_t(min(kPageTokens, num_keys - blk * kPageTokens));
-    }
-    if (tid == 0) sp.npages = int32_t(total);
-    __syncthreads();
-    attend();
-    __syncthreads();  // sp.page, sp.npages and sp.scan are rewritten next round
-  }
-  timeline::Stamp(kTlSpecLooped);
-  // Warps 8-15 leave their states for warps 0-7 ...
-  SpecPairSmem<D>& px = u.pair;
-  if (warp >= kSpecWarps) {
-    const int w = warp - kSpecWarps;
-    px.m[w][lane] = st.m, px.l[w][lane] = st.l;
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) px.o[w][4 * i + k][lane] = st.o[i][k];
-    }
-  }
-  __syncthreads();
-  // ... which fold them in (per head: the running max, then each state's weight; O^T's columns
-  // are heads 2c and 2c + 1, whose weights live in lanes 8c and 8c + 4).
-  if (warp < kSpecWarps) {
-    const float m2 = px.m[warp][lane], l2 = px.l[warp][lane];
-    const float mn = fmaxf(st.m, m2);
-    const float mu = mn == -INFINITY ? 0.0f : mn;
-    const float f1 = exp2f(st.m - mu), f2 = exp2f(m2 - mu);
-    st.l = st.l * f1 + l2 * f2;
-    st.m = mn;
-    const float a1 = __shfl_sync(kFullMask, f1, 8 * c), b1 = __shfl_sync(kFullMask, f1, 8 * c + 4);
-    const float a2 = __shfl_sync(kFullMask, f2, 8 * c), b2 = __shfl_sync(kFullMask, f2, 8 * c + 4);
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      st.o[i][0] = st.o[i][0] * a1 + px.o[warp][4 * i][lane] * a2;
-      st.o[i][1] = st.o[i][1] * b1 + px.o[warp][4 * i + 1][lane] * b2;
-      st.o[i][2] = st.o[i][2] * a1 + px.o[warp][4 * i + 2][lane] * a2;
-      st.o[i][3] = st.o[i][3] * b1 + px.o[warp][4 * i + 3][lane] * b2;
-    }
-  }
-  __syncthreads();  // the pair buffer is free: the merge's takes its place
-  SpecMergeSmem<D>& mg = u.merge;
-  if (warp < kSpecWarps) {
-    st.l = detail::QuadSum(st.l);
-    if (c == 0) mg.m[warp][r] = st.m, mg.l[warp][r] = st.l;
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      mg.o[warp][2 * c][DimOf(i, r)] = st.o[i][0];
-      mg.o[warp][2 * c + 1][DimOf(i, r)] = st.o[i][1];
-      mg.o[warp][2 * c][DimOf(E + i, r)] = st.o[i][2];
-      mg.o[warp][2 * c + 1][DimOf(E + i, r)] = st.o[i][3];
-    }
-  }
-  __syncthreads();
-  // The warps' merge, as DecodeKernel's: one thread a head for the weights and the denominator.
-  if (tid < nh) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kSpecWarps; ++w) mx = fmaxf(mx, mg.m[w][tid]);
-    float den = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kSpecWarps; ++w) {
-      const float wt = mx == -INFINITY ? 0.0f : exp2f(mg.m[w][tid] - mx);
-      mg.wt[tid][w] = wt;
-      den += wt * mg.l[w][tid];
-    }
-    mg.cm[tid] = mx, mg.cl[tid] = den;
-  }
-  __syncthreads();
-  const size_t slot0 = (row * a.spec_slots + blockIdx.x) * kSpecHeads;
-  for (int idx = tid; idx < nh * D; idx += kSelThreads) {
-    const int hh = idx / D, d = idx % D;
-    float num = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kSpecWarps; ++w) num += mg.wt[hh][w] * mg.o[w][hh][d];
-    const float den = mg.cl[hh];
-    a.spec_o[(slot0 + hh) * D + d] = den > 0.0f ? num / den : 0.0f;
-    if (d == 0) {
-      a.spec_lse[slot0 + hh] = den > 0.0f ? (mg.cm[hh] + log2f(den)) * detail::kLn2 : -INFINITY;
-    }
-  }
-}
-
 // Latency kernel (few rows: batch x KV heads <= kFewRows, or <= kFewLongRows long ones). Grid
 // (CTAs per row, KV head, sequence), 1 CTA per SM; CTA c scores chunks c, c + gridDim.x, ...
 // (all of its summary loads for a chunk in flight at once, the next chunk's loads issued before
 // this one is scored), so a row longer than one wave of chunks needs no second wave. The last
 // CTA selects with the keys in registers (<= 16384 blocks) or in L2.
-// SPEC (with HINTS): the speculative attention (SelectBlocksParams::spec). Each CTA also flags
-// its blocks with key >= the row's upper hint key; after the arrival every CTA but the last
-// attends to those (SpecAttend) while the last ranks, marks them in the output and publishes the
-// partials when the upper hint key exceeds the threshold (so every flagged block is selected).
-template <int D, bool HINTS, bool SPEC = false>
+template <int D, bool HINTS>
 __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs a) {
-  static_assert(HINTS || !SPEC, "the speculative attention needs the hints");
   __shared__ float s_q[D];
-  __shared__ SelectUnion<D, SPEC> s_big;
-  __shared__ SpecSmem<D, SPEC> sp;
+  __shared__ ChunkPartials s_part[2];
+  __shared__ TailSmem s;
   __shared__ int s_last;
-  ChunkPartials* s_part = s_big.sel.part;
-  TailSmem& s = s_big.sel.s;
   // The next kernel is scheduled as this kernel's blocks exit or, with a.early_trigger, once
   // every CTA has scored (before step 6; never earlier: the sparse decode scheduled during the
   // scoring measured ~8 us per layer slower, docs/cuda_backend.md). The wait comes after the
@@ -683,7 +432,6 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   const int n_ctas = min(n_chunks, int(gridDim.x));
   if (M == 0) {
     detail::GridDependencyWait();
-    if (SPEC && blockIdx.x == 0 && tid == 0) a.spec_counts[size_t(b) * hkv + h] = 0;
     return SelectNoBlocks(p, b, h);
   }
   if (int(blockIdx.x) >= n_ctas) return;  // reads nothing an earlier kernel writes
@@ -700,11 +448,6 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   uint8_t* flags = use_hint ? a.flags + row * a.flag_stride : nullptr;
   uint32_t hint = 0, warp_cands = 0;  // warp_cands: this warp's candidates (lane 0)
   float q_norm = 0.0f;
-  // With SPEC: whether this row speculates (a hinted row of at least two CTAs with an upper
-  // hint), the key at or above which a block is attended to before the tail's end, and the
-  // row's count of published tails at the start (speculation.h).
-  bool spec_on = false;
-  uint32_t u_key = 0xffffffffu, g0 = 0;
 
   // 1. The first chunk's pages (its summary loads wait for the pooled query, the previous
   // kernel's: which part each dim needs depends on its sign) and the next chunk's page ids.
@@ -736,12 +479,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     detail::GridDependencyWait();
     timeline::Stamp(kTlSelectWaited);
     float hint_ratio = 0.0f;
-    uint32_t upper_bits = 0;
     if (use_hint) hint_ratio = __uint_as_float(__ldcg(p.hints + row));
-    if (SPEC && use_hint) {
-      upper_bits = __ldcg(p.spec.upper_hints + row);
-      g0 = __ldcg(a.spec_gens + row);
-    }
     // 2. The current token, when this CTA holds it (its chunk's turn may come later in the loop,
     // but the summary loads may see the page before or after the write either way: its block
     // scores +inf).
@@ -760,10 +498,6 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       for (int o = 16; o > 0; o /= 2) l1 += __shfl_xor_sync(kFullMask, l1, o);
       q_norm = l1;
       hint = OrderedKey(hint_ratio * q_norm);
-      if (SPEC && upper_bits != 0u && n_ctas >= 2) {
-        spec_on = true;
-        u_key = min(OrderedKey(__uint_as_float(upper_bits) * q_norm), kMaxFiniteKey);
-      }
     }
     parts = LaneParts<D>(s_q, warp, lane);
     if (both_early) {
@@ -807,12 +541,6 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
           warp_cands += uint32_t(__popc(m));
         }
       }
-      if constexpr (SPEC) {
-        if (spec_on) {  // CTA-uniform; block M - 1 (+inf) is flagged too
-          const uint32_t m = __ballot_sync(kFullMask, blk < M && key >= u_key);
-          if (lane == 0) sp.cert[(chunk - int(blockIdx.x)) / int(gridDim.x)][warp] = m;
-        }
-      }
     }
     buf ^= 1;  // the next chunk's partials go to the other buffer: one barrier a chunk
 #pragma unroll
@@ -828,85 +556,26 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   // With a hint, from the hint's candidates when there are enough and not too many; either way it
   // leaves the next step's hint: the score above which about need * 5 / 4 + 32 keys lie now,
   // over the query's L1 norm.
-  // With SPEC the last CTA leaves the row's count of partials (all its CTAs' when it
-  // speculates: the others attend to every selected block between them, SpecAttend) and empties
-  // its own slot; the others attend.
-  const int n_loc = (n_chunks - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
-  auto on_last = [&] {
-    if constexpr (SPEC) {
-      if (tid == 0) a.spec_counts[row] = spec_on ? n_ctas : 0;
-      if (spec_on) {
-        const size_t slot0 = (row * a.spec_slots + blockIdx.x) * kSpecHeads;
-        for (int i = tid; i < kSpecHeads * D; i += kSelThreads) a.spec_o[slot0 * D + i] = 0.0f;
-        if (tid < kSpecHeads) a.spec_lse[slot0 + tid] = -INFINITY;
+  SelectRow(a, b, h, hkv, n_ctas, M, s, &s_last, [&](int32_t n, int32_t* out) {
+    const uint32_t need = uint32_t(n - 1);
+    const uint32_t hint_rank = use_hint ? min(need + need / 4 + 32, uint32_t(M - 1)) : 0u;
+    uint32_t next_hint = 0;
+    const bool hinted =
+        use_hint && CandidateTail(s, gkeys, reinterpret_cast<const uint32_t*>(flags),
+                                  a.cand_counts + row, M - 1, need, out, hint_rank, &next_hint);
+    if (!hinted) {
+      if (M - 1 <= kMaxRegKeys) {
+        RegisterTail(s, gkeys, M - 1, need, out, hint_rank, &next_hint);
+      } else {
+        StridedTail(s, gkeys, nullptr, M - 1, need, out);
       }
     }
-  };
-  auto not_last = [&] {
-    if constexpr (SPEC) {
-      if (spec_on) SpecAttend<D>(a, b, h, row, n_loc, num_keys, n_sel, n_ctas, g0, sp, s_big);
+    if (use_hint && threadIdx.x == 0) {
+      const float ratio = q_norm > 0.0f ? KeyScore(next_hint) / q_norm : 0.0f;
+      p.hints[row] = __float_as_uint(ratio);
+      atomicAdd(&g_hint_counts[hinted ? 0 : 1], 1ull);
     }
-  };
-  SelectRow(
-      a, b, h, hkv, n_ctas, M, s, &s_last,
-      [&](int32_t n, int32_t* out) {
-        const uint32_t need = uint32_t(n - 1);
-        const uint32_t hint_rank = use_hint ? min(need + need / 4 + 32, uint32_t(M - 1)) : 0u;
-        // The next upper hint: the upper edge of the first pass's bin holding this rank.
-        const uint32_t upper_rank =
-            SPEC && use_hint ? max(1u, uint32_t(uint64_t(need) * a.spec_permille / 1000)) : 0u;
-        uint32_t next_hint = 0;
-        TailSpeculation ts;
-        ts.upper_rank = upper_rank;
-        if (spec_on) {
-          ts.u_key = u_key;
-          ts.marks = a.spec_marks + row * size_t(p.blocks_stride);
-          ts.own_cta = int(blockIdx.x);
-          ts.ctas = int(gridDim.x);
-          ts.chunk_blocks = kSelChunk;
-          // Block M - 1 (out[n - 1]) was attended to unless this CTA scored it.
-          if (tid == 0)
-            ts.marks[n - 1] = uint8_t((M - 1) / kSelChunk % int(gridDim.x) != int(blockIdx.x));
-        }
-        const bool hinted =
-            use_hint &&
-            CandidateTail(s, gkeys, reinterpret_cast<const uint32_t*>(flags), a.cand_counts + row,
-                          M - 1, need, out, hint_rank, &next_hint, SPEC ? &ts : nullptr);
-        if (!hinted) {
-          if (M - 1 <= kMaxRegKeys) {
-            RegisterTail(s, gkeys, M - 1, need, out, hint_rank, &next_hint, upper_rank,
-                         &ts.upper_next);
-          } else {
-            StridedTail(s, gkeys, nullptr, M - 1, need, out);
-          }
-        }
-        if (use_hint && threadIdx.x == 0) {
-          const float ratio = q_norm > 0.0f ? KeyScore(next_hint) / q_norm : 0.0f;
-          p.hints[row] = __float_as_uint(ratio);
-          atomicAdd(&g_hint_counts[hinted ? 0 : 1], 1ull);
-          if constexpr (SPEC) {
-            const uint32_t up = min(ts.upper_next, kMaxFiniteKey);
-            const float upper = ts.upper_next != 0u && q_norm > 0.0f ? KeyScore(up) / q_norm : 0.0f;
-            p.spec.upper_hints[row] = __float_as_uint(upper);
-          }
-        }
-        if constexpr (SPEC) {
-          if (spec_on) {
-            // The flagged blocks' states count only when every one of them is selected: u_key >
-            // T (the whole tail, which marks nothing, drops them). Published once every thread's
-            // output and marks are stored: the CTA barrier, then one release store.
-            const bool valid = hinted && u_key > ts.threshold;
-            __syncthreads();
-            if (tid == 0) {
-              a.spec_pub[row] = int32_t(valid) | int32_t(blockIdx.x) << 1;
-              detail::StoreRelease(a.spec_gens + row, g0 + 1);
-              atomicAdd(&g_hint_counts[valid ? 2 : 3], 1ull);
-            }
-          }
-        }
-        timeline::Stamp(kTlSelectTail);
-      },
-      on_last, not_last);
+  });
   timeline::Stamp(kTlSelectEnd);
 }
 
@@ -1088,71 +757,18 @@ int HintRows() {
   return n;
 }
 
-// The rank of the next upper hint, in thousandths of n - 1: kSpecPermille, or
-// RESA_CUDA_SPEC_PERMILLE at start (1-1000; A/B runs). A higher rank attends to more blocks
-// early but more often fails the check (upper hint key > threshold) and publishes nothing.
-constexpr int kSpecPermille = 875;
-uint32_t SpecPermille() {
-  static const uint32_t n = [] {
-    const char* v = std::getenv("RESA_CUDA_SPEC_PERMILLE");
-    const int x = v != nullptr ? std::atoi(v) : 0;
-    return uint32_t(x >= 1 && x <= 1000 ? x : kSpecPermille);
-  }();
-  return n;
-}
-
-// How SelectBlocksCuda launches p: the latency kernel (one wave of `ctas` CTAs a row), with the
-// hint code, or the throughput kernel.
-struct LaunchShape {
-  bool latency = false;
-  bool hints = false;
-  int ctas = 0;  // latency kernel: CTAs a row (grid.x)
-  int chunks = 0;
-};
-LaunchShape ShapeOf(const SelectBlocksParams& p, const SelectPlan& plan) {
-  LaunchShape l;
-  l.chunks = (plan.max_blocks + kSelChunk - 1) / kSelChunk;
-  const int rows = p.batch * std::max(p.kv.num_kv_heads, 1);
-  l.latency = rows <= kFewRows || (rows <= kFewLongRows && plan.max_blocks >= kLongRowBlocks);
-  if (l.latency) {
-    l.ctas = std::min(l.chunks, std::max(1, MultiprocessorCount() / rows));
-    // Hints only for rows long enough to gain, in launches of up to HintRows() rows; the other
-    // launches run the kernel without the hint code (HintRows has the figures).
-    l.hints = p.hints != nullptr && rows <= HintRows() && plan.max_blocks - 1 >= kMinHintBlocks;
-  }
-  return l;
-}
-
 }  // namespace
-
-int SpeculationSlots(const SelectBlocksParams& p) {
-  if (p.kv.num_kv_heads <= 0 || p.num_heads % p.kv.num_kv_heads != 0 || p.batch <= 0) return 0;
-  const SelectPlan plan = PlanSelect(p);
-  const LaunchShape l = ShapeOf(p, plan);
-  const bool ok = l.latency && l.hints && p.num_heads / p.kv.num_kv_heads <= kSpecHeads &&
-                  plan.max_blocks - 1 <= kMaxRegKeys && l.ctas >= 2 &&
-                  (l.chunks + l.ctas - 1) / l.ctas <= kSpecChunks;
-  return ok ? l.ctas : 0;
-}
-
-size_t SpeculationBytes(const SelectBlocksParams& p) {
-  const int slots = SpeculationSlots(p);
-  if (slots == 0) return 0;
-  return SpeculationLayoutOf(int64_t(p.batch) * p.kv.num_kv_heads, slots, p.blocks_stride,
-                             p.kv.head_dim)
-      .bytes;
-}
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p) { return PlanSelect(p).bytes; }
 
 absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts() {
-  unsigned long long c[4] = {0, 0, 0, 0};
+  unsigned long long c[2] = {0, 0};
   if (auto st = CudaStatus(cudaMemcpyFromSymbol(c, g_hint_counts, sizeof(c)),
                            "reading the selection hint counters");
       !st.ok()) {
     return st;
   }
-  return SelectionHintCounts{int64_t(c[0]), int64_t(c[1]), int64_t(c[2]), int64_t(c[3])};
+  return SelectionHintCounts{int64_t(c[0]), int64_t(c[1])};
 }
 
 absl::StatusOr<SelectTailPhases> ReadSelectTailPhases() {
@@ -1231,49 +847,24 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   const int chunks = (plan.max_blocks + kSelChunk - 1) / kSelChunk;
   const int rows = p.batch * p.kv.num_kv_heads;
   cudaError_t err = cudaSuccess;
-  const LaunchShape shape = ShapeOf(p, plan);
-  const bool spec = p.spec.buffer != nullptr;
-  if (spec) {
-    const int slots = SpeculationSlots(p);
-    if (slots == 0) {
-      return absl::InvalidArgumentError(
-          "SelectBlocksCuda: spec.buffer set for a launch that cannot speculate "
-          "(SpeculationSlots is 0)");
-    }
-    const SpeculationLayout lay = SpeculationLayoutOf(rows, slots, p.blocks_stride, p.kv.head_dim);
-    if (p.spec.bytes < lay.bytes || p.spec.upper_hints == nullptr || !(p.spec.scale > 0.0f)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SelectBlocksCuda: spec needs upper_hints, a scale > 0 and a buffer of ",
-                       lay.bytes, " bytes (has ", p.spec.bytes, ")"));
-    }
-    char* buf = static_cast<char*>(p.spec.buffer);
-    a.spec_counts = reinterpret_cast<int32_t*>(buf + lay.counts);
-    a.spec_gens = reinterpret_cast<uint32_t*>(buf + lay.gens);
-    a.spec_pub = reinterpret_cast<int32_t*>(buf + lay.pub);
-    a.spec_marks = reinterpret_cast<uint8_t*>(buf + lay.marks);
-    a.spec_lse = reinterpret_cast<float*>(buf + lay.lse);
-    a.spec_o = reinterpret_cast<float*>(buf + lay.o);
-    a.spec_slots = slots;
-    a.spec_scale_log2 = p.spec.scale * detail::kLog2e;
-    a.spec_permille = SpecPermille();
-  }
-  if (shape.latency) {
+  if (rows <= kFewRows || (rows <= kFewLongRows && plan.max_blocks >= kLongRowBlocks)) {
     // One wave: at most (SMs / rows) CTAs per row, each looping over its chunks.
-    const dim3 grid(shape.ctas, p.kv.num_kv_heads, p.batch);
+    const int sms = MultiprocessorCount();
+    const dim3 grid(std::min(chunks, std::max(1, sms / rows)), p.kv.num_kv_heads, p.batch);
     a.early_trigger = p.early_dependents;
     a.keys_in_smem = false;
     a.wide_chunk = kSelChunk;
-    const bool hints = shape.hints;
+    // Hints only for rows long enough to gain, in launches of up to HintRows() rows; the other
+    // launches run the kernel without the hint code (HintRows has the figures).
+    const bool hints =
+        p.hints != nullptr && rows <= HintRows() && plan.max_blocks - 1 >= kMinHintBlocks;
     if (hints) {
       a.flags = reinterpret_cast<uint8_t*>(static_cast<char*>(p.workspace) + plan.flags_offset);
       a.cand_counts = reinterpret_cast<uint32_t*>(a.counters + rows);
     }
-    auto kernel = p.kv.head_dim == 64 ? (spec    ? SelectKernel<64, true, true>
-                                         : hints ? SelectKernel<64, true>
-                                                 : SelectKernel<64, false>)
-                                      : (spec    ? SelectKernel<128, true, true>
-                                         : hints ? SelectKernel<128, true>
-                                                 : SelectKernel<128, false>);
+    auto kernel = p.kv.head_dim == 64
+                      ? (hints ? SelectKernel<64, true> : SelectKernel<64, false>)
+                      : (hints ? SelectKernel<128, true> : SelectKernel<128, false>);
     return CudaStatus(LaunchKernel(kernel, grid, dim3(kSelThreads), 0, stream, {}, a),
                       "launching SelectKernel");
   }

@@ -95,48 +95,16 @@ struct SelectBlocksParams {
   // then sparse decode, 1.5B 256K 36.4 -> 35.2 us, 7B 32K 21.5 -> 20.7; 7B 256K with the 8-CTA
   // clusters of DecodeSparseClusters, which then do not all find room, 49.1 -> 52.8.
   bool early_dependents = false;
-
-  // Optional speculative attention: with `buffer` set, the selection kernel also does the sparse
-  // attention of its hinted rows. A row keeps an upper hint besides its hint: a score, over the
-  // pooled query's L1 norm as the hint, above which fewer than 7/8 (n - 1) of the previous step's
-  // blocks scored (RESA_CUDA_SPEC_PERMILLE sets the fraction). Every scoring CTA but the row's
-  // last attends to its blocks with key >= the upper hint's (likely well inside the top n) while
-  // the last CTA ranks; the last marks those blocks in its output and publishes it; then each of
-  // the other CTAs takes a share of the output and attends to its unmarked blocks, or, when not
-  // every flagged block was selected (the upper hint's key not above the threshold), drops the
-  // flagged blocks' states and attends to its whole share. Each leaves one partial state (O,
-  // lse) in the buffer, and the sparse decode of the same rows (DecodeAttentionParams::
-  // spec_buffer: this buffer) merges those instead of reading the row. The selected blocks never
-  // depend on it. Only for launches with SpeculationSlots(p) > 0: the latency kernel with hints
-  // (launches of up to 16 rows of 8193-16385 blocks at most), groups of at most 8 query heads, at
-  // most 4 chunks of 256 blocks a CTA, at least two CTAs a row. The other CTAs of a row wait for
-  // its last one, which has arrived and so runs: no CTA waits for one that may not be resident.
-  struct Speculation {
-    void* buffer = nullptr;  // SpeculationBytes(p) bytes of device memory (speculation.h)
-    size_t bytes = 0;
-    uint32_t* upper_hints = nullptr;  // in/out [batch][num_kv_heads], zeroed to start, like hints
-    float scale = 0.0f;               // the decode's softmax scale
-  } spec;
 };
 
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
 
-// The partial-state slots a row of p's launch takes in the speculative attention (one a selection
-// CTA), or 0 when the launch cannot speculate (SelectBlocksParams::spec). Host only.
-int SpeculationSlots(const SelectBlocksParams& p);
-// The bytes of SelectBlocksParams::spec.buffer p needs (0 when SpeculationSlots(p) is 0).
-size_t SpeculationBytes(const SelectBlocksParams& p);
-
 // Rows SelectBlocksCuda selected with a hint since the process started, on the current device:
-// from the hint's candidates, and by the whole tail (too few or too many candidates); rows that
-// speculated (SelectBlocksParams::spec) and published their partials, and that dropped them
-// (the upper hint's key was not above the threshold, or the whole tail ran).
+// from the hint's candidates, and by the whole tail (too few or too many candidates).
 struct SelectionHintCounts {
   int64_t from_candidates = 0;
   int64_t whole_tail = 0;
-  int64_t speculated = 0;
-  int64_t speculation_dropped = 0;
 };
 absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts();
 

@@ -30,10 +30,6 @@ enum TimelinePhase : int {
   kTlMergeEntry,     // DecodeMergeKernel: first instruction
   kTlMergeWaited,    // after its PDL wait
   kTlMergeExit,      // its output written (CTAs with partials to fold)
-  kTlSelectScored,   // SelectKernel: the CTA's scoring done, before its arrival
-  kTlSelectTail,     // the row's last CTA: its tail done
-  kTlSpecStaged,     // SelectKernel, speculative attention: pages staged (a CTA barrier)
-  kTlSpecLooped,     // its warps through their pages, states in shared memory (a CTA barrier)
   kTlPhases
 };
 

@@ -44,8 +44,6 @@ struct E2eOptions {
   std::string chunk_kernel = "wgmma";
   // Selection threshold hints kept between steps: "on", "off" or "both", as --pdl.
   std::string selection_hints = "on";
-  // The speculative attention of the hinted selections: "on", "off" or "both", as --pdl.
-  std::string speculative = "on";
   // RMSNorms of GEMV steps (up to --gemv-max-rows rows) inside their GEMVs: "on", "off" or
   // "both", as --pdl.
   std::string fused_norms = "on";
@@ -118,7 +116,7 @@ struct Row {
   std::vector<std::pair<std::string, double>> profile;  // ms per step by kernel group
   double profile_rect_ms = 0;                            // of which rectification (per step)
   // Timed steps' rows selected from their hint's candidates / with the whole tail.
-  int64_t hint_hits = 0, hint_misses = 0, spec_published = 0, spec_dropped = 0;
+  int64_t hint_hits = 0, hint_misses = 0;
 };
 
 absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int ctx, int batch,
@@ -176,8 +174,6 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   const SelectionHintTally h1 = ReadSelectionHintTally();
   row.hint_hits = h1.from_candidates - h0.from_candidates;
   row.hint_misses = h1.whole_tail - h0.whole_tail;
-  row.spec_published = h1.speculated - h0.speculated;
-  row.spec_dropped = h1.speculation_dropped - h0.speculation_dropped;
   row.bound_ms = 1e3 * StepBytes(c, ctx, batch, mode, o) / (copy_gbps * 1e9);
   if (o.profile) {
     // Where the time goes: the same steps eagerly, one event per group of kernels, over one
@@ -208,15 +204,6 @@ std::string HintCell(const Row& r) {
   const int64_t n = r.hint_hits + r.hint_misses;
   if (n == 0) return "on";
   return absl::StrFormat("on %.0f%%", 100.0 * double(r.hint_hits) / double(n));
-}
-
-// The table's speculation cell: off, or the share of the timed steps' speculating selections that
-// published their partials.
-std::string SpecCell(const Row& r) {
-  if (!r.tuning.speculative_sparse) return "off";
-  const int64_t n = r.spec_published + r.spec_dropped;
-  if (n == 0) return "on";
-  return absl::StrFormat("on %.0f%%", 100.0 * double(r.spec_published) / double(n));
 }
 
 int RunE2e(const E2eOptions& o) {
@@ -254,17 +241,15 @@ int RunE2e(const E2eOptions& o) {
     CudaTuning before = GetCudaTuning();
     ~RestoreTuning() { SetCudaTuning(before); }
   } restore_tuning;
-  // A variant: the process's settings with the seven this bench varies, so that any other
+  // A variant: the process's settings with the six this bench varies, so that any other
   // switch keeps what the environment chose instead of CudaTuning's default.
-  auto make_variant = [&](bool pdl, bool swiglu, bool norms, bool wgmma, bool hints, bool spec,
-                          int l2) {
+  auto make_variant = [&](bool pdl, bool swiglu, bool norms, bool wgmma, bool hints, int l2) {
     CudaTuning t = restore_tuning.before;
     t.programmatic_launch = pdl;
     t.swiglu_epilogue = swiglu;
     t.fused_norms = norms;
     t.wgmma_chunk = wgmma;
     t.selection_hints = hints;
-    t.speculative_sparse = spec;
     t.l2_fetch_bytes = l2;
     return t;
   };
@@ -277,10 +262,8 @@ int RunE2e(const E2eOptions& o) {
       for (const bool norms : settings(o.fused_norms)) {
         for (const bool wgmma : settings(chunk_on_off)) {
           for (const bool hints : settings(o.selection_hints)) {
-            for (const bool spec : settings(o.speculative)) {
-              for (const int l2 : o.l2_fetch) {
-                variants.push_back(make_variant(pdl, swiglu, norms, wgmma, hints, spec, l2));
-              }
+            for (const int l2 : o.l2_fetch) {
+              variants.push_back(make_variant(pdl, swiglu, norms, wgmma, hints, l2));
             }
           }
         }
@@ -290,11 +273,10 @@ int RunE2e(const E2eOptions& o) {
   auto variant_json = [](const CudaTuning& t) {
     return absl::StrFormat(
         "\"pdl\":%s,\"swiglu_epilogue\":%s,\"fused_norms\":%s,\"chunk_kernel\":\"%s\","
-        "\"selection_hints\":%s,\"speculative\":%s,\"l2_fetch\":%d",
+        "\"selection_hints\":%s,\"l2_fetch\":%d",
         t.programmatic_launch ? "true" : "false", t.swiglu_epilogue ? "true" : "false",
         t.fused_norms ? "true" : "false", t.wgmma_chunk ? "wgmma" : "mma",
-        t.selection_hints ? "true" : "false", t.speculative_sparse ? "true" : "false",
-        t.l2_fetch_bytes);
+        t.selection_hints ? "true" : "false", t.l2_fetch_bytes);
   };
   std::vector<Row> rows;
   for (const std::string& model : o.models) {
@@ -347,13 +329,11 @@ int RunE2e(const E2eOptions& o) {
                 "\"mode\":\"%s\",%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
                 "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
                 "\"hinted_selections\":%lld,\"whole_tail_selections\":%lld,"
-                "\"speculations_published\":%lld,\"speculations_dropped\":%lld,"
                 "\"profile_ms_per_step\":%s}\n",
                 model.c_str(), ctx, batch, mode_name.c_str(), variant_json(variant).c_str(),
                 row->ms, row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
                 static_cast<long long>(row->hint_hits), static_cast<long long>(row->hint_misses),
-                static_cast<long long>(row->spec_published),
-                static_cast<long long>(row->spec_dropped), prof.dump().c_str());
+                prof.dump().c_str());
             std::fflush(stdout);
             rows.push_back(*row);
           }
@@ -362,9 +342,9 @@ int RunE2e(const E2eOptions& o) {
     }
   }
   // Table and targets (stderr), ratios against same-run baselines only.
-  const CudaTuning main_variant = make_variant(
-      o.pdl != "off", o.swiglu_epilogue != "off", o.fused_norms != "off", o.chunk_kernel != "mma",
-      o.selection_hints != "off", o.speculative != "off", o.l2_fetch.back());
+  const CudaTuning main_variant =
+      make_variant(o.pdl != "off", o.swiglu_epilogue != "off", o.fused_norms != "off",
+                   o.chunk_kernel != "mma", o.selection_hints != "off", o.l2_fetch.back());
   auto find = [&](const std::string& model, int ctx, int batch, DecodeMode mode,
                   const CudaTuning& t) -> const Row* {
     for (const Row& r : rows) {
@@ -372,7 +352,6 @@ int RunE2e(const E2eOptions& o) {
           r.tuning.programmatic_launch == t.programmatic_launch &&
           r.tuning.swiglu_epilogue == t.swiglu_epilogue && r.tuning.fused_norms == t.fused_norms &&
           r.tuning.wgmma_chunk == t.wgmma_chunk && r.tuning.selection_hints == t.selection_hints &&
-          r.tuning.speculative_sparse == t.speculative_sparse &&
           r.tuning.l2_fetch_bytes == t.l2_fetch_bytes) {
         return &r;
       }
@@ -383,10 +362,10 @@ int RunE2e(const E2eOptions& o) {
       stderr,
       "\ndevice copy ceiling %.0f GB/s (measured now); ms per decode step (one token per "
       "sequence, sampled on the device: %s)\n"
-      "| model | ctx | batch | mode | pdl | swiglu ep. | norms | chunk | hints | speculative | "
-      "L2 fetch | ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
+      "| model | ctx | batch | mode | pdl | swiglu ep. | norms | chunk | hints | L2 fetch | "
+      "ms/step | bound ms | x bound | rectify share | vs our dense | torch dense ms | "
       "vs torch |\n"
-      "|---|---:|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+      "|---|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
       *copy,
       o.sampling.temperature == 0.0f
           ? "greedy"
@@ -397,14 +376,13 @@ int RunE2e(const E2eOptions& o) {
     const Row* dense = find(r.model, r.context, r.batch, DecodeMode::kDense, r.tuning);
     std::fprintf(
         stderr,
-        "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %d | %.3f | %.3f | %.2f | %.1f%% | "
-        "%s | %s | %s |\n",
+        "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %d | %.3f | %.3f | %.2f | %.1f%% | %s | "
+        "%s | %s |\n",
         r.model.c_str(), r.context, r.batch, DecodeModeName(r.mode),
         r.tuning.programmatic_launch ? "on" : "off", r.tuning.swiglu_epilogue ? "on" : "off",
         r.tuning.fused_norms ? "fused" : "kernel", r.tuning.wgmma_chunk ? "wgmma" : "mma",
-        HintCell(r).c_str(), SpecCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms, r.bound_ms,
-        r.ms / r.bound_ms, 100.0 * r.rect_ms / r.ms,
-        dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
+        HintCell(r).c_str(), r.tuning.l2_fetch_bytes, r.ms, r.bound_ms, r.ms / r.bound_ms,
+        100.0 * r.rect_ms / r.ms, dense ? absl::StrFormat("%.2fx", dense->ms / r.ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.3f", r.torch_ms).c_str() : "-",
         r.torch_ms > 0 ? absl::StrFormat("%.2fx", r.torch_ms / r.ms).c_str() : "-");
   }
@@ -509,13 +487,6 @@ void AddE2eBenchCommand(CLI::App& app, int& exit_code) {
                 "Fused selections keeping a threshold hint per row between steps (the same "
                 "blocks; the tail ranks only the hint's candidates when they suffice): on, off, "
                 "or both (each row twice, off then on, in the same run)")
-      ->check(CLI::IsMember({"on", "off", "both"}))
-      ->capture_default_str();
-  e->add_option("--speculative", o.speculative,
-                "The hinted selections of long rows also start their sparse attention (the "
-                "blocks far above the previous step's threshold, while the tail ranks; the same "
-                "blocks, the attention split otherwise): on, off, or both (each row twice, off "
-                "then on, in the same run)")
       ->check(CLI::IsMember({"on", "off", "both"}))
       ->capture_default_str();
   e->add_option("--l2-fetch", o.l2_fetch,

@@ -596,71 +596,6 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
     Emit(rows, "resa_step_chained", s, ctx, batch, *pair + *rect / 32.0,
          sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
   }
-  // The same chain with the speculative attention (SelectBlocksParams::spec; one upper hint
-  // shared by the layers, as the hint), where the launch can take it; its tally counts the
-  // rows that published their partials.
-  DevMem spec_buf, upper;
-  cuda::DecodeAttentionParams ssp = sp;
-  cuda::SelectBlocksParams::Speculation spec_of_sel;  // sel.spec for the speculative chains
-  {
-    sel.hints = hints.as<uint32_t>();
-    const int slots = cuda::SpeculationSlots(sel);
-    sel.hints = nullptr;
-    if (slots > 0 && cuda::DecodeAttentionCanSpeculate(sp)) {
-      sel.hints = hints.as<uint32_t>();
-      sel.spec.scale = dp.scale;
-      sel.spec.upper_hints = reinterpret_cast<uint32_t*>(1);
-      const size_t spec_bytes = cuda::SpeculationBytes(sel);
-      sel.hints = nullptr;
-      if (auto st = spec_buf.Alloc(spec_bytes); !st.ok()) return st;
-      if (auto st = upper.Alloc(size_t(batch) * hkv * 4); !st.ok()) return st;
-      cudaMemset(spec_buf.p, 0, spec_bytes);
-      cudaMemset(upper.p, 0, size_t(batch) * hkv * 4);
-      cudaMemset(hints.p, 0, size_t(layers) * batch * hkv * 4);
-      sel.spec.buffer = spec_buf.p;
-      sel.spec.bytes = spec_bytes;
-      sel.spec.upper_hints = upper.as<uint32_t>();
-      spec_of_sel = sel.spec;
-      ssp.spec_buffer = spec_buf.p;
-      ssp.spec_slots = slots;
-      const bool pdl_before = cuda::ProgrammaticLaunch();
-      cuda::SetProgrammaticLaunch(true);
-      sel.early_dependents = cuda::DecodeAttentionFitsBeside(ssp, batch * hkv);
-      auto chain = [&](int i, cudaStream_t st) {
-        const int layer = i % layers;
-        sel.hints = hints.as<uint32_t>();
-        absl::Status r = select(i, st);
-        sel.hints = nullptr;
-        if (!r.ok()) return r;
-        ssp.page_tables = table_of(layer);
-        ssp.blocks = blocks.as<int32_t>() + size_t(layer) * batch * hkv * n_sel;
-        ssp.num_blocks = nblocks.as<int32_t>() + size_t(layer) * batch;
-        return cuda::DecodeAttentionCuda(ssp, st);
-      };
-      for (int l = 0; l < 2 * layers; ++l) {  // hints and upper hints settle
-        if (auto st = chain(l, nullptr); !st.ok()) return st;
-      }
-      cudaDeviceSynchronize();
-      auto before = cuda::ReadSelectionHintCounts();
-      auto us = TimeUs(chain, o.iters);
-      auto after = cuda::ReadSelectionHintCounts();
-      cuda::SetProgrammaticLaunch(pdl_before);
-      sel.early_dependents = false;
-      sel.spec = cuda::SelectBlocksParams::Speculation{};
-      if (!us.ok()) return us.status();
-      Emit(rows, "resa_step_chained_spec", s, ctx, batch, *us + *rect / 32.0,
-           sel_bytes + sparse_bytes + kv_layer / 32, ceiling, sdpa.sdpa_us);
-      if (before.ok() && after.ok()) {
-        std::printf(
-            "{\"bench\":\"kernels\",\"kernel\":\"resa_step_chained_spec_tally\",\"model\":"
-            "\"%s\",\"context\":%d,\"batch\":%d,\"speculated_rows\":%lld,"
-            "\"dropped_rows\":%lld}\n",
-            s.name.c_str(), ctx, batch,
-            static_cast<long long>(after->speculated - before->speculated),
-            static_cast<long long>(after->speculation_dropped - before->speculation_dropped));
-      }
-    }
-  }
   // Built with RESA_KERNEL_TIMELINE: the dense decode (with its merge) and the ReSA step (hinted
   // selection, sparse decode, merge) one chain at a time with PDL, as the model runs them.
   if (auto probe = cuda::ReadKernelTimeline(); probe.ok() && !probe->names.empty()) {
@@ -683,24 +618,6 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
     };
     if (r.ok()) {
       r = EmitTimeline("resa_step_timeline", s, ctx, batch, resa_chain, cuda::kTlSelectEnd, true);
-    }
-    // The same with the speculative attention, timed from the last tail's end.
-    if (r.ok() && spec_of_sel.buffer != nullptr) {
-      sel.spec = spec_of_sel;
-      sel.early_dependents = cuda::DecodeAttentionFitsBeside(ssp, batch * hkv);
-      auto spec_chain = [&](cudaStream_t st) {
-        sel.hints = hints.as<uint32_t>();
-        absl::Status q = select(0, st);
-        sel.hints = nullptr;
-        if (!q.ok()) return q;
-        ssp.page_tables = table_of(0);
-        ssp.blocks = blocks.as<int32_t>();
-        ssp.num_blocks = nblocks.as<int32_t>();
-        return cuda::DecodeAttentionCuda(ssp, st);
-      };
-      r = EmitTimeline("resa_step_spec_timeline", s, ctx, batch, spec_chain, cuda::kTlSelectTail,
-                       true);
-      sel.spec = cuda::SelectBlocksParams::Speculation{};
     }
     sel.early_dependents = false;
     cuda::SetProgrammaticLaunch(pdl_before);

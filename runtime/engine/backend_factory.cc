@@ -69,7 +69,6 @@ CudaTuning GetCudaTuning() {
   t.fused_norms = cuda::FusedNorms();
   t.wgmma_chunk = cuda::WgmmaChunkDefault();
   t.selection_hints = cuda::SelectionHints();
-  t.speculative_sparse = cuda::SpeculativeSparse();
   t.l2_fetch_bytes = cuda::L2FetchGranularity();
 #endif
   return t;
@@ -82,7 +81,6 @@ void SetCudaTuning(const CudaTuning& tuning) {
   cuda::SetFusedNorms(tuning.fused_norms);
   cuda::SetWgmmaChunkDefault(tuning.wgmma_chunk);
   cuda::SetSelectionHints(tuning.selection_hints);
-  cuda::SetSpeculativeSparse(tuning.speculative_sparse);
   cuda::SetL2FetchGranularity(tuning.l2_fetch_bytes);
 #else
   (void)tuning;
@@ -95,8 +93,6 @@ SelectionHintTally ReadSelectionHintTally() {
   if (auto c = cuda::ReadSelectionHintCounts(); c.ok()) {
     t.from_candidates = c->from_candidates;
     t.whole_tail = c->whole_tail;
-    t.speculated = c->speculated;
-    t.speculation_dropped = c->speculation_dropped;
   }
 #endif
   return t;

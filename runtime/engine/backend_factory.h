@@ -62,9 +62,6 @@ struct CudaTuning {
   bool wgmma_chunk = true;
   // The fused selections keep a threshold hint per row between decode steps (cuda_model.h).
   bool selection_hints = true;
-  // Those selections also start the sparse attention of long rows (cuda_model.h,
-  // SpeculativeSparse). RESA_CUDA_SPEC_SPARSE=0 turns it off at start.
-  bool speculative_sparse = true;
   // The L2 fetch granularity in bytes (0-128) the model sets on its device before each step
   // (kernels/cuda/cuda_status.h). RESA_CUDA_L2_FETCH=<bytes> sets it at start.
   int l2_fetch_bytes = 128;
@@ -74,12 +71,9 @@ void SetCudaTuning(const CudaTuning& tuning);
 
 // Rows the CUDA fused selections (with hints) ranked from their hint's candidates and with the
 // whole tail since the process started, on the current device; zeros without CUDA or a device.
-// Also the rows whose speculative attention published its partials, and that dropped them.
 struct SelectionHintTally {
   int64_t from_candidates = 0;
   int64_t whole_tail = 0;
-  int64_t speculated = 0;
-  int64_t speculation_dropped = 0;
 };
 SelectionHintTally ReadSelectionHintTally();
 

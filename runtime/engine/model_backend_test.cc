@@ -112,9 +112,6 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
   const char* chunk_env = std::getenv("RESA_CUDA_CHUNK_KERNEL");
   EXPECT_EQ(start.wgmma_chunk,
             !CudaBackendBuilt() || chunk_env == nullptr || std::strcmp(chunk_env, "mma") != 0);
-  const char* spec_env = std::getenv("RESA_CUDA_SPEC_SPARSE");
-  EXPECT_EQ(start.speculative_sparse,
-            !CudaBackendBuilt() || spec_env == nullptr || std::strcmp(spec_env, "0") != 0);
   const char* l2_env = std::getenv("RESA_CUDA_L2_FETCH");
   if (!CudaBackendBuilt() || l2_env == nullptr) {
     EXPECT_EQ(start.l2_fetch_bytes, 128);
@@ -124,10 +121,8 @@ TEST(BackendFactoryTest, CudaTuningSwitchesRoundTrip) {
                  .fused_norms = false,
                  .wgmma_chunk = false,
                  .selection_hints = true,
-                 .speculative_sparse = false,
                  .l2_fetch_bytes = 32});
   const CudaTuning off = GetCudaTuning();
-  EXPECT_EQ(off.speculative_sparse, CudaBackendBuilt() ? false : start.speculative_sparse);
   EXPECT_EQ(off.programmatic_launch, CudaBackendBuilt() ? false : start.programmatic_launch);
   EXPECT_EQ(off.swiglu_epilogue, !CudaBackendBuilt());
   EXPECT_EQ(off.fused_norms, CudaBackendBuilt() ? false : start.fused_norms);

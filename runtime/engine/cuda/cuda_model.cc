@@ -22,11 +22,6 @@ namespace {
 
 std::atomic<bool> swiglu_epilogue{true};
 std::atomic<bool> selection_hints{true};
-// On unless RESA_CUDA_SPEC_SPARSE=0 at start.
-std::atomic<bool> speculative_sparse{[] {
-  const char* v = std::getenv("RESA_CUDA_SPEC_SPARSE");
-  return v == nullptr || std::string(v) != "0";
-}()};
 // On unless RESA_CUDA_FUSED_NORMS=0 at start.
 std::atomic<bool> fused_norms{[] {
   const char* v = std::getenv("RESA_CUDA_FUSED_NORMS");
@@ -350,11 +345,11 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
     changed = true;
   }
   if (SelectionHints() && !plan.sharded && plan.ns > 0 && plan.rows > hint_rows_) {
-    // One hint and one upper hint per (layer, row, local KV head), zeroed: a hint of 0 makes
-    // every block scoring >= 0 a candidate, usually too many, so a row's first step runs the
-    // whole tail and leaves a real hint; an upper hint of 0 attends to nothing speculatively.
+    // One hint per (layer, row, local KV head), zeroed: a hint of 0 makes every block scoring
+    // >= 0 a candidate, usually too many, so a row's first step runs the whole tail and leaves
+    // a real hint.
     const int64_t n = std::max<int64_t>(rows_cap_, plan.rows);
-    const size_t bytes = 2 * size_t(c.num_layers) * size_t(n) * ts.num_kv_heads * 4;
+    const size_t bytes = size_t(c.num_layers) * size_t(n) * ts.num_kv_heads * 4;
     hints_mem_ = DeviceAllocation();
     RESA_ASSIGN_OR_RETURN(hints_mem_, DeviceAllocation::Create(bytes, "selection hints"));
     RESA_RETURN_IF_ERROR(
@@ -368,12 +363,6 @@ absl::Status CudaModel::EnsureCapacity(const Plan& plan) {
         last_h_mem_,
         DeviceAllocation::Create(std::max<size_t>(size_t(plan.keep) * c.hidden_size * 4, 1 << 16),
                                  "last-layer residual rows"));
-  }
-  if (plan.spec_bytes > spec_mem_.bytes()) {
-    spec_mem_ = DeviceAllocation();
-    RESA_ASSIGN_OR_RETURN(spec_mem_,
-                          DeviceAllocation::Create(plan.spec_bytes, "speculative attention"));
-    changed = true;
   }
   if (plan.workspace_bytes > workspace_.bytes()) {
     const size_t n = std::max<size_t>(plan.workspace_bytes + (size_t(1) << 20),
@@ -730,11 +719,7 @@ absl::Status CudaModel::Forward(std::span<const ForwardChunk> chunks, float* log
   // The device's L2 fetch granularity (cuda_status.h), before the step's first kernel.
   if (absl::Status st = ApplyL2FetchGranularity(); !st.ok()) return undo(st);
   if (plan.nl > 0) logits_rows_ = greedy_rows_ = 0;  // dlogits_ is rewritten (or lost on error)
-  {
-    const Launches sizing = BuildLaunches(plan, 0);
-    plan.workspace_bytes = sizing.WorkspaceBytes(plan);
-    plan.spec_bytes = sizing.SpeculationBytes();
-  }
+  plan.workspace_bytes = BuildLaunches(plan, 0).WorkspaceBytes(plan);
   if (absl::Status st = EnsureCapacity(plan); !st.ok()) return undo(st);
   if (absl::Status st = UploadTables(chunks, plan); !st.ok()) return undo(st);
   std::memcpy(meta_host_, plan.meta.data(), plan.meta.size() * 4);
@@ -978,7 +963,5 @@ bool FusedNorms() { return fused_norms.load(std::memory_order_relaxed); }
 void SetFusedNorms(bool on) { fused_norms.store(on, std::memory_order_relaxed); }
 bool SelectionHints() { return selection_hints.load(std::memory_order_relaxed); }
 void SetSelectionHints(bool on) { selection_hints.store(on, std::memory_order_relaxed); }
-bool SpeculativeSparse() { return speculative_sparse.load(std::memory_order_relaxed); }
-void SetSpeculativeSparse(bool on) { speculative_sparse.store(on, std::memory_order_relaxed); }
 
 }  // namespace resa::cuda

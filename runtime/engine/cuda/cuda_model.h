@@ -123,16 +123,6 @@ void SetFusedNorms(bool on);
 bool SelectionHints();
 void SetSelectionHints(bool on);
 
-// Whether the decode step's hinted selections also start the sparse attention (the
-// speculative attention of SelectBlocksParams::spec: every scoring CTA but a row's last attends
-// to its blocks far above the previous step's threshold while the last one ranks, and the sparse
-// decode reads the rest). The same blocks; the attention within the tolerance of the decode
-// alone (another split of the same sums). Needs SelectionHints(); batch-1 to batch-4 steps at
-// 128K-256K tokens (launches SpeculationSlots accepts). Process-wide, on by default
-// (RESA_CUDA_SPEC_SPARSE=0 turns it off at start). Graphs are keyed by it.
-bool SpeculativeSparse();
-void SetSpeculativeSparse(bool on);
-
 // The groups of one rank of a TP x SP grid (model_grid.h). Null stands for a group of one.
 struct CudaModelGroups {
   // Device-buffer (NCCL) or host-buffer communicators; sized and ranked as the weights' TpShard
@@ -290,12 +280,9 @@ class CudaModel final : public ModelBackend {
   int32_t* tables_host_ = nullptr;
   size_t tables_cap_ = 0, tables_stride_ = 0;
   std::vector<size_t> tables_filled_;
-  // Selection hints [2][num_layers][hint_rows_][local KV heads] (SelectionHints()): the hints,
-  // then the upper hints of the speculative attention (SpeculativeSparse()).
+  // Selection hints [num_layers][hint_rows_][local KV heads] (SelectionHints()).
   DeviceAllocation hints_mem_;
   int64_t hint_rows_ = 0;
-  // The speculative attention's buffer (speculation.h), one layer's at a time.
-  DeviceAllocation spec_mem_;
   float* logits_host_ = nullptr;  // pinned [logits_cap_][vocab]
   // Greedy ids from the forward itself (Plan::greedy): while the last Sample call was all greedy
   // (greedy_hint_), a forward with logits ends with SampleRowsCuda's arg-max of every logits row

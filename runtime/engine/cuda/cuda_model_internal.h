@@ -39,7 +39,6 @@ struct CudaModel::Plan {
   size_t o_tokens = 0, o_pos = 0, o_wk_off = 0, o_wk_first = 0, o_wk_keys = 0, o_att_keys = 0,
          o_ch_off = 0, o_ch_first = 0, o_logit = 0;
   size_t workspace_bytes = 0;
-  size_t spec_bytes = 0;  // the speculative attention's buffer (Launches::SpeculationBytes)
   // The last layer of a forward whose chunks all ask for their last row's logits only
   // (LogitsMode::kLast; not under SP) runs on `keep` rows: the decode rows, then each chunk's
   // last row as a dense decode row (o_keep: their rows; o_last_keys: the dense launch's key
@@ -102,14 +101,6 @@ struct CudaModel::Launches {
     for (const auto& p : select) b = std::max(b, SelectBlocksWorkspaceBytes(p));
     for (const auto& p : sparse) b = std::max(b, DecodeAttentionWorkspaceBytes(p));
     if (plan.nc > 0) b = std::max(b, ChunkAttentionWorkspaceBytes(chunk));
-    return b;
-  }
-  // The speculative attention's buffer: the largest of the groups' (one group's at a time).
-  size_t SpeculationBytes() const {
-    size_t b = 0;
-    for (const auto& p : select) {
-      if (p.spec.upper_hints != nullptr) b = std::max(b, resa::cuda::SpeculationBytes(p));
-    }
     return b;
   }
 };

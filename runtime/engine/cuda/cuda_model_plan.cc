@@ -252,7 +252,6 @@ absl::Status CudaModel::Prepare(std::span<const ForwardChunk> chunks, Plan& plan
                 SwiGluEpilogue(),
                 FusedNorms(),
                 SelectionHints(),
-                SpeculativeSparse(),
                 L2FetchGranularity(),
                 plan.greedy,
                 plan.logits_all_rows,
@@ -297,16 +296,6 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
                 ? hints_mem_.as<uint32_t>() + size_t(layer) * hint_rows_ * ts.num_kv_heads
                 : hint_dummy;
   }
-  // Upper hints of the speculative attention: the second half of hints_mem_.
-  static uint32_t upper_dummy[4];
-  uint32_t* upper = nullptr;
-  // Not with the group's queries gathered (KV heads replicated over TP ranks): the selection's
-  // query heads are then not the decode's.
-  if (hints != nullptr && SpeculativeSparse() && !group_q) {
-    upper = hints == hint_dummy ? upper_dummy
-                                : hints + size_t(c.num_layers) * hint_rows_ * ts.num_kv_heads;
-  }
-  static char spec_dummy[16];
   const PagedKvCuda kv = cache_->layer(layer);
   Launches L;
   L.dense.kv = kv;
@@ -367,20 +356,6 @@ CudaModel::Launches CudaModel::BuildLaunches(const Plan& plan, int layer) const 
     // The sparse decode is scheduled while the selection's rows rank, one CTA a row, when its
     // CTAs fit beside them.
     s.early_dependents = DecodeAttentionFitsBeside(d, g.count * kv.num_kv_heads);
-    // The speculative attention where both launches can take it (the buffer: a stand-in while
-    // sizing, before spec_mem_ exists).
-    if (upper != nullptr) {
-      s.spec.upper_hints = upper == upper_dummy ? upper : upper + size_t(g.first) * ts.num_kv_heads;
-      s.spec.scale = scale;
-      const int slots = SpeculationSlots(s);
-      if (slots > 0 && DecodeAttentionCanSpeculate(d)) {
-        void* buf = spec_mem_.as<void>() != nullptr ? spec_mem_.as<void>() : spec_dummy;
-        s.spec.buffer = buf;
-        s.spec.bytes = spec_mem_.bytes();
-        d.spec_buffer = buf;
-        d.spec_slots = slots;
-      }
-    }
     L.select.push_back(s);
     L.sparse.push_back(d);
   }
