@@ -684,9 +684,9 @@ absl::StatusOr<KernelTimeline> ReadKernelTimeline() {
   KernelTimeline r;
 #ifdef RESA_KERNEL_TIMELINE
   static constexpr const char* kNames[kTlPhases] = {
-      "select_entry",  "select_waited", "select_end",    "decode_entry",
-      "decode_waited", "decode_staged", "decode_looped", "decode_written",
-      "decode_exit",   "merge_entry",   "merge_waited",  "merge_exit"};
+      "select_entry",  "select_waited", "select_end",     "decode_entry", "decode_waited",
+      "decode_staged", "decode_looped", "decode_written", "decode_exit",  "merge_entry",
+      "merge_waited",  "merge_exit",    "select_scored",  "select_tail"};
   uint64_t stamps[kTlPhases][2];
   for (auto& st : stamps) st[0] = ~uint64_t{0}, st[1] = 0;
   if (auto st = timeline::ReadStamps(stamps); !st.ok()) return st;

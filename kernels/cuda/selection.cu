@@ -352,6 +352,7 @@ __device__ __forceinline__ bool ArriveLast(const SelectArgs& a, int b, int h, in
                                            int* s_last) {
   __syncthreads();
   int* counter = a.counters + size_t(b) * a.p.kv.num_kv_heads + h;
+  timeline::Stamp(kTlSelectScored);
   if (threadIdx.x == 0) *s_last = detail::AtomicAddAcqRel(counter, 1) == n_ctas - 1;
   __syncthreads();
   if (!*s_last) return false;
@@ -575,6 +576,7 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       p.hints[row] = __float_as_uint(ratio);
       atomicAdd(&g_hint_counts[hinted ? 0 : 1], 1ull);
     }
+    timeline::Stamp(kTlSelectTail);
   });
   timeline::Stamp(kTlSelectEnd);
 }
