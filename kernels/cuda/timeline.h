@@ -30,7 +30,7 @@ enum TimelinePhase : int {
   kTlMergeEntry,     // DecodeMergeKernel: first instruction
   kTlMergeWaited,    // after its PDL wait
   kTlMergeExit,      // its output written (CTAs with partials to fold)
-  kTlSelectScored,   // SelectKernel: the CTA's scoring done, before its arrival
+  kTlSelectScored,   // a selection CTA (either kernel): its scoring done, before its arrival
   kTlSelectTail,     // the row's last CTA: its tail done (rows that rank, 1 < n < M)
   kTlPhases
 };
