@@ -90,11 +90,13 @@ __device__ inline uint32_t BlockExclusiveScan(uint32_t v, uint32_t* total, uint3
   return before + x - v;
 }
 
-// Phases of the candidate tail (CandidateTail), for its cost split (docs/kernels.md, "Fused
-// selection"). Built with RESA_SELECT_TAIL_STAMPS defined (CMake option of the same name),
-// thread 0 reads its clock where each phase ends, at a CTA barrier or just after one, and adds
-// the cycles since the last mark to g_tail_phase_cycles[phase] (one copy per translation unit:
-// selection.cu reads its own, ReadSelectTailPhases); without it the marks compile to nothing.
+// Phases of the candidate tails, for their cost split (docs/kernels.md, "Fused selection"):
+// CandidateTail's, and HistTail's in the same slots (count: its loads; pivot; compact; narrow:
+// the rank; bitmaps: the kept masks; out_scan; stores). Built with RESA_SELECT_TAIL_STAMPS defined
+// (CMake option of the same name), thread 0 reads its clock where each phase ends, at a CTA barrier
+// or just after one, and adds the cycles since the last mark to g_tail_phase_cycles[phase] (one
+// copy per translation unit: selection.cu reads its own, ReadSelectTailPhases); without it the
+// marks compile to nothing.
 enum TailPhase : int {
   kPhaseCount,    // the candidate count and flag words (from the tail's start)
   kPhaseScan,     // scan of the words' popcounts
@@ -123,7 +125,8 @@ struct alignas(16) TailSmem {
   uint32_t spare[32];  // WarpHistAdd's no-op adds
   uint32_t digit, above, ncand, kmin, kmax;
   uint32_t hint_digit;  // FindPivotBin's bin of hint_rank (the next step's hint)
-  uint32_t hint_total;  // CandidateTail: the row's candidate count
+  uint32_t hint_total;  // CandidateTail / HistTail: the row's candidate count
+  uint32_t pivot;       // FindPivotBin: the count in the pivot bin s.digit
 #ifdef RESA_SELECT_TAIL_STAMPS
   long long clock_last;  // thread 0's clock at the last mark
 #endif
@@ -151,10 +154,45 @@ __device__ __forceinline__ void Mark(TailSmem& s, TailPhase phase) {
 #endif
 }
 
-// After s.hist holds the counts of one radix pass over `bins` bins: the bin holding the
-// remaining-th largest value goes to s.digit, the count above it to s.above; when hint_rank > 0,
-// the bin holding the hint_rank-th largest goes to s.hint_digit (left as it was when there are
-// fewer values). Ends synchronised.
+// Pivot search over one radix pass's counts, `bins` bins a power of two <= 2048: thread t holds
+// the counts of descending bin positions [t * per, (t + 1) * per), per = bins / 512 rounded up
+// (c[j]: bin bins - 1 - t * per - j; unused slots 0). The bin holding the remaining-th largest
+// value goes to s.digit, its count to s.pivot and the count above it to s.above; when hint_rank >
+// 0, the bin holding the hint_rank-th largest goes to s.hint_digit (left as it was when there are
+// fewer values). With top_total > 0 the top bin's count (thread 0's c[0], passed as 0) is taken
+// as top_total less the other bins' sum (HistTail, whose scoring CTAs do not count it). Ends
+// synchronised.
+__device__ inline void PivotFromCounts(TailSmem& s, uint32_t (&c)[4], int bins, uint32_t remaining,
+                                       uint32_t hint_rank = 0, uint32_t top_total = 0) {
+  const int tid = threadIdx.x;
+  const int per = (bins + kSelThreads - 1) / kSelThreads;
+  uint32_t total;
+  uint32_t above = BlockExclusiveScan((c[0] + c[1]) + (c[2] + c[3]), &total, s.warp);
+  if (top_total > 0) {
+    const uint32_t top = top_total - total;
+    if (tid == 0) {
+      c[0] = top;
+    } else {
+      above += top;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int pos = tid * per + j;
+    if (j < per && pos < bins) {
+      if (above < remaining && remaining <= above + c[j]) {
+        s.digit = uint32_t(bins - 1 - pos);
+        s.above = above;
+        s.pivot = c[j];
+      }
+      if (above < hint_rank && hint_rank <= above + c[j]) s.hint_digit = uint32_t(bins - 1 - pos);
+      above += c[j];
+    }
+  }
+  __syncthreads();
+}
+
+// After s.hist holds the counts of one radix pass over `bins` bins: PivotFromCounts over them.
 __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
                                     uint32_t hint_rank = 0) {
   static_assert(kRadixBins <= 4 * kSelThreads, "FindPivotBin: at most 4 bins a thread");
@@ -174,21 +212,7 @@ __device__ inline void FindPivotBin(TailSmem& s, int bins, uint32_t remaining,
       c[j] = j < per && pos < bins ? s.hist[bins - 1 - pos] : 0u;
     }
   }
-  uint32_t total;
-  uint32_t above = BlockExclusiveScan((c[0] + c[1]) + (c[2] + c[3]), &total, s.warp);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int pos = tid * per + j;
-    if (j < per && pos < bins) {
-      if (above < remaining && remaining <= above + c[j]) {
-        s.digit = uint32_t(bins - 1 - pos);
-        s.above = above;
-      }
-      if (above < hint_rank && hint_rank <= above + c[j]) s.hint_digit = uint32_t(bins - 1 - pos);
-      above += c[j];
-    }
-  }
-  __syncthreads();
+  PivotFromCounts(s, c, bins, remaining, hint_rank);
 }
 
 // Exact rank among the ncand <= kSelThreads / 2 compacted candidates (all in the current pivot
@@ -444,10 +468,12 @@ __device__ inline void StridedTail(TailSmem& s, const uint32_t* gkeys, uint32_t*
 // whatever the length (a short row costs a few slots per thread, not 32 on two warps); slot q
 // holds keys w seg + 128 q + 4 lane + [0, 4) (coalesced 16-byte loads). Slots past seg are
 // skipped CTA-uniformly.
-// hint_rank / hint_out as in RadixSelect (*hint_out a key, not key - min).
+// hint_rank / hint_out as in RadixSelect (*hint_out a key, not key - min); *t_out, when given,
+// the threshold key T.
 __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys, int32_t mo,
                                              uint32_t need, int32_t* out, uint32_t hint_rank = 0,
-                                             uint32_t* hint_out = nullptr) {
+                                             uint32_t* hint_out = nullptr,
+                                             uint32_t* t_out = nullptr) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int32_t seg = ((mo + kSelWarps - 1) / kSelWarps + 127) / 128 * 128;
   const int32_t wbase = warp * seg;
@@ -481,6 +507,7 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
   uint32_t remaining, hint_v;
   const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v);
   if (hint_out != nullptr) *hint_out = kmin + hint_v;
+  if (t_out != nullptr) *t_out = T;
 
   // Ascending output: packed (greater << 16 | equal) counts, prefix-summed in block order
   // (warp, slot, lane, element); counts <= 16384 fit 16 bits.
@@ -530,7 +557,8 @@ constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
 // every block with key >= T is a candidate and the output (every key > T, the lowest-numbered
 // keys == T, ascending) is exactly RegisterTail's. Returns false, having changed nothing but
 // *count and s.hint_total, when there are fewer than need or more than kMaxHintCandidates
-// candidates (the caller runs RegisterTail instead). Otherwise *hint_out as in RegisterTail.
+// candidates (the caller runs RegisterTail instead). Otherwise *hint_out and *t_out as in
+// RegisterTail.
 // Cost: the count and the flag words (one a thread, loaded together), the candidates' block
 // ids compacted in s.cand, their keys gathered from L2 (candidates t + 512 k of thread t, all
 // loads in flight), RadixSelect over those, then bitmaps of (key > T) and (key == T) in s.hist,
@@ -540,7 +568,8 @@ constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
 // and s.kmin / s.kmax / s.ncand initialised on entry.
 __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const uint32_t* bits,
                                      uint32_t* count, int32_t mo, uint32_t need, int32_t* out,
-                                     uint32_t hint_rank, uint32_t* hint_out) {
+                                     uint32_t hint_rank, uint32_t* hint_out,
+                                     uint32_t* t_out = nullptr) {
   const int tid = threadIdx.x, lane = tid % 32;
   StartClock(s);
   const int words = (mo + 31) / 32;                             // <= kSelThreads
@@ -586,6 +615,7 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
   uint32_t remaining, hint_v;
   const uint32_t T = kmin + RadixSelect(s, need, &remaining, for_keys, hint_rank, &hint_v, true);
   *hint_out = kmin + hint_v;
+  if (t_out != nullptr) *t_out = T;
 
   // Bitmaps: s.hist[w] bit i = key of block 32 w + i > T, s.hist[kSelThreads + w] = key == T.
   static_assert(2 * kSelThreads <= kRadixBins, "two bitmap words a thread in s.hist");
@@ -622,6 +652,154 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
 #endif
   Mark(s, kPhaseStores);
   return true;
+}
+
+// The histogram tail: the same selection as CandidateTail from the same candidates, with the
+// first radix pass done by the scoring CTAs. Each scoring CTA adds every candidate it flags to
+// the row's global histogram of kRadixBins bins, bin HistBin(key, hint, shift) (fixed before the
+// scores are known: bins of 2^shift keys upward from the hint key), except the top bin, which
+// would collect most candidates at one address and is taken as the count less the others. The
+// shift comes with the hint from the previous step (NextHistShift), so that its threshold lay
+// about 256-511 bins above its hint: the pivot bin then holds a few keys, and often exactly as
+// many as are still needed, which needs no rank at all.
+__device__ __forceinline__ uint32_t HistBin(uint32_t key, uint32_t hint, uint32_t shift) {
+  return min((key - hint) >> shift, uint32_t(kRadixBins - 1));
+}
+constexpr uint32_t kHistShiftMask = 31;  // a shift takes the low 5 bits of the stored hint
+
+// The shift for the next step's histogram from this step's threshold key t and next hint key:
+// t - hint spans 256-511 bins of 2^shift keys (fewer when it is below 256 keys).
+__device__ __forceinline__ uint32_t NextHistShift(uint32_t t, uint32_t hint) {
+  const int bits = 32 - __clz(t > hint ? t - hint : 0u);  // __clz(0) = 32
+  return uint32_t(max(bits - 9, 0));
+}
+
+enum class HistOutcome {
+  kDone,          // selected; *count reset
+  kDeclined,      // the histogram cannot place the threshold: CandidateTail can (count kept)
+  kNoCandidates,  // fewer than need or more than kMaxHintCandidates candidates; *count reset
+};
+
+// The hinted selection from the scoring CTAs' histogram `hist` (kRadixBins counts, the top bin
+// not counted; zeroed here for the next launch whatever the outcome) and the candidate count
+// *count as for CandidateTail, with the same output, *hint_out and *t_out (the threshold key, or
+// when every key of the pivot bin is kept the bin's lower edge). Every load is issued at once:
+// thread t's 4 histogram bins, and the row's keys a 128-byte line a warp instruction (warp w
+// holds the lines of words 32 w .. 32 w + 31, lane l key l of each: 512 whole-line requests,
+// where loading each thread's own word took 3x as many 16-byte ones). While the keys arrive the
+// CTA finds the pivot bin over the histogram (one scan). Every key of the bins above it is kept;
+// the pivot bin's keys are kept whole when their count is what is still needed, or else compacted
+// and ranked directly (RankCandidates, at most kDirectRank of them). Keys are compared with the
+// bin edges or the threshold, which every candidate key (>= the hint) can pass and no other can,
+// so the flag words are not read: one ballot a line gives the word's kept blocks, kept by the
+// word's thread (tid = 32 w + line), one more scan their positions, and the ids go out through
+// shared memory, whole lines at a time. Declines (kDeclined) when the pivot bin is the top one
+// (the threshold lies past the bins) or holds more than kDirectRank keys; s.hist zero and
+// s.kmin / s.kmax / s.ncand initialised on entry, and so left when it declines (s.cand aside).
+__device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, uint32_t* count,
+                                       uint32_t* hist, int32_t mo, uint32_t need, int32_t* out,
+                                       uint32_t hint, uint32_t shift, uint32_t hint_rank,
+                                       uint32_t* hint_out, uint32_t* t_out) {
+  static_assert(kRadixBins == 4 * kSelThreads, "HistTail: one 16-byte group of bins a thread");
+  static_assert(kMaxHintCandidates <= kMaxCandidates, "HistTail: the output staged in s.cand");
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  StartClock(s);
+  uint4* bins4 = reinterpret_cast<uint4*>(hist) + (kRadixBins / 4 - 1 - tid);
+  const uint4 h = __ldcg(bins4);
+  if (tid == 0) {
+    s.hint_total = __ldcg(count);
+    s.hint_digit = 0;
+  }
+  // key[j]: block 32 (32 warp + j) + lane, read while below mo (32 j + lane < limit; the
+  // others 0, and masked in the ballots below).
+  const int32_t limit = mo - 1024 * warp;
+  uint32_t key[32];
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    key[j] = 32 * j + lane < limit ? __ldcg(gkeys + 1024 * warp + 32 * j + lane) : 0u;
+  }
+  __stcg(bins4, make_uint4(0u, 0u, 0u, 0u));  // ready for the next launch
+  __syncthreads();
+  const uint32_t total = s.hint_total;
+  if (total < need || total > uint32_t(kMaxHintCandidates)) {
+    if (tid == 0) *count = 0;
+    return HistOutcome::kNoCandidates;
+  }
+  Mark(s, kPhaseCount);
+  // Descending bins: c[j] is bin 2047 - 4 t - j (thread 0's c[0], the top bin, from the count).
+  uint32_t c[4] = {tid == 0 ? 0u : h.w, h.z, h.y, h.x};
+  PivotFromCounts(s, c, kRadixBins, need, hint_rank, total);
+  Mark(s, kPhasePivot);
+  const uint32_t d = s.digit, pivot = s.pivot, hint_digit = s.hint_digit;
+  uint32_t remaining = need - s.above;
+  if (d == uint32_t(kRadixBins - 1) || (remaining != pivot && pivot > uint32_t(kDirectRank))) {
+    return HistOutcome::kDeclined;  // nothing changed that CandidateTail reads
+  }
+  // Bin d is the keys [lo, lo + 2^shift) (it is not the top bin); keys below the hint (not
+  // candidates) fall below it.
+  const uint32_t lo = uint32_t(uint64_t(hint) + (uint64_t(d) << shift));
+  const uint32_t width_m1 = uint32_t((uint64_t(1) << shift) - 1u);
+  const bool whole = remaining == pivot;
+  uint32_t T = lo;  // with `whole`, every key >= lo is kept
+  if (!whole) {
+    // The pivot bin's keys into s.cand (a shared atomic a line that has any), then their rank.
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const bool in_bin = 32 * j + lane < limit && key[j] - lo <= width_m1;
+      const uint32_t b = __ballot_sync(0xffffffffu, in_bin);
+      if (b != 0) {  // warp-uniform
+        uint32_t base = 0;
+        if (lane == 0) base = atomicAdd(&s.ncand, uint32_t(__popc(b)));
+        base = __shfl_sync(0xffffffffu, base, 0);
+        SharedStoreIf(s.cand + base + __popc(b & ((1u << lane) - 1u)), key[j], in_bin);
+      }
+    }
+    __syncthreads();
+    Mark(s, kPhaseCompact);
+    if (s.ncand != pivot) {  // never (the scoring's bins are these); keeps the rank in bounds
+      __syncthreads();
+      if (tid == 0) s.ncand = 0;
+      return HistOutcome::kDeclined;
+    }
+    RankCandidates(s, pivot, remaining);
+    T = s.digit;
+    remaining -= s.above;
+    Mark(s, kPhaseNarrow);
+  }
+  // This thread's word (blocks 32 tid + i): kept bits, every key > T (with `whole`, >= T) and
+  // the keys equal to T, of which the first `remaining` in block order are kept.
+  uint32_t gt = 0, eq = 0;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const bool ok = 32 * j + lane < limit;
+    const uint32_t g = __ballot_sync(0xffffffffu, ok && (whole ? key[j] >= T : key[j] > T));
+    const uint32_t e = __ballot_sync(0xffffffffu, ok && !whole && key[j] == T);
+    if (lane == j) gt = g, eq = e;
+  }
+  Mark(s, kPhaseBitmaps);
+  uint32_t unused;
+  const uint32_t x =
+      BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
+  Mark(s, kPhaseOutScan);
+  // The ids into s.cand (free since the rank), then out in whole lines.
+  uint32_t tie = x & 0xffffu;
+  uint32_t pos = (x >> 16) + min(tie, remaining);
+  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
+    const int i = __ffs(w) - 1;
+    const bool is_eq = (eq >> i) & 1u;
+    if (!is_eq || tie < remaining) s.cand[pos++] = uint32_t(32 * tid + i);
+    tie += uint32_t(is_eq);
+  }
+  __syncthreads();
+  for (uint32_t i = tid; i < need; i += kSelThreads) out[i] = int32_t(s.cand[i]);
+#ifdef RESA_SELECT_TAIL_STAMPS
+  __syncthreads();  // the stores issued by every thread
+#endif
+  Mark(s, kPhaseStores);
+  if (tid == 0) *count = 0;
+  *hint_out = uint32_t(uint64_t(hint) + (uint64_t(hint_digit) << shift));
+  *t_out = T;
+  return HistOutcome::kDone;
 }
 
 }  // namespace resa::cuda::select_tail

@@ -18,6 +18,8 @@ enum class SelectTailForm {
   kStrided,        // StridedTail, keys read from L2 in every sweep
   kStridedShared,  // StridedTail, keys staged in shared memory (mo <= 16384)
   kCandidate,      // CandidateTail from the keys >= candidate_key; RegisterTail when it declines
+  kHistogram,      // HistTail from the keys >= candidate_key and their histogram (bins of
+                   // 2^hist_shift keys); CandidateTail, then RegisterTail, when it declines
 };
 const char* SelectTailFormName(SelectTailForm form);
 
@@ -27,14 +29,21 @@ struct SelectTailProbe {
   SelectTailForm form = SelectTailForm::kRegister;
   // kRegister / kCandidate: the rank whose first-pass bin edge comes back as hint_key (0: none).
   uint32_t hint_rank = 0;
-  uint32_t candidate_key = 0;  // kCandidate: blocks with key >= this are flagged as candidates
+  uint32_t candidate_key = 0;  // kCandidate / kHistogram: blocks with key >= this are candidates
+  uint32_t hist_shift = 0;     // kHistogram: 0-31
 };
 
 struct SelectTailResult {
   std::vector<int32_t> ids;      // the need selected blocks, ascending
   uint32_t hint_key = 0;         // with hint_rank > 0: at least hint_rank keys are >= it
-  bool from_candidates = false;  // kCandidate: CandidateTail ran (did not decline)
+  bool from_candidates = false;  // kCandidate / kHistogram: a candidate tail selected
+  bool from_histogram = false;   // kHistogram: HistTail selected
+  uint32_t threshold_key = 0;    // kHistogram: the tail's *t_out (what the next shift comes from)
 };
+
+// What HistTail does with a probe's keys (kHistogram): 0 when it has too few or too many
+// candidates, 1 when it declines, 2 when it selects. The host's count of its histogram and pivot.
+int HistTailOutcomeReference(const SelectTailProbe& p);
 
 absl::StatusOr<SelectTailResult> RunSelectTailCuda(const SelectTailProbe& p);
 

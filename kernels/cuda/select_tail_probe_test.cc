@@ -2,8 +2,10 @@
 // must return exactly SelectTailReference's ids, and its hint must have at least hint_rank keys
 // at or above it. The paths: one radix pass (narrow keys), the first pass's pivot bin ranked
 // directly (small) or compacted and narrowed by 8-bit passes over the candidates (one, two,
-// down to the last bit), too large to compact (more passes over all keys), all keys equal; and
-// the candidate tail taking or declining its candidates.
+// down to the last bit), too large to compact (more passes over all keys), all keys equal; the
+// candidate tail taking or declining its candidates; and the histogram tail placing the
+// threshold (its pivot bin kept whole or ranked) or declining (pivot bin too large, or the top
+// bin), at the shift a real step would leave and at others.
 #include "kernels/cuda/select_tail_probe.h"
 
 #include <algorithm>
@@ -118,10 +120,20 @@ TEST(SelectTailProbeTest, BadArgumentsAreRefused) {
 
 class SelectTailTest : public testing::CudaTest,
                        public ::testing::WithParamInterface<SelectTailForm> {};
+class SelectTailHistogramTest : public testing::CudaTest {};
+
+// The shift the selection leaves for the next step's histogram (NextHistShift): t - hint over
+// 256-511 bins.
+uint32_t HistShiftFor(uint32_t t, uint32_t hint) {
+  const uint32_t d = t > hint ? t - hint : 0u;
+  int bits = 0;
+  while (bits < 32 && (d >> bits) != 0) ++bits;
+  return uint32_t(std::max(bits - 9, 0));
+}
 
 TEST_P(SelectTailTest, EqualsReferenceOnEveryPath) {
   const SelectTailForm form = GetParam();
-  int hinted = 0, declined = 0;
+  int hinted = 0, declined = 0, by_hist = 0, hist_declined = 0;
   for (const KeySet& ks : KeySets()) {
     const uint32_t mo = uint32_t(ks.keys.size());
     if (form != SelectTailForm::kStrided && mo > 16384) continue;
@@ -130,29 +142,57 @@ TEST_P(SelectTailTest, EqualsReferenceOnEveryPath) {
     // The candidate form: the hint a real step would leave (hint_rank keys at or above it), so
     // there are enough candidates; then too few (declines); then everything a candidate (declines
     // past 4096).
+    // The histogram form: the same candidates at the shift the last step would leave
+    // (HistShiftFor), at 0 (one key a bin: the threshold lies past the bins) and 31 (every
+    // candidate in bin 0), and candidates from the threshold itself (exactly need or a few
+    // more: the pivot bin kept whole).
     std::vector<uint32_t> candidate_keys = {0};
-    if (form == SelectTailForm::kCandidate) {
-      const uint32_t t = KthLargest(ks.keys, ks.need);
+    std::vector<uint32_t> shifts = {0};
+    const uint32_t t = KthLargest(ks.keys, ks.need);
+    if (form == SelectTailForm::kCandidate || form == SelectTailForm::kHistogram) {
       candidate_keys = {KthLargest(ks.keys, hint_rank), 0u};
       if (t != 0xffffffffu) candidate_keys.push_back(t + 1u);
     }
+    if (form == SelectTailForm::kHistogram) {
+      candidate_keys.push_back(t);
+      shifts = {HistShiftFor(t, candidate_keys[0]), 0u, 31u};
+    }
     for (uint32_t ck : candidate_keys) {
-      SelectTailProbe p{ks.keys, ks.need, form, hint_rank, ck};
-      if (form == SelectTailForm::kStrided || form == SelectTailForm::kStridedShared) {
-        p.hint_rank = 0;
-      }
-      auto got = RunSelectTailCuda(p);
-      ASSERT_TRUE(got.ok()) << got.status();
-      ASSERT_EQ(got->ids, want) << ks.name << " (" << mo << " keys, need " << ks.need
-                                << ", candidates from " << ck << ")";
-      if (p.hint_rank > 0) {
-        EXPECT_GE(CountAtLeast(ks.keys, got->hint_key), int64_t(p.hint_rank)) << ks.name;
-      }
-      if (form == SelectTailForm::kCandidate) {
+      for (uint32_t shift : shifts) {
+        SelectTailProbe p{ks.keys, ks.need, form, hint_rank, ck, shift};
+        if (form == SelectTailForm::kStrided || form == SelectTailForm::kStridedShared) {
+          p.hint_rank = 0;
+        }
+        auto got = RunSelectTailCuda(p);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_EQ(got->ids, want) << ks.name << " (" << mo << " keys, need " << ks.need
+                                  << ", candidates from " << ck << ", shift " << shift << ")";
         const int64_t cands = CountAtLeast(ks.keys, ck);
         const bool can = cands >= int64_t(ks.need) && cands <= 4096;
-        EXPECT_EQ(got->from_candidates, can) << ks.name << ": " << cands << " candidates";
-        (got->from_candidates ? hinted : declined) += 1;
+        // A candidate tail with fewer than hint_rank candidates leaves the lowest of them.
+        if (p.hint_rank > 0 && (!got->from_candidates || cands >= int64_t(p.hint_rank))) {
+          EXPECT_GE(CountAtLeast(ks.keys, got->hint_key), int64_t(p.hint_rank)) << ks.name;
+        }
+        if (form == SelectTailForm::kCandidate || form == SelectTailForm::kHistogram) {
+          EXPECT_EQ(got->from_candidates, can) << ks.name << ": " << cands << " candidates";
+          (got->from_candidates ? hinted : declined) += 1;
+        }
+        if (form == SelectTailForm::kHistogram) {
+          const int want_outcome = HistTailOutcomeReference(p);
+          EXPECT_EQ(got->from_histogram, want_outcome == 2)
+              << ks.name << ": candidates from " << ck << ", shift " << shift;
+          by_hist += int(got->from_histogram);
+          hist_declined += int(want_outcome == 1);
+          // The threshold key: exact, or the pivot bin's lower edge when the bin is kept whole
+          // (never above the threshold, never below the hint).
+          if (got->from_candidates) {
+            EXPECT_LE(got->threshold_key, t) << ks.name;
+            EXPECT_GE(got->threshold_key, ck) << ks.name;
+            if (!got->from_histogram) {
+              EXPECT_EQ(got->threshold_key, t) << ks.name;
+            }
+          }
+        }
       }
     }
   }
@@ -160,12 +200,37 @@ TEST_P(SelectTailTest, EqualsReferenceOnEveryPath) {
     EXPECT_GT(hinted, 10);
     EXPECT_GT(declined, 10);
   }
+  if (form == SelectTailForm::kHistogram) {
+    EXPECT_GT(by_hist, 10);
+    EXPECT_GT(hist_declined, 10);
+  }
+}
+
+// The histogram tail on spread keys at the shift the last step left: the pivot bin kept whole or
+// ranked, at several thresholds between the hint and the bins' end.
+TEST_F(SelectTailHistogramTest, SpreadKeysTakeTheHistogram) {
+  std::mt19937 rng(5);
+  std::vector<uint32_t> keys(16383);
+  for (uint32_t& x : keys) x = 0x40000000u + uint32_t(rng() % (1u << 24));
+  int whole = 0;
+  for (uint32_t need : {1u, 2u, 100u, 1638u, 3000u}) {
+    const uint32_t hint_rank = need + need / 4 + 32;
+    const uint32_t ck = KthLargest(keys, hint_rank), t = KthLargest(keys, need);
+    SelectTailProbe p{keys, need, SelectTailForm::kHistogram, hint_rank, ck, HistShiftFor(t, ck)};
+    auto got = RunSelectTailCuda(p);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->ids, SelectTailReference(keys, need)) << "need " << need;
+    EXPECT_TRUE(got->from_histogram) << "need " << need;
+    EXPECT_GE(CountAtLeast(keys, got->hint_key), int64_t(hint_rank)) << "need " << need;
+    whole += int(got->threshold_key != t);
+  }
+  EXPECT_GT(whole, 0) << "no pivot bin was kept whole";
 }
 
 INSTANTIATE_TEST_SUITE_P(Forms, SelectTailTest,
                          ::testing::Values(SelectTailForm::kRegister, SelectTailForm::kStrided,
                                            SelectTailForm::kStridedShared,
-                                           SelectTailForm::kCandidate),
+                                           SelectTailForm::kCandidate, SelectTailForm::kHistogram),
                          [](const ::testing::TestParamInfo<SelectTailForm>& info) {
                            return std::string(SelectTailFormName(info.param));
                          });

@@ -36,12 +36,17 @@ namespace resa::cuda {
 namespace {
 
 using select_tail::CandidateTail;
+using select_tail::HistBin;
+using select_tail::HistOutcome;
+using select_tail::HistTail;
+using select_tail::kHistShiftMask;
 using select_tail::kMaxHintCandidates;
 using select_tail::kMaxRegKeys;
 using select_tail::kRadixBins;
 using select_tail::kRegKeys;
 using select_tail::kSelThreads;
 using select_tail::kSelWarps;
+using select_tail::NextHistShift;
 using select_tail::RegisterTail;
 using select_tail::StridedTail;
 using select_tail::TailSmem;
@@ -69,9 +74,9 @@ struct SelectPlan {
   size_t flags_offset = 0, flag_stride = 0;
 };
 
-// Rows selected from their hint's candidates / by the whole tail, since the process started
-// (SelectionHintCounts).
-__device__ unsigned long long g_hint_counts[2];
+// Rows selected from their hint's candidates / by the whole tail / by the histogram tail (a part
+// of the first), since the process started (SelectionHintCounts).
+__device__ unsigned long long g_hint_counts[3];
 
 struct SelectArgs {
   SelectBlocksParams p;
@@ -84,6 +89,10 @@ struct SelectArgs {
   // With flags: [batch][num_kv_heads] candidate counts, in the workspace's counter region
   // after the arrival counters (so zero between launches like them: the tail resets them).
   uint32_t* cand_counts;
+  // With flags, when the counter region has room: [batch][num_kv_heads][kRadixBins] histograms
+  // of the candidates' keys for HistTail, in the counter region after cand_counts (zero between
+  // launches: the tail zeroes its row's).
+  uint32_t* hist;
   bool keys_in_smem;  // SelectWideKernel: the tail stages the keys in dynamic shared memory
   int wide_chunk;     // SelectWideKernel: blocks a CTA scores (a multiple of kSelChunk)
   bool early_trigger = false;  // SelectKernel: SelectBlocksParams::early_dependents
@@ -447,7 +456,8 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       HINTS && M - 1 >= kMinHintBlocks && M - 1 <= kMaxRegKeys && n_sel > 1 && n_sel < M;
   const size_t row = size_t(b) * hkv + h;
   uint8_t* flags = use_hint ? a.flags + row * a.flag_stride : nullptr;
-  uint32_t hint = 0, warp_cands = 0;  // warp_cands: this warp's candidates (lane 0)
+  uint32_t* hist = use_hint && a.hist != nullptr ? a.hist + row * kRadixBins : nullptr;
+  uint32_t hint = 0, hint_shift = 0, warp_cands = 0;  // warp_cands: this warp's candidates (lane 0)
   float q_norm = 0.0f;
 
   // 1. The first chunk's pages (its summary loads wait for the pooled query, the previous
@@ -479,8 +489,13 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     // The previous kernel's results (q, k_new, v_new; the keys workspace) from here on.
     detail::GridDependencyWait();
     timeline::Stamp(kTlSelectWaited);
+    // A stored hint: the ratio's fp32 bits, the low 5 (kHistShiftMask) the histogram's shift.
     float hint_ratio = 0.0f;
-    if (use_hint) hint_ratio = __uint_as_float(__ldcg(p.hints + row));
+    if (use_hint) {
+      const uint32_t word = __ldcg(p.hints + row);
+      hint_ratio = __uint_as_float(word & ~kHistShiftMask);
+      hint_shift = word & kHistShiftMask;
+    }
     // 2. The current token, when this CTA holds it (its chunk's turn may come later in the loop,
     // but the summary loads may see the page before or after the write either way: its block
     // scores +inf).
@@ -536,7 +551,13 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
       if (blk < M) gkeys[blk] = key;
       if (use_hint) {  // CTA-uniform
         // Lane i holds block c0 + 32 warp + i: the warp's flag word.
-        const uint32_t m = __ballot_sync(kFullMask, blk < M - 1 && key >= hint);
+        const bool cand = blk < M - 1 && key >= hint;
+        const uint32_t m = __ballot_sync(kFullMask, cand);
+        // HistTail's histogram (not its top bin: the tail takes that from the count).
+        if (hist != nullptr && cand) {
+          const uint32_t bin = HistBin(key, hint, hint_shift);
+          if (bin < uint32_t(kRadixBins - 1)) atomicAdd(hist + bin, 1u);  // a reduction
+        }
         if (lane == 0) {
           *reinterpret_cast<uint32_t*>(flags + c0 / 8 + 4 * warp) = m;
           warp_cands += uint32_t(__popc(m));
@@ -554,27 +575,39 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
   // while the sparse decode's CTAs are placed on the SMs the others leave.
   if (a.early_trigger) detail::LaunchDependents();
   // 6. Arrival: the last CTA of this (sequence, head) selects, the keys in registers when they fit.
-  // With a hint, from the hint's candidates when there are enough and not too many; either way it
-  // leaves the next step's hint: the score above which about need * 5 / 4 + 32 keys lie now,
-  // over the query's L1 norm.
+  // With a hint, from the hint's candidates when there are enough and not too many: by the
+  // histogram the scoring CTAs built (HistTail) when it places the threshold, else by ranking the
+  // candidates (CandidateTail). Either way it leaves the next step's hint: the score above which
+  // about need * 5 / 4 + 32 keys lie now, over the query's L1 norm, with the histogram's shift
+  // for the threshold found now.
   SelectRow(a, b, h, hkv, n_ctas, M, s, &s_last, [&](int32_t n, int32_t* out) {
     const uint32_t need = uint32_t(n - 1);
     const uint32_t hint_rank = use_hint ? min(need + need / 4 + 32, uint32_t(M - 1)) : 0u;
-    uint32_t next_hint = 0;
-    const bool hinted =
-        use_hint && CandidateTail(s, gkeys, reinterpret_cast<const uint32_t*>(flags),
-                                  a.cand_counts + row, M - 1, need, out, hint_rank, &next_hint);
+    const uint32_t* cand_bits = reinterpret_cast<const uint32_t*>(flags);
+    uint32_t next_hint = 0, t_key = 0;
+    HistOutcome outcome = HistOutcome::kNoCandidates;
+    if (hist != nullptr) {
+      outcome = HistTail(s, gkeys, a.cand_counts + row, hist, M - 1, need, out, hint, hint_shift,
+                         hint_rank, &next_hint, &t_key);
+    } else if (use_hint) {
+      outcome = HistOutcome::kDeclined;
+    }
+    const bool hinted = outcome == HistOutcome::kDone ||
+                        (outcome == HistOutcome::kDeclined &&
+                         CandidateTail(s, gkeys, cand_bits, a.cand_counts + row, M - 1, need, out,
+                                       hint_rank, &next_hint, &t_key));
     if (!hinted) {
       if (M - 1 <= kMaxRegKeys) {
-        RegisterTail(s, gkeys, M - 1, need, out, hint_rank, &next_hint);
+        RegisterTail(s, gkeys, M - 1, need, out, hint_rank, &next_hint, &t_key);
       } else {
         StridedTail(s, gkeys, nullptr, M - 1, need, out);
       }
     }
     if (use_hint && threadIdx.x == 0) {
       const float ratio = q_norm > 0.0f ? KeyScore(next_hint) / q_norm : 0.0f;
-      p.hints[row] = __float_as_uint(ratio);
+      p.hints[row] = (__float_as_uint(ratio) & ~kHistShiftMask) | NextHistShift(t_key, next_hint);
       atomicAdd(&g_hint_counts[hinted ? 0 : 1], 1ull);
+      if (outcome == HistOutcome::kDone) atomicAdd(&g_hint_counts[2], 1ull);
     }
     timeline::Stamp(kTlSelectTail);
   });
@@ -764,13 +797,13 @@ int HintRows() {
 size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p) { return PlanSelect(p).bytes; }
 
 absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts() {
-  unsigned long long c[2] = {0, 0};
+  unsigned long long c[3] = {0, 0, 0};
   if (auto st = CudaStatus(cudaMemcpyFromSymbol(c, g_hint_counts, sizeof(c)),
                            "reading the selection hint counters");
       !st.ok()) {
     return st;
   }
-  return SelectionHintCounts{int64_t(c[0]), int64_t(c[1])};
+  return SelectionHintCounts{int64_t(c[0]), int64_t(c[1]), int64_t(c[2])};
 }
 
 absl::StatusOr<SelectTailPhases> ReadSelectTailPhases() {
@@ -846,6 +879,7 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
   a.flags = nullptr;
   a.flag_stride = plan.flag_stride;
   a.cand_counts = nullptr;
+  a.hist = nullptr;
   const int chunks = (plan.max_blocks + kSelChunk - 1) / kSelChunk;
   const int rows = p.batch * p.kv.num_kv_heads;
   cudaError_t err = cudaSuccess;
@@ -863,6 +897,12 @@ absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream) 
     if (hints) {
       a.flags = reinterpret_cast<uint8_t*>(static_cast<char*>(p.workspace) + plan.flags_offset);
       a.cand_counts = reinterpret_cast<uint32_t*>(a.counters + rows);
+      // HistTail's histograms after the candidate counts, 16-byte aligned, when they fit (at
+      // most 31 rows; the default HintRows() is 16).
+      const size_t hist_at = (size_t(2) * rows + 3) / 4 * 4;
+      if (hist_at + size_t(rows) * kRadixBins <= size_t(kWorkspaceCounters)) {
+        a.hist = reinterpret_cast<uint32_t*>(a.counters) + hist_at;
+      }
     }
     auto kernel = p.kv.head_dim == 64
                       ? (hints ? SelectKernel<64, true> : SelectKernel<64, false>)

@@ -77,8 +77,9 @@ struct SelectBlocksParams {
   size_t workspace_bytes = 0;
 
   // Optional, in/out [batch][num_kv_heads]: a threshold hint per row, carried from one decode
-  // step to the next (fp32 bits of a score divided by the pooled query's L1 norm; zeroed device
-  // memory to start; the workspace is larger with it). The output never depends on it: any
+  // step to the next (fp32 bits of a score divided by the pooled query's L1 norm, the low 5 bits
+  // the scale of the scoring CTAs' histogram of the candidates; zeroed device memory to start;
+  // the workspace is larger with it). The output never depends on it: any
   // value gives the same blocks. A close one makes the tail cheaper: in launches of up to 16 rows
   // (batch x KV heads) on the latency kernel, for rows of 8193 to 16385 blocks that keep 1 < n < M,
   // when at least n - 1 and at most 4096 of the row's blocks [0, M - 1) score >= hint x norm, only
@@ -101,10 +102,12 @@ size_t SelectBlocksWorkspaceBytes(const SelectBlocksParams& p);
 absl::Status SelectBlocksCuda(const SelectBlocksParams& p, cudaStream_t stream);
 
 // Rows SelectBlocksCuda selected with a hint since the process started, on the current device:
-// from the hint's candidates, and by the whole tail (too few or too many candidates).
+// from the hint's candidates, and by the whole tail (too few or too many candidates); and of the
+// first, those whose threshold the scoring CTAs' histogram placed (no ranking of every candidate).
 struct SelectionHintCounts {
   int64_t from_candidates = 0;
   int64_t whole_tail = 0;
+  int64_t from_histogram = 0;
 };
 absl::StatusOr<SelectionHintCounts> ReadSelectionHintCounts();
 

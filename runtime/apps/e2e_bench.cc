@@ -116,7 +116,7 @@ struct Row {
   std::vector<std::pair<std::string, double>> profile;  // ms per step by kernel group
   double profile_rect_ms = 0;                            // of which rectification (per step)
   // Timed steps' rows selected from their hint's candidates / with the whole tail.
-  int64_t hint_hits = 0, hint_misses = 0;
+  int64_t hint_hits = 0, hint_misses = 0, hist_hits = 0;
 };
 
 absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int ctx, int batch,
@@ -174,6 +174,7 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
   const SelectionHintTally h1 = ReadSelectionHintTally();
   row.hint_hits = h1.from_candidates - h0.from_candidates;
   row.hint_misses = h1.whole_tail - h0.whole_tail;
+  row.hist_hits = h1.from_histogram - h0.from_histogram;
   row.bound_ms = 1e3 * StepBytes(c, ctx, batch, mode, o) / (copy_gbps * 1e9);
   if (o.profile) {
     // Where the time goes: the same steps eagerly, one event per group of kernels, over one
@@ -198,12 +199,13 @@ absl::StatusOr<Row> RunRow(ModelBackend& backend, const std::string& model, int 
 }
 
 // The table's hints cell: off, or the share of the timed steps' selections that ranked only
-// their hint's candidates.
+// their hint's candidates, and (h) the share placed by the scoring's histogram.
 std::string HintCell(const Row& r) {
   if (!r.tuning.selection_hints) return "off";
   const int64_t n = r.hint_hits + r.hint_misses;
   if (n == 0) return "on";
-  return absl::StrFormat("on %.0f%%", 100.0 * double(r.hint_hits) / double(n));
+  return absl::StrFormat("on %.0f%% (h %.0f%%)", 100.0 * double(r.hint_hits) / double(n),
+                         100.0 * double(r.hist_hits) / double(n));
 }
 
 int RunE2e(const E2eOptions& o) {
@@ -329,11 +331,11 @@ int RunE2e(const E2eOptions& o) {
                 "\"mode\":\"%s\",%s,\"ms_per_step\":%.4f,\"rectify_ms_per_step\":%.4f,"
                 "\"bound_ms\":%.4f,\"ratio_to_bound\":%.3f,\"torch_dense_ms\":%.4f,"
                 "\"hinted_selections\":%lld,\"whole_tail_selections\":%lld,"
-                "\"profile_ms_per_step\":%s}\n",
+                "\"histogram_selections\":%lld,\"profile_ms_per_step\":%s}\n",
                 model.c_str(), ctx, batch, mode_name.c_str(), variant_json(variant).c_str(),
                 row->ms, row->rect_ms, row->bound_ms, row->ms / row->bound_ms, row->torch_ms,
                 static_cast<long long>(row->hint_hits), static_cast<long long>(row->hint_misses),
-                prof.dump().c_str());
+                static_cast<long long>(row->hist_hits), prof.dump().c_str());
             std::fflush(stdout);
             rows.push_back(*row);
           }

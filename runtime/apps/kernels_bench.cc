@@ -483,10 +483,12 @@ absl::Status BenchShape(const KernelsBenchOptions& o, const ModelShape& s, int c
     if (before.ok() && after.ok()) {
       std::printf(
           "{\"bench\":\"kernels\",\"kernel\":\"%s_tally\",\"model\":\"%s\","
-          "\"context\":%d,\"batch\":%d,\"hinted_rows\":%lld,\"whole_tail_rows\":%lld}\n",
+          "\"context\":%d,\"batch\":%d,\"hinted_rows\":%lld,\"whole_tail_rows\":%lld,"
+          "\"histogram_rows\":%lld}\n",
           name, s.name.c_str(), ctx, batch,
           static_cast<long long>(after->from_candidates - before->from_candidates),
-          static_cast<long long>(after->whole_tail - before->whole_tail));
+          static_cast<long long>(after->whole_tail - before->whole_tail),
+          static_cast<long long>(after->from_histogram - before->from_histogram));
     }
     // Built with RESA_SELECT_TAIL_STAMPS: the candidate tail's mean cycles a row, by phase.
     if (phases_before.ok() && phases_after.ok() && !phases_after->cycles.empty() &&

@@ -93,6 +93,7 @@ SelectionHintTally ReadSelectionHintTally() {
   if (auto c = cuda::ReadSelectionHintCounts(); c.ok()) {
     t.from_candidates = c->from_candidates;
     t.whole_tail = c->whole_tail;
+    t.from_histogram = c->from_histogram;
   }
 #endif
   return t;

@@ -70,10 +70,12 @@ CudaTuning GetCudaTuning();
 void SetCudaTuning(const CudaTuning& tuning);
 
 // Rows the CUDA fused selections (with hints) ranked from their hint's candidates and with the
-// whole tail since the process started, on the current device; zeros without CUDA or a device.
+// whole tail since the process started, on the current device, and of the first those placed by
+// the scoring's histogram (cuda::SelectionHintCounts); zeros without CUDA or a device.
 struct SelectionHintTally {
   int64_t from_candidates = 0;
   int64_t whole_tail = 0;
+  int64_t from_histogram = 0;
 };
 SelectionHintTally ReadSelectionHintTally();
 
