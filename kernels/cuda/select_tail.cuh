@@ -681,44 +681,45 @@ enum class HistOutcome {
 };
 
 // The hinted selection from the scoring CTAs' histogram `hist` (kRadixBins counts, the top bin
-// not counted; zeroed here for the next launch whatever the outcome) and the candidate count
-// *count as for CandidateTail, with the same output, *hint_out and *t_out (the threshold key, or
-// when every key of the pivot bin is kept the bin's lower edge). Every load is issued at once:
-// thread t's 4 histogram bins, and the row's keys a 128-byte line a warp instruction (warp w
-// holds the lines of words 32 w .. 32 w + 31, lane l key l of each: 512 whole-line requests,
-// where loading each thread's own word took 3x as many 16-byte ones). While the keys arrive the
-// CTA finds the pivot bin over the histogram (one scan). Every key of the bins above it is kept;
-// the pivot bin's keys are kept whole when their count is what is still needed, or else compacted
-// and ranked directly (RankCandidates, at most kDirectRank of them). Keys are compared with the
-// bin edges or the threshold, which every candidate key (>= the hint) can pass and no other can,
-// so the flag words are not read: one ballot a line gives the word's kept blocks, kept by the
-// word's thread (tid = 32 w + line), one more scan their positions, and the ids go out through
-// shared memory, whole lines at a time. Declines (kDeclined) when the pivot bin is the top one
-// (the threshold lies past the bins) or holds more than kDirectRank keys; s.hist zero and
+// not counted; zeroed here for the next launch whatever the outcome), with the candidates flagged
+// in `bits` and counted in *count as for CandidateTail, and the same output, *hint_out and *t_out
+// (the threshold key, or when every key of the pivot bin is kept the bin's lower edge). Thread t
+// loads its flag word, its 4 histogram bins and the keys of its word's candidates (16 bytes a
+// nibble with a candidate) at once; while those keys arrive the CTA finds the pivot bin over the
+// histogram (one scan). Every key of the bins above it is kept; the pivot bin's keys are kept
+// whole when their count is what is still needed, or else compacted and ranked directly
+// (RankCandidates, at most kDirectRank of them). Bin membership is a key compare with the bin's
+// edges, which no key below the hint passes. The output needs one more scan: each thread writes
+// the kept blocks of its own word, in order. Declines (kDeclined) when the pivot bin is the top
+// one (the threshold lies past the bins) or holds more than kDirectRank keys; s.hist zero and
 // s.kmin / s.kmax / s.ncand initialised on entry, and so left when it declines (s.cand aside).
-__device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, uint32_t* count,
-                                       uint32_t* hist, int32_t mo, uint32_t need, int32_t* out,
-                                       uint32_t hint, uint32_t shift, uint32_t hint_rank,
-                                       uint32_t* hint_out, uint32_t* t_out) {
+// (Whole 128-byte lines of keys a warp instruction, a ballot a line for the words' kept bits and
+// the ids staged in shared memory measured slower: docs/kernels.md, run 53.)
+__device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, const uint32_t* bits,
+                                       uint32_t* count, uint32_t* hist, int32_t mo, uint32_t need,
+                                       int32_t* out, uint32_t hint, uint32_t shift,
+                                       uint32_t hint_rank, uint32_t* hint_out, uint32_t* t_out) {
   static_assert(kRadixBins == 4 * kSelThreads, "HistTail: one 16-byte group of bins a thread");
-  static_assert(kMaxHintCandidates <= kMaxCandidates, "HistTail: the output staged in s.cand");
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int words = (mo + 31) / 32;  // <= kSelThreads
   StartClock(s);
   uint4* bins4 = reinterpret_cast<uint4*>(hist) + (kRadixBins / 4 - 1 - tid);
   const uint4 h = __ldcg(bins4);
+  const uint32_t word = tid < words ? __ldcg(bits + tid) : 0u;
   if (tid == 0) {
     s.hint_total = __ldcg(count);
     s.hint_digit = 0;
   }
-  // key[j]: block 32 (32 warp + j) + lane, read while below mo (32 j + lane < limit; the
-  // others 0, and masked in the ballots below).
-  const int32_t limit = mo - 1024 * warp;
+  __stcg(bins4, make_uint4(0u, 0u, 0u, 0u));  // ready for the next launch
+  // The keys of this word's candidates (16-byte groups of the 16-byte aligned row; the keys of
+  // a loaded group that are not candidates are below the hint, those not loaded 0).
   uint32_t key[32];
 #pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    key[j] = 32 * j + lane < limit ? __ldcg(gkeys + 1024 * warp + 32 * j + lane) : 0u;
+  for (int q = 0; q < 8; ++q) {
+    uint4 k4 = make_uint4(0u, 0u, 0u, 0u);
+    if ((word >> (4 * q)) & 0xfu) k4 = __ldcg(reinterpret_cast<const uint4*>(gkeys) + 8 * tid + q);
+    key[4 * q] = k4.x, key[4 * q + 1] = k4.y, key[4 * q + 2] = k4.z, key[4 * q + 3] = k4.w;
   }
-  __stcg(bins4, make_uint4(0u, 0u, 0u, 0u));  // ready for the next launch
   __syncthreads();
   const uint32_t total = s.hint_total;
   if (total < need || total > uint32_t(kMaxHintCandidates)) {
@@ -735,23 +736,30 @@ __device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, uint3
   if (d == uint32_t(kRadixBins - 1) || (remaining != pivot && pivot > uint32_t(kDirectRank))) {
     return HistOutcome::kDeclined;  // nothing changed that CandidateTail reads
   }
-  // Bin d is the keys [lo, lo + 2^shift) (it is not the top bin); keys below the hint (not
-  // candidates) fall below it.
+  // Bins are ranges of keys: bin d is [lo, lo + 2^shift) (d is not the top bin), so a key's bin
+  // is compared through its key, and the keys of non-candidates (below the hint, or 0 where
+  // their 16 bytes were not loaded) never pass as kept: one compare a key in the loops below.
   const uint32_t lo = uint32_t(uint64_t(hint) + (uint64_t(d) << shift));
   const uint32_t width_m1 = uint32_t((uint64_t(1) << shift) - 1u);
   const bool whole = remaining == pivot;
   uint32_t T = lo;  // with `whole`, every key >= lo is kept
   if (!whole) {
-    // The pivot bin's keys into s.cand (a shared atomic a line that has any), then their rank.
+    // The pivot bin's keys into s.cand, then their exact rank.
+    uint32_t in_bin = 0;
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const bool in_bin = 32 * j + lane < limit && key[j] - lo <= width_m1;
-      const uint32_t b = __ballot_sync(0xffffffffu, in_bin);
-      if (b != 0) {  // warp-uniform
-        uint32_t base = 0;
-        if (lane == 0) base = atomicAdd(&s.ncand, uint32_t(__popc(b)));
-        base = __shfl_sync(0xffffffffu, base, 0);
-        SharedStoreIf(s.cand + base + __popc(b & ((1u << lane) - 1u)), key[j], in_bin);
+    for (int i = 0; i < 32; ++i) in_bin |= uint32_t(key[i] - lo <= width_m1) << i;
+    in_bin &= word;
+    const uint32_t mine = uint32_t(__popc(in_bin));
+    const uint32_t incl = WarpInclusiveScan(mine);
+    uint32_t base = 0;
+    if (lane == 31 && incl != 0) base = atomicAdd(&s.ncand, incl);
+    uint32_t at = __shfl_sync(0xffffffffu, base, 31) + incl - mine;
+    if (in_bin != 0) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const bool keep = (in_bin >> i) & 1u;
+        SharedStoreIf(s.cand + at, key[i], keep);
+        at += uint32_t(keep);
       }
     }
     __syncthreads();
@@ -766,32 +774,34 @@ __device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, uint3
     remaining -= s.above;
     Mark(s, kPhaseNarrow);
   }
-  // This thread's word (blocks 32 tid + i): kept bits, every key > T (with `whole`, >= T) and
-  // the keys equal to T, of which the first `remaining` in block order are kept.
+  // Kept: every key > T (the bins above d and the pivot bin's keys above T), and the first
+  // `remaining` equal to T in block order; with `whole`, every key >= lo.
   uint32_t gt = 0, eq = 0;
+  if (whole) {
 #pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    const bool ok = 32 * j + lane < limit;
-    const uint32_t g = __ballot_sync(0xffffffffu, ok && (whole ? key[j] >= T : key[j] > T));
-    const uint32_t e = __ballot_sync(0xffffffffu, ok && !whole && key[j] == T);
-    if (lane == j) gt = g, eq = e;
+    for (int i = 0; i < 32; ++i) gt |= uint32_t(key[i] >= T) << i;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      gt |= uint32_t(key[i] > T) << i;
+      eq |= uint32_t(key[i] == T) << i;
+    }
   }
+  gt &= word;
+  eq &= word;
   Mark(s, kPhaseBitmaps);
   uint32_t unused;
   const uint32_t x =
       BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
   Mark(s, kPhaseOutScan);
-  // The ids into s.cand (free since the rank), then out in whole lines.
   uint32_t tie = x & 0xffffu;
   uint32_t pos = (x >> 16) + min(tie, remaining);
   for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
     const int i = __ffs(w) - 1;
     const bool is_eq = (eq >> i) & 1u;
-    if (!is_eq || tie < remaining) s.cand[pos++] = uint32_t(32 * tid + i);
+    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
     tie += uint32_t(is_eq);
   }
-  __syncthreads();
-  for (uint32_t i = tid; i < need; i += kSelThreads) out[i] = int32_t(s.cand[i]);
 #ifdef RESA_SELECT_TAIL_STAMPS
   __syncthreads();  // the stores issued by every thread
 #endif

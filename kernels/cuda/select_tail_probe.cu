@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kSelThreads, 1)
     hinted = select_tail::CandidateTail(s, keys, bits, count, mo, need, out, hint_rank, &hint);
     if (!hinted) select_tail::RegisterTail(s, keys, mo, need, out, hint_rank, &hint);
   } else {
-    const HistOutcome o = select_tail::HistTail(s, keys, count, hist, mo, need, out, hint_key,
+    const HistOutcome o = select_tail::HistTail(s, keys, bits, count, hist, mo, need, out, hint_key,
                                                 shift, hint_rank, &hint, &t_key);
     if (o == HistOutcome::kDone) {
       hinted = 2;

@@ -587,8 +587,8 @@ __global__ void __launch_bounds__(kSelThreads, 1) SelectKernel(const SelectArgs 
     uint32_t next_hint = 0, t_key = 0;
     HistOutcome outcome = HistOutcome::kNoCandidates;
     if (hist != nullptr) {
-      outcome = HistTail(s, gkeys, a.cand_counts + row, hist, M - 1, need, out, hint, hint_shift,
-                         hint_rank, &next_hint, &t_key);
+      outcome = HistTail(s, gkeys, cand_bits, a.cand_counts + row, hist, M - 1, need, out, hint,
+                         hint_shift, hint_rank, &next_hint, &t_key);
     } else if (use_hint) {
       outcome = HistOutcome::kDeclined;
     }
