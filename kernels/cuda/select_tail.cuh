@@ -546,6 +546,31 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
   }
 }
 
+// The ordered output of the candidate tails: thread t's word t of blocks (32 t + i) has the kept
+// bits gt (key > T) and eq (key == T); after the packed (greater, equal) counts of the words
+// before it (one CTA scan; s.warp free of earlier reads behind a barrier), it writes the blocks
+// of gt and the first `remaining` of eq over the whole row, in block order.
+__device__ __forceinline__ void StoreKeptWords(TailSmem& s, uint32_t gt, uint32_t eq,
+                                               uint32_t remaining, int32_t* out) {
+  const int tid = threadIdx.x;
+  uint32_t unused;
+  const uint32_t x =
+      BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
+  Mark(s, kPhaseOutScan);
+  uint32_t tie = x & 0xffffu;
+  uint32_t pos = (x >> 16) + min(tie, remaining);
+  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
+    const int i = __ffs(w) - 1;
+    const bool is_eq = (eq >> i) & 1u;
+    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
+    tie += uint32_t(is_eq);
+  }
+#ifdef RESA_SELECT_TAIL_STAMPS
+  __syncthreads();  // the stores issued by every thread
+#endif
+  Mark(s, kPhaseStores);
+}
+
 // Candidates of the hinted tail: keys >= the row's hint, at most kCandRegs a thread.
 constexpr int kCandRegs = 8;
 constexpr int kMaxHintCandidates = kSelThreads * kCandRegs;  // 4096
@@ -635,22 +660,7 @@ __device__ inline bool CandidateTail(TailSmem& s, const uint32_t* gkeys, const u
   // Ascending output: thread t writes the blocks of word t, after the packed (greater, equal)
   // counts of the words before it.
   const uint32_t gt = s.hist[tid], eq = s.hist[kSelThreads + tid];
-  uint32_t unused;
-  const uint32_t x =
-      BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
-  Mark(s, kPhaseOutScan);
-  uint32_t tie = x & 0xffffu;
-  uint32_t pos = (x >> 16) + min(tie, remaining);
-  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
-    const int i = __ffs(w) - 1;
-    const bool is_eq = (eq >> i) & 1u;
-    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
-    tie += uint32_t(is_eq);
-  }
-#ifdef RESA_SELECT_TAIL_STAMPS
-  __syncthreads();  // the stores issued by every thread
-#endif
-  Mark(s, kPhaseStores);
+  StoreKeptWords(s, gt, eq, remaining, out);
   return true;
 }
 
@@ -790,22 +800,7 @@ __device__ inline HistOutcome HistTail(TailSmem& s, const uint32_t* gkeys, const
   gt &= word;
   eq &= word;
   Mark(s, kPhaseBitmaps);
-  uint32_t unused;
-  const uint32_t x =
-      BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
-  Mark(s, kPhaseOutScan);
-  uint32_t tie = x & 0xffffu;
-  uint32_t pos = (x >> 16) + min(tie, remaining);
-  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
-    const int i = __ffs(w) - 1;
-    const bool is_eq = (eq >> i) & 1u;
-    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
-    tie += uint32_t(is_eq);
-  }
-#ifdef RESA_SELECT_TAIL_STAMPS
-  __syncthreads();  // the stores issued by every thread
-#endif
-  Mark(s, kPhaseStores);
+  StoreKeptWords(s, gt, eq, remaining, out);
   if (tid == 0) *count = 0;
   *hint_out = uint32_t(uint64_t(hint) + (uint64_t(hint_digit) << shift));
   *t_out = T;
