@@ -546,10 +546,29 @@ __device__ __forceinline__ void RegisterTail(TailSmem& s, const uint32_t* gkeys,
   }
 }
 
+// The position of the r-th lowest set bit of m (r < popc(m)): five halving steps, no loop.
+__device__ __forceinline__ uint32_t NthSetBit(uint32_t m, uint32_t r) {
+  uint32_t pos = 0;
+#pragma unroll
+  for (uint32_t width = 16; width > 0; width /= 2) {
+    const uint32_t low = m & ((1u << width) - 1u);
+    const uint32_t c = uint32_t(__popc(low));
+    const bool up = r >= c;
+    r -= up ? c : 0u;
+    pos += up ? width : 0u;
+    m = up ? m >> width : low;
+  }
+  return pos;
+}
+
 // The ordered output of the candidate tails: thread t's word t of blocks (32 t + i) has the kept
 // bits gt (key > T) and eq (key == T); after the packed (greater, equal) counts of the words
-// before it (one CTA scan; s.warp free of earlier reads behind a barrier), it writes the blocks
-// of gt and the first `remaining` of eq over the whole row, in block order.
+// before it (one CTA scan; s.warp free of earlier reads behind a barrier), it keeps the blocks of
+// gt and those of eq among the row's first `remaining` ties (in block order), and writes them in
+// block order: two a step, its lowest left bit forward and its highest backward, so a word of k
+// kept blocks takes ceil(k / 2) short steps. (One bit a step with the tie test in the loop took
+// about 1,440 cycles a row at 1.5B 256K; a binary search over the words' staged positions for every
+// output position, 2,180: docs/kernels.md, run 54.)
 __device__ __forceinline__ void StoreKeptWords(TailSmem& s, uint32_t gt, uint32_t eq,
                                                uint32_t remaining, int32_t* out) {
   const int tid = threadIdx.x;
@@ -557,13 +576,21 @@ __device__ __forceinline__ void StoreKeptWords(TailSmem& s, uint32_t gt, uint32_
   const uint32_t x =
       BlockExclusiveScan((uint32_t(__popc(gt)) << 16) | uint32_t(__popc(eq)), &unused, s.warp);
   Mark(s, kPhaseOutScan);
-  uint32_t tie = x & 0xffffu;
-  uint32_t pos = (x >> 16) + min(tie, remaining);
-  for (uint32_t w = gt | eq; w != 0; w &= w - 1) {
-    const int i = __ffs(w) - 1;
-    const bool is_eq = (eq >> i) & 1u;
-    if (!is_eq || tie < remaining) out[pos++] = 32 * tid + i;
-    tie += uint32_t(is_eq);
+  // This word keeps its first min(popc(eq), remaining - ties before it) keys equal to T.
+  const uint32_t tie = x & 0xffffu;
+  const uint32_t take = remaining > tie ? remaining - tie : 0u;
+  uint32_t kept = gt;
+  if (eq != 0 && take > 0) {
+    kept |= take >= uint32_t(__popc(eq)) ? eq : eq & ((1u << NthSetBit(eq, take)) - 1u);
+  }
+  int32_t* fwd = out + (x >> 16) + min(tie, remaining);
+  int32_t* back = fwd + __popc(kept) - 1;
+  const int32_t base = 32 * tid;
+  for (uint32_t w = kept; w != 0;) {
+    const int lo = __ffs(w) - 1, hi = 31 - __clz(w);  // lo == hi: both store the same slot
+    *fwd++ = base + lo;
+    *back-- = base + hi;
+    w &= ~((1u << lo) | (1u << hi));
   }
 #ifdef RESA_SELECT_TAIL_STAMPS
   __syncthreads();  // the stores issued by every thread
