@@ -63,6 +63,10 @@ struct DecodeAttentionParams {
   // one writes q (the batch-1 QKV GEMV that also appends K/V): q is then read after the wait.
   // Same results either way.
   bool q_from_previous_kernel = false;
+  // Dense rows: every page but each row's last holds K/V written two or more launches back
+  // (a decode step, whose only K/V write is the new token's), so each warp loads its first
+  // page before the wait, beside the kernel before it. Same results either way.
+  bool pages_before_wait = false;
 };
 
 size_t DecodeAttentionWorkspaceBytes(const DecodeAttentionParams& p);

@@ -186,11 +186,13 @@ TEST_P(DecodeAttentionTest, MatchesCpuTwin) {
     ws.Fill(0);
     p.workspace = ws.get();
     p.workspace_bytes = ws.size();
-    // Twice: the second launch checks that the split counters were left at zero, and stages
-    // the query heads after the PDL wait (q_from_previous_kernel), which must not change a bit.
+    // Twice: the second launch checks that the split counters were left at zero, stages the
+    // query heads after the PDL wait (q_from_previous_kernel) and loads each warp's first page
+    // before it (pages_before_wait), which must not change a bit.
     std::vector<float> first, first_lse;
     for (int rep = 0; rep < 2; ++rep) {
       p.q_from_previous_kernel = rep == 1;
+      p.pages_before_wait = rep == 1;
       dout.Fill(0xff);
       dlse.Fill(0xff);
       ASSERT_TRUE(DecodeAttentionCuda(p, nullptr).ok());

@@ -108,7 +108,9 @@ struct DecodeArgs {
 
 size_t AlignUp(size_t x) { return (x + 255) & ~size_t(255); }
 
-template <int D>
+// kEarlyPage: DecodeAttentionParams::pages_before_wait for dense rows (its own instantiation, so
+// that the other launches keep their code and registers).
+template <int D, bool kEarlyPage = false>
 __global__ void DecodeKernel(const DecodeArgs a);
 
 std::atomic<bool>& SparseClustersFlag() {
@@ -242,7 +244,7 @@ __device__ __forceinline__ int RowSplits(const DecodeArgs& a, int32_t pages) {
   return max(1, (pages + a.pages_per_split - 1) / a.pages_per_split);
 }
 
-template <int D>
+template <int D, bool kEarlyPage>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const DecodeArgs a) {
   namespace cg = cooperative_groups;
   constexpr int KS = D / 32;  // 16-byte K loads per token row per lane
@@ -310,6 +312,50 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   int32_t i1 = int(blockIdx.x) < splits ? min(nblk, i0 + a.pages_per_split) : i0;
   if (!sparse) stage_ids(i0, min(i1, i0 + kIdsPerRound));
   if (!p.q_from_previous_kernel) stage_q();
+  // A page's K (token rows r and r + 8, 16 bytes a lane a step) and V (token rows 2c, 2c+1,
+  // 2c+8, 2c+9; dims 64j + 8r + [0, 8)) in registers, as the MMAs take them.
+  const size_t head_stride = size_t(kPageTokens) * D;
+  const size_t page_stride = size_t(p.kv.num_kv_heads) * head_stride;
+  using PageK = uint4[2][KS];
+  using PageV = uint32_t[4][4 * VJ];
+  auto load_page = [&](int32_t page, PageK& kr, PageV& vw) {
+    const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
+    const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+#pragma unroll
+      for (int s = 0; s < KS; ++s) {
+        kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
+#pragma unroll
+      for (int j = 0; j < VJ; ++j) {
+        const uint4 w = detail::LoadStream(vp + tok * D + 64 * j + 8 * r);
+        vw[t][4 * j] = w.x, vw[t][4 * j + 1] = w.y, vw[t][4 * j + 2] = w.z, vw[t][4 * j + 3] = w.w;
+      }
+    }
+  };
+  // With pages_before_wait, each warp's first page, unless it is the row's last (the new
+  // token's, which the kernel just before may write), is in flight during the wait: into
+  // registers, not L2 as above. H200 run 55, e2e dense steps against git HEAD's build in one
+  // call, three rounds, ms: 1.5B 256K batch 1 2.863 / 2.878 / 2.895 -> 2.856 / 2.854 / 2.874,
+  // batch 8 14.894 / 14.951 / 15.036 -> 14.855 / 14.876 / 14.949, 32K batch 8 3.141 / 3.142 /
+  // 3.191 -> 3.123 / 3.113 / 3.136; 7B 256K batch 8 30.800 / 30.727 / 30.760 -> 30.587 / 30.598
+  // / 30.615; 7B batch 1 level. Its registers held across the wait cost that instantiation a
+  // 24-byte stack at D = 128 (the sparse and other launches, measured 0.3-0.5 us slower with a
+  // runtime flag in one kernel, keep kEarlyPage = false and their code).
+  PageK first_k;
+  PageV first_v;
+  bool preloaded = false;
+  if constexpr (kEarlyPage) {
+    if (!sparse && i0 + warp < i1 && i0 + warp != nblk - 1) {
+      load_page(table[i0 + warp], first_k, first_v);
+      preloaded = true;
+    }
+  }
   detail::AwaitPreviousKernel();
   timeline::Stamp(kTlDecodeWaited);
   if (p.q_from_previous_kernel) stage_q();
@@ -341,91 +387,79 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) DecodeKernel(const Decod
   __syncthreads();
   timeline::Stamp(kTlDecodeStaged);
 
-  const size_t head_stride = size_t(kPageTokens) * D;
-  const size_t page_stride = size_t(p.kv.num_kv_heads) * head_stride;
   float m = -INFINITY;  // running max of head r, log2 units
   float l = 0.0f;       // this lane's share of head r's denominator
   float o[E][4];
 #pragma unroll
   for (int i = 0; i < E; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
 
-  for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
-    const int32_t r1 = min(i1, r0 + kIdsPerRound);
-    __syncthreads();  // the previous round's ids are consumed
-    if (r0 != i0) stage_ids(r0, r1);  // the first round is staged above
-    __syncthreads();
-    for (int32_t i = r0 + warp; i < r1; i += kWarps) {
-      const int32_t page = s_page[i - r0];
-      const __nv_bfloat16* kp = p.kv.k + page * page_stride + h * head_stride;
-      const __nv_bfloat16* vp = p.kv.v + page * page_stride + h * head_stride;
-      uint4 kr[2][KS];
+  // One page's step of the online softmax for this warp's heads: logits, the page's max, the
+  // rescaled state and O^T += V^T P^T (slot: the page's place in this round's staged ids).
+  auto attend_page = [&](int32_t slot, PageK& kr, PageV& vw) {
+    float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int s = 0; s < KS; ++s) {
-          kr[half][s] = detail::LoadStream(kp + (r + 8 * half) * D + 8 * c + 32 * s);
-        }
-      }
-      uint32_t vw[4][4 * VJ];  // token rows 2c, 2c+1, 2c+8, 2c+9; dims 64j + 8r + [0, 8)
+    for (int s = 0; s < KS; ++s) {
+      const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
+      detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
+      detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
+      detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
+      detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
+    }
+    // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
+    const int valid = s_valid[slot];
+    float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
+                  s1[1] * a.scale_log2};
+    if (valid < kPageTokens) {
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
+        if (tok >= valid) {
+          x[t] = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < VJ; ++j) {
-          const uint4 w = detail::LoadStream(vp + tok * D + 64 * j + 8 * r);
-          vw[t][4 * j] = w.x, vw[t][4 * j + 1] = w.y, vw[t][4 * j + 2] = w.z,
-                    vw[t][4 * j + 3] = w.w;
+          for (int w = 0; w < 4 * VJ; ++w) vw[t][w] = 0u;  // stale slots may hold NaN bits
         }
       }
+    }
+    const float page_max = detail::QuadMax(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])));
+    const float m_new = fmaxf(m, page_max);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float corr = exp2f(m - m_use);
+    float pr[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) pr[t] = exp2f(x[t] - m_use);
+    l = l * corr + (pr[0] + pr[1]) + (pr[2] + pr[3]);
+    m = m_new;
+    // O^T columns are heads 2c and 2c+1, whose states live in lanes 8c and 8c+4.
+    const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * c);
+    const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
+    const uint32_t pb0 = detail::PackBf16(pr[0], pr[1]);
+    const uint32_t pb1 = detail::PackBf16(pr[2], pr[3]);
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      o[i][0] *= corr_a, o[i][1] *= corr_b, o[i][2] *= corr_a, o[i][3] *= corr_b;
+      const int u0 = i, u1 = E + i;  // this lane's dim slots for rows r and r + 8 of m-tile i
+      const uint32_t a0 = detail::PairHalves(vw[0][u0 / 2], vw[1][u0 / 2], u0 & 1);
+      const uint32_t a1 = detail::PairHalves(vw[0][u1 / 2], vw[1][u1 / 2], u1 & 1);
+      const uint32_t a2 = detail::PairHalves(vw[2][u0 / 2], vw[3][u0 / 2], u0 & 1);
+      const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
+      detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
+    }
+  };
 
-      float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        const uint4 qa = *reinterpret_cast<const uint4*>(sq + r * D + 8 * c + 32 * s);
-        detail::Mma16816(s0, qa.x, 0u, qa.y, 0u, kr[0][s].x, kr[0][s].y);
-        detail::Mma16816(s0, qa.z, 0u, qa.w, 0u, kr[0][s].z, kr[0][s].w);
-        detail::Mma16816(s1, qa.x, 0u, qa.y, 0u, kr[1][s].x, kr[1][s].y);
-        detail::Mma16816(s1, qa.z, 0u, qa.w, 0u, kr[1][s].z, kr[1][s].w);
-      }
-      // This lane's logits of head r: tokens 2c, 2c+1 (s0) and 2c+8, 2c+9 (s1).
-      const int valid = s_valid[i - r0];
-      float x[4] = {s0[0] * a.scale_log2, s0[1] * a.scale_log2, s1[0] * a.scale_log2,
-                    s1[1] * a.scale_log2};
-      if (valid < kPageTokens) {
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const int tok = 2 * c + (t & 1) + 8 * (t >> 1);
-          if (tok >= valid) {
-            x[t] = -INFINITY;
-#pragma unroll
-            for (int w = 0; w < 4 * VJ; ++w) vw[t][w] = 0u;  // stale slots may hold NaN bits
-          }
-        }
-      }
-      const float page_max = detail::QuadMax(fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3])));
-      const float m_new = fmaxf(m, page_max);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float corr = exp2f(m - m_use);
-      float pr[4];
-#pragma unroll
-      for (int t = 0; t < 4; ++t) pr[t] = exp2f(x[t] - m_use);
-      l = l * corr + (pr[0] + pr[1]) + (pr[2] + pr[3]);
-      m = m_new;
-      // O^T columns are heads 2c and 2c+1, whose states live in lanes 8c and 8c+4.
-      const float corr_a = __shfl_sync(0xffffffffu, corr, 8 * c);
-      const float corr_b = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
-      const uint32_t pb0 = detail::PackBf16(pr[0], pr[1]);
-      const uint32_t pb1 = detail::PackBf16(pr[2], pr[3]);
-#pragma unroll
-      for (int i = 0; i < E; ++i) {
-        o[i][0] *= corr_a, o[i][1] *= corr_b, o[i][2] *= corr_a, o[i][3] *= corr_b;
-        const int u0 = i, u1 = E + i;  // this lane's dim slots for rows r and r + 8 of m-tile i
-        const uint32_t a0 = detail::PairHalves(vw[0][u0 / 2], vw[1][u0 / 2], u0 & 1);
-        const uint32_t a1 = detail::PairHalves(vw[0][u1 / 2], vw[1][u1 / 2], u1 & 1);
-        const uint32_t a2 = detail::PairHalves(vw[2][u0 / 2], vw[3][u0 / 2], u0 & 1);
-        const uint32_t a3 = detail::PairHalves(vw[2][u1 / 2], vw[3][u1 / 2], u1 & 1);
-        detail::Mma16816(o[i], a0, a1, a2, a3, pb0, pb1);
-      }
+  // The preloaded page first (the first round's ids and the query are staged), so that its
+  // registers are free before the loop.
+  if (kEarlyPage && preloaded) attend_page(warp, first_k, first_v);
+  for (int32_t r0 = i0; r0 < i1; r0 += kIdsPerRound) {
+    const int32_t r1 = min(i1, r0 + kIdsPerRound);
+    __syncthreads();                  // the previous round's ids are consumed
+    if (r0 != i0) stage_ids(r0, r1);  // the first round is staged above
+    __syncthreads();
+    for (int32_t i = r0 + warp + (kEarlyPage && r0 == i0 && preloaded ? kWarps : 0); i < r1;
+         i += kWarps) {
+      PageK kr;
+      PageV vw;
+      load_page(s_page[i - r0], kr, vw);
+      attend_page(i - r0, kr, vw);
     }
   }
   l = detail::QuadSum(l);
@@ -728,8 +762,10 @@ absl::Status DecodeAttentionCuda(const DecodeAttentionParams& p, cudaStream_t st
     return absl::InvalidArgumentError("DecodeAttentionCuda: batch x heads exceeds the counters");
   }
   const dim3 grid(plan.max_splits, p.kv.num_kv_heads * plan.head_chunks, p.batch);
-  const cudaError_t err = LaunchKernel(p.kv.head_dim == 64 ? DecodeKernel<64> : DecodeKernel<128>,
-                                       grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
+  const bool early = p.pages_before_wait && p.blocks == nullptr;
+  auto kernel = p.kv.head_dim == 64 ? (early ? DecodeKernel<64, true> : DecodeKernel<64>)
+                                    : (early ? DecodeKernel<128, true> : DecodeKernel<128>);
+  const cudaError_t err = LaunchKernel(kernel, grid, dim3(kThreads), 0, stream, {plan.cluster}, a);
   if (auto st = CudaStatus(err, "cudaLaunchKernelEx(DecodeKernel)"); !st.ok()) return st;
   if (plan.merge_kernel && plan.max_splits > 1) {
     // Four slices of the head dims a (head, row): 4x the CTAs of 1/4 the threads, 16 groups of

@@ -535,6 +535,8 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (!plan.sharded) {
       Launches L = BuildLaunches(plan, l);
       L.dense.q_from_previous_kernel = append_in_gemv;
+      // A decode step writes only its rows' new K/V (this layer's QKV epilogue or WriteKvCuda).
+      L.dense.pages_before_wait = true;
       if (reduce) {
         RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense_last, stream_));
       } else if (plan.nd > 0) {
