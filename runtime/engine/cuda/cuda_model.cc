@@ -535,7 +535,10 @@ absl::Status CudaModel::Enqueue(const Plan& plan) {
     if (!plan.sharded) {
       Launches L = BuildLaunches(plan, l);
       L.dense.q_from_previous_kernel = append_in_gemv;
-      // A decode step writes only its rows' new K/V (this layer's QKV epilogue or WriteKvCuda).
+      // The only K/V of the dense decode rows written in this forward is each row's new token
+      // (this layer's QKV epilogue or WriteKvCuda; chunk rows are other sequences). Not for
+      // dense_last (copied from dense before this, so it keeps false): its chunks' last rows read
+      // the pages WriteKvCuda filled for the whole chunk.
       L.dense.pages_before_wait = true;
       if (reduce) {
         RESA_RETURN_IF_ERROR(DecodeAttentionCuda(L.dense_last, stream_));
