@@ -169,6 +169,21 @@ __device__ __forceinline__ void WarpLoadKvTma(const ChunkArgs& a, const ChunkCta
   }
 }
 
+// The running max of a row stays until a tile's scores exceed it by more than this (log2 units):
+// FlashAttention-4's conditional rescale. O, l and the LSE are the same quantities whatever max
+// they are kept against (O / l and m + log2 l are exact in it); only fp32 rounding differs, and P
+// <= 2^8 keeps its bf16 rounding relative. After a split's first tile nearly every tile keeps
+// every row's max, so the O rescale between a tile's P V and the next MMA issue is skipped (a
+// warp skips it when its 16 rows' corrections are all exactly 1). With the exact max a warp of
+// random scores rescaled on most of a split's first 16 tiles and then on about 16 in t. H200,
+// run 57, kernel bench, git HEAD's build and this in one call, two rounds, us: rectification
+// 1.5B 32K b8 108.7 / 108.6 -> 106.7 / 106.5, 256K b1 108.6 / 108.5 -> 107.9 / 108.0, b8 880.9
+// / 873.5 -> 856.9 / 867.1; 7B 32K b1 44.0 / 44.5 -> 43.7 / 43.2, 256K b8 2211 / 2188 -> 2192 /
+// 2190; prefill 16K 1.5B 1446 / 1410 -> 1407 / 1401, 7B 3666 / 3602 -> 3561 / 3590 (every shape
+// level or faster); worst error against the CPU twin over the chunk tests unchanged for O, lse
+// 3.8e-6 -> 2.9e-6.
+constexpr float kLazyRescaleLog2 = 8.0f;
+
 // One warpgroup's 64 rows of a CTA of BM rows: O accumulators, running max / sum, and the
 // MMA + softmax steps over BN-key tiles. Thread `tid` (of the consumer warpgroups) holds rows
 // row0 and row0 + 8 (e / 2 = 0, 1 of the accumulator layout).
@@ -250,7 +265,10 @@ struct WgRows {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const float tile_max = fmaxf(fmaxf(mx[e][0], mx[e][1]), fmaxf(mx[e][2], mx[e][3]));
-      const float m_new = fmaxf(m[e], detail::QuadMax(tile_max) * scale_log2);
+      const float m_tile = detail::QuadMax(tile_max) * scale_log2;
+      // Lazy rescale: the running max moves only when the tile's exceeds it by more than
+      // kLazyRescaleLog2, so P stays <= 2^kLazyRescaleLog2 and corr is exactly 1 (Rescale skips).
+      const float m_new = m_tile > m[e] + kLazyRescaleLog2 ? m_tile : m[e];
       m_use[e] = m_new == -INFINITY ? 0.0f : m_new;
       corr[e] = detail::Exp2Approx(m[e] - m_use[e]);
       m[e] = m_new;
@@ -329,7 +347,8 @@ struct WgRows {
   }
 
   // O *= corr; a warp whose rows' maxima all stood still (corr exactly 1) skips it (the same
-  // bits: x * 1 = x), which at long contexts is most tiles. Kernel bench, same call, always ->
+  // bits: x * 1 = x), which with kLazyRescaleLog2 is nearly every tile after a split's first.
+  // Run 20, with the exact max (most tiles at long contexts), kernel bench, same call, always ->
   // skipped: rectification 1.5B 256K b8 886 / 888 -> 837 / 864 us, b1 112.7 -> 109.9; 7B 256K
   // b8 2202 -> 2134, b1 252.5 -> 248.4; the all-loading kernel within +-1.5%.
   __device__ __forceinline__ void Rescale(const float (&corr)[2]) {
