@@ -118,6 +118,21 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& o,
   return ids;
 }
 
+std::string DecodeTimeSplit(const GenerateStats& stats) {
+  const ForwardStats& f = stats.forward;
+  if (!f.phases_timed) {
+    return absl::StrFormat(
+        "rectification %.3fs, rest of decode %.3fs (selection and attention are not timed apart: "
+        "each step runs as one CUDA graph)",
+        stats.rectify_seconds, std::max(0.0, stats.decode_seconds - stats.rectify_seconds));
+  }
+  const double rest = std::max(0.0, stats.decode_seconds - f.selection_seconds -
+                                        f.sparse_attention_seconds - stats.rectify_seconds);
+  return absl::StrFormat("selection %.3fs, sparse attention %.3fs, rectification %.3fs, rest %.3fs",
+                         f.selection_seconds, f.sparse_attention_seconds, stats.rectify_seconds,
+                         rest);
+}
+
 namespace {
 
 int Fail(const absl::Status& st) {
@@ -197,18 +212,14 @@ int RunGenerate(const GenerateCommandOptions& o) {
                  stats->stopped_by_context ? " | stopped: context full (raise --ctx)" : "");
     if (go.resa.mode != DecodeMode::kDense) {
       const SequenceReport& r = stats->report;
-      const ForwardStats& f = stats->forward;
-      const double rest = std::max(0.0, stats->decode_seconds - f.selection_seconds -
-                                            f.sparse_attention_seconds - stats->rectify_seconds);
       std::fprintf(stderr,
                    "[%s] blocks read %lld of %lld (%.1f%%) | sparse steps %d of %d | "
-                   "rectifications %d (%d tokens) | time: selection %.3fs, sparse attention "
-                   "%.3fs, rectification %.3fs, rest %.3fs\n",
+                   "rectifications %d (%d tokens) | time: %s\n",
                    DecodeModeName(go.resa.mode), static_cast<long long>(r.blocks_read),
                    static_cast<long long>(r.blocks_total),
                    r.blocks_total > 0 ? 100.0 * r.blocks_read / r.blocks_total : 0.0,
                    r.sparse_steps, r.decode_steps, r.rectifications, r.rectified_tokens,
-                   f.selection_seconds, f.sparse_attention_seconds, stats->rectify_seconds, rest);
+                   DecodeTimeSplit(*stats).c_str());
     }
   }
   return 0;

@@ -337,12 +337,12 @@ int RunWorker(const WorkerOptions& o) {
       const SequenceReport& rep = stats->report;
       std::fprintf(stderr,
                    "[%s] blocks read %lld of %lld (%.1f%%) | sparse steps %d of %d | "
-                   "rectifications %d (%d tokens) | selection %.3fs, rectification %.3fs\n",
+                   "rectifications %d (%d tokens) | time on rank 0: %s\n",
                    DecodeModeName(resa.mode), static_cast<long long>(rep.blocks_read),
                    static_cast<long long>(rep.blocks_total),
                    rep.blocks_total > 0 ? 100.0 * rep.blocks_read / rep.blocks_total : 0.0,
                    rep.sparse_steps, rep.decode_steps, rep.rectifications, rep.rectified_tokens,
-                   stats->forward.selection_seconds, stats->rectify_seconds);
+                   DecodeTimeSplit(*stats).c_str());
     }
   }
   return 0;

@@ -10,6 +10,9 @@ fi
 a=$("$resa" generate --model default --chat -p "What is the capital of France?" -n 24 2>/tmp/resa_smoke_err.$$)
 b=$("$resa" generate --model default --chat -p "What is the capital of France?" -n 24 -q 2>/dev/null)
 grep -q '\[stats\] prompt' /tmp/resa_smoke_err.$$ || { echo "no stats line"; cat /tmp/resa_smoke_err.$$; exit 1; }
+# The default mode is ReSA: its report, with the CPU backend's timed phases.
+grep -q '\[resa\] blocks read .* | time: selection [0-9.]*s, sparse attention' /tmp/resa_smoke_err.$$ ||
+  { echo "no ReSA report line"; cat /tmp/resa_smoke_err.$$; exit 1; }
 rm -f /tmp/resa_smoke_err.$$
 echo "output: $a"
 [ -n "$a" ] || { echo "empty output"; exit 1; }

@@ -163,7 +163,7 @@ class CudaModel final : public ModelBackend {
   // Blocks read / total are counted; kernel times are not attributed (zeros): the forward does
   // not synchronise between kernels.
   ForwardStats stats() const override { return stats_; }
-  void ResetStats() override { stats_ = ForwardStats{}; }
+  void ResetStats() override { stats_ = ForwardStats{.phases_timed = false}; }
 
   // Benchmarks: the first call fills every page of the pool with random K/V (bf16 noise of
   // unit scale) and summarises them; each call then reserves `length` positions of it for seq.
@@ -306,7 +306,7 @@ class CudaModel final : public ModelBackend {
   DeviceAllocation workspace_;
   DeviceAllocation last_h_mem_;  // the last layer's kept residual rows (Plan::reduce_last)
   std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
-  ForwardStats stats_;
+  ForwardStats stats_{.phases_timed = false};  // steps run as graphs: phases not timed
   bool profiling_ = false;
   SelectionTrace trace_;
   std::vector<cudaEvent_t> events_;
