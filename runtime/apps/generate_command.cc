@@ -122,8 +122,8 @@ std::string DecodeTimeSplit(const GenerateStats& stats) {
   const ForwardStats& f = stats.forward;
   if (!f.phases_timed) {
     return absl::StrFormat(
-        "rectification %.3fs, rest of decode %.3fs (selection and attention are not timed apart: "
-        "each step runs as one CUDA graph)",
+        "rectification %.3fs, rest of decode %.3fs (selection and attention are not timed apart "
+        "from the rest of a step on this device)",
         stats.rectify_seconds, std::max(0.0, stats.decode_seconds - stats.rectify_seconds));
   }
   const double rest = std::max(0.0, stats.decode_seconds - f.selection_seconds -

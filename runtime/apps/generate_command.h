@@ -59,7 +59,7 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateCommandOptions& opt
 // Where a sparse or ReSA generation's decode time went, for the stats line: "selection 0.012s,
 // sparse attention 0.020s, rectification 0.006s, rest 0.049s" where the backend times its phases
 // (CPU), else "rectification 0.006s, rest of decode 0.049s (selection and attention are not
-// timed apart: each step runs as one CUDA graph)".
+// timed apart from the rest of a step on this device)" (CUDA, whose steps run as graphs).
 std::string DecodeTimeSplit(const GenerateStats& stats);
 
 // Registers the subcommand; `run` is set to the function that executes it (exit code).

@@ -1,5 +1,5 @@
 // The stats line's split of a sparse or ReSA generation's decode time: every phase where the
-// backend times them (CPU), and no made-up zeros where it does not (CUDA: one graph a step).
+// backend times them (CPU), and no made-up zeros where it does not (CUDA: a step is a graph).
 #include "runtime/apps/generate_command.h"
 
 #include <string>

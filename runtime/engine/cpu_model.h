@@ -93,8 +93,8 @@ struct ForwardStats {
   double dense_attention_seconds = 0.0;  // decode rows attending to everything
   int64_t blocks_read = 0;               // (row, layer, KV head) blocks attended by sparse rows
   int64_t blocks_total = 0;              // blocks a dense step would have read for those rows
-  // False where a step runs as one device graph (the CUDA backend): the phase seconds above
-  // stay 0 there, since selection and attention are not timed apart from the rest of the step.
+  // False on the CUDA backend, whose steps run as graphs: the phase seconds above stay 0 there,
+  // since selection and attention are not timed apart from the rest of the step.
   bool phases_timed = true;
 };
 
