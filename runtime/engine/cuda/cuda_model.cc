@@ -164,6 +164,20 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Dev
     }
   } else {
     m->sizing_ = "as requested";
+    // A request the device cannot hold fails here with what does fit, not as a cudaMalloc error
+    // of some layer's pool.
+    size_t free_b = 0, total_b = 0;
+    RESA_RETURN_IF_ERROR(CudaStatus(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo"));
+    if (uint64_t(pages) * page_bytes > free_b) {
+      const uint64_t budget = free_b > options.reserve_bytes ? free_b - options.reserve_bytes : 0;
+      const uint64_t fit = std::min<uint64_t>(budget / page_bytes, kMaxPages) * kPageTokens;
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "a KV cache of %lld tokens (%.2f GiB) does not fit on the device: %.2f of %.2f GiB "
+          "free after the weights; at most %llu tokens fit beside %.2f GiB kept for activations",
+          static_cast<long long>(pages) * kPageTokens, pages * double(page_bytes) / 1073741824.0,
+          free_b / 1073741824.0, total_b / 1073741824.0, static_cast<unsigned long long>(fit),
+          options.reserve_bytes / 1073741824.0));
+    }
   }
   RESA_ASSIGN_OR_RETURN(m->cache_, DeviceKvCache::Create(c, pages, kv_shard));
   return m;

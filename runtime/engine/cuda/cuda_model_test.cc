@@ -776,6 +776,26 @@ TEST_F(CudaModelInvariants, KvCapacityComesFromFreeMemory) {
   std::printf("[capacity] %s\n", d.c_str());
 }
 
+// A KV capacity the device cannot hold is refused up front, saying how many tokens do fit.
+TEST_F(CudaModelInvariants, KvCapacityBeyondFreeMemoryIsRefusedWithWhatFits) {
+  CudaModelOptions o;
+  o.kv_pages = int32_t(1) << 27;  // 2^31 tokens: terabytes of K/V even for this small model
+  auto m = CudaModel::FromCpuWeights(*weights_, o);
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(m.status())) << m.status();
+  const std::string msg(m.status().message());
+  EXPECT_NE(msg.find("does not fit on the device"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("at most"), std::string::npos) << msg;
+  std::printf("[capacity] %s\n", msg.c_str());
+  // What it says fits does fit.
+  const size_t at = msg.find("at most ");
+  const long long fit = std::atoll(msg.c_str() + at + 8);
+  ASSERT_GT(fit, 0) << msg;
+  o.kv_pages = int32_t(fit / kPageTokens);
+  auto ok = CudaModel::FromCpuWeights(*weights_, o);
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
 // A forward that asks for no logits stops its last layer once the K/V are written (prefill
 // chunks, rectification): a decode step after such forwards gives bitwise the logits it gives
 // after the same forwards with logits. The rewrite replaces K/V first written from other tokens,
