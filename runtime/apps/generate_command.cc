@@ -150,6 +150,7 @@ int RunGenerate(const GenerateCommandOptions& o) {
   if (!prompt.ok()) return Fail(prompt.status());
   auto device = ParseDevice(o.device);
   if (!device.ok()) return Fail(device.status());
+  if (absl::Status st = CheckDevice(*device); !st.ok()) return Fail(st);
   auto mode = ParseDecodeMode(o.mode);
   if (!mode.ok()) return Fail(mode.status());
   const ResaOptions resa{*mode, o.sparse_ratio, o.min_blocks, o.rectify_every};

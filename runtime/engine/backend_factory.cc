@@ -48,6 +48,22 @@ absl::StatusOr<Device> ParseDevice(std::string_view name) {
 
 bool CudaBackendBuilt() { return RESA_HAVE_CUDA != 0; }
 
+namespace {
+[[maybe_unused]] constexpr char kNoCudaBackend[] =
+    "--device cuda: this build has no CUDA backend (configure with -DRESA_CUDA=ON where nvcc is "
+    "installed)";
+}  // namespace
+
+absl::Status CheckDevice(Device device, int cuda_device) {
+  if (device == Device::kCpu) return absl::OkStatus();
+#if RESA_HAVE_CUDA
+  return UseCudaDevice(cuda_device);
+#else
+  (void)cuda_device;
+  return absl::UnimplementedError(kNoCudaBackend);
+#endif
+}
+
 int CudaDeviceCount() {
 #if RESA_HAVE_CUDA
   int count = 0;
@@ -129,9 +145,7 @@ absl::StatusOr<Backend> MakeBackend(const CpuWeights& weights, const BackendOpti
   b.model = std::move(model);
   return b;
 #else
-  return absl::UnimplementedError(
-      "--device cuda: this build has no CUDA backend (configure with -DRESA_CUDA=ON where nvcc "
-      "is installed)");
+  return absl::UnimplementedError(kNoCudaBackend);
 #endif
 }
 
@@ -155,7 +169,7 @@ absl::StatusOr<Backend> MakeRandomBackend(const ModelConfig& config, uint64_t se
 #else
   (void)config;
   (void)seed;
-  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+  return absl::UnimplementedError(kNoCudaBackend);
 #endif
 }
 
@@ -166,7 +180,7 @@ absl::StatusOr<double> MeasureDeviceCopyGbps(Device device) {
 #if RESA_HAVE_CUDA
   return cuda::MeasureCopyGbps(size_t(2) << 30);
 #else
-  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+  return absl::UnimplementedError(kNoCudaBackend);
 #endif
 }
 
@@ -177,7 +191,7 @@ absl::StatusOr<double> MeasureDeviceGemmTflops(Device device) {
 #if RESA_HAVE_CUDA
   return cuda::MeasureGemmTflops(8192);
 #else
-  return absl::UnimplementedError("--device cuda: this build has no CUDA backend");
+  return absl::UnimplementedError(kNoCudaBackend);
 #endif
 }
 

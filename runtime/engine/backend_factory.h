@@ -20,6 +20,10 @@ enum class Device { kCpu, kCuda };
 absl::StatusOr<Device> ParseDevice(std::string_view name);
 // Whether this build has the CUDA backend (a device may still be missing at run time).
 bool CudaBackendBuilt();
+// Whether MakeBackend can run on `device` (CUDA: this build has the backend and device
+// `cuda_device` is usable; it becomes the current device). Cheap: programs call it before
+// loading a model, so a missing GPU fails in a second, not after the load.
+absl::Status CheckDevice(Device device, int cuda_device = 0);
 
 struct BackendOptions {
   Device device = Device::kCpu;

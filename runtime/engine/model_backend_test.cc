@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -95,6 +96,23 @@ TEST(BackendFactoryTest, ParsesDevicesAndRejectsACpuWithoutCapacity) {
   auto source = MakeSyntheticWeights(SyntheticConfig("tiny").value(), 1);
   auto w = LoadCpuWeights(*source).value();
   EXPECT_FALSE(MakeBackend(*w, BackendOptions{Device::kCpu, 0}).ok());
+}
+
+// The device check programs run before loading a model: the CPU is always there; CUDA is there
+// exactly when this build has the backend and the device is visible, else the message names
+// --device cuda (the CI machine: no GPU; the H200: device 0 usable, device 1000 not).
+TEST(BackendFactoryTest, DeviceCheckBeforeTheModelLoads) {
+  EXPECT_TRUE(CheckDevice(Device::kCpu).ok());
+  const absl::Status cuda = CheckDevice(Device::kCuda);
+  EXPECT_EQ(cuda.ok(), CudaBackendBuilt() && CudaDeviceCount() > 0) << cuda;
+  if (!cuda.ok()) {
+    EXPECT_NE(std::string(cuda.message()).find("--device cuda"), std::string::npos) << cuda;
+  }
+  const absl::Status missing = CheckDevice(Device::kCuda, 1000);
+  EXPECT_FALSE(missing.ok());
+  if (CudaDeviceCount() > 0) {
+    EXPECT_NE(std::string(missing.message()).find("does not exist"), std::string::npos) << missing;
+  }
 }
 
 // The CUDA tuning switches: on by default (PDL unless RESA_CUDA_PDL=0; an L2 fetch granularity

@@ -27,6 +27,7 @@ struct ServeOptions {
 absl::Status RunInProcessWorker(const ServeOptions& o, std::shared_ptr<grpc::Channel> channel) {
   ConfigureThreads(o.threads);
   RESA_ASSIGN_OR_RETURN(const Device device, ParseDevice(o.device));
+  RESA_RETURN_IF_ERROR(CheckDevice(device, o.cuda_device));
   RESA_ASSIGN_OR_RETURN(LoadedModel m, LoadModel(o.server.model, LoadOptions{.progress = false}));
   const ModelConfig& cfg = m.source->config();
   const int32_t pages = KvPagesPerRank(o.group, 1);
